@@ -1,0 +1,494 @@
+//! Alerts (SPEC section 5): one JSON object per violation, logged on target
+//! `fedpin::alert`, deduplicated for 60 s, and handed to the configured sinks.
+//!
+//! [`AlertHub::raise`] never blocks: it is called from inside TLS handshakes.
+//! Sinks run on their own tasks behind a bounded queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+mod command;
+
+pub use command::CommandSink;
+
+use crate::pins::{Mode, Pin};
+
+/// How long identical alerts are merged.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
+
+/// Which violation happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEvent {
+    /// No pin matched the peer's chain.
+    PinMismatch,
+    /// The host has no entry and `policy.unpinned = "deny"`.
+    UnpinnedDenied,
+    /// The peer's pins passed their `expires` date.
+    PinExpired,
+    /// The chain did not validate under Web PKI.
+    ChainInvalid,
+    /// The peer proved no possession of the pinned key (handshake signature failed).
+    SignatureInvalid,
+    /// The pin file failed to load; the previous set stays in force.
+    PinReloadFailed,
+    /// The verifier could not evaluate the peer (malformed certificate, no name…).
+    VerifyError,
+}
+
+impl AlertEvent {
+    /// The event's wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertEvent::PinMismatch => "pin_mismatch",
+            AlertEvent::UnpinnedDenied => "unpinned_denied",
+            AlertEvent::PinExpired => "pin_expired",
+            AlertEvent::ChainInvalid => "chain_invalid",
+            AlertEvent::SignatureInvalid => "signature_invalid",
+            AlertEvent::PinReloadFailed => "pin_reload_failed",
+            AlertEvent::VerifyError => "verify_error",
+        }
+    }
+}
+
+/// How loud an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Web PKI accepted the chain but no pin matched: the CA-compromise signature.
+    Critical,
+    /// Everything else.
+    Warning,
+}
+
+/// Which side of the proxy saw the violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// fedpin dialled a remote homeserver.
+    Outbound,
+    /// A remote homeserver dialled fedpin.
+    Inbound,
+    /// `pinctl` or another tool checking a peer.
+    Cli,
+    /// Not tied to a connection (e.g. reloads).
+    Local,
+}
+
+/// What happened to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The connection was refused.
+    Blocked,
+    /// The connection proceeded (report mode, expired pins under `webpki`).
+    Allowed,
+}
+
+/// One certificate of the chain the peer served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServedCert {
+    /// Subject DN, RFC 4514 style.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Expiry, RFC 3339.
+    pub not_after: String,
+    /// SPKI pin, `sha256/…` (absent if the certificate could not be parsed).
+    pub pin: Option<String>,
+}
+
+impl ServedCert {
+    /// Describes a DER certificate; never fails (unparseable input is described as such).
+    pub fn describe(der: &[u8]) -> Self {
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => ServedCert {
+                subject: cert.subject().to_string(),
+                issuer: cert.issuer().to_string(),
+                not_after: cert
+                    .validity()
+                    .not_after
+                    .to_datetime()
+                    .format(&Rfc3339)
+                    .unwrap_or_else(|_| "invalid".into()),
+                pin: Some(Pin::of_spki(cert.public_key().raw).to_string()),
+            },
+            Err(e) => ServedCert {
+                subject: format!("<unparseable certificate: {e}>"),
+                issuer: String::new(),
+                not_after: String::new(),
+                pin: None,
+            },
+        }
+    }
+}
+
+/// One violation, with every field of SPEC section 5.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// What happened.
+    pub event: AlertEvent,
+    /// `critical` or `warning`.
+    pub severity: Severity,
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// Which side.
+    pub direction: Direction,
+    /// The peer's Matrix server name (from its pin entry, or the TLS name when unknown).
+    pub server_name: Option<String>,
+    /// The TLS name (SNI) or IP literal checked.
+    pub host: Option<String>,
+    /// Remote port.
+    pub port: Option<u16>,
+    /// Remote socket address.
+    pub peer_addr: Option<String>,
+    /// The peer's mode, when it has an entry.
+    pub mode: Option<Mode>,
+    /// Whether the connection was blocked.
+    pub action: Action,
+    /// `valid`, or the Web PKI validation error.
+    pub webpki: String,
+    /// The chain the peer served.
+    pub served_chain: Vec<ServedCert>,
+    /// The pins that were expected.
+    pub known_pins: Vec<String>,
+    /// When those pins expire.
+    pub expires: Option<String>,
+    /// The pin-file generation the check used.
+    pub pin_generation: u64,
+    /// One sentence saying what failed.
+    pub reason: String,
+    /// How many identical alerts this record stands for (1 unless merged).
+    pub repeats: u64,
+}
+
+impl Alert {
+    /// Serialises to one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                "{{\"event\":\"{}\",\"error\":\"alert serialisation failed: {e}\"}}",
+                self.event.as_str()
+            )
+        })
+    }
+
+    /// The current time in the alert format.
+    pub fn now_string() -> String {
+        OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    fn dedup_key(&self) -> DedupKey {
+        DedupKey {
+            event: self.event,
+            direction: self.direction,
+            action: self.action,
+            host: self.host.clone().unwrap_or_default(),
+            leaf: self.served_chain.first().and_then(|c| c.pin.clone()),
+            reason: if self.event == AlertEvent::PinReloadFailed {
+                self.reason.clone()
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DedupKey {
+    event: AlertEvent,
+    direction: Direction,
+    action: Action,
+    host: String,
+    leaf: Option<String>,
+    reason: String,
+}
+
+struct Window {
+    opened: Instant,
+    suppressed: u64,
+    last: Alert,
+}
+
+/// Counters a metrics exporter can read.
+#[derive(Debug, Default)]
+pub struct AlertCounters {
+    /// Alerts raised (before dedup).
+    pub raised: AtomicU64,
+    /// Alert records emitted (after dedup, including merged summaries).
+    pub emitted: AtomicU64,
+    /// Alerts a sink could not take because its queue was full.
+    pub dropped: AtomicU64,
+    /// Sink deliveries that failed (non-zero exit, timeout, spawn error).
+    pub sink_failures: AtomicU64,
+}
+
+const RECENT: usize = 256;
+
+/// The alert fan-out: dedup, log, recent history, sinks.
+#[derive(Clone)]
+pub struct AlertHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    windows: Mutex<HashMap<DedupKey, Window>>,
+    recent: Mutex<VecDeque<Alert>>,
+    sinks: Mutex<Vec<tokio::sync::mpsc::Sender<Arc<Alert>>>>,
+    counters: AlertCounters,
+    window: Duration,
+}
+
+impl Default for AlertHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for AlertHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertHub").finish_non_exhaustive()
+    }
+}
+
+impl AlertHub {
+    /// A hub that only logs (add sinks with [`AlertHub::add_sink`]).
+    pub fn new() -> Self {
+        Self::with_window(DEDUP_WINDOW)
+    }
+
+    /// A hub with a custom dedup window (tests).
+    pub fn with_window(window: Duration) -> Self {
+        AlertHub {
+            inner: Arc::new(HubInner {
+                windows: Mutex::new(HashMap::new()),
+                recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                sinks: Mutex::new(Vec::new()),
+                counters: AlertCounters::default(),
+                window,
+            }),
+        }
+    }
+
+    /// Registers a sink queue; alerts that do not fit are dropped and counted.
+    pub fn add_sink(&self, tx: tokio::sync::mpsc::Sender<Arc<Alert>>) {
+        lock(&self.inner.sinks).push(tx);
+    }
+
+    /// The hub's counters.
+    pub fn counters(&self) -> &AlertCounters {
+        &self.inner.counters
+    }
+
+    /// Raises an alert. Never blocks on a sink.
+    pub fn raise(&self, alert: Alert) {
+        self.inner.counters.raised.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.flush_expired_at(now);
+        let key = alert.dedup_key();
+        {
+            let mut windows = lock(&self.inner.windows);
+            if let Some(w) = windows.get_mut(&key) {
+                if now.duration_since(w.opened) < self.inner.window {
+                    w.suppressed += 1;
+                    w.last = alert;
+                    return;
+                }
+            }
+            windows.insert(
+                key,
+                Window {
+                    opened: now,
+                    suppressed: 0,
+                    last: alert.clone(),
+                },
+            );
+        }
+        self.emit(alert);
+    }
+
+    /// Emits merged records for windows that have closed. Called on every
+    /// raise and periodically by [`AlertHub::spawn_flusher`].
+    pub fn flush_expired(&self) {
+        self.flush_expired_at(Instant::now());
+    }
+
+    fn flush_expired_at(&self, now: Instant) {
+        let mut due = Vec::new();
+        {
+            let mut windows = lock(&self.inner.windows);
+            windows.retain(|_, w| {
+                if now.duration_since(w.opened) >= self.inner.window {
+                    if w.suppressed > 0 {
+                        let mut merged = w.last.clone();
+                        merged.repeats = w.suppressed;
+                        due.push(merged);
+                    }
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for a in due {
+            self.emit(a);
+        }
+    }
+
+    /// Emits every pending merged record now, regardless of window (shutdown).
+    pub fn flush_all(&self) {
+        let due: Vec<Alert> = {
+            let mut windows = lock(&self.inner.windows);
+            windows
+                .drain()
+                .filter(|(_, w)| w.suppressed > 0)
+                .map(|(_, w)| {
+                    let mut merged = w.last;
+                    merged.repeats = w.suppressed;
+                    merged
+                })
+                .collect()
+        };
+        for a in due {
+            self.emit(a);
+        }
+    }
+
+    /// Spawns a task on the current tokio runtime that flushes closed windows every few seconds.
+    pub fn spawn_flusher(&self) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                hub.flush_expired();
+            }
+        })
+    }
+
+    /// The most recent alert records (newest last), up to 256.
+    pub fn recent(&self) -> Vec<Alert> {
+        lock(&self.inner.recent).iter().cloned().collect()
+    }
+
+    fn emit(&self, alert: Alert) {
+        self.inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
+        let json = alert.to_json();
+        match alert.severity {
+            Severity::Critical => tracing::error!(
+                target: "fedpin::alert",
+                event = alert.event.as_str(),
+                severity = "critical",
+                alert = %json,
+                "{}", alert.reason
+            ),
+            Severity::Warning => tracing::warn!(
+                target: "fedpin::alert",
+                event = alert.event.as_str(),
+                severity = "warning",
+                alert = %json,
+                "{}", alert.reason
+            ),
+        }
+        let shared = Arc::new(alert);
+        {
+            let mut recent = lock(&self.inner.recent);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back((*shared).clone());
+        }
+        let sinks = lock(&self.inner.sinks);
+        for tx in sinks.iter() {
+            if tx.try_send(shared.clone()).is_err() {
+                self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "fedpin::alert", "alert sink queue is full or closed; alert dropped for that sink");
+            }
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if another thread panicked while holding it
+/// (alert bookkeeping must keep working; the data stays consistent per operation).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(host: &str) -> Alert {
+        Alert {
+            event: AlertEvent::PinMismatch,
+            severity: Severity::Critical,
+            time: Alert::now_string(),
+            direction: Direction::Outbound,
+            server_name: Some(host.into()),
+            host: Some(host.into()),
+            port: Some(8448),
+            peer_addr: None,
+            mode: Some(Mode::Enforce),
+            action: Action::Blocked,
+            webpki: "valid".into(),
+            served_chain: vec![],
+            known_pins: vec![],
+            expires: None,
+            pin_generation: 1,
+            reason: "test".into(),
+            repeats: 1,
+        }
+    }
+
+    #[test]
+    fn identical_alerts_merge_with_repeats() {
+        let hub = AlertHub::with_window(Duration::from_millis(50));
+        for _ in 0..5 {
+            hub.raise(alert("a.example"));
+        }
+        hub.raise(alert("b.example"));
+        assert_eq!(hub.recent().len(), 2);
+        std::thread::sleep(Duration::from_millis(60));
+        hub.flush_expired();
+        let recent = hub.recent();
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent[2].host.as_deref(), Some("a.example"));
+        assert_eq!(recent[2].repeats, 4);
+        assert_eq!(hub.counters().raised.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let v: serde_json::Value = serde_json::from_str(&alert("a").to_json()).unwrap();
+        for f in [
+            "event",
+            "severity",
+            "time",
+            "direction",
+            "server_name",
+            "host",
+            "port",
+            "peer_addr",
+            "mode",
+            "action",
+            "webpki",
+            "served_chain",
+            "known_pins",
+            "expires",
+            "pin_generation",
+            "repeats",
+        ] {
+            assert!(v.get(f).is_some(), "missing {f}");
+        }
+        assert_eq!(v["event"], "pin_mismatch");
+        assert_eq!(v["severity"], "critical");
+    }
+}

@@ -1,0 +1,22 @@
+//! fedpin: a certificate-pinning TLS proxy for Matrix homeserver federation.
+//!
+//! A homeserver federates over HTTPS checked only against the Web PKI, so
+//! anyone who can route its traffic and holds a CA-signed certificate for a
+//! peer's name can read and alter federation unseen. fedpin pins peers' keys
+//! (SPKI SHA-256), raises an alert on every mismatch, and applies the
+//! operator's policy to everyone else.
+//!
+//! Layout: [`pins`] (pin type, pin file, hot-reloaded store), [`verify`] (the
+//! pin rules and rustls verifiers), [`alert`] (alert events, dedup, sinks),
+//! [`tls`] (provider and per-generation configs), [`discovery`] (Matrix
+//! server-name resolution), [`pinfile_edit`] (atomic, locked, comment-keeping
+//! edits for `pinctl`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod alert;
+// pub mod discovery; (being written)
+pub mod pinfile_edit;
+pub mod pins;
+pub mod tls;
+pub mod verify;

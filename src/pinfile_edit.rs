@@ -1,0 +1,368 @@
+//! Pin-file edits for `pinctl`: comment- and layout-preserving (toml_edit),
+//! validated before they are written, atomic (temp file in the same
+//! directory, fsync, rename, fsync of the directory) and serialised by an
+//! exclusive lock on `<file>.lock`, so concurrent `pinctl` runs both land.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
+
+use crate::pins::{Mode, Pin, PinFileError, PinSet, Trust};
+
+/// Errors editing the pin file.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// Reading, locking or writing failed.
+    #[error("{path}: {action}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The current file is not valid TOML (it is left untouched).
+    #[error("{path}: cannot edit a file that is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The edit would produce an invalid pin file (nothing was written).
+    #[error("the edit was not written because the result would be invalid:\n{0}")]
+    Invalid(PinFileError),
+    /// `remove` of a server name that is not in the file.
+    #[error("{path}: no peer with server_name \"{server_name}\"")]
+    NotFound {
+        /// The file.
+        path: String,
+        /// The name asked for.
+        server_name: String,
+    },
+}
+
+/// A peer entry to add.
+#[derive(Debug, Clone)]
+pub struct NewPeer {
+    /// Matrix server name (may carry a port).
+    pub server_name: String,
+    /// TLS names, when they differ from the server name's host.
+    pub hosts: Option<Vec<String>>,
+    /// Pins to add.
+    pub pins: Vec<Pin>,
+    /// Trust mode (written only when given or new).
+    pub trust: Option<Trust>,
+    /// Enforce/report (written only when given or new).
+    pub mode: Option<Mode>,
+    /// RFC 3339 expiry.
+    pub expires: Option<String>,
+    /// Note.
+    pub note: Option<String>,
+}
+
+/// What `add_peer` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// A new `[[peer]]` entry was appended.
+    Added,
+    /// The peer existed; this many new pins were appended to it.
+    Extended(usize),
+}
+
+const NEW_FILE: &str = "# fedpin pin file (see `pinctl --help`)\nversion = 1\n\n[policy]\nunpinned = \"webpki\"\non_expired = \"webpki\"\n";
+
+fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> EditError + 'a {
+    move |source| EditError::Io {
+        path: path.display().to_string(),
+        action,
+        source,
+    }
+}
+
+/// Adds a peer (or appends new pins to an existing one).
+pub fn add_peer(path: &Path, peer: &NewPeer) -> Result<AddOutcome, EditError> {
+    edit_locked(path, |text| {
+        let mut doc: DocumentMut =
+            text.parse()
+                .map_err(|e: toml_edit::TomlError| EditError::Syntax {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        if !doc.contains_key("peer") {
+            doc.insert("peer", Item::ArrayOfTables(ArrayOfTables::new()));
+        }
+        let aot = doc
+            .get_mut("peer")
+            .and_then(|i| i.as_array_of_tables_mut())
+            .ok_or_else(|| EditError::Syntax {
+                path: path.display().to_string(),
+                message: "`peer` must be an array of tables ([[peer]])".into(),
+            })?;
+        let existing = aot.iter_mut().find(|t| {
+            t.get("server_name")
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| s.eq_ignore_ascii_case(&peer.server_name))
+        });
+        let outcome = match existing {
+            Some(table) => {
+                let pins = table
+                    .entry("pins")
+                    .or_insert(value(Array::new()))
+                    .as_array_mut()
+                    .ok_or_else(|| EditError::Syntax {
+                        path: path.display().to_string(),
+                        message: format!("peer \"{}\": pins is not an array", peer.server_name),
+                    })?;
+                let mut added = 0;
+                for p in &peer.pins {
+                    let s = p.to_string();
+                    if !pins.iter().any(|v| v.as_str() == Some(s.as_str())) {
+                        pins.push(s);
+                        added += 1;
+                    }
+                }
+                if pins.len() > 1 {
+                    for v in pins.iter_mut() {
+                        v.decor_mut().set_prefix("\n  ");
+                    }
+                    pins.set_trailing("\n");
+                    pins.set_trailing_comma(true);
+                }
+                if let Some(t) = peer.trust {
+                    table["trust"] = value(t.to_string());
+                }
+                if let Some(m) = peer.mode {
+                    table["mode"] = value(m.to_string());
+                }
+                if let Some(e) = &peer.expires {
+                    table["expires"] = value(e.as_str());
+                }
+                AddOutcome::Extended(added)
+            }
+            None => {
+                aot.push(new_table(peer));
+                AddOutcome::Added
+            }
+        };
+        Ok((doc.to_string(), outcome))
+    })
+}
+
+fn new_table(peer: &NewPeer) -> Table {
+    let mut t = Table::new();
+    t.decor_mut().set_prefix("\n");
+    t["server_name"] = value(peer.server_name.as_str());
+    if let Some(hosts) = &peer.hosts {
+        let arr: Array = hosts.iter().map(|h| h.as_str()).collect();
+        t["hosts"] = value(arr);
+    }
+    let mut pins: Array = peer.pins.iter().map(|p| p.to_string()).collect();
+    if pins.len() > 1 {
+        for v in pins.iter_mut() {
+            v.decor_mut().set_prefix("\n  ");
+        }
+        pins.set_trailing("\n");
+        pins.set_trailing_comma(true);
+    }
+    t["pins"] = value(pins);
+    t["trust"] = value(peer.trust.unwrap_or(Trust::Webpki).to_string());
+    t["mode"] = value(peer.mode.unwrap_or(Mode::Enforce).to_string());
+    if let Some(e) = &peer.expires {
+        t["expires"] = value(e.as_str());
+    }
+    if let Some(n) = &peer.note {
+        t["note"] = value(n.as_str());
+    }
+    t
+}
+
+/// Removes the peer with this server name.
+pub fn remove_peer(path: &Path, server_name: &str) -> Result<(), EditError> {
+    edit_locked(path, |text| {
+        let mut doc: DocumentMut =
+            text.parse()
+                .map_err(|e: toml_edit::TomlError| EditError::Syntax {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        let not_found = || EditError::NotFound {
+            path: path.display().to_string(),
+            server_name: server_name.to_string(),
+        };
+        let aot = doc
+            .get_mut("peer")
+            .and_then(|i| i.as_array_of_tables_mut())
+            .ok_or_else(not_found)?;
+        let idx = aot
+            .iter()
+            .position(|t| {
+                t.get("server_name")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(server_name))
+            })
+            .ok_or_else(not_found)?;
+        aot.remove(idx);
+        Ok((doc.to_string(), ()))
+    })
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Runs `edit` on the file's text under an exclusive lock, validates the
+/// result, and replaces the file atomically. A missing file starts from a
+/// fresh template.
+pub fn edit_locked<T>(
+    path: &Path,
+    edit: impl FnOnce(&str) -> Result<(String, T), EditError>,
+) -> Result<T, EditError> {
+    let lock_file = lock_path(path);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(io(&lock_file, "cannot open the lock file"))?;
+    lock.lock().map_err(io(&lock_file, "cannot lock"))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NEW_FILE.to_string(),
+        Err(e) => return Err(io(path, "cannot read")(e)),
+    };
+    let (new_text, out) = edit(&text)?;
+    PinSet::parse(&new_text).map_err(|mut e| {
+        e.path = Some(path.display().to_string());
+        EditError::Invalid(e)
+    })?;
+    write_atomic(path, new_text.as_bytes())?;
+    drop(lock);
+    Ok(out)
+}
+
+/// Test-only fault injection: when `FEDPIN_FAULT` names a step, the process
+/// aborts there (to prove a killed write never leaves a partial file).
+fn fault_point(step: &str) {
+    if std::env::var("FEDPIN_FAULT").is_ok_and(|v| v == step) {
+        std::process::abort();
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory,
+/// fsync, rename over the target, fsync the directory. Keeps the old file's
+/// permissions.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".pins-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(io(&dir, "cannot create a temporary file"))?;
+    fault_point("after-create");
+    tmp.write_all(bytes)
+        .map_err(io(tmp.path(), "cannot write"))?;
+    fault_point("after-write");
+    if let Ok(meta) = std::fs::metadata(path) {
+        tmp.as_file()
+            .set_permissions(meta.permissions())
+            .map_err(io(tmp.path(), "cannot set permissions"))?;
+    }
+    tmp.as_file().sync_all().map_err(io(path, "cannot fsync"))?;
+    fault_point("after-fsync");
+    tmp.persist(path).map_err(|e| EditError::Io {
+        path: path.display().to_string(),
+        action: "cannot rename the new file into place",
+        source: e.error,
+    })?;
+    fault_point("after-rename");
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(n: u8) -> Pin {
+        Pin::of_spki(&[n])
+    }
+
+    #[test]
+    fn add_keeps_comments_and_extends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.toml");
+        std::fs::write(
+            &path,
+            "# top comment\nversion = 1\n\n[policy]\nunpinned = \"deny\" # keep me\n",
+        )
+        .unwrap();
+        let p = NewPeer {
+            server_name: "a.example".into(),
+            hosts: None,
+            pins: vec![pin(1), pin(2)],
+            trust: None,
+            mode: None,
+            expires: None,
+            note: Some("n".into()),
+        };
+        assert_eq!(add_peer(&path, &p).unwrap(), AddOutcome::Added);
+        let again = NewPeer {
+            pins: vec![pin(2), pin(3)],
+            ..p.clone()
+        };
+        assert_eq!(add_peer(&path, &again).unwrap(), AddOutcome::Extended(1));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# top comment"));
+        assert!(text.contains("# keep me"));
+        let set = PinSet::parse(&text).unwrap();
+        assert_eq!(set.lookup("a.example").unwrap().pins.len(), 3);
+        remove_peer(&path, "A.example").unwrap();
+        let set = PinSet::load(&path).unwrap();
+        assert!(set.is_empty());
+        assert!(matches!(
+            remove_peer(&path, "a.example"),
+            Err(EditError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_result_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.toml");
+        let p = NewPeer {
+            server_name: "a.example".into(),
+            hosts: None,
+            pins: vec![pin(1)],
+            trust: None,
+            mode: None,
+            expires: None,
+            note: None,
+        };
+        add_peer(&path, &p).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let clash = NewPeer {
+            server_name: "b.example".into(),
+            hosts: Some(vec!["a.example".into()]),
+            ..p
+        };
+        assert!(matches!(
+            add_peer(&path, &clash),
+            Err(EditError::Invalid(_))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+}

@@ -1,0 +1,747 @@
+//! Pin file parsing and validation (SPEC section 3).
+//!
+//! Two phases, as sozu does its config: raw `serde` structs with
+//! `deny_unknown_fields` and spans, then [`PinSet::parse`] validates them into
+//! an immutable [`PinSet`] or returns every error with its line and key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use toml::Spanned;
+
+use super::pin::Pin;
+
+/// What to do with a host that has no `[[peer]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnpinnedPolicy {
+    /// Accept the peer if Web PKI validates its chain for the name.
+    Webpki,
+    /// Refuse the peer.
+    Deny,
+}
+
+/// What to do with a peer whose pins passed their `expires` date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpiredPolicy {
+    /// Fall back to Web PKI validation (with a `pin_expired` alert).
+    Webpki,
+    /// Refuse the peer.
+    Deny,
+}
+
+/// How a peer's pins relate to Web PKI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// The chain must validate for the name AND a pin must be on the validated path.
+    Webpki,
+    /// Only the leaf's key counts; name, expiry and chain are not required.
+    PinOnly,
+}
+
+/// Whether a pin mismatch blocks the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A mismatch blocks the connection.
+    Enforce,
+    /// A mismatch alerts; the connection proceeds iff Web PKI validation passes.
+    Report,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        })
+    }
+}
+
+impl fmt::Display for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trust::Webpki => "webpki",
+            Trust::PinOnly => "pin-only",
+        })
+    }
+}
+
+/// The `[policy]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Policy {
+    /// Policy for hosts without an entry.
+    pub unpinned: UnpinnedPolicy,
+    /// Policy for peers whose pins expired.
+    pub on_expired: ExpiredPolicy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            unpinned: UnpinnedPolicy::Webpki,
+            on_expired: ExpiredPolicy::Webpki,
+        }
+    }
+}
+
+/// One validated `[[peer]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The Matrix server name, as written (may carry a port).
+    pub server_name: String,
+    /// TLS names this peer answers as, normalised (lowercase, no trailing dot).
+    pub hosts: Vec<String>,
+    /// Accepted SPKI pins (any one matching is a match).
+    pub pins: Vec<Pin>,
+    /// How pins relate to Web PKI.
+    pub trust: Trust,
+    /// Enforce or report.
+    pub mode: Mode,
+    /// When the pins stop being enforced, if ever.
+    pub expires: Option<OffsetDateTime>,
+    /// Free-form note.
+    pub note: Option<String>,
+    /// 1-based line of the entry's `server_name` in the file.
+    pub line: usize,
+}
+
+impl Peer {
+    /// Whether the pins have expired at `now`.
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        self.expires.is_some_and(|e| now >= e)
+    }
+
+    /// Whether `pin` is one of this peer's pins.
+    pub fn has_pin(&self, pin: &Pin) -> bool {
+        self.pins.iter().any(|p| p == pin)
+    }
+}
+
+/// One located problem in a pin file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based line (0 when the problem has no location).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// The key the problem is about, e.g. `peer[2].pins[0]`.
+    pub key: String,
+    /// One sentence saying what is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}, column {}: ", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A pin file that failed to parse or validate; every error found, each located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PinFileError {
+    /// The file, when known.
+    pub path: Option<String>,
+    /// The problems, in file order.
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for PinFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.as_deref().unwrap_or("<pin file>");
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{path}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    version: Option<Spanned<i64>>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    unpinned: Option<UnpinnedPolicy>,
+    on_expired: Option<ExpiredPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    server_name: Spanned<String>,
+    hosts: Option<Vec<Spanned<String>>>,
+    pins: Spanned<Vec<Spanned<String>>>,
+    trust: Option<Trust>,
+    mode: Option<Mode>,
+    expires: Option<Spanned<String>>,
+    note: Option<String>,
+}
+
+/// An immutable, validated pin set with O(1) lookup by TLS name.
+#[derive(Debug, Clone)]
+pub struct PinSet {
+    /// The `[policy]` table.
+    pub policy: Policy,
+    peers: Vec<Peer>,
+    by_host: HashMap<String, usize>,
+    by_server_name: HashMap<String, usize>,
+    /// Lint findings that do not make the file invalid (e.g. a peer with a single pin).
+    pub warnings: Vec<Diagnostic>,
+    /// SHA-256 of the file's bytes.
+    pub content_hash: [u8; 32],
+    /// Reload generation (0 until a store assigns one).
+    pub generation: u64,
+}
+
+impl PinSet {
+    /// An empty set with the given policy (no file).
+    pub fn empty(policy: Policy) -> Self {
+        PinSet {
+            policy,
+            peers: Vec::new(),
+            by_host: HashMap::new(),
+            by_server_name: HashMap::new(),
+            warnings: Vec::new(),
+            content_hash: [0; 32],
+            generation: 0,
+        }
+    }
+
+    /// Reads and validates a pin file.
+    pub fn load(path: &Path) -> Result<Self, PinFileError> {
+        let text = std::fs::read(path).map_err(|e| PinFileError {
+            path: Some(path.display().to_string()),
+            errors: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the pin file: {e}"),
+            }],
+        })?;
+        Self::parse_bytes(&text).map_err(|mut e| {
+            e.path = Some(path.display().to_string());
+            e
+        })
+    }
+
+    /// Validates pin-file bytes (must be UTF-8 TOML).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, PinFileError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            PinFileError {
+                path: None,
+                errors: vec![Diagnostic {
+                    line,
+                    column: 0,
+                    key: String::new(),
+                    message: "the pin file is not valid UTF-8".into(),
+                }],
+            }
+        })?;
+        Self::parse(text)
+    }
+
+    /// Validates pin-file text.
+    pub fn parse(text: &str) -> Result<Self, PinFileError> {
+        let hash = {
+            let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+            let mut h = [0u8; 32];
+            h.copy_from_slice(d.as_ref());
+            h
+        };
+        let lines = LineIndex::new(text);
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| lines.locate(s.start)).unwrap_or((0, 0));
+            PinFileError {
+                path: None,
+                errors: vec![Diagnostic {
+                    line,
+                    column,
+                    key: String::new(),
+                    message: e.message().trim().to_string(),
+                }],
+            }
+        })?;
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let mut err = |span: std::ops::Range<usize>, key: String, message: String| {
+            let (line, column) = lines.locate(span.start);
+            errors.push(Diagnostic {
+                line,
+                column,
+                key,
+                message,
+            });
+        };
+
+        match &raw.version {
+            None => err(
+                0..0,
+                "version".into(),
+                "missing `version = 1` at the top of the file".into(),
+            ),
+            Some(v) if *v.get_ref() != 1 => err(
+                v.span(),
+                "version".into(),
+                format!(
+                    "unsupported version {} (this fedpin reads version 1)",
+                    v.get_ref()
+                ),
+            ),
+            _ => {}
+        }
+        let policy = raw
+            .policy
+            .map(|p| Policy {
+                unpinned: p.unpinned.unwrap_or(UnpinnedPolicy::Webpki),
+                on_expired: p.on_expired.unwrap_or(ExpiredPolicy::Webpki),
+            })
+            .unwrap_or_default();
+
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        let mut by_host: HashMap<String, usize> = HashMap::new();
+        let mut by_server_name: HashMap<String, usize> = HashMap::new();
+        for (i, raw_peer) in raw.peer.into_iter().enumerate() {
+            let peer_span = raw_peer.span();
+            let rp = raw_peer.into_inner();
+            let key = |k: &str| format!("peer[{i}].{k}");
+            let sn_span = rp.server_name.span();
+            let server_name = rp.server_name.into_inner();
+            let default_host = match split_server_name(&server_name) {
+                Ok(host) => Some(host),
+                Err(msg) => {
+                    err(sn_span.clone(), key("server_name"), msg);
+                    None
+                }
+            };
+            let sn_key = server_name.to_ascii_lowercase();
+            if let Some(prev) = by_server_name.get(&sn_key) {
+                let prev_line: usize = peers.get(*prev).map(|p: &Peer| p.line).unwrap_or_default();
+                err(
+                    sn_span.clone(),
+                    key("server_name"),
+                    format!("server name \"{server_name}\" is already listed at line {prev_line}"),
+                );
+            }
+
+            let mut hosts: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+            match rp.hosts {
+                Some(list) => {
+                    if list.is_empty() {
+                        err(
+                            peer_span.clone(),
+                            key("hosts"),
+                            "hosts must not be empty (omit it to use the server name)".into(),
+                        );
+                    }
+                    for (j, h) in list.into_iter().enumerate() {
+                        let span = h.span();
+                        match normalize_tls_name(h.get_ref()) {
+                            Ok(n) => {
+                                if hosts.iter().any(|(h, _)| *h == n) {
+                                    err(
+                                        span,
+                                        format!("peer[{i}].hosts[{j}]"),
+                                        format!("host \"{n}\" is listed twice"),
+                                    );
+                                } else {
+                                    hosts.push((n, span));
+                                }
+                            }
+                            Err(m) => err(span, format!("peer[{i}].hosts[{j}]"), m),
+                        }
+                    }
+                }
+                None => {
+                    if let Some(h) = default_host {
+                        hosts.push((h, sn_span.clone()));
+                    }
+                }
+            }
+            let line = lines.locate(sn_span.start).0;
+            for (h, span) in &hosts {
+                if let Some(prev) = by_host.get(h) {
+                    let prev_line = peers.get(*prev).map(|p: &Peer| p.line).unwrap_or_default();
+                    err(
+                        span.clone(),
+                        key("hosts"),
+                        format!(
+                            "host \"{h}\" is already listed under the peer at line {prev_line}"
+                        ),
+                    );
+                }
+            }
+
+            let pins_span = rp.pins.span();
+            let mut pins = Vec::new();
+            let raw_pins = rp.pins.into_inner();
+            if raw_pins.is_empty() {
+                err(
+                    pins_span.clone(),
+                    key("pins"),
+                    "a peer needs at least one pin".into(),
+                );
+            }
+            for (j, p) in raw_pins.into_iter().enumerate() {
+                match p.get_ref().parse::<Pin>() {
+                    Ok(pin) => {
+                        if pins.contains(&pin) {
+                            let (l, c) = lines.locate(p.span().start);
+                            warnings.push(Diagnostic {
+                                line: l,
+                                column: c,
+                                key: format!("peer[{i}].pins[{j}]"),
+                                message: format!("pin {pin} is listed twice"),
+                            });
+                        } else {
+                            pins.push(pin);
+                        }
+                    }
+                    Err(e) => err(
+                        p.span(),
+                        format!("peer[{i}].pins[{j}]"),
+                        format!("malformed pin \"{}\": {e}", p.get_ref()),
+                    ),
+                }
+            }
+            if pins.len() == 1 {
+                let (l, c) = lines.locate(pins_span.start);
+                warnings.push(Diagnostic {
+                    line: l,
+                    column: c,
+                    key: key("pins"),
+                    message: format!(
+                        "\"{server_name}\" has a single pin and no backup: its next key rollover will break federation"
+                    ),
+                });
+            }
+            let expires = match rp.expires {
+                None => None,
+                Some(e) => match OffsetDateTime::parse(e.get_ref(), &Rfc3339) {
+                    Ok(t) => Some(t),
+                    Err(pe) => {
+                        err(
+                            e.span(),
+                            key("expires"),
+                            format!(
+                                "malformed date \"{}\" ({pe}); use RFC 3339, e.g. 2027-06-01T00:00:00Z",
+                                e.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            let idx = peers.len();
+            by_server_name.entry(sn_key).or_insert(idx);
+            let host_names: Vec<String> = hosts.into_iter().map(|(h, _)| h).collect();
+            for h in &host_names {
+                by_host.entry(h.clone()).or_insert(idx);
+            }
+            peers.push(Peer {
+                server_name,
+                hosts: host_names,
+                pins,
+                trust: rp.trust.unwrap_or(Trust::Webpki),
+                mode: rp.mode.unwrap_or(Mode::Enforce),
+                expires,
+                note: rp.note,
+                line,
+            });
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|d| (d.line, d.column));
+            return Err(PinFileError { path: None, errors });
+        }
+        Ok(PinSet {
+            policy,
+            peers,
+            by_host,
+            by_server_name,
+            warnings,
+            content_hash: hash,
+            generation: 0,
+        })
+    }
+
+    /// The peer whose `hosts` contain this TLS name (normalised first). O(1).
+    pub fn lookup(&self, tls_name: &str) -> Option<&Peer> {
+        let key = normalize_lookup(tls_name);
+        self.by_host
+            .get(key.as_ref())
+            .and_then(|i| self.peers.get(*i))
+    }
+
+    /// The peer with this Matrix server name (case-insensitive).
+    pub fn by_server_name(&self, server_name: &str) -> Option<&Peer> {
+        self.by_server_name
+            .get(&server_name.to_ascii_lowercase())
+            .and_then(|i| self.peers.get(*i))
+    }
+
+    /// Every peer, in file order.
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// Number of peers.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the set has no peers.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// The content hash as lowercase hex.
+    pub fn content_hash_hex(&self) -> String {
+        self.content_hash
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Normalises a lookup key: lowercase, trailing dot removed, IPv6 brackets removed.
+/// Borrows when the name is already normal, so the hot path does not allocate.
+pub fn normalize_lookup(name: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    let trimmed = trimmed
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(trimmed)
+    }
+}
+
+/// Validates and normalises a TLS name from the file (a DNS name or an IP literal).
+pub fn normalize_tls_name(name: &str) -> Result<String, String> {
+    let n = normalize_lookup(name.trim()).into_owned();
+    if n.is_empty() {
+        return Err("host name is empty".into());
+    }
+    if n.parse::<IpAddr>().is_ok() {
+        return Ok(n);
+    }
+    if n.contains(':') {
+        return Err(format!(
+            "host \"{name}\" must be a TLS name without a port (put ports in server_name)"
+        ));
+    }
+    match rustls_pki_types::DnsName::try_from(n.as_str()) {
+        Ok(_) => Ok(n),
+        Err(_) => Err(format!(
+            "host \"{name}\" is not a valid DNS name or IP address"
+        )),
+    }
+}
+
+/// Splits a Matrix server name (`host[:port]`, `[v6]:port`) and returns the
+/// normalised host part, or a sentence saying what is wrong.
+pub fn split_server_name(server_name: &str) -> Result<String, String> {
+    if server_name.is_empty() {
+        return Err("server name is empty".into());
+    }
+    let (host, port) = if let Some(rest) = server_name.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return Err(format!("server name \"{server_name}\" has an unclosed '['"));
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "server name \"{server_name}\" has an invalid IPv6 literal"
+            ));
+        }
+        let port = match after {
+            "" => None,
+            p => match p.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return Err(format!("server name \"{server_name}\" has junk after ']'")),
+            },
+        };
+        (v6.to_string(), port)
+    } else {
+        match server_name.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (server_name.to_string(), None),
+        }
+    };
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => {
+                return Err(format!(
+                    "server name \"{server_name}\" has an invalid port \"{p}\""
+                ))
+            }
+        }
+    }
+    normalize_tls_name(&host).map_err(|m| format!("server name \"{server_name}\": {m}"))
+}
+
+/// Maps byte offsets to 1-based (line, column).
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    fn locate(&self, offset: usize) -> (usize, usize) {
+        let line = match self.starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i.saturating_sub(1),
+        };
+        let col = offset - self.starts.get(line).copied().unwrap_or(0);
+        (line + 1, col + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(n: u8) -> String {
+        Pin::of_spki(&[n]).to_string()
+    }
+
+    #[test]
+    fn parses_example() {
+        let text = format!(
+            r#"version = 1
+[policy]
+unpinned = "deny"
+on_expired = "webpki"
+
+[[peer]]
+server_name = "Matrix.org"
+hosts = ["matrix.org", "matrix-federation.matrix.org."]
+pins = ["{}", "{}"]
+trust = "webpki"
+mode = "report"
+expires = "2027-06-01T00:00:00Z"
+note = "x"
+
+[[peer]]
+server_name = "[::1]:8448"
+pins = ["{}"]
+trust = "pin-only"
+"#,
+            pin(1),
+            pin(2),
+            pin(3)
+        );
+        let set = PinSet::parse(&text).unwrap();
+        assert_eq!(set.policy.unpinned, UnpinnedPolicy::Deny);
+        assert_eq!(set.len(), 2);
+        let p = set.lookup("MATRIX-federation.matrix.org.").unwrap();
+        assert_eq!(p.server_name, "Matrix.org");
+        assert_eq!(p.mode, Mode::Report);
+        assert!(set.lookup("::1").is_some());
+        assert!(set.lookup("[::1]").is_some());
+        assert_eq!(set.lookup("::1").unwrap().trust, Trust::PinOnly);
+        assert!(set.lookup("example.org").is_none());
+        assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+        assert_eq!(set.warnings[0].line, 17);
+    }
+
+    #[test]
+    fn duplicate_host_names_both_lines() {
+        let text = format!(
+            "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{}\"]\n[[peer]]\nserver_name = \"b.example\"\nhosts = [\"a.example\"]\npins = [\"{}\"]\n",
+            pin(1),
+            pin(2)
+        );
+        let e = PinSet::parse(&text).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].line, 7);
+        assert!(e.errors[0].message.contains("line 3"), "{}", e);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let text = "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"sha256/nope\"]\nexpires = \"tomorrow\"\n";
+        let e = PinSet::parse(text).unwrap_err();
+        assert_eq!(e.errors.len(), 2, "{e}");
+        assert_eq!(
+            (e.errors[0].line, e.errors[0].key.as_str()),
+            (4, "peer[0].pins[0]")
+        );
+        assert_eq!(
+            (e.errors[1].line, e.errors[1].key.as_str()),
+            (5, "peer[0].expires")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line() {
+        let text = format!(
+            "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{}\"]\npin = 3\n",
+            pin(1)
+        );
+        let e = PinSet::parse(&text).unwrap_err();
+        assert_eq!(e.errors[0].line, 5, "{e}");
+        assert!(e.errors[0].message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_and_version() {
+        assert!(PinSet::parse("version = 2\n").is_err());
+        assert!(PinSet::parse("").is_err());
+        let e = PinSet::parse("version = 1\n[policy]\nunpinned = \"allow\"\n").unwrap_err();
+        assert_eq!(e.errors[0].line, 3, "{e}");
+    }
+
+    #[test]
+    fn server_name_forms() {
+        assert_eq!(
+            split_server_name("Example.ORG:8448").unwrap(),
+            "example.org"
+        );
+        assert_eq!(split_server_name("1.2.3.4").unwrap(), "1.2.3.4");
+        assert_eq!(
+            split_server_name("[2001:db8::1]:443").unwrap(),
+            "2001:db8::1"
+        );
+        assert!(split_server_name("a.example:0").is_err());
+        assert!(split_server_name("a.example:99999").is_err());
+        assert!(split_server_name("a b").is_err());
+        assert!(split_server_name("[::1").is_err());
+        assert!(split_server_name("").is_err());
+    }
+}

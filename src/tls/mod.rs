@@ -1,0 +1,143 @@
+//! TLS policy: the crypto provider (ring only) and rustls configs per pin generation.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::ClientConfig;
+
+use crate::pins::PinStore;
+use crate::verify::{PeerContext, PinnedServerVerifier, VerifierCore};
+
+/// The one crypto provider fedpin uses: *ring*.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Upstream (client-side) TLS with pinned verification.
+///
+/// Keeps one base `ClientConfig` per pin generation, each with its own
+/// session store: a session resumed after a reload would skip certificate
+/// verification, so a new generation starts with an empty store. Each
+/// connection gets a clone of the base with its own [`PinnedServerVerifier`]
+/// (which carries the connection's context for alerts and error pages).
+pub struct UpstreamTls {
+    core: Arc<VerifierCore>,
+    store: Arc<PinStore>,
+    provider: Arc<CryptoProvider>,
+    client_auth: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+    )>,
+    current: ArcSwapOption<Generation>,
+    session_cache_size: usize,
+}
+
+struct Generation {
+    generation: u64,
+    base: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").finish_non_exhaustive()
+    }
+}
+
+/// One connection's TLS client settings.
+pub struct Connector {
+    /// The config to hand to tokio-rustls.
+    pub config: Arc<ClientConfig>,
+    /// The verifier inside it; ask it what happened after the handshake.
+    pub verifier: Arc<PinnedServerVerifier>,
+}
+
+impl UpstreamTls {
+    /// Builds upstream TLS over a verifier core and a pin store.
+    pub fn new(
+        core: Arc<VerifierCore>,
+        store: Arc<PinStore>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        UpstreamTls {
+            core,
+            store,
+            provider,
+            client_auth: None,
+            current: ArcSwapOption::empty(),
+            session_cache_size: 1024,
+        }
+    }
+
+    /// Presents this client certificate upstream (mutual pinned TLS between fedpins).
+    pub fn with_client_auth(
+        mut self,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Self {
+        self.client_auth = Some((chain, Arc::new(key)));
+        self
+    }
+
+    /// The verifier core.
+    pub fn core(&self) -> &Arc<VerifierCore> {
+        &self.core
+    }
+
+    /// The pin store.
+    pub fn store(&self) -> &Arc<PinStore> {
+        &self.store
+    }
+
+    fn base_for(
+        &self,
+        pins: &Arc<crate::pins::PinSet>,
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+        if let Some(g) = self.current.load().as_ref() {
+            if g.generation == pins.generation {
+                return Ok(g.base.clone());
+            }
+        }
+        let placeholder = Arc::new(PinnedServerVerifier::new(
+            self.core.clone(),
+            pins.clone(),
+            PeerContext::default(),
+        ));
+        let builder = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(placeholder);
+        let mut config = match &self.client_auth {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key())?,
+        };
+        config.resumption = Resumption::in_memory_sessions(self.session_cache_size);
+        let base = Arc::new(config);
+        self.current.store(Some(Arc::new(Generation {
+            generation: pins.generation,
+            base: base.clone(),
+        })));
+        Ok(base)
+    }
+
+    /// A config for one upstream connection under the current pin generation.
+    pub fn connector(
+        &self,
+        ctx: PeerContext,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<Connector, rustls::Error> {
+        let pins = self.store.current();
+        let base = self.base_for(&pins)?;
+        let verifier = Arc::new(PinnedServerVerifier::new(self.core.clone(), pins, ctx));
+        let mut config = (*base).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(verifier.clone());
+        config.alpn_protocols = alpn;
+        Ok(Connector {
+            config: Arc::new(config),
+            verifier,
+        })
+    }
+}

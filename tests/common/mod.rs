@@ -1,0 +1,237 @@
+//! Test support: per-test PKI minted with rcgen, loopback TLS servers, and a
+//! pinned client. Nothing here reaches beyond 127.0.0.1.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fedpin::alert::{Alert, AlertHub};
+use fedpin::pins::{Pin, PinSet};
+use fedpin::verify::{CheckRecord, PeerContext, PinnedServerVerifier, VerifierCore};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A CA (root or intermediate) that can issue.
+pub struct Ca {
+    pub cert: CertificateDer<'static>,
+    pub issuer: Issuer<'static, KeyPair>,
+}
+
+/// An end-entity certificate and its key.
+pub struct Leaf {
+    pub cert: CertificateDer<'static>,
+    pub key: KeyPair,
+}
+
+impl Leaf {
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
+    }
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// A self-signed root CA.
+pub fn root(cn: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let params = ca_params(cn);
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        cert: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// An intermediate CA signed by `parent`.
+pub fn intermediate(parent: &Ca, cn: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let params = ca_params(cn);
+    let cert = params.signed_by(&key, &parent.issuer).unwrap();
+    Ca {
+        cert: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf for `names` signed by `issuer`.
+pub fn leaf(issuer: &Ca, names: &[&str]) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    let cert = params.signed_by(&key, &issuer.issuer).unwrap();
+    Leaf {
+        cert: cert.der().clone(),
+        key,
+    }
+}
+
+/// A leaf whose validity ended in the past.
+pub fn expired_leaf(issuer: &Ca, names: &[&str]) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.signed_by(&key, &issuer.issuer).unwrap();
+    Leaf {
+        cert: cert.der().clone(),
+        key,
+    }
+}
+
+/// A self-signed leaf (pin-only peers).
+pub fn self_signed(names: &[&str]) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Leaf {
+        cert: cert.der().clone(),
+        key,
+    }
+}
+
+/// The pin of a certificate's key.
+pub fn pin(cert: &CertificateDer<'_>) -> Pin {
+    fedpin::verify::spki_of_der(cert.as_ref()).expect("test cert parses")
+}
+
+/// Builds a pin set from TOML text.
+pub fn pinset(toml: &str) -> Arc<PinSet> {
+    let mut set =
+        PinSet::parse(toml).unwrap_or_else(|e| panic!("test pin file invalid: {e}\n{toml}"));
+    set.generation = 1;
+    Arc::new(set)
+}
+
+/// A verifier core trusting only `anchors`, with a fresh alert hub.
+pub fn core(anchors: &[&CertificateDer<'static>]) -> (Arc<VerifierCore>, AlertHub) {
+    let hub = AlertHub::new();
+    let list: Vec<CertificateDer<'static>> = anchors.iter().map(|c| (*c).clone()).collect();
+    let core =
+        VerifierCore::with_only_anchors(&fedpin::tls::provider(), &list, hub.clone()).unwrap();
+    (Arc::new(core), hub)
+}
+
+/// Resolver that serves a chain with whatever key it is given, without
+/// checking that they match (to play a peer that replays a certificate).
+#[derive(Debug)]
+struct AnyKey(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for AnyKey {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Starts a TLS server on 127.0.0.1:0 serving `chain` signed with `key`
+/// (which need not match the leaf). Each connection gets "hello\n" and is closed.
+pub async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> SocketAddr {
+    let provider = fedpin::tls::provider();
+    let signing = provider.key_provider.load_private_key(key).unwrap();
+    let ck = Arc::new(CertifiedKey::new(chain, signing));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(AnyKey(ck)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"hello\n").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// What a pinned client saw.
+pub struct Outcome {
+    pub result: Result<String, String>,
+    pub record: Option<CheckRecord>,
+    pub resumed: bool,
+}
+
+/// Connects with a fresh PinnedServerVerifier for `pins` and reads the greeting.
+pub async fn connect(
+    core: &Arc<VerifierCore>,
+    pins: &Arc<PinSet>,
+    addr: SocketAddr,
+    name: &str,
+) -> Outcome {
+    let verifier = Arc::new(PinnedServerVerifier::new(
+        core.clone(),
+        pins.clone(),
+        PeerContext {
+            direction: Some(fedpin::alert::Direction::Outbound),
+            server_name: None,
+            port: Some(addr.port()),
+            peer_addr: Some(addr),
+        },
+    ));
+    let config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let out = connect_with(Arc::new(config), addr, name).await;
+    Outcome {
+        result: out.0,
+        record: verifier.record(),
+        resumed: out.1,
+    }
+}
+
+/// Connects with a given client config; returns the greeting (or the error) and whether it resumed.
+pub async fn connect_with(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> (Result<String, String>, bool) {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    match connector.connect(server_name, tcp).await {
+        Ok(mut tls) => {
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let mut s = String::new();
+            match tls.read_to_string(&mut s).await {
+                Ok(_) => (Ok(s), resumed),
+                Err(e) => (Err(e.to_string()), resumed),
+            }
+        }
+        Err(e) => (Err(e.to_string()), false),
+    }
+}
+
+/// The alerts raised so far.
+pub fn alerts(hub: &AlertHub) -> Vec<Alert> {
+    hub.recent()
+}
