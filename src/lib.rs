@@ -15,8 +15,11 @@
 #![warn(missing_docs)]
 
 pub mod alert;
-// pub mod discovery; (being written)
+pub mod config;
+pub mod demo;
+pub mod discovery;
 pub mod pinfile_edit;
 pub mod pins;
+pub mod probe;
 pub mod tls;
 pub mod verify;

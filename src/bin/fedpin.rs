@@ -1,1 +1,233 @@
-fn main() {}
+//! `fedpin`: the daemon binary (clap + tracing setup; the work is in the library).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fedpin::alert::AlertHub;
+use fedpin::config::Config;
+use fedpin::pins::PinSet;
+
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "fedpin",
+    version,
+    about = "Certificate-pinning TLS proxy for Matrix federation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Self-contained loopback demo: a genuine peer passes, a CA-valid impostor is blocked with an alert.
+    Demo,
+    /// Validate the config and its pin file; exit 0, or 64 with located errors.
+    CheckConfig {
+        /// Config file.
+        #[arg(long, default_value = "fedpin.toml")]
+        config: PathBuf,
+    },
+    /// Manage the interception CA.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create the interception CA (key mode 0600) and print the Synapse snippet.
+    Init {
+        /// Directory for fedpin-ca.pem and fedpin-ca.key.
+        #[arg(long, default_value = "ca")]
+        dir: PathBuf,
+        /// The outbound listener Synapse should use as its proxy.
+        #[arg(long, default_value = "127.0.0.1:8449")]
+        proxy: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FEDPIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json && !matches!(cli.cmd, Cmd::Demo) {
+        builder.json().init();
+    } else if matches!(cli.cmd, Cmd::Demo) {
+        // The demo prints its own account; keep the log to errors.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("off"))
+            .init();
+    } else {
+        builder.compact().init();
+    }
+    match cli.cmd {
+        Cmd::Demo => demo(),
+        Cmd::CheckConfig { config } => check_config(&config),
+        Cmd::Ca {
+            cmd: CaCmd::Init { dir, proxy },
+        } => match fedpin::tls::ca::init_ca(&dir) {
+            Ok(files) => {
+                println!(
+                    "wrote {} and {} (mode 0600)",
+                    files.cert.display(),
+                    files.key.display()
+                );
+                println!();
+                print!("{}", fedpin::tls::ca::synapse_snippet(&files.cert, &proxy));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fedpin: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn demo() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fedpin: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match rt.block_on(fedpin::demo::run()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fedpin: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let host = fedpin::demo::DEMO_HOST;
+    println!("fedpin demo: two servers on 127.0.0.1 answer as {host}.");
+    println!("Both hold a certificate from the same trusted CA, so Web PKI alone accepts both.");
+    println!("Only the genuine one holds the pinned key.");
+    println!();
+    match &report.genuine {
+        Ok(body) => {
+            println!("PASSED   genuine peer: pin matched; federation request answered: {body}")
+        }
+        Err(e) => println!("FAILED   genuine peer was refused: {e}"),
+    }
+    match &report.impostor {
+        Ok(body) => println!("FAILED   impostor was NOT blocked: {body}"),
+        Err(e) => println!("BLOCKED  impostor: {e}"),
+    }
+    println!();
+    println!("Alerts raised ({}):", report.alerts.len());
+    for a in &report.alerts {
+        println!("{a}");
+    }
+    println!();
+    if report.success() {
+        println!("Result: OK — the genuine peer passed and the CA-valid impostor was blocked with a critical pin_mismatch alert.");
+        ExitCode::SUCCESS
+    } else {
+        println!("Result: FAILED — see above.");
+        ExitCode::from(1)
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let pins = match PinSet::load(&config.pins) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Some(o) = &config.outbound {
+        let mut bad = false;
+        for (what, r) in [
+            (
+                "outbound.ca_cert",
+                fedpin::tls::load_certs(&o.ca_cert).map(|_| ()),
+            ),
+            (
+                "outbound.ca_key",
+                fedpin::tls::load_key(&o.ca_key).map(|_| ()),
+            ),
+        ] {
+            if let Err(e) = r {
+                eprintln!("{}: {what}: {e}", path.display());
+                bad = true;
+            }
+        }
+        if let Some(r) = &o.extra_roots {
+            let hub = AlertHub::new();
+            match fedpin::tls::load_certs(r) {
+                Ok(certs) => {
+                    if let Err(e) =
+                        fedpin::verify::VerifierCore::new(&fedpin::tls::provider(), &certs, hub)
+                    {
+                        eprintln!("{}: outbound.extra_roots: {e}", path.display());
+                        bad = true;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{}: outbound.extra_roots: {e}", path.display());
+                    bad = true;
+                }
+            }
+        }
+        if bad {
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    }
+    for w in &pins.warnings {
+        println!("{}: warning: {w}", config.pins.display());
+    }
+    println!("{}: ok", path.display());
+    println!(
+        "  pins: {} ({} peers, unpinned={:?}, on_expired={:?})",
+        config.pins.display(),
+        pins.len(),
+        pins.policy.unpinned,
+        pins.policy.on_expired
+    );
+    if let Some(o) = &config.outbound {
+        println!(
+            "  outbound: listen {} (CA {})",
+            o.listen,
+            o.ca_cert.display()
+        );
+    }
+    if let Some(i) = &config.inbound {
+        println!(
+            "  inbound: listen {} -> {} (client_auth {:?})",
+            i.listen, i.upstream, i.client_auth
+        );
+    }
+    if let Some(a) = &config.admin {
+        println!("  admin: listen {a}");
+    }
+    if let Some(c) = &config.alert_command {
+        println!("  alerts: command {c}");
+    }
+    if let Some(w) = &config.alert_webhook {
+        println!("  alerts: webhook {w}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,1 +1,793 @@
-fn main() {}
+//! `pinctl`: the operator's CLI for the fedpin pin file.
+//!
+//! Exit codes: 0 ok, 1 mismatch or lint error, 2 usage, 64 bad pin file or input.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fedpin::alert::AlertHub;
+use fedpin::discovery::{self, DiscoveryOptions};
+use fedpin::pinfile_edit::{self, AddOutcome, NewPeer};
+use fedpin::pins::{split_server_name, Mode, Peer, Pin, PinSet, Trust};
+use fedpin::probe::{self, Target};
+use fedpin::verify::VerifierCore;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+const EXIT_MISMATCH: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "pinctl",
+    version,
+    about = "Manage fedpin's pin file: enrol, list, remove, verify live, lint, hash"
+)]
+struct Cli {
+    /// The pin file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "pins/pins.toml",
+        env = "FEDPIN_PINS"
+    )]
+    pins: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TrustArg {
+    Webpki,
+    PinOnly,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Enforce,
+    Report,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enrol a peer: pin given keys, or connect and choose from the served chain.
+    Add {
+        /// Matrix server name (may carry a port).
+        server_name: String,
+        /// A pin to add (`sha256/…`); repeatable.
+        #[arg(long = "pin")]
+        pins: Vec<String>,
+        /// Pin the keys of the certificates (or public keys) in this PEM file; repeatable.
+        #[arg(long = "from-cert")]
+        from_cert: Vec<PathBuf>,
+        /// Connect here instead of resolving the server name the Matrix way.
+        #[arg(long, value_name = "HOST:PORT")]
+        connect: Option<String>,
+        /// How the pins relate to Web PKI.
+        #[arg(long, value_enum)]
+        trust: Option<TrustArg>,
+        /// Enforce or only report mismatches.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// When the pins stop being enforced (RFC 3339, or YYYY-MM-DD).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Extra trust anchors (PEM) for Web PKI validation.
+        #[arg(long)]
+        roots: Vec<PathBuf>,
+        /// Do not ask: pin the leaf.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Free-form note stored with the entry.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List the peers.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a peer.
+    Remove {
+        /// Matrix server name.
+        server_name: String,
+    },
+    /// Connect to peers now and check they still match their pins.
+    Verify {
+        /// Peers to check (default: all).
+        server_names: Vec<String>,
+        /// Extra trust anchors (PEM).
+        #[arg(long)]
+        roots: Vec<PathBuf>,
+        /// Connect here instead of resolving (only with one server name).
+        #[arg(long, value_name = "HOST:PORT")]
+        connect: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Per-peer timeout in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Lint the pin file.
+    Check,
+    /// Print the pins of PEM/DER certificates or public keys (`-` reads stdin).
+    Hash {
+        /// File to read, or `-`.
+        file: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PINCTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,fedpin::alert=off")),
+        )
+        .compact()
+        .init();
+    let res = match cli.cmd {
+        Cmd::Hash { file } => hash(&file),
+        Cmd::Check => check(&cli.pins),
+        Cmd::List { json } => list(&cli.pins, json),
+        Cmd::Remove { server_name } => remove(&cli.pins, &server_name),
+        Cmd::Add {
+            server_name,
+            pins,
+            from_cert,
+            connect,
+            trust,
+            mode,
+            expires,
+            roots,
+            yes,
+            note,
+        } => runtime().and_then(|rt| {
+            rt.block_on(add(AddArgs {
+                path: &cli.pins,
+                server_name,
+                pins,
+                from_cert,
+                connect,
+                trust: trust.map(|t| match t {
+                    TrustArg::Webpki => Trust::Webpki,
+                    TrustArg::PinOnly => Trust::PinOnly,
+                }),
+                mode: mode.map(|m| match m {
+                    ModeArg::Enforce => Mode::Enforce,
+                    ModeArg::Report => Mode::Report,
+                }),
+                expires,
+                roots,
+                yes,
+                note,
+            }))
+        }),
+        Cmd::Verify {
+            server_names,
+            roots,
+            connect,
+            json,
+            timeout,
+        } => runtime().and_then(|rt| {
+            rt.block_on(verify(
+                &cli.pins,
+                server_names,
+                roots,
+                connect,
+                json,
+                Duration::from_secs(timeout.max(1)),
+            ))
+        }),
+    };
+    match res {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("pinctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// An error with its exit code.
+struct Failure(u8, String);
+
+fn bad(msg: impl Into<String>) -> Failure {
+    Failure(EXIT_BAD_INPUT, msg.into())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure(
+                EXIT_BAD_INPUT,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
+}
+
+fn load(path: &Path) -> Result<PinSet, Failure> {
+    PinSet::load(path).map_err(|e| bad(e.to_string()))
+}
+
+fn hash(file: &str) -> Result<u8, Failure> {
+    let mut bytes = Vec::new();
+    if file == "-" {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("cannot read stdin: {e}")))?;
+    } else {
+        bytes = std::fs::read(file).map_err(|e| bad(format!("{file}: cannot read: {e}")))?;
+    }
+    let items =
+        fedpin::verify::pins_of_pem_or_der(&bytes).map_err(|e| bad(format!("{file}: {e}")))?;
+    for item in items {
+        println!("{}  {}", item.pin, item.label);
+    }
+    Ok(0)
+}
+
+fn check(path: &Path) -> Result<u8, Failure> {
+    match PinSet::load(path) {
+        Ok(set) => {
+            let now = OffsetDateTime::now_utc();
+            let mut warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+            for p in set.peers() {
+                if p.is_expired(now) {
+                    warnings.push(format!(
+                        "line {}: \"{}\": pins expired; policy.on_expired applies",
+                        p.line, p.server_name
+                    ));
+                } else if let Some(e) = p.expires {
+                    let days = (e - now).whole_days();
+                    if days < 30 {
+                        warnings.push(format!(
+                            "line {}: \"{}\": pins expire in {days} days",
+                            p.line, p.server_name
+                        ));
+                    }
+                }
+            }
+            for w in &warnings {
+                println!("{}: warning: {w}", path.display());
+            }
+            println!(
+                "{}: ok: {} peer(s), policy unpinned={:?} on_expired={:?}, {} warning(s)",
+                path.display(),
+                set.len(),
+                set.policy.unpinned,
+                set.policy.on_expired,
+                warnings.len()
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            println!("{e}");
+            Ok(EXIT_MISMATCH)
+        }
+    }
+}
+
+fn fmt_time(t: Option<OffsetDateTime>) -> String {
+    t.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
+}
+
+fn peer_json(p: &Peer) -> serde_json::Value {
+    serde_json::json!({
+        "server_name": p.server_name,
+        "hosts": p.hosts,
+        "pins": p.pins.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "trust": p.trust.to_string(),
+        "mode": p.mode.to_string(),
+        "expires": p.expires.and_then(|e| e.format(&Rfc3339).ok()),
+        "note": p.note,
+        "line": p.line,
+    })
+}
+
+fn list(path: &Path, json: bool) -> Result<u8, Failure> {
+    let set = load(path)?;
+    if json {
+        let v = serde_json::json!({
+            "policy": set.policy,
+            "peers": set.peers().iter().map(peer_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
+    if set.is_empty() {
+        println!("no peers in {}", path.display());
+    }
+    for p in set.peers() {
+        println!(
+            "{}  trust={} mode={}{}",
+            p.server_name,
+            p.trust,
+            p.mode,
+            match p.expires {
+                Some(e) => format!(" expires={}", fmt_time(Some(e))),
+                None => String::new(),
+            }
+        );
+        println!("  hosts: {}", p.hosts.join(", "));
+        for pin in &p.pins {
+            println!("  {pin}");
+        }
+    }
+    Ok(0)
+}
+
+fn remove(path: &Path, server_name: &str) -> Result<u8, Failure> {
+    pinfile_edit::remove_peer(path, server_name).map_err(|e| match e {
+        pinfile_edit::EditError::NotFound { .. } => Failure(EXIT_MISMATCH, e.to_string()),
+        other => bad(other.to_string()),
+    })?;
+    println!("removed {server_name} from {}", path.display());
+    Ok(0)
+}
+
+fn read_roots(
+    roots: &[PathBuf],
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Failure> {
+    let mut out = Vec::new();
+    for r in roots {
+        out.extend(fedpin::tls::load_certs(r).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+fn core(roots: &[PathBuf]) -> Result<Arc<VerifierCore>, Failure> {
+    let extra = read_roots(roots)?;
+    VerifierCore::new(&fedpin::tls::provider(), &extra, AlertHub::new())
+        .map(Arc::new)
+        .map_err(|e| bad(e.to_string()))
+}
+
+fn parse_connect(s: &str) -> Result<(String, u16), Failure> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| Failure(2, format!("--connect \"{s}\" must be HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Failure(2, format!("--connect \"{s}\": invalid port \"{port}\"")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(Failure(2, format!("--connect \"{s}\": empty host")));
+    }
+    Ok((host.to_string(), port))
+}
+
+async fn resolve_target(
+    server_name: &str,
+    connect: Option<&str>,
+    extra_roots: Vec<rustls::pki_types::TrustAnchor<'static>>,
+) -> Result<(Target, String), Failure> {
+    let tls_host = split_server_name(server_name).map_err(|m| Failure(2, m))?;
+    if let Some(c) = connect {
+        let (host, port) = parse_connect(c)?;
+        return Ok((
+            Target {
+                tls_name: tls_host,
+                connect_host: host,
+                port,
+            },
+            format!("--connect {c}"),
+        ));
+    }
+    let name: discovery::ServerName = server_name
+        .parse()
+        .map_err(|e: discovery::DiscoveryError| Failure(2, e.to_string()))?;
+    let opts = DiscoveryOptions {
+        extra_roots,
+        ..DiscoveryOptions::default()
+    };
+    let r = discovery::resolve(&name, &opts)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((
+        Target {
+            tls_name: r.tls_name.clone(),
+            connect_host: r.connect_host.clone(),
+            port: r.port,
+        },
+        r.via.to_string(),
+    ))
+}
+
+fn anchors_of(
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Vec<rustls::pki_types::TrustAnchor<'static>> {
+    roots
+        .iter()
+        .filter_map(|c| {
+            webpki::anchor_from_trusted_cert(c)
+                .ok()
+                .map(|a| a.to_owned())
+        })
+        .collect()
+}
+
+fn parse_expires(s: &str) -> Result<String, Failure> {
+    if OffsetDateTime::parse(s, &Rfc3339).is_ok() {
+        return Ok(s.to_string());
+    }
+    let full = format!("{s}T00:00:00Z");
+    if OffsetDateTime::parse(&full, &Rfc3339).is_ok() {
+        return Ok(full);
+    }
+    Err(Failure(
+        2,
+        format!("--expires \"{s}\" is not a date (use YYYY-MM-DD or RFC 3339)"),
+    ))
+}
+
+struct AddArgs<'a> {
+    path: &'a Path,
+    server_name: String,
+    pins: Vec<String>,
+    from_cert: Vec<PathBuf>,
+    connect: Option<String>,
+    trust: Option<Trust>,
+    mode: Option<Mode>,
+    expires: Option<String>,
+    roots: Vec<PathBuf>,
+    yes: bool,
+    note: Option<String>,
+}
+
+async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
+    let default_host = split_server_name(&a.server_name).map_err(|m| Failure(2, m))?;
+    let expires = a.expires.as_deref().map(parse_expires).transpose()?;
+    let mut pins: Vec<Pin> = Vec::new();
+    for p in &a.pins {
+        pins.push(
+            p.parse()
+                .map_err(|e| Failure(2, format!("--pin \"{p}\": {e}")))?,
+        );
+    }
+    for f in &a.from_cert {
+        let bytes =
+            std::fs::read(f).map_err(|e| bad(format!("{}: cannot read: {e}", f.display())))?;
+        let items = fedpin::verify::pins_of_pem_or_der(&bytes)
+            .map_err(|e| bad(format!("{}: {e}", f.display())))?;
+        pins.extend(items.into_iter().map(|i| i.pin));
+    }
+    let mut hosts = None;
+    let today = OffsetDateTime::now_utc().date();
+    let mut note = a.note.clone();
+    if pins.is_empty() {
+        let extra = read_roots(&a.roots)?;
+        let core = core(&a.roots)?;
+        let (target, via) =
+            resolve_target(&a.server_name, a.connect.as_deref(), anchors_of(&extra)).await?;
+        eprintln!(
+            "{}: connecting to {}:{} (TLS name {}, via {via})",
+            a.server_name, target.connect_host, target.port, target.tls_name
+        );
+        let captured = probe::capture(&core, &target, Duration::from_secs(15))
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        println!(
+            "Served chain of {} ({}):",
+            target.tls_name, captured.peer_addr
+        );
+        for (i, e) in captured.entries.iter().enumerate() {
+            println!("  [{}] {}", i + 1, e.role);
+            if !e.subject.is_empty() {
+                println!("      subject:   {}", e.subject);
+                println!("      issuer:    {}", e.issuer);
+                println!("      not after: {}", e.not_after);
+            }
+            println!("      pin:       {}", e.pin);
+        }
+        match &captured.webpki {
+            Ok(()) => println!("Web PKI: valid for {}", target.tls_name),
+            Err(e) => println!("Web PKI: NOT valid for {} ({e})", target.tls_name),
+        }
+        let trust = a.trust.unwrap_or(Trust::Webpki);
+        if trust == Trust::Webpki {
+            if let Err(e) = &captured.webpki {
+                return Err(bad(format!(
+                    "{} does not validate under Web PKI ({e}); pin it with --trust pin-only (self-signed peers) or pass its CA with --roots"
+                , target.tls_name)));
+            }
+        }
+        let chosen: Vec<usize> = if a.yes {
+            vec![0]
+        } else {
+            choose(captured.entries.len())?
+        };
+        for i in chosen {
+            let e = &captured.entries[i];
+            if trust == Trust::PinOnly && i != 0 {
+                return Err(Failure(
+                    2,
+                    "trust = pin-only checks only the leaf key: choose [1]".into(),
+                ));
+            }
+            if e.role.starts_with("sent, not on") {
+                return Err(Failure(
+                    2,
+                    format!(
+                        "[{}] is not on the validated path and would never match",
+                        i + 1
+                    ),
+                ));
+            }
+            pins.push(e.pin);
+        }
+        if target.tls_name != default_host {
+            hosts = Some(vec![target.tls_name.clone()]);
+        }
+        // Self-check with the proxy's own verifier before anything is written.
+        let candidate = candidate_set(
+            &a.server_name,
+            hosts.as_ref(),
+            &pins,
+            trust,
+            a.mode,
+            expires.as_deref(),
+        )?;
+        let probe_core = core.clone();
+        let first = captured.chain.first().cloned();
+        if let Some(ee) = first {
+            let ev = probe_core.evaluate(
+                &candidate,
+                &target.tls_name,
+                rustls::pki_types::ServerName::try_from(target.tls_name.clone())
+                    .ok()
+                    .as_ref(),
+                &ee,
+                &captured.chain[1..],
+                rustls::pki_types::UnixTime::now(),
+                fedpin::verify::Usage::Server,
+                &Default::default(),
+            );
+            if let fedpin::verify::Verdict::Reject(r) = ev.verdict {
+                return Err(bad(format!(
+                    "refusing to write a pin the verifier would reject: {}",
+                    r.reason
+                )));
+            }
+        }
+        if note.is_none() {
+            note = Some(format!(
+                "enrolled {today} by pinctl from {} ({via})",
+                captured.peer_addr
+            ));
+        }
+    } else if note.is_none() {
+        note = Some(format!("enrolled {today} by pinctl"));
+    }
+    let peer = NewPeer {
+        server_name: a.server_name.clone(),
+        hosts,
+        pins: pins.clone(),
+        trust: a.trust,
+        mode: a.mode,
+        expires,
+        note,
+    };
+    let outcome = pinfile_edit::add_peer(a.path, &peer).map_err(|e| bad(e.to_string()))?;
+    match outcome {
+        AddOutcome::Added => println!(
+            "added {} with {} pin(s) to {}",
+            a.server_name,
+            pins.len(),
+            a.path.display()
+        ),
+        AddOutcome::Extended(n) => {
+            println!("{} already listed: added {n} new pin(s)", a.server_name)
+        }
+    }
+    if let Ok(set) = PinSet::load(a.path) {
+        if let Some(p) = set.by_server_name(&a.server_name) {
+            if p.pins.len() == 1 {
+                println!("warning: {} has a single pin and no backup: add the next key (or pin the CA) before it rotates", a.server_name);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn candidate_set(
+    server_name: &str,
+    hosts: Option<&Vec<String>>,
+    pins: &[Pin],
+    trust: Trust,
+    mode: Option<Mode>,
+    expires: Option<&str>,
+) -> Result<PinSet, Failure> {
+    let mut t = format!(
+        "version = 1\n[[peer]]\nserver_name = {}\n",
+        toml_str(server_name)
+    );
+    if let Some(h) = hosts {
+        let list: Vec<String> = h.iter().map(|s| toml_str(s)).collect();
+        t.push_str(&format!("hosts = [{}]\n", list.join(", ")));
+    }
+    let list: Vec<String> = pins.iter().map(|p| format!("\"{p}\"")).collect();
+    t.push_str(&format!(
+        "pins = [{}]\ntrust = \"{trust}\"\nmode = \"{}\"\n",
+        list.join(", "),
+        mode.unwrap_or(Mode::Enforce)
+    ));
+    if let Some(e) = expires {
+        t.push_str(&format!("expires = \"{e}\"\n"));
+    }
+    PinSet::parse(&t).map_err(|e| bad(e.to_string()))
+}
+
+fn toml_str(s: &str) -> String {
+    toml_edit::Value::from(s).to_string().trim().to_string()
+}
+
+fn choose(n: usize) -> Result<Vec<usize>, Failure> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        eprintln!("(reading the choice from standard input)");
+    }
+    print!("Pin which certificate(s)? Numbers separated by commas [1 = leaf]: ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let read = stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| bad(format!("cannot read the choice: {e}")))?;
+    if read == 0 {
+        return Err(Failure(
+            2,
+            "no choice given (standard input closed); use --yes to pin the leaf".into(),
+        ));
+    }
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(vec![0]);
+    }
+    let mut out = Vec::new();
+    for part in line.split(',') {
+        let k: usize = part
+            .trim()
+            .parse()
+            .ok()
+            .filter(|k| (1..=n).contains(k))
+            .ok_or_else(|| {
+                Failure(
+                    2,
+                    format!("\"{}\" is not a number from 1 to {n}", part.trim()),
+                )
+            })?;
+        if !out.contains(&(k - 1)) {
+            out.push(k - 1);
+        }
+    }
+    Ok(out)
+}
+
+async fn verify(
+    path: &Path,
+    names: Vec<String>,
+    roots: Vec<PathBuf>,
+    connect: Option<String>,
+    json: bool,
+    timeout: Duration,
+) -> Result<u8, Failure> {
+    let set = Arc::new(load(path)?);
+    if connect.is_some() && names.len() != 1 {
+        return Err(Failure(2, "--connect needs exactly one SERVER_NAME".into()));
+    }
+    let peers: Vec<Peer> = if names.is_empty() {
+        set.peers().to_vec()
+    } else {
+        let mut v = Vec::new();
+        for n in &names {
+            v.push(set.by_server_name(n).cloned().ok_or_else(|| {
+                Failure(EXIT_MISMATCH, format!("{n} is not in {}", path.display()))
+            })?);
+        }
+        v
+    };
+    let extra = read_roots(&roots)?;
+    let core = core(&roots)?;
+    let now = OffsetDateTime::now_utc();
+    let mut failed = 0;
+    let mut results = Vec::new();
+    for p in &peers {
+        let (status, detail, days_cert, target_text) =
+            match resolve_target(&p.server_name, connect.as_deref(), anchors_of(&extra)).await {
+                Err(Failure(_, m)) => ("error", m, None, String::new()),
+                Ok((target, _via)) => {
+                    let tt = format!(
+                        "{}:{} as {}",
+                        target.connect_host, target.port, target.tls_name
+                    );
+                    match probe::check(
+                        core.clone(),
+                        set.clone(),
+                        &target,
+                        Some(p.server_name.clone()),
+                        timeout,
+                    )
+                    .await
+                    {
+                        Err(e) => ("error", e.to_string(), None, tt),
+                        Ok(c) if c.passed() => {
+                            let basis = c
+                                .record
+                                .as_ref()
+                                .and_then(|r| r.basis)
+                                .map(|b| format!("{b:?}"))
+                                .unwrap_or_default();
+                            (
+                                "ok",
+                                basis,
+                                c.leaf_not_after.map(|t| (t - now).whole_days()),
+                                tt,
+                            )
+                        }
+                        Ok(c) => {
+                            let why = c
+                                .record
+                                .as_ref()
+                                .and_then(|r| r.rejected.as_ref().map(|x| x.reason.clone()))
+                                .or(c.error.clone())
+                                .unwrap_or_else(|| "handshake failed".into());
+                            let status = if c.record.as_ref().is_some_and(|r| r.alert.is_some()) {
+                                "mismatch"
+                            } else {
+                                "error"
+                            };
+                            (status, why, None, tt)
+                        }
+                    }
+                }
+            };
+        if status != "ok" {
+            failed += 1;
+        }
+        let pins_days = p.expires.map(|e| (e - now).whole_days());
+        if json {
+            results.push(serde_json::json!({
+                "server_name": p.server_name,
+                "target": target_text,
+                "status": status,
+                "detail": detail,
+                "cert_days_left": days_cert,
+                "pins_days_left": pins_days,
+            }));
+        } else {
+            let mut line = format!("{:<8} {}", status.to_uppercase(), p.server_name);
+            if !target_text.is_empty() {
+                line.push_str(&format!(" ({target_text})"));
+            }
+            if let Some(d) = days_cert {
+                line.push_str(&format!(", certificate expires in {d} days"));
+            }
+            if let Some(d) = pins_days {
+                line.push_str(&format!(", pins expire in {d} days"));
+            }
+            println!("{line}");
+            if status != "ok" {
+                println!("         {detail}");
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Array(results)).unwrap_or_default()
+        );
+    }
+    Ok(if failed > 0 { EXIT_MISMATCH } else { 0 })
+}

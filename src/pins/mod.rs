@@ -9,4 +9,6 @@ pub use file::{
     PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
 };
 pub use pin::{Pin, PinParseError, PIN_PREFIX};
+#[cfg(unix)]
+pub use store::spawn_sighup_reload;
 pub use store::{PinStore, ReloadOutcome, WatchHandle};

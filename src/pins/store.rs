@@ -294,3 +294,17 @@ impl Drop for WatchHandle {
         }
     }
 }
+
+/// Reloads the store whenever the process receives SIGHUP (runs until the
+/// runtime shuts down). Returns an error if the signal cannot be hooked.
+#[cfg(unix)]
+pub fn spawn_sighup_reload(store: Arc<PinStore>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(target: "fedpin::pins", "SIGHUP: re-reading the pin file");
+            let s = store.clone();
+            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        }
+    }))
+}

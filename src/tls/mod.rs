@@ -1,5 +1,7 @@
 //! TLS policy: the crypto provider (ring only) and rustls configs per pin generation.
 
+pub mod ca;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -140,4 +142,47 @@ impl UpstreamTls {
             verifier,
         })
     }
+}
+
+/// Errors reading PEM material.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// The file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Bad {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Reads every certificate from a PEM file (at least one).
+pub fn load_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PemError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |message: String| PemError::Bad {
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("malformed PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads one private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
+pub fn load_key(
+    path: &std::path::Path,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>, PemError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path).map_err(|e| PemError::Bad {
+        path: path.display().to_string(),
+        message: format!("cannot read a private key: {e}"),
+    })
 }

@@ -241,6 +241,49 @@ impl VerifierCore {
         .map(|_| ())
     }
 
+    /// Plain Web PKI validation of a served chain, returning the pins of the
+    /// path that validated (leaf first, trust anchor last) for display.
+    pub fn describe_path(
+        &self,
+        name: &ServerName<'_>,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+    ) -> (Result<(), String>, Vec<Pin>) {
+        let Some((first, rest)) = chain.split_first() else {
+            return (Err("the peer sent no certificate".into()), Vec::new());
+        };
+        let ee = match webpki::EndEntityCert::try_from(first) {
+            Ok(ee) => ee,
+            Err(e) => return (Err(format!("{e:?}")), Vec::new()),
+        };
+        if let Err(e) = ee.verify_is_valid_for_subject_name(name) {
+            return (Err(format!("{e:?}")), Vec::new());
+        }
+        match ee.verify_for_usage(
+            self.algs.all,
+            &self.anchors,
+            rest,
+            now,
+            usage.key_usage(),
+            None,
+            None,
+        ) {
+            Ok(path) => {
+                let mut pins = vec![leaf_pin_of(&ee)];
+                pins.extend(
+                    path.intermediate_certificates()
+                        .map(|c| Pin::of_spki(c.subject_public_key_info().as_ref())),
+                );
+                pins.push(Pin::of_spki(
+                    webpki::spki_for_anchor(path.anchor()).as_ref(),
+                ));
+                (Ok(()), pins)
+            }
+            Err(e) => (Err(format!("{e:?}")), Vec::new()),
+        }
+    }
+
     /// Validates the chain for `name` and requires one of `peer`'s pins on the
     /// path that validated (end entity, an intermediate used, or the anchor).
     fn pinned_path_check(

@@ -1,0 +1,424 @@
+//! `fedpin.toml` (SPEC section 7), in two phases: raw `serde` structs with
+//! `deny_unknown_fields` and spans, then [`Config::parse`] validates them into
+//! a typed [`Config`] or returns every error with its line and key.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::pins::Diagnostic;
+
+/// A config file that failed to parse or validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// Every problem, located.
+    pub errors: Vec<Diagnostic>,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        self.errors
+            .iter()
+            .map(|d| format!("{}: {d}", self.path))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    pins: Option<Spanned<String>>,
+    outbound: Option<RawOutbound>,
+    inbound: Option<RawInbound>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    listen: Option<Spanned<String>>,
+    ca_cert: Spanned<String>,
+    ca_key: Spanned<String>,
+    extra_roots: Option<Spanned<String>>,
+    #[serde(default)]
+    resolve: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    allow_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_destinations: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    listen: Option<Spanned<String>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    deny_origins: Vec<String>,
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    client_auth: Option<ClientAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    command: Option<Spanned<String>>,
+    webhook: Option<Spanned<String>>,
+}
+
+/// Whether inbound asks peers for a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// Never.
+    Off,
+    /// Ask; peers without one are still served.
+    Request,
+    /// Require one.
+    Require,
+}
+
+/// The validated `[outbound]` section.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Where Synapse's `https_proxy` points.
+    pub listen: SocketAddr,
+    /// Interception CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// Interception CA key (PEM, mode 0600).
+    pub ca_key: PathBuf,
+    /// Extra trust anchors for upstream Web PKI.
+    pub extra_roots: Option<PathBuf>,
+    /// Static name → address overrides.
+    pub resolve: BTreeMap<String, IpAddr>,
+    /// Egress ranges allowed despite being special-purpose.
+    pub allow_ips: Vec<IpNet>,
+    /// Egress ranges refused.
+    pub deny_ips: Vec<IpNet>,
+    /// Server names refused at CONNECT time.
+    pub deny_destinations: Vec<String>,
+}
+
+/// The validated `[inbound]` section.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Federation listener.
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// Homeserver federation listener URL (http://).
+    pub upstream: String,
+    /// Origins refused.
+    pub deny_origins: Vec<String>,
+    /// Origins allowed (empty: all).
+    pub allow_origins: Vec<String>,
+    /// Client certificate policy.
+    pub client_auth: ClientAuth,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The pin file.
+    pub pins: PathBuf,
+    /// Outbound proxy, if configured.
+    pub outbound: Option<Outbound>,
+    /// Inbound edge, if configured.
+    pub inbound: Option<Inbound>,
+    /// Admin listener address, if configured.
+    pub admin: Option<SocketAddr>,
+    /// Alert command sink.
+    pub alert_command: Option<String>,
+    /// Alert webhook sink.
+    pub alert_webhook: Option<String>,
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    base: PathBuf,
+    errors: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        self.errors.push(Diagnostic {
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn addr(&mut self, v: &Option<Spanned<String>>, key: &str, default: &str) -> SocketAddr {
+        let fallback: SocketAddr = default
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        match v {
+            None => fallback,
+            Some(s) => match s.get_ref().parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.err(
+                        s.span(),
+                        key,
+                        format!("\"{}\" is not an address like 127.0.0.1:8449", s.get_ref()),
+                    );
+                    fallback
+                }
+            },
+        }
+    }
+
+    fn file(&mut self, v: &Spanned<String>, key: &str) -> PathBuf {
+        let p = self.path(v.get_ref());
+        if let Err(e) = std::fs::metadata(&p) {
+            self.err(v.span(), key, format!("cannot read {}: {e}", p.display()));
+        }
+        p
+    }
+
+    fn nets(&mut self, list: &[Spanned<String>], key: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let t = s.get_ref();
+            match t
+                .parse::<IpNet>()
+                .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(n) => out.push(n),
+                Err(_) => self.err(
+                    s.span(),
+                    &format!("{key}[{i}]"),
+                    format!("\"{t}\" is not a CIDR range or IP address"),
+                ),
+            }
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths are relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            errors: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base).map_err(|mut e| {
+            e.path = path.display().to_string();
+            e
+        })
+    }
+
+    /// Validates config text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut cx = Ctx {
+            text,
+            base: base.to_path_buf(),
+            errors: Vec::new(),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let mut c = Ctx {
+                text,
+                base: PathBuf::new(),
+                errors: Vec::new(),
+            };
+            c.err(e.span().unwrap_or(0..0), "", e.message().trim().to_string());
+            ConfigError {
+                path: "<config>".into(),
+                errors: c.errors,
+            }
+        })?;
+        let pins = match &raw.pins {
+            Some(p) => cx.path(p.get_ref()),
+            None => cx.path("pins/pins.toml"),
+        };
+        let outbound = raw.outbound.as_ref().map(|o| {
+            let listen = cx.addr(&o.listen, "outbound.listen", "127.0.0.1:8449");
+            let ca_cert = cx.file(&o.ca_cert, "outbound.ca_cert");
+            let ca_key = cx.file(&o.ca_key, "outbound.ca_key");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(m) = std::fs::metadata(&ca_key) {
+                    if m.permissions().mode() & 0o077 != 0 {
+                        cx.err(
+                            o.ca_key.span(),
+                            "outbound.ca_key",
+                            format!(
+                                "{} is readable by group or others (mode {:o}); run chmod 600 on it",
+                                ca_key.display(),
+                                m.permissions().mode() & 0o777
+                            ),
+                        );
+                    }
+                }
+            }
+            let extra_roots = o.extra_roots.as_ref().map(|r| cx.file(r, "outbound.extra_roots"));
+            let mut resolve = BTreeMap::new();
+            for (name, ip) in &o.resolve {
+                match ip.get_ref().parse::<IpAddr>() {
+                    Ok(a) => {
+                        resolve.insert(name.to_ascii_lowercase(), a);
+                    }
+                    Err(_) => cx.err(ip.span(), &format!("outbound.resolve.{name}"), format!("\"{}\" is not an IP address", ip.get_ref())),
+                }
+            }
+            let allow_ips = cx.nets(&o.allow_ips, "outbound.allow_ips");
+            let deny_ips = cx.nets(&o.deny_ips, "outbound.deny_ips");
+            Outbound {
+                listen,
+                ca_cert,
+                ca_key,
+                extra_roots,
+                resolve,
+                allow_ips,
+                deny_ips,
+                deny_destinations: o.deny_destinations.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            }
+        });
+        let inbound = raw.inbound.as_ref().map(|i| {
+            let listen = cx.addr(&i.listen, "inbound.listen", "0.0.0.0:8448");
+            let cert = cx.file(&i.cert, "inbound.cert");
+            let key = cx.file(&i.key, "inbound.key");
+            if !i.upstream.get_ref().starts_with("http://") {
+                cx.err(
+                    i.upstream.span(),
+                    "inbound.upstream",
+                    format!(
+                        "\"{}\" must be an http:// URL of the homeserver's federation listener",
+                        i.upstream.get_ref()
+                    ),
+                );
+            }
+            if !i.allow_origins.is_empty() && !i.deny_origins.is_empty() {
+                cx.err(
+                    i.upstream.span(),
+                    "inbound",
+                    "set allow_origins or deny_origins, not both".into(),
+                );
+            }
+            Inbound {
+                listen,
+                cert,
+                key,
+                upstream: i.upstream.get_ref().clone(),
+                deny_origins: i
+                    .deny_origins
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                allow_origins: i
+                    .allow_origins
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                client_auth: i.client_auth.unwrap_or(ClientAuth::Off),
+            }
+        });
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| cx.addr(&a.listen, "admin.listen", "127.0.0.1:9448"));
+        if let Some(c) = &raw.alerts.command {
+            if c.get_ref().trim().is_empty() {
+                cx.err(
+                    c.span(),
+                    "alerts.command",
+                    "the alert command is empty".into(),
+                );
+            }
+        }
+        if let Some(w) = &raw.alerts.webhook {
+            let u = w.get_ref();
+            if !(u.starts_with("https://")
+                || u.starts_with("http://127.")
+                || u.starts_with("http://localhost"))
+            {
+                cx.err(
+                    w.span(),
+                    "alerts.webhook",
+                    format!("\"{u}\" must be an https:// URL (plain http only to loopback)"),
+                );
+            }
+        }
+        if !cx.errors.is_empty() {
+            return Err(ConfigError {
+                path: "<config>".into(),
+                errors: cx.errors,
+            });
+        }
+        Ok(Config {
+            pins,
+            outbound,
+            inbound,
+            admin,
+            alert_command: raw.alerts.command.map(|c| c.into_inner()),
+            alert_webhook: raw.alerts.webhook.map(|w| w.into_inner()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_and_errors_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::parse("pins = \"p.toml\"\n", dir.path()).unwrap();
+        assert_eq!(c.pins, dir.path().join("p.toml"));
+        let e = Config::parse(
+            "pins = \"p.toml\"\n[admin]\nlisten = \"nope\"\n",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors[0].line, 3);
+        assert_eq!(e.errors[0].key, "admin.listen");
+        let e = Config::parse("pins = \"p.toml\"\n[outbound]\nca_cert = \"missing.pem\"\nca_key = \"missing.key\"\nallow_ips = [\"10.0.0.0/33\"]\n", dir.path()).unwrap_err();
+        assert_eq!(e.errors.len(), 3, "{e}");
+        let e = Config::parse("bogus = 1\n", dir.path()).unwrap_err();
+        assert!(e.errors[0].message.contains("unknown field"), "{e}");
+    }
+}
