@@ -201,7 +201,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
     println!("{}: ok", path.display());
     println!(
-        "  pins: {} ({} peers, unpinned={:?}, on_expired={:?})",
+        "  pins: {} ({} peers, unpinned={}, on_expired={})",
         config.pins.display(),
         pins.len(),
         pins.policy.unpinned,

@@ -59,7 +59,7 @@ enum Cmd {
         /// Matrix server name (may carry a port).
         server_name: String,
         /// A pin to add (`sha256/…`); repeatable.
-        #[arg(long = "pin")]
+        #[arg(long = "pin", id = "pin")]
         pins: Vec<String>,
         /// Pin the keys of the certificates (or public keys) in this PEM file; repeatable.
         #[arg(long = "from-cert")]
@@ -261,7 +261,7 @@ fn check(path: &Path) -> Result<u8, Failure> {
                 println!("{}: warning: {w}", path.display());
             }
             println!(
-                "{}: ok: {} peer(s), policy unpinned={:?} on_expired={:?}, {} warning(s)",
+                "{}: ok: {} peer(s), policy unpinned={} on_expired={}, {} warning(s)",
                 path.display(),
                 set.len(),
                 set.policy.unpinned,

@@ -65,6 +65,24 @@ impl fmt::Display for Mode {
     }
 }
 
+impl fmt::Display for UnpinnedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnpinnedPolicy::Webpki => "webpki",
+            UnpinnedPolicy::Deny => "deny",
+        })
+    }
+}
+
+impl fmt::Display for ExpiredPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExpiredPolicy::Webpki => "webpki",
+            ExpiredPolicy::Deny => "deny",
+        })
+    }
+}
+
 impl fmt::Display for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
