@@ -121,15 +121,13 @@ async fn federation_get(upstream: &UpstreamTls, addr: SocketAddr) -> Result<Stri
         .map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(DEMO_HOST).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(connector.config)
-        .connect(name, tcp)
+    let tls = connector
+        .connect(name.to_owned(), tcp)
         .await
-        .map_err(
-            |err| match connector.verifier.record().and_then(|r| r.rejected) {
-                Some(r) => r.reason,
-                None => err.to_string(),
-            },
-        )?;
+        .map_err(|err| match connector.record().and_then(|r| r.rejected) {
+            Some(r) => r.reason,
+            None => err.to_string(),
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;

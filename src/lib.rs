@@ -21,5 +21,6 @@ pub mod discovery;
 pub mod pinfile_edit;
 pub mod pins;
 pub mod probe;
+pub mod proxy;
 pub mod tls;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! TLS policy: the crypto provider (ring only) and rustls configs per pin generation.
 
 pub mod ca;
+pub mod mint;
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 
 use crate::pins::PinStore;
-use crate::verify::{PeerContext, PinnedServerVerifier, VerifierCore};
+use crate::verify::{CheckRecord, ConnState, PeerContext, PinnedServerVerifier, VerifierCore};
 
 /// The one crypto provider fedpin uses: *ring*.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -19,11 +20,13 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Upstream (client-side) TLS with pinned verification.
 ///
-/// Keeps one base `ClientConfig` per pin generation, each with its own
-/// session store: a session resumed after a reload would skip certificate
-/// verification, so a new generation starts with an empty store. Each
-/// connection gets a clone of the base with its own [`PinnedServerVerifier`]
-/// (which carries the connection's context for alerts and error pages).
+/// Keeps one base `ClientConfig` per pin generation, with one shared
+/// [`PinnedServerVerifier`] and its own session store. rustls resumes a
+/// session only with the verifier object that verified it, and a new
+/// generation starts with a new verifier and an empty store, so a session
+/// resumed after a reload cannot skip the new set's checks; within a
+/// generation, sessions resume. Per-connection context (for alerts and error
+/// pages) travels in a [`ConnState`] scoped around the handshake.
 pub struct UpstreamTls {
     core: Arc<VerifierCore>,
     store: Arc<PinStore>,
@@ -39,6 +42,7 @@ pub struct UpstreamTls {
 struct Generation {
     generation: u64,
     base: Arc<ClientConfig>,
+    verifier: Arc<PinnedServerVerifier>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -49,10 +53,39 @@ impl std::fmt::Debug for UpstreamTls {
 
 /// One connection's TLS client settings.
 pub struct Connector {
-    /// The config to hand to tokio-rustls.
+    /// The config to hand to tokio-rustls (drive the handshake with
+    /// [`Connector::connect`], or inside `state.scope(..)`).
     pub config: Arc<ClientConfig>,
-    /// The verifier inside it; ask it what happened after the handshake.
+    /// The generation's shared verifier.
     pub verifier: Arc<PinnedServerVerifier>,
+    /// This connection's context and check record.
+    pub state: Arc<ConnState>,
+}
+
+impl Connector {
+    /// Runs the TLS handshake over `io` with this connection's context.
+    pub async fn connect<IO>(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        io: IO,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        self.state.scope(connector.connect(name, io)).await
+    }
+
+    /// What the certificate check decided (None when the session resumed or
+    /// the handshake failed before the check).
+    pub fn record(&self) -> Option<CheckRecord> {
+        self.state.record()
+    }
+
+    /// The pin generation this connection is checked against.
+    pub fn generation(&self) -> u64 {
+        self.verifier.generation()
+    }
 }
 
 impl UpstreamTls {
@@ -92,16 +125,16 @@ impl UpstreamTls {
         &self.store
     }
 
-    fn base_for(
+    fn generation_for(
         &self,
         pins: &Arc<crate::pins::PinSet>,
-    ) -> Result<Arc<ClientConfig>, rustls::Error> {
-        if let Some(g) = self.current.load().as_ref() {
+    ) -> Result<Arc<Generation>, rustls::Error> {
+        if let Some(g) = self.current.load_full() {
             if g.generation == pins.generation {
-                return Ok(g.base.clone());
+                return Ok(g);
             }
         }
-        let placeholder = Arc::new(PinnedServerVerifier::new(
+        let verifier = Arc::new(PinnedServerVerifier::new(
             self.core.clone(),
             pins.clone(),
             PeerContext::default(),
@@ -109,18 +142,23 @@ impl UpstreamTls {
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(placeholder);
+            .with_custom_certificate_verifier(verifier.clone());
         let mut config = match &self.client_auth {
             None => builder.with_no_client_auth(),
             Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key())?,
         };
         config.resumption = Resumption::in_memory_sessions(self.session_cache_size);
-        let base = Arc::new(config);
-        self.current.store(Some(Arc::new(Generation {
+        let generation = Arc::new(Generation {
             generation: pins.generation,
-            base: base.clone(),
-        })));
-        Ok(base)
+            base: Arc::new(config),
+            verifier,
+        });
+        // Publish only if no newer generation got there first.
+        self.current.rcu(|cur| match cur {
+            Some(c) if c.generation > generation.generation => Some(c.clone()),
+            _ => Some(generation.clone()),
+        });
+        Ok(generation)
     }
 
     /// A config for one upstream connection under the current pin generation.
@@ -130,16 +168,13 @@ impl UpstreamTls {
         alpn: Vec<Vec<u8>>,
     ) -> Result<Connector, rustls::Error> {
         let pins = self.store.current();
-        let base = self.base_for(&pins)?;
-        let verifier = Arc::new(PinnedServerVerifier::new(self.core.clone(), pins, ctx));
-        let mut config = (*base).clone();
-        config
-            .dangerous()
-            .set_certificate_verifier(verifier.clone());
+        let g = self.generation_for(&pins)?;
+        let mut config = (*g.base).clone();
         config.alpn_protocols = alpn;
         Ok(Connector {
             config: Arc::new(config),
-            verifier,
+            verifier: g.verifier.clone(),
+            state: ConnState::new(ctx),
         })
     }
 }

@@ -643,8 +643,48 @@ pub struct CheckRecord {
     pub signature_failed: bool,
 }
 
-/// A per-connection rustls server-certificate verifier that applies the pin
-/// rules of one pin-set generation and raises alerts with the connection's context.
+tokio::task_local! {
+    static CONNECTION: Arc<ConnState>;
+}
+
+/// One connection's context and outcome, made visible to a verifier shared by
+/// many connections (rustls resumes a session only with the verifier object
+/// that verified it, so [`crate::tls::UpstreamTls`] shares one per pin
+/// generation). Run the handshake inside [`ConnState::scope`].
+#[derive(Debug, Default)]
+pub struct ConnState {
+    ctx: PeerContext,
+    record: Mutex<Option<CheckRecord>>,
+}
+
+impl ConnState {
+    /// State for one connection.
+    pub fn new(ctx: PeerContext) -> Arc<Self> {
+        Arc::new(ConnState {
+            ctx,
+            record: Mutex::new(None),
+        })
+    }
+
+    /// What the certificate check on this connection decided, if one ran
+    /// (a resumed session runs none).
+    pub fn record(&self) -> Option<CheckRecord> {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `fut` (a TLS handshake) with this state visible to the verifier.
+    pub async fn scope<F: std::future::Future>(self: &Arc<Self>, fut: F) -> F::Output {
+        CONNECTION.scope(self.clone(), fut).await
+    }
+}
+
+/// A rustls server-certificate verifier that applies the pin rules of one
+/// pin-set generation and raises alerts with the connection's context: the
+/// [`ConnState`] of the enclosing [`ConnState::scope`] when there is one,
+/// else the context it was built with.
 pub struct PinnedServerVerifier {
     core: Arc<VerifierCore>,
     pins: Arc<PinSet>,
@@ -662,7 +702,7 @@ impl fmt::Debug for PinnedServerVerifier {
 }
 
 impl PinnedServerVerifier {
-    /// A verifier for one connection.
+    /// A verifier; `ctx` is used when no [`ConnState::scope`] encloses the handshake.
     pub fn new(core: Arc<VerifierCore>, pins: Arc<PinSet>, ctx: PeerContext) -> Self {
         PinnedServerVerifier {
             core,
@@ -677,12 +717,20 @@ impl PinnedServerVerifier {
         self.pins.generation
     }
 
-    /// What the last certificate check decided, if one ran.
+    /// What the last certificate check decided, if one ran (for a verifier
+    /// used outside any [`ConnState::scope`]).
     pub fn record(&self) -> Option<CheckRecord> {
         self.record
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&PeerContext, &Mutex<Option<CheckRecord>>) -> R) -> R {
+        match CONNECTION.try_with(|s| s.clone()) {
+            Ok(state) => f(&state.ctx, &state.record),
+            Err(_) => f(&self.ctx, &self.record),
+        }
     }
 
     fn signature_result(
@@ -691,7 +739,20 @@ impl PinnedServerVerifier {
         r: Result<HandshakeSignatureValid, rustls::Error>,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         if let Err(e) = &r {
-            let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+            self.with_state(|ctx, record| self.signature_failed(ctx, record, cert, e));
+        }
+        r
+    }
+
+    fn signature_failed(
+        &self,
+        ctx: &PeerContext,
+        record: &Mutex<Option<CheckRecord>>,
+        cert: &CertificateDer<'_>,
+        e: &rustls::Error,
+    ) {
+        let (host, pinned_accept) = {
+            let mut rec = record.lock().unwrap_or_else(|p| p.into_inner());
             let host = rec.as_ref().map(|r| r.host.clone()).unwrap_or_default();
             let pinned_accept = rec.as_ref().is_some_and(|r| {
                 matches!(
@@ -704,34 +765,85 @@ impl PinnedServerVerifier {
                 r.accepted = false;
                 r.alert = Some(AlertEvent::SignatureInvalid);
             }
-            drop(rec);
-            let reason = format!(
-                "{host} presented a certificate but its handshake signature does not verify with that certificate's key ({e}): the peer does not hold the key"
-            );
-            let peer = self.pins.lookup(&host);
-            let mut draft = AlertDraft {
-                ctx: &self.ctx,
-                host: &host,
-                peer,
-                pins: &self.pins,
-                end_entity: cert,
-                intermediates: &[],
-            };
-            let severity = if pinned_accept {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            let alert = draft.build(
-                AlertEvent::SignatureInvalid,
-                severity,
-                Action::Blocked,
-                "not checked".into(),
-                &reason,
-            );
+            (host, pinned_accept)
+        };
+        let reason = format!(
+            "{host} presented a certificate but its handshake signature does not verify with that certificate's key ({e}): the peer does not hold the key"
+        );
+        let peer = self.pins.lookup(&host);
+        let mut draft = AlertDraft {
+            ctx,
+            host: &host,
+            peer,
+            pins: &self.pins,
+            end_entity: cert,
+            intermediates: &[],
+        };
+        let severity = if pinned_accept {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let alert = draft.build(
+            AlertEvent::SignatureInvalid,
+            severity,
+            Action::Blocked,
+            "not checked".into(),
+            &reason,
+        );
+        self.core.alerts.raise(alert);
+    }
+
+    fn check_server(
+        &self,
+        ctx: &PeerContext,
+        record: &Mutex<Option<CheckRecord>>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let lookup = lookup_key(server_name);
+        let ev = self.core.evaluate(
+            &self.pins,
+            &lookup,
+            Some(server_name),
+            end_entity,
+            intermediates,
+            now,
+            Usage::Server,
+            ctx,
+        );
+        let alert_event = ev.alert.as_ref().map(|a| a.event);
+        if let Some(alert) = ev.alert {
             self.core.alerts.raise(alert);
         }
-        r
+        let (result, rec) = match ev.verdict {
+            Verdict::Accept(a) => (
+                Ok(ServerCertVerified::assertion()),
+                CheckRecord {
+                    host: ev.host,
+                    accepted: true,
+                    basis: Some(a.basis),
+                    rejected: None,
+                    alert: alert_event,
+                    signature_failed: false,
+                },
+            ),
+            Verdict::Reject(r) => (
+                Err(to_rustls_error(r.clone())),
+                CheckRecord {
+                    host: ev.host,
+                    accepted: false,
+                    basis: None,
+                    rejected: Some(r),
+                    alert: alert_event,
+                    signature_failed: false,
+                },
+            ),
+        };
+        *record.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
+        result
     }
 }
 
@@ -757,47 +869,9 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let lookup = lookup_key(server_name);
-        let ev = self.core.evaluate(
-            &self.pins,
-            &lookup,
-            Some(server_name),
-            end_entity,
-            intermediates,
-            now,
-            Usage::Server,
-            &self.ctx,
-        );
-        let alert_event = ev.alert.as_ref().map(|a| a.event);
-        if let Some(alert) = ev.alert {
-            self.core.alerts.raise(alert);
-        }
-        let (result, record) = match ev.verdict {
-            Verdict::Accept(a) => (
-                Ok(ServerCertVerified::assertion()),
-                CheckRecord {
-                    host: ev.host,
-                    accepted: true,
-                    basis: Some(a.basis),
-                    rejected: None,
-                    alert: alert_event,
-                    signature_failed: false,
-                },
-            ),
-            Verdict::Reject(r) => (
-                Err(to_rustls_error(r.clone())),
-                CheckRecord {
-                    host: ev.host,
-                    accepted: false,
-                    basis: None,
-                    rejected: Some(r),
-                    alert: alert_event,
-                    signature_failed: false,
-                },
-            ),
-        };
-        *self.record.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
-        result
+        self.with_state(|ctx, record| {
+            self.check_server(ctx, record, end_entity, intermediates, server_name, now)
+        })
     }
 
     fn verify_tls12_signature(

@@ -1,0 +1,4 @@
+//! The proxies: outbound (CONNECT + interception + pinned upstream).
+
+pub mod egress;
+pub mod outbound;

@@ -1,0 +1,729 @@
+//! The outbound proxy: Synapse's `https_proxy` points here.
+//!
+//! Per tunnel: accept `CONNECT host:port` (hyper), vet the destination
+//! (deny list, allowed ports, egress IP policy on the resolved addresses),
+//! answer 200, read the inner ClientHello (SNI, ALPN) with
+//! `LazyConfigAcceptor`, dial the vetted address, run the upstream handshake
+//! with the same SNI and ALPN through [`PinnedServerVerifier`], and only then
+//! complete the inner handshake with a leaf minted for that name (and the
+//! ALPN the peer chose). Then relay bytes until either side closes or the
+//! tunnel is idle. A peer that fails the pin rules still gets an inner
+//! handshake so that the homeserver receives an HTTP 502 whose body names the
+//! failed check and the alert raised, instead of a bare reset.
+//!
+//! [`PinnedServerVerifier`]: crate::verify::PinnedServerVerifier
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use rustls::server::Acceptor;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::Instrument;
+
+use super::egress::EgressPolicy;
+use crate::alert::Direction;
+use crate::tls::mint::LeafMinter;
+use crate::tls::UpstreamTls;
+use crate::verify::PeerContext;
+
+/// Outbound listener settings (validated config).
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Static name → address overrides (like curl `--resolve`).
+    pub resolve: BTreeMap<String, IpAddr>,
+    /// Egress IP policy.
+    pub egress: EgressPolicy,
+    /// Server names refused at CONNECT time (lowercase).
+    pub deny_destinations: HashSet<String>,
+    /// Ports that may be dialled (`None`: any).
+    pub allowed_ports: Option<Vec<u16>>,
+    /// Required `Proxy-Authorization: Basic` credentials, `user:password`.
+    pub proxy_auth: Option<String>,
+    /// Concurrent tunnels; more are answered 503.
+    pub max_tunnels: usize,
+    /// Cap on the CONNECT request head, bytes.
+    pub max_header_bytes: usize,
+    /// TCP connect timeout (upstream).
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout (each side), and CONNECT head read timeout.
+    pub handshake_timeout: Duration,
+    /// Close a tunnel with no traffic for this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        OutboundSettings {
+            resolve: BTreeMap::new(),
+            egress: EgressPolicy::new(Vec::new(), Vec::new()),
+            deny_destinations: HashSet::new(),
+            allowed_ports: None,
+            proxy_auth: None,
+            max_tunnels: 1024,
+            max_header_bytes: 16 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters for the admin listener and tests.
+#[derive(Debug, Default)]
+pub struct OutboundStats {
+    /// Tunnels open now.
+    pub active_tunnels: AtomicUsize,
+    /// Upstream handshakes that passed the pin rules.
+    pub handshakes_ok: AtomicU64,
+    /// Upstream handshakes refused by the pin rules.
+    pub handshakes_blocked: AtomicU64,
+    /// Upstream connect or handshake failures not caused by the pin rules.
+    pub upstream_errors: AtomicU64,
+    /// CONNECTs refused by policy (403/407).
+    pub refused: AtomicU64,
+    /// Clients turned away because the tunnel cap was reached.
+    pub over_capacity: AtomicU64,
+}
+
+/// The outbound proxy.
+pub struct OutboundProxy {
+    settings: OutboundSettings,
+    upstream: Arc<UpstreamTls>,
+    minter: Arc<LeafMinter>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    slots: Arc<Semaphore>,
+    stats: OutboundStats,
+}
+
+impl std::fmt::Debug for OutboundProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundProxy").finish_non_exhaustive()
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+struct Destination {
+    host: String,
+    port: u16,
+    addrs: Vec<SocketAddr>,
+}
+
+impl OutboundProxy {
+    /// Builds the proxy.
+    pub fn new(
+        settings: OutboundSettings,
+        upstream: Arc<UpstreamTls>,
+        minter: Arc<LeafMinter>,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.max_tunnels.max(1)));
+        OutboundProxy {
+            settings,
+            upstream,
+            minter,
+            provider: crate::tls::provider(),
+            slots,
+            stats: OutboundStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &OutboundStats {
+        &self.stats
+    }
+
+    /// Accepts clients until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                    continue;
+                }
+            };
+            let (tcp, client) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: log, back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed; refusing new connections briefly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(client.addr = %client, "tunnel limit reached; answering 503");
+                tokio::spawn(async move {
+                    let mut tcp = tcp;
+                    let body = "fedpin: too many tunnels open; retry later\n";
+                    let msg = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(msg.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                });
+                continue;
+            };
+            let this = self.clone();
+            let span = tracing::info_span!("tunnel", client.addr = %client);
+            tokio::spawn(
+                async move {
+                    this.handle_client(tcp, client).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn handle_client(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+        let this = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.on_request(req, client).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(self.settings.max_header_bytes.max(8192))
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.handshake_timeout)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(tcp), svc)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+    }
+
+    fn check_auth(&self, req: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.settings.proxy_auth else {
+            return true;
+        };
+        let Some(given) = req
+            .headers()
+            .get(hyper::header::PROXY_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(given.trim()) else {
+            return false;
+        };
+        // Constant-time comparison (length leaks, content does not).
+        ring_eq(&decoded, expected.as_bytes())
+    }
+
+    async fn vet(&self, req: &Request<Incoming>) -> Result<Destination, Response<Body>> {
+        if req.method() != Method::CONNECT {
+            return Err(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "fedpin only proxies CONNECT tunnels (set Synapse's https_proxy, not http_proxy, to fedpin)\n",
+            ));
+        }
+        if !self.check_auth(req) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let mut r = text(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "fedpin: proxy authentication required\n",
+            );
+            r.headers_mut().insert(
+                hyper::header::PROXY_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic realm=\"fedpin\""),
+            );
+            return Err(r);
+        }
+        let Some(auth) = req.uri().authority() else {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "fedpin: CONNECT needs host:port\n",
+            ));
+        };
+        let Some(port) = auth.port_u16().filter(|p| *p > 0) else {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                format!("fedpin: CONNECT {auth}: missing or invalid port\n"),
+            ));
+        };
+        let raw_host = auth.host();
+        let host = crate::pins::normalize_lookup(raw_host).into_owned();
+        if host.is_empty() {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "fedpin: CONNECT with an empty host\n",
+            ));
+        }
+        if let Some(ports) = &self.settings.allowed_ports {
+            if !ports.contains(&port) {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(server.name = %host, server.port = port, "CONNECT refused: port not in allowed_ports");
+                return Err(text(
+                    StatusCode::FORBIDDEN,
+                    format!("fedpin: port {port} is not in allowed_ports\n"),
+                ));
+            }
+        }
+        if self.settings.deny_destinations.contains(&host) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(server.name = %host, "CONNECT refused: destination is in deny_destinations");
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                format!("fedpin: {host} is in deny_destinations\n"),
+            ));
+        }
+        let candidates: Vec<IpAddr> = if let Some(ip) = self.settings.resolve.get(&host) {
+            vec![*ip]
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            vec![ip]
+        } else {
+            match tokio::time::timeout(
+                self.settings.connect_timeout,
+                tokio::net::lookup_host((host.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(it)) => it.map(|a| a.ip()).collect(),
+                Ok(Err(e)) => {
+                    return Err(text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("fedpin: cannot resolve {host}: {e}\n"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("fedpin: resolving {host} timed out\n"),
+                    ))
+                }
+            }
+        };
+        let mut addrs = Vec::new();
+        let mut refusals = Vec::new();
+        for ip in candidates {
+            match self.settings.egress.check(ip) {
+                Ok(()) => addrs.push(SocketAddr::new(ip, port)),
+                Err(r) => refusals.push(format!("{ip} {r}")),
+            }
+        }
+        if addrs.is_empty() {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let why = if refusals.is_empty() {
+                "no addresses".to_string()
+            } else {
+                refusals.join("; ")
+            };
+            tracing::warn!(server.name = %host, server.port = port, reason = %why, "CONNECT refused by the egress IP policy");
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                format!("fedpin: refusing to dial {host}:{port}: {why}\n"),
+            ));
+        }
+        Ok(Destination { host, port, addrs })
+    }
+
+    async fn on_request(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let dest = match self.vet(&req).await {
+            Ok(d) => d,
+            Err(resp) => return resp,
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let this = self.clone();
+        let span =
+            tracing::info_span!("connect", server.name = %dest.host, server.port = dest.port);
+        tokio::spawn(
+            async move {
+                match upgrade.await {
+                    Ok(upgraded) => {
+                        this.stats.active_tunnels.fetch_add(1, Ordering::Relaxed);
+                        this.tunnel(TokioIo::new(upgraded), dest, client).await;
+                        this.stats.active_tunnels.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                }
+            }
+            .instrument(span),
+        );
+        Response::new(Full::new(Bytes::new()))
+    }
+
+    async fn tunnel<IO>(&self, io: IO, dest: Destination, client: SocketAddr)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let hs = self.settings.handshake_timeout;
+        let start = match tokio::time::timeout(hs, LazyConfigAcceptor::new(Acceptor::default(), io))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the client did not start TLS inside the tunnel");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("no ClientHello inside the tunnel in time");
+                return;
+            }
+        };
+        let hello = start.client_hello();
+        let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+        let alpn: Vec<Vec<u8>> = hello
+            .alpn()
+            .map(|it| it.map(|p| p.to_vec()).collect())
+            .unwrap_or_default();
+        let tls_name = sni.clone().unwrap_or_else(|| dest.host.clone());
+
+        let upstream = self.dial(&dest, &tls_name, alpn.clone()).await;
+        match upstream {
+            Ok((up, negotiated)) => {
+                self.stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+                let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
+                let config = match self.inner_config(&tls_name, inner_alpn) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot mint the inner certificate");
+                        return;
+                    }
+                };
+                let down = match tokio::time::timeout(hs, start.into_stream(config)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("inner handshake timed out");
+                        return;
+                    }
+                };
+                tracing::debug!(tls.name = %tls_name, client.addr = %client, "tunnel established");
+                relay(down, up, self.settings.idle_timeout).await;
+            }
+            Err(failure) => {
+                let status = if failure.pin_blocked {
+                    self.stats
+                        .handshakes_blocked
+                        .fetch_add(1, Ordering::Relaxed);
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    if failure.timeout {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    }
+                };
+                tracing::warn!(
+                    tls.name = %tls_name,
+                    reason = %failure.message,
+                    "upstream refused; answering the homeserver with {status}"
+                );
+                self.explain(start, &tls_name, &alpn, status, failure).await;
+            }
+        }
+    }
+
+    fn inner_config(
+        &self,
+        name: &str,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<Arc<rustls::ServerConfig>, String> {
+        let ck = self.minter.leaf_for(name).map_err(|e| e.to_string())?;
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(ck)));
+        config.alpn_protocols = alpn;
+        Ok(Arc::new(config))
+    }
+
+    async fn dial(
+        &self,
+        dest: &Destination,
+        tls_name: &str,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>), DialFailure> {
+        let mut last = String::from("no address to dial");
+        let mut tcp = None;
+        for addr in &dest.addrs {
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    tcp = Some((s, *addr));
+                    break;
+                }
+                Ok(Err(e)) => last = format!("connecting to {addr}: {e}"),
+                Err(_) => {
+                    last = format!(
+                        "connecting to {addr}: timed out after {:?}",
+                        self.settings.connect_timeout
+                    )
+                }
+            }
+        }
+        let Some((tcp, addr)) = tcp else {
+            return Err(DialFailure {
+                message: last,
+                pin_blocked: false,
+                timeout: false,
+                alert: None,
+            });
+        };
+        let _ = tcp.set_nodelay(true);
+        let server_name = ServerName::try_from(tls_name.to_string()).map_err(|_| DialFailure {
+            message: format!("\"{tls_name}\" is not a valid TLS name"),
+            pin_blocked: false,
+            timeout: false,
+            alert: None,
+        })?;
+        let ctx = PeerContext {
+            direction: Some(Direction::Outbound),
+            server_name: None,
+            port: Some(dest.port),
+            peer_addr: Some(addr),
+        };
+        let connector = self
+            .upstream
+            .connector(ctx, alpn)
+            .map_err(|e| DialFailure {
+                message: e.to_string(),
+                pin_blocked: false,
+                timeout: false,
+                alert: None,
+            })?;
+        let fut = connector.connect(server_name, tcp);
+        match tokio::time::timeout(self.settings.handshake_timeout, fut).await {
+            Ok(Ok(tls)) => {
+                let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+                Ok((tls, negotiated))
+            }
+            Ok(Err(e)) => {
+                let record = connector.record();
+                let blocked = record.as_ref().is_some_and(|r| !r.accepted);
+                let message = match record.as_ref() {
+                    Some(r) if r.signature_failed => format!("{tls_name} presented a certificate whose key it does not hold (handshake signature invalid)"),
+                    Some(r) => r.rejected.as_ref().map(|x| x.reason.clone()).unwrap_or_else(|| format!("TLS handshake with {addr} failed: {e}")),
+                    None => format!("TLS handshake with {addr} failed: {e}"),
+                };
+                Err(DialFailure {
+                    message,
+                    pin_blocked: blocked,
+                    timeout: false,
+                    alert: record.and_then(|r| r.alert).map(|a| a.as_str()),
+                })
+            }
+            Err(_) => Err(DialFailure {
+                message: format!("TLS handshake with {addr} timed out"),
+                pin_blocked: false,
+                timeout: true,
+                alert: None,
+            }),
+        }
+    }
+
+    /// Completes the inner handshake and answers every request with `status`
+    /// and a body naming the failed check, so the homeserver logs the reason.
+    async fn explain<IO>(
+        &self,
+        start: tokio_rustls::StartHandshake<IO>,
+        tls_name: &str,
+        offered: &[Vec<u8>],
+        status: StatusCode,
+        failure: DialFailure,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let h2 = !offered.iter().any(|p| p == b"http/1.1") && offered.iter().any(|p| p == b"h2");
+        let alpn = if offered.is_empty() {
+            vec![]
+        } else if h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        let Ok(config) = self.inner_config(tls_name, alpn) else {
+            return;
+        };
+        let Ok(Ok(stream)) =
+            tokio::time::timeout(self.settings.handshake_timeout, start.into_stream(config)).await
+        else {
+            return;
+        };
+        let body = format!(
+            "fedpin refused the federation connection to {tls_name}: {}{}\n",
+            failure.message,
+            failure
+                .alert
+                .map(|a| format!(" (alert: {a})"))
+                .unwrap_or_default()
+        );
+        let alert = failure.alert.unwrap_or("none");
+        let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+            let mut r = text(status, body.clone());
+            r.headers_mut().insert(
+                "x-fedpin-alert",
+                hyper::header::HeaderValue::from_static(alert),
+            );
+            async move { Ok::<_, Infallible>(r) }
+        });
+        let io = TokioIo::new(stream);
+        let limit = self.settings.handshake_timeout * 2;
+        if h2 {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc);
+            let _ = tokio::time::timeout(limit, conn).await;
+        } else {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(io, svc);
+            let _ = tokio::time::timeout(limit, conn).await;
+        }
+    }
+}
+
+struct DialFailure {
+    message: String,
+    pin_blocked: bool,
+    timeout: bool,
+    alert: Option<&'static str>,
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn ring_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A stream wrapper that records the time of the last byte read.
+struct Activity<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            self.last.store(now, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Relays both ways until both sides have closed (half-close propagated) or
+/// nothing was read for `idle`.
+async fn relay<A, B>(a: A, b: B, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Activity {
+        inner: a,
+        last: last.clone(),
+        epoch,
+    };
+    let mut b = Activity {
+        inner: b,
+        last: last.clone(),
+        epoch,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            r = &mut copy => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "tunnel closed with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(tick) => {
+                let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    tracing::debug!("tunnel idle; closing");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Leaf certificates minted by the interception CA for the inner TLS
+//! handshake with the homeserver, cached per name in a bounded LRU so a
+//! repeat connection costs no signing.
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+
+/// How long a minted leaf is valid.
+pub const LEAF_VALIDITY: time::Duration = time::Duration::hours(24);
+/// Re-mint a cached leaf when less than this is left.
+const REMINT_MARGIN: time::Duration = time::Duration::hours(1);
+
+/// Errors loading the CA or minting.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The CA files could not be read or used.
+    #[error("interception CA: {0}")]
+    Ca(String),
+    /// A leaf could not be minted.
+    #[error("cannot mint a certificate for {name}: {reason}")]
+    Mint {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Cached {
+    key: Arc<CertifiedKey>,
+    not_after: OffsetDateTime,
+}
+
+/// Mints and caches leaves signed by the interception CA.
+pub struct LeafMinter {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    cache: Mutex<LruCache<String, Cached>>,
+}
+
+impl std::fmt::Debug for LeafMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafMinter").finish_non_exhaustive()
+    }
+}
+
+impl LeafMinter {
+    /// Loads the CA from PEM files, refusing a key readable by group or others.
+    pub fn from_files(cert: &Path, key: &Path, cache_size: usize) -> Result<Self, MintError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(key)
+                .map_err(|e| MintError::Ca(format!("{}: {e}", key.display())))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(MintError::Ca(format!(
+                    "{} is readable by group or others (mode {mode:o}); run chmod 600 on it",
+                    key.display()
+                )));
+            }
+        }
+        let cert_pem = std::fs::read_to_string(cert)
+            .map_err(|e| MintError::Ca(format!("{}: {e}", cert.display())))?;
+        let key_pem = std::fs::read_to_string(key)
+            .map_err(|e| MintError::Ca(format!("{}: {e}", key.display())))?;
+        Self::from_pem(&cert_pem, &key_pem, cache_size)
+    }
+
+    /// Builds a minter from PEM text.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, cache_size: usize) -> Result<Self, MintError> {
+        use rustls::pki_types::pem::PemObject;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| MintError::Ca(format!("CA key: {e}")))?;
+        let ca_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| MintError::Ca(format!("CA certificate: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&ca_der, key)
+            .map_err(|e| MintError::Ca(format!("CA certificate: {e}")))?;
+        Ok(LeafMinter {
+            issuer,
+            ca_der,
+            provider: crate::tls::provider(),
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(cache_size.max(1)).unwrap_or(NonZeroUsize::MIN),
+            )),
+        })
+    }
+
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> &CertificateDer<'static> {
+        &self.ca_der
+    }
+
+    /// A leaf for `name` (DNS name or IP literal), from the cache when still fresh.
+    pub fn leaf_for(&self, name: &str) -> Result<Arc<CertifiedKey>, MintError> {
+        let now = OffsetDateTime::now_utc();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(name) {
+                if c.not_after - now > REMINT_MARGIN {
+                    return Ok(c.key.clone());
+                }
+            }
+        }
+        let (key, not_after) = self.mint(name, now)?;
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).put(
+            name.to_string(),
+            Cached {
+                key: key.clone(),
+                not_after,
+            },
+        );
+        Ok(key)
+    }
+
+    fn mint(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Arc<CertifiedKey>, OffsetDateTime), MintError> {
+        let err = |reason: String| MintError::Mint {
+            name: name.to_string(),
+            reason,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| err(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = vec![match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.to_string()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| err(e.to_string()))?,
+            ),
+        }];
+        let serial: [u8; 16] = {
+            let mut s = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
+                .map_err(|_| err("no randomness for the serial".into()))?;
+            s[0] &= 0x7f;
+            s
+        };
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = now - time::Duration::minutes(5);
+        let not_after = now + LEAF_VALIDITY;
+        params.not_after = not_after;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| err(e.to_string()))?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| err(e.to_string()))?;
+        let ck = CertifiedKey::new(vec![cert.der().clone(), self.ca_der.clone()], signing);
+        Ok((Arc::new(ck), not_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minter() -> LeafMinter {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        LeafMinter::from_pem(&cert.pem(), &key.serialize_pem(), 2).unwrap()
+    }
+
+    #[test]
+    fn caches_and_mints_random_serials() {
+        let m = minter();
+        let a = m.leaf_for("a.example").unwrap();
+        let a2 = m.leaf_for("a.example").unwrap();
+        assert!(Arc::ptr_eq(&a, &a2), "a repeat costs no signing");
+        let b = m.leaf_for("b.example").unwrap();
+        let ip = m.leaf_for("127.0.0.1").unwrap();
+        let serial = |k: &CertifiedKey| {
+            let (_, c) = x509_parser::parse_x509_certificate(k.cert[0].as_ref()).unwrap();
+            c.serial.clone()
+        };
+        assert_ne!(serial(&a), serial(&b));
+        // Bounded: capacity 2, so "a" was evicted and is minted afresh.
+        let _ = ip;
+        let a3 = m.leaf_for("a.example").unwrap();
+        assert!(!Arc::ptr_eq(&a, &a3));
+    }
+}
