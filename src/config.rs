@@ -58,6 +58,14 @@ struct RawOutbound {
     deny_ips: Vec<Spanned<String>>,
     #[serde(default)]
     deny_destinations: Vec<String>,
+    allowed_ports: Option<Vec<u16>>,
+    proxy_auth: Option<Spanned<String>>,
+    max_tunnels: Option<usize>,
+    connect_timeout_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +126,22 @@ pub struct Outbound {
     pub deny_ips: Vec<IpNet>,
     /// Server names refused at CONNECT time.
     pub deny_destinations: Vec<String>,
+    /// Ports that may be dialled (None: any).
+    pub allowed_ports: Option<Vec<u16>>,
+    /// Required proxy credentials `user:password` (Basic).
+    pub proxy_auth: Option<String>,
+    /// Concurrent tunnel cap.
+    pub max_tunnels: usize,
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: std::time::Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: std::time::Duration,
+    /// Idle tunnel timeout.
+    pub idle_timeout: std::time::Duration,
+    /// Client certificate presented upstream (mutual pinned TLS).
+    pub client_cert: Option<PathBuf>,
+    /// Its key.
+    pub client_key: Option<PathBuf>,
 }
 
 /// The validated `[inbound]` section.
@@ -307,6 +331,25 @@ impl Config {
             }
             let allow_ips = cx.nets(&o.allow_ips, "outbound.allow_ips");
             let deny_ips = cx.nets(&o.deny_ips, "outbound.deny_ips");
+            if let Some(p) = &o.proxy_auth {
+                if !p.get_ref().contains(':') {
+                    cx.err(p.span(), "outbound.proxy_auth", "proxy_auth must be \"user:password\"".into());
+                }
+            }
+            if let Some(ports) = &o.allowed_ports {
+                if ports.contains(&0) {
+                    cx.err(0..0, "outbound.allowed_ports", "port 0 is not a port".into());
+                }
+            }
+            if o.max_tunnels == Some(0) {
+                cx.err(0..0, "outbound.max_tunnels", "max_tunnels must be at least 1".into());
+            }
+            let client_cert = o.client_cert.as_ref().map(|c| cx.file(c, "outbound.client_cert"));
+            let client_key = o.client_key.as_ref().map(|c| cx.file(c, "outbound.client_key"));
+            if client_cert.is_some() != client_key.is_some() {
+                cx.err(0..0, "outbound", "client_cert and client_key go together".into());
+            }
+            let secs = |v: Option<u64>, d: u64| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
             Outbound {
                 listen,
                 ca_cert,
@@ -316,6 +359,14 @@ impl Config {
                 allow_ips,
                 deny_ips,
                 deny_destinations: o.deny_destinations.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                allowed_ports: o.allowed_ports.clone(),
+                proxy_auth: o.proxy_auth.as_ref().map(|p| p.get_ref().clone()),
+                max_tunnels: o.max_tunnels.unwrap_or(1024),
+                connect_timeout: secs(o.connect_timeout_secs, 10),
+                handshake_timeout: secs(o.handshake_timeout_secs, 15),
+                idle_timeout: secs(o.idle_timeout_secs, 300),
+                client_cert,
+                client_key,
             }
         });
         let inbound = raw.inbound.as_ref().map(|i| {

@@ -4,8 +4,10 @@
 //! pinned, and an impostor holding a certificate the same CA issued for the
 //! same name (the mis-issued / compromised-CA case Web PKI cannot see). Both
 //! answer `GET /_matrix/federation/v1/version` over TLS on 127.0.0.1. fedpin's
-//! upstream TLS (the same [`UpstreamTls`] and [`PinnedServerVerifier`] the
-//! outbound proxy uses) then dials each one.
+//! outbound proxy runs in front of them with its own interception CA, and a
+//! stand-in homeserver (trusting only that CA, as Synapse is configured to)
+//! sends one federation request to each through `CONNECT`, exactly as
+//! Synapse's `https_proxy` does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,10 +22,15 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::alert::{AlertEvent, AlertHub, Direction, Severity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::alert::{AlertEvent, AlertHub, Severity};
 use crate::pins::{PinSet, PinStore};
+use crate::proxy::egress::EgressPolicy;
+use crate::proxy::outbound::{OutboundProxy, OutboundSettings};
+use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;
-use crate::verify::{PeerContext, VerifierCore};
+use crate::verify::VerifierCore;
 
 /// The name both demo servers answer as.
 pub const DEMO_HOST: &str = "remote.demo.fedpin.test";
@@ -53,7 +60,9 @@ pub struct DemoReport {
 impl DemoReport {
     /// The demo's success condition: genuine passed, impostor blocked with a critical alert.
     pub fn success(&self) -> bool {
-        self.genuine.is_ok() && self.impostor.is_err() && self.critical_alert
+        self.genuine.is_ok()
+            && self.impostor.as_ref().is_err_and(|e| e.starts_with("502"))
+            && self.critical_alert
     }
 }
 
@@ -107,33 +116,52 @@ async fn serve(who: &'static str, m: Minted) -> Result<SocketAddr, DemoError> {
     Ok(addr)
 }
 
-async fn federation_get(upstream: &UpstreamTls, addr: SocketAddr) -> Result<String, String> {
-    let connector = upstream
-        .connector(
-            PeerContext {
-                direction: Some(Direction::Outbound),
-                server_name: Some(DEMO_HOST.into()),
-                port: Some(addr.port()),
-                peer_addr: Some(addr),
-            },
-            vec![b"http/1.1".to_vec()],
-        )
-        .map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(DEMO_HOST).map_err(|e| e.to_string())?;
-    let tls = connector
-        .connect(name.to_owned(), tcp)
+async fn federation_get(
+    proxy: SocketAddr,
+    port: u16,
+    trust: &CertificateDer<'static>,
+) -> Result<String, String> {
+    let mut tcp = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
+    let head = format!("CONNECT {DEMO_HOST}:{port} HTTP/1.1\r\nHost: {DEMO_HOST}:{port}\r\n\r\n");
+    tcp.write_all(head.as_bytes())
         .await
-        .map_err(|err| match connector.record().and_then(|r| r.rejected) {
-            Some(r) => r.reason,
-            None => err.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
+    // Read the CONNECT response head byte by byte (it is tiny) so no tunnel bytes are consumed.
+    let mut resp = Vec::new();
+    let mut byte = [0u8; 1];
+    while !resp.ends_with(b"\r\n\r\n") {
+        if resp.len() > 8192 || tcp.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the proxy closed the connection during CONNECT".into());
+        }
+        resp.push(byte[0]);
+    }
+    let status_line = String::from_utf8_lossy(&resp)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !status_line.contains(" 200") {
+        return Err(format!("CONNECT refused: {status_line}"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).map_err(|e| e.to_string())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(DEMO_HOST).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS inside the tunnel failed: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = Request::get("/_matrix/federation/v1/version")
-        .header("host", DEMO_HOST)
+        .header("host", format!("{DEMO_HOST}:{port}"))
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
@@ -144,7 +172,12 @@ async fn federation_get(upstream: &UpstreamTls, addr: SocketAddr) -> Result<Stri
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok(format!("{status} {}", String::from_utf8_lossy(&body)))
+    let text = format!("{status} {}", String::from_utf8_lossy(&body).trim_end());
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 /// Runs the demo and returns what happened.
@@ -187,15 +220,59 @@ pub async fn run() -> Result<DemoReport, DemoError> {
             .map_err(e("verifier"))?,
     );
     let store = Arc::new(PinStore::fixed(set, hub.clone()));
-    let upstream = UpstreamTls::new(core, store, provider);
+    let upstream = Arc::new(UpstreamTls::new(core, store, provider));
 
+    // fedpin's interception CA: the only CA the homeserver trusts for federation.
+    let icept_key = KeyPair::generate().map_err(e("interception CA key"))?;
+    let mut icept_params =
+        CertificateParams::new(Vec::<String>::new()).map_err(e("interception CA"))?;
+    icept_params
+        .distinguished_name
+        .push(DnType::CommonName, "fedpin demo interception CA");
+    icept_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    icept_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let icept_cert = icept_params
+        .self_signed(&icept_key)
+        .map_err(e("interception CA"))?;
+    let minter = LeafMinter::from_pem(&icept_cert.pem(), &icept_key.serialize_pem(), 16)
+        .map_err(e("minter"))?;
+
+    let mut settings = OutboundSettings {
+        egress: EgressPolicy::new(
+            vec!["127.0.0.0/8".parse().map_err(e("allow_ips"))?],
+            Vec::new(),
+        ),
+        ..OutboundSettings::default()
+    };
+    settings.resolve.insert(
+        DEMO_HOST.to_string(),
+        std::net::IpAddr::from([127, 0, 0, 1]),
+    );
+    let proxy = Arc::new(OutboundProxy::new(settings, upstream, Arc::new(minter)));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(e("bind the proxy"))?;
+    let proxy_addr = listener.local_addr().map_err(e("proxy address"))?;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(proxy.serve(listener, stop_rx));
+
+    let trust = icept_cert.der().clone();
     let limit = Duration::from_secs(20);
-    let genuine = tokio::time::timeout(limit, federation_get(&upstream, genuine_addr))
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
-    let impostor = tokio::time::timeout(limit, federation_get(&upstream, impostor_addr))
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
+    let genuine = tokio::time::timeout(
+        limit,
+        federation_get(proxy_addr, genuine_addr.port(), &trust),
+    )
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    let impostor = tokio::time::timeout(
+        limit,
+        federation_get(proxy_addr, impostor_addr.port(), &trust),
+    )
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
     let recent = hub.recent();
     let critical_alert = recent
         .iter()

@@ -16,6 +16,7 @@
 
 pub mod alert;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod discovery;
 pub mod pinfile_edit;

@@ -23,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the configured listeners until SIGTERM / SIGINT.
+    Run {
+        /// Config file.
+        #[arg(long, default_value = "fedpin.toml")]
+        config: PathBuf,
+    },
     /// Self-contained loopback demo: a genuine peer passes, a CA-valid impostor is blocked with an alert.
     Demo,
     /// Validate the config and its pin file; exit 0, or 64 with located errors.
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         builder.compact().init();
     }
     match cli.cmd {
+        Cmd::Run { config } => run(&config),
         Cmd::Demo => demo(),
         Cmd::CheckConfig { config } => check_config(&config),
         Cmd::Ca {
@@ -116,17 +123,20 @@ fn demo() -> ExitCode {
     let host = fedpin::demo::DEMO_HOST;
     println!("fedpin demo: two servers on 127.0.0.1 answer as {host}.");
     println!("Both hold a certificate from the same trusted CA, so Web PKI alone accepts both.");
-    println!("Only the genuine one holds the pinned key.");
+    println!("Only the genuine one holds the pinned key. A stand-in homeserver sends one");
+    println!(
+        "federation request to each through fedpin's outbound proxy (CONNECT, as Synapse does)."
+    );
     println!();
     match &report.genuine {
         Ok(body) => {
-            println!("PASSED   genuine peer: pin matched; federation request answered: {body}")
+            println!("PASSED   genuine peer: pin matched; the homeserver got: {body}")
         }
         Err(e) => println!("FAILED   genuine peer was refused: {e}"),
     }
     match &report.impostor {
         Ok(body) => println!("FAILED   impostor was NOT blocked: {body}"),
-        Err(e) => println!("BLOCKED  impostor: {e}"),
+        Err(e) => println!("BLOCKED  impostor: the homeserver got: {e}"),
     }
     println!();
     println!("Alerts raised ({}):", report.alerts.len());
@@ -230,4 +240,64 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         println!("  alerts: webhook {w}");
     }
     ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fedpin: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async {
+        let daemon = match fedpin::daemon::Daemon::start(&config).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(target: "fedpin::daemon", error = %e, "cannot start");
+                eprintln!("fedpin: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some((_, addr)) = &daemon.outbound {
+            // A line scripts can wait for.
+            println!("fedpin: outbound listening on {addr}");
+        }
+        wait_for_stop().await;
+        tracing::info!(target: "fedpin::daemon", "stopping: no new connections");
+        daemon.stop();
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
