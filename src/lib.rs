@@ -19,6 +19,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pinfile_edit;
 pub mod pins;
 pub mod probe;
