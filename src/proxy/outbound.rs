@@ -33,7 +33,7 @@ use rustls::pki_types::ServerName;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::Instrument;
 
@@ -201,20 +201,26 @@ impl OutboundProxy {
             let this = self.clone();
             let span = tracing::info_span!("tunnel", client.addr = %client);
             tokio::spawn(
-                async move {
-                    this.handle_client(tcp, client).await;
-                    drop(permit);
-                }
-                .instrument(span),
+                // The permit moves into the tunnel task on a successful
+                // CONNECT (hyper's connection future ends at the upgrade, long
+                // before the tunnel does); otherwise it is freed here.
+                this.handle_client(tcp, client, permit).instrument(span),
             );
         }
     }
 
-    async fn handle_client(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+    async fn handle_client(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        client: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
         let this = self.clone();
+        let slot = Arc::new(std::sync::Mutex::new(Some(permit)));
         let svc = hyper::service::service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, Infallible>(this.on_request(req, client).await) }
+            let slot = slot.clone();
+            async move { Ok::<_, Infallible>(this.on_request(req, client, slot).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size(self.settings.max_header_bytes.max(8192))
@@ -361,11 +367,14 @@ impl OutboundProxy {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        slot: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     ) -> Response<Body> {
         let dest = match self.vet(&req).await {
             Ok(d) => d,
             Err(resp) => return resp,
         };
+        // The tunnel slot is held until the tunnel ends.
+        let permit = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         let upgrade = hyper::upgrade::on(&mut req);
         let this = self.clone();
         let span =
@@ -380,6 +389,7 @@ impl OutboundProxy {
                     }
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 }
+                drop(permit);
             }
             .instrument(span),
         );

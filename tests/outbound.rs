@@ -1,0 +1,1186 @@
+//! SPEC 2 (outbound), 5 (alerts), 7 (config): the outbound proxy end to end.
+//!
+//! Every test plays Synapse against a real [`OutboundProxy`] on 127.0.0.1:
+//! raw TCP to the proxy, `CONNECT host:port`, then TLS inside the tunnel
+//! trusting ONLY the interception CA (the minter's CA), then HTTP/1.1 or h2.
+//! Upstream stand-ins are real TLS HTTP servers on 127.0.0.1 with chains
+//! minted per test by rcgen under a per-test "public" CA. Every wait is
+//! bounded; nothing leaves loopback.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{leaf, root, Ca, Leaf};
+use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::pins::{PinSet, PinStore};
+use fedpin::proxy::egress::EgressPolicy;
+use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
+use fedpin::tls::mint::LeafMinter;
+use fedpin::tls::UpstreamTls;
+use fedpin::verify::VerifierCore;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+
+/// The pinned peer every test talks to (resolved to 127.0.0.1 by `resolve`).
+const HOST: &str = "hs.fedpin.test";
+/// Upper bound for any single network step of a test.
+const STEP: Duration = Duration::from_secs(10);
+/// Poll interval for bounded waits.
+const TICK: Duration = Duration::from_millis(20);
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Runs `fut`, failing the test if it takes longer than [`STEP`].
+async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no outcome within {STEP:?}"),
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    cond()
+}
+
+/// The interception CA: PEM for the minter, DER for the client's trust store.
+struct InterceptionCa {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn interception_ca() -> InterceptionCa {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fedpin test interception CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    InterceptionCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+/// A pin file with one `[[peer]]` per (server name, pinned certificate).
+fn pins_toml(peers: &[(&str, &CertificateDer<'static>)]) -> String {
+    let mut s = String::from("version = 1\n");
+    for (name, cert) in peers {
+        s.push_str(&format!(
+            "\n[[peer]]\nserver_name = \"{name}\"\npins = [\"{}\"]\n",
+            common::pin(cert)
+        ));
+    }
+    s
+}
+
+/// Settings as the tests use them: loopback allowed, test names resolved to 127.0.0.1.
+fn test_settings() -> OutboundSettings {
+    let mut resolve = BTreeMap::new();
+    for name in [HOST, "down.fedpin.test", "blocked.fedpin.test"] {
+        resolve.insert(name.to_string(), "127.0.0.1".parse().unwrap());
+    }
+    OutboundSettings {
+        resolve,
+        egress: EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
+        connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        ..OutboundSettings::default()
+    }
+}
+
+/// A running proxy and what the tests need to talk to it.
+struct Env {
+    proxy: Arc<OutboundProxy>,
+    addr: SocketAddr,
+    hub: AlertHub,
+    ica: InterceptionCa,
+    _shutdown: watch::Sender<bool>,
+}
+
+async fn start_proxy(public: &Ca, pins: &str, settings: OutboundSettings) -> Env {
+    let hub = AlertHub::new();
+    let core = Arc::new(
+        VerifierCore::with_only_anchors(
+            &fedpin::tls::provider(),
+            std::slice::from_ref(&public.cert),
+            hub.clone(),
+        )
+        .unwrap(),
+    );
+    let set = PinSet::parse(pins).unwrap_or_else(|e| panic!("test pin file invalid: {e}\n{pins}"));
+    let store = Arc::new(PinStore::fixed(set, hub.clone()));
+    let upstream = Arc::new(UpstreamTls::new(core, store, fedpin::tls::provider()));
+    let ica = interception_ca();
+    let minter = Arc::new(LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 64).unwrap());
+    let proxy = Arc::new(OutboundProxy::new(settings, upstream, minter));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(proxy.clone().serve(listener, rx));
+    Env {
+        proxy,
+        addr,
+        hub,
+        ica,
+        _shutdown: tx,
+    }
+}
+
+/// What an upstream server saw per completed handshake.
+#[derive(Debug, Clone)]
+struct Seen {
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+    kind: Option<HandshakeKind>,
+}
+
+/// A TLS HTTP server on 127.0.0.1 standing in for a remote homeserver.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Serves HTTP/1.1 or h2 (by ALPN) with `cert`; every response body is
+/// `"{label}: {method} {path} over {version}\n"`.
+async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream {
+    let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (seen2, requests2) = (seen.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let seen = seen2.clone();
+            let requests = requests2.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let conn = tls.get_ref().1;
+                let s = Seen {
+                    sni: conn.server_name().map(str::to_string),
+                    alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                    kind: conn.handshake_kind(),
+                };
+                let h2 = s.alpn.as_deref() == Some(b"h2");
+                seen.lock().unwrap().push(s);
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let body = format!(
+                        "{label}: {} {} over {:?}\n",
+                        req.method(),
+                        req.uri().path(),
+                        req.version()
+                    );
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            body,
+                        ))))
+                    }
+                });
+                let io = TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    Upstream {
+        addr,
+        seen,
+        requests,
+    }
+}
+
+/// The proxy's answer to a CONNECT (or other request) head.
+#[derive(Debug)]
+struct ProxyReply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl ProxyReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response head byte by byte (nothing of the tunnel is consumed).
+async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+        assert!(head.len() < 64 * 1024, "response head too long");
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+/// Sends raw bytes to the proxy and reads its reply. A 2xx leaves the stream
+/// open (the tunnel); anything else is read to EOF. `None`: the proxy
+/// closed without answering.
+async fn send_raw(proxy: SocketAddr, bytes: &[u8]) -> (Option<ProxyReply>, TcpStream) {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    // The proxy may close early (oversized head): a failed write is not a failure.
+    let _ = tcp.write_all(bytes).await;
+    let Some(head) = bounded("reading the proxy's reply head", read_head(&mut tcp)).await else {
+        return (None, tcp);
+    };
+    let status = status_of(&head);
+    let mut body = Vec::new();
+    if !(200..300).contains(&status) {
+        let _ = bounded("reading the proxy's reply body", tcp.read_to_end(&mut body)).await;
+    }
+    let reply = ProxyReply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    (Some(reply), tcp)
+}
+
+/// `CONNECT target` with extra header lines; panics if the proxy sends no reply.
+async fn connect(proxy: SocketAddr, target: &str, extra: &str) -> (ProxyReply, TcpStream) {
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
+    let (reply, tcp) = send_raw(proxy, req.as_bytes()).await;
+    let reply =
+        reply.unwrap_or_else(|| panic!("CONNECT {target}: the proxy closed without a reply"));
+    (reply, tcp)
+}
+
+/// The homeserver's inner TLS: trusts only the interception CA.
+async fn inner_tls(
+    tcp: TcpStream,
+    ica: &CertificateDer<'static>,
+    name: &str,
+    alpn: &[&[u8]],
+) -> Result<TlsStream<TcpStream>, std::io::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ica.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    bounded("inner TLS handshake", connector.connect(server_name, tcp)).await
+}
+
+/// CONNECT + 200 + inner TLS, as Synapse does.
+async fn tunnel(env: &Env, target: &str, name: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let (reply, tcp) = connect(env.addr, target, "").await;
+    assert_eq!(reply.status, 200, "CONNECT {target}: {reply:?}");
+    inner_tls(tcp, &env.ica.der, name, alpn)
+        .await
+        .unwrap_or_else(|e| panic!("inner TLS to {name} through the proxy failed: {e}"))
+}
+
+/// One HTTP response as the homeserver saw it.
+#[derive(Debug)]
+struct HttpReply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    version: hyper::Version,
+    body: String,
+}
+
+/// Sends one GET over the tunnel's TLS (h2 if negotiated, else HTTP/1.1).
+async fn get(tls: TlsStream<TcpStream>, host: &str, path: &str) -> HttpReply {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake through the tunnel");
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        bounded("h2 request", send.send_request(req))
+            .await
+            .expect("h2 response")
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("HTTP/1.1 client through the tunnel");
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(hyper::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        bounded("HTTP/1.1 request", send.send_request(req))
+            .await
+            .expect("HTTP/1.1 response")
+    };
+    let (parts, body) = resp.into_parts();
+    let body = bounded("response body", body.collect())
+        .await
+        .expect("response body")
+        .to_bytes();
+    HttpReply {
+        status: parts.status,
+        headers: parts.headers,
+        version: parts.version,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A full genuine round trip through `env`: proves the proxy still serves.
+async fn assert_serves(env: &Env, up: &Upstream) {
+    let tls = tunnel(env, &format!("{HOST}:{}", up.port()), HOST, &[b"http/1.1"]).await;
+    let r = get(tls, HOST, "/_matrix/key/v2/server").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert!(
+        r.body.starts_with("genuine: GET /_matrix/key/v2/server"),
+        "{r:?}"
+    );
+}
+
+/// A public CA, a genuine leaf for HOST (pinned) and a CA-valid impostor leaf.
+struct World {
+    public: Ca,
+    genuine: Leaf,
+    impostor: Leaf,
+}
+
+fn world() -> World {
+    let public = root("fedpin test public root");
+    let genuine = leaf(&public, &[HOST]);
+    let impostor = leaf(&public, &[HOST]);
+    World {
+        public,
+        genuine,
+        impostor,
+    }
+}
+
+impl World {
+    fn pins(&self) -> String {
+        pins_toml(&[(HOST, &self.genuine.cert)])
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Genuine pinned peer
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn genuine_pinned_peer_passes_with_a_minted_leaf_for_the_sni_name() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    let tls = tunnel(&env, &format!("{HOST}:{}", up.port()), HOST, &[b"http/1.1"]).await;
+
+    // The leaf the homeserver sees: minted for the SNI name, issued by the
+    // interception CA (the handshake already proved the chain: the client
+    // trusts nothing else).
+    let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    let (_, minted) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(env.ica.der.as_ref()).unwrap();
+    let sans: Vec<String> = minted
+        .subject_alternative_name()
+        .unwrap()
+        .expect("minted leaf has a SAN")
+        .value
+        .general_names
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    assert_eq!(sans, vec![format!("DNSName({HOST})")]);
+    assert_eq!(minted.issuer(), ca.subject());
+    assert_ne!(
+        chain[0].as_ref(),
+        w.genuine.cert.as_ref(),
+        "the homeserver must see the minted leaf, not the peer's"
+    );
+    assert!(!minted.is_ca());
+
+    let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        r.body,
+        "genuine: GET /_matrix/federation/v1/version over HTTP/1.1\n"
+    );
+
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].sni.as_deref(), Some(HOST), "same SNI upstream");
+    assert_eq!(
+        seen[0].alpn.as_deref(),
+        Some(&b"http/1.1"[..]),
+        "same ALPN upstream"
+    );
+    let stats = env.proxy.stats();
+    assert_eq!(stats.handshakes_ok.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.handshakes_blocked.load(Ordering::SeqCst), 0);
+    assert!(env.hub.recent().is_empty(), "{:?}", env.hub.recent());
+}
+
+// ---------------------------------------------------------------------------
+// 2. CA-valid impostor
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ca_valid_impostor_gets_502_naming_the_pin_failure_and_a_critical_alert() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+
+    let tls = tunnel(
+        &env,
+        &format!("{HOST}:{}", bad.port()),
+        HOST,
+        &[b"http/1.1"],
+    )
+    .await;
+    let r = get(tls, HOST, "/_matrix/federation/v1/send/1").await;
+
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert_eq!(
+        r.headers.get("x-fedpin-alert").map(|v| v.to_str().unwrap()),
+        Some("pin_mismatch")
+    );
+    assert!(r.body.contains(HOST), "{}", r.body);
+    assert!(r.body.contains("pin check failed"), "{}", r.body);
+    assert!(
+        r.body.contains("no pinned key is on a validated path"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("(alert: pin_mismatch)"), "{}", r.body);
+    assert_eq!(
+        bad.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the impostor"
+    );
+
+    let alerts = env.hub.recent();
+    let a = alerts
+        .iter()
+        .find(|a| a.event == AlertEvent::PinMismatch)
+        .unwrap_or_else(|| panic!("no pin_mismatch alert: {alerts:?}"));
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(a.direction, Direction::Outbound);
+    assert_eq!(a.action, Action::Blocked);
+    assert_eq!(a.host.as_deref(), Some(HOST));
+    assert_eq!(a.server_name.as_deref(), Some(HOST));
+    assert_eq!(a.port, Some(bad.port()));
+    assert_eq!(a.peer_addr, Some(bad.addr.to_string()));
+    assert_eq!(a.webpki, "valid");
+
+    let stats = env.proxy.stats();
+    assert_eq!(stats.handshakes_blocked.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.handshakes_ok.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 3. ALPN
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn alpn_h2_is_negotiated_on_both_legs() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"h2", b"http/1.1"]).await;
+
+    let tls = tunnel(
+        &env,
+        &format!("{HOST}:{}", up.port()),
+        HOST,
+        &[b"h2", b"http/1.1"],
+    )
+    .await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "client leg"
+    );
+    let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.version, hyper::Version::HTTP_2);
+    assert_eq!(
+        r.body,
+        "genuine: GET /_matrix/federation/v1/version over HTTP/2.0\n"
+    );
+    let seen = up.seen();
+    assert_eq!(seen[0].alpn.as_deref(), Some(&b"h2"[..]), "upstream leg");
+}
+
+#[tokio::test]
+async fn alpn_follows_the_peer_when_it_only_speaks_http1() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    let tls = tunnel(
+        &env,
+        &format!("{HOST}:{}", up.port()),
+        HOST,
+        &[b"h2", b"http/1.1"],
+    )
+    .await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = get(tls, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(up.seen()[0].alpn.as_deref(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test]
+async fn impostor_502_comes_back_over_h2_to_an_h2_only_client() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let bad = upstream(&w.impostor, "impostor", &[b"h2", b"http/1.1"]).await;
+
+    let tls = tunnel(&env, &format!("{HOST}:{}", bad.port()), HOST, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
+    assert_eq!(r.version, hyper::Version::HTTP_2);
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert_eq!(
+        r.headers.get("x-fedpin-alert").map(|v| v.to_str().unwrap()),
+        Some("pin_mismatch")
+    );
+    assert!(r.body.contains("pin check failed"), "{}", r.body);
+}
+
+// ---------------------------------------------------------------------------
+// 4. IP-literal CONNECT
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ip_literal_connect_is_pinned_by_ip_and_sends_no_sni() {
+    let public = root("fedpin test public root");
+    let genuine = leaf(&public, &["127.0.0.1"]);
+    let impostor = leaf(&public, &["127.0.0.1"]);
+    let pins = pins_toml(&[("127.0.0.1", &genuine.cert)]);
+    let env = start_proxy(&public, &pins, test_settings()).await;
+    let up = upstream(&genuine, "genuine", &[b"http/1.1"]).await;
+    let bad = upstream(&impostor, "impostor", &[b"http/1.1"]).await;
+
+    // Genuine: passes; the homeserver sent no SNI, nor does fedpin upstream.
+    let tls = tunnel(&env, &up.addr.to_string(), "127.0.0.1", &[b"http/1.1"]).await;
+    let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    let (_, minted) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
+    let san = minted.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        san.value.general_names,
+        vec![x509_parser::extensions::GeneralName::IPAddress(&[
+            127, 0, 0, 1
+        ])]
+    );
+    let r = get(tls, "127.0.0.1", "/").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(up.seen()[0].sni, None);
+
+    // The entry keyed "127.0.0.1" is what decided: another CA-valid key is blocked.
+    let tls = tunnel(&env, &bad.addr.to_string(), "127.0.0.1", &[b"http/1.1"]).await;
+    let r = get(tls, "127.0.0.1", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert!(
+        r.body.contains("pin check failed for 127.0.0.1"),
+        "{}",
+        r.body
+    );
+    let alerts = env.hub.recent();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.event == AlertEvent::PinMismatch && a.host.as_deref() == Some("127.0.0.1")),
+        "{alerts:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Refusals on the CONNECT itself
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_refusals_and_malformed_requests() {
+    let w = world();
+    let mut settings = test_settings();
+    settings.deny_destinations = HashSet::from(["blocked.fedpin.test".to_string()]);
+    settings.max_header_bytes = 8 * 1024;
+    // Bounds the wait on a head that never completes (blank lines only).
+    settings.handshake_timeout = Duration::from_secs(2);
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    // deny_destinations (case-insensitive).
+    let (r, _) = connect(env.addr, &format!("Blocked.Fedpin.Test:{}", up.port()), "").await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("deny_destinations"), "{}", r.body);
+
+    // Not CONNECT.
+    let (r, _) = send_raw(
+        env.addr,
+        format!("GET http://{HOST}/ HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let r = r.expect("a reply to GET");
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(r.body.contains("CONNECT"), "{}", r.body);
+
+    // CONNECT without a port, and with port 0.
+    let (r, _) = connect(env.addr, HOST, "").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    eprintln!("CONNECT without port: {}", r.body.trim());
+    let (r, _) = connect(env.addr, &format!("{HOST}:0"), "").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_serves(&env, &up).await;
+
+    // Garbage request line: 400 or a clean close, and the proxy keeps serving.
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"[..],
+        b"HELLO\r\n\r\n",
+        b"CONNECT\r\n\r\n",
+        b"\r\n\r\n\r\n\r\n",
+    ] {
+        let (r, _) = send_raw(env.addr, garbage).await;
+        eprintln!("garbage {garbage:?}: {:?}", r.as_ref().map(|r| r.status));
+        if let Some(r) = r {
+            assert_eq!(r.status, 400, "{garbage:?}: {r:?}");
+        }
+    }
+    assert_serves(&env, &up).await;
+
+    // Oversized head: 431 or closed, and the proxy keeps serving.
+    let big = format!(
+        "CONNECT {HOST}:{} HTTP/1.1\r\nHost: {HOST}\r\nX-Filler: {}\r\n\r\n",
+        up.port(),
+        "a".repeat(64 * 1024)
+    );
+    let (r, _) = send_raw(env.addr, big.as_bytes()).await;
+    eprintln!("oversized head: {:?}", r.as_ref().map(|r| r.status));
+    if let Some(r) = r {
+        assert_eq!(r.status, 431, "{r:?}");
+    }
+    assert_serves(&env, &up).await;
+    assert!(
+        wait_until(STEP, || env
+            .proxy
+            .stats()
+            .active_tunnels
+            .load(Ordering::SeqCst)
+            == 0)
+        .await,
+        "tunnels left open"
+    );
+}
+
+#[tokio::test]
+async fn allowed_ports_refuses_other_ports() {
+    let w = world();
+    let mut settings = test_settings();
+    settings.allowed_ports = Some(vec![8448]);
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (r, _) = connect(env.addr, &format!("{HOST}:{}", up.port()), "").await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("allowed_ports"), "{}", r.body);
+    assert_eq!(up.seen().len(), 0, "nothing was dialled");
+    assert_eq!(env.proxy.stats().refused.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn default_egress_policy_refuses_loopback() {
+    let w = world();
+    let mut settings = test_settings();
+    settings.egress = EgressPolicy::new(vec![], vec![]);
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    // Through a name that resolves to 127.0.0.1, and as an IP literal.
+    for target in [format!("{HOST}:{}", up.port()), up.addr.to_string()] {
+        let (r, _) = connect(env.addr, &target, "").await;
+        assert_eq!(r.status, 403, "{target}: {r:?}");
+        assert!(r.body.contains("127.0.0.0/8"), "{target}: {}", r.body);
+        assert!(r.body.contains("allow_ips"), "{target}: {}", r.body);
+    }
+    assert_eq!(up.seen().len(), 0, "nothing was dialled");
+}
+
+// ---------------------------------------------------------------------------
+// 6. Non-TLS bytes inside the tunnel
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn plaintext_inside_the_tunnel_closes_it_cleanly() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    let (r, mut tcp) = connect(env.addr, &format!("{HOST}:{}", up.port()), "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    tcp.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // At most a TLS alert comes back, then the tunnel closes.
+    let mut rest = Vec::new();
+    let _ = bounded("the tunnel closing", tcp.read_to_end(&mut rest)).await;
+    assert!(
+        !rest.starts_with(b"HTTP/"),
+        "plaintext was relayed: {rest:?}"
+    );
+    assert_eq!(up.seen().len(), 0, "nothing was dialled upstream");
+    assert!(
+        wait_until(STEP, || env
+            .proxy
+            .stats()
+            .active_tunnels
+            .load(Ordering::SeqCst)
+            == 0)
+        .await,
+        "the tunnel was not released"
+    );
+    assert_serves(&env, &up).await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. Proxy-Authorization
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn proxy_authorization_basic() {
+    use base64::Engine as _;
+    let w = world();
+    let mut settings = test_settings();
+    settings.proxy_auth = Some("synapse:s3cret".into());
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let target = format!("{HOST}:{}", up.port());
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    let (r, _) = connect(env.addr, &target, "").await;
+    assert_eq!(r.status, 407, "{r:?}");
+    let challenge = r.header("proxy-authenticate").expect("Proxy-Authenticate");
+    assert!(challenge.starts_with("Basic"), "{challenge}");
+
+    for wrong in [
+        format!("Proxy-Authorization: Basic {}\r\n", b64("synapse:wrong")),
+        format!("Proxy-Authorization: Basic {}\r\n", b64("synapse:s3cret2")),
+        "Proxy-Authorization: Basic !!!notbase64\r\n".to_string(),
+        format!("Proxy-Authorization: Bearer {}\r\n", b64("synapse:s3cret")),
+    ] {
+        let (r, _) = connect(env.addr, &target, &wrong).await;
+        assert_eq!(r.status, 407, "{wrong}: {r:?}");
+    }
+    assert_eq!(
+        up.seen().len(),
+        0,
+        "nothing was dialled without credentials"
+    );
+
+    let right = format!("Proxy-Authorization: Basic {}\r\n", b64("synapse:s3cret"));
+    let (r, tcp) = connect(env.addr, &target, &right).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let tls = inner_tls(tcp, &env.ica.der, HOST, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let r = get(tls, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 8. Tunnel cap
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tunnel_cap_answers_503_and_frees_the_slot_on_close() {
+    let w = world();
+    let mut settings = test_settings();
+    settings.max_tunnels = 1;
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let target = format!("{HOST}:{}", up.port());
+
+    // Hold one established tunnel open (TLS up, nothing sent).
+    let held = tunnel(&env, &target, HOST, &[b"http/1.1"]).await;
+    assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::SeqCst), 1);
+
+    let (r, _) = send_raw(
+        env.addr,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let r = r.expect("a reply while over capacity");
+    assert_eq!(r.status, 503, "a second tunnel while one is open: {r:?}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    assert_eq!(env.proxy.stats().over_capacity.load(Ordering::SeqCst), 1);
+
+    // Close the first; a new client is served once the slot is free.
+    drop(held);
+    let start = Instant::now();
+    let served = loop {
+        let (r, tcp) = send_raw(
+            env.addr,
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let r = r.expect("a reply");
+        if r.status == 200 {
+            break Some(tcp);
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        if start.elapsed() > STEP {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tcp = served.expect("the slot was not freed after the first tunnel closed");
+    let tls = inner_tls(tcp, &env.ica.der, HOST, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let r = get(tls, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 9. Upstream down; upstream session resumption
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn upstream_down_gets_502_and_upstream_sessions_resume() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    // A port nothing listens on.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+
+    // First genuine tunnel: full upstream handshake.
+    assert_serves(&env, &up).await;
+
+    // Down: the inner handshake still completes and the 502 names the failure.
+    let tls = tunnel(
+        &env,
+        &format!("down.fedpin.test:{closed}"),
+        "down.fedpin.test",
+        &[b"http/1.1"],
+    )
+    .await;
+    let r = get(tls, "down.fedpin.test", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert!(
+        r.body
+            .contains(&format!("connecting to 127.0.0.1:{closed}")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.headers.get("x-fedpin-alert").map(|v| v.to_str().unwrap()),
+        Some("none")
+    );
+    assert_eq!(env.proxy.stats().upstream_errors.load(Ordering::SeqCst), 1);
+    assert!(
+        env.hub.recent().is_empty(),
+        "a dead peer is not a pin alert"
+    );
+
+    // Second genuine tunnel: the upstream session resumes.
+    assert_serves(&env, &up).await;
+    let kinds: Vec<_> = up.seen().iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+        "upstream handshakes"
+    );
+    assert_eq!(env.proxy.stats().handshakes_ok.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------
+// 10. Idle and half-close
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn idle_tunnel_is_closed_but_a_busy_one_is_not() {
+    let w = world();
+    let mut settings = test_settings();
+    settings.idle_timeout = Duration::from_secs(1);
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+
+    let tls = tunnel(&env, &format!("{HOST}:{}", up.port()), HOST, &[b"http/1.1"]).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+
+    // Busy for well over the idle timeout: keep-alive requests every 300 ms.
+    let busy = Instant::now();
+    while busy.elapsed() < Duration::from_millis(2500) {
+        let req = Request::get("/")
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = bounded("keep-alive request", send.send_request(req))
+            .await
+            .expect("a busy tunnel stays open");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Then idle: the proxy closes it (the upstream server has no idle timeout).
+    let idle_from = Instant::now();
+    let _ = bounded("the proxy closing an idle tunnel", conn).await;
+    let took = idle_from.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed too early: {took:?}"
+    );
+    assert!(
+        wait_until(STEP, || env
+            .proxy
+            .stats()
+            .active_tunnels
+            .load(Ordering::SeqCst)
+            == 0)
+        .await
+    );
+    assert!(up.requests.load(Ordering::SeqCst) >= 5);
+}
+
+/// A TLS server that reads until the client half-closes, then answers.
+async fn echo_after_eof(cert: &Leaf) -> SocketAddr {
+    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut got = Vec::new();
+                if tls.read_to_end(&mut got).await.is_ok() {
+                    let _ = tls
+                        .write_all(format!("got {} bytes after EOF\n", got.len()).as_bytes())
+                        .await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn half_close_propagates_both_ways() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let addr = echo_after_eof(&w.genuine).await;
+
+    let mut tls = tunnel(&env, &format!("{HOST}:{}", addr.port()), HOST, &[]).await;
+    tls.write_all(b"ping ping").await.unwrap();
+    // close_notify + FIN on our write side; our read side stays open.
+    tls.shutdown().await.unwrap();
+    let mut answer = String::new();
+    bounded(
+        "the answer after our half-close",
+        tls.read_to_string(&mut answer),
+    )
+    .await
+    .expect("a clean close after the answer");
+    assert_eq!(answer, "got 9 bytes after EOF\n");
+    assert!(
+        wait_until(STEP, || env
+            .proxy
+            .stats()
+            .active_tunnels
+            .load(Ordering::SeqCst)
+            == 0)
+        .await
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Through the real daemon
+// ---------------------------------------------------------------------------
+
+fn pem_cert(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(std::str::from_utf8(chunk).unwrap());
+        s.push('\n');
+    }
+    s.push_str("-----END CERTIFICATE-----\n");
+    s
+}
+
+/// Writes fedpin.toml, pins.toml, public-root.pem and the CA; returns the config path.
+fn daemon_files(dir: &std::path::Path, w: &World) -> std::path::PathBuf {
+    fedpin::tls::ca::init_ca(&dir.join("ca")).unwrap();
+    std::fs::write(dir.join("pins.toml"), w.pins()).unwrap();
+    std::fs::write(dir.join("public-root.pem"), pem_cert(&w.public.cert)).unwrap();
+    let config = dir.join("fedpin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"pins = "pins.toml"
+
+[outbound]
+listen = "127.0.0.1:0"
+ca_cert = "ca/fedpin-ca.pem"
+ca_key = "ca/fedpin-ca.key"
+extra_roots = "public-root.pem"
+allow_ips = ["127.0.0.0/8"]
+resolve = {{ "{HOST}" = "127.0.0.1" }}
+"#
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn daemon_runs_the_outbound_proxy_from_config() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let path = daemon_files(dir.path(), &w);
+    let config = fedpin::config::Config::load(&path).unwrap();
+    let daemon = fedpin::daemon::Daemon::start(&config).await.unwrap();
+    let (proxy, addr) = daemon.outbound.clone().expect("outbound listener");
+    let ica = fedpin::tls::load_certs(&dir.path().join("ca/fedpin-ca.pem")).unwrap();
+
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (r, tcp) = connect(addr, &format!("{HOST}:{}", up.port()), "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let tls = inner_tls(tcp, &ica[0], HOST, &[b"http/1.1"]).await.unwrap();
+    let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(
+        r.body,
+        "genuine: GET /_matrix/federation/v1/version over HTTP/1.1\n"
+    );
+    assert_eq!(proxy.stats().handshakes_ok.load(Ordering::SeqCst), 1);
+
+    // The same daemon blocks a CA-valid impostor for the pinned name.
+    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+    let (r, tcp) = connect(addr, &format!("{HOST}:{}", bad.port()), "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let tls = inner_tls(tcp, &ica[0], HOST, &[b"http/1.1"]).await.unwrap();
+    let r = get(tls, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert!(daemon
+        .alerts
+        .recent()
+        .iter()
+        .any(|a| a.event == AlertEvent::PinMismatch && a.severity == Severity::Critical));
+    daemon.stop();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn ca_key_readable_by_others_is_refused_naming_chmod() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let path = daemon_files(dir.path(), &w);
+    let key = dir.path().join("ca/fedpin-ca.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "init_ca writes the key 0600"
+    );
+    // Loaded while 0600, then loosened before start: Daemon::start refuses.
+    let config = fedpin::config::Config::load(&path).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = fedpin::daemon::Daemon::start(&config)
+        .await
+        .expect_err("a world-readable CA key must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("chmod"), "{msg}");
+    assert!(msg.contains("fedpin-ca.key"), "{msg}");
+
+    // And the config check already names it, with its line.
+    let err = fedpin::config::Config::load(&path).expect_err("0644 key");
+    let msg = err.to_string();
+    assert!(msg.contains("chmod"), "{msg}");
+    assert!(msg.contains("outbound.ca_key"), "{msg}");
+}
