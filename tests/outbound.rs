@@ -1184,3 +1184,26 @@ async fn ca_key_readable_by_others_is_refused_naming_chmod() {
     assert!(msg.contains("chmod"), "{msg}");
     assert!(msg.contains("outbound.ca_key"), "{msg}");
 }
+
+/// deny_destinations also applies to the TLS name when the CONNECT host differs
+/// (SRV targets and delegation make them differ).
+#[tokio::test]
+async fn deny_destinations_applies_to_the_sni_name_too() {
+    let w = world();
+    let mut settings = test_settings();
+    settings.deny_destinations.insert(HOST.to_string());
+    let env = start_proxy(&w.public, &w.pins(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    // CONNECT to an address literal, SNI = the denied name.
+    let tls = tunnel(
+        &env,
+        &format!("127.0.0.1:{}", up.port()),
+        HOST,
+        &[b"http/1.1"],
+    )
+    .await;
+    let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
+    assert!(r.body.contains("deny_destinations"), "{r:?}");
+    assert!(up.seen().is_empty(), "nothing is dialled for a denied name");
+}

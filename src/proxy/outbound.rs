@@ -421,6 +421,22 @@ impl OutboundProxy {
             .map(|it| it.map(|p| p.to_vec()).collect())
             .unwrap_or_default();
         let tls_name = sni.clone().unwrap_or_else(|| dest.host.clone());
+        // The SNI may name a different server than the CONNECT host (SRV
+        // targets, delegation): deny_destinations applies to both.
+        let sni_key = crate::pins::normalize_lookup(&tls_name).into_owned();
+        if self.settings.deny_destinations.contains(&sni_key) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tls.name = %tls_name, "tunnel refused: the TLS name is in deny_destinations");
+            let failure = DialFailure {
+                message: format!("{tls_name} is in deny_destinations"),
+                pin_blocked: false,
+                timeout: false,
+                alert: None,
+            };
+            self.explain(start, &tls_name, &alpn, StatusCode::FORBIDDEN, failure)
+                .await;
+            return;
+        }
 
         let upstream = self.dial(&dest, &tls_name, alpn.clone()).await;
         match upstream {
