@@ -131,6 +131,17 @@ struct Env {
 
 async fn start_proxy(public: &Ca, pins: &str, settings: OutboundSettings) -> Env {
     let hub = AlertHub::new();
+    let set = PinSet::parse(pins).unwrap_or_else(|e| panic!("test pin file invalid: {e}\n{pins}"));
+    let store = Arc::new(PinStore::fixed(set, hub.clone()));
+    start_proxy_with(public, store, hub, settings).await
+}
+
+async fn start_proxy_with(
+    public: &Ca,
+    store: Arc<PinStore>,
+    hub: AlertHub,
+    settings: OutboundSettings,
+) -> Env {
     let core = Arc::new(
         VerifierCore::with_only_anchors(
             &fedpin::tls::provider(),
@@ -139,8 +150,6 @@ async fn start_proxy(public: &Ca, pins: &str, settings: OutboundSettings) -> Env
         )
         .unwrap(),
     );
-    let set = PinSet::parse(pins).unwrap_or_else(|e| panic!("test pin file invalid: {e}\n{pins}"));
-    let store = Arc::new(PinStore::fixed(set, hub.clone()));
     let upstream = Arc::new(UpstreamTls::new(core, store, fedpin::tls::provider()));
     let ica = interception_ca();
     let minter = Arc::new(LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 64).unwrap());
@@ -1206,4 +1215,111 @@ async fn deny_destinations_applies_to_the_sni_name_too() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{r:?}");
     assert!(r.body.contains("deny_destinations"), "{r:?}");
     assert!(up.seen().is_empty(), "nothing is dialled for a denied name");
+}
+
+async fn fetch(env: &Env, name: &'static str, port: u16) -> HttpReply {
+    let target = format!("{name}:{port}");
+    let tls = tunnel(env, &target, name, &[b"http/1.1"]).await;
+    get(tls, name, "/_matrix/federation/v1/version").await
+}
+
+/// Every pin policy through the proxy: pin-only, report mode, unpinned under
+/// `webpki` and under `deny`.
+#[tokio::test]
+async fn pin_only_report_and_unpinned_policies_through_the_proxy() {
+    let w = world();
+    let self_signed = common::self_signed(&["selfsigned.fedpin.test"]);
+    let report_pinned = leaf(&w.public, &["report.fedpin.test"]);
+    let report_served = leaf(&w.public, &["report.fedpin.test"]);
+    let unlisted = leaf(&w.public, &["unlisted.fedpin.test"]);
+    let names = [
+        "selfsigned.fedpin.test",
+        "report.fedpin.test",
+        "unlisted.fedpin.test",
+    ];
+    let pins = |unpinned: &str| {
+        format!(
+            "version = 1\n[policy]\nunpinned = \"{unpinned}\"\n\n[[peer]]\nserver_name = \"selfsigned.fedpin.test\"\npins = [\"{}\"]\ntrust = \"pin-only\"\n\n[[peer]]\nserver_name = \"report.fedpin.test\"\npins = [\"{}\"]\nmode = \"report\"\n",
+            common::pin(&self_signed.cert),
+            common::pin(&report_pinned.cert)
+        )
+    };
+    let settings = || {
+        let mut s = test_settings();
+        for n in names {
+            s.resolve
+                .insert(n.to_string(), "127.0.0.1".parse().unwrap());
+        }
+        s
+    };
+    let ss_up = upstream(&self_signed, "selfsigned", &[b"http/1.1"]).await;
+    let report_up = upstream(&report_served, "report", &[b"http/1.1"]).await;
+    let unlisted_up = upstream(&unlisted, "unlisted", &[b"http/1.1"]).await;
+
+    let env = start_proxy(&w.public, &pins("webpki"), settings()).await;
+    // pin-only: a self-signed peer passes on its leaf key alone.
+    let r = fetch(&env, "selfsigned.fedpin.test", ss_up.port()).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // report: a Web-PKI-valid mismatch passes, with an alert (action allowed).
+    let r = fetch(&env, "report.fedpin.test", report_up.port()).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let a = env.hub.recent();
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        (a[0].event, a[0].action, a[0].severity),
+        (AlertEvent::PinMismatch, Action::Allowed, Severity::Critical)
+    );
+    // unpinned under webpki: passes on Web PKI.
+    let r = fetch(&env, "unlisted.fedpin.test", unlisted_up.port()).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+
+    // unpinned under deny: 502 naming the policy, alert unpinned_denied.
+    let env = start_proxy(&w.public, &pins("deny"), settings()).await;
+    let r = fetch(&env, "unlisted.fedpin.test", unlisted_up.port()).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    assert!(r.body.contains("policy.unpinned"), "{r:?}");
+    assert_eq!(r.headers.get("x-fedpin-alert").unwrap(), "unpinned_denied");
+    assert_eq!(env.hub.recent()[0].event, AlertEvent::UnpinnedDenied);
+}
+
+/// A hot reload changes the outcome mid-run, without a restart.
+#[tokio::test]
+async fn hot_reload_changes_the_outcome_mid_run() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let write = |toml: &str| {
+        let tmp = dir.path().join(".pins.tmp");
+        std::fs::write(&tmp, toml).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(&w.pins());
+    let hub = AlertHub::new();
+    let store = Arc::new(PinStore::open(&path, hub.clone()).unwrap());
+    let _watch = store
+        .watch(Duration::from_millis(20), Duration::from_secs(30))
+        .unwrap();
+    let env = start_proxy_with(&w.public, store.clone(), hub, test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let target = format!("{HOST}:{}", up.port());
+
+    let r = get(tunnel(&env, &target, HOST, &[b"http/1.1"]).await, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // The operator pins the impostor's key instead (say, a bad edit): genuine is now refused.
+    write(&pins_toml(&[(HOST, &w.impostor.cert)]));
+    let s = store.clone();
+    assert!(
+        wait_until(STEP, move || s.current().generation == 2).await,
+        "reload picked up"
+    );
+    let r = get(tunnel(&env, &target, HOST, &[b"http/1.1"]).await, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+
+    // Back to the genuine key: served again, same process.
+    write(&w.pins());
+    let s = store.clone();
+    assert!(wait_until(STEP, move || s.current().generation == 3).await);
+    let r = get(tunnel(&env, &target, HOST, &[b"http/1.1"]).await, HOST, "/").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
