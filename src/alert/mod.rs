@@ -191,6 +191,7 @@ impl Alert {
             event: self.event,
             direction: self.direction,
             action: self.action,
+            severity: self.severity,
             host: self.host.clone().unwrap_or_default(),
             leaf: self.served_chain.first().and_then(|c| c.pin.clone()),
             reason: if self.event == AlertEvent::PinReloadFailed {
@@ -207,6 +208,7 @@ struct DedupKey {
     event: AlertEvent,
     direction: Direction,
     action: Action,
+    severity: Severity,
     host: String,
     leaf: Option<String>,
     reason: String,

@@ -399,12 +399,25 @@ impl PinSet {
                     }
                 }
                 None => {
-                    if let Some(h) = default_host {
+                    if let Some(h) = default_host.clone() {
                         hosts.push((h, sn_span.clone()));
                     }
                 }
             }
             let line = lines.locate(sn_span.start).0;
+            if let Some(own) = &default_host {
+                if !hosts.is_empty() && !hosts.iter().any(|(h, _)| h == own) {
+                    let (l, c) = lines.locate(sn_span.start);
+                    warnings.push(Diagnostic {
+                        line: l,
+                        column: c,
+                        key: key("hosts"),
+                        message: format!(
+                            "hosts does not include \"{own}\": connections to that name are treated as unpinned (intended only when it delegates via .well-known)"
+                        ),
+                    });
+                }
+            }
             for (h, span) in &hosts {
                 if let Some(prev) = by_host.get(h) {
                     let prev_line = peers.get(*prev).map(|p: &Peer| p.line).unwrap_or_default();
@@ -557,6 +570,15 @@ pub fn normalize_lookup(name: &str) -> std::borrow::Cow<'_, str> {
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .unwrap_or(trimmed);
+    if trimmed.contains(':') || trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        if let Ok(ip) = trimmed.parse::<IpAddr>() {
+            let canonical = ip.to_string();
+            if canonical != trimmed {
+                return std::borrow::Cow::Owned(canonical);
+            }
+            return std::borrow::Cow::Borrowed(trimmed);
+        }
+    }
     if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
     } else {
@@ -570,8 +592,9 @@ pub fn normalize_tls_name(name: &str) -> Result<String, String> {
     if n.is_empty() {
         return Err("host name is empty".into());
     }
-    if n.parse::<IpAddr>().is_ok() {
-        return Ok(n);
+    if let Ok(ip) = n.parse::<IpAddr>() {
+        // Canonical text, as the verifier looks IP peers up (e.g. "::1", not "0:0:0:0:0:0:0:1").
+        return Ok(ip.to_string());
     }
     if n.contains(':') {
         return Err(format!(
@@ -676,7 +699,7 @@ expires = "2027-06-01T00:00:00Z"
 note = "x"
 
 [[peer]]
-server_name = "[::1]:8448"
+server_name = "[0:0:0:0:0:0:0:1]:8448"
 pins = ["{}"]
 trust = "pin-only"
 "#,
@@ -696,6 +719,10 @@ trust = "pin-only"
         assert!(set.lookup("example.org").is_none());
         assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
         assert_eq!(set.warnings[0].line, 17);
+        assert!(
+            set.lookup("0:0:0:0:0:0:0:1").is_some(),
+            "IP lookups are canonical"
+        );
     }
 
     #[test]

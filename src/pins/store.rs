@@ -219,7 +219,7 @@ impl PinStore {
         let event_tx = tx.clone();
         let mut watcher = notify::recommended_watcher(
             move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) if ev.kind.is_access() => {}
+                Ok(ev) if !is_complete_change(&ev.kind) => {}
                 Ok(_) => {
                     let _ = event_tx.send(());
                 }
@@ -267,6 +267,22 @@ impl PinStore {
             stop: Some((stop_tx, tx)),
             thread: Some(thread),
         })
+    }
+}
+
+/// Whether an event means a file in the directory is complete and may be
+/// re-read. On Linux, in-place writes are acted on when the writer closes the
+/// file (`Close(Write)`), not on each `Modify(Data)`, so a slow writer's
+/// half-written prefix is never loaded; creates, removes and renames (editors,
+/// `pinctl`, ConfigMap symlink swaps) always count.
+fn is_complete_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Data(_)) => !cfg!(target_os = "linux"),
+        _ => true,
     }
 }
 

@@ -601,7 +601,8 @@ impl AlertDraft<'_> {
                 .ctx
                 .server_name
                 .clone()
-                .or_else(|| self.peer.map(|p| p.server_name.clone())),
+                .or_else(|| self.peer.map(|p| p.server_name.clone()))
+                .or_else(|| (!self.host.is_empty()).then(|| self.host.to_string())),
             host: Some(self.host.to_string()),
             port: self.ctx.port,
             peer_addr: self.ctx.peer_addr.map(|a| a.to_string()),
@@ -942,13 +943,20 @@ impl PinnedClientVerifier {
         now: UnixTime,
     ) -> Evaluation {
         let names = spki::dns_sans(end_entity.as_ref());
-        // Prefer a name that has a pin entry; otherwise the first name (policy.unpinned applies).
-        let chosen = names
+        // Every name in the certificate that has a pin entry must pass its own
+        // entry's rules: otherwise a client could choose, by SAN order, the
+        // weakest entry (report mode, pin-only, expired) to be judged by.
+        let pinned: Vec<&String> = names
             .iter()
-            .find(|n| self.pins.lookup(n).is_some())
-            .or_else(|| names.first())
-            .cloned();
-        let Some(chosen) = chosen else {
+            .filter(|n| self.pins.lookup(n).is_some())
+            .collect();
+        let candidates: Vec<&String> = if pinned.is_empty() {
+            // No entry: policy.unpinned applies, judged on the first name.
+            names.first().into_iter().collect()
+        } else {
+            pinned
+        };
+        if candidates.is_empty() {
             let reason =
                 "the client certificate carries no DNS name to look up a pin entry".to_string();
             let mut draft = AlertDraft {
@@ -971,18 +979,35 @@ impl PinnedClientVerifier {
                 alert: Some(alert),
                 host: String::new(),
             };
-        };
-        let server_name = ServerName::try_from(chosen.clone()).ok();
-        self.core.evaluate(
-            &self.pins,
-            &chosen,
-            server_name.as_ref(),
-            end_entity,
-            intermediates,
-            now,
-            Usage::Client,
-            &self.ctx,
-        )
+        }
+        let mut chosen: Option<Evaluation> = None;
+        for name in candidates {
+            let server_name = ServerName::try_from(name.clone()).ok();
+            let ev = self.core.evaluate(
+                &self.pins,
+                name,
+                server_name.as_ref(),
+                end_entity,
+                intermediates,
+                now,
+                Usage::Client,
+                &self.ctx,
+            );
+            if !ev.verdict.is_accept() {
+                return ev;
+            }
+            if chosen
+                .as_ref()
+                .is_none_or(|c| c.alert.is_none() && ev.alert.is_some())
+            {
+                chosen = Some(ev);
+            }
+        }
+        chosen.unwrap_or_else(|| Evaluation {
+            verdict: reject(AlertEvent::VerifyError, "no name was evaluated".into()),
+            alert: None,
+            host: String::new(),
+        })
     }
 }
 
