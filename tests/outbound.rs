@@ -1323,3 +1323,37 @@ async fn hot_reload_changes_the_outcome_mid_run() {
     let r = get(tunnel(&env, &target, HOST, &[b"http/1.1"]).await, HOST, "/").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
+
+/// Synapse logs the status line of a failed federation request, never its
+/// body, so the reason is also in the HTTP/1 reason phrase.
+#[tokio::test]
+async fn blocked_peer_reason_is_in_the_status_line() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+    let mut tls = tunnel(
+        &env,
+        &format!("{HOST}:{}", bad.port()),
+        HOST,
+        &[b"http/1.1"],
+    )
+    .await;
+    tls.write_all(
+        format!("GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = bounded("502 response", tls.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    let status_line = text.lines().next().unwrap_or_default();
+    assert!(
+        status_line.starts_with("HTTP/1.1 502 fedpin refused hs.fedpin.test: pin check failed"),
+        "{status_line}"
+    );
+    assert!(
+        status_line.contains("(alert: pin_mismatch)"),
+        "{status_line}"
+    );
+    assert!(status_line.is_ascii());
+}

@@ -1275,3 +1275,45 @@ fn concurrent_adds_all_land() {
     let run = pinctl_blocking(&["--pins".into(), fx.pins().into(), "check".into()], None);
     run.expect_code(0);
 }
+
+/// A report-mode peer whose served key matches no pin is a MISMATCH for
+/// `pinctl verify` (exit 1), even though fedpin lets it through on Web PKI.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_a_report_mode_mismatch() {
+    let fx = Fixture::new();
+    let (addr, _) = fx.genuine().await;
+    let name = format!("localhost:{}", addr.port());
+    let connect = addr.to_string();
+    pinctl(
+        &[
+            "--pins",
+            fx.pins(),
+            "add",
+            &name,
+            "--pin",
+            &a_pin(7),
+            "--mode",
+            "report",
+        ],
+        None,
+    )
+    .await
+    .expect_code(0);
+    let run = pinctl(
+        &[
+            "--pins",
+            fx.pins(),
+            "verify",
+            &name,
+            "--connect",
+            &connect,
+            "--roots",
+            fx.ca(),
+        ],
+        None,
+    )
+    .await;
+    run.expect_code(1);
+    assert!(run.stdout.contains("MISMATCH"), "{}", run.describe());
+    assert!(run.stdout.contains("report"), "{}", run.describe());
+}

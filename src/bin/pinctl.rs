@@ -14,7 +14,7 @@ use fedpin::discovery::{self, DiscoveryOptions};
 use fedpin::pinfile_edit::{self, AddOutcome, NewPeer};
 use fedpin::pins::{split_server_name, Mode, Peer, Pin, PinSet, Trust};
 use fedpin::probe::{self, Target};
-use fedpin::verify::VerifierCore;
+use fedpin::verify::{Basis, VerifierCore};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -704,55 +704,67 @@ async fn verify(
     let mut failed = 0;
     let mut results = Vec::new();
     for p in &peers {
-        let (status, detail, days_cert, target_text) =
-            match resolve_target(&p.server_name, connect.as_deref(), anchors_of(&extra)).await {
-                Err(Failure(_, m)) => ("error", m, None, String::new()),
-                Ok((target, _via)) => {
-                    let tt = format!(
-                        "{}:{} as {}",
-                        target.connect_host, target.port, target.tls_name
-                    );
-                    match probe::check(
-                        core.clone(),
-                        set.clone(),
-                        &target,
-                        Some(p.server_name.clone()),
-                        timeout,
-                    )
-                    .await
-                    {
-                        Err(e) => ("error", e.to_string(), None, tt),
-                        Ok(c) if c.passed() => {
-                            let basis = c
-                                .record
-                                .as_ref()
-                                .and_then(|r| r.basis)
-                                .map(|b| format!("{b:?}"))
-                                .unwrap_or_default();
+        let (status, detail, days_cert, target_text) = match resolve_target(
+            &p.server_name,
+            connect.as_deref(),
+            anchors_of(&extra),
+        )
+        .await
+        {
+            Err(Failure(_, m)) => ("error", m, None, String::new()),
+            Ok((target, _via)) => {
+                let tt = format!(
+                    "{}:{} as {}",
+                    target.connect_host, target.port, target.tls_name
+                );
+                match probe::check(
+                    core.clone(),
+                    set.clone(),
+                    &target,
+                    Some(p.server_name.clone()),
+                    timeout,
+                )
+                .await
+                {
+                    Err(e) => ("error", e.to_string(), None, tt),
+                    Ok(c) if c.passed() => {
+                        let basis = c.record.as_ref().and_then(|r| r.basis);
+                        let days = c.leaf_not_after.map(|t| (t - now).whole_days());
+                        if basis == Some(Basis::ReportModeWebPki) {
+                            // Accepted only because the peer is in report mode:
+                            // the served keys do not match the pins.
+                            (
+                                    "mismatch",
+                                    "no pin matches the served chain (mode = \"report\": fedpin lets this peer through only because Web PKI validates it)".to_string(),
+                                    days,
+                                    tt,
+                                )
+                        } else {
                             (
                                 "ok",
-                                basis,
-                                c.leaf_not_after.map(|t| (t - now).whole_days()),
+                                basis.map(|b| format!("{b:?}")).unwrap_or_default(),
+                                days,
                                 tt,
                             )
                         }
-                        Ok(c) => {
-                            let why = c
-                                .record
-                                .as_ref()
-                                .and_then(|r| r.rejected.as_ref().map(|x| x.reason.clone()))
-                                .or(c.error.clone())
-                                .unwrap_or_else(|| "handshake failed".into());
-                            let status = if c.record.as_ref().is_some_and(|r| r.alert.is_some()) {
-                                "mismatch"
-                            } else {
-                                "error"
-                            };
-                            (status, why, None, tt)
-                        }
+                    }
+                    Ok(c) => {
+                        let why = c
+                            .record
+                            .as_ref()
+                            .and_then(|r| r.rejected.as_ref().map(|x| x.reason.clone()))
+                            .or(c.error.clone())
+                            .unwrap_or_else(|| "handshake failed".into());
+                        let status = if c.record.as_ref().is_some_and(|r| r.alert.is_some()) {
+                            "mismatch"
+                        } else {
+                            "error"
+                        };
+                        (status, why, None, tt)
                     }
                 }
-            };
+            }
+        };
         if status != "ok" {
             failed += 1;
         }

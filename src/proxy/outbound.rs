@@ -625,12 +625,18 @@ impl OutboundProxy {
                 .unwrap_or_default()
         );
         let alert = failure.alert.unwrap_or("none");
+        // Synapse logs the status line of a failed federation request but never
+        // its body, so the reason also goes into the HTTP/1 reason phrase.
+        let phrase = reason_phrase(tls_name, &failure);
         let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
             let mut r = text(status, body.clone());
             r.headers_mut().insert(
                 "x-fedpin-alert",
                 hyper::header::HeaderValue::from_static(alert),
             );
+            if let Some(p) = &phrase {
+                r.extensions_mut().insert(p.clone());
+            }
             async move { Ok::<_, Infallible>(r) }
         });
         let io = TokioIo::new(stream);
@@ -646,6 +652,27 @@ impl OutboundProxy {
             let _ = tokio::time::timeout(limit, conn).await;
         }
     }
+}
+
+/// "fedpin refused NAME: REASON (alert: EVENT)" as an HTTP/1 reason phrase:
+/// printable ASCII only, at most 300 bytes.
+fn reason_phrase(tls_name: &str, failure: &DialFailure) -> Option<hyper::ext::ReasonPhrase> {
+    let mut s = format!("fedpin refused {tls_name}: {}", failure.message);
+    if let Some(a) = failure.alert {
+        s.push_str(&format!(" (alert: {a})"));
+    }
+    let mut clean: String = s
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    clean.truncate(300);
+    hyper::ext::ReasonPhrase::try_from(clean).ok()
 }
 
 struct DialFailure {
