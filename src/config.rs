@@ -80,6 +80,17 @@ struct RawInbound {
     #[serde(default)]
     allow_origins: Vec<String>,
     client_auth: Option<ClientAuth>,
+    rate_per_origin: Option<u32>,
+    burst_per_origin: Option<u32>,
+    rate_per_ip: Option<u32>,
+    burst_per_ip: Option<u32>,
+    max_body: Option<u64>,
+    max_header_bytes: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    client_roots: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +172,24 @@ pub struct Inbound {
     pub allow_origins: Vec<String>,
     /// Client certificate policy.
     pub client_auth: ClientAuth,
+    /// Requests per second per origin, and burst (None: unlimited).
+    pub per_origin: Option<(u32, u32)>,
+    /// Requests per second per client IP, and burst (None: unlimited).
+    pub per_ip: Option<(u32, u32)>,
+    /// Request body cap, bytes.
+    pub max_body: u64,
+    /// Request head cap, bytes.
+    pub max_header_bytes: usize,
+    /// Time to receive a request head.
+    pub header_timeout: std::time::Duration,
+    /// Time for the homeserver to answer.
+    pub request_timeout: std::time::Duration,
+    /// Idle connection timeout.
+    pub idle_timeout: std::time::Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Extra trust anchors for client certificates (mutual TLS).
+    pub client_roots: Option<PathBuf>,
 }
 
 /// The validated config.
@@ -390,7 +419,41 @@ impl Config {
                     "set allow_origins or deny_origins, not both".into(),
                 );
             }
+            let secs =
+                |v: Option<u64>, d: u64| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
+            let rate = |r: Option<u32>, b: Option<u32>| {
+                r.filter(|r| *r > 0)
+                    .map(|r| (r, b.unwrap_or(r.saturating_mul(2)).max(1)))
+            };
+            let client_roots = i
+                .client_roots
+                .as_ref()
+                .map(|r| cx.file(r, "inbound.client_roots"));
+            if let Ok(u) = i.upstream.get_ref().parse::<hyper::Uri>() {
+                if u.authority().is_none() {
+                    cx.err(
+                        i.upstream.span(),
+                        "inbound.upstream",
+                        "the upstream URL needs a host and port".into(),
+                    );
+                }
+            } else {
+                cx.err(
+                    i.upstream.span(),
+                    "inbound.upstream",
+                    format!("\"{}\" is not a URL", i.upstream.get_ref()),
+                );
+            }
             Inbound {
+                per_origin: rate(i.rate_per_origin, i.burst_per_origin),
+                per_ip: rate(i.rate_per_ip, i.burst_per_ip),
+                max_body: i.max_body.unwrap_or(50 * 1024 * 1024),
+                max_header_bytes: i.max_header_bytes.unwrap_or(64 * 1024),
+                header_timeout: secs(i.header_timeout_secs, 10),
+                request_timeout: secs(i.request_timeout_secs, 60),
+                idle_timeout: secs(i.idle_timeout_secs, 120),
+                max_connections: i.max_connections.unwrap_or(4096).max(1),
+                client_roots,
                 listen,
                 cert,
                 key,

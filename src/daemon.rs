@@ -11,6 +11,7 @@ use crate::alert::{AlertHub, CommandSink};
 use crate::config::Config;
 use crate::pins::{PinStore, WatchHandle};
 use crate::proxy::egress::EgressPolicy;
+use crate::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use crate::proxy::outbound::{OutboundProxy, OutboundSettings};
 use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;
@@ -46,6 +47,9 @@ pub struct Daemon {
     pub pins: Arc<PinStore>,
     /// The outbound proxy and its bound address, if configured.
     pub outbound: Option<(Arc<OutboundProxy>, SocketAddr)>,
+    /// The inbound edge and its bound address, if configured.
+    pub inbound: Option<(Arc<InboundProxy>, SocketAddr)>,
+    _cert_watch: Option<crate::watch::FileWatch>,
     shutdown: watch::Sender<bool>,
     _watch: Option<WatchHandle>,
 }
@@ -61,11 +65,6 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Starts every configured listener on the current tokio runtime.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
-        if config.inbound.is_some() {
-            return Err(StartError::Unsupported(
-                "[inbound] is configured, but this build of fedpin does not run the inbound listener yet; remove the section (see README)".into(),
-            ));
-        }
         if config.admin.is_some() {
             return Err(StartError::Unsupported(
                 "[admin] is configured, but this build of fedpin does not run the admin listener yet; remove the section (see README)".into(),
@@ -145,18 +144,152 @@ impl Daemon {
             tracing::info!(target: "fedpin::daemon", listen = %addr, "outbound proxy listening");
             outbound = Some((proxy, addr));
         }
+        let mut inbound = None;
+        let mut cert_watch = None;
+        if let Some(i) = &config.inbound {
+            let certs = Arc::new(
+                crate::tls::certs::CertStore::open(&i.cert, &i.key)
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            );
+            let extra = match &i.client_roots {
+                Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let core = Arc::new(
+                VerifierCore::new(&provider, &extra, alerts.clone())
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            );
+            let upstream: hyper::Uri = i
+                .upstream
+                .parse()
+                .map_err(|e| StartError::Tls(format!("inbound.upstream: {e}")))?;
+            let settings = InboundSettings {
+                upstream,
+                client_auth: i.client_auth,
+                max_body: i.max_body,
+                max_header_bytes: i.max_header_bytes,
+                header_timeout: i.header_timeout,
+                request_timeout: i.request_timeout,
+                idle_timeout: i.idle_timeout,
+                max_connections: i.max_connections,
+                ..InboundSettings::default()
+            };
+            let proxy = Arc::new(InboundProxy::new(
+                settings,
+                edge_rules(i),
+                certs.clone(),
+                pins.clone(),
+                core,
+            ));
+            let listener = tokio::net::TcpListener::bind(i.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: i.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: i.listen,
+                source,
+            })?;
+            let c = certs.clone();
+            cert_watch = match crate::watch::watch_files(
+                &[i.cert.as_path(), i.key.as_path()],
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+                move || {
+                    let _ = c.reload();
+                },
+            ) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(target: "fedpin::inbound", error = %e, "cannot watch the certificate files; they are re-read on SIGHUP only");
+                    None
+                }
+            };
+            tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
+            tracing::info!(target: "fedpin::daemon", listen = %addr, "inbound edge listening");
+            inbound = Some((proxy, addr));
+        }
         Ok(Daemon {
             alerts,
             pins,
+            inbound,
+            _cert_watch: cert_watch,
             outbound,
             shutdown,
             _watch: watch_handle,
         })
     }
 
+    /// Applies the hot-reloadable parts of a new config (edge rules; the
+    /// server certificate is re-read too). Listeners and files named in the
+    /// config are not changed without a restart.
+    pub fn apply(&self, config: &Config) {
+        if let (Some((proxy, _)), Some(i)) = (&self.inbound, &config.inbound) {
+            proxy.set_rules(edge_rules(i));
+            let _ = proxy.certs().reload();
+        }
+    }
+
     /// Stops accepting; in-flight tunnels finish on their own timeouts.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
         self.alerts.flush_all();
+    }
+}
+
+/// The edge rules of an `[inbound]` section.
+pub fn edge_rules(i: &crate::config::Inbound) -> EdgeRules {
+    EdgeRules {
+        deny_origins: i.deny_origins.iter().cloned().collect(),
+        allow_origins: i.allow_origins.iter().cloned().collect(),
+        per_origin: i
+            .per_origin
+            .map(|(per_second, burst)| RateLimit { per_second, burst }),
+        per_ip: i
+            .per_ip
+            .map(|(per_second, burst)| RateLimit { per_second, burst }),
+    }
+}
+
+/// Watches the config file and re-applies it on change (and returns the
+/// watch); a config that fails to load is logged and the running one kept.
+pub fn watch_config(
+    daemon: Arc<Daemon>,
+    path: &std::path::Path,
+) -> notify::Result<crate::watch::FileWatch> {
+    let p = path.to_path_buf();
+    let last = std::sync::Mutex::new(std::fs::read(path).ok());
+    crate::watch::watch_files(
+        &[path],
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        move || {
+            let now = std::fs::read(&p).ok();
+            {
+                let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+                if *l == now {
+                    return;
+                }
+                *l = now;
+            }
+            reload_config(&daemon, &p);
+        },
+    )
+}
+
+/// Re-reads the config and applies what can change at run time.
+pub fn reload_config(daemon: &Daemon, path: &std::path::Path) {
+    match Config::load(path) {
+        Ok(c) => {
+            daemon.apply(&c);
+            tracing::info!(target: "fedpin::daemon", path = %path.display(), "config reloaded");
+        }
+        Err(e) => tracing::error!(
+            target: "fedpin::daemon",
+            event = "config_reload_failed",
+            error = %e,
+            "config rejected; the running config stays in force"
+        ),
     }
 }

@@ -27,3 +27,4 @@ pub mod probe;
 pub mod proxy;
 pub mod tls;
 pub mod verify;
+pub mod watch;

@@ -273,6 +273,29 @@ fn run(path: &std::path::Path) -> ExitCode {
             // A line scripts can wait for.
             println!("fedpin: outbound listening on {addr}");
         }
+        if let Some((_, addr)) = &daemon.inbound {
+            println!("fedpin: inbound listening on {addr}");
+        }
+        let daemon = std::sync::Arc::new(daemon);
+        let _config_watch = match fedpin::daemon::watch_config(daemon.clone(), path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(target: "fedpin::daemon", error = %e, "cannot watch the config file; edit + SIGHUP to reload");
+                None
+            }
+        };
+        #[cfg(unix)]
+        {
+            let d = daemon.clone();
+            let p = path.to_path_buf();
+            if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        fedpin::daemon::reload_config(&d, &p);
+                    }
+                });
+            }
+        }
         wait_for_stop().await;
         tracing::info!(target: "fedpin::daemon", "stopping: no new connections");
         daemon.stop();

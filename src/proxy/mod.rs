@@ -1,4 +1,9 @@
-//! The proxies: outbound (CONNECT + interception + pinned upstream).
+//! The proxies: outbound (CONNECT + interception + pinned upstream) and
+//! inbound (TLS termination + edge rules + forward to the homeserver).
 
+pub mod access_log;
 pub mod egress;
+pub mod inbound;
+pub mod io;
 pub mod outbound;
+pub mod xmatrix;

@@ -1,6 +1,7 @@
 //! TLS policy: the crypto provider (ring only) and rustls configs per pin generation.
 
 pub mod ca;
+pub mod certs;
 pub mod mint;
 
 use std::sync::Arc;

@@ -1,0 +1,707 @@
+//! The inbound federation edge: fedpin terminates TLS on 8448 and forwards
+//! federation requests to the homeserver's plain-HTTP listener.
+//!
+//! Only `/_matrix/federation/` and `/_matrix/key/` are forwarded (others 404
+//! without touching the homeserver). The request URI, `Host` and
+//! `Authorization` pass through byte for byte (the X-Matrix signature covers
+//! them); hop-by-hop headers are dropped; `X-Forwarded-For` and
+//! `X-Forwarded-Proto` are set; bodies stream both ways. Edge rules (origin
+//! deny/allow lists read from the X-Matrix `origin`, per-origin and per-IP
+//! token buckets, size limits, timeouts) are swapped in atomically on reload.
+//! With `client_auth`, peers' client certificates are checked by
+//! [`PinnedClientVerifier`] under the current pin generation (one rustls
+//! `ServerConfig`, ticketer and session cache per generation, so a resumed
+//! session never skips a new set), and the X-Matrix origin must be one of the
+//! certificate's names.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::ClientAuth;
+use crate::pins::PinStore;
+use crate::tls::certs::{CertStore, CurrentCert};
+use crate::verify::{PinnedClientVerifier, VerifierCore};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// Edge rules; hot-reloaded as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeRules {
+    /// Origins refused (lowercase server names; a bare host also matches it with any port).
+    pub deny_origins: HashSet<String>,
+    /// If not empty, only these origins are served.
+    pub allow_origins: HashSet<String>,
+    /// Requests per second per origin (burst = 2× unless set).
+    pub per_origin: Option<RateLimit>,
+    /// Requests per second per client IP.
+    pub per_ip: Option<RateLimit>,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub per_second: u32,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// Inbound listener settings.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    /// `http://host:port` of the homeserver's federation listener.
+    pub upstream: hyper::Uri,
+    /// Client certificate policy.
+    pub client_auth: ClientAuth,
+    /// Request body cap (bytes).
+    pub max_body: u64,
+    /// Request head cap (bytes).
+    pub max_header_bytes: usize,
+    /// Time to receive a request head.
+    pub header_timeout: Duration,
+    /// Time for the homeserver to answer.
+    pub request_timeout: Duration,
+    /// Close connections idle this long.
+    pub idle_timeout: Duration,
+    /// TLS handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        InboundSettings {
+            upstream: hyper::Uri::from_static("http://127.0.0.1:8008"),
+            client_auth: ClientAuth::Off,
+            max_body: 50 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+pub struct InboundStats {
+    /// Open connections.
+    pub connections: AtomicUsize,
+    /// Requests by status class 2xx..5xx (index 0..=3), others index 4.
+    pub by_class: [AtomicU64; 5],
+    /// TLS handshakes that failed (including refused client certificates).
+    pub handshake_failures: AtomicU64,
+}
+
+struct Compiled {
+    rules: EdgeRules,
+    per_origin: Option<DefaultKeyedRateLimiter<String>>,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+fn quota(l: RateLimit) -> Option<Quota> {
+    let rate = NonZeroU32::new(l.per_second)?;
+    let burst = NonZeroU32::new(l.burst.max(1))?;
+    Some(Quota::per_second(rate).allow_burst(burst))
+}
+
+impl Compiled {
+    fn new(rules: EdgeRules) -> Self {
+        Compiled {
+            per_origin: rules.per_origin.and_then(quota).map(RateLimiter::keyed),
+            per_ip: rules.per_ip.and_then(quota).map(RateLimiter::keyed),
+            rules,
+        }
+    }
+}
+
+struct GenConfig {
+    generation: u64,
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// The inbound proxy.
+pub struct InboundProxy {
+    settings: InboundSettings,
+    rules: ArcSwap<Compiled>,
+    certs: Arc<CertStore>,
+    pins: Arc<PinStore>,
+    core: Arc<VerifierCore>,
+    configs: ArcSwapOption<GenConfig>,
+    client: Client<HttpConnector, Body>,
+    slots: Arc<Semaphore>,
+    stats: InboundStats,
+}
+
+impl std::fmt::Debug for InboundProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundProxy").finish_non_exhaustive()
+    }
+}
+
+/// A Matrix-style JSON error response.
+fn matrix_error(status: StatusCode, errcode: &str, error: &str) -> Response<Body> {
+    let body = serde_json::json!({ "errcode": errcode, "error": error }).to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+/// What the request's origin is, for rules and logs.
+enum Origin {
+    /// `/_matrix/key/` without an X-Matrix header.
+    None,
+    /// The X-Matrix origin.
+    Named(String),
+}
+
+impl InboundProxy {
+    /// Builds the proxy.
+    pub fn new(
+        settings: InboundSettings,
+        rules: EdgeRules,
+        certs: Arc<CertStore>,
+        pins: Arc<PinStore>,
+        core: Arc<VerifierCore>,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(http);
+        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        InboundProxy {
+            settings,
+            rules: ArcSwap::from_pointee(Compiled::new(rules)),
+            certs,
+            pins,
+            core,
+            configs: ArcSwapOption::empty(),
+            client,
+            slots,
+            stats: InboundStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &InboundStats {
+        &self.stats
+    }
+
+    /// Swaps in new edge rules (rate-limit state starts afresh).
+    pub fn set_rules(&self, rules: EdgeRules) {
+        self.rules.store(Arc::new(Compiled::new(rules)));
+        tracing::info!(target: "fedpin::inbound", "edge rules reloaded");
+    }
+
+    /// The certificate store (for reloads).
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let pins = self.pins.current();
+        if let Some(g) = self.configs.load_full() {
+            if g.generation == pins.generation {
+                return Ok(g.config.clone());
+            }
+        }
+        let builder = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = match self.settings.client_auth {
+            ClientAuth::Off => builder.with_no_client_auth(),
+            mode => builder.with_client_cert_verifier(Arc::new(PinnedClientVerifier::new(
+                self.core.clone(),
+                pins.clone(),
+                mode == ClientAuth::Require,
+            ))),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(CurrentCert(self.certs.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let config = Arc::new(config);
+        let generation = pins.generation;
+        self.configs.rcu(|cur| match cur {
+            Some(c) if c.generation > generation => Some(c.clone()),
+            _ => Some(Arc::new(GenConfig {
+                generation,
+                config: config.clone(),
+            })),
+        });
+        Ok(config)
+    }
+
+    /// Accepts connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut cleanup = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = cleanup.tick() => {
+                    let rules = self.rules.load();
+                    if let Some(l) = &rules.per_origin { l.retain_recent(); }
+                    if let Some(l) = &rules.per_ip { l.retain_recent(); }
+                    continue;
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                    continue;
+                }
+            };
+            let (tcp, client) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(target: "fedpin::inbound", error = %e, "accept failed; refusing new connections briefly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                tracing::warn!(target: "fedpin::inbound", client = %client, "connection limit reached; closing");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.stats.connections.fetch_add(1, Ordering::Relaxed);
+                this.clone().connection(tcp, client).await;
+                this.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+        let config = match self.server_config() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fedpin::inbound", error = %e, "cannot build the TLS config");
+                return;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "fedpin::inbound", client = %client, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "fedpin::inbound", client = %client, "TLS handshake timed out");
+                return;
+            }
+        };
+        let cert_names: Option<Arc<Vec<String>>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Arc::new(crate::verify::dns_sans(c.as_ref())));
+        let this = self.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = this.clone();
+            let names = cert_names.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, client, names).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_timeout)
+            .max_buf_size(self.settings.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(128)
+            .keep_alive_interval(Some(self.settings.idle_timeout / 2))
+            .keep_alive_timeout(self.settings.header_timeout);
+        let (io, last) = crate::proxy::io::Activity::new(TokioIo::new(tls));
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let idle = self.settings.idle_timeout;
+        let tick = (idle / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(target: "fedpin::inbound", client = %client, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(tick) => {
+                    if last.quiet_for() >= idle {
+                        tracing::debug!(target: "fedpin::inbound", client = %client, "idle connection closed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    // The refusal is the response itself; it is built once per refused request.
+    #[allow(clippy::result_large_err)]
+    fn origin_of(&self, req: &Request<Incoming>) -> Result<Origin, Response<Body>> {
+        let mut origin: Option<String> = None;
+        for v in req.headers().get_all(hyper::header::AUTHORIZATION) {
+            match crate::proxy::xmatrix::parse(v.as_bytes()) {
+                Ok(x) => match &origin {
+                    Some(o) if *o != x.origin => {
+                        return Err(matrix_error(
+                            StatusCode::UNAUTHORIZED,
+                            "M_UNAUTHORIZED",
+                            "conflicting X-Matrix origins",
+                        ))
+                    }
+                    _ => origin = Some(x.origin),
+                },
+                Err(crate::proxy::xmatrix::XMatrixError::NotXMatrix) => {}
+                Err(e) => {
+                    return Err(matrix_error(
+                        StatusCode::UNAUTHORIZED,
+                        "M_UNAUTHORIZED",
+                        &e.to_string(),
+                    ))
+                }
+            }
+        }
+        match origin {
+            Some(o) => Ok(Origin::Named(o)),
+            None if req.uri().path().starts_with("/_matrix/key/") => Ok(Origin::None),
+            None => Err(matrix_error(
+                StatusCode::UNAUTHORIZED,
+                "M_UNAUTHORIZED",
+                "missing X-Matrix Authorization header",
+            )),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_rules(&self, origin: &Origin, ip: IpAddr) -> Result<(), Response<Body>> {
+        let rules = self.rules.load();
+        if let Origin::Named(o) = origin {
+            let host = crate::pins::split_server_name(o).unwrap_or_default();
+            let listed = |set: &HashSet<String>| set.contains(o) || set.contains(&host);
+            if listed(&rules.rules.deny_origins) {
+                return Err(matrix_error(
+                    StatusCode::FORBIDDEN,
+                    "M_FORBIDDEN",
+                    "origin refused by this server's edge policy",
+                ));
+            }
+            if !rules.rules.allow_origins.is_empty() && !listed(&rules.rules.allow_origins) {
+                return Err(matrix_error(
+                    StatusCode::FORBIDDEN,
+                    "M_FORBIDDEN",
+                    "origin not allowed by this server's edge policy",
+                ));
+            }
+            if let Some(l) = &rules.per_origin {
+                if let Err(not_until) = l.check_key(o) {
+                    return Err(limited(
+                        not_until.wait_time_from(DefaultClock::default().now()),
+                    ));
+                }
+            }
+        }
+        if let Some(l) = &rules.per_ip {
+            if let Err(not_until) = l.check_key(&ip) {
+                return Err(limited(
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        cert_names: Option<Arc<Vec<String>>>,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let template = crate::proxy::access_log::template(req.uri().path());
+        let (resp, origin) = self.route(req, client, cert_names).await;
+        let status = resp.status();
+        let class = match status.as_u16() {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            500..=599 => 3,
+            _ => 4,
+        };
+        self.stats.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let bytes = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        tracing::info!(
+            target: "fedpin::access",
+            direction = "inbound",
+            method = %method,
+            path = %template,
+            origin = origin.as_deref().unwrap_or("-"),
+            status = status.as_u16(),
+            bytes = bytes,
+            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+            client = %client.ip(),
+            "request"
+        );
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        cert_names: Option<Arc<Vec<String>>>,
+    ) -> (Response<Body>, Option<String>) {
+        let path = req.uri().path();
+        if !(path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/")) {
+            return (
+                matrix_error(
+                    StatusCode::NOT_FOUND,
+                    "M_UNRECOGNIZED",
+                    "fedpin forwards only federation and key requests",
+                ),
+                None,
+            );
+        }
+        let origin = match self.origin_of(&req) {
+            Ok(o) => o,
+            Err(r) => return (r, None),
+        };
+        let origin_name = match &origin {
+            Origin::Named(o) => Some(o.clone()),
+            Origin::None => None,
+        };
+        if let (Some(names), Some(o)) = (&cert_names, &origin_name) {
+            // Mutual pinned TLS: the certificate that passed the pin rules must name the origin.
+            let host = crate::pins::split_server_name(o).unwrap_or_default();
+            if !names.contains(&host) {
+                return (
+                    matrix_error(
+                        StatusCode::UNAUTHORIZED,
+                        "M_UNAUTHORIZED",
+                        "the client certificate does not name the X-Matrix origin",
+                    ),
+                    origin_name,
+                );
+            }
+        }
+        if let Err(r) = self.check_rules(&origin, client.ip()) {
+            return (r, origin_name);
+        }
+        if let Some(len) = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.settings.max_body {
+                return (
+                    matrix_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "M_TOO_LARGE",
+                        "request body too large",
+                    ),
+                    origin_name,
+                );
+            }
+        }
+        (self.forward(req, client).await, origin_name)
+    }
+
+    async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let upstream = &self.settings.upstream;
+        let uri = match hyper::Uri::builder()
+            .scheme(upstream.scheme_str().unwrap_or("http"))
+            .authority(
+                upstream
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or("127.0.0.1:8008"),
+            )
+            .path_and_query(pq.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return matrix_error(
+                    StatusCode::BAD_REQUEST,
+                    "M_UNRECOGNIZED",
+                    "malformed request URI",
+                )
+            }
+        };
+        // HTTP/2 carries the host in :authority; the homeserver gets it as Host.
+        if !parts.headers.contains_key(hyper::header::HOST) {
+            if let Some(a) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(hyper::header::HOST, v);
+                }
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {}", client.ip()),
+            None => client.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        parts.uri = uri;
+        parts.version = hyper::Version::HTTP_11;
+        let limited = Limited::new(body, self.settings.max_body as usize).boxed();
+        let req = Request::from_parts(parts, limited);
+        match tokio::time::timeout(self.settings.request_timeout, self.client.request(req)).await {
+            Err(_) => matrix_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "M_UNKNOWN",
+                "the homeserver did not answer in time",
+            ),
+            Ok(Err(e)) => {
+                if is_length_limit(&e) {
+                    return matrix_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "M_TOO_LARGE",
+                        "request body too large",
+                    );
+                }
+                tracing::warn!(target: "fedpin::inbound", error = %e, "homeserver unreachable");
+                matrix_error(
+                    StatusCode::BAD_GATEWAY,
+                    "M_UNKNOWN",
+                    "the homeserver is unreachable",
+                )
+            }
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+            }
+        }
+    }
+}
+
+fn is_length_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn limited(wait: Duration) -> Response<Body> {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let body = serde_json::json!({
+        "errcode": "M_LIMIT_EXCEEDED",
+        "error": "too many requests",
+        "retry_after_ms": wait.as_millis() as u64,
+    })
+    .to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}

@@ -1,0 +1,103 @@
+//! Stream helpers shared by the proxies.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+
+/// When a stream last carried bytes in either direction.
+#[derive(Debug, Clone)]
+pub struct LastActivity {
+    epoch: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl LastActivity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the stream has been quiet.
+    pub fn quiet_for(&self) -> Duration {
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A hyper IO wrapper that records activity (for idle timeouts).
+#[derive(Debug)]
+pub struct Activity<S> {
+    inner: S,
+    last: LastActivity,
+}
+
+impl<S> Activity<S> {
+    /// Wraps `inner`; returns the wrapper and a handle to its activity clock.
+    pub fn new(inner: S) -> (Self, LastActivity) {
+        let last = LastActivity {
+            epoch: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        };
+        (
+            Activity {
+                inner,
+                last: last.clone(),
+            },
+            last,
+        )
+    }
+}
+
+impl<S: Read + Unpin> Read for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.last.touch();
+        }
+        r
+    }
+}
+
+impl<S: Write + Unpin> Write for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        r
+    }
+}

@@ -1,0 +1,124 @@
+//! The inbound server certificate, reloaded without a restart when its files
+//! change (certbot renewals). A new pair that is broken, or whose key does not
+//! match the certificate, is refused and the old pair stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// Errors loading a certificate pair.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CertError(pub String);
+
+/// The current certificate pair, swapped atomically.
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    fingerprint: ArcSwap<[u8; 32]>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load(cert: &Path, key: &Path) -> Result<(CertifiedKey, [u8; 32]), CertError> {
+    let chain = crate::tls::load_certs(cert).map_err(|e| CertError(e.to_string()))?;
+    let key_der = crate::tls::load_key(key).map_err(|e| CertError(e.to_string()))?;
+    let provider = crate::tls::provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| CertError(format!("{}: unusable private key: {e}", key.display())))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| {
+        CertError(format!(
+            "{} does not match the certificate in {} ({e})",
+            key.display(),
+            cert.display()
+        ))
+    })?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for c in &ck.cert {
+        ctx.update(c.as_ref());
+    }
+    let mut fp = [0u8; 32];
+    fp.copy_from_slice(ctx.finish().as_ref());
+    Ok((ck, fp))
+}
+
+impl CertStore {
+    /// Loads the pair; the first load must succeed.
+    pub fn open(cert: &Path, key: &Path) -> Result<Self, CertError> {
+        let (ck, fp) = load(cert, key)?;
+        Ok(CertStore {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: ArcSwap::from_pointee(ck),
+            fingerprint: ArcSwap::from_pointee(fp),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        })
+    }
+
+    /// The pair in force.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Successful and failed reloads.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Re-reads both files; swaps only a good, matching, changed pair.
+    /// Returns whether a new pair is in force.
+    pub fn reload(&self) -> Result<bool, CertError> {
+        match load(&self.cert, &self.key) {
+            Ok((ck, fp)) => {
+                if **self.fingerprint.load() == fp {
+                    return Ok(false);
+                }
+                self.current.store(Arc::new(ck));
+                self.fingerprint.store(Arc::new(fp));
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "fedpin::inbound", cert = %self.cert.display(), "server certificate reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(target: "fedpin::inbound", error = %e, "new server certificate refused; the previous one stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// The watched files.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+/// Serves the current pair to every handshake.
+#[derive(Debug)]
+pub struct CurrentCert(pub Arc<CertStore>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
