@@ -294,11 +294,19 @@ impl VerifierCore {
         now: UnixTime,
         usage: Usage,
         peer: &Peer,
-    ) -> Result<(), webpki::Error> {
+    ) -> PathOutcome {
         if let Some(name) = name {
-            ee.verify_is_valid_for_subject_name(name)?;
+            if let Err(e) = ee.verify_is_valid_for_subject_name(name) {
+                return PathOutcome::Invalid(e);
+            }
         }
+        // webpki calls this only for a path that fully validated (signatures,
+        // validity, EKU, name constraints), so "called at all" means Web PKI
+        // alone would accept the chain: no second validation is needed to
+        // tell a CA-valid impostor from a broken chain.
+        let validated = std::cell::Cell::new(false);
         let on_path = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+            validated.set(true);
             if path_has_pin(path, peer) {
                 Ok(())
             } else {
@@ -306,7 +314,7 @@ impl VerifierCore {
                 Err(webpki::Error::UnknownIssuer)
             }
         };
-        ee.verify_for_usage(
+        match ee.verify_for_usage(
             self.algs.all,
             &self.anchors,
             intermediates,
@@ -314,8 +322,11 @@ impl VerifierCore {
             usage.key_usage(),
             None,
             Some(&on_path),
-        )
-        .map(|_| ())
+        ) {
+            Ok(_) => PathOutcome::Pinned,
+            Err(_) if validated.get() => PathOutcome::ValidUnpinned,
+            Err(e) => PathOutcome::Invalid(e),
+        }
     }
 
     /// Applies every rule of SPEC section 4 to one presented chain.
@@ -464,23 +475,23 @@ impl VerifierCore {
             };
         }
 
-        let pinned = match peer.trust {
-            Trust::Webpki => self
-                .pinned_path_check(name, &ee, intermediates, now, usage, peer)
-                .is_ok(),
-            Trust::PinOnly => peer.has_pin(&leaf_pin_of(&ee)),
+        // Whether a pin matched, and if not, what Web PKI alone says: a
+        // Web-PKI-valid chain without a pinned key is the CA-compromise signature.
+        let w = match peer.trust {
+            Trust::Webpki => {
+                match self.pinned_path_check(name, &ee, intermediates, now, usage, peer) {
+                    PathOutcome::Pinned => return accept(Basis::PinOnValidatedPath, host),
+                    PathOutcome::ValidUnpinned => Ok(()),
+                    PathOutcome::Invalid(e) => Err(e),
+                }
+            }
+            Trust::PinOnly => {
+                if peer.has_pin(&leaf_pin_of(&ee)) {
+                    return accept(Basis::PinOnlyLeaf, host);
+                }
+                webpki()
+            }
         };
-        if pinned {
-            let basis = match peer.trust {
-                Trust::Webpki => Basis::PinOnValidatedPath,
-                Trust::PinOnly => Basis::PinOnlyLeaf,
-            };
-            return accept(basis, host);
-        }
-
-        // No pin matched. Find out what Web PKI alone says: a Web-PKI-valid
-        // chain without a pinned key is the CA-compromise signature.
-        let w = webpki();
         let (event, severity) = match (&w, peer.trust) {
             (Ok(()), _) => (AlertEvent::PinMismatch, Severity::Critical),
             (Err(_), Trust::Webpki) if draft.any_served_pin_matches() => {
@@ -523,6 +534,16 @@ impl VerifierCore {
             }
         }
     }
+}
+
+/// What validating a chain with the pin callback found.
+enum PathOutcome {
+    /// A path validated and carries a pin.
+    Pinned,
+    /// At least one path validated, none carries a pin.
+    ValidUnpinned,
+    /// No path validated (webpki's error).
+    Invalid(webpki::Error),
 }
 
 fn accept(basis: Basis, host: String) -> Evaluation {
