@@ -44,6 +44,22 @@ fn dirs_of(files: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether an event means a file in the directory is complete and may be
+/// re-read. On Linux, in-place writes are acted on when the writer closes the
+/// file (`Close(Write)`), not on each `Modify(Data)`, so a slow writer's
+/// half-written prefix is never loaded; creates, removes and renames (editors,
+/// `pinctl`, certbot, ConfigMap symlink swaps) always count.
+fn is_complete_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Data(_)) => !cfg!(target_os = "linux"),
+        _ => true,
+    }
+}
+
 /// Watches the directories of `files`; calls `on_change` after each burst of
 /// events (settled for `debounce`) and at least every `poll`.
 pub fn watch_files(
@@ -57,15 +73,11 @@ pub fn watch_files(
     let event_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
-            Ok(ev) => !matches!(
-                ev.kind,
-                notify::EventKind::Access(notify::event::AccessKind::Open(_))
-                    | notify::EventKind::Access(notify::event::AccessKind::Read)
-                    | notify::EventKind::Access(notify::event::AccessKind::Close(
-                        notify::event::AccessMode::Read
-                    ))
-            ),
-            Err(_) => true,
+            Ok(ev) => is_complete_change(&ev.kind),
+            Err(e) => {
+                tracing::warn!(target: "fedpin::watch", error = %e, "file watcher error; re-checking");
+                true
+            }
         };
         if relevant {
             let _ = event_tx.send(());

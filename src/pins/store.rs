@@ -11,12 +11,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 
 use super::file::{Diagnostic, PinFileError, PinSet};
 use crate::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
@@ -202,7 +200,8 @@ impl PinStore {
         });
     }
 
-    /// Starts watching the file's directory; reloads run on a background thread.
+    /// Starts watching the file's directory (and a symlink target's
+    /// directory); reloads run on a background thread.
     ///
     /// Events are debounced by `debounce`; every `poll` the file is re-checked
     /// anyway (cheap: read + hash) in case an event was lost.
@@ -211,105 +210,17 @@ impl PinStore {
         debounce: Duration,
         poll: Duration,
     ) -> notify::Result<WatchHandle> {
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let (tx, rx) = mpsc::channel::<()>();
-        let event_tx = tx.clone();
-        let mut watcher = notify::recommended_watcher(
-            move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) if !is_complete_change(&ev.kind) => {}
-                Ok(_) => {
-                    let _ = event_tx.send(());
-                }
-                Err(e) => {
-                    tracing::warn!(target: "fedpin::pins", error = %e, "pin file watcher error; re-checking the file");
-                    let _ = event_tx.send(());
-                }
-            },
-        )?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        // With a symlinked file (ConfigMap), also watch the link target's directory.
-        if let Ok(real) = std::fs::canonicalize(&self.path) {
-            if let Some(real_dir) = real.parent() {
-                if real_dir != dir && std::fs::canonicalize(&dir).ok().as_deref() != Some(real_dir)
-                {
-                    let _ = watcher.watch(real_dir, RecursiveMode::NonRecursive);
-                }
-            }
-        }
         let store = Arc::downgrade(self);
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("fedpin-pin-watch".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(poll) {
-                    Ok(()) => {
-                        // Debounce: absorb the burst an editor or rename makes.
-                        std::thread::sleep(debounce);
-                        while rx.try_recv().is_ok() {}
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-                if stop_rx.try_recv().is_ok() {
-                    return;
-                }
-                let Some(store) = store.upgrade() else { return };
+        crate::watch::watch_files(&[self.path.as_path()], debounce, poll, move || {
+            if let Some(store) = store.upgrade() {
                 store.reload();
-            })
-            .map_err(|e| {
-                notify::Error::generic(&format!("cannot start the watcher thread: {e}"))
-            })?;
-        Ok(WatchHandle {
-            _watcher: watcher,
-            stop: Some((stop_tx, tx)),
-            thread: Some(thread),
+            }
         })
     }
 }
 
-/// Whether an event means a file in the directory is complete and may be
-/// re-read. On Linux, in-place writes are acted on when the writer closes the
-/// file (`Close(Write)`), not on each `Modify(Data)`, so a slow writer's
-/// half-written prefix is never loaded; creates, removes and renames (editors,
-/// `pinctl`, ConfigMap symlink swaps) always count.
-fn is_complete_change(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    use notify::EventKind;
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Data(_)) => !cfg!(target_os = "linux"),
-        _ => true,
-    }
-}
-
-/// Keeps the watcher alive; dropping it stops watching.
-pub struct WatchHandle {
-    _watcher: notify::RecommendedWatcher,
-    stop: Option<(mpsc::Sender<()>, mpsc::Sender<()>)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for WatchHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchHandle").finish_non_exhaustive()
-    }
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        if let Some((stop, wake)) = self.stop.take() {
-            let _ = stop.send(());
-            let _ = wake.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// Keeps the pin-file watcher alive; dropping it stops watching.
+pub type WatchHandle = crate::watch::FileWatch;
 
 /// Reloads the store whenever the process receives SIGHUP (runs until the
 /// runtime shuts down). Returns an error if the signal cannot be hooked.

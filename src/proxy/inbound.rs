@@ -300,6 +300,9 @@ impl InboundProxy {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut cleanup = tokio::time::interval(Duration::from_secs(60));
+        // A dropped sender can never turn true: stop watching it (a closed
+        // channel is always ready, and polling it again would busy-loop).
+        let mut watching = true;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -309,7 +312,8 @@ impl InboundProxy {
                     if let Some(l) = &rules.per_ip { l.retain_recent(); }
                     continue;
                 }
-                _ = shutdown.changed() => {
+                changed = shutdown.changed(), if watching => {
+                    if changed.is_err() { watching = false; }
                     if *shutdown.borrow() { return; }
                     continue;
                 }
@@ -388,9 +392,10 @@ impl InboundProxy {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
-            .max_concurrent_streams(128)
-            .keep_alive_interval(Some(self.settings.idle_timeout / 2))
-            .keep_alive_timeout(self.settings.header_timeout);
+            .max_concurrent_streams(128);
+        // No server PINGs: their acks are bytes on the wire and would keep an
+        // idle h2 connection alive forever; the idle check below covers dead
+        // and silent peers for both protocols.
         let (io, last) = crate::proxy::io::Activity::new(TokioIo::new(tls));
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
