@@ -377,10 +377,17 @@ impl InboundProxy {
             .and_then(|c| c.first())
             .map(|c| Arc::new(crate::verify::dns_sans(c.as_ref())));
         let this = self.clone();
+        let waiting = Arc::new(Waiting::new());
+        let w = waiting.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let names = cert_names.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, client, names).await) }
+            let busy = Waiting::enter(&w);
+            async move {
+                let resp = this.handle(req, client, names).await;
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -410,7 +417,10 @@ impl InboundProxy {
                     return;
                 }
                 _ = tokio::time::sleep(tick) => {
-                    if last.quiet_for() >= idle {
+                    // Quiet on the wire, and no request waiting for the
+                    // homeserver (that wait is bounded by request_timeout).
+                    let settled = waiting.settled_for().is_some_and(|d| d >= idle);
+                    if settled && last.quiet_for() >= idle {
                         tracing::debug!(target: "fedpin::inbound", client = %client, "idle connection closed");
                         return;
                     }
@@ -632,15 +642,11 @@ impl InboundProxy {
             }
         }
         strip_hop_by_hop(&mut parts.headers);
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {}", client.ip()),
-            None => client.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        // fedpin is the internet edge: whatever X-Forwarded-For a peer sent is
+        // replaced, because Synapse believes the leftmost entry and a peer
+        // must not choose the address the homeserver logs and rate-limits.
+        parts.headers.remove("x-forwarded-for");
+        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
             parts.headers.insert("x-forwarded-for", v);
         }
         parts
@@ -677,6 +683,48 @@ impl InboundProxy {
                 Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
             }
         }
+    }
+}
+
+/// Requests of one connection that are waiting for their response head (the
+/// homeserver is working on them): the connection is busy, not idle, however
+/// quiet the wire is. Response bodies are not counted (a peer that stops
+/// reading one is idle).
+struct Waiting {
+    count: AtomicUsize,
+    last_done: std::sync::Mutex<Instant>,
+}
+
+/// One waiting request; dropping it (answered or cancelled) ends the wait.
+struct WaitGuard(Arc<Waiting>);
+
+impl Waiting {
+    fn new() -> Self {
+        Waiting {
+            count: AtomicUsize::new(0),
+            last_done: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn enter(this: &Arc<Waiting>) -> WaitGuard {
+        this.count.fetch_add(1, Ordering::SeqCst);
+        WaitGuard(this.clone())
+    }
+
+    /// None while a request waits; else how long since the last one was answered.
+    fn settled_for(&self) -> Option<Duration> {
+        if self.count.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let done = *self.last_done.lock().unwrap_or_else(|e| e.into_inner());
+        Some(done.elapsed())
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        *self.0.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

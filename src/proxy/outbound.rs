@@ -165,10 +165,14 @@ impl OutboundProxy {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // A dropped sender means "never shut down", not "shut down now"; stop
+        // polling a closed channel (it would be ready at once, forever).
+        let mut watching = true;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = shutdown.changed() => {
+                changed = shutdown.changed(), if watching => {
+                    if changed.is_err() { watching = false; }
                     if *shutdown.borrow() { return; }
                     continue;
                 }
