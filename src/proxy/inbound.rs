@@ -10,9 +10,11 @@
 //! token buckets, size limits, timeouts) are swapped in atomically on reload.
 //! With `client_auth`, peers' client certificates are checked by
 //! [`PinnedClientVerifier`] under the current pin generation (one rustls
-//! `ServerConfig`, ticketer and session cache per generation, so a resumed
-//! session never skips a new set), and the X-Matrix origin must be one of the
-//! certificate's names.
+//! `ServerConfig`, ticketer and session cache per generation and per server
+//! certificate, so a resumed session never skips a new set or outlives a
+//! replaced certificate), and the X-Matrix origin must be one of the
+//! certificate's names. Federation requests need an X-Matrix header except
+//! the ones the Matrix spec serves unsigned (see [`unsigned_allowed`]).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -140,7 +142,8 @@ impl Compiled {
 }
 
 struct GenConfig {
-    generation: u64,
+    /// Pin generation and server-certificate epoch (successful reloads) it was built for.
+    generation: (u64, u64),
     config: Arc<rustls::ServerConfig>,
 }
 
@@ -209,7 +212,7 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 
 /// What the request's origin is, for rules and logs.
 enum Origin {
-    /// `/_matrix/key/` without an X-Matrix header.
+    /// An endpoint the spec serves unsigned ([`unsigned_allowed`]), without an X-Matrix header.
     None,
     /// The X-Matrix origin.
     Named(String),
@@ -261,10 +264,15 @@ impl InboundProxy {
         &self.certs
     }
 
+    /// The TLS config for new connections: one per pin generation and server
+    /// certificate. A new pin set or a reloaded certificate gets a new ticketer
+    /// and session cache, so no session resumed from before the change skips it
+    /// (a resumed session would still stand for the replaced certificate).
     fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let pins = self.pins.current();
+        let generation = (pins.generation, self.certs.reload_counts().0);
         if let Some(g) = self.configs.load_full() {
-            if g.generation == pins.generation {
+            if g.generation == generation {
                 return Ok(g.config.clone());
             }
         }
@@ -282,7 +290,6 @@ impl InboundProxy {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         let config = Arc::new(config);
-        let generation = pins.generation;
         self.configs.rcu(|cur| match cur {
             Some(c) if c.generation > generation => Some(c.clone()),
             _ => Some(Arc::new(GenConfig {
@@ -457,7 +464,7 @@ impl InboundProxy {
         }
         match origin {
             Some(o) => Ok(Origin::Named(o)),
-            None if req.uri().path().starts_with("/_matrix/key/") => Ok(Origin::None),
+            None if unsigned_allowed(req.uri().path()) => Ok(Origin::None),
             None => Err(matrix_error(
                 StatusCode::UNAUTHORIZED,
                 "M_UNAUTHORIZED",
@@ -728,6 +735,17 @@ impl Drop for WaitGuard {
     }
 }
 
+/// Federation endpoints the Matrix server-server spec serves without an
+/// X-Matrix signature: the key APIs, the version probe (federation testers,
+/// operators), and OpenID userinfo (authorised by its `access_token` query
+/// parameter; used by integration managers and widgets). Every other
+/// federation request must be signed.
+fn unsigned_allowed(path: &str) -> bool {
+    path.starts_with("/_matrix/key/")
+        || path == "/_matrix/federation/v1/version"
+        || path == "/_matrix/federation/v1/openid/userinfo"
+}
+
 fn is_length_limit(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
@@ -757,4 +775,31 @@ fn limited(wait: Duration) -> Response<Body> {
         r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsigned_allowed;
+
+    #[test]
+    fn only_the_specs_unsigned_endpoints_skip_x_matrix() {
+        for p in [
+            "/_matrix/key/v2/server",
+            "/_matrix/key/v2/query/hs.example",
+            "/_matrix/federation/v1/version",
+            "/_matrix/federation/v1/openid/userinfo",
+        ] {
+            assert!(unsigned_allowed(p), "{p}");
+        }
+        for p in [
+            "/_matrix/federation/v1/send/1",
+            "/_matrix/federation/v1/query/profile",
+            "/_matrix/federation/v1/versionx",
+            "/_matrix/federation/v1/version/x",
+            "/_matrix/federation/v1/openid/userinfo/x",
+            "/_matrix/federation/v2/version",
+        ] {
+            assert!(!unsigned_allowed(p), "{p}");
+        }
+    }
 }

@@ -12,19 +12,28 @@
       print the newest pin-file generation LOG records.
   fedpin_log.py reloaded LOG PEERS
       exit 0 if LOG records a pin-file reload to a set with PEERS peers.
+  fedpin_log.py count LOG MESSAGE
+      print how many records of LOG have that message (e.g. "edge rules reloaded").
+  fedpin_log.py access LOG FROM_LINE ORIGIN [STATUS]
+      inbound access records (target fedpin::access) from line FROM_LINE (1-based)
+      on whose X-Matrix origin is ORIGIN (and, if given, whose status is STATUS):
+      print their count, then one "STATUS METHOD PATH xN" line per kind.
 """
 
 import json
+import signal
 import sys
 
 
-def records(path):
+def records(path, from_line=1):
     try:
         f = open(path, encoding="utf-8", errors="replace")
     except OSError:
         return
     with f:
-        for line in f:
+        for n, line in enumerate(f, 1):
+            if n < from_line:
+                continue
             line = line.strip()
             if not line.startswith("{"):
                 continue
@@ -92,8 +101,29 @@ def main(argv):
                 gen = max(gen, f["generation"])
         print(gen)
         return 0
+    if cmd == "count":
+        log, message = argv[2], argv[3]
+        print(sum(1 for r in records(log) if r.get("fields", {}).get("message") == message))
+        return 0
+    if cmd == "access":
+        log, from_line, origin = argv[2], int(argv[3]), argv[4]
+        status = int(argv[5]) if len(argv) > 5 else None
+        kinds = {}
+        for r in records(log, from_line):
+            f = r.get("fields", {})
+            if r.get("target") != "fedpin::access" or f.get("direction") != "inbound":
+                continue
+            if f.get("origin") != origin or (status is not None and f.get("status") != status):
+                continue
+            k = (f.get("status"), f.get("method"), f.get("path"))
+            kinds[k] = kinds.get(k, 0) + 1
+        print(sum(kinds.values()))
+        for (st, method, path), n in sorted(kinds.items(), key=str):
+            print(f"{st} {method} {path} x{n}")
+        return 0
     sys.exit(__doc__)
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a reader that stops early (head) is fine
     sys.exit(main(sys.argv))
