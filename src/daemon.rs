@@ -49,6 +49,8 @@ pub struct Daemon {
     pub outbound: Option<(Arc<OutboundProxy>, SocketAddr)>,
     /// The inbound edge and its bound address, if configured.
     pub inbound: Option<(Arc<InboundProxy>, SocketAddr)>,
+    /// The admin listener's bound address, if configured.
+    pub admin: Option<SocketAddr>,
     _cert_watch: Option<crate::watch::FileWatch>,
     shutdown: watch::Sender<bool>,
     _watch: Option<WatchHandle>,
@@ -65,11 +67,6 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Starts every configured listener on the current tokio runtime.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
-        if config.admin.is_some() {
-            return Err(StartError::Unsupported(
-                "[admin] is configured, but this build of fedpin does not run the admin listener yet; remove the section (see README)".into(),
-            ));
-        }
         if config.alert_webhook.is_some() {
             return Err(StartError::Unsupported(
                 "alerts.webhook is configured, but this build of fedpin has only the command sink; use alerts.command (see README)".into(),
@@ -210,10 +207,47 @@ impl Daemon {
             tracing::info!(target: "fedpin::daemon", listen = %addr, "inbound edge listening");
             inbound = Some((proxy, addr));
         }
+        let mut admin = None;
+        if let Some(listen) = config.admin {
+            let mut files: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
+            if let Some(o) = &config.outbound {
+                files.push(("interception CA certificate", o.ca_cert.clone()));
+                files.push(("interception CA key", o.ca_key.clone()));
+            }
+            if let Some(i) = &config.inbound {
+                files.push(("server certificate", i.cert.clone()));
+                files.push(("server key", i.key.clone()));
+            }
+            let sources = crate::proxy::admin::AdminSources {
+                pins: pins.clone(),
+                alerts: alerts.clone(),
+                outbound: outbound.as_ref().map(|(p, _)| p.clone()),
+                inbound: inbound.as_ref().map(|(p, _)| p.clone()),
+                files,
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+            tokio::spawn(crate::proxy::admin::serve(
+                sources,
+                listener,
+                shutdown_rx.clone(),
+            ));
+            tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/metrics /healthz /pins)");
+            admin = Some(addr);
+        }
         Ok(Daemon {
             alerts,
             pins,
             inbound,
+            admin,
             _cert_watch: cert_watch,
             outbound,
             shutdown,

@@ -1357,3 +1357,96 @@ async fn blocked_peer_reason_is_in_the_status_line() {
     );
     assert!(status_line.is_ascii());
 }
+
+/// The admin listener: `/metrics` (parsed by a Prometheus text parser) shows
+/// the mismatch counted; `/healthz` checks the CA files; `/pins` lists peers.
+#[tokio::test]
+async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let path = daemon_files(dir.path(), &w);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&path, text).unwrap();
+    let config = fedpin::config::Config::load(&path).unwrap();
+    let daemon = fedpin::daemon::Daemon::start(&config).await.unwrap();
+    let (_, addr) = daemon.outbound.clone().unwrap();
+    let admin = daemon.admin.expect("admin listener");
+    let ica = fedpin::tls::load_certs(&dir.path().join("ca/fedpin-ca.pem")).unwrap();
+
+    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+    let (r, tcp) = connect(addr, &format!("{HOST}:{}", bad.port()), "").await;
+    assert_eq!(r.status, 200);
+    let tls = inner_tls(tcp, &ica[0], HOST, &[b"http/1.1"]).await.unwrap();
+    assert_eq!(get(tls, HOST, "/").await.status, StatusCode::BAD_GATEWAY);
+
+    async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+        let mut tcp = TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        bounded("admin response", tcp.read_to_end(&mut buf))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+    let (status, body) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value(
+            "fedpin_outbound_handshakes_total",
+            Some(("result", "blocked"))
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value("fedpin_alerts_total", Some(("event", "pin_mismatch"))),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(value("fedpin_pin_generation", None), Some(1.0), "{body}");
+    assert_eq!(value("fedpin_pin_peers", None), Some(1.0), "{body}");
+    assert!(
+        !body.contains("!") && !body.contains('@'),
+        "no IDs in labels"
+    );
+
+    let (status, body) = admin_get(admin, "/pins").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["peers"][0]["server_name"], HOST);
+    assert!(!body.contains("sha256/"), "no keys or pins in /pins");
+
+    let (status, _) = admin_get(admin, "/healthz").await;
+    assert_eq!(status, 200);
+    std::fs::remove_file(dir.path().join("ca/fedpin-ca.key")).unwrap();
+    let (status, body) = admin_get(admin, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("interception CA key"), "{body}");
+    daemon.stop();
+}

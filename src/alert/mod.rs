@@ -242,6 +242,7 @@ pub struct AlertHub {
 }
 
 struct HubInner {
+    by_event: Mutex<HashMap<(AlertEvent, Severity), u64>>,
     windows: Mutex<HashMap<DedupKey, Window>>,
     recent: Mutex<VecDeque<Alert>>,
     sinks: Mutex<Vec<tokio::sync::mpsc::Sender<Arc<Alert>>>>,
@@ -271,6 +272,7 @@ impl AlertHub {
     pub fn with_window(window: Duration) -> Self {
         AlertHub {
             inner: Arc::new(HubInner {
+                by_event: Mutex::new(HashMap::new()),
                 windows: Mutex::new(HashMap::new()),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                 sinks: Mutex::new(Vec::new()),
@@ -285,6 +287,16 @@ impl AlertHub {
         lock(&self.inner.sinks).push(tx);
     }
 
+    /// Alerts raised so far (before dedup), by event and severity.
+    pub fn counts_by_event(&self) -> Vec<(AlertEvent, Severity, u64)> {
+        let mut v: Vec<_> = lock(&self.inner.by_event)
+            .iter()
+            .map(|((e, s), n)| (*e, *s, *n))
+            .collect();
+        v.sort_by_key(|(e, s, _)| (e.as_str(), matches!(s, Severity::Warning)));
+        v
+    }
+
     /// The hub's counters.
     pub fn counters(&self) -> &AlertCounters {
         &self.inner.counters
@@ -293,6 +305,9 @@ impl AlertHub {
     /// Raises an alert. Never blocks on a sink.
     pub fn raise(&self, alert: Alert) {
         self.inner.counters.raised.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.inner.by_event)
+            .entry((alert.event, alert.severity))
+            .or_insert(0) += 1;
         let now = Instant::now();
         self.flush_expired_at(now);
         let key = alert.dedup_key();

@@ -2,6 +2,7 @@
 //! inbound (TLS termination + edge rules + forward to the homeserver).
 
 pub mod access_log;
+pub mod admin;
 pub mod egress;
 pub mod inbound;
 pub mod io;

@@ -1,0 +1,365 @@
+//! The admin listener (loopback by default): `/metrics` (Prometheus text,
+//! encoded by prometheus-client from the live counters at scrape time),
+//! `/healthz` (checks real things and says what failed), `/pins` (the pin set
+//! in force: generation, file hash, peers; no keys).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::inbound::InboundProxy;
+use super::outbound::OutboundProxy;
+use crate::alert::{AlertHub, Severity};
+use crate::pins::PinStore;
+
+/// What the admin listener reports on.
+#[derive(Clone)]
+pub struct AdminSources {
+    /// The pin store.
+    pub pins: Arc<PinStore>,
+    /// The alert hub.
+    pub alerts: AlertHub,
+    /// The outbound proxy, if running.
+    pub outbound: Option<Arc<OutboundProxy>>,
+    /// The inbound edge, if running.
+    pub inbound: Option<Arc<InboundProxy>>,
+    /// Files that must stay readable (CA, certificates), with what they are.
+    pub files: Vec<(&'static str, PathBuf)>,
+}
+
+impl std::fmt::Debug for AdminSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSources").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Live(AdminSources);
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: &[(&[(&str, &str)], u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            ConstCounter::new(*v).encode(m)?;
+            return Ok(());
+        }
+        let fam = m.encode_family(labels)?;
+        ConstCounter::new(*v).encode(fam)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
+}
+
+impl Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let set = s.pins.current();
+        gauge(
+            &mut enc,
+            "fedpin_pin_generation",
+            "Generation of the pin set in force",
+            set.generation as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "fedpin_pin_peers",
+            "Peers in the pin set in force",
+            set.len() as i64,
+        )?;
+        let (ok, failed) = s.pins.reload_counts();
+        counter(
+            &mut enc,
+            "fedpin_pin_reloads",
+            "Pin-file reloads by result",
+            &[(&[("result", "ok")], ok), (&[("result", "failed")], failed)],
+        )?;
+
+        let c = s.alerts.counters();
+        counter(
+            &mut enc,
+            "fedpin_alerts_raised",
+            "Alerts raised (before the 60 s merge)",
+            &[(&[], c.raised.load(Ordering::Relaxed))],
+        )?;
+        let by_event = s.alerts.counts_by_event();
+        let mut m = enc.encode_descriptor(
+            "fedpin_alerts",
+            "Alerts raised by event and severity",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, severity, n) in &by_event {
+            let sev = match severity {
+                Severity::Critical => "critical",
+                Severity::Warning => "warning",
+            };
+            let labels = [("event", event.as_str()), ("severity", sev)];
+            ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+        }
+        counter(
+            &mut enc,
+            "fedpin_alert_sink_dropped",
+            "Alerts a sink could not take (queue full)",
+            &[(&[], c.dropped.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut enc,
+            "fedpin_alert_sink_failures",
+            "Alert deliveries that failed",
+            &[(&[], c.sink_failures.load(Ordering::Relaxed))],
+        )?;
+
+        if let Some(o) = &s.outbound {
+            let st = o.stats();
+            counter(
+                &mut enc,
+                "fedpin_outbound_handshakes",
+                "Upstream handshakes by result",
+                &[
+                    (
+                        &[("result", "ok")],
+                        st.handshakes_ok.load(Ordering::Relaxed),
+                    ),
+                    (
+                        &[("result", "blocked")],
+                        st.handshakes_blocked.load(Ordering::Relaxed),
+                    ),
+                    (
+                        &[("result", "upstream_error")],
+                        st.upstream_errors.load(Ordering::Relaxed),
+                    ),
+                ],
+            )?;
+            gauge(
+                &mut enc,
+                "fedpin_outbound_active_tunnels",
+                "Tunnels open now",
+                st.active_tunnels.load(Ordering::Relaxed) as i64,
+            )?;
+            counter(
+                &mut enc,
+                "fedpin_outbound_refused",
+                "CONNECTs refused by policy",
+                &[(&[], st.refused.load(Ordering::Relaxed))],
+            )?;
+            counter(
+                &mut enc,
+                "fedpin_outbound_over_capacity",
+                "Clients turned away at the tunnel cap",
+                &[(&[], st.over_capacity.load(Ordering::Relaxed))],
+            )?;
+        }
+        if let Some(i) = &s.inbound {
+            let st = i.stats();
+            gauge(
+                &mut enc,
+                "fedpin_inbound_connections",
+                "Inbound connections open now",
+                st.connections.load(Ordering::Relaxed) as i64,
+            )?;
+            let classes = ["2xx", "3xx", "4xx", "5xx", "other"];
+            let rows: Vec<([(&str, &str); 1], u64)> = classes
+                .iter()
+                .enumerate()
+                .map(|(k, c)| ([("class", *c)], st.by_class[k].load(Ordering::Relaxed)))
+                .collect();
+            let mut m = enc.encode_descriptor(
+                "fedpin_inbound_requests",
+                "Inbound requests by status class",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, v) in &rows {
+                ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+            }
+            counter(
+                &mut enc,
+                "fedpin_inbound_handshake_failures",
+                "Inbound TLS handshakes that failed",
+                &[(&[], st.handshake_failures.load(Ordering::Relaxed))],
+            )?;
+            let (ok, failed) = i.certs().reload_counts();
+            counter(
+                &mut enc,
+                "fedpin_inbound_cert_reloads",
+                "Server certificate reloads by result",
+                &[(&[("result", "ok")], ok), (&[("result", "failed")], failed)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders `/metrics`.
+pub fn render_metrics(sources: &AdminSources) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Live(sources.clone())));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// `/healthz`: Ok(summary) or Err(what failed).
+pub fn health(sources: &AdminSources) -> Result<serde_json::Value, serde_json::Value> {
+    let mut failures = Vec::new();
+    let set = sources.pins.current();
+    if set.generation == 0 {
+        failures.push("no pin set loaded".to_string());
+    }
+    for (what, path) in &sources.files {
+        if let Err(e) = std::fs::File::open(path) {
+            failures.push(format!("{what} {} is not readable: {e}", path.display()));
+        }
+    }
+    let body = serde_json::json!({
+        "pin_generation": set.generation,
+        "peers": set.len(),
+        "outbound": sources.outbound.is_some(),
+        "inbound": sources.inbound.is_some(),
+        "failures": failures,
+    });
+    if failures.is_empty() {
+        Ok(body)
+    } else {
+        Err(body)
+    }
+}
+
+/// `/pins`: generation, file hash, peers (no keys).
+pub fn pins_json(sources: &AdminSources) -> serde_json::Value {
+    let set = sources.pins.current();
+    let peers: Vec<serde_json::Value> = set
+        .peers()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "server_name": p.server_name,
+                "hosts": p.hosts,
+                "trust": p.trust.to_string(),
+                "mode": p.mode.to_string(),
+                "pins": p.pins.len(),
+                "expires": p.expires.and_then(|e| e.format(&time::format_description::well_known::Rfc3339).ok()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "generation": set.generation,
+        "file": sources.pins.path().display().to_string(),
+        "sha256": set.content_hash_hex(),
+        "policy": set.policy,
+        "peers": peers,
+    })
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn route(sources: &AdminSources, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render_metrics(sources),
+        ),
+        "/healthz" => match health(sources) {
+            Ok(v) => respond(StatusCode::OK, "application/json", v.to_string()),
+            Err(v) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                v.to_string(),
+            ),
+        },
+        "/pins" => respond(
+            StatusCode::OK,
+            "application/json",
+            pins_json(sources).to_string(),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "fedpin admin: /metrics, /healthz, /pins\n".into(),
+        ),
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` turns true.
+pub async fn serve(
+    sources: AdminSources,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let sources = Arc::new(sources);
+    let mut watching = true;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            changed = shutdown.changed(), if watching => {
+                if changed.is_err() { watching = false; }
+                if *shutdown.borrow() { return; }
+                continue;
+            }
+        };
+        let Ok((tcp, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let r = route(&sources, &req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
