@@ -60,6 +60,42 @@ fn is_complete_change(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// The file names in the watched directories whose changes matter: each
+/// watched file, its symlink target, and the first component of a relative
+/// symlink target (the ConfigMap `..data` link that is swapped).
+fn interesting_names(files: &[PathBuf]) -> Vec<std::ffi::OsString> {
+    let mut names = Vec::new();
+    for f in files {
+        if let Some(n) = f.file_name() {
+            names.push(n.to_os_string());
+        }
+        if let Ok(target) = std::fs::read_link(f) {
+            if let Some(first) = target.components().next() {
+                names.push(first.as_os_str().to_os_string());
+            }
+            if let Some(n) = target.file_name() {
+                names.push(n.to_os_string());
+            }
+        }
+        if let Ok(real) = std::fs::canonicalize(f) {
+            if let Some(n) = real.file_name() {
+                names.push(n.to_os_string());
+            }
+        }
+    }
+    names
+}
+
+/// Whether an event is about one of the interesting names (events with no
+/// path, e.g. a rescan request, always count). Busy unrelated files in the
+/// same directory (logs) never trigger a re-read.
+fn touches(paths: &[PathBuf], names: &[std::ffi::OsString]) -> bool {
+    paths.is_empty()
+        || paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+}
+
 /// Watches the directories of `files`; calls `on_change` after each burst of
 /// events (settled for `debounce`) and at least every `poll`.
 pub fn watch_files(
@@ -71,9 +107,10 @@ pub fn watch_files(
     let files: Vec<PathBuf> = files.iter().map(|p| p.to_path_buf()).collect();
     let (tx, rx) = mpsc::channel::<()>();
     let event_tx = tx.clone();
+    let names = interesting_names(&files);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
-            Ok(ev) => is_complete_change(&ev.kind),
+            Ok(ev) => is_complete_change(&ev.kind) && touches(&ev.paths, &names),
             Err(e) => {
                 tracing::warn!(target: "fedpin::watch", error = %e, "file watcher error; re-checking");
                 true
@@ -120,5 +157,50 @@ impl Drop for FileWatch {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn only_the_watched_files_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("pins.toml");
+        std::fs::write(&watched, "a").unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let _w = watch_files(
+            &[watched.as_path()],
+            Duration::from_millis(20),
+            Duration::from_secs(3600),
+            move || {
+                h.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .unwrap();
+        // A busy neighbour (a log file) never triggers a re-read.
+        let log = dir.path().join("fedpin.log");
+        for i in 0..50 {
+            std::fs::write(&log, format!("line {i}\n")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "unrelated writes must not trigger"
+        );
+        // Replacing the watched file does.
+        let tmp = dir.path().join(".pins.tmp");
+        std::fs::write(&tmp, "b").unwrap();
+        std::fs::rename(&tmp, &watched).unwrap();
+        let start = std::time::Instant::now();
+        while hits.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(hits.load(Ordering::SeqCst) >= 1);
     }
 }

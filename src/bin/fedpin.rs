@@ -62,19 +62,32 @@ fn main() -> ExitCode {
     let json = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_env("FEDPIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    if json && !matches!(cli.cmd, Cmd::Demo) {
-        builder.json().init();
-    } else if matches!(cli.cmd, Cmd::Demo) {
-        // The demo prints its own account; keep the log to errors.
+    // Log lines are written by a dedicated thread through a buffer, so the
+    // per-request access log never makes a proxy thread wait on stderr. The
+    // writer is not lossy: under pressure it applies backpressure rather than
+    // dropping lines (alerts are log lines too). The guard flushes on exit.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stderr());
+    if matches!(cli.cmd, Cmd::Demo) {
+        // The demo prints its own account.
         tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_env_filter(tracing_subscriber::EnvFilter::new("off"))
             .init();
+    } else if json {
+        tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_env_filter(filter)
+            .json()
+            .init();
     } else {
-        builder.compact().init();
+        tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_env_filter(filter)
+            .compact()
+            .init();
     }
     match cli.cmd {
         Cmd::Run { config } => run(&config),
