@@ -265,6 +265,43 @@ impl Daemon {
         }
     }
 
+    /// Open tunnels and inbound connections.
+    pub fn open_connections(&self) -> usize {
+        let tunnels = self
+            .outbound
+            .as_ref()
+            .map(|(p, _)| {
+                p.stats()
+                    .active_tunnels
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .unwrap_or(0);
+        let conns = self
+            .inbound
+            .as_ref()
+            .map(|(p, _)| {
+                p.stats()
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .unwrap_or(0);
+        tunnels + conns
+    }
+
+    /// After [`Daemon::stop`]: waits until no tunnel or connection is open, or
+    /// `deadline` passes; returns how many were still open.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let open = self.open_connections();
+            if open == 0 || tokio::time::Instant::now() >= until {
+                self.alerts.flush_all();
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops accepting; in-flight tunnels finish on their own timeouts.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);

@@ -17,8 +17,17 @@ const EXIT_BAD_CONFIG: u8 = 64;
     about = "Certificate-pinning TLS proxy for Matrix federation"
 )]
 struct Cli {
+    /// Log format: json (default when stderr is not a terminal) or pretty.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +37,15 @@ enum Cmd {
         /// Config file.
         #[arg(long, default_value = "fedpin.toml")]
         config: PathBuf,
+        /// On SIGTERM: stop accepting, then wait this long for open tunnels and
+        /// connections to finish before exiting.
+        #[arg(long, default_value_t = 30)]
+        drain_secs: u64,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Self-contained loopback demo: a genuine peer passes, a CA-valid impostor is blocked with an alert.
     Demo,
@@ -59,7 +77,11 @@ enum CaCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = match cli.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FEDPIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Log lines are written by a dedicated thread through a buffer, so the
@@ -90,7 +112,12 @@ fn main() -> ExitCode {
             .init();
     }
     match cli.cmd {
-        Cmd::Run { config } => run(&config),
+        Cmd::Run { config, drain_secs } => run(&config, std::time::Duration::from_secs(drain_secs)),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "fedpin", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Cmd::Demo => demo(),
         Cmd::CheckConfig { config } => check_config(&config),
         Cmd::Ca {
@@ -255,7 +282,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -310,8 +337,14 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         }
         wait_for_stop().await;
-        tracing::info!(target: "fedpin::daemon", "stopping: no new connections");
+        tracing::info!(target: "fedpin::daemon", drain_secs = drain.as_secs(), "stopping: no new connections; draining");
         daemon.stop();
+        let left = daemon.drain(drain).await;
+        if left > 0 {
+            tracing::warn!(target: "fedpin::daemon", open = left, "drain deadline reached; exiting with connections still open");
+        } else {
+            tracing::info!(target: "fedpin::daemon", "drained; exiting");
+        }
         ExitCode::SUCCESS
     })
 }

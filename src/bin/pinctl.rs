@@ -116,6 +116,11 @@ enum Cmd {
     },
     /// Lint the pin file.
     Check,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the pins of PEM/DER certificates or public keys (`-` reads stdin).
     Hash {
         /// File to read, or `-`.
@@ -135,6 +140,11 @@ fn main() -> ExitCode {
         .init();
     let res = match cli.cmd {
         Cmd::Hash { file } => hash(&file),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "pinctl", &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::Check => check(&cli.pins),
         Cmd::List { json } => list(&cli.pins, json),
         Cmd::Remove { server_name } => remove(&cli.pins, &server_name),

@@ -340,16 +340,22 @@ impl InboundProxy {
             };
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
+            let stop = shutdown.clone();
             tokio::spawn(async move {
                 this.stats.connections.fetch_add(1, Ordering::Relaxed);
-                this.clone().connection(tcp, client).await;
+                this.clone().connection(tcp, client, stop).await;
                 this.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, client: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        client: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let config = match self.server_config() {
             Ok(c) => c,
             Err(e) => {
@@ -415,8 +421,23 @@ impl InboundProxy {
         tokio::pin!(conn);
         let idle = self.settings.idle_timeout;
         let tick = (idle / 4).max(Duration::from_millis(50));
+        let mut watching = true;
+        if *stop.borrow() {
+            watching = false;
+            conn.as_mut().graceful_shutdown();
+        }
         loop {
             tokio::select! {
+                // Shutdown: finish the requests in flight, then close.
+                changed = stop.changed(), if watching => match changed {
+                    Err(_) => watching = false,
+                    Ok(()) => {
+                        if *stop.borrow() {
+                            watching = false;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                },
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(target: "fedpin::inbound", client = %client, error = %e, "connection ended with an error");
