@@ -104,6 +104,10 @@ struct RawAdmin {
 struct RawAlerts {
     command: Option<Spanned<String>>,
     webhook: Option<Spanned<String>>,
+    extra_roots: Option<Spanned<String>>,
+    matrix_homeserver: Option<Spanned<String>>,
+    matrix_room: Option<Spanned<String>>,
+    matrix_token_file: Option<Spanned<String>>,
 }
 
 /// Whether inbound asks peers for a client certificate.
@@ -207,6 +211,10 @@ pub struct Config {
     pub alert_command: Option<String>,
     /// Alert webhook sink.
     pub alert_webhook: Option<String>,
+    /// Extra trust anchors for the webhook / Matrix sinks.
+    pub alert_extra_roots: Option<PathBuf>,
+    /// Matrix sink: homeserver URL, room ID, access-token file.
+    pub alert_matrix: Option<(String, String, PathBuf)>,
 }
 
 struct Ctx<'a> {
@@ -497,6 +505,45 @@ impl Config {
                 );
             }
         }
+        let alert_extra_roots = raw
+            .alerts
+            .extra_roots
+            .as_ref()
+            .map(|r| cx.file(r, "alerts.extra_roots"));
+        let a = &raw.alerts;
+        let alert_matrix = match (&a.matrix_homeserver, &a.matrix_room, &a.matrix_token_file) {
+            (None, None, None) => None,
+            (Some(hs), Some(room), Some(token)) => {
+                let u = hs.get_ref();
+                if !(u.starts_with("https://")
+                    || u.starts_with("http://127.")
+                    || u.starts_with("http://localhost"))
+                {
+                    cx.err(
+                        hs.span(),
+                        "alerts.matrix_homeserver",
+                        format!("\"{u}\" must be an https:// URL (plain http only to loopback)"),
+                    );
+                }
+                if !room.get_ref().starts_with('!') || !room.get_ref().contains(':') {
+                    cx.err(
+                        room.span(),
+                        "alerts.matrix_room",
+                        "must be a room ID like !abc:example.org".into(),
+                    );
+                }
+                let token_path = cx.file(token, "alerts.matrix_token_file");
+                Some((u.clone(), room.get_ref().clone(), token_path))
+            }
+            _ => {
+                cx.err(
+                    0..0,
+                    "alerts",
+                    "matrix_homeserver, matrix_room and matrix_token_file go together".into(),
+                );
+                None
+            }
+        };
         if !cx.errors.is_empty() {
             return Err(ConfigError {
                 path: "<config>".into(),
@@ -510,6 +557,8 @@ impl Config {
             admin,
             alert_command: raw.alerts.command.map(|c| c.into_inner()),
             alert_webhook: raw.alerts.webhook.map(|w| w.into_inner()),
+            alert_extra_roots,
+            alert_matrix,
         })
     }
 }

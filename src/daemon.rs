@@ -34,9 +34,6 @@ pub enum StartError {
         /// OS error.
         source: std::io::Error,
     },
-    /// The config asks for something this build does not run.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// A running daemon.
@@ -67,15 +64,28 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Starts every configured listener on the current tokio runtime.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
-        if config.alert_webhook.is_some() {
-            return Err(StartError::Unsupported(
-                "alerts.webhook is configured, but this build of fedpin has only the command sink; use alerts.command (see README)".into(),
-            ));
-        }
         let alerts = AlertHub::new();
         alerts.spawn_flusher();
         if let Some(cmd) = &config.alert_command {
             CommandSink::new(cmd.clone()).attach(&alerts);
+        }
+        if config.alert_webhook.is_some() || config.alert_matrix.is_some() {
+            let extra = match &config.alert_extra_roots {
+                Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let target = crate::alert::HttpTarget::new(&extra)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            if let Some(url) = &config.alert_webhook {
+                crate::alert::WebhookSink::new(url, target.clone())
+                    .map_err(|e| StartError::Tls(e.to_string()))?
+                    .attach(&alerts);
+            }
+            if let Some((hs, room, token)) = &config.alert_matrix {
+                crate::alert::MatrixSink::new(hs, room, token, target)
+                    .map_err(|e| StartError::Tls(e.to_string()))?
+                    .attach(&alerts);
+            }
         }
         let pins = Arc::new(PinStore::open(&config.pins, alerts.clone())?);
         let watch_handle = match pins.watch(Duration::from_millis(100), Duration::from_secs(30)) {

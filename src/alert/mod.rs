@@ -14,8 +14,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 mod command;
+mod http;
 
 pub use command::CommandSink;
+pub use http::{HttpTarget, MatrixSink, SinkError, WebhookSink};
 
 use crate::pins::{Mode, Pin};
 
