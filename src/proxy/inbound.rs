@@ -109,14 +109,29 @@ impl Default for InboundSettings {
 }
 
 /// Counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InboundStats {
+    /// Time for the homeserver to answer (response head), seconds.
+    pub upstream_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Open connections.
     pub connections: AtomicUsize,
     /// Requests by status class 2xx..5xx (index 0..=3), others index 4.
     pub by_class: [AtomicU64; 5],
     /// TLS handshakes that failed (including refused client certificates).
     pub handshake_failures: AtomicU64,
+}
+
+impl Default for InboundStats {
+    fn default() -> Self {
+        InboundStats {
+            upstream_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+            ),
+            connections: AtomicUsize::new(0),
+            by_class: Default::default(),
+            handshake_failures: AtomicU64::new(0),
+        }
+    }
 }
 
 struct Compiled {
@@ -684,7 +699,13 @@ impl InboundProxy {
         parts.version = hyper::Version::HTTP_11;
         let limited = Limited::new(body, self.settings.max_body as usize).boxed();
         let req = Request::from_parts(parts, limited);
-        match tokio::time::timeout(self.settings.request_timeout, self.client.request(req)).await {
+        let asked = Instant::now();
+        let answer =
+            tokio::time::timeout(self.settings.request_timeout, self.client.request(req)).await;
+        self.stats
+            .upstream_seconds
+            .observe(asked.elapsed().as_secs_f64());
+        match answer {
             Err(_) => matrix_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "M_UNKNOWN",

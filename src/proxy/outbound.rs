@@ -86,8 +86,10 @@ impl Default for OutboundSettings {
 }
 
 /// Counters for the admin listener and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OutboundStats {
+    /// Upstream connect + TLS handshake duration, seconds.
+    pub upstream_handshake_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Tunnels open now.
     pub active_tunnels: AtomicUsize,
     /// Upstream handshakes that passed the pin rules.
@@ -100,6 +102,22 @@ pub struct OutboundStats {
     pub refused: AtomicU64,
     /// Clients turned away because the tunnel cap was reached.
     pub over_capacity: AtomicU64,
+}
+
+impl Default for OutboundStats {
+    fn default() -> Self {
+        OutboundStats {
+            upstream_handshake_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
+            ),
+            active_tunnels: AtomicUsize::new(0),
+            handshakes_ok: AtomicU64::new(0),
+            handshakes_blocked: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            over_capacity: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The outbound proxy.
@@ -442,7 +460,11 @@ impl OutboundProxy {
             return;
         }
 
+        let dial_started = Instant::now();
         let upstream = self.dial(&dest, &tls_name, alpn.clone()).await;
+        self.stats
+            .upstream_handshake_seconds
+            .observe(dial_started.elapsed().as_secs_f64());
         match upstream {
             Ok((up, negotiated)) => {
                 self.stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
