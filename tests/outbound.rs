@@ -1434,6 +1434,10 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
         !body.contains("!") && !body.contains('@'),
         "no IDs in labels"
     );
+    assert!(
+        body.contains("fedpin_outbound_upstream_handshake_seconds_count 1"),
+        "the upstream handshake duration histogram saw the one handshake:\n{body}"
+    );
 
     let (status, body) = admin_get(admin, "/pins").await;
     assert_eq!(status, 200);
