@@ -178,6 +178,13 @@ impl Collector for Live {
                 "Clients turned away at the tunnel cap",
                 &[(&[], st.over_capacity.load(Ordering::Relaxed))],
             )?;
+            let m = enc.encode_descriptor(
+                "fedpin_outbound_upstream_handshake_seconds",
+                "Upstream connect + pinned TLS handshake duration",
+                None,
+                MetricType::Histogram,
+            )?;
+            st.upstream_handshake_seconds.encode(m)?;
         }
         if let Some(i) = &s.inbound {
             let st = i.stats();
@@ -208,6 +215,13 @@ impl Collector for Live {
                 "Inbound TLS handshakes that failed",
                 &[(&[], st.handshake_failures.load(Ordering::Relaxed))],
             )?;
+            let m = enc.encode_descriptor(
+                "fedpin_inbound_upstream_seconds",
+                "Time for the homeserver to answer a forwarded request (response head)",
+                None,
+                MetricType::Histogram,
+            )?;
+            st.upstream_seconds.encode(m)?;
             let (ok, failed) = i.certs().reload_counts();
             counter(
                 &mut enc,
