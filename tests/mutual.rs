@@ -286,3 +286,153 @@ async fn two_fedpins_pin_each_other_in_both_directions() {
         "{alerts:?}"
     );
 }
+
+/// A client certificate with no DNS name: its key must be pinned for some
+/// peer to finish the handshake, and every request's X-Matrix origin must be
+/// a peer whose own entry pins that key.
+#[tokio::test]
+async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
+    let public = root("public CA");
+    let server = leaf(&public, &[B]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("b.pem"),
+        pem("CERTIFICATE", server.cert.as_ref()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.key"), server.key.serialize_pem()).unwrap();
+    // Self-signed, no subjectAltName at all.
+    let nameless = |cn: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.self_signed(&key).unwrap();
+        (cert.der().clone(), key)
+    };
+    let (pinned_cert, pinned_key) = nameless("peer without a name");
+    let (other_cert, other_key) = nameless("someone else");
+    let hub = AlertHub::new();
+    let mut set = PinSet::parse(&format!(
+        "version = 1\n[policy]\nunpinned = \"webpki\"\n[[peer]]\nserver_name = \"n.fedpin.test\"\npins = [\"{}\"]\ntrust = \"pin-only\"\n",
+        common::pin(&pinned_cert)
+    ))
+    .unwrap();
+    set.generation = 1;
+    let core = Arc::new(
+        VerifierCore::with_only_anchors(
+            &fedpin::tls::provider(),
+            std::slice::from_ref(&public.cert),
+            hub.clone(),
+        )
+        .unwrap(),
+    );
+    let upstream: hyper::Uri = format!("http://{}", homeserver().await).parse().unwrap();
+    let inbound = Arc::new(InboundProxy::new(
+        InboundSettings {
+            upstream,
+            client_auth: ClientAuth::Require,
+            ..InboundSettings::default()
+        },
+        EdgeRules::default(),
+        Arc::new(CertStore::open(&dir.path().join("b.pem"), &dir.path().join("b.key")).unwrap()),
+        Arc::new(PinStore::fixed(set, hub.clone())),
+        core,
+    ));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(tx);
+    tokio::spawn(inbound.serve(l, rx));
+
+    async fn request(
+        addr: SocketAddr,
+        ca: &CertificateDer<'static>,
+        cert: &CertificateDer<'static>,
+        key: &rcgen::KeyPair,
+        origin: &str,
+    ) -> Result<u16, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![cert.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+                ),
+            )
+            .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from(B).unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get("/_matrix/federation/v1/query/profile")
+            .header("host", B)
+            .header(
+                "authorization",
+                format!("X-Matrix origin=\"{origin}\",key=\"ed25519:1\",sig=\"x\""),
+            )
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(resp.status().as_u16())
+    }
+
+    assert_eq!(
+        request(
+            addr,
+            &public.cert,
+            &pinned_cert,
+            &pinned_key,
+            "n.fedpin.test"
+        )
+        .await,
+        Ok(200)
+    );
+    assert_eq!(
+        request(
+            addr,
+            &public.cert,
+            &pinned_cert,
+            &pinned_key,
+            "n.fedpin.test:8448"
+        )
+        .await,
+        Ok(200)
+    );
+    // The same key claiming an unpinned origin is not bound to it, even under unpinned = "webpki".
+    assert_eq!(
+        request(
+            addr,
+            &public.cert,
+            &pinned_cert,
+            &pinned_key,
+            "other.fedpin.test"
+        )
+        .await,
+        Ok(401)
+    );
+    // A nameless key pinned for nobody: the handshake (or the first request) fails.
+    assert!(!matches!(
+        request(addr, &public.cert, &other_cert, &other_key, "n.fedpin.test").await,
+        Ok(200)
+    ));
+    assert!(
+        hub.recent()
+            .iter()
+            .any(|a| a.direction == Direction::Inbound),
+        "{:?}",
+        hub.recent()
+    );
+}

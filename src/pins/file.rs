@@ -227,6 +227,7 @@ pub struct PinSet {
     peers: Vec<Peer>,
     by_host: HashMap<String, usize>,
     by_server_name: HashMap<String, usize>,
+    by_pin: HashMap<Pin, Vec<usize>>,
     /// Lint findings that do not make the file invalid (e.g. a peer with a single pin).
     pub warnings: Vec<Diagnostic>,
     /// SHA-256 of the file's bytes.
@@ -243,6 +244,7 @@ impl PinSet {
             peers: Vec::new(),
             by_host: HashMap::new(),
             by_server_name: HashMap::new(),
+            by_pin: HashMap::new(),
             warnings: Vec::new(),
             content_hash: [0; 32],
             generation: 0,
@@ -508,6 +510,12 @@ impl PinSet {
                 line,
             });
         }
+        let mut by_pin: HashMap<Pin, Vec<usize>> = HashMap::new();
+        for (i, p) in peers.iter().enumerate() {
+            for pin in &p.pins {
+                by_pin.entry(*pin).or_default().push(i);
+            }
+        }
         if !errors.is_empty() {
             errors.sort_by_key(|d| (d.line, d.column));
             return Err(PinFileError { path: None, errors });
@@ -517,6 +525,7 @@ impl PinSet {
             peers,
             by_host,
             by_server_name,
+            by_pin,
             warnings,
             content_hash: hash,
             generation: 0,
@@ -536,6 +545,15 @@ impl PinSet {
         self.by_server_name
             .get(&server_name.to_ascii_lowercase())
             .and_then(|i| self.peers.get(*i))
+    }
+
+    /// The peers that list this pin. O(1).
+    pub fn peers_with_pin(&self, pin: &Pin) -> impl Iterator<Item = &Peer> {
+        self.by_pin
+            .get(pin)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.peers.get(*i))
     }
 
     /// Every peer, in file order.

@@ -225,6 +225,16 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// The client certificate a connection presented (mutual TLS).
+struct ClientIdentity {
+    /// DNS names in the leaf (lowercased).
+    names: Vec<String>,
+    /// The chain, leaf first.
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The peer's address, for alerts.
+    addr: SocketAddr,
+}
+
 /// What the request's origin is, for rules and logs.
 enum Origin {
     /// An endpoint the spec serves unsigned ([`unsigned_allowed`]), without an X-Matrix header.
@@ -398,12 +408,15 @@ impl InboundProxy {
                 return;
             }
         };
-        let cert_names: Option<Arc<Vec<String>>> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| Arc::new(crate::verify::dns_sans(c.as_ref())));
+        let cert_names: Option<Arc<ClientIdentity>> =
+            tls.get_ref().1.peer_certificates().and_then(|chain| {
+                let leaf = chain.first()?;
+                Some(Arc::new(ClientIdentity {
+                    names: crate::verify::dns_sans(leaf.as_ref()),
+                    chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+                    addr: client,
+                }))
+            });
         let this = self.clone();
         let waiting = Arc::new(Waiting::new());
         let w = waiting.clone();
@@ -470,6 +483,25 @@ impl InboundProxy {
                 }
             }
         }
+    }
+
+    /// Whether a client certificate without DNS names is pinned for `host`
+    /// (the origin's entry must accept it on a pin, not on a fallback policy).
+    fn nameless_client_matches(&self, id: &ClientIdentity, host: &str) -> bool {
+        let Some((leaf, rest)) = id.chain.split_first() else {
+            return false;
+        };
+        let mut verifier = PinnedClientVerifier::new(self.core.clone(), self.pins.current(), false);
+        verifier.set_peer_addr(id.addr);
+        let ev = verifier.evaluate_for_origin(host, leaf, rest, rustls::pki_types::UnixTime::now());
+        if let Some(a) = ev.alert {
+            self.core.alerts().raise(a);
+        }
+        matches!(
+            &ev.verdict,
+            crate::verify::Verdict::Accept(a)
+                if matches!(a.basis(), crate::verify::Basis::PinOnValidatedPath | crate::verify::Basis::PinOnlyLeaf)
+        )
     }
 
     // The refusal is the response itself; it is built once per refused request.
@@ -551,7 +583,7 @@ impl InboundProxy {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
-        cert_names: Option<Arc<Vec<String>>>,
+        cert_names: Option<Arc<ClientIdentity>>,
     ) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
@@ -590,7 +622,7 @@ impl InboundProxy {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
-        cert_names: Option<Arc<Vec<String>>>,
+        cert_names: Option<Arc<ClientIdentity>>,
     ) -> (Response<Body>, Option<String>) {
         let path = req.uri().path();
         if !(path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/")) {
@@ -611,10 +643,17 @@ impl InboundProxy {
             Origin::Named(o) => Some(o.clone()),
             Origin::None => None,
         };
-        if let (Some(names), Some(o)) = (&cert_names, &origin_name) {
-            // Mutual pinned TLS: the certificate that passed the pin rules must name the origin.
+        if let (Some(id), Some(o)) = (&cert_names, &origin_name) {
+            // Mutual pinned TLS: the certificate that passed the pin rules must
+            // name the origin; a certificate without names must pass the pin
+            // entry of the origin itself (its key matched some entry at the handshake).
             let host = crate::pins::split_server_name(o).unwrap_or_default();
-            if !names.contains(&host) {
+            let bound = if id.names.is_empty() {
+                self.nameless_client_matches(id, &host)
+            } else {
+                id.names.contains(&host)
+            };
+            if !bound {
                 return (
                     matrix_error(
                         StatusCode::UNAUTHORIZED,

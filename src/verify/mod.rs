@@ -101,6 +101,10 @@ pub enum Basis {
     ExpiredPinsWebPki,
     /// `mode = "report"`: no pin matched, but the chain validated.
     ReportModeWebPki,
+    /// A client certificate without a DNS name whose key is pinned for some
+    /// peer: the handshake may complete, but every request must then pass
+    /// [`PinnedClientVerifier::evaluate_for_origin`] for its X-Matrix origin.
+    PinnedKeyAwaitingOrigin,
 }
 
 /// Proof that the pin rules accepted a peer. Only this module can build one.
@@ -956,6 +960,12 @@ impl PinnedClientVerifier {
         }
     }
 
+    /// Sets the peer address reported in alerts.
+    pub fn set_peer_addr(&mut self, addr: SocketAddr) {
+        self.ctx.peer_addr = Some(addr);
+        self.ctx.port = Some(addr.port());
+    }
+
     /// Evaluates a client chain; exposed for the inbound proxy and tests.
     pub fn evaluate(
         &self,
@@ -978,8 +988,23 @@ impl PinnedClientVerifier {
             pinned
         };
         if candidates.is_empty() {
+            // No name to look up. A key pinned for some peer may still finish
+            // the handshake; the inbound layer then binds every request's
+            // X-Matrix origin to it (evaluate_for_origin). Anything else is refused.
+            if let Some(pin) = spki::spki_of_der(end_entity.as_ref()) {
+                if self.pins.peers_with_pin(&pin).next().is_some() {
+                    return Evaluation {
+                        verdict: Verdict::Accept(Accepted {
+                            basis: Basis::PinnedKeyAwaitingOrigin,
+                        }),
+                        alert: None,
+                        host: String::new(),
+                    };
+                }
+            }
             let reason =
-                "the client certificate carries no DNS name to look up a pin entry".to_string();
+                "the client certificate carries no DNS name and its key is not pinned for any peer"
+                    .to_string();
             let mut draft = AlertDraft {
                 ctx: &self.ctx,
                 host: "",
@@ -1029,6 +1054,30 @@ impl PinnedClientVerifier {
             alert: None,
             host: String::new(),
         })
+    }
+}
+
+impl PinnedClientVerifier {
+    /// Checks a client chain against the pin entry of the request's X-Matrix
+    /// origin host (for certificates that carry no DNS name): the entry's
+    /// rules apply, without a name check.
+    pub fn evaluate_for_origin(
+        &self,
+        origin_host: &str,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Evaluation {
+        self.core.evaluate(
+            &self.pins,
+            origin_host,
+            None,
+            end_entity,
+            intermediates,
+            now,
+            Usage::Client,
+            &self.ctx,
+        )
     }
 }
 
