@@ -16,7 +16,21 @@ pub struct LastActivity {
     last_ms: Arc<AtomicU64>,
 }
 
+impl Default for LastActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LastActivity {
+    /// A clock that starts now (counts as activity).
+    pub fn new() -> Self {
+        LastActivity {
+            epoch: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     fn touch(&self) {
         self.last_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -40,17 +54,47 @@ pub struct Activity<S> {
 impl<S> Activity<S> {
     /// Wraps `inner`; returns the wrapper and a handle to its activity clock.
     pub fn new(inner: S) -> (Self, LastActivity) {
-        let last = LastActivity {
-            epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        };
-        (
-            Activity {
-                inner,
-                last: last.clone(),
-            },
-            last,
-        )
+        let last = LastActivity::new();
+        (Self::sharing(inner, &last), last)
+    }
+
+    /// Wraps `inner`, recording into an existing clock (both sides of a relay).
+    pub fn sharing(inner: S, last: &LastActivity) -> Self {
+        Activity {
+            inner,
+            last: last.clone(),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.touch();
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
