@@ -874,11 +874,14 @@ impl PinnedServerVerifier {
 }
 
 /// The name text used as the pin lookup key for a rustls server name.
-pub fn lookup_key(name: &ServerName<'_>) -> String {
+/// Borrows DNS names, so the handshake path allocates only for IP literals.
+pub fn lookup_key<'a>(name: &'a ServerName<'_>) -> std::borrow::Cow<'a, str> {
     match name {
-        ServerName::DnsName(d) => d.as_ref().to_string(),
-        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-        _ => String::new(),
+        ServerName::DnsName(d) => std::borrow::Cow::Borrowed(d.as_ref()),
+        ServerName::IpAddress(ip) => {
+            std::borrow::Cow::Owned(std::net::IpAddr::from(*ip).to_string())
+        }
+        _ => std::borrow::Cow::Borrowed(""),
     }
 }
 
