@@ -23,9 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
-use common::{leaf, root, Ca, Leaf};
+use common::{leaf, pem, root, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
 use fedpin::pins::{PinSet, PinStore};
@@ -80,17 +79,6 @@ async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // ---------------------------------------------------------------------------
 // Harness: PEM files
 // ---------------------------------------------------------------------------
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(line).unwrap());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
-}
 
 fn cert_pem(l: &Leaf) -> String {
     pem("CERTIFICATE", l.cert.as_ref())

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use common::{leaf, root, Ca, Leaf};
+use common::{leaf, pem, root, Ca, Leaf};
 use fedpin::alert::{AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
 use fedpin::pins::{PinSet, PinStore};
@@ -32,19 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const A: &str = "a.fedpin.test";
 const B: &str = "b.fedpin.test";
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
 
 fn pins_for(name: &str, cert: &CertificateDer<'_>) -> Arc<PinStore> {
     let mut set = PinSet::parse(&format!(

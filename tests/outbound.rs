@@ -1090,23 +1090,15 @@ async fn half_close_propagates_both_ways() {
 // Through the real daemon
 // ---------------------------------------------------------------------------
 
-fn pem_cert(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(chunk).unwrap());
-        s.push('\n');
-    }
-    s.push_str("-----END CERTIFICATE-----\n");
-    s
-}
-
 /// Writes fedpin.toml, pins.toml, public-root.pem and the CA; returns the config path.
 fn daemon_files(dir: &std::path::Path, w: &World) -> std::path::PathBuf {
     fedpin::tls::ca::init_ca(&dir.join("ca")).unwrap();
     std::fs::write(dir.join("pins.toml"), w.pins()).unwrap();
-    std::fs::write(dir.join("public-root.pem"), pem_cert(&w.public.cert)).unwrap();
+    std::fs::write(
+        dir.join("public-root.pem"),
+        common::pem("CERTIFICATE", w.public.cert.as_ref()),
+    )
+    .unwrap();
     let config = dir.join("fedpin.toml");
     std::fs::write(
         &config,

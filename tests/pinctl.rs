@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::{intermediate, leaf, pin, root, self_signed, serve, Ca};
+use common::{intermediate, leaf, pem, pin, root, self_signed, serve, Ca};
 use fedpin::pins::{Mode, Pin, PinSet, Trust};
 use rustls::pki_types::CertificateDer;
 
@@ -117,17 +116,6 @@ async fn pinctl(args: &[&str], stdin: Option<&[u8]>) -> Run {
     tokio::task::spawn_blocking(move || pinctl_blocking(&args, stdin.as_deref()))
         .await
         .expect("pinctl runner panicked")
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(chunk).unwrap());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
 }
 
 fn cert_pem(certs: &[&CertificateDer<'_>]) -> String {

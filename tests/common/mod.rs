@@ -235,3 +235,16 @@ pub async fn connect_with(
 pub fn alerts(hub: &AlertHub) -> Vec<Alert> {
     hub.recent()
 }
+
+/// PEM armour for DER bytes (`label` e.g. "CERTIFICATE").
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut s = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        s.push('\n');
+    }
+    s.push_str(&format!("-----END {label}-----\n"));
+    s
+}
