@@ -4,10 +4,10 @@ mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{leaf, root};
+use common::{leaf, root, wait_until};
 use fedpin::alert::{
     Action, Alert, AlertEvent, AlertHub, Direction, HttpTarget, MatrixSink, Severity, WebhookSink,
 };
@@ -115,17 +115,6 @@ fn alert(event: AlertEvent, host: &str) -> Alert {
     }
 }
 
-async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
 fn target(ca: &common::Ca) -> HttpTarget {
     let mut t = HttpTarget::new(std::slice::from_ref(&ca.cert)).unwrap();
     t.backoff = Duration::from_millis(20);
@@ -142,7 +131,7 @@ async fn webhook_retries_after_a_500_and_delivers_the_json() {
         .unwrap()
         .attach(&hub);
     hub.raise(alert(AlertEvent::PinMismatch, "a.example"));
-    assert!(wait(Duration::from_secs(10), || seen.lock().unwrap().len() >= 2).await);
+    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() >= 2).await);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "one failed attempt (500), one delivery");
     assert_eq!(seen[1].method, "POST");
@@ -165,7 +154,7 @@ async fn webhook_verifies_the_receiver_and_counts_failures() {
         .attach(&hub);
     hub.raise(alert(AlertEvent::PinMismatch, "a.example"));
     assert!(
-        wait(Duration::from_secs(10), || hub
+        wait_until(Duration::from_secs(10), || hub
             .counters()
             .sink_failures
             .load(Ordering::Relaxed)
@@ -196,12 +185,12 @@ async fn matrix_sink_posts_to_the_room_with_the_token_and_summarises() {
     sink.min_interval = Duration::from_millis(500);
     sink.attach(&hub);
     hub.raise(alert(AlertEvent::PinMismatch, "a.example"));
-    assert!(wait(Duration::from_secs(10), || seen.lock().unwrap().len() == 1).await);
+    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() == 1).await);
     // Three more inside the rate-limit window: one summarising message.
     for h in ["b.example", "c.example", "d.example"] {
         hub.raise(alert(AlertEvent::PinMismatch, h));
     }
-    assert!(wait(Duration::from_secs(10), || seen.lock().unwrap().len() == 2).await);
+    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() == 2).await);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, pem, root, Ca, Leaf};
+use common::{leaf, pem, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
 use fedpin::pins::{PinSet, PinStore};
@@ -62,18 +62,6 @@ async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("{what}: no outcome within {STEP:?}"),
     }
-}
-
-/// Polls `cond` until it holds or `limit` passes.
-async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(TICK).await;
-    }
-    cond()
 }
 
 // ---------------------------------------------------------------------------

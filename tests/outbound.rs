@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, root, Ca, Leaf};
+use common::{leaf, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::pins::{PinSet, PinStore};
 use fedpin::proxy::egress::EgressPolicy;
@@ -39,8 +39,6 @@ use tokio_rustls::client::TlsStream;
 const HOST: &str = "hs.fedpin.test";
 /// Upper bound for any single network step of a test.
 const STEP: Duration = Duration::from_secs(10);
-/// Poll interval for bounded waits.
-const TICK: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -52,18 +50,6 @@ async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("{what}: no outcome within {STEP:?}"),
     }
-}
-
-/// Polls `cond` until it holds or `limit` passes.
-async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(TICK).await;
-    }
-    cond()
 }
 
 /// The interception CA: PEM for the minter, DER for the client's trust store.

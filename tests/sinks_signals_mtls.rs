@@ -12,17 +12,6 @@ use fedpin::verify::PinnedClientVerifier;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
-}
-
 fn sample_alert(host: &str) -> fedpin::alert::Alert {
     fedpin::alert::Alert {
         event: AlertEvent::PinMismatch,
@@ -54,14 +43,11 @@ async fn command_sink_receives_json_and_never_blocks() {
     CommandSink::new(format!("cat >> '{}'", out.display())).attach(&hub);
     hub.raise(sample_alert("a.example"));
     hub.raise(sample_alert("b.example"));
-    let ok = wait_for(
-        || {
-            std::fs::read_to_string(&out)
-                .map(|s| s.lines().count() == 2)
-                .unwrap_or(false)
-        },
-        Duration::from_secs(10),
-    )
+    let ok = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out)
+            .map(|s| s.lines().count() == 2)
+            .unwrap_or(false)
+    })
     .await;
     assert!(ok, "both alerts reach the command");
     for line in std::fs::read_to_string(&out).unwrap().lines() {
@@ -91,15 +77,12 @@ async fn command_sink_receives_json_and_never_blocks() {
             > 0,
         "overflow is counted"
     );
-    let ok = wait_for(
-        || {
-            hung.counters()
-                .sink_failures
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= 1
-        },
-        Duration::from_secs(10),
-    )
+    let ok = wait_until(Duration::from_secs(10), || {
+        hung.counters()
+            .sink_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    })
     .await;
     assert!(ok, "a timed-out command is counted as a failure");
 
@@ -108,14 +91,11 @@ async fn command_sink_receives_json_and_never_blocks() {
     CommandSink::new("exit 3").attach(&failing);
     failing.raise(sample_alert("f.example"));
     assert!(
-        wait_for(
-            || failing
-                .counters()
-                .sink_failures
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 1,
-            Duration::from_secs(10)
-        )
+        wait_until(Duration::from_secs(10), || failing
+            .counters()
+            .sink_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
         .await
     );
 }
@@ -151,7 +131,7 @@ async fn sighup_reloads_the_pin_file() {
         .unwrap();
     assert!(status.success());
     let s = store.clone();
-    assert!(wait_for(move || s.current().generation == 2, Duration::from_secs(10)).await);
+    assert!(wait_until(Duration::from_secs(10), move || s.current().generation == 2).await);
     assert!(store.current().lookup("a.example").unwrap().has_pin(&p2));
 }
 
