@@ -349,15 +349,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let sources = Arc::new(sources);
-    let mut watching = true;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            changed = shutdown.changed(), if watching => {
-                if changed.is_err() { watching = false; }
-                if *shutdown.borrow() { return; }
-                continue;
-            }
+            _ = super::io::stopped(&mut shutdown) => return,
         };
         let Ok((tcp, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -332,9 +332,6 @@ impl InboundProxy {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut cleanup = tokio::time::interval(Duration::from_secs(60));
-        // A dropped sender can never turn true: stop watching it (a closed
-        // channel is always ready, and polling it again would busy-loop).
-        let mut watching = true;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -344,11 +341,7 @@ impl InboundProxy {
                     if let Some(l) = &rules.per_ip { l.retain_recent(); }
                     continue;
                 }
-                changed = shutdown.changed(), if watching => {
-                    if changed.is_err() { watching = false; }
-                    if *shutdown.borrow() { return; }
-                    continue;
-                }
+                _ = super::io::stopped(&mut shutdown) => return,
             };
             let (tcp, client) = match accepted {
                 Ok(a) => a,
@@ -449,23 +442,14 @@ impl InboundProxy {
         tokio::pin!(conn);
         let idle = self.settings.idle_timeout;
         let tick = (idle / 4).max(Duration::from_millis(50));
-        let mut watching = true;
-        if *stop.borrow() {
-            watching = false;
-            conn.as_mut().graceful_shutdown();
-        }
+        let mut draining = false;
         loop {
             tokio::select! {
                 // Shutdown: finish the requests in flight, then close.
-                changed = stop.changed(), if watching => match changed {
-                    Err(_) => watching = false,
-                    Ok(()) => {
-                        if *stop.borrow() {
-                            watching = false;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                },
+                _ = crate::proxy::io::stopped(&mut stop), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(target: "fedpin::inbound", client = %client, error = %e, "connection ended with an error");

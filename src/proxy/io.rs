@@ -145,3 +145,17 @@ impl<S: Write + Unpin> Write for Activity<S> {
         r
     }
 }
+
+/// Resolves once `rx` says "stop" (true). A dropped sender means "never
+/// stop": the future then stays pending instead of resolving at once.
+/// Cancel-safe, so it can sit in a `select!` loop.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -180,17 +180,10 @@ impl OutboundProxy {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        // A dropped sender means "never shut down", not "shut down now"; stop
-        // polling a closed channel (it would be ready at once, forever).
-        let mut watching = true;
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                changed = shutdown.changed(), if watching => {
-                    if changed.is_err() { watching = false; }
-                    if *shutdown.borrow() { return; }
-                    continue;
-                }
+                _ = super::io::stopped(&mut shutdown) => return,
             };
             let (tcp, client) = match accepted {
                 Ok(a) => a,
