@@ -339,54 +339,72 @@ impl Config {
             let listen = cx.addr(&o.listen, "outbound.listen", "127.0.0.1:8449");
             let ca_cert = cx.file(&o.ca_cert, "outbound.ca_cert");
             let ca_key = cx.file(&o.ca_key, "outbound.ca_key");
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                if let Ok(m) = std::fs::metadata(&ca_key) {
-                    if m.permissions().mode() & 0o077 != 0 {
-                        cx.err(
-                            o.ca_key.span(),
-                            "outbound.ca_key",
-                            format!(
-                                "{} is readable by group or others (mode {:o}); run chmod 600 on it",
-                                ca_key.display(),
-                                m.permissions().mode() & 0o777
-                            ),
-                        );
-                    }
+            if ca_key.exists() {
+                if let Err(m) = crate::tls::ca::check_key_mode(&ca_key) {
+                    cx.err(o.ca_key.span(), "outbound.ca_key", m);
                 }
             }
-            let extra_roots = o.extra_roots.as_ref().map(|r| cx.file(r, "outbound.extra_roots"));
+            let extra_roots = o
+                .extra_roots
+                .as_ref()
+                .map(|r| cx.file(r, "outbound.extra_roots"));
             let mut resolve = BTreeMap::new();
             for (name, ip) in &o.resolve {
                 match ip.get_ref().parse::<IpAddr>() {
                     Ok(a) => {
                         resolve.insert(name.to_ascii_lowercase(), a);
                     }
-                    Err(_) => cx.err(ip.span(), &format!("outbound.resolve.{name}"), format!("\"{}\" is not an IP address", ip.get_ref())),
+                    Err(_) => cx.err(
+                        ip.span(),
+                        &format!("outbound.resolve.{name}"),
+                        format!("\"{}\" is not an IP address", ip.get_ref()),
+                    ),
                 }
             }
             let allow_ips = cx.nets(&o.allow_ips, "outbound.allow_ips");
             let deny_ips = cx.nets(&o.deny_ips, "outbound.deny_ips");
             if let Some(p) = &o.proxy_auth {
                 if !p.get_ref().contains(':') {
-                    cx.err(p.span(), "outbound.proxy_auth", "proxy_auth must be \"user:password\"".into());
+                    cx.err(
+                        p.span(),
+                        "outbound.proxy_auth",
+                        "proxy_auth must be \"user:password\"".into(),
+                    );
                 }
             }
             if let Some(ports) = &o.allowed_ports {
                 if ports.contains(&0) {
-                    cx.err(0..0, "outbound.allowed_ports", "port 0 is not a port".into());
+                    cx.err(
+                        0..0,
+                        "outbound.allowed_ports",
+                        "port 0 is not a port".into(),
+                    );
                 }
             }
             if o.max_tunnels == Some(0) {
-                cx.err(0..0, "outbound.max_tunnels", "max_tunnels must be at least 1".into());
+                cx.err(
+                    0..0,
+                    "outbound.max_tunnels",
+                    "max_tunnels must be at least 1".into(),
+                );
             }
-            let client_cert = o.client_cert.as_ref().map(|c| cx.file(c, "outbound.client_cert"));
-            let client_key = o.client_key.as_ref().map(|c| cx.file(c, "outbound.client_key"));
+            let client_cert = o
+                .client_cert
+                .as_ref()
+                .map(|c| cx.file(c, "outbound.client_cert"));
+            let client_key = o
+                .client_key
+                .as_ref()
+                .map(|c| cx.file(c, "outbound.client_key"));
             if client_cert.is_some() != client_key.is_some() {
-                cx.err(0..0, "outbound", "client_cert and client_key go together".into());
+                cx.err(
+                    0..0,
+                    "outbound",
+                    "client_cert and client_key go together".into(),
+                );
             }
-            let secs = |v: Option<u64>, d: u64| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
+            let secs =
+                |v: Option<u64>, d: u64| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
             Outbound {
                 listen,
                 ca_cert,
@@ -395,7 +413,11 @@ impl Config {
                 resolve,
                 allow_ips,
                 deny_ips,
-                deny_destinations: o.deny_destinations.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                deny_destinations: o
+                    .deny_destinations
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
                 allowed_ports: o.allowed_ports.clone(),
                 proxy_auth: o.proxy_auth.as_ref().map(|p| p.get_ref().clone()),
                 max_tunnels: o.max_tunnels.unwrap_or(1024),

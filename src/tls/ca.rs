@@ -110,3 +110,23 @@ pub fn synapse_snippet(ca_cert: &Path, proxy: &str) -> String {
         ca_cert.display()
     )
 }
+
+/// Refuses a private key file readable by group or others (fedpin's CA key
+/// can impersonate any server to the homeserver). Ok on non-Unix systems.
+pub fn check_key_mode(key: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by group or others (mode {mode:o}); run chmod 600 on it",
+                key.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = key;
+    Ok(())
+}

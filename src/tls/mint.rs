@@ -59,19 +59,7 @@ impl std::fmt::Debug for LeafMinter {
 impl LeafMinter {
     /// Loads the CA from PEM files, refusing a key readable by group or others.
     pub fn from_files(cert: &Path, key: &Path, cache_size: usize) -> Result<Self, MintError> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(key)
-                .map_err(|e| MintError::Ca(format!("{}: {e}", key.display())))?;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(MintError::Ca(format!(
-                    "{} is readable by group or others (mode {mode:o}); run chmod 600 on it",
-                    key.display()
-                )));
-            }
-        }
+        crate::tls::ca::check_key_mode(key).map_err(MintError::Ca)?;
         let cert_pem = std::fs::read_to_string(cert)
             .map_err(|e| MintError::Ca(format!("{}: {e}", cert.display())))?;
         let key_pem = std::fs::read_to_string(key)
