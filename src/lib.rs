@@ -8,7 +8,8 @@
 //!
 //! Layout: [`pins`] (pin type, pin file, hot-reloaded store), [`verify`] (the
 //! pin rules and rustls verifiers), [`alert`] (alert events, dedup, sinks),
-//! [`tls`] (provider and per-generation configs), [`discovery`] (Matrix
+//! [`tls`] (provider and per-generation configs), [`metrics`] (counters
+//! for `/metrics`), [`discovery`] (Matrix
 //! server-name resolution), [`pinfile_edit`] (atomic, locked, comment-keeping
 //! edits for `pinctl`).
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod demo;
 pub mod discovery;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod pinfile_edit;
 pub mod pins;
 pub mod probe;

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use common::{leaf, pem, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
+use fedpin::metrics::HandshakeResult;
 use fedpin::pins::{PinSet, PinStore};
 use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use fedpin::tls::certs::CertStore;
@@ -1526,8 +1527,8 @@ async fn silent_tls_clients_are_dropped_after_the_handshake_timeout() {
         wait_until(STEP, || env
             .proxy
             .stats()
-            .handshake_failures
-            .load(Ordering::SeqCst)
+            .handshakes
+            .get(HandshakeResult::Timeout)
             == 1)
         .await
     );
@@ -1983,15 +1984,19 @@ async fn mutual_tls_require_accepts_the_pinned_client_bound_to_its_origin() {
     assert_eq!(env.up.started(), 2);
 
     // Another key for the same name (CA-valid): refused at the handshake, with an inbound alert.
-    let before = env.proxy.stats().handshake_failures.load(Ordering::SeqCst);
+    let before = env
+        .proxy
+        .stats()
+        .handshakes
+        .get(HandshakeResult::PinMismatch);
     let r = try_call(env.addr, with(Some(&impostor)), get(path, Some(PEER))).await;
     assert!(r.is_err(), "an unpinned client key was served: {r:?}");
     assert!(
         wait_until(STEP, || env
             .proxy
             .stats()
-            .handshake_failures
-            .load(Ordering::SeqCst)
+            .handshakes
+            .get(HandshakeResult::PinMismatch)
             > before)
         .await
     );

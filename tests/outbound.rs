@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{leaf, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::metrics::{CheckMode, CheckResult, HandshakeResult};
 use fedpin::pins::{PinSet, PinStore};
 use fedpin::proxy::egress::EgressPolicy;
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
@@ -480,8 +481,8 @@ async fn genuine_pinned_peer_passes_with_a_minted_leaf_for_the_sni_name() {
         "same ALPN upstream"
     );
     let stats = env.proxy.stats();
-    assert_eq!(stats.handshakes_ok.load(Ordering::SeqCst), 1);
-    assert_eq!(stats.handshakes_blocked.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::PinMismatch), 0);
     assert!(env.hub.recent().is_empty(), "{:?}", env.hub.recent());
 }
 
@@ -538,8 +539,8 @@ async fn ca_valid_impostor_gets_502_naming_the_pin_failure_and_a_critical_alert(
     assert_eq!(a.webpki, "valid");
 
     let stats = env.proxy.stats();
-    assert_eq!(stats.handshakes_blocked.load(Ordering::SeqCst), 1);
-    assert_eq!(stats.handshakes_ok.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.handshakes.get(HandshakeResult::PinMismatch), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -956,7 +957,7 @@ async fn upstream_down_gets_502_and_upstream_sessions_resume() {
         vec![Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
         "upstream handshakes"
     );
-    assert_eq!(env.proxy.stats().handshakes_ok.load(Ordering::SeqCst), 2);
+    assert_eq!(env.proxy.stats().handshakes.get(HandshakeResult::Ok), 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1125,7 +1126,7 @@ async fn daemon_runs_the_outbound_proxy_from_config() {
         r.body,
         "genuine: GET /_matrix/federation/v1/version over HTTP/1.1\n"
     );
-    assert_eq!(proxy.stats().handshakes_ok.load(Ordering::SeqCst), 1);
+    assert_eq!(proxy.stats().handshakes.get(HandshakeResult::Ok), 1);
 
     // The same daemon blocks a CA-valid impostor for the pinned name.
     let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
@@ -1250,6 +1251,13 @@ async fn pin_only_report_and_unpinned_policies_through_the_proxy() {
     // unpinned under webpki: passes on Web PKI.
     let r = fetch(&env, "unlisted.fedpin.test", unlisted_up.port()).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // Counted per result and per pin-check mode.
+    let stats = env.proxy.stats();
+    assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 3);
+    let checks = env.proxy.verifier().pin_checks();
+    assert_eq!(checks.get(CheckMode::Enforce, CheckResult::Match), 1);
+    assert_eq!(checks.get(CheckMode::Report, CheckResult::Mismatch), 1);
+    assert_eq!(checks.get(CheckMode::Unpinned, CheckResult::WebpkiOnly), 1);
 
     // unpinned under deny: 502 naming the policy, alert unpinned_denied.
     let env = start_proxy(&w.public, &pins("deny"), settings()).await;
@@ -1258,6 +1266,11 @@ async fn pin_only_report_and_unpinned_policies_through_the_proxy() {
     assert!(r.body.contains("policy.unpinned"), "{r:?}");
     assert_eq!(r.headers.get("x-fedpin-alert").unwrap(), "unpinned_denied");
     assert_eq!(env.hub.recent()[0].event, AlertEvent::UnpinnedDenied);
+    let stats = env.proxy.stats();
+    assert_eq!(stats.handshakes.get(HandshakeResult::UnpinnedDenied), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 0);
+    let checks = env.proxy.verifier().pin_checks();
+    assert_eq!(checks.get(CheckMode::Unpinned, CheckResult::Refused), 1);
 }
 
 /// A hot reload changes the outcome mid-run, without a restart.
@@ -1381,11 +1394,11 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
     assert_eq!(status, 200);
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    let value = |name: &str, label: Option<(&str, &str)>| {
+    let value = |name: &str, labels: &[(&str, &str)]| {
         scrape
             .samples
             .iter()
-            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
             .map(|s| match s.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
@@ -1393,21 +1406,44 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
                 _ => f64::NAN,
             })
     };
+    let handshakes = |result: &str| {
+        value(
+            "fedpin_handshakes_total",
+            &[("direction", "outbound"), ("result", result)],
+        )
+    };
+    assert_eq!(handshakes("pin_mismatch"), Some(1.0), "{body}");
+    for result in [
+        "ok",
+        "chain_invalid",
+        "unpinned_denied",
+        "expired",
+        "timeout",
+    ] {
+        assert_eq!(handshakes(result), Some(0.0), "{result}: {body}");
+    }
     assert_eq!(
         value(
-            "fedpin_outbound_handshakes_total",
-            Some(("result", "blocked"))
+            "fedpin_pin_checks_total",
+            &[
+                ("direction", "outbound"),
+                ("mode", "enforce"),
+                ("result", "mismatch")
+            ]
         ),
         Some(1.0),
         "{body}"
     );
     assert_eq!(
-        value("fedpin_alerts_total", Some(("event", "pin_mismatch"))),
+        value(
+            "fedpin_alerts_total",
+            &[("event", "pin_mismatch"), ("severity", "critical")]
+        ),
         Some(1.0),
         "{body}"
     );
-    assert_eq!(value("fedpin_pin_generation", None), Some(1.0), "{body}");
-    assert_eq!(value("fedpin_pin_peers", None), Some(1.0), "{body}");
+    assert_eq!(value("fedpin_pin_generation", &[]), Some(1.0), "{body}");
+    assert_eq!(value("fedpin_pin_peers", &[]), Some(1.0), "{body}");
     assert!(
         !body.contains("!") && !body.contains('@'),
         "no IDs in labels"
@@ -1431,4 +1467,61 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
     assert_eq!(status, 503);
     assert!(body.contains("interception CA key"), "{body}");
     daemon.stop();
+}
+
+/// Each way an upstream handshake can end is counted under its own result
+/// label: expired pins, a pinned key on an invalid chain, a peer that never
+/// answers the ClientHello.
+#[tokio::test]
+async fn handshake_results_are_counted_by_cause() {
+    let w = world();
+    let private = root("fedpin test private root (not trusted)");
+    let expired_peer = leaf(&w.public, &["expired.fedpin.test"]);
+    let offpath = leaf(&private, &["offpath.fedpin.test"]);
+    let pins = format!(
+        "version = 1\n[policy]\non_expired = \"deny\"\n\n[[peer]]\nserver_name = \"expired.fedpin.test\"\npins = [\"{}\"]\nexpires = \"2020-01-01T00:00:00Z\"\n\n[[peer]]\nserver_name = \"offpath.fedpin.test\"\npins = [\"{}\"]\n\n[[peer]]\nserver_name = \"silent.fedpin.test\"\npins = [\"{}\"]\n",
+        common::pin(&expired_peer.cert),
+        common::pin(&offpath.cert),
+        common::pin(&w.genuine.cert),
+    );
+    let mut settings = test_settings();
+    for n in [
+        "expired.fedpin.test",
+        "offpath.fedpin.test",
+        "silent.fedpin.test",
+    ] {
+        settings
+            .resolve
+            .insert(n.to_string(), "127.0.0.1".parse().unwrap());
+    }
+    settings.handshake_timeout = Duration::from_millis(500);
+    let env = start_proxy(&w.public, &pins, settings).await;
+
+    let expired_up = upstream(&expired_peer, "expired", &[b"http/1.1"]).await;
+    let r = fetch(&env, "expired.fedpin.test", expired_up.port()).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    let offpath_up = upstream(&offpath, "offpath", &[b"http/1.1"]).await;
+    let r = fetch(&env, "offpath.fedpin.test", offpath_up.port()).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    // Accepts TCP, never speaks TLS.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let r = fetch(&env, "silent.fedpin.test", silent_port).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
+
+    let stats = env.proxy.stats();
+    assert_eq!(stats.handshakes.get(HandshakeResult::Expired), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::ChainInvalid), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::Timeout), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 0);
+    assert_eq!(stats.handshakes.get(HandshakeResult::PinMismatch), 0);
+    let checks = env.proxy.verifier().pin_checks();
+    assert_eq!(checks.get(CheckMode::Enforce, CheckResult::Expired), 1);
+    assert_eq!(checks.get(CheckMode::Enforce, CheckResult::Refused), 1);
 }

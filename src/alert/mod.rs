@@ -42,6 +42,9 @@ pub enum AlertEvent {
     PinReloadFailed,
     /// The verifier could not evaluate the peer (malformed certificate, no name…).
     VerifyError,
+    /// A certificate, key or CA file in use became unreadable or invalid; the
+    /// last good material stays in use.
+    CertReloadFailed,
 }
 
 impl AlertEvent {
@@ -55,6 +58,7 @@ impl AlertEvent {
             AlertEvent::SignatureInvalid => "signature_invalid",
             AlertEvent::PinReloadFailed => "pin_reload_failed",
             AlertEvent::VerifyError => "verify_error",
+            AlertEvent::CertReloadFailed => "cert_reload_failed",
         }
     }
 }

@@ -139,26 +139,49 @@ impl Collector for Live {
             &[(&[], c.sink_failures.load(Ordering::Relaxed))],
         )?;
 
+        let mut m = enc.encode_descriptor(
+            "fedpin_handshakes",
+            "TLS handshakes with peers by direction and result",
+            None,
+            MetricType::Counter,
+        )?;
+        let directions = [
+            (
+                "outbound",
+                s.outbound.as_ref().map(|o| &o.stats().handshakes),
+            ),
+            ("inbound", s.inbound.as_ref().map(|i| &i.stats().handshakes)),
+        ];
+        for (direction, counters) in directions {
+            for (result, n) in counters.map(|c| c.snapshot()).unwrap_or_default() {
+                let labels = [("direction", direction), ("result", result)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "fedpin_pin_checks",
+            "Runs of the pin rules by direction, the entry's mode (unpinned: no entry) and result",
+            None,
+            MetricType::Counter,
+        )?;
+        let cores = [
+            ("outbound", s.outbound.as_ref().map(|o| o.verifier())),
+            ("inbound", s.inbound.as_ref().map(|i| i.verifier())),
+        ];
+        for (direction, core) in cores {
+            for (mode, result, n) in core.map(|c| c.pin_checks().snapshot()).unwrap_or_default() {
+                let labels = [("direction", direction), ("mode", mode), ("result", result)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
         if let Some(o) = &s.outbound {
             let st = o.stats();
             counter(
                 &mut enc,
-                "fedpin_outbound_handshakes",
-                "Upstream handshakes by result",
-                &[
-                    (
-                        &[("result", "ok")],
-                        st.handshakes_ok.load(Ordering::Relaxed),
-                    ),
-                    (
-                        &[("result", "blocked")],
-                        st.handshakes_blocked.load(Ordering::Relaxed),
-                    ),
-                    (
-                        &[("result", "upstream_error")],
-                        st.upstream_errors.load(Ordering::Relaxed),
-                    ),
-                ],
+                "fedpin_outbound_upstream_errors",
+                "Upstreams that could not be reached (no handshake took place)",
+                &[(&[], st.upstream_errors.load(Ordering::Relaxed))],
             )?;
             gauge(
                 &mut enc,
@@ -209,12 +232,6 @@ impl Collector for Live {
             for (labels, v) in &rows {
                 ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
             }
-            counter(
-                &mut enc,
-                "fedpin_inbound_handshake_failures",
-                "Inbound TLS handshakes that failed",
-                &[(&[], st.handshake_failures.load(Ordering::Relaxed))],
-            )?;
             let m = enc.encode_descriptor(
                 "fedpin_inbound_upstream_seconds",
                 "Time for the homeserver to answer a forwarded request (response head)",

@@ -40,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::ClientAuth;
+use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pins::PinStore;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{PinnedClientVerifier, VerifierCore};
@@ -117,8 +118,9 @@ pub struct InboundStats {
     pub connections: AtomicUsize,
     /// Requests by status class 2xx..5xx (index 0..=3), others index 4.
     pub by_class: [AtomicU64; 5],
-    /// TLS handshakes that failed (including refused client certificates).
-    pub handshake_failures: AtomicU64,
+    /// TLS handshakes by result (refused client certificates by the pin
+    /// rule that refused them).
+    pub handshakes: HandshakeCounters,
 }
 
 impl Default for InboundStats {
@@ -129,7 +131,7 @@ impl Default for InboundStats {
             ),
             connections: AtomicUsize::new(0),
             by_class: Default::default(),
-            handshake_failures: AtomicU64::new(0),
+            handshakes: HandshakeCounters::default(),
         }
     }
 }
@@ -278,6 +280,11 @@ impl InboundProxy {
         &self.stats
     }
 
+    /// The verifier core applying the pin rules to client certificates.
+    pub fn verifier(&self) -> &Arc<VerifierCore> {
+        &self.core
+    }
+
     /// Swaps in new edge rules (rate-limit state starts afresh).
     pub fn set_rules(&self, rules: EdgeRules) {
         self.rules.store(Arc::new(Compiled::new(rules)));
@@ -385,18 +392,19 @@ impl InboundProxy {
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp))
             .await
         {
-            Ok(Ok(t)) => t,
+            Ok(Ok(t)) => {
+                self.stats.handshakes.add(HandshakeResult::Ok);
+                t
+            }
             Ok(Err(e)) => {
                 self.stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                    .handshakes
+                    .add(HandshakeResult::from_io_error(&e));
                 tracing::info!(target: "fedpin::inbound", client = %client, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                self.stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.handshakes.add(HandshakeResult::Timeout);
                 tracing::info!(target: "fedpin::inbound", client = %client, "TLS handshake timed out");
                 return;
             }

@@ -36,9 +36,10 @@ use tracing::Instrument;
 
 use super::egress::EgressPolicy;
 use crate::alert::Direction;
+use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;
-use crate::verify::PeerContext;
+use crate::verify::{CheckRecord, PeerContext};
 
 /// Outbound listener settings (validated config).
 #[derive(Debug, Clone)]
@@ -89,11 +90,10 @@ pub struct OutboundStats {
     pub upstream_handshake_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Tunnels open now.
     pub active_tunnels: AtomicUsize,
-    /// Upstream handshakes that passed the pin rules.
-    pub handshakes_ok: AtomicU64,
-    /// Upstream handshakes refused by the pin rules.
-    pub handshakes_blocked: AtomicU64,
-    /// Upstream connect or handshake failures not caused by the pin rules.
+    /// Upstream TLS handshakes by result.
+    pub handshakes: HandshakeCounters,
+    /// Upstreams that could not be reached or dialled (no TCP connection,
+    /// no usable TLS name): no handshake took place.
     pub upstream_errors: AtomicU64,
     /// CONNECTs refused by policy (403/407).
     pub refused: AtomicU64,
@@ -108,8 +108,7 @@ impl Default for OutboundStats {
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
             ),
             active_tunnels: AtomicUsize::new(0),
-            handshakes_ok: AtomicU64::new(0),
-            handshakes_blocked: AtomicU64::new(0),
+            handshakes: HandshakeCounters::default(),
             upstream_errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             over_capacity: AtomicU64::new(0),
@@ -172,6 +171,11 @@ impl OutboundProxy {
     /// Counters.
     pub fn stats(&self) -> &OutboundStats {
         &self.stats
+    }
+
+    /// The verifier core applying the pin rules to upstreams.
+    pub fn verifier(&self) -> &Arc<crate::verify::VerifierCore> {
+        self.upstream.core()
     }
 
     /// Accepts clients until `shutdown` turns true.
@@ -441,8 +445,7 @@ impl OutboundProxy {
             tracing::warn!(tls.name = %tls_name, "tunnel refused: the TLS name is in deny_destinations");
             let failure = DialFailure {
                 message: format!("{tls_name} is in deny_destinations"),
-                pin_blocked: false,
-                timeout: false,
+                handshake: None,
                 alert: None,
             };
             self.explain(start, &tls_name, &alpn, StatusCode::FORBIDDEN, failure)
@@ -457,7 +460,7 @@ impl OutboundProxy {
             .observe(dial_started.elapsed().as_secs_f64());
         match upstream {
             Ok((up, negotiated)) => {
-                self.stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+                self.stats.handshakes.add(HandshakeResult::Ok);
                 let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
                 let config = match self.inner_config(&tls_name, inner_alpn) {
                     Ok(c) => c,
@@ -481,18 +484,16 @@ impl OutboundProxy {
                 relay(down, up, self.settings.idle_timeout).await;
             }
             Err(failure) => {
-                let status = if failure.pin_blocked {
-                    self.stats
-                        .handshakes_blocked
-                        .fetch_add(1, Ordering::Relaxed);
-                    StatusCode::BAD_GATEWAY
-                } else {
-                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    if failure.timeout {
-                        StatusCode::GATEWAY_TIMEOUT
-                    } else {
-                        StatusCode::BAD_GATEWAY
+                match failure.handshake {
+                    Some(result) => self.stats.handshakes.add(result),
+                    None => {
+                        self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                let status = if failure.handshake == Some(HandshakeResult::Timeout) {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
                 };
                 tracing::warn!(
                     tls.name = %tls_name,
@@ -547,16 +548,14 @@ impl OutboundProxy {
         let Some((tcp, addr)) = tcp else {
             return Err(DialFailure {
                 message: last,
-                pin_blocked: false,
-                timeout: false,
+                handshake: None,
                 alert: None,
             });
         };
         let _ = tcp.set_nodelay(true);
         let server_name = ServerName::try_from(tls_name.to_string()).map_err(|_| DialFailure {
             message: format!("\"{tls_name}\" is not a valid TLS name"),
-            pin_blocked: false,
-            timeout: false,
+            handshake: None,
             alert: None,
         })?;
         let ctx = PeerContext {
@@ -570,8 +569,7 @@ impl OutboundProxy {
             .connector(ctx, alpn)
             .map_err(|e| DialFailure {
                 message: e.to_string(),
-                pin_blocked: false,
-                timeout: false,
+                handshake: None,
                 alert: None,
             })?;
         let fut = connector.connect(server_name, tcp);
@@ -582,7 +580,13 @@ impl OutboundProxy {
             }
             Ok(Err(e)) => {
                 let record = connector.record();
-                let blocked = record.as_ref().is_some_and(|r| !r.accepted);
+                let result = match record.as_ref() {
+                    Some(r) if r.signature_failed => HandshakeResult::SignatureInvalid,
+                    Some(CheckRecord {
+                        rejected: Some(x), ..
+                    }) => HandshakeResult::from_event(x.event),
+                    _ => HandshakeResult::from_io_error(&e),
+                };
                 let message = match record.as_ref() {
                     Some(r) if r.signature_failed => format!("{tls_name} presented a certificate whose key it does not hold (handshake signature invalid)"),
                     Some(r) => r.rejected.as_ref().map(|x| x.reason.clone()).unwrap_or_else(|| format!("TLS handshake with {addr} failed: {e}")),
@@ -590,15 +594,13 @@ impl OutboundProxy {
                 };
                 Err(DialFailure {
                     message,
-                    pin_blocked: blocked,
-                    timeout: false,
+                    handshake: Some(result),
                     alert: record.and_then(|r| r.alert).map(|a| a.as_str()),
                 })
             }
             Err(_) => Err(DialFailure {
                 message: format!("TLS handshake with {addr} timed out"),
-                pin_blocked: false,
-                timeout: true,
+                handshake: Some(HandshakeResult::Timeout),
                 alert: None,
             }),
         }
@@ -693,8 +695,8 @@ fn reason_phrase(tls_name: &str, failure: &DialFailure) -> Option<hyper::ext::Re
 
 struct DialFailure {
     message: String,
-    pin_blocked: bool,
-    timeout: bool,
+    /// How the TLS handshake ended; `None` when none took place.
+    handshake: Option<HandshakeResult>,
     alert: Option<&'static str>,
 }
 

@@ -23,6 +23,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use time::OffsetDateTime;
 
 use crate::alert::{Action, Alert, AlertEvent, AlertHub, Direction, ServedCert, Severity};
+use crate::metrics::{CheckMode, CheckResult, PinCheckCounters};
 use crate::pins::{ExpiredPolicy, Mode, Peer, Pin, PinSet, Trust, UnpinnedPolicy};
 
 mod spki;
@@ -47,6 +48,7 @@ pub struct VerifierCore {
     anchors: Vec<TrustAnchor<'static>>,
     algs: WebPkiSupportedAlgorithms,
     alerts: AlertHub,
+    checks: PinCheckCounters,
 }
 
 impl fmt::Debug for VerifierCore {
@@ -178,6 +180,7 @@ impl VerifierCore {
             anchors,
             algs: provider.signature_verification_algorithms,
             alerts,
+            checks: PinCheckCounters::default(),
         })
     }
 
@@ -193,6 +196,7 @@ impl VerifierCore {
             anchors: list,
             algs: provider.signature_verification_algorithms,
             alerts,
+            checks: PinCheckCounters::default(),
         })
     }
 
@@ -214,6 +218,11 @@ impl VerifierCore {
     /// The alert hub verdicts are reported to.
     pub fn alerts(&self) -> &AlertHub {
         &self.alerts
+    }
+
+    /// Pin checks run so far, by mode and result.
+    pub fn pin_checks(&self) -> &PinCheckCounters {
+        &self.checks
     }
 
     /// The signature algorithms used for chains and handshakes.
@@ -338,8 +347,39 @@ impl VerifierCore {
     /// `lookup` is the TLS name (SNI) or IP text that selects the pin entry;
     /// `name` is checked against the certificate when given (server
     /// certificates always; client certificates by their own SAN).
+    ///
+    /// Every call is counted in [`VerifierCore::pin_checks`].
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate(
+        &self,
+        pins: &PinSet,
+        lookup: &str,
+        name: Option<&ServerName<'_>>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+        ctx: &PeerContext,
+    ) -> Evaluation {
+        let ev = self.apply_rules(
+            pins,
+            lookup,
+            name,
+            end_entity,
+            intermediates,
+            now,
+            usage,
+            ctx,
+        );
+        let mode = pins
+            .lookup(&ev.host)
+            .map_or(CheckMode::Unpinned, |p| p.mode.into());
+        self.checks.add(mode, CheckResult::of(&ev));
+        ev
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_rules(
         &self,
         pins: &PinSet,
         lookup: &str,
