@@ -69,6 +69,16 @@ fn start(
     upstream: SocketAddr,
     ca: &common::Ca,
 ) -> (Running, std::path::PathBuf) {
+    start_with(dir, upstream, ca, None)
+}
+
+/// [`start`], optionally with `NOTIFY_SOCKET` set as systemd would.
+fn start_with(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    ca: &common::Ca,
+    notify_socket: Option<&std::path::Path>,
+) -> (Running, std::path::PathBuf) {
     let server = leaf(ca, &["hs.fedpin.test"]);
     std::fs::write(
         dir.join("cert.pem"),
@@ -83,7 +93,12 @@ fn start(
         format!("pins = \"pins.toml\"\n[inbound]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\nupstream = \"http://{upstream}\"\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fedpin"));
+    cmd.env_remove("NOTIFY_SOCKET");
+    if let Some(p) = notify_socket {
+        cmd.env("NOTIFY_SOCKET", p);
+    }
+    let mut child = cmd
         .args([
             "--log-format",
             "json",
@@ -210,6 +225,56 @@ async fn sighup_with_a_broken_config_keeps_serving() {
         Ok(200),
         "a broken config keeps the running one"
     );
+}
+
+/// Under systemd (`Type=notify-reload`): READY=1 once the listeners are
+/// bound, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a SIGHUP
+/// reload, STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_readiness_reload_and_stop_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let recv = |what: &str| {
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {what} notification: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ca = root("lifecycle CA");
+    let upstream = slow_homeserver(Duration::ZERO).await;
+    let (mut running, _cfg) = start_with(dir.path(), upstream, &ca, Some(&sock_path));
+
+    let ready = recv("READY");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(
+        ready.contains(&format!("STATUS=serving: inbound {}", running.inbound)),
+        "{ready:?}"
+    );
+    // Ready means serving.
+    assert_eq!(get(running.inbound, &ca.cert).await.map(|r| r.0), Ok(200));
+
+    signal(running.child.id(), "HUP");
+    let reloading = recv("RELOADING");
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1"),
+        "{reloading:?}"
+    );
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    let ready = recv("READY after reload");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+
+    signal(running.child.id(), "TERM");
+    let stopping = recv("STOPPING");
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

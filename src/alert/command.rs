@@ -75,6 +75,8 @@ impl CommandSink {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(&self.command)
+            // The command must not be able to speak for fedpin to systemd.
+            .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

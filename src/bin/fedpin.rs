@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use fedpin::alert::AlertHub;
 use fedpin::config::Config;
 use fedpin::pins::PinSet;
+use sd_notify::NotifyState;
 
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -316,6 +317,16 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         if let Some((_, addr)) = &daemon.inbound {
             println!("fedpin: inbound listening on {addr}");
         }
+        let listening: Vec<String> = [
+            daemon.outbound.as_ref().map(|(_, a)| format!("outbound {a}")),
+            daemon.inbound.as_ref().map(|(_, a)| format!("inbound {a}")),
+            daemon.admin.map(|a| format!("admin {a}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let status = format!("serving: {}", listening.join(", "));
+        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
         let daemon = std::sync::Arc::new(daemon);
         let _config_watch = match fedpin::daemon::watch_config(daemon.clone(), path) {
             Ok(w) => Some(w),
@@ -331,12 +342,18 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
             if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
+                        match NotifyState::monotonic_usec_now() {
+                            Ok(now) => systemd(&[NotifyState::Reloading, now]),
+                            Err(_) => systemd(&[NotifyState::Reloading]),
+                        }
                         fedpin::daemon::reload_config(&d, &p);
+                        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
                     }
                 });
             }
         }
         wait_for_stop().await;
+        systemd(&[NotifyState::Stopping, NotifyState::Status("draining")]);
         tracing::info!(target: "fedpin::daemon", drain_secs = drain.as_secs(), "stopping: no new connections; draining");
         daemon.stop();
         let left = daemon.drain(drain).await;
@@ -347,6 +364,14 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Tells the service manager (systemd `Type=notify` or `notify-reload`) what
+/// the daemon is doing; does nothing when `NOTIFY_SOCKET` is not set.
+fn systemd(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(target: "fedpin::daemon", error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 async fn wait_for_stop() {

@@ -31,7 +31,7 @@
 #
 # Env: E2E_DIR (cache + run dir), E2E_PYTHON (python for the venv),
 #      E2E_PORT_BASE (default 8400: Synapse federation HTTP 61/62, fedpin outbound 71/72,
-#        fedpin inbound = public federation 81/82, Synapse client 91/92),
+#        fedpin inbound = public federation 81/82, Synapse client 91/92, fedpin admin 51/52),
 #      E2E_BUDGET (seconds for the test phase after install, default 600),
 #      E2E_REQUIRE_REASON (default 1: 7b demands fedpin's reason text in Synapse's log; 0 accepts a bare 502).
 #      Logs stay in $E2E_DIR/run.
@@ -54,6 +54,7 @@ FP1_PORT=$((BASE + 71)) FP2_PORT=$((BASE + 72))
 HS1_FED=$((BASE + 81)) HS2_FED=$((BASE + 82))
 HS1_SYN=$((BASE + 61)) HS2_SYN=$((BASE + 62))
 HS1_CS=$((BASE + 91)) HS2_CS=$((BASE + 92))
+FP1_ADMIN=$((BASE + 51)) FP2_ADMIN=$((BASE + 52))
 HS1=hs1.fedpin.test HS2=hs2.fedpin.test
 HS1_NAME=$HS1:$HS1_FED HS2_NAME=$HS2:$HS2_FED
 PASSWORD="e2e-$(date +%s)-pw"
@@ -237,7 +238,7 @@ say "install/build phase: ${INSTALL_SECS}s; test phase budget ${BUDGET}s"
 # ---- fresh run directory, free ports
 rm -rf "$RUN"
 mkdir -p "$RUN"/{pki,hs1,hs2,fp1/ca,fp2/ca,fp1/tls,fp2/tls}
-for p in $FP1_PORT $FP2_PORT $HS1_FED $HS2_FED $HS1_SYN $HS2_SYN $HS1_CS $HS2_CS; do
+for p in $FP1_PORT $FP2_PORT $FP1_ADMIN $FP2_ADMIN $HS1_FED $HS2_FED $HS1_SYN $HS2_SYN $HS1_CS $HS2_CS; do
   port_free "$p" || fail "port 127.0.0.1:$p is in use (set E2E_PORT_BASE to move the test's ports)"
 done
 
@@ -279,7 +280,7 @@ install_atomic() {
 # template, validated with check-config first, then swapped in by rename.
 write_fedpin_config() {
   local n=$1 deny=$2 d=$RUN/fp$1 fed_var=HS$1_FED syn_var=HS$1_SYN
-  fill "$HERE/fedpin.toml.tmpl" "$d/fedpin.toml.new" PROXY_PORT=$((BASE + 70 + n)) PUBLIC_CA="$PKI/ca.pem" \
+  fill "$HERE/fedpin.toml.tmpl" "$d/fedpin.toml.new" PROXY_PORT=$((BASE + 70 + n)) ADMIN_PORT=$((BASE + 50 + n)) PUBLIC_CA="$PKI/ca.pem" \
     FED_PORT="${!fed_var}" SYNAPSE_FED_PORT="${!syn_var}" DENY_ORIGINS="$deny"
   "$FEDPIN" check-config --config "$d/fedpin.toml.new" >"$d/check-config.txt" 2>&1 ||
     fail "fedpin check-config rejected fp$n's config (deny_origins = $deny): $(cat "$d/check-config.txt")"
@@ -392,6 +393,12 @@ enrol() { # fp-n peer-name peer-fed-port expected-pin
   timeout 30 "$PINCTL" --pins "$RUN/fp$n/pins.toml" check >"$RUN/fp$n/pinctl-check.txt" 2>&1 ||
     fail "pinctl check rejects the enrolled pin file: $(cat "$RUN/fp$n/pinctl-check.txt")"
 }
+# Step 4 of the README's deployment guide: /healthz on the admin listener.
+for n in 1 2; do
+  health=$(curl -sS --noproxy '*' --max-time 5 "http://127.0.0.1:$((BASE + 50 + n))/healthz") ||
+    fail "fp$n /healthz did not answer"
+  [[ $health == *'"failures":[]'* ]] || fail "fp$n /healthz reports failures: $health"
+done
 enrol 1 "$HS2_NAME" "$HS2_FED" "$PIN_HS2"
 enrol 2 "$HS1_NAME" "$HS1_FED" "$PIN_HS1"
 wait_for 15 "fp1 to hot-reload its pin file" "$PY" "$HERE/fedpin_log.py" reloaded "$RUN/fp1/fedpin.log" 1
@@ -506,6 +513,16 @@ say "alice sent a message; waiting for fp1's alert and hs1's log"
 ALERT_ARGS=(alert "$RUN/fp1/fedpin.log" pin_mismatch critical "$HS2" "$PIN_IMP" "$PIN_HS2" blocked)
 wait_for 60 "a critical pin_mismatch alert (action blocked) for $HS2 in fp1's log" "$PY" "$HERE/fedpin_log.py" "${ALERT_ARGS[@]}"
 "$PY" "$HERE/fedpin_log.py" "${ALERT_ARGS[@]}" >"$RUN/fp1/alert.json"
+# The same failure on fp1's /metrics (what a Prometheus alert rule would see).
+metric() { # n name label-filter
+  curl -sS --noproxy '*' --max-time 5 "http://127.0.0.1:$((BASE + 50 + $1))/metrics" |
+    { grep -E "^$2\\{" || true; } | { grep -F "$3" || true; } | awk '{s += $2} END {print s + 0}'
+}
+mm=$(metric 1 fedpin_handshakes_total 'direction="outbound",result="pin_mismatch"')
+crit=$(metric 1 fedpin_alerts_total 'event="pin_mismatch",severity="critical"')
+[[ $mm -ge 1 && $crit -ge 1 ]] ||
+  fail "fp1 /metrics does not count the mismatch (handshakes pin_mismatch=$mm, critical pin_mismatch alerts=$crit)"
+record "PASS  7a': fp1 /metrics: fedpin_handshakes_total{direction=\"outbound\",result=\"pin_mismatch\"} = $mm, critical pin_mismatch alerts = $crit"
 record "PASS  7a: fp1 logged a critical pin_mismatch alert (target fedpin::alert, action blocked) for $HS2: served $PIN_IMP, known $PIN_HS2 ($(($(now) - SENT2_T))s after send)"
 # Synapse logs the status line of a failed federation request (never its body):
 #   {PUT-O-6} [hs2.fedpin.test:8482] Got response headers: 502 <reason phrase>
