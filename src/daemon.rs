@@ -49,6 +49,7 @@ pub struct Daemon {
     /// The admin listener's bound address, if configured.
     pub admin: Option<SocketAddr>,
     _cert_watch: Option<crate::watch::FileWatch>,
+    _ca_watch: Option<crate::watch::FileWatch>,
     shutdown: watch::Sender<bool>,
     _watch: Option<WatchHandle>,
 }
@@ -102,6 +103,7 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let provider = crate::tls::provider();
         let mut outbound = None;
+        let mut ca_watch = None;
         if let Some(o) = &config.outbound {
             let extra = match &o.extra_roots {
                 Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
@@ -118,8 +120,24 @@ impl Daemon {
                 let key = crate::tls::load_key(k).map_err(|e| StartError::Tls(e.to_string()))?;
                 upstream = upstream.with_client_auth(chain, key);
             }
-            let minter = LeafMinter::from_files(&o.ca_cert, &o.ca_key, 4096)
-                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let minter = Arc::new(
+                LeafMinter::from_files(&o.ca_cert, &o.ca_key, 4096)
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            );
+            let (m, hub) = (minter.clone(), alerts.clone());
+            let (ca_cert, ca_key) = (o.ca_cert.clone(), o.ca_key.clone());
+            ca_watch = match crate::watch::watch_files(
+                &[o.ca_cert.as_path(), o.ca_key.as_path()],
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+                move || m.recheck_files(&ca_cert, &ca_key, &hub),
+            ) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(target: "fedpin::outbound", error = %e, "cannot watch the interception CA files; they are re-checked only at start");
+                    None
+                }
+            };
             let settings = OutboundSettings {
                 resolve: o.resolve.clone(),
                 egress: EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone()),
@@ -142,11 +160,7 @@ impl Daemon {
                 addr: o.listen,
                 source,
             })?;
-            let proxy = Arc::new(OutboundProxy::new(
-                settings,
-                Arc::new(upstream),
-                Arc::new(minter),
-            ));
+            let proxy = Arc::new(OutboundProxy::new(settings, Arc::new(upstream), minter));
             tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
             tracing::info!(target: "fedpin::daemon", listen = %addr, "outbound proxy listening");
             outbound = Some((proxy, addr));
@@ -156,7 +170,8 @@ impl Daemon {
         if let Some(i) = &config.inbound {
             let certs = Arc::new(
                 crate::tls::certs::CertStore::open(&i.cert, &i.key)
-                    .map_err(|e| StartError::Tls(e.to_string()))?,
+                    .map_err(|e| StartError::Tls(e.to_string()))?
+                    .with_alerts(alerts.clone()),
             );
             let extra = match &i.client_roots {
                 Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
@@ -259,6 +274,7 @@ impl Daemon {
             inbound,
             admin,
             _cert_watch: cert_watch,
+            _ca_watch: ca_watch,
             outbound,
             shutdown,
             _watch: watch_handle,

@@ -175,6 +175,36 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// An alert about fedpin's own material (pin file, certificates, CA), not
+    /// about a peer: no host, no chain; `action = blocked` (the new material
+    /// was refused and the last good one stays in force).
+    pub fn local(
+        event: AlertEvent,
+        direction: Direction,
+        pin_generation: u64,
+        reason: String,
+    ) -> Alert {
+        Alert {
+            event,
+            severity: Severity::Warning,
+            time: Alert::now_string(),
+            direction,
+            server_name: None,
+            host: None,
+            port: None,
+            peer_addr: None,
+            mode: None,
+            action: Action::Blocked,
+            webpki: "not checked".into(),
+            served_chain: Vec::new(),
+            known_pins: Vec::new(),
+            expires: None,
+            pin_generation,
+            reason,
+            repeats: 1,
+        }
+    }
+
     /// Serialises to one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::file::{Diagnostic, PinFileError, PinSet};
-use crate::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
+use crate::alert::{Alert, AlertEvent, AlertHub, Direction};
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,28 +176,15 @@ impl PinStore {
             error = %e,
             "pin file rejected; the previous pin set stays in force"
         );
-        self.alerts.raise(Alert {
-            event: AlertEvent::PinReloadFailed,
-            severity: Severity::Warning,
-            time: Alert::now_string(),
-            direction: Direction::Local,
-            server_name: None,
-            host: None,
-            port: None,
-            peer_addr: None,
-            mode: None,
-            action: Action::Blocked,
-            webpki: "not checked".into(),
-            served_chain: Vec::new(),
-            known_pins: Vec::new(),
-            expires: None,
-            pin_generation: set.generation,
-            reason: format!(
+        self.alerts.raise(Alert::local(
+            AlertEvent::PinReloadFailed,
+            Direction::Local,
+            set.generation,
+            format!(
                 "pin file rejected, generation {} stays in force: {e}",
                 set.generation
             ),
-            repeats: 1,
-        });
+        ));
     }
 
     /// Starts watching the file's directory (and a symlink target's

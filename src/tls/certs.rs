@@ -3,12 +3,14 @@
 //! match the certificate, is refused and the old pair stays in force.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::alert::{Alert, AlertEvent, AlertHub, Direction};
 
 /// Errors loading a certificate pair.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,9 @@ pub struct CertStore {
     fingerprint: ArcSwap<[u8; 32]>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Whether the files are failing now (alert once per failure, not per re-check).
+    failing: AtomicBool,
+    alerts: Option<AlertHub>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -69,7 +74,16 @@ impl CertStore {
             fingerprint: ArcSwap::from_pointee(fp),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            alerts: None,
         })
+    }
+
+    /// Raises a `cert_reload_failed` alert (direction inbound) when the files
+    /// become unreadable or invalid.
+    pub fn with_alerts(mut self, alerts: AlertHub) -> Self {
+        self.alerts = Some(alerts);
+        self
     }
 
     /// The pair in force.
@@ -90,6 +104,9 @@ impl CertStore {
     pub fn reload(&self) -> Result<bool, CertError> {
         match load(&self.cert, &self.key) {
             Ok((ck, fp)) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(target: "fedpin::inbound", cert = %self.cert.display(), "server certificate files are usable again");
+                }
                 if **self.fingerprint.load() == fp {
                     return Ok(false);
                 }
@@ -102,6 +119,16 @@ impl CertStore {
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(target: "fedpin::inbound", error = %e, "new server certificate refused; the previous one stays in force");
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    if let Some(hub) = &self.alerts {
+                        hub.raise(Alert::local(
+                            AlertEvent::CertReloadFailed,
+                            Direction::Inbound,
+                            0,
+                            format!("server certificate files refused, the certificate loaded before stays in use: {e}"),
+                        ));
+                    }
+                }
                 Err(e)
             }
         }

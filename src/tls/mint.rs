@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -15,6 +16,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
+
+use crate::alert::{Alert, AlertEvent, AlertHub, Direction};
 
 /// How long a minted leaf is valid.
 pub const LEAF_VALIDITY: time::Duration = time::Duration::hours(24);
@@ -48,6 +51,10 @@ pub struct LeafMinter {
     ca_der: CertificateDer<'static>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     cache: Mutex<LruCache<String, Cached>>,
+    /// Whether the CA files on disk are failing now (alert once per failure).
+    files_failing: AtomicBool,
+    /// Whether a different CA on disk was already reported.
+    files_differ: AtomicBool,
 }
 
 impl std::fmt::Debug for LeafMinter {
@@ -82,12 +89,47 @@ impl LeafMinter {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_size.max(1)).unwrap_or(NonZeroUsize::MIN),
             )),
+            files_failing: AtomicBool::new(false),
+            files_differ: AtomicBool::new(false),
         })
     }
 
     /// The CA certificate.
     pub fn ca_cert(&self) -> &CertificateDer<'static> {
         &self.ca_der
+    }
+
+    /// Re-checks the CA files at run time (called by the daemon's watcher).
+    /// The CA in memory always stays in use: files that became unreadable or
+    /// invalid raise a `cert_reload_failed` alert (once per failure) and
+    /// change nothing; a different, valid CA on disk is logged, and applies
+    /// at the next start, because Synapse must be given the new certificate
+    /// in `federation_custom_ca_list` at the same time.
+    pub fn recheck_files(&self, cert: &Path, key: &Path, alerts: &AlertHub) {
+        match Self::from_files(cert, key, 1) {
+            Ok(on_disk) => {
+                if self.files_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(target: "fedpin::outbound", ca_cert = %cert.display(), "interception CA files are usable again");
+                }
+                let differs = on_disk.ca_der != self.ca_der;
+                if differs && !self.files_differ.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(target: "fedpin::outbound", ca_cert = %cert.display(), "the interception CA on disk changed; the CA loaded at start stays in use until fedpin restarts");
+                } else if !differs {
+                    self.files_differ.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::error!(target: "fedpin::outbound", error = %e, "interception CA files refused; the CA loaded at start stays in use");
+                if !self.files_failing.swap(true, Ordering::Relaxed) {
+                    alerts.raise(Alert::local(
+                        AlertEvent::CertReloadFailed,
+                        Direction::Outbound,
+                        0,
+                        format!("{e}; the CA loaded at start stays in use"),
+                    ));
+                }
+            }
+        }
     }
 
     /// A leaf for `name` (DNS name or IP literal), from the cache when still fresh.
