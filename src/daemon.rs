@@ -104,6 +104,7 @@ impl Daemon {
         let provider = crate::tls::provider();
         let mut outbound = None;
         let mut ca_watch = None;
+        let mut accept_loops = Vec::new();
         if let Some(o) = &config.outbound {
             let extra = match &o.extra_roots {
                 Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
@@ -161,8 +162,9 @@ impl Daemon {
                 source,
             })?;
             let proxy = Arc::new(OutboundProxy::new(settings, Arc::new(upstream), minter));
-            tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
+            let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
             tracing::info!(target: "fedpin::daemon", listen = %addr, "outbound proxy listening");
+            accept_loops.push(("outbound", addr, task.abort_handle()));
             outbound = Some((proxy, addr));
         }
         let mut inbound = None;
@@ -228,8 +230,9 @@ impl Daemon {
                     None
                 }
             };
-            tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
+            let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
             tracing::info!(target: "fedpin::daemon", listen = %addr, "inbound edge listening");
+            accept_loops.push(("inbound", addr, task.abort_handle()));
             inbound = Some((proxy, addr));
         }
         let mut admin = None;
@@ -249,6 +252,7 @@ impl Daemon {
                 outbound: outbound.as_ref().map(|(p, _)| p.clone()),
                 inbound: inbound.as_ref().map(|(p, _)| p.clone()),
                 files,
+                listeners: accept_loops,
             };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -41,6 +41,8 @@ pub struct AdminSources {
     pub inbound: Option<Arc<InboundProxy>>,
     /// Files that must stay readable (CA, certificates), with what they are.
     pub files: Vec<(&'static str, PathBuf)>,
+    /// Accept loops that must be running: what, where, and the task.
+    pub listeners: Vec<(&'static str, std::net::SocketAddr, tokio::task::AbortHandle)>,
 }
 
 impl std::fmt::Debug for AdminSources {
@@ -265,6 +267,13 @@ pub fn render_metrics(sources: &AdminSources) -> String {
 /// `/healthz`: Ok(summary) or Err(what failed).
 pub fn health(sources: &AdminSources) -> Result<serde_json::Value, serde_json::Value> {
     let mut failures = Vec::new();
+    for (what, addr, task) in &sources.listeners {
+        if task.is_finished() {
+            failures.push(format!(
+                "the {what} listener on {addr} stopped accepting connections"
+            ));
+        }
+    }
     let set = sources.pins.current();
     if set.generation == 0 {
         failures.push("no pin set loaded".to_string());
@@ -387,5 +396,44 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_names_an_accept_loop_that_stopped() {
+        let hub = AlertHub::new();
+        let set = crate::pins::PinSet::parse("version = 1\n").unwrap();
+        let running = tokio::spawn(std::future::pending::<()>());
+        let stopped = tokio::spawn(async {});
+        let addr: std::net::SocketAddr = "127.0.0.1:8449".parse().unwrap();
+        let mut sources = AdminSources {
+            pins: Arc::new(PinStore::fixed(set, hub.clone())),
+            alerts: hub,
+            outbound: None,
+            inbound: None,
+            files: Vec::new(),
+            listeners: vec![("outbound", addr, running.abort_handle())],
+        };
+        assert!(health(&sources).is_ok());
+        while !stopped.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        sources.listeners.push((
+            "inbound",
+            "0.0.0.0:8448".parse().unwrap(),
+            stopped.abort_handle(),
+        ));
+        let failed = health(&sources).unwrap_err();
+        let text = failed["failures"].to_string();
+        assert!(
+            text.contains("the inbound listener on 0.0.0.0:8448 stopped accepting connections"),
+            "{text}"
+        );
+        assert!(!text.contains("outbound"), "{text}");
+        running.abort();
     }
 }
