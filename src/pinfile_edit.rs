@@ -257,6 +257,27 @@ fn fault_point(step: &str) {
     }
 }
 
+/// Test-only error injection: `FEDPIN_FAULT=<step>:enospc` (or `:erofs`)
+/// makes that step fail with "no space left on device" (or "read-only file
+/// system"), for machines where a test cannot mount a full or read-only
+/// file system.
+fn injected_error(step: &str) -> std::io::Result<()> {
+    let Ok(v) = std::env::var("FEDPIN_FAULT") else {
+        return Ok(());
+    };
+    let Some((at, what)) = v.split_once(':') else {
+        return Ok(());
+    };
+    if at != step {
+        return Ok(());
+    }
+    match what {
+        "enospc" => Err(std::io::Error::from_raw_os_error(28)),
+        "erofs" => Err(std::io::Error::from_raw_os_error(30)),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: temp file in the same directory,
 /// fsync, rename over the target, fsync the directory. Keeps the old file's
 /// permissions.
@@ -265,13 +286,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EditError> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pins-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(io(&dir, "cannot create a temporary file"))?;
+    let mut tmp = injected_error("create")
+        .and_then(|()| {
+            tempfile::Builder::new()
+                .prefix(".pins-")
+                .suffix(".tmp")
+                .tempfile_in(&dir)
+        })
+        .map_err(io(path, "cannot create a temporary file next to it"))?;
     fault_point("after-create");
-    tmp.write_all(bytes)
+    injected_error("write")
+        .and_then(|()| tmp.write_all(bytes))
         .map_err(io(tmp.path(), "cannot write"))?;
     fault_point("after-write");
     if let Ok(meta) = std::fs::metadata(path) {

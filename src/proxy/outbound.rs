@@ -421,6 +421,10 @@ impl OutboundProxy {
             .await
         {
             Ok(Ok(s)) => s,
+            Ok(Err(e)) if is_disconnect(&e) => {
+                tracing::debug!(error = %e, "the client left the tunnel before its ClientHello");
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the client did not start TLS inside the tunnel");
                 return;
@@ -471,6 +475,10 @@ impl OutboundProxy {
                 };
                 let down = match tokio::time::timeout(hs, start.into_stream(config)).await {
                     Ok(Ok(s)) => s,
+                    Ok(Err(e)) if is_disconnect(&e) => {
+                        tracing::debug!(error = %e, "the homeserver left during the inner handshake");
+                        return;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
                         return;
@@ -670,6 +678,18 @@ impl OutboundProxy {
             let _ = tokio::time::timeout(limit, conn).await;
         }
     }
+}
+
+/// Whether an I/O error is the other side going away (reset, EOF) rather
+/// than a TLS failure worth a warning.
+fn is_disconnect(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 /// "fedpin refused NAME: REASON (alert: EVENT)" as an HTTP/1 reason phrase:
