@@ -115,3 +115,341 @@ pub fn der_chain(data: &[u8]) {
         "accepted a chain with no trust anchor"
     );
 }
+
+/// The request line of an HTTP/1 head (`METHOD SP target SP HTTP/1.x`, ending
+/// in LF or CRLF), as hyper's parser splits it; `None` when it is not one.
+fn request_line(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = data.iter().position(|&b| b == b'\n')?;
+    let line = &data[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if parts.next().is_some()
+        || method.is_empty()
+        || !method.iter().all(|&b| token(b))
+        || target.is_empty()
+        || !matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
+    {
+        return None;
+    }
+    Some((method, target))
+}
+
+/// CONNECT request heads: a destination that is accepted has a non-zero port
+/// and a non-empty host in normal form (no ASCII uppercase, no trailing dot,
+/// no brackets, IP literals in canonical text), agrees with the request's
+/// authority, and is a fixed point (`host:port`, IPv6 re-bracketed, gives
+/// the same destination). Refusals carry a message, and a target without an
+/// authority is always refused as such.
+pub fn connect_head(data: &[u8]) {
+    use crate::proxy::connect_target::{connect_target, ConnectTargetError};
+
+    let Some((method, target)) = request_line(data) else {
+        return;
+    };
+    let Ok(uri) = hyper::Uri::try_from(target) else {
+        return;
+    };
+    if method != b"CONNECT" {
+        return;
+    }
+    match connect_target(&uri) {
+        Ok(t) => {
+            let auth = uri.authority().expect("accepted without an authority");
+            assert_eq!(
+                Some(t.port),
+                auth.port_u16(),
+                "port differs from the authority"
+            );
+            assert_ne!(t.port, 0, "port 0 accepted");
+            assert!(!t.host.is_empty(), "empty host accepted");
+            assert!(
+                !t.host.bytes().any(|b| b.is_ascii_uppercase()),
+                "host {:?} is not lowercase",
+                t.host
+            );
+            assert!(!t.host.ends_with('.'), "host {:?} ends with a dot", t.host);
+            assert!(
+                !t.host.contains(['[', ']']),
+                "host {:?} keeps brackets",
+                t.host
+            );
+            let lookup = crate::pins::normalize_lookup(auth.host());
+            match t.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    assert_eq!(t.host, ip.to_string(), "IP literal is not canonical");
+                    assert_eq!(
+                        lookup.parse::<std::net::IpAddr>().ok(),
+                        Some(ip),
+                        "IP differs from the authority's"
+                    );
+                }
+                Err(_) => assert_eq!(t.host, lookup, "host differs from normalize_lookup"),
+            }
+            let again = if t.host.contains(':') {
+                format!("[{}]:{}", t.host, t.port)
+            } else {
+                format!("{}:{}", t.host, t.port)
+            };
+            let uri = hyper::Uri::try_from(again.as_str()).expect("normal form must parse");
+            assert_eq!(
+                connect_target(&uri).as_ref(),
+                Ok(&t),
+                "normalisation is not idempotent"
+            );
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "refusal without a message");
+            assert_eq!(
+                uri.authority().is_none(),
+                e == ConnectTargetError::NoAuthority,
+                "NoAuthority iff the target has no authority"
+            );
+        }
+    }
+}
+
+/// Writes `v` as an X-Matrix quoted string (backslash before `"` and `\`).
+fn xmatrix_quote(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// X-Matrix `Authorization` values: an accepted header has the X-Matrix
+/// scheme (case-insensitive), a non-empty lowercase origin that is a Matrix
+/// server name, and re-rendering its parameters (quoted, escaped) parses
+/// back to the same origin, destination and key. Refusals carry a message.
+pub fn xmatrix(data: &[u8]) {
+    use crate::proxy::xmatrix::parse;
+
+    match parse(data) {
+        Ok(x) => {
+            let text = std::str::from_utf8(data).expect("accepted a non-UTF-8 header");
+            assert!(
+                text.trim()
+                    .get(..9)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("X-Matrix ")),
+                "accepted a scheme other than X-Matrix"
+            );
+            assert!(!x.origin.is_empty(), "empty origin accepted");
+            assert!(
+                !x.origin.bytes().any(|b| b.is_ascii_uppercase()),
+                "origin {:?} is not lowercase",
+                x.origin
+            );
+            assert!(
+                x.origin.parse::<crate::discovery::ServerName>().is_ok(),
+                "origin {:?} is not a Matrix server name",
+                x.origin
+            );
+            let mut again = format!("X-Matrix origin={}", xmatrix_quote(&x.origin));
+            if let Some(d) = &x.destination {
+                again.push_str(&format!(",destination={}", xmatrix_quote(d)));
+            }
+            if let Some(k) = &x.key {
+                again.push_str(&format!(",key={}", xmatrix_quote(k)));
+            }
+            again.push_str(",sig=\"x\"");
+            assert_eq!(
+                parse(again.as_bytes()).as_ref(),
+                Ok(&x),
+                "re-rendered header {again:?} does not parse back"
+            );
+        }
+        Err(e) => assert!(!e.to_string().is_empty(), "refusal without a message"),
+    }
+}
+
+/// `/.well-known/matrix/server` bodies: accepted exactly when the body is a
+/// JSON object whose `m.server` is a string that parses as a server name,
+/// and then to that name; the name's canonical text parses back to it.
+/// Refusals carry a message.
+pub fn well_known(data: &[u8]) {
+    use crate::discovery::{Host, ServerName};
+
+    let expected: Option<ServerName> = serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.as_object()?.get("m.server")?.as_str()?.parse().ok());
+    match crate::discovery::parse_well_known(data) {
+        Ok(name) => {
+            assert_eq!(Some(&name), expected.as_ref(), "differs from m.server");
+            let text = name.to_string();
+            let again: ServerName = text.parse().expect("canonical form must parse");
+            assert_eq!(again, name, "canonical form does not round-trip");
+            assert_eq!(again.to_string(), text, "canonical form is not stable");
+            assert_ne!(name.port, Some(0), "port 0 accepted");
+            if let Host::Dns(h) = &name.host {
+                assert!(!h.is_empty() && !h.ends_with('.'), "host {h:?} not normal");
+                assert!(
+                    !h.bytes().any(|b| b.is_ascii_uppercase()),
+                    "{h:?} not lowercase"
+                );
+            }
+        }
+        Err(e) => {
+            assert!(expected.is_none(), "refused a usable m.server");
+            assert!(!e.to_string().is_empty(), "refusal without a message");
+        }
+    }
+}
+
+/// Splits fuzz input into SRV answers: each is priority, weight and port
+/// (2 bytes big-endian each), a length byte (mod 32) and that many target
+/// bytes (lossy UTF-8); at most 32 records.
+fn split_srv(mut data: &[u8]) -> Vec<crate::discovery::SrvTarget> {
+    let mut out = Vec::new();
+    while data.len() >= 7 && out.len() < 32 {
+        let u16_at = |i: usize| u16::from_be_bytes([data[i], data[i + 1]]);
+        let (priority, weight, port) = (u16_at(0), u16_at(2), u16_at(4));
+        let n = usize::from(data[6] % 32).min(data.len() - 7);
+        let target = String::from_utf8_lossy(&data[7..7 + n]).into_owned();
+        data = &data[7 + n..];
+        out.push(crate::discovery::SrvTarget {
+            priority,
+            weight,
+            port,
+            target,
+        });
+    }
+    out
+}
+
+/// SRV answer choice: the pick is one of the answers, usable (port not 0,
+/// target not empty or `.`), with no usable answer of lower priority or of
+/// equal priority and higher weight, and the first listed among equals;
+/// there is no pick exactly when no answer is usable, and unusable answers
+/// never change the pick.
+pub fn srv(data: &[u8]) {
+    use crate::discovery::{pick_srv, SrvTarget};
+
+    let records = split_srv(data);
+    let usable = |r: &SrvTarget| r.port != 0 && !r.target.trim_end_matches('.').is_empty();
+    let pick = pick_srv(&records);
+    let Some(p) = pick else {
+        assert!(!records.iter().any(usable), "no pick among usable answers");
+        return;
+    };
+    let at = records
+        .iter()
+        .position(|r| std::ptr::eq(r, p))
+        .expect("the pick is not one of the answers");
+    assert!(usable(p), "picked an unusable answer {p:?}");
+    for (i, r) in records.iter().enumerate().filter(|(_, r)| usable(r)) {
+        assert!(
+            r.priority >= p.priority,
+            "{r:?} has a lower priority than {p:?}"
+        );
+        if r.priority == p.priority {
+            assert!(r.weight <= p.weight, "{r:?} has a higher weight than {p:?}");
+            if r.weight == p.weight {
+                assert!(i >= at, "{r:?} is listed before the equal pick {p:?}");
+            }
+        }
+    }
+    let only_usable: Vec<SrvTarget> = records.iter().filter(|r| usable(r)).cloned().collect();
+    assert_eq!(
+        pick_srv(&only_usable),
+        Some(p),
+        "unusable answers changed the pick"
+    );
+}
+
+/// The placeholders `template` writes.
+const TEMPLATE_PLACEHOLDERS: [&str; 6] = [
+    "{roomId}",
+    "{eventId}",
+    "{userId}",
+    "{roomAlias}",
+    "{param}",
+    "{…}",
+];
+
+/// The identifier placeholder a path segment must become, if any.
+fn identifier_placeholder(seg: &str) -> Option<&'static str> {
+    let lower = seg.get(..3).map(str::to_ascii_lowercase);
+    match (seg.chars().next(), lower.as_deref()) {
+        (Some('!'), _) | (_, Some("%21")) => Some("{roomId}"),
+        (Some('$'), _) | (_, Some("%24")) => Some("{eventId}"),
+        (Some('@'), _) | (_, Some("%40")) => Some("{userId}"),
+        (Some('#'), _) | (_, Some("%23")) => Some("{roomAlias}"),
+        _ => None,
+    }
+}
+
+/// Access-log path templates: the output never carries an identifier sigil
+/// (`!`, `$`, `@`, `#`), a query, or any percent-escape; each output segment
+/// is empty (where the input's was), a placeholder, or the input's segment
+/// copied verbatim as a plain word; identifiers in the first 25 segments
+/// become their placeholder; the output length is bounded (25 segments,
+/// then `{…}`); and templating a template only turns identifier
+/// placeholders into `{param}` (placeholders are not API words, so plain
+/// idempotence does not hold by design).
+pub fn access_log(data: &[u8]) {
+    use crate::proxy::access_log::template;
+
+    // Longest literal kept ("exchange_third_party_invite" is 27) or placeholder.
+    const MAX_WORD: usize = 32;
+    let path = String::from_utf8_lossy(data);
+    let out = template(&path);
+    assert!(
+        !out.contains(['!', '$', '@', '#', '?', '%']),
+        "template {out:?} keeps an identifier, query or escape"
+    );
+    let input: Vec<&str> = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .collect();
+    let segs: Vec<&str> = out.split('/').collect();
+    assert!(
+        segs.len() <= input.len(),
+        "template {out:?} has extra segments"
+    );
+    for (i, seg) in segs.iter().enumerate() {
+        if seg.is_empty() {
+            assert!(input[i].is_empty(), "segment {i} of {out:?} was dropped");
+        } else if *seg == "{…}" {
+            assert!(i > 24 && i + 1 == segs.len(), "{out:?}: early truncation");
+        } else if !TEMPLATE_PLACEHOLDERS.contains(seg) {
+            assert_eq!(*seg, input[i], "segment {i} of {out:?} is not the input's");
+            assert!(
+                seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "kept segment {seg:?} is not a plain word"
+            );
+        }
+        if i <= 24 {
+            if let Some(p) = identifier_placeholder(input[i]) {
+                assert_eq!(*seg, p, "segment {i} of {out:?} is not {p}");
+            }
+        }
+    }
+    // At most 25 segments and the `/{…}` marker, whatever the input.
+    assert!(
+        out.len() <= 25 * (MAX_WORD + 1) + "/{…}".len(),
+        "template of {} bytes is {} bytes long",
+        path.len(),
+        out.len()
+    );
+    let erased: Vec<&str> = segs
+        .iter()
+        .map(|s| match *s {
+            "{roomId}" | "{eventId}" | "{userId}" | "{roomAlias}" => "{param}",
+            s => s,
+        })
+        .collect();
+    assert_eq!(
+        template(&out),
+        erased.join("/"),
+        "templating {out:?} again changed it"
+    );
+}

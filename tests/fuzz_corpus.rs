@@ -55,3 +55,28 @@ fn corpus_server_name() {
 fn corpus_der_chain() {
     replay("der_chain", fedpin::fuzzing::der_chain);
 }
+
+#[test]
+fn corpus_connect_head() {
+    replay("connect_head", fedpin::fuzzing::connect_head);
+}
+
+#[test]
+fn corpus_xmatrix() {
+    replay("xmatrix", fedpin::fuzzing::xmatrix);
+}
+
+#[test]
+fn corpus_well_known() {
+    replay("well_known", fedpin::fuzzing::well_known);
+}
+
+#[test]
+fn corpus_srv() {
+    replay("srv", fedpin::fuzzing::srv);
+}
+
+#[test]
+fn corpus_access_log() {
+    replay("access_log", fedpin::fuzzing::access_log);
+}

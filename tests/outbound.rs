@@ -696,6 +696,13 @@ async fn connect_refusals_and_malformed_requests() {
     eprintln!("CONNECT without port: {}", r.body.trim());
     let (r, _) = connect(env.addr, &format!("{HOST}:0"), "").await;
     assert_eq!(r.status, 400, "{r:?}");
+    // Hosts that would slip past deny_destinations or that a resolver reads
+    // as an address: refused before any lookup.
+    for bad in ["blocked.fedpin.test..", "127.1", "2130706433", "x[::1]"] {
+        let (r, _) = connect(env.addr, &format!("{bad}:{}", up.port()), "").await;
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+        assert!(r.body.contains("invalid host"), "{bad}: {}", r.body);
+    }
     assert_serves(&env, &up).await;
 
     // Garbage request line: 400 or a clean close, and the proxy keeps serving.

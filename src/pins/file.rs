@@ -610,6 +610,11 @@ pub fn normalize_tls_name(name: &str) -> Result<String, String> {
     if n.is_empty() {
         return Err("host name is empty".into());
     }
+    if n.ends_with('.') {
+        // "a.example.." would keep a dot after normalising and never match
+        // the TLS name, leaving the peer silently unpinned.
+        return Err(format!("host \"{name}\" ends with more than one dot"));
+    }
     if let Ok(ip) = n.parse::<IpAddr>() {
         // Canonical text, as the verifier looks IP peers up (e.g. "::1", not "0:0:0:0:0:0:0:1").
         return Ok(ip.to_string());
@@ -652,6 +657,11 @@ pub fn split_server_name(server_name: &str) -> Result<String, String> {
         (v6.to_string(), port)
     } else {
         match server_name.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(format!(
+                    "server name \"{server_name}\": an IPv6 literal must be in brackets, e.g. \"[2001:db8::1]:8448\""
+                ))
+            }
             Some((h, p)) => (h.to_string(), Some(p)),
             None => (server_name.to_string(), None),
         }
@@ -806,5 +816,9 @@ trust = "pin-only"
         assert!(split_server_name("a b").is_err());
         assert!(split_server_name("[::1").is_err());
         assert!(split_server_name("").is_err());
+        assert!(split_server_name("2001:db8::1:8448").is_err());
+        assert!(split_server_name("a.example..").is_err());
+        assert!(normalize_tls_name("a.example..").is_err());
+        assert_eq!(normalize_tls_name("A.Example.").unwrap(), "a.example");
     }
 }

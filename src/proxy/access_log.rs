@@ -59,12 +59,14 @@ pub fn template(path: &str) -> String {
         if i > 0 {
             out.push('/');
         }
-        if seg.is_empty() {
-            continue;
-        }
+        // Counted before empty segments are skipped: a run of slashes must
+        // not make the line unbounded.
         if i > 24 {
             out.push_str("{…}");
             break;
+        }
+        if seg.is_empty() {
+            continue;
         }
         let decoded_first = if let Some(rest) = seg.strip_prefix('%') {
             match rest.get(..2).map(|h| h.to_ascii_uppercase()) {

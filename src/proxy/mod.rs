@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod connect_target;
 pub mod egress;
 pub mod inbound;
 pub mod io;

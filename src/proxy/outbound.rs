@@ -291,26 +291,9 @@ impl OutboundProxy {
             );
             return Err(r);
         }
-        let Some(auth) = req.uri().authority() else {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                "fedpin: CONNECT needs host:port\n",
-            ));
-        };
-        let Some(port) = auth.port_u16().filter(|p| *p > 0) else {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                format!("fedpin: CONNECT {auth}: missing or invalid port\n"),
-            ));
-        };
-        let raw_host = auth.host();
-        let host = crate::pins::normalize_lookup(raw_host).into_owned();
-        if host.is_empty() {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                "fedpin: CONNECT with an empty host\n",
-            ));
-        }
+        let super::connect_target::ConnectTarget { host, port } =
+            super::connect_target::connect_target(req.uri())
+                .map_err(|e| text(StatusCode::BAD_REQUEST, format!("fedpin: {e}\n")))?;
         if let Some(ports) = &self.settings.allowed_ports {
             if !ports.contains(&port) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -116,7 +116,11 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
         }
     }
     let origin = origin.ok_or(XMatrixError::NoOrigin)?;
-    crate::pins::split_server_name(&origin).map_err(|_| XMatrixError::BadOrigin)?;
+    // The Matrix server-name grammar, strictly: the origin keys rate limits
+    // and edge rules, so one server must have one spelling.
+    origin
+        .parse::<crate::discovery::ServerName>()
+        .map_err(|_| XMatrixError::BadOrigin)?;
     Ok(XMatrix {
         origin: origin.to_ascii_lowercase(),
         destination,
