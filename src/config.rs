@@ -57,7 +57,7 @@ struct RawOutbound {
     #[serde(default)]
     deny_ips: Vec<Spanned<String>>,
     #[serde(default)]
-    deny_destinations: Vec<String>,
+    deny_destinations: Vec<Spanned<String>>,
     allowed_ports: Option<Vec<u16>>,
     proxy_auth: Option<Spanned<String>>,
     max_tunnels: Option<usize>,
@@ -350,15 +350,31 @@ impl Config {
                 .map(|r| cx.file(r, "outbound.extra_roots"));
             let mut resolve = BTreeMap::new();
             for (name, ip) in &o.resolve {
+                // Keys compare against the normalised CONNECT host, so they
+                // are normalised the same way ("HS.example." = "hs.example").
+                let key = match crate::pins::normalize_tls_name(name) {
+                    Ok(k) => k,
+                    Err(m) => {
+                        cx.err(ip.span(), &format!("outbound.resolve.{name}"), m);
+                        continue;
+                    }
+                };
                 match ip.get_ref().parse::<IpAddr>() {
                     Ok(a) => {
-                        resolve.insert(name.to_ascii_lowercase(), a);
+                        resolve.insert(key, a);
                     }
                     Err(_) => cx.err(
                         ip.span(),
                         &format!("outbound.resolve.{name}"),
                         format!("\"{}\" is not an IP address", ip.get_ref()),
                     ),
+                }
+            }
+            let mut deny_destinations = Vec::new();
+            for (i, d) in o.deny_destinations.iter().enumerate() {
+                match crate::pins::normalize_tls_name(d.get_ref()) {
+                    Ok(n) => deny_destinations.push(n),
+                    Err(m) => cx.err(d.span(), &format!("outbound.deny_destinations[{i}]"), m),
                 }
             }
             let allow_ips = cx.nets(&o.allow_ips, "outbound.allow_ips");
@@ -413,11 +429,7 @@ impl Config {
                 resolve,
                 allow_ips,
                 deny_ips,
-                deny_destinations: o
-                    .deny_destinations
-                    .iter()
-                    .map(|d| d.to_ascii_lowercase())
-                    .collect(),
+                deny_destinations,
                 allowed_ports: o.allowed_ports.clone(),
                 proxy_auth: o.proxy_auth.as_ref().map(|p| p.get_ref().clone()),
                 max_tunnels: o.max_tunnels.unwrap_or(1024),
@@ -588,6 +600,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destination_names_are_normalised_like_connect_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::tls::ca::init_ca(&dir.path().join("ca")).unwrap();
+        let base = "pins = \"p.toml\"\n[outbound]\nca_cert = \"ca/fedpin-ca.pem\"\nca_key = \"ca/fedpin-ca.key\"\n";
+        let c = Config::parse(
+            &format!("{base}deny_destinations = [\"Abuse.Example.\", \"[0:0::1]\"]\nresolve = {{ \"HS.Example.\" = \"127.0.0.1\" }}\n"),
+            dir.path(),
+        )
+        .unwrap();
+        let o = c.outbound.unwrap();
+        assert_eq!(o.deny_destinations, vec!["abuse.example", "::1"]);
+        assert!(o.resolve.contains_key("hs.example"), "{:?}", o.resolve);
+        let e = Config::parse(
+            &format!("{base}deny_destinations = [\"ok.example\", \"a..example\"]\n"),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors[0].key, "outbound.deny_destinations[1]");
+        assert_eq!(e.errors[0].line, 5);
+    }
 
     #[test]
     fn minimal_and_errors_are_located() {

@@ -246,9 +246,15 @@ pub fn xmatrix(data: &[u8]) {
                 "origin {:?} is not lowercase",
                 x.origin
             );
-            assert!(
-                x.origin.parse::<crate::discovery::ServerName>().is_ok(),
-                "origin {:?} is not a Matrix server name",
+            let canonical = x
+                .origin
+                .parse::<crate::discovery::ServerName>()
+                .map(|n| n.to_string())
+                .ok();
+            assert_eq!(
+                canonical.as_deref(),
+                Some(x.origin.as_str()),
+                "origin {:?} is not a server name in canonical form",
                 x.origin
             );
             let mut again = format!("X-Matrix origin={}", xmatrix_quote(&x.origin));

@@ -326,7 +326,11 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         .flatten()
         .collect();
         let status = format!("serving: {}", listening.join(", "));
-        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        // Signal handlers before READY=1: systemd may send a queued reload
+        // (SIGHUP) or stop (SIGTERM) the moment it hears we are ready.
+        let stop = StopSignal::register();
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let daemon = std::sync::Arc::new(daemon);
         let _config_watch = match fedpin::daemon::watch_config(daemon.clone(), path) {
             Ok(w) => Some(w),
@@ -339,7 +343,8 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         {
             let d = daemon.clone();
             let p = path.to_path_buf();
-            if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            if let Ok(mut hup) = hup {
+                let status = status.clone();
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
                         match NotifyState::monotonic_usec_now() {
@@ -352,7 +357,8 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
                 });
             }
         }
-        wait_for_stop().await;
+        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        stop.wait().await;
         systemd(&[NotifyState::Stopping, NotifyState::Status("draining")]);
         tracing::info!(target: "fedpin::daemon", drain_secs = drain.as_secs(), "stopping: no new connections; draining");
         daemon.stop();
@@ -374,24 +380,30 @@ fn systemd(states: &[NotifyState<'_>]) {
     }
 }
 
-async fn wait_for_stop() {
+/// SIGTERM or Ctrl-C, registered up front so a signal sent right after
+/// start is not lost (or, for SIGTERM, fatal without a drain).
+struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    fn register() -> Self {
+        StopSignal {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some(mut term) = self.term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

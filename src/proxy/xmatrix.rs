@@ -116,13 +116,15 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
         }
     }
     let origin = origin.ok_or(XMatrixError::NoOrigin)?;
-    // The Matrix server-name grammar, strictly: the origin keys rate limits
-    // and edge rules, so one server must have one spelling.
-    origin
+    // The Matrix server-name grammar, strictly, and its canonical text: the
+    // origin keys rate limits and edge rules, so one server has one spelling
+    // ("HS.example." and "hs.example", "[0::1]" and "[::1]" are the same).
+    let origin = origin
         .parse::<crate::discovery::ServerName>()
-        .map_err(|_| XMatrixError::BadOrigin)?;
+        .map_err(|_| XMatrixError::BadOrigin)?
+        .to_string();
     Ok(XMatrix {
-        origin: origin.to_ascii_lowercase(),
+        origin,
         destination,
         key,
     })
@@ -142,6 +144,10 @@ mod tests {
         // Unquoted values and odd spacing (older Synapse).
         let x = parse(b"X-Matrix origin=Hs1.Example:8448,key=\"ed25519:a\", sig=\"x\"").unwrap();
         assert_eq!(x.origin, "hs1.example:8448");
+        let x = parse(b"X-Matrix origin=\"HS1.Example.:8448\",sig=\"x\"").unwrap();
+        assert_eq!(x.origin, "hs1.example:8448");
+        let x = parse(b"X-Matrix origin=\"[0:0::1]:8448\",sig=\"x\"").unwrap();
+        assert_eq!(x.origin, "[::1]:8448");
     }
 
     #[test]
