@@ -13,14 +13,23 @@ export RUSTC_BOOTSTRAP=1
 SECS=${FUZZ_SECS:-15}
 CARGO_FUZZ_VERSION=0.13.2
 
+# libfuzzer-sys compiles libFuzzer's C++ sources.
+if ! command -v c++ >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+  echo "fuzz: installing g++ (libFuzzer is C++)"
+  timeout 300 apt-get update -qq >/dev/null || true
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq g++ >/dev/null
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION"
-  cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+  timeout 900 cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
 fi
 
-# --dev: unoptimised, with debug assertions and overflow checks; it builds in
-# a fraction of the -O time, which is what a smoke run wants.
-echo "fuzz: building every target (cargo fuzz build --dev)"
+# The dev profile (debug assertions, overflow checks) at opt-level 1: builds
+# in about half the -O time and runs ~50x faster than opt-level 0 (measured:
+# config_file 7.6k vs 134 execs/s), so 15 s is real fuzzing, not only a
+# replay of the corpus.
+export CARGO_PROFILE_DEV_OPT_LEVEL=1
+echo "fuzz: building every target (cargo fuzz build --dev, opt-level 1)"
 cargo fuzz build --dev
 
 scratch=$(mktemp -d)
@@ -32,7 +41,7 @@ for t in $(cargo fuzz list); do
   [[ -d regressions/$t ]] && seeds+=(regressions/"$t")
   log=$scratch/$t.log
   if ! cargo fuzz run --dev "$t" "$scratch/$t" "${seeds[@]}" -- \
-    -max_total_time="$SECS" -print_final_stats=1 >"$log" 2>&1; then
+    -max_total_time="$SECS" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz: $t FAILED (input saved under fuzz/artifacts/$t/)"
     exit 1

@@ -1501,7 +1501,7 @@ async fn handshake_results_are_counted_by_cause() {
             .resolve
             .insert(n.to_string(), "127.0.0.1".parse().unwrap());
     }
-    settings.handshake_timeout = Duration::from_millis(500);
+    settings.handshake_timeout = Duration::from_secs(2);
     let env = start_proxy(&w.public, &pins, settings).await;
 
     let expired_up = upstream(&expired_peer, "expired", &[b"http/1.1"]).await;
