@@ -1478,24 +1478,27 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
 
 /// Each way an upstream handshake can end is counted under its own result
 /// label: expired pins, a pinned key on an invalid chain, a peer that never
-/// answers the ClientHello.
+/// answers the ClientHello, a pinned certificate replayed without its key.
 #[tokio::test]
 async fn handshake_results_are_counted_by_cause() {
     let w = world();
     let private = root("fedpin test private root (not trusted)");
     let expired_peer = leaf(&w.public, &["expired.fedpin.test"]);
     let offpath = leaf(&private, &["offpath.fedpin.test"]);
+    let replayed = leaf(&w.public, &["replay.fedpin.test"]);
     let pins = format!(
-        "version = 1\n[policy]\non_expired = \"deny\"\n\n[[peer]]\nserver_name = \"expired.fedpin.test\"\npins = [\"{}\"]\nexpires = \"2020-01-01T00:00:00Z\"\n\n[[peer]]\nserver_name = \"offpath.fedpin.test\"\npins = [\"{}\"]\n\n[[peer]]\nserver_name = \"silent.fedpin.test\"\npins = [\"{}\"]\n",
+        "version = 1\n[policy]\non_expired = \"deny\"\n\n[[peer]]\nserver_name = \"expired.fedpin.test\"\npins = [\"{}\"]\nexpires = \"2020-01-01T00:00:00Z\"\n\n[[peer]]\nserver_name = \"offpath.fedpin.test\"\npins = [\"{}\"]\n\n[[peer]]\nserver_name = \"silent.fedpin.test\"\npins = [\"{}\"]\n\n[[peer]]\nserver_name = \"replay.fedpin.test\"\npins = [\"{}\"]\n",
         common::pin(&expired_peer.cert),
         common::pin(&offpath.cert),
         common::pin(&w.genuine.cert),
+        common::pin(&replayed.cert),
     );
     let mut settings = test_settings();
     for n in [
         "expired.fedpin.test",
         "offpath.fedpin.test",
         "silent.fedpin.test",
+        "replay.fedpin.test",
     ] {
         settings
             .resolve
@@ -1521,11 +1524,17 @@ async fn handshake_results_are_counted_by_cause() {
     });
     let r = fetch(&env, "silent.fedpin.test", silent_port).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
+    // The pinned certificate replayed with another key.
+    let other_key = leaf(&w.public, &["replay.fedpin.test"]).key_der();
+    let replay = common::serve(vec![replayed.cert.clone()], other_key).await;
+    let r = fetch(&env, "replay.fedpin.test", replay.port()).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
 
     let stats = env.proxy.stats();
     assert_eq!(stats.handshakes.get(HandshakeResult::Expired), 1);
     assert_eq!(stats.handshakes.get(HandshakeResult::ChainInvalid), 1);
     assert_eq!(stats.handshakes.get(HandshakeResult::Timeout), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::SignatureInvalid), 1);
     assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 0);
     assert_eq!(stats.handshakes.get(HandshakeResult::PinMismatch), 0);
     let checks = env.proxy.verifier().pin_checks();
