@@ -361,9 +361,13 @@ impl VerifierCore {
         usage: Usage,
         ctx: &PeerContext,
     ) -> Evaluation {
+        let host = crate::pins::normalize_lookup(lookup).into_owned();
+        let peer = pins.lookup(&host);
+        let mode = peer.map_or(CheckMode::Unpinned, |p| p.mode.into());
         let ev = self.apply_rules(
             pins,
-            lookup,
+            host,
+            peer,
             name,
             end_entity,
             intermediates,
@@ -371,18 +375,17 @@ impl VerifierCore {
             usage,
             ctx,
         );
-        let mode = pins
-            .lookup(&ev.host)
-            .map_or(CheckMode::Unpinned, |p| p.mode.into());
         self.checks.add(mode, CheckResult::of(&ev));
         ev
     }
 
+    /// The rules for one chain, once the entry for `host` (if any) is known.
     #[allow(clippy::too_many_arguments)]
     fn apply_rules(
         &self,
         pins: &PinSet,
-        lookup: &str,
+        host: String,
+        peer: Option<&Peer>,
         name: Option<&ServerName<'_>>,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -390,8 +393,6 @@ impl VerifierCore {
         usage: Usage,
         ctx: &PeerContext,
     ) -> Evaluation {
-        let host = crate::pins::normalize_lookup(lookup).into_owned();
-        let peer = pins.lookup(&host);
         let mut draft = AlertDraft {
             ctx,
             host: &host,
