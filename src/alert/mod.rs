@@ -5,7 +5,7 @@
 //! Sinks run on their own tasks behind a bounded queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -172,6 +172,40 @@ pub struct Alert {
     pub reason: String,
     /// How many identical alerts this record stands for (1 unless merged).
     pub repeats: u64,
+}
+
+/// Alerts about a file once per failure, not once per re-check: the first
+/// failure after a success (or after start) raises `cert_reload_failed`;
+/// later failures only log until a success clears the latch.
+#[derive(Debug, Default)]
+pub struct MaterialWatch {
+    failing: AtomicBool,
+}
+
+impl MaterialWatch {
+    /// Records a failure; raises the alert if this starts a new failure.
+    pub fn failed(
+        &self,
+        hub: Option<&AlertHub>,
+        direction: Direction,
+        reason: impl FnOnce() -> String,
+    ) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            if let Some(hub) = hub {
+                hub.raise(Alert::local(
+                    AlertEvent::CertReloadFailed,
+                    direction,
+                    0,
+                    reason(),
+                ));
+            }
+        }
+    }
+
+    /// Records a success; true if it ends a failure.
+    pub fn recovered(&self) -> bool {
+        self.failing.swap(false, Ordering::Relaxed)
+    }
 }
 
 impl Alert {

@@ -3,14 +3,14 @@
 //! match the certificate, is refused and the old pair stays in force.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::alert::{Alert, AlertEvent, AlertHub, Direction};
+use crate::alert::{AlertHub, Direction, MaterialWatch};
 
 /// Errors loading a certificate pair.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +25,8 @@ pub struct CertStore {
     fingerprint: ArcSwap<[u8; 32]>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
-    /// Whether the files are failing now (alert once per failure, not per re-check).
-    failing: AtomicBool,
+    /// Alerts once per failure, not per re-check.
+    failing: MaterialWatch,
     alerts: Option<AlertHub>,
 }
 
@@ -74,7 +74,7 @@ impl CertStore {
             fingerprint: ArcSwap::from_pointee(fp),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
+            failing: MaterialWatch::default(),
             alerts: None,
         })
     }
@@ -104,7 +104,7 @@ impl CertStore {
     pub fn reload(&self) -> Result<bool, CertError> {
         match load(&self.cert, &self.key) {
             Ok((ck, fp)) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
+                if self.failing.recovered() {
                     tracing::info!(target: "fedpin::inbound", cert = %self.cert.display(), "server certificate files are usable again");
                 }
                 if **self.fingerprint.load() == fp {
@@ -119,16 +119,9 @@ impl CertStore {
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(target: "fedpin::inbound", error = %e, "new server certificate refused; the previous one stays in force");
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    if let Some(hub) = &self.alerts {
-                        hub.raise(Alert::local(
-                            AlertEvent::CertReloadFailed,
-                            Direction::Inbound,
-                            0,
-                            format!("server certificate files refused, the certificate loaded before stays in use: {e}"),
-                        ));
-                    }
-                }
+                self.failing.failed(self.alerts.as_ref(), Direction::Inbound, || {
+                    format!("server certificate files refused, the certificate loaded before stays in use: {e}")
+                });
                 Err(e)
             }
         }

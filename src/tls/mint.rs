@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 
-use crate::alert::{Alert, AlertEvent, AlertHub, Direction};
+use crate::alert::{AlertHub, Direction, MaterialWatch};
 
 /// How long a minted leaf is valid.
 pub const LEAF_VALIDITY: time::Duration = time::Duration::hours(24);
@@ -51,8 +51,8 @@ pub struct LeafMinter {
     ca_der: CertificateDer<'static>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     cache: Mutex<LruCache<String, Cached>>,
-    /// Whether the CA files on disk are failing now (alert once per failure).
-    files_failing: AtomicBool,
+    /// Alerts once per failure of the CA files on disk.
+    files_failing: MaterialWatch,
     /// Whether a different CA on disk was already reported.
     files_differ: AtomicBool,
 }
@@ -89,7 +89,7 @@ impl LeafMinter {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(cache_size.max(1)).unwrap_or(NonZeroUsize::MIN),
             )),
-            files_failing: AtomicBool::new(false),
+            files_failing: MaterialWatch::default(),
             files_differ: AtomicBool::new(false),
         })
     }
@@ -108,7 +108,7 @@ impl LeafMinter {
     pub fn recheck_files(&self, cert: &Path, key: &Path, alerts: &AlertHub) {
         match Self::from_files(cert, key, 1) {
             Ok(on_disk) => {
-                if self.files_failing.swap(false, Ordering::Relaxed) {
+                if self.files_failing.recovered() {
                     tracing::info!(target: "fedpin::outbound", ca_cert = %cert.display(), "interception CA files are usable again");
                 }
                 let differs = on_disk.ca_der != self.ca_der;
@@ -120,14 +120,10 @@ impl LeafMinter {
             }
             Err(e) => {
                 tracing::error!(target: "fedpin::outbound", error = %e, "interception CA files refused; the CA loaded at start stays in use");
-                if !self.files_failing.swap(true, Ordering::Relaxed) {
-                    alerts.raise(Alert::local(
-                        AlertEvent::CertReloadFailed,
-                        Direction::Outbound,
-                        0,
-                        format!("{e}; the CA loaded at start stays in use"),
-                    ));
-                }
+                self.files_failing
+                    .failed(Some(alerts), Direction::Outbound, || {
+                        format!("{e}; the CA loaded at start stays in use")
+                    });
             }
         }
     }
