@@ -171,6 +171,27 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts one legitimate round trip: `k` requests served, or a failure
+    /// with its reason kept under `category`.
+    fn legit(
+        &self,
+        r: Result<usize, String>,
+        h2: bool,
+        (ok, requests, failed): (&AtomicU64, &AtomicU64, &AtomicU64),
+        category: &'static str,
+    ) {
+        match r {
+            Ok(k) => {
+                bump(ok);
+                requests.fetch_add(k as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                bump(failed);
+                self.note(category, format!("{} {e}", if h2 { "h2" } else { "h1" }));
+            }
+        }
+    }
+
     fn note(&self, category: &'static str, reason: String) {
         let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
         let list = r.entry(category).or_default();
@@ -832,19 +853,12 @@ async fn genuine_tunnel(ctx: &Ctx, rng: &mut Rng) {
     })
     .await;
     let t = &ctx.tally;
-    match r {
-        Ok(k) => {
-            bump(&t.tunnel_ok);
-            t.tunnel_requests.fetch_add(k as u64, Ordering::Relaxed);
-        }
-        Err(e) => {
-            bump(&t.tunnel_failed);
-            t.note(
-                "legit_tunnel",
-                format!("{} {e}", if h2 { "h2" } else { "h1" }),
-            );
-        }
-    }
+    t.legit(
+        r,
+        h2,
+        (&t.tunnel_ok, &t.tunnel_requests, &t.tunnel_failed),
+        "legit_tunnel",
+    );
 }
 
 /// The impostor: must get 502 with x-fedpin-alert: pin_mismatch.
@@ -1024,19 +1038,12 @@ async fn inbound_legit(ctx: &Ctx, rng: &mut Rng) {
     })
     .await;
     let t = &ctx.tally;
-    match r {
-        Ok(k) => {
-            bump(&t.inbound_ok);
-            t.inbound_requests.fetch_add(k as u64, Ordering::Relaxed);
-        }
-        Err(e) => {
-            bump(&t.inbound_failed);
-            t.note(
-                "legit_inbound",
-                format!("{} {e}", if h2 { "h2" } else { "h1" }),
-            );
-        }
-    }
+    t.legit(
+        r,
+        h2,
+        (&t.inbound_ok, &t.inbound_requests, &t.inbound_failed),
+        "legit_inbound",
+    );
 }
 
 /// A client that walks away from the edge at a random point.
