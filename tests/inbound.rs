@@ -1114,10 +1114,14 @@ async fn deny_origins_refuse_with_403_and_a_rule_change_applies_without_restart(
     })
     .await;
     let path = "/_matrix/federation/v1/send/1";
-    for origin in ["spam.example", "spam.example:8448", "SPAM.Example"] {
+    for origin in ["spam.example", "spam.example:8448"] {
         let r = call(&env, fed_req(Method::PUT, path, Some(origin), "{}")).await;
         r.assert_matrix_error(403, "M_FORBIDDEN");
     }
+    // Another spelling of the same server is refused before the rules run:
+    // Synapse would authenticate the bytes "SPAM.Example", not the rule's name.
+    let r = call(&env, fed_req(Method::PUT, path, Some("SPAM.Example"), "{}")).await;
+    r.assert_matrix_error(401, "M_UNAUTHORIZED");
     // Key queries signed by a denied origin are refused as well.
     call(&env, get("/_matrix/key/v2/server", Some("spam.example")))
         .await
@@ -1145,6 +1149,69 @@ async fn deny_origins_refuse_with_403_and_a_rule_change_applies_without_restart(
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let last = env.up.requests().pop().unwrap();
     assert_eq!(last.one("authorization"), Some(xmatrix("spam.example")));
+}
+
+/// The outside review's bypass: fedpin and Synapse read different origins
+/// from the same bytes. Each request below is one Synapse would authenticate
+/// as the denied `spam.example` (or could read differently from fedpin); the
+/// edge refuses every one with 401 before any rule runs, and none reaches
+/// the homeserver.
+#[tokio::test]
+async fn x_matrix_origin_hidden_from_the_edge_is_refused_before_the_rules() {
+    let env = start(Opts {
+        rules: EdgeRules {
+            deny_origins: set(&["spam.example"]),
+            ..EdgeRules::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let path = "/_matrix/federation/v1/send/1";
+    let good = xmatrix("good.example");
+    let spam = xmatrix("spam.example");
+    let single: Vec<String> = vec![
+        // A quoted comma: Synapse splits on it, the last origin wins.
+        format!(
+            r#"X-Matrix origin="good.example",key="ed25519:1",sig="c2ln",x="1,origin=spam.example,y=2""#
+        ),
+        // A repeated key in another case.
+        r#"X-Matrix origin="good.example",key="ed25519:1",sig="c2ln",Origin="spam.example""#.into(),
+        // KELVIN SIGN: Python's str.lower() makes it "key"... and "origin"
+        // has no such letter, so the repeat is hidden in `key` instead.
+        "X-Matrix origin=\"spam.example\",key=\"ed25519:1\",sig=\"c2ln\",\u{212a}ey=\"ed25519:2\""
+            .into(),
+        // Another spelling of the scheme (Synapse ignores the header).
+        r#"x-matrix origin="good.example",key="ed25519:1",sig="c2ln""#.into(),
+    ];
+    for h in &single {
+        let mut req = fed_req(Method::PUT, path, None, "{}");
+        let v = hyper::header::HeaderValue::from_bytes(h.as_bytes()).unwrap();
+        req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+        call(&env, req)
+            .await
+            .assert_matrix_error(401, "M_UNAUTHORIZED");
+    }
+    // Two Authorization headers: Synapse takes the last X-Matrix one.
+    for (first, second) in [
+        (good.as_str(), spam.as_str()),
+        (good.as_str(), good.as_str()),
+        (good.as_str(), "Bearer syt_x"),
+        ("Bearer syt_x", spam.as_str()),
+    ] {
+        let mut req = fed_req(Method::PUT, path, None, "{}");
+        req.headers_mut()
+            .append(hyper::header::AUTHORIZATION, first.parse().unwrap());
+        req.headers_mut()
+            .append(hyper::header::AUTHORIZATION, second.parse().unwrap());
+        call(&env, req)
+            .await
+            .assert_matrix_error(401, "M_UNAUTHORIZED");
+    }
+    assert_eq!(env.up.started(), 0, "{:?}", env.up.requests());
+    // The same server, correctly written, is served.
+    let r = call(&env, fed_req(Method::PUT, path, Some("good.example"), "{}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(env.up.started(), 1);
 }
 
 #[tokio::test]

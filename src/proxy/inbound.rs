@@ -499,29 +499,11 @@ impl InboundProxy {
     // The refusal is the response itself; it is built once per refused request.
     #[allow(clippy::result_large_err)]
     fn origin_of(&self, req: &Request<Incoming>) -> Result<Origin, Response<Body>> {
-        let mut origin: Option<String> = None;
-        for v in req.headers().get_all(hyper::header::AUTHORIZATION) {
-            match crate::proxy::xmatrix::parse(v.as_bytes()) {
-                Ok(x) => match &origin {
-                    Some(o) if *o != x.origin => {
-                        return Err(matrix_error(
-                            StatusCode::UNAUTHORIZED,
-                            "M_UNAUTHORIZED",
-                            "conflicting X-Matrix origins",
-                        ))
-                    }
-                    _ => origin = Some(x.origin),
-                },
-                Err(crate::proxy::xmatrix::XMatrixError::NotXMatrix) => {}
-                Err(e) => {
-                    return Err(matrix_error(
-                        StatusCode::UNAUTHORIZED,
-                        "M_UNAUTHORIZED",
-                        &e.to_string(),
-                    ))
-                }
-            }
-        }
+        // One parse, exactly as Synapse reads the header or a refusal, before
+        // any edge rule runs (see `proxy::xmatrix`).
+        let origin = crate::proxy::xmatrix::from_headers(req.headers())
+            .map_err(|e| matrix_error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", &e.to_string()))?
+            .map(|x| x.origin);
         match origin {
             Some(o) => Ok(Origin::Named(o)),
             None if unsigned_allowed(req.uri().path()) => Ok(Origin::None),

@@ -1,0 +1,67 @@
+//! fedpin's side of the X-Matrix differential test (`tests/differential/`).
+//!
+//! Reads JSON Lines on stdin, each `{"headers": ["<hex>", …]}`: the raw bytes
+//! of every `Authorization` header of one request, in order. Writes one line
+//! per input: `{"ok": {"origin", "key", "sig", "destination"}}` when fedpin's
+//! edge would accept the request's X-Matrix header, `{"refused": reason}`
+//! when it refuses it, and `{"none": true}` when the request carries no
+//! X-Matrix header (the edge treats it as unsigned).
+
+use std::io::{BufRead, Write};
+
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use serde_json::{json, Value};
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn answer(line: &str) -> Value {
+    let input: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return json!({ "input_error": e.to_string() }),
+    };
+    let Some(headers) = input.get("headers").and_then(Value::as_array) else {
+        return json!({ "input_error": "no headers array" });
+    };
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let Some(bytes) = h.as_str().and_then(unhex) else {
+            return json!({ "input_error": "a header is not a hex string" });
+        };
+        // Bytes hyper's parser refuses on the wire never reach the edge.
+        match HeaderValue::from_bytes(&bytes) {
+            Ok(v) => map.append(AUTHORIZATION, v),
+            Err(_) => return json!({ "refused": "not a valid HTTP header value" }),
+        };
+    }
+    match fedpin::proxy::xmatrix::from_headers(&map) {
+        Ok(Some(x)) => json!({ "ok": {
+            "origin": x.origin,
+            "key": x.key,
+            "sig": x.sig,
+            "destination": x.destination,
+        }}),
+        Ok(None) => json!({ "none": true }),
+        Err(e) => json!({ "refused": e.to_string() }),
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        writeln!(out, "{}", answer(&line))?;
+    }
+    out.flush()
+}
