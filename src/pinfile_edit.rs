@@ -62,6 +62,10 @@ pub struct NewPeer {
     pub expires: Option<String>,
     /// Note.
     pub note: Option<String>,
+    /// The well-known delegation seen at enrolment (`m.server`).
+    pub delegation: Option<String>,
+    /// Pins of hosts with keys of their own (the well-known front).
+    pub host_pins: Vec<(String, Vec<Pin>)>,
 }
 
 /// What `add_peer` did.
@@ -141,6 +145,42 @@ pub fn add_peer(path: &Path, peer: &NewPeer) -> Result<AddOutcome, EditError> {
                 if let Some(e) = &peer.expires {
                     table["expires"] = value(e.as_str());
                 }
+                if let Some(d) = &peer.delegation {
+                    table["delegation"] = value(d.as_str());
+                }
+                if !peer.host_pins.is_empty() {
+                    let hp = table
+                        .entry("host_pins")
+                        .or_insert(Item::Table(Table::new()))
+                        .as_table_like_mut()
+                        .ok_or_else(|| EditError::Syntax {
+                            path: path.display().to_string(),
+                            message: format!(
+                                "peer \"{}\": host_pins is not a table",
+                                peer.server_name
+                            ),
+                        })?;
+                    for (h, list) in &peer.host_pins {
+                        let arr = hp
+                            .entry(h)
+                            .or_insert(value(Array::new()))
+                            .as_array_mut()
+                            .ok_or_else(|| EditError::Syntax {
+                                path: path.display().to_string(),
+                                message: format!(
+                                    "peer \"{}\": host_pins.\"{h}\" is not an array",
+                                    peer.server_name
+                                ),
+                            })?;
+                        for p in list {
+                            let s = p.to_string();
+                            if !arr.iter().any(|v| v.as_str() == Some(s.as_str())) {
+                                arr.push(s);
+                                added += 1;
+                            }
+                        }
+                    }
+                }
                 AddOutcome::Extended(added)
             }
             None => {
@@ -176,6 +216,17 @@ fn new_table(peer: &NewPeer) -> Table {
     }
     if let Some(n) = &peer.note {
         t["note"] = value(n.as_str());
+    }
+    if let Some(d) = &peer.delegation {
+        t["delegation"] = value(d.as_str());
+    }
+    if !peer.host_pins.is_empty() {
+        let mut hp = toml_edit::InlineTable::new();
+        for (h, list) in &peer.host_pins {
+            let arr: Array = list.iter().map(|p| p.to_string()).collect();
+            hp.insert(h, toml_edit::Value::Array(arr));
+        }
+        t["host_pins"] = value(hp);
     }
     t
 }
@@ -343,6 +394,8 @@ mod tests {
             mode: None,
             expires: None,
             note: Some("n".into()),
+            delegation: None,
+            host_pins: Vec::new(),
         };
         assert_eq!(add_peer(&path, &p).unwrap(), AddOutcome::Added);
         let again = NewPeer {
@@ -376,6 +429,8 @@ mod tests {
             mode: None,
             expires: None,
             note: None,
+            delegation: None,
+            host_pins: Vec::new(),
         };
         add_peer(&path, &p).unwrap();
         let before = std::fs::read(&path).unwrap();

@@ -67,6 +67,11 @@ enum Cmd {
         /// Connect here instead of resolving the server name the Matrix way.
         #[arg(long, value_name = "HOST:PORT")]
         connect: Option<String>,
+        /// During discovery, dial ADDR:PORT2 for connections meant for
+        /// HOST:PORT (like curl's --connect-to; TLS names are unchanged);
+        /// repeatable. For enrolling through a particular front end.
+        #[arg(long = "connect-to", value_name = "HOST:PORT:ADDR:PORT2")]
+        connect_to: Vec<String>,
         /// How the pins relate to Web PKI.
         #[arg(long, value_enum)]
         trust: Option<TrustArg>,
@@ -107,6 +112,10 @@ enum Cmd {
         /// Connect here instead of resolving (only with one server name).
         #[arg(long, value_name = "HOST:PORT")]
         connect: Option<String>,
+        /// During discovery, dial ADDR:PORT2 for connections meant for
+        /// HOST:PORT (like curl's --connect-to); repeatable.
+        #[arg(long = "connect-to", value_name = "HOST:PORT:ADDR:PORT2")]
+        connect_to: Vec<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -153,6 +162,7 @@ fn main() -> ExitCode {
             pins,
             from_cert,
             connect,
+            connect_to,
             trust,
             mode,
             expires,
@@ -166,6 +176,7 @@ fn main() -> ExitCode {
                 pins,
                 from_cert,
                 connect,
+                connect_to,
                 trust: trust.map(|t| match t {
                     TrustArg::Webpki => Trust::Webpki,
                     TrustArg::PinOnly => Trust::PinOnly,
@@ -184,6 +195,7 @@ fn main() -> ExitCode {
             server_names,
             roots,
             connect,
+            connect_to,
             json,
             timeout,
         } => runtime().and_then(|rt| {
@@ -192,6 +204,7 @@ fn main() -> ExitCode {
                 server_names,
                 roots,
                 connect,
+                &connect_to,
                 json,
                 Duration::from_secs(timeout.max(1)),
             ))
@@ -378,11 +391,24 @@ fn parse_connect(s: &str) -> Result<(String, u16), Failure> {
     Ok((host.to_string(), port))
 }
 
+/// Applies the `--connect-to` rules to a target.
+fn redirected(mut t: Target, rules: &[discovery::ConnectTo]) -> Target {
+    if let Some(r) = rules
+        .iter()
+        .find(|r| r.host == t.connect_host && r.port == t.port)
+    {
+        t.connect_host = r.addr.ip().to_string();
+        t.port = r.addr.port();
+    }
+    t
+}
+
 async fn resolve_target(
     server_name: &str,
     connect: Option<&str>,
     extra_roots: Vec<rustls::pki_types::TrustAnchor<'static>>,
-) -> Result<(Target, String), Failure> {
+    connect_to: &[discovery::ConnectTo],
+) -> Result<(Target, String, Option<discovery::WellKnown>), Failure> {
     let tls_host = split_server_name(server_name).map_err(|m| Failure(2, m))?;
     if let Some(c) = connect {
         let (host, port) = parse_connect(c)?;
@@ -393,6 +419,7 @@ async fn resolve_target(
                 port,
             },
             format!("--connect {c}"),
+            None,
         ));
     }
     let name: discovery::ServerName = server_name
@@ -400,19 +427,85 @@ async fn resolve_target(
         .map_err(|e: discovery::DiscoveryError| Failure(2, e.to_string()))?;
     let opts = DiscoveryOptions {
         extra_roots,
+        connect_to: connect_to.to_vec(),
         ..DiscoveryOptions::default()
     };
     let r = discovery::resolve(&name, &opts)
         .await
         .map_err(|e| bad(e.to_string()))?;
+    let target = Target {
+        tls_name: r.tls_name.clone(),
+        connect_host: r.connect_host.clone(),
+        port: r.port,
+    };
     Ok((
-        Target {
-            tls_name: r.tls_name.clone(),
-            connect_host: r.connect_host.clone(),
-            port: r.port,
-        },
+        redirected(target, connect_to),
         r.via.to_string(),
+        r.well_known,
     ))
+}
+
+/// Connects to `target`, shows its chain, and returns the pins the operator
+/// chose (`--yes`: the leaf) with the capture.
+async fn pick(
+    core: &VerifierCore,
+    target: &Target,
+    trust: Trust,
+    yes: bool,
+) -> Result<(probe::Captured, Vec<Pin>), Failure> {
+    let captured = probe::capture(core, target, Duration::from_secs(15))
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    println!(
+        "Served chain of {} ({}):",
+        target.tls_name, captured.peer_addr
+    );
+    for (i, e) in captured.entries.iter().enumerate() {
+        println!("  [{}] {}", i + 1, e.role);
+        if !e.subject.is_empty() {
+            println!("      subject:   {}", e.subject);
+            println!("      issuer:    {}", e.issuer);
+            println!("      not after: {}", e.not_after);
+        }
+        println!("      pin:       {}", e.pin);
+    }
+    match &captured.webpki {
+        Ok(()) => println!("Web PKI: valid for {}", target.tls_name),
+        Err(e) => println!("Web PKI: NOT valid for {} ({e})", target.tls_name),
+    }
+    if trust == Trust::Webpki {
+        if let Err(e) = &captured.webpki {
+            return Err(bad(format!(
+                "{} does not validate under Web PKI ({e}); pin it with --trust pin-only (self-signed peers) or pass its CA with --roots"
+            , target.tls_name)));
+        }
+    }
+    let chosen: Vec<usize> = if yes {
+        vec![0]
+    } else {
+        choose(captured.entries.len())?
+    };
+    let mut pins = Vec::new();
+    for i in chosen {
+        let e = &captured.entries[i];
+        if trust == Trust::PinOnly && i != 0 {
+            return Err(Failure(
+                2,
+                "trust = pin-only checks only the leaf key: choose [1]".into(),
+            ));
+        }
+        if e.role.starts_with("sent, not on") {
+            return Err(Failure(
+                2,
+                format!(
+                    "[{}] is not on the validated path and would never match",
+                    i + 1
+                ),
+            ));
+        }
+        pins.push(e.pin);
+    }
+    Ok((captured, pins))
 }
 
 fn anchors_of(
@@ -448,6 +541,7 @@ struct AddArgs<'a> {
     pins: Vec<String>,
     from_cert: Vec<PathBuf>,
     connect: Option<String>,
+    connect_to: Vec<String>,
     trust: Option<Trust>,
     mode: Option<Mode>,
     expires: Option<String>,
@@ -473,100 +567,115 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
             .map_err(|e| bad(format!("{}: {e}", f.display())))?;
         pins.extend(items.into_iter().map(|i| i.pin));
     }
+    let connect_to: Vec<discovery::ConnectTo> = a
+        .connect_to
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|e: String| Failure(2, format!("--connect-to {e}")))
+        })
+        .collect::<Result<_, _>>()?;
     let mut hosts = None;
+    let mut delegation = None;
+    let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
     let today = OffsetDateTime::now_utc().date();
     let mut note = a.note.clone();
     if pins.is_empty() {
         let extra = read_roots(&a.roots)?;
         let core = core(&a.roots)?;
-        let (target, via) =
-            resolve_target(&a.server_name, a.connect.as_deref(), anchors_of(&extra)).await?;
+        let trust = a.trust.unwrap_or(Trust::Webpki);
+        let (target, via, well_known) = resolve_target(
+            &a.server_name,
+            a.connect.as_deref(),
+            anchors_of(&extra),
+            &connect_to,
+        )
+        .await?;
         eprintln!(
             "{}: connecting to {}:{} (TLS name {}, via {via})",
             a.server_name, target.connect_host, target.port, target.tls_name
         );
-        let captured = probe::capture(&core, &target, Duration::from_secs(15))
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-        println!(
-            "Served chain of {} ({}):",
-            target.tls_name, captured.peer_addr
-        );
-        for (i, e) in captured.entries.iter().enumerate() {
-            println!("  [{}] {}", i + 1, e.role);
-            if !e.subject.is_empty() {
-                println!("      subject:   {}", e.subject);
-                println!("      issuer:    {}", e.issuer);
-                println!("      not after: {}", e.not_after);
-            }
-            println!("      pin:       {}", e.pin);
-        }
-        match &captured.webpki {
-            Ok(()) => println!("Web PKI: valid for {}", target.tls_name),
-            Err(e) => println!("Web PKI: NOT valid for {} ({e})", target.tls_name),
-        }
-        let trust = a.trust.unwrap_or(Trust::Webpki);
-        if trust == Trust::Webpki {
-            if let Err(e) = &captured.webpki {
-                return Err(bad(format!(
-                    "{} does not validate under Web PKI ({e}); pin it with --trust pin-only (self-signed peers) or pass its CA with --roots"
-                , target.tls_name)));
-            }
-        }
-        let chosen: Vec<usize> = if a.yes {
-            vec![0]
-        } else {
-            choose(captured.entries.len())?
-        };
-        for i in chosen {
-            let e = &captured.entries[i];
-            if trust == Trust::PinOnly && i != 0 {
-                return Err(Failure(
-                    2,
-                    "trust = pin-only checks only the leaf key: choose [1]".into(),
-                ));
-            }
-            if e.role.starts_with("sent, not on") {
-                return Err(Failure(
-                    2,
-                    format!(
-                        "[{}] is not on the validated path and would never match",
-                        i + 1
-                    ),
-                ));
-            }
-            pins.push(e.pin);
-        }
+        let (captured, chosen) = pick(&core, &target, trust, a.yes).await?;
+        pins.extend(chosen);
+        let mut checks = vec![(target.tls_name.clone(), captured.chain.clone())];
         if target.tls_name != default_host {
             hosts = Some(vec![target.tls_name.clone()]);
         }
-        // Self-check with the proxy's own verifier before anything is written.
+        // Delegation: every host that answered the well-known fetch is a TLS
+        // name this peer's federation depends on; each is pinned with keys
+        // enrolled for it (SPEC 3, "Delegation is part of the peer").
+        if let Some(wk) = &well_known {
+            let delegated = wk.delegated.to_string();
+            delegation = Some(delegated.clone());
+            let mut seen: Vec<(String, u16)> = Vec::new();
+            for hop in &wk.hops {
+                if seen.contains(&(hop.host.clone(), hop.port)) {
+                    continue;
+                }
+                seen.push((hop.host.clone(), hop.port));
+                println!(
+                    "\n{} answers /.well-known/matrix/server for {} (HTTP {}; delegation to {delegated}); pin it too:",
+                    hop.host, a.server_name, hop.status
+                );
+                let front = redirected(
+                    Target {
+                        tls_name: hop.host.clone(),
+                        connect_host: hop.host.clone(),
+                        port: hop.port,
+                    },
+                    &connect_to,
+                );
+                let (fc, chosen) = pick(&core, &front, trust, a.yes).await?;
+                checks.push((hop.host.clone(), fc.chain.clone()));
+                if hop.host == target.tls_name {
+                    // The same name on another port (e.g. a web server on
+                    // 443 in front of the homeserver on 8448): both keys
+                    // are valid for it.
+                    for p in chosen {
+                        if !pins.contains(&p) {
+                            pins.push(p);
+                        }
+                    }
+                } else if let Some((_, list)) = host_pins.iter_mut().find(|(h, _)| *h == hop.host) {
+                    for p in chosen {
+                        if !list.contains(&p) {
+                            list.push(p);
+                        }
+                    }
+                } else {
+                    host_pins.push((hop.host.clone(), chosen));
+                }
+            }
+        }
+        // Self-check with the proxy's own verifier before anything is written:
+        // every name enrolled must pass under the entry about to be written.
         let candidate = candidate_set(
             &a.server_name,
             hosts.as_ref(),
             &pins,
+            &host_pins,
+            delegation.as_deref(),
             trust,
             a.mode,
             expires.as_deref(),
         )?;
-        let probe_core = core.clone();
-        let first = captured.chain.first().cloned();
-        if let Some(ee) = first {
-            let ev = probe_core.evaluate(
+        for (name, chain) in &checks {
+            let Some(ee) = chain.first() else { continue };
+            let ev = core.evaluate(
                 &candidate,
-                &target.tls_name,
-                rustls::pki_types::ServerName::try_from(target.tls_name.clone())
+                name,
+                rustls::pki_types::ServerName::try_from(name.clone())
                     .ok()
                     .as_ref(),
-                &ee,
-                &captured.chain[1..],
+                ee,
+                &chain[1..],
                 rustls::pki_types::UnixTime::now(),
                 fedpin::verify::Usage::Server,
                 &Default::default(),
             );
             if let fedpin::verify::Verdict::Reject(r) = ev.verdict {
                 return Err(bad(format!(
-                    "refusing to write a pin the verifier would reject: {}",
+                    "refusing to write a pin the verifier would reject for {name}: {}",
                     r.reason
                 )));
             }
@@ -584,6 +693,8 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
         server_name: a.server_name.clone(),
         hosts,
         pins: pins.clone(),
+        delegation,
+        host_pins: host_pins.clone(),
         trust: a.trust,
         mode: a.mode,
         expires,
@@ -591,12 +702,17 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
     };
     let outcome = pinfile_edit::add_peer(a.path, &peer).map_err(|e| bad(e.to_string()))?;
     match outcome {
-        AddOutcome::Added => println!(
-            "added {} with {} pin(s) to {}",
-            a.server_name,
-            pins.len(),
-            a.path.display()
-        ),
+        AddOutcome::Added => {
+            println!(
+                "added {} with {} pin(s) to {}",
+                a.server_name,
+                pins.len(),
+                a.path.display()
+            );
+            for (h, list) in &host_pins {
+                println!("  and {} pin(s) for its well-known front {h}", list.len());
+            }
+        }
         AddOutcome::Extended(n) => {
             println!("{} already listed: added {n} new pin(s)", a.server_name)
         }
@@ -611,10 +727,13 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
     Ok(0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn candidate_set(
     server_name: &str,
     hosts: Option<&Vec<String>>,
     pins: &[Pin],
+    host_pins: &[(String, Vec<Pin>)],
+    delegation: Option<&str>,
     trust: Trust,
     mode: Option<Mode>,
     expires: Option<&str>,
@@ -635,6 +754,16 @@ fn candidate_set(
     ));
     if let Some(e) = expires {
         t.push_str(&format!("expires = \"{e}\"\n"));
+    }
+    if let Some(d) = delegation {
+        t.push_str(&format!("delegation = {}\n", toml_str(d)));
+    }
+    if !host_pins.is_empty() {
+        t.push_str("[peer.host_pins]\n");
+        for (h, list) in host_pins {
+            let l: Vec<String> = list.iter().map(|p| format!("\"{p}\"")).collect();
+            t.push_str(&format!("{} = [{}]\n", toml_str(h), l.join(", ")));
+        }
     }
     PinSet::parse(&t).map_err(|e| bad(e.to_string()))
 }
@@ -685,14 +814,96 @@ fn choose(n: usize) -> Result<Vec<usize>, Failure> {
     Ok(out)
 }
 
+/// One peer's `pinctl verify` result.
+struct Outcome {
+    status: &'static str,
+    detail: String,
+    days_cert: Option<i64>,
+    target_text: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn results_push_early(
+    failed: &mut usize,
+    json: bool,
+    results: &mut Vec<serde_json::Value>,
+    p: &Peer,
+    status: &'static str,
+    detail: String,
+    target_text: String,
+    now: OffsetDateTime,
+) {
+    report_line(
+        failed,
+        json,
+        results,
+        p,
+        Outcome {
+            status,
+            detail,
+            days_cert: None,
+            target_text,
+        },
+        now,
+    );
+}
+
+fn report_line(
+    failed: &mut usize,
+    json: bool,
+    results: &mut Vec<serde_json::Value>,
+    p: &Peer,
+    o: Outcome,
+    now: OffsetDateTime,
+) {
+    if o.status != "ok" {
+        *failed += 1;
+    }
+    let pins_days = p.expires.map(|e| (e - now).whole_days());
+    if json {
+        results.push(serde_json::json!({
+            "server_name": p.server_name,
+            "target": o.target_text,
+            "status": o.status,
+            "detail": o.detail,
+            "cert_days_left": o.days_cert,
+            "pins_days_left": pins_days,
+            "delegation": p.delegation,
+        }));
+    } else {
+        let mut line = format!("{:<8} {}", o.status.to_uppercase(), p.server_name);
+        if !o.target_text.is_empty() {
+            line.push_str(&format!(" ({})", o.target_text));
+        }
+        if let Some(d) = o.days_cert {
+            line.push_str(&format!(", certificate expires in {d} days"));
+        }
+        if let Some(d) = pins_days {
+            line.push_str(&format!(", pins expire in {d} days"));
+        }
+        println!("{line}");
+        if o.status != "ok" {
+            println!("         {}", o.detail);
+        }
+    }
+}
+
 async fn verify(
     path: &Path,
     names: Vec<String>,
     roots: Vec<PathBuf>,
     connect: Option<String>,
+    connect_to: &[String],
     json: bool,
     timeout: Duration,
 ) -> Result<u8, Failure> {
+    let connect_to: Vec<discovery::ConnectTo> = connect_to
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|e: String| Failure(2, format!("--connect-to {e}")))
+        })
+        .collect::<Result<_, _>>()?;
     let set = Arc::new(load(path)?);
     if connect.is_some() && names.len() != 1 {
         return Err(Failure(2, "--connect needs exactly one SERVER_NAME".into()));
@@ -718,11 +929,81 @@ async fn verify(
             &p.server_name,
             connect.as_deref(),
             anchors_of(&extra),
+            &connect_to,
         )
         .await
         {
             Err(Failure(_, m)) => ("error", m, None, String::new()),
-            Ok((target, _via)) => {
+            Ok((target, _via, well_known)) => {
+                let found = well_known.as_ref().map(|w| w.delegated.to_string());
+                let front_failure = match (&well_known, connect.is_none()) {
+                    (Some(wk), true) => {
+                        let mut failure = None;
+                        for hop in &wk.hops {
+                            let front = redirected(
+                                Target {
+                                    tls_name: hop.host.clone(),
+                                    connect_host: hop.host.clone(),
+                                    port: hop.port,
+                                },
+                                &connect_to,
+                            );
+                            let c = probe::check(
+                                core.clone(),
+                                set.clone(),
+                                &front,
+                                Some(p.server_name.clone()),
+                                timeout,
+                            )
+                            .await;
+                            let passed = matches!(&c, Ok(c) if c.passed() && c.record.as_ref().and_then(|r| r.basis) != Some(Basis::ReportModeWebPki));
+                            if !passed {
+                                failure = Some(format!(
+                                    "the well-known front {} does not match its pins",
+                                    hop.host
+                                ));
+                                break;
+                            }
+                        }
+                        failure
+                    }
+                    _ => None,
+                };
+                let tt = format!(
+                    "{}:{} as {}",
+                    target.connect_host, target.port, target.tls_name
+                );
+                if connect.is_none() && p.delegation.is_some() && found != p.delegation {
+                    let detail = format!(
+                        "delegation changed: recorded {}, discovery now finds {}",
+                        p.delegation.as_deref().unwrap_or("none"),
+                        found.as_deref().unwrap_or("no delegation")
+                    );
+                    results_push_early(
+                        &mut failed,
+                        json,
+                        &mut results,
+                        p,
+                        "delegation_changed",
+                        detail,
+                        tt,
+                        now,
+                    );
+                    continue;
+                }
+                if let Some(detail) = front_failure {
+                    results_push_early(
+                        &mut failed,
+                        json,
+                        &mut results,
+                        p,
+                        "mismatch",
+                        detail,
+                        tt,
+                        now,
+                    );
+                    continue;
+                }
                 let tt = format!(
                     "{}:{} as {}",
                     target.connect_host, target.port, target.tls_name
@@ -775,35 +1056,19 @@ async fn verify(
                 }
             }
         };
-        if status != "ok" {
-            failed += 1;
-        }
-        let pins_days = p.expires.map(|e| (e - now).whole_days());
-        if json {
-            results.push(serde_json::json!({
-                "server_name": p.server_name,
-                "target": target_text,
-                "status": status,
-                "detail": detail,
-                "cert_days_left": days_cert,
-                "pins_days_left": pins_days,
-            }));
-        } else {
-            let mut line = format!("{:<8} {}", status.to_uppercase(), p.server_name);
-            if !target_text.is_empty() {
-                line.push_str(&format!(" ({target_text})"));
-            }
-            if let Some(d) = days_cert {
-                line.push_str(&format!(", certificate expires in {d} days"));
-            }
-            if let Some(d) = pins_days {
-                line.push_str(&format!(", pins expire in {d} days"));
-            }
-            println!("{line}");
-            if status != "ok" {
-                println!("         {detail}");
-            }
-        }
+        report_line(
+            &mut failed,
+            json,
+            &mut results,
+            p,
+            Outcome {
+                status,
+                detail,
+                days_cert,
+                target_text,
+            },
+            now,
+        );
     }
     if json {
         println!(

@@ -394,6 +394,9 @@ pub struct Resolved {
     pub port: u16,
     /// Which step decided.
     pub via: ResolvedVia,
+    /// The well-known fetch that delegated, when one did (step 3): the
+    /// delegation and every host that answered on the way.
+    pub well_known: Option<WellKnown>,
 }
 
 /// Knobs for [`resolve`].
@@ -411,6 +414,46 @@ pub struct DiscoveryOptions {
     /// If set, the well-known fetch dials this address instead of resolving
     /// the hostname (SNI and `Host` are still the server name). For tests.
     pub well_known_addr_override: Option<SocketAddr>,
+    /// Dial these addresses for these `host:port` pairs instead of resolving
+    /// them (like curl's `--connect-to`); TLS names stay the hosts.
+    pub connect_to: Vec<ConnectTo>,
+}
+
+/// A `HOST:PORT:ADDR:PORT` rule: connections meant for `host:port` dial
+/// `addr` instead (TLS name and `Host` unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTo {
+    /// The host as named (lowercase, no trailing dot, IPv6 without brackets).
+    pub host: String,
+    /// The port as named.
+    pub port: u16,
+    /// Where to connect instead.
+    pub addr: SocketAddr,
+}
+
+impl FromStr for ConnectTo {
+    type Err = String;
+
+    /// Parses `HOST:PORT:ADDR:PORT` (IPv6 in brackets, e.g.
+    /// `example.org:443:[::1]:8443`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not HOST:PORT:ADDR:PORT (e.g. example.org:443:127.0.0.1:8443)");
+        let (left, addr) = if let Some(i) = s.find(":[") {
+            (&s[..i], &s[i + 1..])
+        } else {
+            let mut parts = s.rsplitn(3, ':');
+            let _port = parts.next().ok_or_else(bad)?;
+            let _ip = parts.next().ok_or_else(bad)?;
+            let left = parts.next().ok_or_else(bad)?;
+            (left, &s[left.len() + 1..])
+        };
+        let (host, port) = left.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+        let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
+        let host = crate::pins::normalize_tls_name(host).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(ConnectTo { host, port, addr })
+    }
 }
 
 impl Default for DiscoveryOptions {
@@ -422,6 +465,7 @@ impl Default for DiscoveryOptions {
             resolver: None,
             well_known_port: 443,
             well_known_addr_override: None,
+            connect_to: Vec::new(),
         }
     }
 }
@@ -604,6 +648,37 @@ pub fn parse_well_known(body: &[u8]) -> Result<ServerName, DiscoveryError> {
     ServerName::from_str(server).map_err(|e| bad(format!("m.server is not usable: {e}")))
 }
 
+/// Most redirects a well-known fetch follows (Synapse's agent follows them
+/// too; the Matrix specification says to follow 30x, avoiding loops).
+pub const WELL_KNOWN_MAX_REDIRECTS: usize = 10;
+
+/// One HTTPS response seen while fetching the well-known document: a
+/// redirect or the final answer. Every hop is a TLS name the peer's
+/// federation depends on, so `pinctl add` pins each one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WellKnownHop {
+    /// The TLS name (and `Host`) of this request.
+    pub host: String,
+    /// The port dialled.
+    pub port: u16,
+    /// The path requested.
+    pub path: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The certificate chain the host served, leaf first (validated under
+    /// the Web PKI for `host` before the request was sent).
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+/// A well-known fetch that named a delegation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WellKnown {
+    /// `m.server`, parsed.
+    pub delegated: ServerName,
+    /// Every response on the way, the final `200 OK` last.
+    pub hops: Vec<WellKnownHop>,
+}
+
 /// The URL of the well-known document for `host` on `port`.
 fn well_known_url(host: &str, port: u16) -> String {
     if port == 443 {
@@ -615,11 +690,13 @@ fn well_known_url(host: &str, port: u16) -> String {
 
 /// Fetches and parses `https://<host>/.well-known/matrix/server`.
 ///
-/// `host` must be a DNS name. The server certificate is verified against the
-/// Web PKI (`webpki_roots`) plus [`DiscoveryOptions::extra_roots`], with
-/// `host` as the TLS name. The request uses HTTP/1.1; redirects are **not**
-/// followed (a 3xx is an error), only status 200 is accepted, and the body
-/// is capped at [`WELL_KNOWN_MAX_BODY`]. The whole fetch is limited by
+/// `host` must be a DNS name. Each server certificate is verified against
+/// the Web PKI (`webpki_roots`) plus [`DiscoveryOptions::extra_roots`], with
+/// the request's host as the TLS name. The request uses HTTP/1.1; redirects
+/// (301, 302, 303, 307, 308) to `https://` URLs or absolute paths are
+/// followed up to [`WELL_KNOWN_MAX_REDIRECTS`] times, never to the same URL
+/// twice; only a final status 200 is accepted, and each body is capped at
+/// [`WELL_KNOWN_MAX_BODY`]. The whole fetch is limited by
 /// [`DiscoveryOptions::timeout`].
 ///
 /// [`resolve`] treats any error from here as "no well-known document"; this
@@ -627,21 +704,110 @@ fn well_known_url(host: &str, port: u16) -> String {
 pub async fn fetch_well_known(
     host: &str,
     opts: &DiscoveryOptions,
-) -> Result<ServerName, DiscoveryError> {
+) -> Result<WellKnown, DiscoveryError> {
     let url = well_known_url(host, opts.well_known_port);
-    match tokio::time::timeout(opts.timeout, fetch_well_known_body(host, opts)).await {
-        Ok(Ok(body)) => parse_well_known(&body).map_err(|e| match e {
-            DiscoveryError::WellKnownBody { reason } => DiscoveryError::WellKnown { url, reason },
-            other => DiscoveryError::WellKnown {
+    match tokio::time::timeout(opts.timeout, follow_well_known(host, opts)).await {
+        Ok(Ok((body, hops))) => match parse_well_known(&body) {
+            Ok(delegated) => Ok(WellKnown { delegated, hops }),
+            Err(DiscoveryError::WellKnownBody { reason }) => {
+                Err(DiscoveryError::WellKnown { url, reason })
+            }
+            Err(other) => Err(DiscoveryError::WellKnown {
                 url,
                 reason: other.to_string(),
-            },
-        }),
+            }),
+        },
         Ok(Err(reason)) => Err(DiscoveryError::WellKnown { url, reason }),
         Err(_) => Err(DiscoveryError::Timeout {
             step: format!("fetching {url}"),
             after: opts.timeout,
         }),
+    }
+}
+
+/// Where a `Location` header sends the next request: `(host, port, path)`.
+fn redirect_target(
+    location: &str,
+    from_host: &str,
+    from_port: u16,
+) -> Result<(String, u16, String), String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Ok((from_host.to_owned(), from_port, location.to_owned()));
+    }
+    let uri: hyper::Uri = location
+        .parse()
+        .map_err(|_| format!("redirect to an unusable location {location:?}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "redirect to {location:?} refused: only https:// locations are followed"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("redirect to {location:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "redirect to {location:?} refused: it carries credentials"
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    Ok((host, authority.port_u16().unwrap_or(443), path))
+}
+
+/// Follows the well-known fetch to its final `200 OK`; returns the body and
+/// every hop. Errors are reasons.
+async fn follow_well_known(
+    host: &str,
+    opts: &DiscoveryOptions,
+) -> Result<(Bytes, Vec<WellKnownHop>), String> {
+    let config = Arc::new(well_known_tls_config(&opts.extra_roots)?);
+    let mut next = (
+        host.to_owned(),
+        opts.well_known_port,
+        WELL_KNOWN_PATH.to_owned(),
+    );
+    let mut hops: Vec<WellKnownHop> = Vec::new();
+    loop {
+        let (h, port, path) = next;
+        if hops
+            .iter()
+            .any(|x| x.host == h && x.port == port && x.path == path)
+        {
+            return Err(format!("redirect loop back to https://{h}:{port}{path}"));
+        }
+        let (status, location, body, chain) = fetch_once(&config, &h, port, &path, opts).await?;
+        hops.push(WellKnownHop {
+            host: h.clone(),
+            port,
+            path: path.clone(),
+            status: status.as_u16(),
+            chain,
+        });
+        match status {
+            StatusCode::OK => return Ok((body, hops)),
+            StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT => {
+                if hops.len() > WELL_KNOWN_MAX_REDIRECTS {
+                    return Err(format!("more than {WELL_KNOWN_MAX_REDIRECTS} redirects"));
+                }
+                let location =
+                    location.ok_or_else(|| format!("HTTP status {status} without a Location"))?;
+                next = redirect_target(&location, &h, port)?;
+            }
+            other => return Err(format!("HTTP status {other}, expected 200 OK")),
+        }
     }
 }
 
@@ -655,7 +821,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// TLS client configuration for the well-known fetch.
+/// TLS client configuration for the well-known fetch (the crate's ring-only
+/// provider).
 fn well_known_tls_config(
     extra_roots: &[TrustAnchor<'static>],
 ) -> Result<rustls::ClientConfig, String> {
@@ -663,35 +830,64 @@ fn well_known_tls_config(
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     roots.extend(extra_roots.iter().cloned());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("cannot build TLS client configuration: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot build TLS client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// Connects, performs the GET, and returns the body; errors are reasons.
-async fn fetch_well_known_body(host: &str, opts: &DiscoveryOptions) -> Result<Bytes, String> {
-    let sni = rustls_pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
-    let config = well_known_tls_config(&opts.extra_roots)?;
-
-    let tcp = match opts.well_known_addr_override {
+/// The address to dial for `host:port`: a `connect_to` rule, the test
+/// override, or DNS.
+async fn dial(host: &str, port: u16, opts: &DiscoveryOptions) -> Result<TcpStream, String> {
+    let fixed = opts
+        .connect_to
+        .iter()
+        .find(|c| c.host == host && c.port == port)
+        .map(|c| c.addr)
+        .or(opts.well_known_addr_override);
+    match fixed {
         Some(addr) => TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("TCP connect to {addr} failed: {e}"))?,
-        None => TcpStream::connect((host, opts.well_known_port))
+            .map_err(|e| format!("TCP connect to {addr} failed: {e}")),
+        None => TcpStream::connect((host, port))
             .await
-            .map_err(|e| format!("TCP connect failed: {e}"))?,
-    };
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .map_err(|e| format!("TCP connect failed: {e}")),
+    }
+}
+
+/// One GET: the status, the `Location` header, the body (only for 200) and
+/// the served chain.
+async fn fetch_once(
+    config: &Arc<rustls::ClientConfig>,
+    host: &str,
+    port: u16,
+    path: &str,
+    opts: &DiscoveryOptions,
+) -> Result<
+    (
+        StatusCode,
+        Option<String>,
+        Bytes,
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+    ),
+    String,
+> {
+    let sni = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+    let tcp = dial(host, port, opts).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
         .connect(sni, tcp)
         .await
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
+    let chain: Vec<_> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
 
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
@@ -702,14 +898,14 @@ async fn fetch_well_known_body(host: &str, opts: &DiscoveryOptions) -> Result<By
         }
     }));
 
-    let host_header = if opts.well_known_port == 443 {
+    let host_header = if port == 443 {
         host.to_owned()
     } else {
-        format!("{host}:{}", opts.well_known_port)
+        format!("{host}:{port}")
     };
     let request = Request::builder()
         .method(Method::GET)
-        .uri(WELL_KNOWN_PATH)
+        .uri(path)
         .header(HOST, host_header)
         .header(ACCEPT, "application/json")
         .header(USER_AGENT, concat!("fedpin/", env!("CARGO_PKG_VERSION")))
@@ -721,11 +917,13 @@ async fn fetch_well_known_body(host: &str, opts: &DiscoveryOptions) -> Result<By
         .map_err(|e| format!("HTTP request failed: {e}"))?;
 
     let status = response.status();
-    if status.is_redirection() {
-        return Err(format!("HTTP status {status}; redirects are not followed"));
-    }
+    let location = response
+        .headers()
+        .get(hyper::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if status != StatusCode::OK {
-        return Err(format!("HTTP status {status}, expected 200 OK"));
+        return Ok((status, location, Bytes::new(), chain));
     }
     let declared = response
         .headers()
@@ -746,7 +944,7 @@ async fn fetch_well_known_body(host: &str, opts: &DiscoveryOptions) -> Result<By
                 format!("reading the body failed: {e}")
             }
         })?;
-    Ok(body.to_bytes())
+    Ok((status, location, body.to_bytes(), chain))
 }
 
 // ---------------------------------------------------------------------------
@@ -773,6 +971,7 @@ pub async fn resolve(
                 connect_host: ip.to_string(),
                 port: name.port.unwrap_or(DEFAULT_FEDERATION_PORT),
                 via: ResolvedVia::IpLiteral,
+                well_known: None,
             })
         }
         Host::Dns(host) => host,
@@ -784,14 +983,17 @@ pub async fn resolve(
             connect_host: host.clone(),
             port,
             via: ResolvedVia::ExplicitPort,
+            well_known: None,
         });
     }
 
     let mut srv = SrvBackend::new(opts);
     match fetch_well_known(host, opts).await {
-        Ok(delegated) => {
-            tracing::debug!(server_name = %name, delegated = %delegated, "well-known delegation");
-            resolve_delegated(name, delegated, &mut srv).await
+        Ok(wk) => {
+            tracing::debug!(server_name = %name, delegated = %wk.delegated, "well-known delegation");
+            let mut r = resolve_delegated(name, wk.delegated.clone(), &mut srv).await?;
+            r.well_known = Some(wk);
+            Ok(r)
         }
         Err(e) => {
             tracing::debug!(
@@ -806,6 +1008,7 @@ pub async fn resolve(
                     connect_host: target.target,
                     port: target.port,
                     via: ResolvedVia::Srv { record },
+                    well_known: None,
                 });
             }
             Ok(Resolved {
@@ -814,6 +1017,7 @@ pub async fn resolve(
                 connect_host: host.clone(),
                 port: DEFAULT_FEDERATION_PORT,
                 via: ResolvedVia::DefaultPort,
+                well_known: None,
             })
         }
     }
@@ -837,6 +1041,7 @@ async fn resolve_delegated(
                 connect_host: target.target,
                 port: target.port,
                 via: ResolvedVia::Srv { record },
+                well_known: None,
             });
         }
     }
@@ -846,6 +1051,7 @@ async fn resolve_delegated(
         connect_host: host,
         port: delegated.port.unwrap_or(DEFAULT_FEDERATION_PORT),
         via,
+        well_known: None,
     })
 }
 
@@ -1379,6 +1585,66 @@ mod tests {
         ))
     }
 
+    fn redirect(location: &str) -> Option<String> {
+        Some(format!(
+            "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    #[tokio::test]
+    async fn well_known_redirects_are_followed_and_every_hop_is_reported() {
+        let pki = mint("fedpin test CA", WK_HOST);
+        let (front, _) = serve(
+            &pki,
+            redirect("https://wk.fedpin.test:4443/elsewhere/server.json"),
+        )
+        .await;
+        let (second, seen) = serve(
+            &pki,
+            http("200 OK", r#"{"m.server": "fed.wk.fedpin.test:8448"}"#),
+        )
+        .await;
+        let stub = Arc::new(StubSrv::default());
+        let mut o = opts(&pki, front, &stub);
+        o.connect_to = vec![format!("wk.fedpin.test:4443:{second}").parse().unwrap()];
+        let wk = fetch_well_known(WK_HOST, &o).await.unwrap();
+        assert_eq!(wk.delegated.to_string(), "fed.wk.fedpin.test:8448");
+        let hops: Vec<_> = wk
+            .hops
+            .iter()
+            .map(|h| (h.host.as_str(), h.port, h.path.as_str(), h.status))
+            .collect();
+        assert_eq!(
+            hops,
+            vec![
+                (WK_HOST, front.port(), WELL_KNOWN_PATH, 301),
+                (WK_HOST, 4443, "/elsewhere/server.json", 200),
+            ]
+        );
+        assert!(wk.hops.iter().all(|h| !h.chain.is_empty()));
+        assert!(seen.lock().unwrap().requests[0].starts_with("GET /elsewhere/server.json "));
+    }
+
+    #[test]
+    fn connect_to_rules_parse() {
+        let c: ConnectTo = "Example.ORG.:443:127.0.0.1:8443".parse().unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.addr),
+            ("example.org", 443, "127.0.0.1:8443".parse().unwrap())
+        );
+        let c: ConnectTo = "example.org:443:[::1]:8443".parse().unwrap();
+        assert_eq!(c.addr, "[::1]:8443".parse().unwrap());
+        for bad in [
+            "example.org:443",
+            "example.org:0:127.0.0.1:1",
+            "a:1:nope:1",
+            "",
+        ] {
+            assert!(bad.parse::<ConnectTo>().is_err(), "{bad}");
+        }
+    }
+
     fn opts(pki: &TestPki, addr: SocketAddr, stub: &Arc<StubSrv>) -> DiscoveryOptions {
         DiscoveryOptions {
             extra_roots: vec![pki.ca_anchor.clone()],
@@ -1386,6 +1652,7 @@ mod tests {
             resolver: Some(Arc::clone(stub) as Arc<dyn SrvLookup>),
             well_known_port: addr.port(),
             well_known_addr_override: Some(addr),
+            connect_to: Vec::new(),
         }
     }
 
@@ -1462,11 +1729,22 @@ mod tests {
                 via: ResolvedVia::WellKnown {
                     delegated: "matrix.wk.fedpin.test:8449".into()
                 },
+                well_known: r.well_known.clone(),
             }
         );
         assert!(
             stub.calls().is_empty(),
             "no SRV after explicit delegated port"
+        );
+        let wk = r.well_known.as_ref().expect("the delegation is reported");
+        assert_eq!(wk.hops.len(), 1);
+        assert_eq!(
+            (wk.hops[0].host.as_str(), wk.hops[0].status),
+            (WK_HOST, 200)
+        );
+        assert!(
+            !wk.hops[0].chain.is_empty(),
+            "the front's chain is captured"
         );
         let seen = seen.lock().unwrap();
         assert_eq!(seen.sni, vec![Some(WK_HOST.to_owned())]);
@@ -1556,6 +1834,7 @@ mod tests {
                 via: ResolvedVia::WellKnown {
                     delegated: "deleg.fedpin.test".into()
                 },
+                well_known: r.well_known.clone(),
             }
         );
     }
@@ -1595,6 +1874,7 @@ mod tests {
                 connect_host: WK_HOST.into(),
                 port: 8448,
                 via: ResolvedVia::DefaultPort,
+                well_known: None,
             }
         );
         assert_eq!(stub.calls(), vec![fed(WK_HOST), legacy(WK_HOST)]);
@@ -1646,7 +1926,7 @@ mod tests {
         assert_eq!((r.connect_host.as_str(), r.port), (WK_HOST, 8448));
         assert!(seen.lock().unwrap().requests.is_empty(), "no request sent");
         let err = fetch_well_known(WK_HOST, &o).await.unwrap_err().to_string();
-        assert!(err.contains("TLS handshake failed"), "{err}");
+        assert!(err.contains("TLS handshake with"), "{err}");
     }
 
     #[tokio::test]
@@ -1673,7 +1953,12 @@ mod tests {
                 http("200 OK", r#"{"m.server": "a b"}"#),
                 "invalid server name \"a b\"",
             ),
-            (http("302 Found", ""), "redirects are not followed"),
+            (http("302 Found", ""), "without a Location"),
+            (
+                redirect("http://wk.fedpin.test/.well-known/matrix/server"),
+                "only https:// locations are followed",
+            ),
+            (redirect("/.well-known/matrix/server"), "redirect loop"),
             (
                 http("200 OK", &" ".repeat(WELL_KNOWN_MAX_BODY + 1)),
                 "larger than 64 KiB",

@@ -129,6 +129,16 @@ pub struct Peer {
     pub note: Option<String>,
     /// 1-based line of the entry's `server_name` in the file.
     pub line: usize,
+    /// The `.well-known/matrix/server` delegation `pinctl add` saw
+    /// (`m.server` in canonical form, e.g. `matrix-federation.example.org:443`).
+    /// For such a peer, the well-known answer that passes through fedpin must
+    /// name exactly this (SPEC 4.11).
+    pub delegation: Option<String>,
+    /// TLS names with keys of their own (`host_pins`): typically the server
+    /// name's own host, the well-known front, whose certificate and key
+    /// differ from the federation endpoint's. A host here is checked against
+    /// its own list only, never against `pins`.
+    pub host_pins: Vec<(String, Vec<Pin>)>,
 }
 
 impl Peer {
@@ -213,6 +223,8 @@ struct RawPeer {
     server_name: Spanned<String>,
     hosts: Option<Vec<Spanned<String>>>,
     pins: Spanned<Vec<Spanned<String>>>,
+    delegation: Option<Spanned<String>>,
+    host_pins: Option<std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>>,
     trust: Option<Trust>,
     mode: Option<Mode>,
     expires: Option<Spanned<String>>,
@@ -225,9 +237,11 @@ pub struct PinSet {
     /// The `[policy]` table.
     pub policy: Policy,
     peers: Vec<Peer>,
-    by_host: HashMap<String, usize>,
+    /// One record per `host_pins` host: the peer with that host's pins.
+    host_views: Vec<Peer>,
+    by_host: HashMap<String, Slot>,
     by_server_name: HashMap<String, usize>,
-    by_pin: HashMap<Pin, Vec<usize>>,
+    by_pin: HashMap<Pin, Vec<Slot>>,
     /// Lint findings that do not make the file invalid (e.g. a peer with a single pin).
     pub warnings: Vec<Diagnostic>,
     /// SHA-256 of the file's bytes.
@@ -242,6 +256,7 @@ impl PinSet {
         PinSet {
             policy,
             peers: Vec::new(),
+            host_views: Vec::new(),
             by_host: HashMap::new(),
             by_server_name: HashMap::new(),
             by_pin: HashMap::new(),
@@ -347,7 +362,8 @@ impl PinSet {
             .unwrap_or_default();
 
         let mut peers = Vec::with_capacity(raw.peer.len());
-        let mut by_host: HashMap<String, usize> = HashMap::new();
+        let mut by_host: HashMap<String, Slot> = HashMap::new();
+        let mut host_views: Vec<Peer> = Vec::new();
         let mut by_server_name: HashMap<String, usize> = HashMap::new();
         for (i, raw_peer) in raw.peer.into_iter().enumerate() {
             let peer_span = raw_peer.span();
@@ -422,7 +438,7 @@ impl PinSet {
             }
             for (h, span) in &hosts {
                 if let Some(prev) = by_host.get(h) {
-                    let prev_line = peers.get(*prev).map(|p: &Peer| p.line).unwrap_or_default();
+                    let prev_line = slot_line(&peers, &host_views, *prev);
                     err(
                         span.clone(),
                         key("hosts"),
@@ -493,13 +509,94 @@ impl PinSet {
                     }
                 },
             };
+            let delegation = match rp.delegation {
+                None => None,
+                Some(d) => match d.get_ref().parse::<crate::discovery::ServerName>() {
+                    Ok(n) => Some(n.to_string()),
+                    Err(e) => {
+                        err(d.span(), key("delegation"), e.to_string());
+                        None
+                    }
+                },
+            };
+            let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
+            for (h, list) in rp.host_pins.unwrap_or_default() {
+                let span = list.span();
+                let hkey = format!("peer[{i}].host_pins.\"{h}\"");
+                let name = match normalize_tls_name(&h) {
+                    Ok(n) => n,
+                    Err(m) => {
+                        err(span, hkey, m);
+                        continue;
+                    }
+                };
+                if hosts.iter().any(|(x, _)| *x == name)
+                    || host_pins.iter().any(|(x, _)| *x == name)
+                {
+                    err(
+                        span.clone(),
+                        hkey.clone(),
+                        format!("host \"{name}\" is listed twice in this peer (hosts and host_pins name each host once)"),
+                    );
+                    continue;
+                }
+                if let Some(prev) = by_host.get(&name) {
+                    let prev_line = slot_line(&peers, &host_views, *prev);
+                    err(
+                        span.clone(),
+                        hkey.clone(),
+                        format!(
+                            "host \"{name}\" is already listed under the peer at line {prev_line}"
+                        ),
+                    );
+                }
+                let raw = list.into_inner();
+                if raw.is_empty() {
+                    err(span, hkey.clone(), "a host needs at least one pin".into());
+                }
+                let mut these = Vec::new();
+                for (j, p) in raw.into_iter().enumerate() {
+                    match p.get_ref().parse::<Pin>() {
+                        Ok(pin) if !these.contains(&pin) => these.push(pin),
+                        Ok(_) => {}
+                        Err(e) => err(
+                            p.span(),
+                            format!("{hkey}[{j}]"),
+                            format!("malformed pin \"{}\": {e}", p.get_ref()),
+                        ),
+                    }
+                }
+                host_pins.push((name, these));
+            }
+            if let (Some(d), Some(own)) = (&delegation, &default_host) {
+                let covered = |h: &str| {
+                    hosts.iter().any(|(x, _)| x == h) || host_pins.iter().any(|(x, _)| x == h)
+                };
+                let (l, c) = lines.locate(sn_span.start);
+                let delegated_host = crate::pins::split_server_name(d).unwrap_or_default();
+                for (h, what) in [
+                    (own.as_str(), "the well-known front (the server name's own host, which answers /.well-known/matrix/server)"),
+                    (delegated_host.as_str(), "the delegated federation endpoint"),
+                ] {
+                    if !covered(h) {
+                        warnings.push(Diagnostic {
+                            line: l,
+                            column: c,
+                            key: key("delegation"),
+                            message: format!(
+                                "\"{h}\" is {what} of \"{server_name}\" (delegation = \"{d}\") but no pin covers it: an impostor with a CA-valid certificate for it can redirect federation; run `pinctl add {server_name}` again or add it to host_pins"
+                            ),
+                        });
+                    }
+                }
+            }
             let idx = peers.len();
             by_server_name.entry(sn_key).or_insert(idx);
             let host_names: Vec<String> = hosts.into_iter().map(|(h, _)| h).collect();
             for h in &host_names {
-                by_host.entry(h.clone()).or_insert(idx);
+                by_host.entry(h.clone()).or_insert(Slot::Main(idx));
             }
-            peers.push(Peer {
+            let peer = Peer {
                 server_name,
                 hosts: host_names,
                 pins,
@@ -508,12 +605,31 @@ impl PinSet {
                 expires,
                 note: rp.note,
                 line,
-            });
+                delegation,
+                host_pins,
+            };
+            for (h, these) in &peer.host_pins {
+                by_host
+                    .entry(h.clone())
+                    .or_insert(Slot::Host(host_views.len()));
+                host_views.push(Peer {
+                    hosts: vec![h.clone()],
+                    pins: these.clone(),
+                    host_pins: Vec::new(),
+                    ..peer.clone()
+                });
+            }
+            peers.push(peer);
         }
-        let mut by_pin: HashMap<Pin, Vec<usize>> = HashMap::new();
+        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::new();
         for (i, p) in peers.iter().enumerate() {
             for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(i);
+                by_pin.entry(*pin).or_default().push(Slot::Main(i));
+            }
+        }
+        for (i, p) in host_views.iter().enumerate() {
+            for pin in &p.pins {
+                by_pin.entry(*pin).or_default().push(Slot::Host(i));
             }
         }
         if !errors.is_empty() {
@@ -523,6 +639,7 @@ impl PinSet {
         Ok(PinSet {
             policy,
             peers,
+            host_views,
             by_host,
             by_server_name,
             by_pin,
@@ -532,12 +649,19 @@ impl PinSet {
         })
     }
 
-    /// The peer whose `hosts` contain this TLS name (normalised first). O(1).
+    /// The peer entry that covers this TLS name (normalised first), with the
+    /// pins that apply to it: for a `host_pins` host, a record of the peer
+    /// whose `pins` are that host's and whose `hosts` is that host. O(1).
     pub fn lookup(&self, tls_name: &str) -> Option<&Peer> {
         let key = normalize_lookup(tls_name);
-        self.by_host
-            .get(key.as_ref())
-            .and_then(|i| self.peers.get(*i))
+        self.by_host.get(key.as_ref()).and_then(|s| self.slot(*s))
+    }
+
+    fn slot(&self, s: Slot) -> Option<&Peer> {
+        match s {
+            Slot::Main(i) => self.peers.get(i),
+            Slot::Host(i) => self.host_views.get(i),
+        }
     }
 
     /// The peer with this Matrix server name (case-insensitive).
@@ -547,13 +671,14 @@ impl PinSet {
             .and_then(|i| self.peers.get(*i))
     }
 
-    /// The peers that list this pin. O(1).
+    /// The peer records that list this pin (a `host_pins` pin yields the
+    /// record of its host, as [`PinSet::lookup`] does). O(1).
     pub fn peers_with_pin(&self, pin: &Pin) -> impl Iterator<Item = &Peer> {
         self.by_pin
             .get(pin)
             .into_iter()
             .flatten()
-            .filter_map(|i| self.peers.get(*i))
+            .filter_map(|s| self.slot(*s))
     }
 
     /// Every peer, in file order.
@@ -578,6 +703,22 @@ impl PinSet {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
+}
+
+/// Where a TLS name's pins live: a file entry, or one of its `host_pins`.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Main(usize),
+    Host(usize),
+}
+
+fn slot_line(peers: &[Peer], views: &[Peer], s: Slot) -> usize {
+    match s {
+        Slot::Main(i) => peers.get(i),
+        Slot::Host(i) => views.get(i),
+    }
+    .map(|p| p.line)
+    .unwrap_or_default()
 }
 
 /// Normalises a lookup key: lowercase, trailing dot removed, IPv6 brackets removed.
