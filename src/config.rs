@@ -53,6 +53,8 @@ struct RawOutbound {
     #[serde(default)]
     resolve: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
+    connect_to: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
     allow_ips: Vec<Spanned<String>>,
     #[serde(default)]
     deny_ips: Vec<Spanned<String>>,
@@ -135,6 +137,9 @@ pub struct Outbound {
     pub extra_roots: Option<PathBuf>,
     /// Static name → address overrides.
     pub resolve: BTreeMap<String, IpAddr>,
+    /// Static `host:port` → socket address overrides (like curl's
+    /// `--connect-to`; the TLS name stays the host).
+    pub connect_to: BTreeMap<(String, u16), std::net::SocketAddr>,
     /// Egress ranges allowed despite being special-purpose.
     pub allow_ips: Vec<IpNet>,
     /// Egress ranges refused.
@@ -370,6 +375,24 @@ impl Config {
                     ),
                 }
             }
+            let mut connect_to = BTreeMap::new();
+            for (from, to) in &o.connect_to {
+                let k = format!("outbound.connect_to.\"{from}\"");
+                let rule = format!("{from}:{}", to.get_ref());
+                match rule.parse::<crate::discovery::ConnectTo>() {
+                    Ok(c) => {
+                        connect_to.insert((c.host, c.port), c.addr);
+                    }
+                    Err(_) => cx.err(
+                        to.span(),
+                        &k,
+                        format!(
+                            "expected \"HOST:PORT\" = \"ADDR:PORT\" (e.g. \"hs.example:443\" = \"127.0.0.1:8443\"), got \"{from}\" = \"{}\"",
+                            to.get_ref()
+                        ),
+                    ),
+                }
+            }
             let mut deny_destinations = Vec::new();
             for (i, d) in o.deny_destinations.iter().enumerate() {
                 match crate::pins::normalize_tls_name(d.get_ref()) {
@@ -427,6 +450,7 @@ impl Config {
                 ca_key,
                 extra_roots,
                 resolve,
+                connect_to,
                 allow_ips,
                 deny_ips,
                 deny_destinations,

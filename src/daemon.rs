@@ -141,6 +141,7 @@ impl Daemon {
             };
             let settings = OutboundSettings {
                 resolve: o.resolve.clone(),
+                connect_to: o.connect_to.clone(),
                 egress: EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone()),
                 deny_destinations: o.deny_destinations.iter().cloned().collect::<HashSet<_>>(),
                 allowed_ports: o.allowed_ports.clone(),

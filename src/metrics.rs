@@ -69,7 +69,8 @@ impl HandshakeResult {
             AlertEvent::SignatureInvalid => HandshakeResult::SignatureInvalid,
             AlertEvent::PinReloadFailed
             | AlertEvent::VerifyError
-            | AlertEvent::CertReloadFailed => HandshakeResult::Error,
+            | AlertEvent::CertReloadFailed
+            | AlertEvent::DelegationChanged => HandshakeResult::Error,
         }
     }
 

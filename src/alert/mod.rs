@@ -45,6 +45,9 @@ pub enum AlertEvent {
     /// A certificate, key or CA file in use became unreadable or invalid; the
     /// last good material stays in use.
     CertReloadFailed,
+    /// A pinned peer's `/.well-known/matrix/server` answer (seen through an
+    /// intercepted tunnel) no longer names the delegation recorded for it.
+    DelegationChanged,
 }
 
 impl AlertEvent {
@@ -59,6 +62,7 @@ impl AlertEvent {
             AlertEvent::PinReloadFailed => "pin_reload_failed",
             AlertEvent::VerifyError => "verify_error",
             AlertEvent::CertReloadFailed => "cert_reload_failed",
+            AlertEvent::DelegationChanged => "delegation_changed",
         }
     }
 }

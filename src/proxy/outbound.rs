@@ -46,6 +46,9 @@ use crate::verify::{CheckRecord, PeerContext};
 pub struct OutboundSettings {
     /// Static name → address overrides (like curl `--resolve`).
     pub resolve: BTreeMap<String, IpAddr>,
+    /// Static `(host, port)` → socket address overrides (like curl
+    /// `--connect-to`): the TLS name and pin checks stay those of the host.
+    pub connect_to: BTreeMap<(String, u16), SocketAddr>,
     /// Egress IP policy.
     pub egress: EgressPolicy,
     /// Server names refused at CONNECT time (lowercase).
@@ -70,6 +73,7 @@ impl Default for OutboundSettings {
     fn default() -> Self {
         OutboundSettings {
             resolve: BTreeMap::new(),
+            connect_to: BTreeMap::new(),
             egress: EgressPolicy::new(Vec::new(), Vec::new()),
             deny_destinations: HashSet::new(),
             allowed_ports: None,
@@ -312,7 +316,11 @@ impl OutboundProxy {
                 format!("fedpin: {host} is in deny_destinations\n"),
             ));
         }
-        let candidates: Vec<IpAddr> = if let Some(ip) = self.settings.resolve.get(&host) {
+        let fixed = self.settings.connect_to.get(&(host.clone(), port)).copied();
+        let dial_port = fixed.map_or(port, |a| a.port());
+        let candidates: Vec<IpAddr> = if let Some(a) = fixed {
+            vec![a.ip()]
+        } else if let Some(ip) = self.settings.resolve.get(&host) {
             vec![*ip]
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             vec![ip]
@@ -342,7 +350,7 @@ impl OutboundProxy {
         let mut refusals = Vec::new();
         for ip in candidates {
             match self.settings.egress.check(ip) {
-                Ok(()) => addrs.push(SocketAddr::new(ip, port)),
+                Ok(()) => addrs.push(SocketAddr::new(ip, dial_port)),
                 Err(r) => refusals.push(format!("{ip} {r}")),
             }
         }
@@ -440,8 +448,19 @@ impl OutboundProxy {
             return;
         }
 
+        // A pinned peer's well-known front: this tunnel is read as HTTP so
+        // the delegation it answers can be checked (SPEC 4.11).
+        let watch = self.delegation_watch(&tls_name, dest.port);
+        let offered = if watch.is_some() {
+            alpn.iter()
+                .filter(|p| p.as_slice() == b"http/1.1")
+                .cloned()
+                .collect()
+        } else {
+            alpn.clone()
+        };
         let dial_started = Instant::now();
-        let upstream = self.dial(&dest, &tls_name, alpn.clone()).await;
+        let upstream = self.dial(&dest, &tls_name, offered).await;
         self.stats
             .upstream_handshake_seconds
             .observe(dial_started.elapsed().as_secs_f64());
@@ -472,7 +491,10 @@ impl OutboundProxy {
                     }
                 };
                 tracing::debug!(tls.name = %tls_name, client.addr = %client, "tunnel established");
-                relay(down, up, self.settings.idle_timeout).await;
+                match watch {
+                    Some(w) => self.relay_watching_delegation(down, up, w).await,
+                    None => relay(down, up, self.settings.idle_timeout).await,
+                }
             }
             Err(failure) => {
                 match failure.handshake {
@@ -494,6 +516,128 @@ impl OutboundProxy {
                 self.explain(start, &tls_name, &alpn, status, failure).await;
             }
         }
+    }
+
+    /// The delegation a tunnel to `tls_name:port` must keep to, when that
+    /// name is a pinned peer's well-known front: port 443, a peer entry with
+    /// a recorded `delegation`, and not the delegated endpoint itself.
+    fn delegation_watch(&self, tls_name: &str, port: u16) -> Option<DelegationWatch> {
+        if port != 443 {
+            return None;
+        }
+        let pins = self.upstream.store().current();
+        let view = pins.lookup(tls_name)?;
+        let delegation = view.delegation.clone()?;
+        let peer = pins.by_server_name(&view.server_name)?;
+        let name = crate::pins::normalize_lookup(tls_name).into_owned();
+        let delegated: crate::discovery::ServerName = delegation.parse().ok()?;
+        if delegated.host.to_string() == name && delegated.port == Some(443) {
+            return None;
+        }
+        let mut names: Vec<String> = peer.hosts.clone();
+        names.extend(peer.host_pins.iter().map(|(h, _)| h.clone()));
+        Some(DelegationWatch {
+            server_name: peer.server_name.clone(),
+            delegation,
+            mode: peer.mode,
+            names,
+            known_pins: view.pins.iter().map(|p| p.to_string()).collect(),
+            pin_generation: pins.generation,
+            host: name,
+        })
+    }
+
+    /// Relays HTTP/1.1 between the homeserver and a pinned peer's well-known
+    /// front, checking every `/.well-known/matrix/server` answer against the
+    /// recorded delegation; everything else passes unchanged.
+    async fn relay_watching_delegation<D, U>(&self, down: D, up: U, watch: DelegationWatch)
+    where
+        D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static + PeerChain,
+    {
+        let chain = up.chain();
+        let peer_addr = up.peer_addr();
+        let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(up)).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP handshake with the well-known front failed");
+                return;
+            }
+        };
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "well-known front connection ended with an error");
+            }
+        });
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        let watch = Arc::new(watch);
+        let alerts = self.verifier().alerts().clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let sender = sender.clone();
+            let watch = watch.clone();
+            let alerts = alerts.clone();
+            let chain = chain.clone();
+            async move {
+                let is_wk = req.method() == Method::GET
+                    && req.uri().path() == crate::discovery::WELL_KNOWN_PATH;
+                let resp = sender.lock().await.send_request(req).await;
+                let resp = match resp {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let r = text(
+                            StatusCode::BAD_GATEWAY,
+                            format!("fedpin: the request to {} failed: {e}\n", watch.host),
+                        );
+                        return Ok::<_, Infallible>(r.map(boxed_full));
+                    }
+                };
+                if !is_wk {
+                    return Ok(resp.map(http_body_util::BodyExt::boxed));
+                }
+                let (parts, body) = resp.into_parts();
+                let (verdict, body) = check_well_known(&watch, &parts, body).await;
+                match verdict {
+                    Ok(()) => Ok(Response::from_parts(parts, boxed_full(Full::new(body)))),
+                    Err(reason) => {
+                        let blocked = watch.mode == crate::pins::Mode::Enforce;
+                        alerts.raise(watch.alert(&reason, blocked, peer_addr, &chain));
+                        tracing::warn!(
+                            tls.name = %watch.host,
+                            server.name = %watch.server_name,
+                            reason = %reason,
+                            blocked,
+                            "well-known answer does not name the recorded delegation"
+                        );
+                        if blocked {
+                            let mut r = text(
+                                StatusCode::BAD_GATEWAY,
+                                format!(
+                                    "fedpin refused the well-known answer of {}: {reason} (alert: delegation_changed)\n",
+                                    watch.host
+                                ),
+                            );
+                            r.headers_mut().insert(
+                                "x-fedpin-alert",
+                                hyper::header::HeaderValue::from_static("delegation_changed"),
+                            );
+                            Ok(r.map(boxed_full))
+                        } else {
+                            Ok(Response::from_parts(parts, boxed_full(Full::new(body))))
+                        }
+                    }
+                }
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(down), svc);
+        if tokio::time::timeout(self.settings.idle_timeout, conn)
+            .await
+            .is_err()
+        {
+            tracing::debug!("well-known front tunnel idle; closing");
+        }
+        driver.abort();
     }
 
     fn inner_config(
@@ -694,6 +838,143 @@ fn reason_phrase(tls_name: &str, failure: &DialFailure) -> Option<hyper::ext::Re
         .collect();
     clean.truncate(300);
     hyper::ext::ReasonPhrase::try_from(clean).ok()
+}
+
+/// What a pinned peer's well-known front must answer.
+struct DelegationWatch {
+    server_name: String,
+    /// The recorded `m.server`, canonical.
+    delegation: String,
+    mode: crate::pins::Mode,
+    /// Every TLS name of the peer (a redirect may stay among them).
+    names: Vec<String>,
+    known_pins: Vec<String>,
+    pin_generation: u64,
+    /// This tunnel's TLS name.
+    host: String,
+}
+
+impl DelegationWatch {
+    fn alert(
+        &self,
+        reason: &str,
+        blocked: bool,
+        peer_addr: Option<SocketAddr>,
+        chain: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> crate::alert::Alert {
+        let mut a = crate::alert::Alert::local(
+            crate::alert::AlertEvent::DelegationChanged,
+            Direction::Outbound,
+            self.pin_generation,
+            format!(
+                "the well-known answer of {} for {} {reason}; recorded delegation {}",
+                self.host, self.server_name, self.delegation
+            ),
+        );
+        a.severity = crate::alert::Severity::Critical;
+        a.server_name = Some(self.server_name.clone());
+        a.host = Some(self.host.clone());
+        a.port = Some(443);
+        a.peer_addr = peer_addr.map(|p| p.to_string());
+        a.mode = Some(self.mode);
+        a.action = if blocked {
+            crate::alert::Action::Blocked
+        } else {
+            crate::alert::Action::Allowed
+        };
+        a.webpki = "valid".into();
+        a.served_chain = chain
+            .iter()
+            .map(|c| crate::alert::ServedCert::describe(c.as_ref()))
+            .collect();
+        a.known_pins = self.known_pins.clone();
+        a
+    }
+}
+
+type WatchBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn boxed_full(b: Full<Bytes>) -> WatchBody {
+    use http_body_util::BodyExt;
+    b.map_err(|never: Infallible| match never {}).boxed()
+}
+
+/// The upstream connection's served chain and address, for alerts.
+trait PeerChain {
+    fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>>;
+    fn peer_addr(&self) -> Option<SocketAddr>;
+}
+
+impl PeerChain for tokio_rustls::client::TlsStream<TcpStream> {
+    fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.get_ref().0.peer_addr().ok()
+    }
+}
+
+/// Checks one well-known response against the watch: `Ok` when it names the
+/// recorded delegation (or redirects to another of the peer's pinned names,
+/// whose own answer is checked in its tunnel); the body read (at most
+/// [`crate::discovery::WELL_KNOWN_MAX_BODY`]) is returned to pass on.
+async fn check_well_known(
+    watch: &DelegationWatch,
+    parts: &hyper::http::response::Parts,
+    body: Incoming,
+) -> (Result<(), String>, Bytes) {
+    use http_body_util::BodyExt;
+    let status = parts.status;
+    if status.is_redirection() {
+        let location = parts
+            .headers
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let target = match location.strip_prefix("https://") {
+            Some(rest) => {
+                let authority = rest.split('/').next().unwrap_or("");
+                crate::pins::split_server_name(authority).ok()
+            }
+            None if location.starts_with('/') && !location.starts_with("//") => {
+                Some(watch.host.clone())
+            }
+            None => None,
+        };
+        let bytes = http_body_util::Limited::new(body, crate::discovery::WELL_KNOWN_MAX_BODY)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        return match target {
+            Some(h) if watch.names.contains(&h) => (Ok(()), bytes),
+            _ => (
+                Err(format!(
+                    "redirects ({status}) to {location:?}, outside the peer's pinned names"
+                )),
+                bytes,
+            ),
+        };
+    }
+    let collected = http_body_util::Limited::new(body, crate::discovery::WELL_KNOWN_MAX_BODY)
+        .collect()
+        .await;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return (Err(format!("could not be read ({e})")), Bytes::new()),
+    };
+    if status != StatusCode::OK {
+        return (Err(format!("is HTTP {status}, not a delegation")), bytes);
+    }
+    match crate::discovery::parse_well_known(&bytes) {
+        Ok(name) if name.to_string() == watch.delegation => (Ok(()), bytes),
+        Ok(name) => (Err(format!("names {name}")), bytes),
+        Err(e) => (Err(format!("is unusable ({e})")), bytes),
+    }
 }
 
 struct DialFailure {
