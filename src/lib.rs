@@ -22,6 +22,7 @@ pub mod demo;
 pub mod discovery;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod matrix;
 pub mod metrics;
 pub mod pinfile_edit;
 pub mod pins;

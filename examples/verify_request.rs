@@ -1,0 +1,60 @@
+//! fedpin's side of the request-signature differential test
+//! (`tests/differential/signing.sh`): stdin JSON Lines `{"method", "uri",
+//! "origin", "destination", "content_hex", "key_id", "public_key", "sig"}`,
+//! stdout `{"ok": true}` or `{"refused": reason}` per line.
+
+use std::io::{BufRead, Write};
+
+use fedpin::matrix::signing::{SignedRequest, VerifyKey};
+use serde_json::{json, Value};
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn answer(line: &str) -> Value {
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return json!({ "input_error": "not JSON" });
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let body = match v.get("content_hex").and_then(Value::as_str) {
+        Some(h) => match unhex(h) {
+            Some(b) => b,
+            None => return json!({ "input_error": "content_hex is not hex" }),
+        },
+        None => Vec::new(),
+    };
+    let key = match VerifyKey::from_base64(&s("key_id"), &s("public_key")) {
+        Ok(k) => k,
+        Err(e) => return json!({ "refused": e.to_string() }),
+    };
+    let (method, uri, origin, destination) = (s("method"), s("uri"), s("origin"), s("destination"));
+    let req = SignedRequest {
+        method: &method,
+        uri: &uri,
+        origin: &origin,
+        destination: &destination,
+        body: &body,
+    };
+    match req.verify(&key, &s("sig")) {
+        Ok(()) => json!({ "ok": true }),
+        Err(e) => json!({ "refused": e.to_string() }),
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if !line.trim().is_empty() {
+            writeln!(out, "{}", answer(&line))?;
+        }
+    }
+    out.flush()
+}
