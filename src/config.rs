@@ -93,6 +93,8 @@ struct RawInbound {
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     client_roots: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    verify_signatures: Option<SignatureMode>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +124,18 @@ pub enum ClientAuth {
     Request,
     /// Require one.
     Require,
+}
+
+/// Whether the edge verifies X-Matrix request signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureMode {
+    /// A request whose signature does not verify is refused (401).
+    Enforce,
+    /// It is logged and counted, and forwarded; rules use origin + address.
+    Report,
+    /// Not checked; rules use origin + address.
+    Off,
 }
 
 /// The validated `[outbound]` section.
@@ -199,6 +213,11 @@ pub struct Inbound {
     pub max_connections: usize,
     /// Extra trust anchors for client certificates (mutual TLS).
     pub client_roots: Option<PathBuf>,
+    /// This homeserver's Matrix server name (the signed `destination`).
+    pub server_name: Option<String>,
+    /// Request-signature checking: `enforce` by default when `server_name`
+    /// is set, `off` otherwise.
+    pub verify_signatures: SignatureMode,
 }
 
 /// The validated config.
@@ -510,6 +529,36 @@ impl Config {
                     format!("\"{}\" is not a URL", i.upstream.get_ref()),
                 );
             }
+            let server_name = match &i.server_name {
+                None => None,
+                Some(n) => match n.get_ref().parse::<crate::discovery::ServerName>() {
+                    Ok(parsed) if parsed.to_string() == *n.get_ref() => Some(parsed.to_string()),
+                    Ok(parsed) => {
+                        cx.err(
+                            n.span(),
+                            "inbound.server_name",
+                            format!("write the server name in canonical form: \"{parsed}\""),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        cx.err(n.span(), "inbound.server_name", e.to_string());
+                        None
+                    }
+                },
+            };
+            if server_name.is_none()
+                && matches!(
+                    i.verify_signatures,
+                    Some(SignatureMode::Enforce | SignatureMode::Report)
+                )
+            {
+                cx.err(
+                    0..0,
+                    "inbound.verify_signatures",
+                    "checking request signatures needs inbound.server_name (this homeserver's Matrix server name, the signed destination)".into(),
+                );
+            }
             Inbound {
                 per_origin: rate(i.rate_per_origin, i.burst_per_origin),
                 per_ip: rate(i.rate_per_ip, i.burst_per_ip),
@@ -535,6 +584,12 @@ impl Config {
                     .map(|d| d.to_ascii_lowercase())
                     .collect(),
                 client_auth: i.client_auth.unwrap_or(ClientAuth::Off),
+                server_name: server_name.clone(),
+                verify_signatures: match (i.verify_signatures, &server_name) {
+                    (Some(m), _) => m,
+                    (None, Some(_)) => SignatureMode::Enforce,
+                    (None, None) => SignatureMode::Off,
+                },
             }
         });
         let admin = raw

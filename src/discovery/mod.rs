@@ -963,6 +963,34 @@ pub async fn resolve(
     name: &ServerName,
     opts: &DiscoveryOptions,
 ) -> Result<Resolved, DiscoveryError> {
+    resolve_via(name, opts, &WebPkiWellKnown(opts)).await
+}
+
+/// The future a [`WellKnownSource`] returns.
+pub type WellKnownFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<WellKnown, DiscoveryError>> + Send + 'a>>;
+
+/// Where step 3 gets the well-known document: [`fetch_well_known`] (Web PKI,
+/// for `pinctl`), or the daemon's pinned HTTPS client (key fetches).
+pub trait WellKnownSource: Send + Sync {
+    /// Fetches and parses `https://<host>/.well-known/matrix/server`.
+    fn fetch<'a>(&'a self, host: &'a str) -> WellKnownFuture<'a>;
+}
+
+struct WebPkiWellKnown<'o>(&'o DiscoveryOptions);
+
+impl WellKnownSource for WebPkiWellKnown<'_> {
+    fn fetch<'a>(&'a self, host: &'a str) -> WellKnownFuture<'a> {
+        Box::pin(fetch_well_known(host, self.0))
+    }
+}
+
+/// [`resolve`] with the well-known document taken from `source`.
+pub async fn resolve_via(
+    name: &ServerName,
+    opts: &DiscoveryOptions,
+    source: &dyn WellKnownSource,
+) -> Result<Resolved, DiscoveryError> {
     let host = match &name.host {
         Host::Ip(ip) => {
             return Ok(Resolved {
@@ -988,7 +1016,7 @@ pub async fn resolve(
     }
 
     let mut srv = SrvBackend::new(opts);
-    match fetch_well_known(host, opts).await {
+    match source.fetch(host).await {
         Ok(wk) => {
             tracing::debug!(server_name = %name, delegated = %wk.delegated, "well-known delegation");
             let mut r = resolve_delegated(name, wk.delegated.clone(), &mut srv).await?;

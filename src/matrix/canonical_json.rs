@@ -165,7 +165,10 @@ mod tests {
 
     #[test]
     fn sorts_keys_by_code_point_and_drops_whitespace() {
-        assert_eq!(canon(r#"{"b": 1, "a": [true, null, "x"]}"#), r#"{"a":[true,null,"x"],"b":1}"#);
+        assert_eq!(
+            canon(r#"{"b": 1, "a": [true, null, "x"]}"#),
+            r#"{"a":[true,null,"x"],"b":1}"#
+        );
         // U+FFFD sorts before U+1F600 by code point (after it in UTF-16).
         assert_eq!(
             canon("{\"\u{1F600}\": 1, \"\u{FFFD}\": 2}"),

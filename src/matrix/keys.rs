@@ -1,1 +1,551 @@
-//! Server signing keys.
+//! Server signing keys for verifying request signatures at the edge.
+//!
+//! # What this protects against
+//!
+//! The origin of an inbound request is chosen by whoever sends it, so the
+//! key fetch it triggers is attacker-directed network traffic. The fetcher
+//! therefore:
+//!
+//! * resolves the origin the Matrix way (IP literal, explicit port,
+//!   `/.well-known/matrix/server`, SRV, 8448) and dials only addresses the
+//!   egress policy allows: loopback, private and other special ranges are
+//!   refused unless the operator listed them, so `origin = "127.0.0.1:22"` or a
+//!   name resolving to 10.0.0.1 causes no connection;
+//! * checks every TLS connection (the well-known front and the key endpoint)
+//!   with the same pinned verifier as the outbound proxy, so a CA-valid
+//!   impostor for a pinned peer cannot serve forged keys;
+//! * checks the key response's self-signature and `server_name`;
+//! * caches keys until `valid_until_ts` (at most 7 days, bounded in the
+//!   number of origins), caches failures for a short while, runs one fetch
+//!   per origin at a time and a bounded number overall, so a flood of forged
+//!   requests for one origin causes at most one fetch.
+//!
+//! A peer's keys can also be pinned in the pin file (`signing_keys`); then
+//! no fetch is needed and a request signed with another key is a
+//! `signing_key_mismatch`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use super::signing::{self, VerifyKey};
+use crate::discovery::{self, DiscoveryError, DiscoveryOptions, WellKnown, WellKnownFuture};
+use crate::proxy::egress::EgressPolicy;
+use crate::tls::UpstreamTls;
+use crate::verify::PeerContext;
+
+/// Path of a server's own key document.
+pub const KEY_PATH: &str = "/_matrix/key/v2/server";
+
+/// Longest key or well-known response read.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Longest a fetched key is trusted without a new fetch.
+const MAX_KEY_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How the fetcher reaches origins.
+#[derive(Debug, Clone)]
+pub struct KeyFetchSettings {
+    /// Which addresses may be dialled (the outbound proxy's policy).
+    pub egress: EgressPolicy,
+    /// Static name → address overrides (the outbound proxy's `resolve`).
+    pub resolve: BTreeMap<String, IpAddr>,
+    /// Static `(host, port)` → address overrides (`connect_to`).
+    pub connect_to: BTreeMap<(String, u16), SocketAddr>,
+    /// Limit for one whole fetch (discovery and the key request).
+    pub timeout: Duration,
+    /// Key fetches running at once, across all origins.
+    pub max_inflight: usize,
+    /// How long a failed fetch is remembered.
+    pub negative_ttl: Duration,
+    /// Origins whose keys are cached (least recently used are dropped).
+    pub max_origins: usize,
+}
+
+impl Default for KeyFetchSettings {
+    fn default() -> Self {
+        KeyFetchSettings {
+            egress: EgressPolicy::new(Vec::new(), Vec::new()),
+            resolve: BTreeMap::new(),
+            connect_to: BTreeMap::new(),
+            timeout: Duration::from_secs(10),
+            max_inflight: 16,
+            negative_ttl: Duration::from_secs(60),
+            max_origins: 10_000,
+        }
+    }
+}
+
+/// Why no key could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The fetch failed (or failed recently and is not retried yet).
+    #[error("cannot fetch the signing keys of {origin}: {reason}")]
+    Fetch {
+        /// The origin.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The origin's current keys do not include this key ID.
+    #[error("{origin} has no current key {key_id}")]
+    UnknownKey {
+        /// The origin.
+        origin: String,
+        /// The key asked for.
+        key_id: String,
+    },
+    /// Too many fetches are running; try again shortly.
+    #[error("too many signing-key fetches in flight")]
+    Busy,
+}
+
+#[derive(Clone)]
+enum Entry {
+    Keys {
+        keys: HashMap<String, VerifyKey>,
+        /// Unix ms after which the keys are no longer valid.
+        valid_until_ms: u64,
+        fetched: Instant,
+    },
+    Failed {
+        until: Instant,
+        reason: String,
+    },
+}
+
+/// Fetches, checks and caches origins' signing keys.
+pub struct KeyFetcher {
+    upstream: Arc<UpstreamTls>,
+    settings: KeyFetchSettings,
+    cache: Mutex<lru::LruCache<String, Entry>>,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    fetches: AtomicU64,
+    srv: Mutex<Option<Arc<dyn discovery::SrvLookup>>>,
+}
+
+impl std::fmt::Debug for KeyFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFetcher")
+            .field("fetches", &self.fetches())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl KeyFetcher {
+    /// A fetcher dialling through `upstream` (the pinned verifier).
+    pub fn new(upstream: Arc<UpstreamTls>, settings: KeyFetchSettings) -> Self {
+        let cap = NonZeroUsize::new(settings.max_origins.max(1)).unwrap_or(NonZeroUsize::MIN);
+        KeyFetcher {
+            upstream,
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
+            settings,
+            cache: Mutex::new(lru::LruCache::new(cap)),
+            flights: Mutex::new(HashMap::new()),
+            fetches: AtomicU64::new(0),
+            srv: Mutex::new(None),
+        }
+    }
+
+    /// Uses this SRV backend instead of the system resolver (tests).
+    pub fn with_srv(self, srv: Arc<dyn discovery::SrvLookup>) -> Self {
+        *self.srv.lock().unwrap_or_else(|p| p.into_inner()) = Some(srv);
+        self
+    }
+
+    /// Key fetches started so far (for metrics and tests).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, origin: &str, key_id: &str) -> Option<Result<VerifyKey, KeyError>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(origin)? {
+            Entry::Failed { until, reason } => {
+                if Instant::now() < *until {
+                    Some(Err(KeyError::Fetch {
+                        origin: origin.to_owned(),
+                        reason: format!("{reason} (remembered; retried later)"),
+                    }))
+                } else {
+                    None
+                }
+            }
+            Entry::Keys {
+                keys,
+                valid_until_ms,
+                fetched,
+            } => {
+                if now_ms() >= *valid_until_ms || fetched.elapsed() >= MAX_KEY_LIFETIME {
+                    return None;
+                }
+                match keys.get(key_id) {
+                    Some(k) => Some(Ok(k.clone())),
+                    // A key rotated in since the fetch: look again, but not
+                    // more than once per negative TTL.
+                    None if fetched.elapsed() >= self.settings.negative_ttl => None,
+                    None => Some(Err(KeyError::UnknownKey {
+                        origin: origin.to_owned(),
+                        key_id: key_id.to_owned(),
+                    })),
+                }
+            }
+        }
+    }
+
+    /// The origin's current key `key_id`, from the cache or one fetch.
+    pub async fn key(&self, origin: &str, key_id: &str) -> Result<VerifyKey, KeyError> {
+        if let Some(hit) = self.cached(origin, key_id) {
+            return hit;
+        }
+        // One fetch per origin at a time: later callers wait and read the cache.
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if flights.len() > self.settings.max_origins {
+                flights.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            flights
+                .entry(origin.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        let _turn = flight.lock().await;
+        if let Some(hit) = self.cached(origin, key_id) {
+            return hit;
+        }
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(KeyError::Busy);
+        };
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched =
+            match tokio::time::timeout(self.settings.timeout, self.fetch_keys(origin)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("timed out after {:?}", self.settings.timeout)),
+            };
+        let entry = match fetched {
+            Ok((keys, valid_until_ms)) => Entry::Keys {
+                keys,
+                valid_until_ms,
+                fetched: Instant::now(),
+            },
+            Err(reason) => {
+                tracing::warn!(target: "fedpin::inbound", origin = %origin, reason = %reason, "signing-key fetch failed");
+                Entry::Failed {
+                    until: Instant::now() + self.settings.negative_ttl,
+                    reason,
+                }
+            }
+        };
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(origin.to_owned(), entry);
+        self.cached(origin, key_id).unwrap_or_else(|| {
+            Err(KeyError::UnknownKey {
+                origin: origin.to_owned(),
+                key_id: key_id.to_owned(),
+            })
+        })
+    }
+
+    /// Discovers the origin's endpoint and reads its key document.
+    async fn fetch_keys(&self, origin: &str) -> Result<(HashMap<String, VerifyKey>, u64), String> {
+        let name: discovery::ServerName =
+            origin.parse().map_err(|e: DiscoveryError| e.to_string())?;
+        let opts = DiscoveryOptions {
+            timeout: self.settings.timeout,
+            resolver: self.srv.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            ..DiscoveryOptions::default()
+        };
+        let r = discovery::resolve_via(&name, &opts, self)
+            .await
+            .map_err(|e| e.to_string())?;
+        let host_header = match name.port {
+            Some(p) => format!("{}:{p}", name.host),
+            None => name.host.to_string(),
+        };
+        let (status, _, body) = self
+            .get(&r.tls_name, &r.connect_host, r.port, KEY_PATH, &host_header)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("{KEY_PATH} answered HTTP {status}"));
+        }
+        parse_key_response(&body, origin, now_ms())
+    }
+
+    /// One GET over the pinned verifier, after the egress check.
+    async fn get(
+        &self,
+        tls_name: &str,
+        connect_host: &str,
+        port: u16,
+        path: &str,
+        host_header: &str,
+    ) -> Result<(StatusCode, Option<String>, Bytes), String> {
+        let (candidates, dial_port): (Vec<IpAddr>, u16) = if let Some(a) = self
+            .settings
+            .connect_to
+            .get(&(connect_host.to_owned(), port))
+        {
+            (vec![a.ip()], a.port())
+        } else if let Some(ip) = self.settings.resolve.get(connect_host) {
+            (vec![*ip], port)
+        } else if let Ok(ip) = connect_host.parse::<IpAddr>() {
+            (vec![ip], port)
+        } else {
+            let found = tokio::net::lookup_host((connect_host, port))
+                .await
+                .map_err(|e| format!("cannot resolve {connect_host}: {e}"))?;
+            (found.map(|a| a.ip()).collect(), port)
+        };
+        let mut refusals = Vec::new();
+        let allowed: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|ip| match self.settings.egress.check(*ip) {
+                Ok(()) => true,
+                Err(r) => {
+                    refusals.push(format!("{ip} {r}"));
+                    false
+                }
+            })
+            .map(|ip| SocketAddr::new(ip, dial_port))
+            .collect();
+        let Some(addr) = allowed.first().copied() else {
+            return Err(format!(
+                "refusing to dial {connect_host}:{port} (egress policy): {}",
+                if refusals.is_empty() {
+                    "no addresses".to_owned()
+                } else {
+                    refusals.join("; ")
+                }
+            ));
+        };
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(tls_name.to_owned())
+            .map_err(|_| format!("{tls_name:?} is not a valid TLS name"))?;
+        let ctx = PeerContext {
+            direction: Some(crate::alert::Direction::Outbound),
+            server_name: None,
+            port: Some(port),
+            peer_addr: Some(addr),
+        };
+        let connector = self
+            .upstream
+            .connector(ctx, vec![b"http/1.1".to_vec()])
+            .map_err(|e| e.to_string())?;
+        let tls = connector.connect(name, tcp).await.map_err(|e| {
+            match connector.record().and_then(|r| r.rejected) {
+                Some(x) => format!("TLS with {tls_name} refused: {}", x.reason),
+                None => format!("TLS with {tls_name} failed: {e}"),
+            }
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, host_header)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("fedpin/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let result = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("HTTP request failed: {e}"))?;
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the response failed: {e}"))?
+                .to_bytes();
+            Ok((status, location, body))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}
+
+impl discovery::WellKnownSource for KeyFetcher {
+    fn fetch<'a>(&'a self, host: &'a str) -> WellKnownFuture<'a> {
+        Box::pin(async move {
+            let url = format!("https://{host}{}", discovery::WELL_KNOWN_PATH);
+            let bad = |reason: String| DiscoveryError::WellKnown {
+                url: url.clone(),
+                reason,
+            };
+            let mut path = discovery::WELL_KNOWN_PATH.to_owned();
+            for _ in 0..=5 {
+                let (status, location, body) =
+                    self.get(host, host, 443, &path, host).await.map_err(bad)?;
+                if status == StatusCode::OK {
+                    let delegated = discovery::parse_well_known(&body)?;
+                    return Ok(WellKnown {
+                        delegated,
+                        hops: Vec::new(),
+                    });
+                }
+                // Redirects are followed on the same host only: another host
+                // would be a TLS name no pin covers for this origin.
+                match location {
+                    Some(l)
+                        if status.is_redirection()
+                            && l.starts_with('/')
+                            && !l.starts_with("//") =>
+                    {
+                        path = l;
+                    }
+                    _ => return Err(bad(format!("HTTP status {status}"))),
+                }
+            }
+            Err(bad("too many redirects".into()))
+        })
+    }
+}
+
+/// Checks a `/_matrix/key/v2/server` answer for `origin` at `now_ms`: the
+/// right `server_name`, every signature by one of its own `verify_keys`
+/// valid (at least one), not yet expired. Returns the current keys (and the
+/// `old_verify_keys` not yet expired) and the validity limit.
+pub fn parse_key_response(
+    body: &[u8],
+    origin: &str,
+    now_ms: u64,
+) -> Result<(HashMap<String, VerifyKey>, u64), String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("key response is not JSON: {e}"))?;
+    if v.get("server_name").and_then(Value::as_str) != Some(origin) {
+        return Err(format!("key response is not for {origin}"));
+    }
+    let valid_until = v
+        .get("valid_until_ts")
+        .and_then(Value::as_u64)
+        .ok_or("key response has no valid_until_ts")?;
+    if valid_until <= now_ms {
+        return Err("key response has expired (valid_until_ts is past)".into());
+    }
+    let mut keys = HashMap::new();
+    if let Some(vk) = v.get("verify_keys").and_then(Value::as_object) {
+        for (id, k) in vk {
+            let Some(b64) = k.get("key").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Ok(key) = VerifyKey::from_base64(id, b64) {
+                keys.insert(id.clone(), key);
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err("key response has no usable ed25519 verify_keys".into());
+    }
+    let sigs = v
+        .get("signatures")
+        .and_then(|s| s.get(origin))
+        .and_then(Value::as_object)
+        .ok_or("key response is not signed by its server")?;
+    let mut verified = 0;
+    for id in sigs.keys() {
+        if let Some(k) = keys.get(id) {
+            signing::verify_json(&v, origin, k)
+                .map_err(|e| format!("key response self-signature by {id}: {e}"))?;
+            verified += 1;
+        }
+    }
+    if verified == 0 {
+        return Err("key response is not signed by any of its own keys".into());
+    }
+    if let Some(old) = v.get("old_verify_keys").and_then(Value::as_object) {
+        for (id, k) in old {
+            let expired = k.get("expired_ts").and_then(Value::as_u64).unwrap_or(0);
+            if expired > now_ms {
+                if let Some(key) = k
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .and_then(|b| VerifyKey::from_base64(id, b).ok())
+                {
+                    keys.entry(id.clone()).or_insert(key);
+                }
+            }
+        }
+    }
+    Ok((keys, valid_until))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+
+    pub(crate) fn key_response(seed: u8, origin: &str, valid_until: u64) -> Vec<u8> {
+        let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(b);
+        let mut v = serde_json::json!({
+            "server_name": origin,
+            "valid_until_ts": valid_until,
+            "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
+            "old_verify_keys": {},
+        });
+        let text = super::super::canonical_json::encode(&v).unwrap();
+        let sig = b64(kp.sign(text.as_bytes()).as_ref());
+        v["signatures"] = serde_json::json!({ origin: { "ed25519:k": sig } });
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn key_responses_are_checked() {
+        let now = 1_000_000;
+        let good = key_response(1, "a.example", now + 1000);
+        let (keys, until) = parse_key_response(&good, "a.example", now).unwrap();
+        assert!(keys.contains_key("ed25519:k"));
+        assert_eq!(until, now + 1000);
+        assert!(parse_key_response(&good, "b.example", now).is_err());
+        assert!(parse_key_response(&good, "a.example", now + 1000).is_err());
+        let mut tampered: Value = serde_json::from_slice(&good).unwrap();
+        tampered["valid_until_ts"] = (now + 5000).into();
+        assert!(
+            parse_key_response(&serde_json::to_vec(&tampered).unwrap(), "a.example", now)
+                .unwrap_err()
+                .contains("self-signature")
+        );
+        let mut unsigned: Value = serde_json::from_slice(&good).unwrap();
+        unsigned.as_object_mut().unwrap().remove("signatures");
+        assert!(
+            parse_key_response(&serde_json::to_vec(&unsigned).unwrap(), "a.example", now).is_err()
+        );
+    }
+}

@@ -185,23 +185,48 @@ mod tests {
         // Padding is tolerated.
         req.verify(&key, &format!("{sig}=")).unwrap();
         for changed in [
-            SignedRequest { origin: "c.example", ..req },
-            SignedRequest { destination: "c.example", ..req },
-            SignedRequest { uri: "/_matrix/federation/v1/send/2", ..req },
-            SignedRequest { method: "POST", ..req },
-            SignedRequest { body: br#"{"pdus": [1]}"#, ..req },
+            SignedRequest {
+                origin: "c.example",
+                ..req
+            },
+            SignedRequest {
+                destination: "c.example",
+                ..req
+            },
+            SignedRequest {
+                uri: "/_matrix/federation/v1/send/2",
+                ..req
+            },
+            SignedRequest {
+                method: "POST",
+                ..req
+            },
+            SignedRequest {
+                body: br#"{"pdus": [1]}"#,
+                ..req
+            },
         ] {
             assert_eq!(changed.verify(&key, &sig), Err(SignatureError::Invalid));
         }
         let (_, other) = keypair(2);
         assert_eq!(req.verify(&other, &sig), Err(SignatureError::Invalid));
         // GET bodies are not signed.
-        let get = SignedRequest { method: "GET", body: b"ignored", ..req };
+        let get = SignedRequest {
+            method: "GET",
+            body: b"ignored",
+            ..req
+        };
         let gsig = sign(&kp, &get);
-        SignedRequest { body: b"", ..get }.verify(&key, &gsig).unwrap();
+        SignedRequest { body: b"", ..get }
+            .verify(&key, &gsig)
+            .unwrap();
         // PUT needs a JSON object.
         assert!(matches!(
-            SignedRequest { body: b"[1]", ..req }.verify(&key, &sig),
+            SignedRequest {
+                body: b"[1]",
+                ..req
+            }
+            .verify(&key, &sig),
             Err(SignatureError::Body(_))
         ));
     }

@@ -139,6 +139,10 @@ pub struct Peer {
     /// differ from the federation endpoint's. A host here is checked against
     /// its own list only, never against `pins`.
     pub host_pins: Vec<(String, Vec<Pin>)>,
+    /// The peer's Matrix server signing keys (`signing_keys`), recorded by
+    /// `pinctl add` over pinned TLS. When set, a request from this origin
+    /// must be signed by one of them (SPEC 4.12).
+    pub signing_keys: Vec<crate::matrix::signing::VerifyKey>,
 }
 
 impl Peer {
@@ -224,6 +228,7 @@ struct RawPeer {
     hosts: Option<Vec<Spanned<String>>>,
     pins: Spanned<Vec<Spanned<String>>>,
     delegation: Option<Spanned<String>>,
+    signing_keys: Option<Vec<Spanned<String>>>,
     host_pins: Option<std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>>,
     trust: Option<Trust>,
     mode: Option<Mode>,
@@ -519,6 +524,26 @@ impl PinSet {
                     }
                 },
             };
+            let mut signing_keys = Vec::new();
+            for (j, k) in rp.signing_keys.unwrap_or_default().into_iter().enumerate() {
+                let parsed = k
+                    .get_ref()
+                    .split_once('=')
+                    .ok_or_else(|| "expected \"ed25519:KEYID=BASE64\"".to_owned())
+                    .and_then(|(id, b64)| {
+                        crate::matrix::signing::VerifyKey::from_base64(id, b64)
+                            .map_err(|e| e.to_string())
+                    });
+                match parsed {
+                    Ok(key) if !signing_keys.contains(&key) => signing_keys.push(key),
+                    Ok(_) => {}
+                    Err(m) => err(
+                        k.span(),
+                        format!("peer[{i}].signing_keys[{j}]"),
+                        format!("malformed signing key \"{}\": {m}", k.get_ref()),
+                    ),
+                }
+            }
             let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
             for (h, list) in rp.host_pins.unwrap_or_default() {
                 let span = list.span();
@@ -607,6 +632,7 @@ impl PinSet {
                 line,
                 delegation,
                 host_pins,
+                signing_keys,
             };
             for (h, these) in &peer.host_pins {
                 by_host
