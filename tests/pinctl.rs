@@ -1305,3 +1305,57 @@ async fn verify_reports_a_report_mode_mismatch() {
     assert!(run.stdout.contains("MISMATCH"), "{}", run.describe());
     assert!(run.stdout.contains("report"), "{}", run.describe());
 }
+
+/// Invariant 10 through `pinctl verify`: a peer whose pins have expired
+/// (`on_expired = "webpki"`) is still compared. The genuine key is OK; a
+/// CA-valid impostor is a MISMATCH with exit 1, in enforce and report mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_compares_expired_pins_and_reports_an_impostor() {
+    let fx = Fixture::new();
+    let (genuine, cert) = fx.genuine().await;
+    let (impostor, _) = fx.genuine().await;
+    let name = format!("localhost:{}", genuine.port());
+    for mode in ["enforce", "report"] {
+        std::fs::write(
+            &fx.pins,
+            format!(
+                "version = 1\n[policy]\non_expired = \"webpki\"\n\n[[peer]]\nserver_name = \"{name}\"\npins = [\"{}\", \"{}\"]\nmode = \"{mode}\"\nexpires = \"2020-01-01T00:00:00Z\"\n",
+                spki_pin(&cert),
+                a_pin(9)
+            ),
+        )
+        .unwrap();
+        let verify = |addr: std::net::SocketAddr| {
+            let connect = addr.to_string();
+            let name = name.clone();
+            let pins = fx.pins().to_string();
+            let ca = fx.ca().to_string();
+            async move {
+                pinctl(
+                    &[
+                        "--pins",
+                        &pins,
+                        "verify",
+                        &name,
+                        "--connect",
+                        &connect,
+                        "--roots",
+                        &ca,
+                    ],
+                    None,
+                )
+                .await
+            }
+        };
+        let run = verify(genuine).await;
+        run.expect_code(0);
+        assert!(run.stdout.starts_with("OK"), "{mode}: {}", run.describe());
+        let run = verify(impostor).await;
+        run.expect_code(1);
+        assert!(
+            run.stdout.starts_with("MISMATCH"),
+            "{mode}: {}",
+            run.describe()
+        );
+    }
+}
