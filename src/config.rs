@@ -606,16 +606,8 @@ impl Config {
             }
         }
         if let Some(w) = &raw.alerts.webhook {
-            let u = w.get_ref();
-            if !(u.starts_with("https://")
-                || u.starts_with("http://127.")
-                || u.starts_with("http://localhost"))
-            {
-                cx.err(
-                    w.span(),
-                    "alerts.webhook",
-                    format!("\"{u}\" must be an https:// URL (plain http only to loopback)"),
-                );
+            if let Err(why) = check_alert_url(w.get_ref()) {
+                cx.err(w.span(), "alerts.webhook", why);
             }
         }
         let alert_extra_roots = raw
@@ -628,15 +620,8 @@ impl Config {
             (None, None, None) => None,
             (Some(hs), Some(room), Some(token)) => {
                 let u = hs.get_ref();
-                if !(u.starts_with("https://")
-                    || u.starts_with("http://127.")
-                    || u.starts_with("http://localhost"))
-                {
-                    cx.err(
-                        hs.span(),
-                        "alerts.matrix_homeserver",
-                        format!("\"{u}\" must be an https:// URL (plain http only to loopback)"),
-                    );
+                if let Err(why) = check_alert_url(u) {
+                    cx.err(hs.span(), "alerts.matrix_homeserver", why);
                 }
                 if !room.get_ref().starts_with('!') || !room.get_ref().contains(':') {
                     cx.err(
@@ -676,9 +661,83 @@ impl Config {
     }
 }
 
+/// Checks an alert sink URL (`alerts.webhook`, `alerts.matrix_homeserver`)
+/// on its parsed form: `https://`, or plain `http://` only when the host is
+/// a loopback IP address (127.0.0.0/8, `::1`) or exactly `localhost`, so the
+/// alert (and the Matrix sink's access token) never crosses a network in
+/// clear. A user name or password in the URL is refused: credentials belong
+/// in files, not in a URL that ends up in logs. Returns the reason on refusal.
+fn check_alert_url(u: &str) -> Result<(), String> {
+    let uri: hyper::Uri = u
+        .parse()
+        .map_err(|e| format!("\"{u}\" is not a URL ({e})"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(format!("\"{u}\" is not an absolute URL with a host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "\"{u}\" carries a user name or password (userinfo); put credentials elsewhere"
+        ));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(format!("\"{u}\" has no host"));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = match bare.parse::<IpAddr>() {
+                // 127.0.0.0/8 and ::1 only (not IPv4-mapped forms).
+                Ok(ip) => ip.is_loopback(),
+                Err(_) => host.eq_ignore_ascii_case("localhost"),
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "\"{u}\": plain http:// is allowed only to a loopback host (127.0.0.0/8, [::1] or localhost), not \"{host}\"; use https://"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "\"{u}\" must be an https:// URL (plain http only to loopback)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_urls_are_judged_on_the_parsed_host() {
+        for ok in [
+            "https://alerts.example/hook",
+            "http://127.0.0.1:9/x",
+            "http://127.255.0.9/x",
+            "http://[::1]:9/x",
+            "http://localhost/x",
+            "http://LocalHost:8008",
+        ] {
+            assert_eq!(check_alert_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://127.attacker.example/hook",
+            "http://localhost.attacker.example/",
+            "http://127.0.0.1.nip.io/",
+            "http://127.1/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://10.0.0.1/",
+            "http://user:pw@127.0.0.1/",
+            "https://token@alerts.example/",
+            "/relative/path",
+            "ftp://127.0.0.1/",
+            "",
+        ] {
+            assert!(check_alert_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn destination_names_are_normalised_like_connect_hosts() {

@@ -172,3 +172,69 @@ fn run_refuses_a_group_readable_ca_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+/// Plain `http://` alert URLs are allowed only to a loopback host, decided on
+/// the parsed URL: hosts that merely start like loopback (`127.attacker…`,
+/// `localhost.attacker…`) and URLs with userinfo are refused with exit 64 and
+/// the key named, for both the webhook and the Matrix sink.
+#[test]
+fn check_config_refuses_alert_urls_that_only_look_like_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pins.toml"), "version = 1\n").unwrap();
+    std::fs::write(dir.path().join("token"), "secret\n").unwrap();
+    let cfg = dir.path().join("fedpin.toml");
+    let check = |alerts: &str| {
+        std::fs::write(&cfg, format!("pins = \"pins.toml\"\n[alerts]\n{alerts}")).unwrap();
+        fedpin()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let webhook = |u: &str| format!("webhook = \"{u}\"\n");
+    let matrix = |u: &str| {
+        format!(
+            "matrix_homeserver = \"{u}\"\nmatrix_room = \"!ops:example.org\"\nmatrix_token_file = \"token\"\n"
+        )
+    };
+    let bad = [
+        "http://127.attacker.example/hook",
+        "http://localhost.attacker.example/",
+        "http://127.0.0.1.attacker.example/",
+        "http://localhostx/",
+        "http://[::2]:9/x",
+        "http://user:pw@127.0.0.1:9/x",
+        "https://user@alerts.example/hook",
+        "ftp://127.0.0.1/x",
+        "not a url",
+    ];
+    for u in bad {
+        for (key, alerts) in [
+            ("alerts.webhook", webhook(u)),
+            ("alerts.matrix_homeserver", matrix(u)),
+        ] {
+            let out = check(&alerts);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{u} accepted as {key}: {err}");
+            assert!(err.contains(key) && err.contains("line "), "{u}: {err}");
+        }
+    }
+    let good = [
+        "http://127.0.0.1:9/x",
+        "http://127.1.2.3/x",
+        "http://[::1]:9/x",
+        "http://localhost:9/x",
+        "http://LOCALHOST/x",
+        "https://alerts.example/hook",
+    ];
+    for u in good {
+        for alerts in [webhook(u), matrix(u)] {
+            let out = check(&alerts);
+            assert!(
+                out.status.success(),
+                "{u} refused: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1034,6 +1034,80 @@ async fn non_federation_paths_get_404_json_and_never_reach_the_homeserver() {
     assert_eq!(env.up.started(), 1);
 }
 
+/// Paths with dot segments (also ones hidden behind `%2F`), an encoded `\\`
+/// or `.`, or a literal `\\`, are refused with 400 `M_UNRECOGNIZED` before
+/// anything is forwarded: a hop behind fedpin that normalises paths would
+/// otherwise turn `/_matrix/federation/../client/v3/login` into a
+/// non-federation path. Real federation paths with percent-encoded IDs
+/// (room version 3 event IDs carry `%2F`) still pass byte for byte.
+#[tokio::test]
+async fn dot_segments_and_encoded_separators_are_refused_before_forwarding() {
+    let env = start(Opts::default()).await;
+    let bad = [
+        "/_matrix/federation/../client/v3/login",
+        "/_matrix/federation/v1/..%2f..%2f_synapse/admin/v1/users",
+        "/_matrix/federation/v1/..%2F..%2F_synapse/admin/v1/users",
+        "/_matrix/federation/v1/%2e%2e/%2E%2E/client/v3/login",
+        "/_matrix/federation/v1/x%5c..%5Cclient",
+        "/_matrix/federation/v1/x\\..\\client",
+        "/_matrix/federation/./v1/version",
+        "/_matrix/federation/v1/..",
+        "/_matrix/federation/v1/.",
+        "/_matrix/key/../../_synapse/admin/v1/users",
+        "/_matrix/key/v2/query/%2e%2e",
+        "/_matrix/federation/v1/version/..?x=1",
+        "/_matrix/federation/v1/x%2F.%2F..%2Fclient",
+    ];
+    for path in bad {
+        // Raw bytes, so no client library can normalise the path on the way.
+        let mut raw = Raw::new(tls(&env, &[b"http/1.1"]).await);
+        raw.send(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {}\r\n\r\n",
+                xmatrix("a.example")
+            )
+            .as_bytes(),
+        )
+        .await;
+        let h = raw.head().await;
+        assert_eq!(h.status, 400, "{path}: {h:?}");
+        let body = raw.body(&h).await;
+        let j: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body:?}"));
+        assert_eq!(j["errcode"], "M_UNRECOGNIZED", "{path}: {j}");
+    }
+    // The same over h2.
+    let (mut s, _conn) = Sender::open(tls(&env, &[b"h2"]).await).await;
+    let r = s
+        .send(get(
+            "/_matrix/federation/v1/..%2f..%2f_synapse/admin/v1/users",
+            Some("a.example"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.version, Version::HTTP_2);
+    r.assert_matrix_error(400, "M_UNRECOGNIZED");
+    assert_eq!(env.up.started(), 0, "{:?}", env.up.requests());
+
+    // Real federation paths, with percent-encoded room and event IDs, pass untouched.
+    let good = [
+        "/_matrix/federation/v1/event/%24Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg",
+        "/_matrix/federation/v1/event/%24acR1l0raoZnm60CBwAVgqbZqoO%2FmYU81xysh1u7XcJk",
+        "/_matrix/federation/v1/state_ids/%21room%3Aexample.org?event_id=%24event%3Aexample.org",
+        "/_matrix/federation/v1/make_join/%21room%3Aexample.org/%40alice%3Aa.example?ver=10",
+        "/_matrix/federation/v2/send_join/%21room%3Aexample.org/%24event%3Aexample.org",
+        "/_matrix/federation/v1/query/profile?user_id=%40a%3Aa.example&field=../x",
+        "/_matrix/key/v2/server",
+    ];
+    for path in good {
+        let r = call(&env, get(path, Some("a.example"))).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+    }
+    let reqs = env.up.requests();
+    let seen: Vec<&str> = reqs.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(seen, good);
+}
+
 // ---------------------------------------------------------------------------
 // 3. X-Matrix authorization
 // ---------------------------------------------------------------------------

@@ -302,14 +302,15 @@ async fn inv6_unpinned_policy_webpki_and_deny() {
     assert_eq!(a[0].webpki, "valid");
 }
 
-/// Invariant 6: expired pins follow policy.on_expired.
+/// Invariant 6: expired pins follow policy.on_expired (when they still
+/// match; a mismatch is invariant 10's critical alert).
 #[tokio::test]
 async fn inv6_expired_pins_follow_on_expired() {
     let ca = root("CA");
     let pinned = leaf(&ca, &[HOST]);
     let rotated = leaf(&ca, &[HOST]);
     let (core, hub) = core(&[&ca.cert]);
-    let addr = serve(vec![rotated.cert.clone()], rotated.key_der()).await;
+    let addr = serve(vec![pinned.cert.clone()], pinned.key_der()).await;
     let expired = "expires = \"2020-01-01T00:00:00Z\"";
 
     let fallback = pinset(&peer_toml(
@@ -328,12 +329,13 @@ async fn inv6_expired_pins_follow_on_expired() {
     ));
     assert!(connect(&core, &deny, addr, HOST).await.result.is_err());
 
-    // Not yet expired: enforced as usual.
+    // Not yet expired: enforced as usual (a rotated key is refused).
     let future = pinset(&peer_toml(
         "on_expired = \"webpki\"",
         &[pin(&pinned.cert).to_string()],
         "expires = \"2999-01-01T00:00:00Z\"",
     ));
+    let addr = serve(vec![rotated.cert.clone()], rotated.key_der()).await;
     assert!(connect(&core, &future, addr, HOST).await.result.is_err());
 
     let a = alerts(&hub);
@@ -351,6 +353,106 @@ async fn inv6_expired_pins_follow_on_expired() {
         (a[2].event, a[2].severity),
         (AlertEvent::PinMismatch, Severity::Critical)
     );
+}
+
+/// Invariant 10: expired pins are still compared. A CA-valid certificate
+/// that matches no pin is a critical `pin_mismatch` whatever
+/// `policy.on_expired` says: blocked in enforce mode (and always under
+/// `on_expired = "deny"`), allowed only in report mode under
+/// `on_expired = "webpki"`. `on_expired = "webpki"` accepts with a
+/// `pin_expired` warning only when the expired pins still match.
+#[tokio::test]
+async fn invariant_10_expired_pins_are_still_compared() {
+    let ca = root("CA");
+    let pinned = leaf(&ca, &[HOST]);
+    let impostor = leaf(&ca, &[HOST]);
+    let good = serve(vec![pinned.cert.clone()], pinned.key_der()).await;
+    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
+    let expired = "expires = \"2020-01-01T00:00:00Z\"";
+    let pinned_pin = [pin(&pinned.cert).to_string()];
+
+    // (on_expired, extra peer keys, server) -> accepted?, alert (event, severity, action)
+    let cases = [
+        (
+            "webpki",
+            "",
+            bad,
+            false,
+            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
+        ),
+        (
+            "webpki",
+            "trust = \"pin-only\"",
+            bad,
+            false,
+            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
+        ),
+        (
+            "webpki",
+            "mode = \"report\"",
+            bad,
+            true,
+            (AlertEvent::PinMismatch, Severity::Critical, Action::Allowed),
+        ),
+        (
+            "deny",
+            "",
+            bad,
+            false,
+            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
+        ),
+        (
+            "deny",
+            "mode = \"report\"",
+            bad,
+            false,
+            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
+        ),
+        (
+            "webpki",
+            "",
+            good,
+            true,
+            (AlertEvent::PinExpired, Severity::Warning, Action::Allowed),
+        ),
+        (
+            "deny",
+            "",
+            good,
+            false,
+            (AlertEvent::PinExpired, Severity::Warning, Action::Blocked),
+        ),
+    ];
+    for (on_expired, extra, addr, accepted, want) in cases {
+        let what = format!(
+            "on_expired = {on_expired}, {extra:?}, served {}",
+            if addr == good { "pinned" } else { "impostor" }
+        );
+        let (core, hub) = core(&[&ca.cert]);
+        let pins = pinset(&peer_toml(
+            &format!("on_expired = \"{on_expired}\""),
+            &pinned_pin,
+            &format!("{expired}\n{extra}"),
+        ));
+        let out = connect(&core, &pins, addr, HOST).await;
+        assert_eq!(out.result.is_ok(), accepted, "{what}: {:?}", out.result);
+        if addr == bad && accepted {
+            assert_eq!(
+                out.record.unwrap().basis,
+                Some(Basis::ReportModeWebPki),
+                "{what}"
+            );
+        }
+        let a = alerts(&hub);
+        assert_eq!(a.len(), 1, "{what}: {a:?}");
+        assert_eq!((a[0].event, a[0].severity, a[0].action), want, "{what}");
+        assert_eq!(a[0].webpki, "valid", "{what}");
+        assert_eq!(
+            a[0].expires.as_deref(),
+            Some("2020-01-01T00:00:00Z"),
+            "{what}"
+        );
+    }
 }
 
 /// Invariant 7: any error while verifying rejects (garbage certificates, empty chains, odd names).

@@ -776,6 +776,40 @@ async fn default_egress_policy_refuses_loopback() {
     assert_eq!(up.seen().len(), 0, "nothing was dialled");
 }
 
+/// IPv6 forms that carry an IPv4 address (NAT64 64:ff9b::/96 and
+/// 64:ff9b:1::/48, 6to4 2002::/16, IPv4-compatible ::/96, Teredo 2001::/32,
+/// IPv4-mapped) are judged by the IPv4 address inside: each of these points
+/// at 127.0.0.1 and is answered 403 before anything is dialled, even though
+/// `allow_ips` opens 127.0.0.0/8 (an IPv4 allow entry does not open a
+/// tunnel to it; only an entry for the IPv6 range does).
+#[tokio::test]
+async fn ipv6_forms_embedding_a_refused_ipv4_address_get_403() {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let port = up.port();
+    let targets = [
+        format!("[64:ff9b::7f00:1]:{port}"),
+        format!("[64:ff9b::127.0.0.1]:{port}"),
+        format!("[64:ff9b:1::7f00:1]:{port}"),
+        format!("[2002:7f00:1::]:{port}"),
+        format!("[::127.0.0.1]:{port}"),
+        format!("[2001:0:7f00:1::]:{port}"),
+        format!("[2001:0:4136:e378:8000:63bf:80ff:fffe]:{port}"),
+        format!("[::ffff:10.0.0.1]:{port}"),
+    ];
+    for target in &targets {
+        let (r, _) = connect(env.addr, target, "").await;
+        assert_eq!(r.status, 403, "{target}: {r:?}");
+        assert!(r.body.contains("allow_ips"), "{target}: {}", r.body);
+    }
+    assert_eq!(up.seen().len(), 0, "nothing was dialled");
+    assert_eq!(
+        env.proxy.stats().refused.load(Ordering::SeqCst),
+        targets.len() as u64
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. Non-TLS bytes inside the tunnel
 // ---------------------------------------------------------------------------

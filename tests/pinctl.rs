@@ -1305,3 +1305,115 @@ async fn verify_reports_a_report_mode_mismatch() {
     assert!(run.stdout.contains("MISMATCH"), "{}", run.describe());
     assert!(run.stdout.contains("report"), "{}", run.describe());
 }
+
+/// Invariant 10 through `pinctl verify`: a peer whose pins have expired
+/// (`on_expired = "webpki"`) is still compared. The genuine key is OK; a
+/// CA-valid impostor is a MISMATCH with exit 1, in enforce and report mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_compares_expired_pins_and_reports_an_impostor() {
+    let fx = Fixture::new();
+    let (genuine, cert) = fx.genuine().await;
+    let (impostor, _) = fx.genuine().await;
+    let name = format!("localhost:{}", genuine.port());
+    for mode in ["enforce", "report"] {
+        std::fs::write(
+            &fx.pins,
+            format!(
+                "version = 1\n[policy]\non_expired = \"webpki\"\n\n[[peer]]\nserver_name = \"{name}\"\npins = [\"{}\", \"{}\"]\nmode = \"{mode}\"\nexpires = \"2020-01-01T00:00:00Z\"\n",
+                spki_pin(&cert),
+                a_pin(9)
+            ),
+        )
+        .unwrap();
+        let verify = |addr: std::net::SocketAddr| {
+            let connect = addr.to_string();
+            let name = name.clone();
+            let pins = fx.pins().to_string();
+            let ca = fx.ca().to_string();
+            async move {
+                pinctl(
+                    &[
+                        "--pins",
+                        &pins,
+                        "verify",
+                        &name,
+                        "--connect",
+                        &connect,
+                        "--roots",
+                        &ca,
+                    ],
+                    None,
+                )
+                .await
+            }
+        };
+        let run = verify(genuine).await;
+        run.expect_code(0);
+        assert!(run.stdout.starts_with("OK"), "{mode}: {}", run.describe());
+        let run = verify(impostor).await;
+        run.expect_code(1);
+        assert!(
+            run.stdout.starts_with("MISMATCH"),
+            "{mode}: {}",
+            run.describe()
+        );
+    }
+}
+
+/// One convention for a pin file that does not parse: it is bad input for
+/// `list` and `verify` (message on stderr, exit 64, nothing on stdout);
+/// `check` is the linter, so its findings go to stdout with exit 1. A file
+/// that cannot be read at all is bad input for every command, `check` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_pin_file_is_bad_input_for_list_and_verify_and_a_finding_for_check() {
+    let fx = Fixture::new();
+    std::fs::write(
+        &fx.pins,
+        "version = 1\n\n[[peer]]\nserver_name = \"a.example\"\npins = [\"sha256/short\"]\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["--pins", fx.pins(), "list"],
+        vec!["--pins", fx.pins(), "list", "--json"],
+        vec!["--pins", fx.pins(), "verify"],
+        vec!["--pins", fx.pins(), "verify", "a.example"],
+    ] {
+        let run = pinctl(&args, None).await;
+        run.expect_code(64);
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.describe());
+        assert!(
+            run.stderr.contains("line 5") && run.stderr.contains("sha256/short"),
+            "{args:?}: {}",
+            run.describe()
+        );
+    }
+    let run = pinctl(&["--pins", fx.pins(), "check"], None).await;
+    run.expect_code(1);
+    assert!(run.stderr.is_empty(), "{}", run.describe());
+    assert!(
+        run.stdout.contains("error") && run.stdout.contains("line 5"),
+        "{}",
+        run.describe()
+    );
+
+    let missing = fx.dir.path().join("missing.toml");
+    for cmd in ["check", "list", "verify"] {
+        let run = pinctl(&["--pins", s(&missing), cmd], None).await;
+        run.expect_code(64);
+        assert!(run.stdout.is_empty(), "{cmd}: {}", run.describe());
+        assert!(
+            run.stderr.contains("missing.toml"),
+            "{cmd}: {}",
+            run.describe()
+        );
+    }
+
+    // The convention is in the help text.
+    let run = pinctl(&["--help"], None).await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("64") && run.stdout.contains("stderr"),
+        "{}",
+        run.describe()
+    );
+}

@@ -1,6 +1,7 @@
 //! `pinctl`: the operator's CLI for the fedpin pin file.
 //!
 //! Exit codes: 0 ok, 1 mismatch or lint error, 2 usage, 64 bad pin file or input.
+//! See [`EXIT_HELP`] for how a broken pin file is reported.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,11 +22,24 @@ use time::OffsetDateTime;
 const EXIT_MISMATCH: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 64;
 
+/// The exit-code convention, shown under `pinctl --help`.
+const EXIT_HELP: &str = "\
+Exit codes: 0 ok; 1 a peer does not match (verify), a lint error (check) or \
+an unknown peer (remove, verify); 2 usage; 64 bad input.
+
+A pin file that does not parse or validate is bad input for `list` and \
+`verify`: the located errors go to stderr, exit 64 (`add` likewise refuses, \
+exit 64, to write a file that would not validate). `check` is the linter: \
+reporting such errors is its job, so its findings (errors and warnings) go \
+to stdout, exit 1 on errors. A pin file that cannot be read at all is bad \
+input for `check` too (stderr, exit 64).";
+
 #[derive(Parser)]
 #[command(
     name = "pinctl",
     version,
-    about = "Manage fedpin's pin file: enrol, list, remove, verify live, lint, hash"
+    about = "Manage fedpin's pin file: enrol, list, remove, verify live, lint, hash",
+    after_help = EXIT_HELP
 )]
 struct Cli {
     /// The pin file.
@@ -91,7 +105,7 @@ enum Cmd {
         #[arg(long)]
         note: Option<String>,
     },
-    /// List the peers.
+    /// List the peers (a broken pin file: errors on stderr, exit 64).
     List {
         /// Machine-readable output.
         #[arg(long)]
@@ -123,7 +137,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
-    /// Lint the pin file.
+    /// Lint the pin file: findings on stdout, exit 1 on errors.
     Check,
     /// Print a shell completion script.
     Completions {
@@ -238,6 +252,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
+/// Loads the pin file for a command that needs it: a file that does not
+/// load is bad input (located errors on stderr, exit 64).
 fn load(path: &Path) -> Result<PinSet, Failure> {
     PinSet::load(path).map_err(|e| bad(e.to_string()))
 }
@@ -259,8 +275,13 @@ fn hash(file: &str) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Lints the pin file. Its findings are its output (stdout): errors with
+/// exit 1, warnings with exit 0. Only a file it cannot read is bad input
+/// (stderr, exit 64).
 fn check(path: &Path) -> Result<u8, Failure> {
-    match PinSet::load(path) {
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad(format!("{}: cannot read the pin file: {e}", path.display())))?;
+    match PinSet::parse_bytes(&bytes) {
         Ok(set) => {
             let now = OffsetDateTime::now_utc();
             let mut warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
@@ -294,7 +315,10 @@ fn check(path: &Path) -> Result<u8, Failure> {
             Ok(0)
         }
         Err(e) => {
-            println!("{e}");
+            for d in &e.errors {
+                println!("{}: error: {d}", path.display());
+            }
+            println!("{}: {} error(s)", path.display(), e.errors.len());
             Ok(EXIT_MISMATCH)
         }
     }

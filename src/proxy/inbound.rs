@@ -599,6 +599,12 @@ impl InboundProxy {
         cert_names: Option<Arc<ClientIdentity>>,
     ) -> (Response<Body>, Option<String>) {
         let path = req.uri().path();
+        if let Some(why) = ambiguous_path(path) {
+            return (
+                matrix_error(StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", why),
+                None,
+            );
+        }
         if !(path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/")) {
             return (
                 matrix_error(
@@ -801,6 +807,43 @@ fn unsigned_allowed(path: &str) -> bool {
         || path == "/_matrix/federation/v1/openid/userinfo"
 }
 
+/// Why a request path is refused before routing, if it is: a `.` or `..`
+/// segment, also one that appears only once `%2F` is read as `/`
+/// (`..%2f..%2f_synapse`); a percent-encoded `\` or `.` (`%5c`, `%2e`, any
+/// case); a literal `\`. fedpin matches the path as sent; a hop behind it
+/// that normalises or decodes paths (a reverse proxy, a framework router)
+/// could otherwise turn `/_matrix/federation/../client/v3/login` or
+/// `/_matrix/federation/v1/..%2f..%2f_synapse/admin/…` into a path fedpin
+/// never forwards. Federation paths need none of these. Matrix IDs in paths
+/// are percent-encoded (`%24event%3Aexample.org`, `%21room%3Aexample.org`)
+/// and pass, and so does a lone `%2F`: room version 3 event IDs are standard
+/// base64 and carry `/` (as `%2F` in a path), and without a dot segment a
+/// decoded `%2F` cannot lead out of `/_matrix/federation/`. The query string
+/// is not examined.
+fn ambiguous_path(path: &str) -> Option<&'static str> {
+    if path.contains('\\') {
+        return Some("a backslash in the request path is not allowed");
+    }
+    let bytes = path.as_bytes();
+    let encoded = |w: &[u8], code: [u8; 2]| {
+        w[0] == b'%' && [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()] == code
+    };
+    if bytes
+        .windows(3)
+        .any(|w| encoded(w, *b"5c") || encoded(w, *b"2e"))
+    {
+        return Some("an encoded '\\' or '.' in the request path is not allowed");
+    }
+    let dot_segment = path
+        .split('/')
+        .flat_map(|seg| seg.split("%2F").flat_map(|s| s.split("%2f")))
+        .any(|seg| seg == "." || seg == "..");
+    if dot_segment {
+        return Some("'.' and '..' segments in the request path are not allowed");
+    }
+    None
+}
+
 fn is_length_limit(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
@@ -834,7 +877,46 @@ fn limited(wait: Duration) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::unsigned_allowed;
+    use super::{ambiguous_path, unsigned_allowed};
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_ambiguous() {
+        for p in [
+            "/_matrix/federation/../client/v3/login",
+            "/_matrix/federation/./v1/version",
+            "/_matrix/federation/v1/..",
+            "/_matrix/federation/v1/.",
+            "/_matrix/federation/v1/..%2f..%2f_synapse",
+            "/_matrix/federation/v1/..%2F..%2F_synapse",
+            "/_matrix/federation/v1/x%2F.%2Fy",
+            "/_matrix/federation/v1/x%2F..",
+            "/_matrix/federation/v1/%5c",
+            "/_matrix/federation/v1/%5C",
+            "/_matrix/federation/v1/%2e%2e/x",
+            "/_matrix/federation/v1/%2Ex",
+            "/_matrix/federation/v1/a\\b",
+        ] {
+            assert!(ambiguous_path(p).is_some(), "{p}");
+        }
+        for p in [
+            "/_matrix/federation/v1/event/%24event%3Aexample.org",
+            "/_matrix/federation/v1/state/%21room%3Aexample.org",
+            "/_matrix/federation/v1/user/devices/%40alice%3Aexample.org",
+            "/_matrix/federation/v1/send/1700000000.123",
+            "/_matrix/federation/v1/make_join/%21r%3Ax.org/%40u%3Ax.org",
+            "/_matrix/key/v2/server",
+            "/_matrix/federation/v1/...",
+            "/_matrix/federation/v1/.well-known",
+            "/_matrix/federation/v1/%2",
+            // A room version 3 event ID: standard base64, '/' encoded.
+            "/_matrix/federation/v1/event/%24acR1l0raoZnm60CBwAVgqbZqoO%2FmYU81xysh1u7XcJk",
+            "/_matrix/federation/v1/send/txn%2F1",
+            "/_matrix/federation/v1/x%2F...%2Fy",
+            "/_matrix/federation/v1/%",
+        ] {
+            assert_eq!(ambiguous_path(p), None, "{p}");
+        }
+    }
 
     #[test]
     fn only_the_specs_unsigned_endpoints_skip_x_matrix() {

@@ -20,6 +20,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::alert::{Action, Alert, AlertEvent, AlertHub, Direction, ServedCert, Severity};
@@ -99,7 +100,8 @@ pub enum Basis {
     PinOnlyLeaf,
     /// No entry, `policy.unpinned = "webpki"`, and the chain validated.
     UnpinnedWebPki,
-    /// Pins expired, `policy.on_expired = "webpki"`, and the chain validated.
+    /// Pins expired but still matched, `policy.on_expired = "webpki"`, and the
+    /// chain validated (a mismatch is never accepted on this basis).
     ExpiredPinsWebPki,
     /// `mode = "report"`: no pin matched, but the chain validated.
     ReportModeWebPki,
@@ -464,67 +466,21 @@ impl VerifierCore {
 
         let now_dt = OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        if peer.is_expired(now_dt) {
-            let w = webpki();
-            return match (pins.policy.on_expired, &w) {
-                (ExpiredPolicy::Webpki, Ok(())) => {
-                    let reason = format!("the pins for {host} ({}) have expired; accepted on Web PKI per policy.on_expired = \"webpki\"", peer.server_name);
-                    let alert = draft.build(
-                        AlertEvent::PinExpired,
-                        Severity::Warning,
-                        Action::Allowed,
-                        webpki_text(&w),
-                        &reason,
-                    );
-                    Evaluation {
-                        verdict: Verdict::Accept(Accepted {
-                            basis: Basis::ExpiredPinsWebPki,
-                        }),
-                        alert: Some(alert),
-                        host,
-                    }
-                }
-                (ExpiredPolicy::Webpki, Err(_)) => {
-                    let reason = format!("the pins for {host} ({}) have expired and its chain does not validate under Web PKI", peer.server_name);
-                    let alert = draft.build(
-                        AlertEvent::PinExpired,
-                        Severity::Warning,
-                        Action::Blocked,
-                        webpki_text(&w),
-                        &reason,
-                    );
-                    Evaluation {
-                        verdict: reject(AlertEvent::PinExpired, reason),
-                        alert: Some(alert),
-                        host,
-                    }
-                }
-                (ExpiredPolicy::Deny, _) => {
-                    let reason = format!(
-                        "the pins for {host} ({}) have expired and policy.on_expired = \"deny\"",
-                        peer.server_name
-                    );
-                    let alert = draft.build(
-                        AlertEvent::PinExpired,
-                        Severity::Warning,
-                        Action::Blocked,
-                        webpki_text(&w),
-                        &reason,
-                    );
-                    Evaluation {
-                        verdict: reject(AlertEvent::PinExpired, reason),
-                        alert: Some(alert),
-                        host,
-                    }
-                }
-            };
-        }
+        // Invariant 10: expired pins are still compared. `policy.on_expired`
+        // decides only for a chain whose pins still match (or that does not
+        // validate at all); a Web-PKI-valid chain that matches no pin is a
+        // critical mismatch whatever `on_expired` says.
+        let expired = peer.is_expired(now_dt);
 
         // Whether a pin matched, and if not, what Web PKI alone says: a
         // Web-PKI-valid chain without a pinned key is the CA-compromise signature.
         let w = match peer.trust {
             Trust::Webpki => {
                 match self.pinned_path_check(name, &ee, intermediates, now, usage, peer) {
+                    // A pinned path validated, so Web PKI accepts the chain.
+                    PathOutcome::Pinned if expired => {
+                        return expired_pins(pins, peer, &mut draft, Ok(()))
+                    }
                     PathOutcome::Pinned => return accept(Basis::PinOnValidatedPath, host),
                     PathOutcome::ValidUnpinned => Ok(()),
                     PathOutcome::Invalid(e) => Err(e),
@@ -532,11 +488,19 @@ impl VerifierCore {
             }
             Trust::PinOnly => {
                 if peer.has_pin(&leaf_pin_of(&ee)) {
+                    if expired {
+                        return expired_pins(pins, peer, &mut draft, webpki());
+                    }
                     return accept(Basis::PinOnlyLeaf, host);
                 }
                 webpki()
             }
         };
+        if expired && w.is_err() {
+            // No Web-PKI-valid chain: refused whatever the policy (not the
+            // CA-compromise signature, so a warning as before).
+            return expired_pins(pins, peer, &mut draft, w);
+        }
         let (event, severity) = match (&w, peer.trust) {
             (Ok(()), _) => (AlertEvent::PinMismatch, Severity::Critical),
             (Err(_), Trust::Webpki) if draft.any_served_pin_matches() => {
@@ -544,7 +508,9 @@ impl VerifierCore {
             }
             (Err(_), _) => (AlertEvent::PinMismatch, Severity::Warning),
         };
-        let allowed = peer.mode == Mode::Report && w.is_ok();
+        // Expired pins under `on_expired = "deny"` are refused even in report mode.
+        let expired_deny = expired && pins.policy.on_expired == ExpiredPolicy::Deny;
+        let allowed = peer.mode == Mode::Report && w.is_ok() && !expired_deny;
         let what = match (event, peer.trust) {
             (AlertEvent::ChainInvalid, _) => {
                 "a pinned key was served but the chain does not validate under Web PKI".to_string()
@@ -552,10 +518,21 @@ impl VerifierCore {
             (_, Trust::Webpki) => "no pinned key is on a validated path".to_string(),
             (_, Trust::PinOnly) => "the leaf key is not pinned (trust = \"pin-only\")".to_string(),
         };
-        let webpki_note = match &w {
+        let mut webpki_note = match &w {
             Ok(()) => "Web PKI alone would have accepted it".to_string(),
             Err(e) => format!("Web PKI: {e:?}"),
         };
+        if expired {
+            let at = peer
+                .expires
+                .and_then(|e| e.format(&Rfc3339).ok())
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default();
+            webpki_note.push_str(&format!(
+                "; the pins expired{at} and are still compared (policy.on_expired = \"{}\")",
+                pins.policy.on_expired
+            ));
+        }
         if allowed {
             let reason = format!("pin mismatch for {host} ({}): {what}; {webpki_note}; allowed because mode = \"report\"", peer.server_name);
             let alert = draft.build(event, severity, Action::Allowed, webpki_text(&w), &reason);
@@ -601,6 +578,50 @@ fn accept(basis: Basis, host: String) -> Evaluation {
 
 fn reject(event: AlertEvent, reason: String) -> Verdict {
     Verdict::Reject(Rejected { event, reason })
+}
+
+/// Expired pins that still match the served chain (or a chain that does not
+/// validate under Web PKI at all): `policy.on_expired` decides, with a
+/// `pin_expired` warning. `w` is the Web PKI result for the chain.
+fn expired_pins(
+    pins: &PinSet,
+    peer: &Peer,
+    draft: &mut AlertDraft<'_>,
+    w: Result<(), webpki::Error>,
+) -> Evaluation {
+    let host = draft.host;
+    let (verdict, action, reason) = match (pins.policy.on_expired, &w) {
+        (ExpiredPolicy::Webpki, Ok(())) => (
+            Verdict::Accept(Accepted {
+                basis: Basis::ExpiredPinsWebPki,
+            }),
+            Action::Allowed,
+            format!("the pins for {host} ({}) have expired; accepted on Web PKI per policy.on_expired = \"webpki\"", peer.server_name),
+        ),
+        (ExpiredPolicy::Webpki, Err(_)) => {
+            let reason = format!("the pins for {host} ({}) have expired and its chain does not validate under Web PKI", peer.server_name);
+            (reject(AlertEvent::PinExpired, reason.clone()), Action::Blocked, reason)
+        }
+        (ExpiredPolicy::Deny, _) => {
+            let reason = format!(
+                "the pins for {host} ({}) have expired and policy.on_expired = \"deny\"",
+                peer.server_name
+            );
+            (reject(AlertEvent::PinExpired, reason.clone()), Action::Blocked, reason)
+        }
+    };
+    let alert = draft.build(
+        AlertEvent::PinExpired,
+        Severity::Warning,
+        action,
+        webpki_text(&w),
+        &reason,
+    );
+    Evaluation {
+        verdict,
+        alert: Some(alert),
+        host: host.to_string(),
+    }
 }
 
 fn leaf_pin_of(ee: &webpki::EndEntityCert<'_>) -> Pin {
@@ -680,12 +701,9 @@ impl AlertDraft<'_> {
                 .peer
                 .map(|p| p.pins.iter().map(|p| p.to_string()).collect())
                 .unwrap_or_default(),
-            expires: self.peer.and_then(|p| {
-                p.expires.and_then(|e| {
-                    e.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-            }),
+            expires: self
+                .peer
+                .and_then(|p| p.expires.and_then(|e| e.format(&Rfc3339).ok())),
             pin_generation: self.pins.generation,
             reason: reason.to_string(),
             repeats: 1,
