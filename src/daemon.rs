@@ -197,15 +197,19 @@ impl Daemon {
                 request_timeout: i.request_timeout,
                 idle_timeout: i.idle_timeout,
                 max_connections: i.max_connections,
+                server_name: i.server_name.clone(),
+                verify_signatures: i.verify_signatures,
                 ..InboundSettings::default()
             };
-            let proxy = Arc::new(InboundProxy::new(
-                settings,
-                edge_rules(i),
-                certs.clone(),
-                pins.clone(),
-                core,
-            ));
+            let mut proxy =
+                InboundProxy::new(settings, edge_rules(i), certs.clone(), pins.clone(), core);
+            if i.verify_signatures != crate::config::SignatureMode::Off {
+                proxy = proxy
+                    .with_key_fetcher(Arc::new(key_fetcher(config, &provider, &alerts, &pins)?));
+            } else {
+                tracing::warn!(target: "fedpin::inbound", "request signatures are not verified at the edge (set inbound.server_name): origin rules use the claimed origin, rate limits origin and client address");
+            }
+            let proxy = Arc::new(proxy);
             let listener = tokio::net::TcpListener::bind(i.listen)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -338,6 +342,33 @@ impl Daemon {
         let _ = self.shutdown.send(true);
         self.alerts.flush_all();
     }
+}
+
+/// The signing-key fetcher of the edge: the outbound proxy's trust anchors
+/// and egress policy (or the defaults, which refuse special ranges), the
+/// daemon's pin store for the pinned verifier.
+fn key_fetcher(
+    config: &Config,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    alerts: &AlertHub,
+    pins: &Arc<PinStore>,
+) -> Result<crate::matrix::keys::KeyFetcher, StartError> {
+    let mut settings = crate::matrix::keys::KeyFetchSettings::default();
+    let mut extra = Vec::new();
+    if let Some(o) = &config.outbound {
+        if let Some(p) = &o.extra_roots {
+            extra = crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?;
+        }
+        settings.egress = EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone());
+        settings.resolve = o.resolve.clone();
+        settings.connect_to = o.connect_to.clone();
+    }
+    let core = Arc::new(
+        VerifierCore::new(provider, &extra, alerts.clone())
+            .map_err(|e| StartError::Tls(e.to_string()))?,
+    );
+    let upstream = Arc::new(UpstreamTls::new(core, pins.clone(), provider.clone()));
+    Ok(crate::matrix::keys::KeyFetcher::new(upstream, settings))
 }
 
 /// The edge rules of an `[inbound]` section.

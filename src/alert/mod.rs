@@ -48,6 +48,8 @@ pub enum AlertEvent {
     /// A pinned peer's `/.well-known/matrix/server` answer (seen through an
     /// intercepted tunnel) no longer names the delegation recorded for it.
     DelegationChanged,
+    /// A pinned peer signed a request with a key not in its `signing_keys`.
+    SigningKeyMismatch,
 }
 
 impl AlertEvent {
@@ -63,6 +65,7 @@ impl AlertEvent {
             AlertEvent::VerifyError => "verify_error",
             AlertEvent::CertReloadFailed => "cert_reload_failed",
             AlertEvent::DelegationChanged => "delegation_changed",
+            AlertEvent::SigningKeyMismatch => "signing_key_mismatch",
         }
     }
 }

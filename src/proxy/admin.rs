@@ -219,7 +219,7 @@ impl Collector for Live {
                 "Inbound connections open now",
                 st.connections.load(Ordering::Relaxed) as i64,
             )?;
-            let classes = ["2xx", "3xx", "4xx", "5xx", "other"];
+            let classes = ["2xx", "3xx", "4xx", "5xx", "other", "bad_signature"];
             let rows: Vec<([(&str, &str); 1], u64)> = classes
                 .iter()
                 .enumerate()

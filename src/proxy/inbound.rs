@@ -39,9 +39,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::ClientAuth;
+use crate::config::{ClientAuth, SignatureMode};
+use crate::matrix::keys::{KeyError, KeyFetcher};
+use crate::matrix::signing::SignedRequest;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pins::PinStore;
+use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{PinnedClientVerifier, VerifierCore};
 
@@ -91,6 +94,10 @@ pub struct InboundSettings {
     pub handshake_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
+    /// This homeserver's server name: the `destination` requests are signed for.
+    pub server_name: Option<String>,
+    /// Whether X-Matrix request signatures are verified here.
+    pub verify_signatures: SignatureMode,
 }
 
 impl Default for InboundSettings {
@@ -105,6 +112,8 @@ impl Default for InboundSettings {
             idle_timeout: Duration::from_secs(120),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            server_name: None,
+            verify_signatures: SignatureMode::Off,
         }
     }
 }
@@ -116,8 +125,9 @@ pub struct InboundStats {
     pub upstream_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Open connections.
     pub connections: AtomicUsize,
-    /// Requests by status class 2xx..5xx (index 0..=3), others index 4.
-    pub by_class: [AtomicU64; 5],
+    /// Requests by status class 2xx..5xx (index 0..=3), others index 4,
+    /// refused for a request signature that did not verify index 5.
+    pub by_class: [AtomicU64; 6],
     /// TLS handshakes by result (refused client certificates by the pin
     /// rule that refused them).
     pub handshakes: HandshakeCounters,
@@ -175,12 +185,38 @@ pub struct InboundProxy {
     client: Client<HttpConnector, Body>,
     slots: Arc<Semaphore>,
     stats: InboundStats,
+    keys: Option<Arc<KeyFetcher>>,
+}
+
+/// Marks a response refused for its request signature (counted apart).
+#[derive(Clone, Copy)]
+struct BadSignature;
+
+/// Why a request's signature was not accepted.
+enum SigFailure {
+    /// Did not verify, or could not be verified: 401.
+    Refused(String),
+    /// Too many key fetches in flight: 503, retry.
+    Busy,
 }
 
 impl std::fmt::Debug for InboundProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboundProxy").finish_non_exhaustive()
     }
+}
+
+fn too_large() -> Response<Body> {
+    matrix_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+        "request body too large",
+    )
+}
+
+/// The request with its body streamed, capped at `max` bytes.
+fn streamed(req: Request<Incoming>, max: u64) -> Request<Body> {
+    req.map(|b| Limited::new(b, max as usize).boxed())
 }
 
 /// A Matrix-style JSON error response.
@@ -241,8 +277,8 @@ struct ClientIdentity {
 enum Origin {
     /// An endpoint the spec serves unsigned ([`unsigned_allowed`]), without an X-Matrix header.
     None,
-    /// The X-Matrix origin.
-    Named(String),
+    /// The X-Matrix header.
+    Named(XMatrix),
 }
 
 impl InboundProxy {
@@ -272,7 +308,20 @@ impl InboundProxy {
             client,
             slots,
             stats: InboundStats::default(),
+            keys: None,
         }
+    }
+
+    /// Verifies request signatures with keys from `keys` (fetched over the
+    /// pinned verifier); see [`InboundSettings::verify_signatures`].
+    pub fn with_key_fetcher(mut self, keys: Arc<KeyFetcher>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The signing-key fetcher, when signatures are verified.
+    pub fn key_fetcher(&self) -> Option<&Arc<KeyFetcher>> {
+        self.keys.as_ref()
     }
 
     /// Counters.
@@ -501,9 +550,9 @@ impl InboundProxy {
     fn origin_of(&self, req: &Request<Incoming>) -> Result<Origin, Response<Body>> {
         // One parse, exactly as Synapse reads the header or a refusal, before
         // any edge rule runs (see `proxy::xmatrix`).
-        let origin = crate::proxy::xmatrix::from_headers(req.headers())
-            .map_err(|e| matrix_error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", &e.to_string()))?
-            .map(|x| x.origin);
+        let origin = crate::proxy::xmatrix::from_headers(req.headers()).map_err(|e| {
+            matrix_error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", &e.to_string())
+        })?;
         match origin {
             Some(o) => Ok(Origin::Named(o)),
             None if unsigned_allowed(req.uri().path()) => Ok(Origin::None),
@@ -516,9 +565,25 @@ impl InboundProxy {
     }
 
     #[allow(clippy::result_large_err)]
-    fn check_rules(&self, origin: &Origin, ip: IpAddr) -> Result<(), Response<Body>> {
+    fn check_ip(&self, ip: IpAddr) -> Result<(), Response<Body>> {
         let rules = self.rules.load();
-        if let Origin::Named(o) = origin {
+        if let Some(l) = &rules.per_ip {
+            if let Err(not_until) = l.check_key(&ip) {
+                return Err(limited(
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Origin rules; `rate_key` is the per-origin bucket (the origin when
+    /// its signature verified, else origin and client address).
+    #[allow(clippy::result_large_err)]
+    fn check_origin(&self, origin: &str, rate_key: &str) -> Result<(), Response<Body>> {
+        let rules = self.rules.load();
+        {
+            let o = origin;
             let host = crate::pins::split_server_name(o).unwrap_or_default();
             let listed = |set: &HashSet<String>| set.contains(o) || set.contains(&host);
             if listed(&rules.rules.deny_origins) {
@@ -536,21 +601,99 @@ impl InboundProxy {
                 ));
             }
             if let Some(l) = &rules.per_origin {
-                if let Err(not_until) = l.check_key(o) {
+                if let Err(not_until) = l.check_key(&rate_key.to_owned()) {
                     return Err(limited(
                         not_until.wait_time_from(DefaultClock::default().now()),
                     ));
                 }
             }
         }
-        if let Some(l) = &rules.per_ip {
-            if let Err(not_until) = l.check_key(&ip) {
-                return Err(limited(
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                ));
+        Ok(())
+    }
+
+    /// Verifies the request's X-Matrix signature: with a key pinned in the
+    /// origin's `signing_keys` when the entry has them, else with the key
+    /// fetched over pinned TLS.
+    async fn verify_signature(
+        &self,
+        x: &XMatrix,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+    ) -> Result<(), SigFailure> {
+        let Some(own) = self.settings.server_name.as_deref() else {
+            return Err(SigFailure::Refused(
+                "this edge has no server_name to check the destination".into(),
+            ));
+        };
+        if let Some(d) = &x.destination {
+            if d != own {
+                return Err(SigFailure::Refused(format!(
+                    "the request is addressed to {d}, not to this server"
+                )));
             }
         }
-        Ok(())
+        let req = SignedRequest {
+            method,
+            uri,
+            origin: &x.origin,
+            destination: own,
+            body,
+        };
+        let pins = self.pins.current();
+        if let Some(peer) = pins.by_server_name(&x.origin) {
+            if !peer.signing_keys.is_empty() {
+                match peer.signing_keys.iter().find(|k| k.id == x.key) {
+                    Some(k) => {
+                        return req
+                            .verify(k, &x.sig)
+                            .map_err(|e| SigFailure::Refused(e.to_string()));
+                    }
+                    None => {
+                        let mut a = crate::alert::Alert::local(
+                            crate::alert::AlertEvent::SigningKeyMismatch,
+                            crate::alert::Direction::Inbound,
+                            pins.generation,
+                            format!(
+                                "{} signed a request with {}, which is not one of its pinned signing keys",
+                                x.origin, x.key
+                            ),
+                        );
+                        a.severity = crate::alert::Severity::Critical;
+                        a.server_name = Some(peer.server_name.clone());
+                        a.mode = Some(peer.mode);
+                        a.known_pins = peer
+                            .signing_keys
+                            .iter()
+                            .map(|k| format!("{}={}", k.id, k.base64()))
+                            .collect();
+                        let enforce = peer.mode == crate::pins::Mode::Enforce;
+                        a.action = if enforce {
+                            crate::alert::Action::Blocked
+                        } else {
+                            crate::alert::Action::Allowed
+                        };
+                        self.core.alerts().raise(a);
+                        if enforce {
+                            return Err(SigFailure::Refused(format!(
+                                "{} is not a pinned signing key of {} (alert: signing_key_mismatch)",
+                                x.key, x.origin
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let Some(keys) = &self.keys else {
+            return Err(SigFailure::Refused("no key fetcher configured".into()));
+        };
+        let key = match keys.key(&x.origin, &x.key).await {
+            Ok(k) => k,
+            Err(KeyError::Busy) => return Err(SigFailure::Busy),
+            Err(e) => return Err(SigFailure::Refused(e.to_string())),
+        };
+        req.verify(&key, &x.sig)
+            .map_err(|e| SigFailure::Refused(e.to_string()))
     }
 
     async fn handle(
@@ -565,6 +708,7 @@ impl InboundProxy {
         let (resp, origin) = self.route(req, client, cert_names).await;
         let status = resp.status();
         let class = match status.as_u16() {
+            _ if resp.extensions().get::<BadSignature>().is_some() => 5,
             200..=299 => 0,
             300..=399 => 1,
             400..=499 => 2,
@@ -620,14 +764,103 @@ impl InboundProxy {
             Err(r) => return (r, None),
         };
         let origin_name = match &origin {
-            Origin::Named(o) => Some(o.clone()),
+            Origin::Named(x) => Some(x.origin.clone()),
             Origin::None => None,
         };
-        if let (Some(id), Some(o)) = (&cert_names, &origin_name) {
+        if let Err(r) = self.check_ip(client.ip()) {
+            return (r, origin_name);
+        }
+        if let Some(len) = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.settings.max_body {
+                return (too_large(), origin_name);
+            }
+        }
+        let Origin::Named(x) = origin else {
+            return (
+                self.forward(streamed(req, self.settings.max_body), client)
+                    .await,
+                None,
+            );
+        };
+        // The request signature, verified before any origin rule (SPEC
+        // 4.12): the body is buffered (up to max_body) for it.
+        let (req, verified) = match self.settings.verify_signatures {
+            SignatureMode::Off => (streamed(req, self.settings.max_body), false),
+            mode => {
+                let (parts, body) = req.into_parts();
+                let body = match Limited::new(body, self.settings.max_body as usize)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return (too_large(), origin_name)
+                    }
+                    Err(_) => {
+                        return (
+                            matrix_error(
+                                StatusCode::BAD_REQUEST,
+                                "M_UNKNOWN",
+                                "the request body could not be read",
+                            ),
+                            origin_name,
+                        )
+                    }
+                };
+                let uri = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let outcome = self
+                    .verify_signature(&x, parts.method.as_str(), uri, &body)
+                    .await;
+                let verified = match outcome {
+                    Ok(()) => true,
+                    Err(SigFailure::Busy) => {
+                        let mut r = matrix_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "M_UNKNOWN",
+                            "signing-key fetches are busy; retry shortly",
+                        );
+                        r.headers_mut()
+                            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                        return (r, origin_name);
+                    }
+                    Err(SigFailure::Refused(why)) => {
+                        tracing::warn!(
+                            target: "fedpin::inbound",
+                            origin = %x.origin,
+                            client.addr = %client,
+                            reason = %why,
+                            enforced = mode == SignatureMode::Enforce,
+                            "request signature not accepted"
+                        );
+                        if mode == SignatureMode::Enforce {
+                            let mut r = matrix_error(
+                                StatusCode::UNAUTHORIZED,
+                                "M_UNAUTHORIZED",
+                                &format!("request signature: {why}"),
+                            );
+                            r.extensions_mut().insert(BadSignature);
+                            return (r, origin_name);
+                        }
+                        false
+                    }
+                };
+                (Request::from_parts(parts, full(body)), verified)
+            }
+        };
+        if let Some(id) = &cert_names {
             // Mutual pinned TLS: the certificate that passed the pin rules must
             // name the origin; a certificate without names must pass the pin
             // entry of the origin itself (its key matched some entry at the handshake).
-            let host = crate::pins::split_server_name(o).unwrap_or_default();
+            let host = crate::pins::split_server_name(&x.origin).unwrap_or_default();
             let bound = if id.names.is_empty() {
                 self.nameless_client_matches(id, &host)
             } else {
@@ -644,30 +877,21 @@ impl InboundProxy {
                 );
             }
         }
-        if let Err(r) = self.check_rules(&origin, client.ip()) {
+        // A verified origin has one bucket; an unverified one is bucketed
+        // with the client address, so forged requests from elsewhere cannot
+        // spend a genuine origin's budget.
+        let rate_key = if verified {
+            x.origin.clone()
+        } else {
+            format!("{} {}", x.origin, client.ip())
+        };
+        if let Err(r) = self.check_origin(&x.origin, &rate_key) {
             return (r, origin_name);
-        }
-        if let Some(len) = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.settings.max_body {
-                return (
-                    matrix_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "M_TOO_LARGE",
-                        "request body too large",
-                    ),
-                    origin_name,
-                );
-            }
         }
         (self.forward(req, client).await, origin_name)
     }
 
-    async fn forward(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    async fn forward(&self, req: Request<Body>, client: SocketAddr) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -716,8 +940,7 @@ impl InboundProxy {
             .insert("x-forwarded-proto", HeaderValue::from_static("https"));
         parts.uri = uri;
         parts.version = hyper::Version::HTTP_11;
-        let limited = Limited::new(body, self.settings.max_body as usize).boxed();
-        let req = Request::from_parts(parts, limited);
+        let req = Request::from_parts(parts, body);
         let asked = Instant::now();
         let answer =
             tokio::time::timeout(self.settings.request_timeout, self.client.request(req)).await;

@@ -1,0 +1,578 @@
+//! Request signatures verified at the edge (SPEC 4.12), with keys fetched
+//! over the pinned verifier or pinned in the pin file: forged requests never
+//! reach the homeserver, cannot spend a genuine origin's budget, cannot make
+//! fedpin dial special addresses, and a flood of them costs at most one key
+//! fetch.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::{leaf, pem, root, Ca};
+use fedpin::alert::{AlertEvent, AlertHub, Severity};
+use fedpin::config::SignatureMode;
+use fedpin::matrix::keys::{KeyFetchSettings, KeyFetcher};
+use fedpin::matrix::signing::SignedRequest;
+use fedpin::pins::{PinSet, PinStore};
+use fedpin::proxy::egress::EgressPolicy;
+use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
+use fedpin::tls::certs::CertStore;
+use fedpin::tls::UpstreamTls;
+use fedpin::verify::VerifierCore;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+
+const SERVER: &str = "hs.fedpin.test";
+const ORIGIN_HOST: &str = "origin.fedpin.test";
+const STEP: Duration = Duration::from_secs(15);
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
+}
+
+/// An origin homeserver: its signing key and a TLS key server.
+struct Origin {
+    name: String,
+    kp: Ed25519KeyPair,
+    key_requests: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn sign(&self, method: &str, uri: &str, body: &[u8], key_id: &str) -> String {
+        let req = SignedRequest {
+            method,
+            uri,
+            origin: &self.name,
+            destination: SERVER,
+            body,
+        };
+        let sig = b64(self.kp.sign(&req.signed_bytes().unwrap()).as_ref());
+        format!(
+            r#"X-Matrix origin="{}",destination="{SERVER}",key="{key_id}",sig="{sig}""#,
+            self.name
+        )
+    }
+}
+
+/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
+async fn origin(ca: &Ca, seed: u8) -> Origin {
+    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+    let cert = leaf(ca, &[ORIGIN_HOST]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = format!("{ORIGIN_HOST}:{port}");
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let mut doc = serde_json::json!({
+        "server_name": name,
+        "valid_until_ts": until,
+        "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
+        "old_verify_keys": {},
+    });
+    let text = fedpin::matrix::canonical_json::encode(&doc).unwrap();
+    doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
+    let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
+    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let key_requests = Arc::new(AtomicUsize::new(0));
+    let counter = key_requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    let counter = counter.clone();
+                    async move {
+                        if req.uri().path() == "/_matrix/key/v2/server" {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Origin {
+        name,
+        kp,
+        key_requests,
+    }
+}
+
+/// The stand-in homeserver: counts requests, answers 200.
+async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from("{}"),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+struct Edge {
+    addr: SocketAddr,
+    ca: Ca,
+    hub: AlertHub,
+    keys: Arc<KeyFetcher>,
+    proxy: Arc<InboundProxy>,
+    seen: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+    _stop: watch::Sender<bool>,
+}
+
+/// An edge for SERVER verifying signatures in `mode`; key fetches may reach
+/// loopback only where `allow_loopback` (the tests' origins live there).
+async fn edge(
+    ca: Ca,
+    mode: SignatureMode,
+    pins: &str,
+    rules: EdgeRules,
+    allow_loopback: bool,
+) -> Edge {
+    let dir = tempfile::tempdir().unwrap();
+    let server = leaf(&ca, &[SERVER]);
+    std::fs::write(
+        dir.path().join("c.pem"),
+        pem("CERTIFICATE", server.cert.as_ref()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("k.pem"), server.key.serialize_pem()).unwrap();
+    let certs =
+        Arc::new(CertStore::open(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap());
+    let hub = AlertHub::new();
+    let store = Arc::new(PinStore::fixed(PinSet::parse(pins).unwrap(), hub.clone()));
+    let core = Arc::new(
+        VerifierCore::with_only_anchors(
+            &fedpin::tls::provider(),
+            std::slice::from_ref(&ca.cert),
+            hub.clone(),
+        )
+        .unwrap(),
+    );
+    let allow = if allow_loopback {
+        vec!["127.0.0.0/8".parse().unwrap()]
+    } else {
+        vec![]
+    };
+    let mut settings = KeyFetchSettings {
+        egress: EgressPolicy::new(allow, vec![]),
+        timeout: Duration::from_secs(5),
+        ..KeyFetchSettings::default()
+    };
+    settings
+        .resolve
+        .insert(ORIGIN_HOST.into(), "127.0.0.1".parse().unwrap());
+    settings
+        .resolve
+        .insert("private.fedpin.test".into(), "127.0.0.1".parse().unwrap());
+    let keys = Arc::new(KeyFetcher::new(
+        Arc::new(UpstreamTls::new(
+            core.clone(),
+            store.clone(),
+            fedpin::tls::provider(),
+        )),
+        settings,
+    ));
+    let (hs, seen) = homeserver().await;
+    let inbound = InboundSettings {
+        upstream: format!("http://{hs}").parse().unwrap(),
+        server_name: Some(SERVER.into()),
+        verify_signatures: mode,
+        ..InboundSettings::default()
+    };
+    let proxy = Arc::new(
+        InboundProxy::new(inbound, rules, certs, store, core).with_key_fetcher(keys.clone()),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(proxy.clone().serve(listener, rx));
+    Edge {
+        addr,
+        ca,
+        hub,
+        keys,
+        proxy,
+        seen,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+/// One HTTP/1.1 request over a new TLS connection from `from` (a loopback
+/// address); returns the status.
+async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body: &str) -> u16 {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(edge.ca.cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = sock.connect(edge.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(hyper::header::HOST, SERVER)
+        .header(hyper::header::AUTHORIZATION, auth)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+const TXN: &str = "/_matrix/federation/v1/send/txn1";
+const BODY: &str = r#"{"origin_server_ts": 1, "pdus": [], "edus": []}"#;
+
+#[tokio::test]
+async fn correctly_signed_requests_pass_and_forged_ones_never_reach_the_homeserver() {
+    let ca = root("fedpin signatures test CA");
+    let o = origin(&ca, 1).await;
+    let e = edge(
+        ca,
+        SignatureMode::Enforce,
+        "version = 1\n",
+        EdgeRules::default(),
+        true,
+    )
+    .await;
+
+    let good = o.sign("PUT", TXN, BODY.as_bytes(), "ed25519:k");
+    assert_eq!(send(&e, "127.0.0.1", "PUT", TXN, &good, BODY).await, 200);
+    // Same signature, other JSON spelling of the same body: still valid.
+    let respelled = r#"{ "pdus":[],"edus":[], "origin_server_ts":1 }"#;
+    assert_eq!(
+        send(&e, "127.0.0.1", "PUT", TXN, &good, respelled).await,
+        200
+    );
+    assert_eq!(e.seen.load(Ordering::SeqCst), 2);
+
+    // Forgeries: another body, another URI, another key, another destination.
+    let forger = Ed25519KeyPair::from_seed_unchecked(&[9; 32]).unwrap();
+    let forged_sig = {
+        let req = SignedRequest {
+            method: "PUT",
+            uri: TXN,
+            origin: &o.name,
+            destination: SERVER,
+            body: BODY.as_bytes(),
+        };
+        b64(forger.sign(&req.signed_bytes().unwrap()).as_ref())
+    };
+    let forged = format!(
+        r#"X-Matrix origin="{}",destination="{SERVER}",key="ed25519:k",sig="{forged_sig}""#,
+        o.name
+    );
+    let elsewhere = good.replace(SERVER, "other.fedpin.test");
+    for (uri, auth, body) in [
+        (TXN, good.as_str(), r#"{"pdus": [{"evil": true}]}"#),
+        ("/_matrix/federation/v1/send/txn2", good.as_str(), BODY),
+        (TXN, forged.as_str(), BODY),
+        (TXN, elsewhere.as_str(), BODY),
+    ] {
+        assert_eq!(
+            send(&e, "127.0.0.1", "PUT", uri, auth, body).await,
+            401,
+            "{auth}"
+        );
+    }
+    assert_eq!(
+        e.seen.load(Ordering::SeqCst),
+        2,
+        "a forged request reached the homeserver"
+    );
+    assert_eq!(e.proxy.stats().by_class[5].load(Ordering::Relaxed), 4);
+    // One key fetch served all of it (the origin's key server saw one request).
+    assert_eq!(o.key_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(e.keys.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_fetch() {
+    let ca = root("fedpin signatures test CA");
+    let e = edge(
+        ca,
+        SignatureMode::Enforce,
+        "version = 1\n",
+        EdgeRules::default(),
+        true,
+    )
+    .await;
+    // Nothing answers for this origin; every request is forged.
+    let ghost = "ghost.fedpin.test:1";
+    let auth = format!(
+        r#"X-Matrix origin="{ghost}",destination="{SERVER}",key="ed25519:k",sig="{}""#,
+        b64(&[7; 64])
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (addr, ca_cert) = (e.addr, e.ca.cert.clone());
+        let auth = auth.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca_cert).unwrap();
+            let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from(SERVER).unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut refused = 0;
+            for _ in 0..100 {
+                let req = Request::get("/_matrix/federation/v1/version")
+                    .header(hyper::header::HOST, SERVER)
+                    .header(hyper::header::AUTHORIZATION, auth.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = tokio::time::timeout(STEP, sender.send_request(req))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    refused += 1;
+                }
+                let _ = resp.into_body().collect().await;
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    assert_eq!(refused, 1000);
+    assert_eq!(e.seen.load(Ordering::SeqCst), 0);
+    assert!(e.keys.fetches() <= 1, "{} key fetches", e.keys.fetches());
+}
+
+/// Forged requests in a victim's name from another address cannot spend
+/// the victim's per-origin budget: refused before the rules (enforce), or
+/// bucketed with their own address (report).
+#[tokio::test]
+async fn forged_flood_for_a_victim_leaves_its_signed_requests_served() {
+    for mode in [SignatureMode::Enforce, SignatureMode::Report] {
+        let ca = root("fedpin signatures test CA");
+        let victim = origin(&ca, 1).await;
+        let rules = EdgeRules {
+            per_origin: Some(RateLimit {
+                per_second: 1,
+                burst: 5,
+            }),
+            ..EdgeRules::default()
+        };
+        let e = edge(ca, mode, "version = 1\n", rules, true).await;
+        let forged = format!(
+            r#"X-Matrix origin="{}",destination="{SERVER}",key="ed25519:k",sig="{}""#,
+            victim.name,
+            b64(&[7; 64])
+        );
+        for _ in 0..20 {
+            let s = send(
+                &e,
+                "127.0.0.2",
+                "GET",
+                "/_matrix/federation/v1/version",
+                &forged,
+                "",
+            )
+            .await;
+            assert!(
+                s == 401 || s == 429 || (mode == SignatureMode::Report && s == 200),
+                "{s}"
+            );
+        }
+        let good = victim.sign("GET", "/_matrix/federation/v1/version", b"", "ed25519:k");
+        for i in 0..5 {
+            let s = send(
+                &e,
+                "127.0.0.1",
+                "GET",
+                "/_matrix/federation/v1/version",
+                &good,
+                "",
+            )
+            .await;
+            assert_eq!(s, 200, "{mode:?}: signed request {i} of the victim");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_signed_with_an_unpinned_key_is_refused_with_a_critical_alert() {
+    let ca = root("fedpin signatures test CA");
+    let o = origin(&ca, 1).await;
+    let pinned = Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();
+    let pins = format!(
+        "version = 1\n[[peer]]\nserver_name = \"{}\"\npins = [\"sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\nsigning_keys = [\"ed25519:k={}\"]\n",
+        o.name,
+        b64(pinned.public_key().as_ref())
+    );
+    let e = edge(
+        ca,
+        SignatureMode::Enforce,
+        &pins,
+        EdgeRules::default(),
+        true,
+    )
+    .await;
+    // The pinned key verifies without any fetch.
+    let good = o.sign("GET", "/_matrix/federation/v1/version", b"", "ed25519:k");
+    assert_eq!(
+        send(
+            &e,
+            "127.0.0.1",
+            "GET",
+            "/_matrix/federation/v1/version",
+            &good,
+            ""
+        )
+        .await,
+        200
+    );
+    assert_eq!(e.keys.fetches(), 0);
+    // A validly made signature with another key ID (e.g. a key the peer's
+    // server now publishes, or an attacker's): refused and alerted.
+    let other = o.sign("GET", "/_matrix/federation/v1/version", b"", "ed25519:new");
+    assert_eq!(
+        send(
+            &e,
+            "127.0.0.1",
+            "GET",
+            "/_matrix/federation/v1/version",
+            &other,
+            ""
+        )
+        .await,
+        401
+    );
+    assert_eq!(e.seen.load(Ordering::SeqCst), 1);
+    let alerts = e.hub.recent();
+    let a = alerts
+        .iter()
+        .find(|a| a.event == AlertEvent::SigningKeyMismatch)
+        .expect("signing_key_mismatch alert");
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(a.server_name.as_deref(), Some(o.name.as_str()));
+}
+
+/// The origin is chosen by the sender: key fetches obey the egress policy,
+/// so an origin naming a loopback address (or a name resolving to one)
+/// causes no connection at all.
+#[tokio::test]
+async fn origins_naming_special_addresses_cause_no_dial() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dialled = Arc::new(AtomicUsize::new(0));
+    let d = dialled.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            d.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let ca = root("fedpin signatures test CA");
+    let e = edge(
+        ca,
+        SignatureMode::Enforce,
+        "version = 1\n",
+        EdgeRules::default(),
+        false,
+    )
+    .await;
+    for origin in [
+        format!("127.0.0.1:{port}"),
+        format!("private.fedpin.test:{port}"),
+    ] {
+        let auth = format!(
+            r#"X-Matrix origin="{origin}",destination="{SERVER}",key="ed25519:k",sig="{}""#,
+            b64(&[7; 64])
+        );
+        let s = send(
+            &e,
+            "127.0.0.1",
+            "GET",
+            "/_matrix/federation/v1/version",
+            &auth,
+            "",
+        )
+        .await;
+        assert_eq!(s, 401, "{origin}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        dialled.load(Ordering::SeqCst),
+        0,
+        "fedpin dialled a refused address"
+    );
+    assert_eq!(e.seen.load(Ordering::SeqCst), 0);
+}
