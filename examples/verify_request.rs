@@ -40,6 +40,17 @@ fn answer(line: &str) -> Value {
         Err(e) => return json!({ "refused": e.to_string() }),
     };
     let (method, uri, origin, destination) = (s("method"), s("uri"), s("origin"), s("destination"));
+    // The edge reads the origin from the X-Matrix header, which accepts only
+    // a server name in canonical form (proxy::xmatrix).
+    if origin
+        .parse::<fedpin::discovery::ServerName>()
+        .map(|n| n.to_string())
+        .ok()
+        .as_deref()
+        != Some(origin.as_str())
+    {
+        return json!({ "refused": "the origin is not a server name in canonical form" });
+    }
     let req = SignedRequest {
         method: &method,
         uri: &uri,

@@ -82,7 +82,7 @@ async fn origin(ca: &Ca, seed: u8) -> Origin {
         "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
         "old_verify_keys": {},
     });
-    let text = fedpin::matrix::canonical_json::encode(&doc).unwrap();
+    let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
     doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
     let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())

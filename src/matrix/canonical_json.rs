@@ -7,18 +7,28 @@
 //! characters below U+0020 (`\b \f \n \r \t` by name, the rest as `\u00XX`)
 //! and nothing else. Floats, which the Matrix specification keeps out of
 //! canonical JSON but which Synapse's request parser accepts, are written as
-//! Python's `repr` writes them (`1.0`, `1e+16`, `1e-05`). Integers beyond the
-//! 64-bit range are parsed as floats and so written differently from
-//! Python's integers: a signature over them fails to verify (fail closed;
-//! the Matrix specification limits integers to ±2^53 anyway).
+//! Python's `repr` writes them (`1.0`, `1e+16`, `1e-05`); integers keep their
+//! exact text whatever their size (`-0` is `0`), as Python's do. The parser
+//! is fedpin's own for that reason (serde_json without arbitrary precision
+//! turns big integers and `-0` into floats).
 //! `tests/differential/` checks this encoder against Synapse's.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+
+/// Deepest nesting accepted (Python's recursion limit is higher: deeper
+/// documents are refused here, which only fails closed).
+const MAX_DEPTH: usize = 128;
+
+/// Python's default `sys.get_int_max_str_digits()`.
+const MAX_INT_DIGITS: usize = 4300;
 
 /// Why a value has no canonical encoding here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonicalError {
-    /// Bytes that Synapse's request parser would not accept as JSON either.
+    /// Bytes that Synapse's request parser would not accept as JSON either
+    /// (or nesting deeper than fedpin follows).
     #[error("not JSON: {0}")]
     NotJson(String),
     /// A number fedpin cannot write exactly as Synapse would.
@@ -26,41 +36,344 @@ pub enum CanonicalError {
     Number(String),
 }
 
-/// Parses request-body bytes as Synapse's request parser would (UTF-8, no
-/// `NaN`/`Infinity`, last duplicate key wins).
-pub fn parse(bytes: &[u8]) -> Result<Value, CanonicalError> {
+/// A parsed JSON document that keeps what Python keeps: integers exactly
+/// (any size, `-0` is `0`), floats as `f64`, objects with the last of
+/// duplicate keys.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// An integer, as canonical decimal text.
+    Int(String),
+    /// A number with a fraction or exponent.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// An array.
+    Array(Vec<Json>),
+    /// An object, keys in code-point order.
+    Object(BTreeMap<String, Json>),
+}
+
+impl Json {
+    /// Whether this is an object.
+    pub fn is_object(&self) -> bool {
+        matches!(self, Json::Object(_))
+    }
+
+    /// Converts a `serde_json` value (numbers as serde_json holds them).
+    pub fn from_value(v: &Value) -> Result<Json, CanonicalError> {
+        Ok(match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Json::Int(i.to_string())
+                } else if let Some(u) = n.as_u64() {
+                    Json::Int(u.to_string())
+                } else {
+                    Json::Float(
+                        n.as_f64()
+                            .ok_or_else(|| CanonicalError::Number(n.to_string()))?,
+                    )
+                }
+            }
+            Value::String(s) => Json::Str(s.clone()),
+            Value::Array(a) => {
+                Json::Array(a.iter().map(Json::from_value).collect::<Result<_, _>>()?)
+            }
+            Value::Object(o) => Json::Object(
+                o.iter()
+                    .map(|(k, v)| Ok((k.clone(), Json::from_value(v)?)))
+                    .collect::<Result<_, CanonicalError>>()?,
+            ),
+        })
+    }
+}
+
+/// Parses request-body bytes as Synapse's request parser reads them
+/// (strict UTF-8, Python's `json` grammar without `NaN`/`Infinity`, last
+/// duplicate key wins, integers exact).
+pub fn parse(bytes: &[u8]) -> Result<Json, CanonicalError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| CanonicalError::NotJson(format!("not UTF-8: {e}")))?;
-    // Python's json module accepts leading/trailing whitespace but not a BOM.
-    serde_json::from_str(text).map_err(|e| CanonicalError::NotJson(e.to_string()))
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    p.ws();
+    let v = p.value(0)?;
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(p.err("trailing characters"));
+    }
+    Ok(v)
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn err(&self, what: &str) -> CanonicalError {
+        CanonicalError::NotJson(format!("{what} at byte {}", self.i))
+    }
+
+    /// Python's json skips exactly these four.
+    fn ws(&mut self) {
+        while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, lit: &[u8]) -> bool {
+        if self.s[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, CanonicalError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nesting too deep"));
+        }
+        match self.s.get(self.i) {
+            Some(b'{') => {
+                self.i += 1;
+                let mut map = BTreeMap::new();
+                self.ws();
+                if self.eat(b"}") {
+                    return Ok(Json::Object(map));
+                }
+                loop {
+                    self.ws();
+                    if self.s.get(self.i) != Some(&b'"') {
+                        return Err(self.err("expected a string key"));
+                    }
+                    let k = self.string()?;
+                    self.ws();
+                    if !self.eat(b":") {
+                        return Err(self.err("expected ':'"));
+                    }
+                    self.ws();
+                    let v = self.value(depth + 1)?;
+                    map.insert(k, v);
+                    self.ws();
+                    if self.eat(b",") {
+                        continue;
+                    }
+                    if self.eat(b"}") {
+                        return Ok(Json::Object(map));
+                    }
+                    return Err(self.err("expected ',' or '}'"));
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.eat(b"]") {
+                    return Ok(Json::Array(items));
+                }
+                loop {
+                    self.ws();
+                    items.push(self.value(depth + 1)?);
+                    self.ws();
+                    if self.eat(b",") {
+                        continue;
+                    }
+                    if self.eat(b"]") {
+                        return Ok(Json::Array(items));
+                    }
+                    return Err(self.err("expected ',' or ']'"));
+                }
+            }
+            Some(b'"') => Ok(Json::Str(self.string()?)),
+            Some(b'n') if self.eat(b"null") => Ok(Json::Null),
+            Some(b't') if self.eat(b"true") => Ok(Json::Bool(true)),
+            Some(b'f') if self.eat(b"false") => Ok(Json::Bool(false)),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(self.err("expected a value")),
+        }
+    }
+
+    fn number(&mut self) -> Result<Json, CanonicalError> {
+        let start = self.i;
+        let digits = |p: &mut Self| {
+            let d = p.i;
+            while matches!(p.s.get(p.i), Some(b'0'..=b'9')) {
+                p.i += 1;
+            }
+            p.i - d
+        };
+        let neg = self.eat(b"-");
+        let int_start = self.i;
+        let n = digits(self);
+        if n == 0 {
+            return Err(self.err("expected digits"));
+        }
+        if n > 1 && self.s[int_start] == b'0' {
+            // Python reads "01" as 0 then fails on the trailing "1".
+            return Err(self.err("leading zero"));
+        }
+        let mut float = false;
+        if self.s.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if digits(self) == 0 {
+                return Err(self.err("expected fraction digits"));
+            }
+            float = true;
+        }
+        if matches!(self.s.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.s.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.err("expected exponent digits"));
+            }
+            float = true;
+        }
+        let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("number"))?;
+        if float {
+            let f: f64 = text.parse().map_err(|_| self.err("number"))?;
+            if !f.is_finite() {
+                return Err(CanonicalError::Number(text.to_owned()));
+            }
+            return Ok(Json::Float(f));
+        }
+        if n > MAX_INT_DIGITS {
+            // Python refuses to convert longer integer text (its default
+            // int_max_str_digits): Synapse answers 400.
+            return Err(CanonicalError::Number(format!("{n}-digit integer")));
+        }
+        let magnitude = &self.s[int_start..self.i];
+        let magnitude = std::str::from_utf8(magnitude).map_err(|_| self.err("number"))?;
+        Ok(Json::Int(if neg && magnitude != "0" {
+            format!("-{magnitude}")
+        } else {
+            magnitude.to_owned()
+        }))
+    }
+
+    fn hex4(&mut self) -> Result<u32, CanonicalError> {
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| self.err("bad \\u escape"))?;
+        self.i += 4;
+        Ok(h)
+    }
+
+    fn string(&mut self) -> Result<String, CanonicalError> {
+        self.i += 1; // opening quote
+        let mut out = String::new();
+        loop {
+            let Some(&b) = self.s.get(self.i) else {
+                return Err(self.err("unterminated string"));
+            };
+            match b {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(out);
+                }
+                b'\\' => {
+                    self.i += 1;
+                    let Some(&e) = self.s.get(self.i) else {
+                        return Err(self.err("unterminated escape"));
+                    };
+                    self.i += 1;
+                    match e {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            let c = if (0xd800..0xdc00).contains(&hi)
+                                && self.s[self.i..].starts_with(b"\\u")
+                            {
+                                let save = self.i;
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if (0xdc00..0xe000).contains(&lo) {
+                                    char::from_u32(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00))
+                                } else {
+                                    self.i = save;
+                                    None
+                                }
+                            } else {
+                                char::from_u32(hi)
+                            };
+                            // A lone surrogate: Python keeps it, then cannot
+                            // encode it as UTF-8. Refused here.
+                            out.push(c.ok_or_else(|| self.err("lone surrogate"))?);
+                        }
+                        _ => return Err(self.err("bad escape")),
+                    }
+                }
+                // Python's json (strict) refuses raw control characters.
+                0x00..=0x1f => return Err(self.err("control character in string")),
+                _ => {
+                    let rest = std::str::from_utf8(&self.s[self.i..])
+                        .map_err(|_| self.err("not UTF-8"))?;
+                    let end = rest.find(['"', '\\']).unwrap_or(rest.len());
+                    let chunk = &rest[..end];
+                    if let Some(pos) = chunk.bytes().position(|c| c < 0x20) {
+                        self.i += pos;
+                        return Err(self.err("control character in string"));
+                    }
+                    out.push_str(chunk);
+                    self.i += end;
+                }
+            }
+        }
+    }
 }
 
 /// Encodes `value` canonically.
-pub fn encode(value: &Value) -> Result<String, CanonicalError> {
+pub fn encode(value: &Json) -> Result<String, CanonicalError> {
     let mut out = String::new();
-    write(value, &mut out)?;
+    write(value, &mut out);
     Ok(out)
 }
 
-fn write(value: &Value, out: &mut String) -> Result<(), CanonicalError> {
+/// Encodes a `serde_json` value canonically.
+pub fn encode_value(value: &Value) -> Result<String, CanonicalError> {
+    encode(&Json::from_value(value)?)
+}
+
+fn write(value: &Json, out: &mut String) {
     match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => write_number(n, out)?,
-        Value::String(s) => write_string(s, out),
-        Value::Array(items) => {
+        Json::Null => out.push_str("null"),
+        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Json::Int(t) => out.push_str(t),
+        Json::Float(f) => out.push_str(&python_float_repr(*f)),
+        Json::Str(s) => write_string(s, out),
+        Json::Array(items) => {
             out.push('[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write(v, out)?;
+                write(v, out);
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            // serde_json's map is a BTreeMap<String, _>: byte order, which for
-            // UTF-8 is code-point order.
+        Json::Object(map) => {
+            // BTreeMap<String, _>: byte order, which for UTF-8 is code-point order.
             out.push('{');
             for (i, (k, v)) in map.iter().enumerate() {
                 if i > 0 {
@@ -68,12 +381,11 @@ fn write(value: &Value, out: &mut String) -> Result<(), CanonicalError> {
                 }
                 write_string(k, out);
                 out.push(':');
-                write(v, out)?;
+                write(v, out);
             }
             out.push('}');
         }
     }
-    Ok(())
 }
 
 fn write_string(s: &str, out: &mut String) {
@@ -92,23 +404,6 @@ fn write_string(s: &str, out: &mut String) {
         }
     }
     out.push('"');
-}
-
-fn write_number(n: &serde_json::Number, out: &mut String) -> Result<(), CanonicalError> {
-    if let Some(i) = n.as_i64() {
-        out.push_str(&i.to_string());
-        return Ok(());
-    }
-    if let Some(u) = n.as_u64() {
-        out.push_str(&u.to_string());
-        return Ok(());
-    }
-    let f = n
-        .as_f64()
-        .filter(|f| f.is_finite())
-        .ok_or_else(|| CanonicalError::Number(n.to_string()))?;
-    out.push_str(&python_float_repr(f));
-    Ok(())
 }
 
 /// Python's `repr(float)`: the shortest digits that round-trip, in fixed

@@ -477,10 +477,11 @@ pub fn parse_key_response(
         .and_then(|s| s.get(origin))
         .and_then(Value::as_object)
         .ok_or("key response is not signed by its server")?;
+    let exact = super::canonical_json::parse(body).map_err(|e| e.to_string())?;
     let mut verified = 0;
     for id in sigs.keys() {
         if let Some(k) = keys.get(id) {
-            signing::verify_json(&v, origin, k)
+            signing::verify_json(&exact, origin, k)
                 .map_err(|e| format!("key response self-signature by {id}: {e}"))?;
             verified += 1;
         }
@@ -520,7 +521,7 @@ mod tests {
             "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
             "old_verify_keys": {},
         });
-        let text = super::super::canonical_json::encode(&v).unwrap();
+        let text = super::super::canonical_json::encode_value(&v).unwrap();
         let sig = b64(kp.sign(text.as_bytes()).as_ref());
         v["signatures"] = serde_json::json!({ origin: { "ed25519:k": sig } });
         serde_json::to_vec(&v).unwrap()

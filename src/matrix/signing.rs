@@ -8,10 +8,62 @@
 //! as canonical JSON ([`super::canonical_json`]) and the `sig` parameter of the
 //! X-Matrix header must be an ed25519 signature over it by the key `key`.
 
-use base64::Engine as _;
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
-use super::canonical_json;
+use base64::Engine as _;
+
+use super::canonical_json::{self, Json};
+
+/// Encodings of the Edwards points of small order, as libsodium lists them
+/// (the top bit, the sign of x, is ignored when comparing). libsodium (and
+/// so Synapse, through PyNaCl) refuses a public key or a signature `R` that
+/// is one of these; ring does not, so fedpin checks them itself, and the
+/// differential test compares the two.
+const SMALL_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// libsodium's `ge25519_has_small_order`.
+fn has_small_order(p: &[u8]) -> bool {
+    p.len() == 32
+        && SMALL_ORDER
+            .iter()
+            .any(|b| b[..31] == p[..31] && (p[31] & 0x7f) == b[31])
+}
+
+/// libsodium's `ge25519_is_canonical`: the encoded y is below 2^255 - 19.
+fn is_canonical_point(p: &[u8; 32]) -> bool {
+    !(p[31] & 0x7f == 0x7f && p[1..31].iter().all(|b| *b == 0xff) && p[0] >= 0xed)
+}
 
 /// An ed25519 public key of a Matrix server, by key ID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,6 +82,9 @@ impl VerifyKey {
         }
         let bytes = decode_base64(b64).ok_or(SignatureError::BadKey)?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| SignatureError::BadKey)?;
+        if !is_canonical_point(&key) || has_small_order(&key) {
+            return Err(SignatureError::BadKey);
+        }
         Ok(VerifyKey {
             id: id.to_owned(),
             key,
@@ -44,6 +99,9 @@ impl VerifyKey {
     /// Verifies `sig` (base64) over `message`.
     pub fn verify(&self, message: &[u8], sig: &str) -> Result<(), SignatureError> {
         let sig = decode_base64(sig).ok_or(SignatureError::BadSignatureEncoding)?;
+        if sig.len() != 64 || has_small_order(&sig[..32]) || has_small_order(&self.key) {
+            return Err(SignatureError::Invalid);
+        }
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key)
             .verify(message, &sig)
             .map_err(|_| SignatureError::Invalid)
@@ -56,9 +114,12 @@ pub enum SignatureError {
     /// The key algorithm is not ed25519.
     #[error("key {0} is not an ed25519 key")]
     UnsupportedKey(String),
-    /// The public key is not 32 bytes of base64.
-    #[error("the public key is not 32 bytes of base64")]
+    /// The public key is not 32 bytes of base64, or not a usable point.
+    #[error("the public key is not a usable ed25519 key")]
     BadKey,
+    /// The method or URI is not ASCII (Synapse reads them as ASCII).
+    #[error("the request line is not ASCII")]
+    NotAscii,
     /// The signature is not base64.
     #[error("the signature is not base64")]
     BadSignatureEncoding,
@@ -98,14 +159,14 @@ pub struct SignedRequest<'a> {
 impl SignedRequest<'_> {
     /// The canonical JSON the origin signed.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, SignatureError> {
-        let mut obj = Map::new();
-        obj.insert("method".into(), Value::String(self.method.to_owned()));
-        obj.insert("uri".into(), Value::String(self.uri.to_owned()));
-        obj.insert("origin".into(), Value::String(self.origin.to_owned()));
-        obj.insert(
-            "destination".into(),
-            Value::String(self.destination.to_owned()),
-        );
+        if !self.method.is_ascii() || !self.uri.is_ascii() {
+            return Err(SignatureError::NotAscii);
+        }
+        let mut obj = BTreeMap::new();
+        obj.insert("method".into(), Json::Str(self.method.to_owned()));
+        obj.insert("uri".into(), Json::Str(self.uri.to_owned()));
+        obj.insert("origin".into(), Json::Str(self.origin.to_owned()));
+        obj.insert("destination".into(), Json::Str(self.destination.to_owned()));
         if self.method == "PUT" || self.method == "POST" {
             let content = canonical_json::parse(self.body)
                 .map_err(|e| SignatureError::Body(e.to_string()))?;
@@ -114,7 +175,7 @@ impl SignedRequest<'_> {
             }
             obj.insert("content".into(), content);
         }
-        Ok(canonical_json::encode(&Value::Object(obj))?.into_bytes())
+        Ok(canonical_json::encode(&Json::Object(obj))?.into_bytes())
     }
 
     /// Verifies the X-Matrix `sig` made with `key`.
@@ -126,25 +187,59 @@ impl SignedRequest<'_> {
 /// Verifies a signed JSON object (a key response, a notary answer) as
 /// `signedjson.verify_signed_json` does: drop `signatures` and `unsigned`,
 /// encode canonically, check `signatures[server][key.id]`.
-pub fn verify_json(value: &Value, server: &str, key: &VerifyKey) -> Result<(), SignatureError> {
-    let sig = value
-        .get("signatures")
-        .and_then(|s| s.get(server))
-        .and_then(|s| s.get(&key.id))
-        .and_then(Value::as_str)
-        .ok_or(SignatureError::Invalid)?;
-    let mut stripped = value.clone();
-    if let Some(o) = stripped.as_object_mut() {
-        o.remove("signatures");
-        o.remove("unsigned");
-    }
-    key.verify(canonical_json::encode(&stripped)?.as_bytes(), sig)
+pub fn verify_json(value: &Json, server: &str, key: &VerifyKey) -> Result<(), SignatureError> {
+    let Json::Object(obj) = value else {
+        return Err(SignatureError::Invalid);
+    };
+    let sig = match obj.get("signatures") {
+        Some(Json::Object(s)) => match s.get(server) {
+            Some(Json::Object(by_key)) => match by_key.get(&key.id) {
+                Some(Json::Str(sig)) => sig.clone(),
+                _ => return Err(SignatureError::Invalid),
+            },
+            _ => return Err(SignatureError::Invalid),
+        },
+        _ => return Err(SignatureError::Invalid),
+    };
+    let mut stripped = obj.clone();
+    stripped.remove("signatures");
+    stripped.remove("unsigned");
+    key.verify(
+        canonical_json::encode(&Json::Object(stripped))?.as_bytes(),
+        &sig,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ring::signature::KeyPair as _;
+
+    #[test]
+    fn small_order_and_non_canonical_keys_are_refused_like_libsodium() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(b);
+        for bad in &SMALL_ORDER {
+            assert_eq!(
+                VerifyKey::from_base64("ed25519:k", &b64(bad)),
+                Err(SignatureError::BadKey)
+            );
+            let mut high = *bad;
+            high[31] |= 0x80;
+            assert_eq!(
+                VerifyKey::from_base64("ed25519:k", &b64(&high)),
+                Err(SignatureError::BadKey)
+            );
+        }
+        // The identity key with sig = identity || 0 "verifies" any message
+        // under plain RFC 8032 checks; here it is refused.
+        let (_, key) = keypair(1);
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        assert_eq!(
+            key.verify(b"anything", &b64(&sig)),
+            Err(SignatureError::Invalid)
+        );
+    }
 
     fn keypair(seed: u8) -> (ring::signature::Ed25519KeyPair, VerifyKey) {
         let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();

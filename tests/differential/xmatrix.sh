@@ -17,14 +17,9 @@
 # Env: VENV (virtualenv with matrix-synapse), PYTHON (python used to create it).
 set -euo pipefail
 
-SYNAPSE_VERSION=1.163.2
-
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
-
-VENV=${VENV:-target/e2e/venv-synapse-$SYNAPSE_VERSION}
-PY=${PYTHON:-python3}
 
 say() { printf 'xmatrix.sh: %s\n' "$*" >&2; }
 fail() {
@@ -32,28 +27,8 @@ fail() {
   exit 1
 }
 
-venv_ok() {
-  [[ -x $VENV/bin/python ]] &&
-    "$VENV/bin/python" -c "import sys, synapse; sys.exit(0 if synapse.__version__.split()[0] == '$SYNAPSE_VERSION' else 1)" 2>/dev/null
-}
-
-# Same venv recipe as tests/e2e/synapse.sh.
-if ! venv_ok; then
-  say "installing matrix-synapse==$SYNAPSE_VERSION into $VENV (pip; may take minutes)"
-  mkdir -p "$(dirname "$VENV")"
-  rm -rf "$VENV"
-  if ! "$PY" -m venv "$VENV" 2>/dev/null; then
-    rm -rf "$VENV"
-    v=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-    timeout 300 apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq "python$v-venv" >/dev/null 2>&1 ||
-      DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq python3-venv >/dev/null 2>&1 || true
-    "$PY" -m venv "$VENV" || fail "cannot create a virtualenv with $PY (install python3-venv)"
-  fi
-  timeout 900 "$VENV/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION" ||
-    fail "pip install matrix-synapse==$SYNAPSE_VERSION failed"
-  venv_ok || fail "synapse $SYNAPSE_VERSION not importable from $VENV after install"
-fi
+# shellcheck source=tests/differential/venv.sh
+. "$HERE/venv.sh"
 
 python3 "$HERE/gen_cases.py" --check ||
   fail "tests/differential/*.jsonl are stale: run python3 tests/differential/gen_cases.py"

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Run Synapse's own request-body parsing and canonical JSON encoding on raw bytes.
+
+Needs the Python of a virtualenv with `matrix-synapse` installed (see signing.sh).
+
+stdin:  JSON Lines, one body per line: {"hex": "<hex of the raw body bytes>"}.
+stdout: one JSON line per input line, in order:
+        {"ok": "<canonical JSON text>"} when Synapse parses the body and can encode
+        the value canonically, else {"error": "<Class>: <message>"}.
+
+The code under test is unmodified Synapse and its libraries:
+  * `synapse.http.servlet.parse_json_value_from_request` (what every servlet's
+    body parsing, and the federation servlets' `parse_json_object_from_request`,
+    goes through): `request.content.read()`, `.decode("utf-8")`, then
+    `synapse.util.json.json_decoder.decode` (stdlib `json.JSONDecoder` that
+    refuses NaN/Infinity/-Infinity); the only stand-in is the request object,
+    which has the body as `content` (a BytesIO), a method and a URI;
+  * `canonicaljson.encode_canonical_json` (what `signedjson.sign` signs and
+    verifies), whose UTF-8 bytes are decoded back to text for the answer.
+
+Each line is handled on its own: any failure (bad JSON line, bad hex, any exception
+from Synapse) becomes {"error": ...} for that line and the next line is read.
+"""
+
+import io
+import json
+import logging
+import sys
+
+# parse_json_value_from_request logs a warning for every body it cannot parse.
+logging.disable(logging.CRITICAL)
+
+from canonicaljson import encode_canonical_json  # noqa: E402
+
+from synapse.http.servlet import parse_json_value_from_request  # noqa: E402
+
+
+class _Request:
+    """The attributes parse_json_value_from_request reads."""
+
+    def __init__(self, body: bytes) -> None:
+        self.content = io.BytesIO(body)
+        self.method = b"PUT"
+        self.uri = b"/_matrix/federation/v1/send/fedpin-differential"
+
+
+def _describe(e: BaseException) -> str:
+    msg = "%s: %s" % (type(e).__name__, e)
+    cause = e.__cause__ or e.__context__
+    if cause is not None:  # SynapseError("Content not JSON.") hides why
+        msg += " (from %s: %s)" % (type(cause).__name__, str(cause)[:300])
+    return msg
+
+
+def run_one(body: bytes) -> str:
+    value = parse_json_value_from_request(_Request(body))
+    return encode_canonical_json(value).decode("utf-8")
+
+
+def main() -> int:
+    out = sys.stdout
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            result = {"ok": run_one(bytes.fromhex(json.loads(line)["hex"]))}
+        except Exception as e:  # one bad input never stops the run
+            result = {"error": _describe(e)}
+        out.write(json.dumps(result, ensure_ascii=True) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
