@@ -66,6 +66,8 @@ pub struct NewPeer {
     pub delegation: Option<String>,
     /// Pins of hosts with keys of their own (the well-known front).
     pub host_pins: Vec<(String, Vec<Pin>)>,
+    /// Matrix signing keys, `ed25519:ID=BASE64` (replace the recorded ones).
+    pub signing_keys: Vec<String>,
 }
 
 /// What `add_peer` did.
@@ -148,6 +150,10 @@ pub fn add_peer(path: &Path, peer: &NewPeer) -> Result<AddOutcome, EditError> {
                 if let Some(d) = &peer.delegation {
                     table["delegation"] = value(d.as_str());
                 }
+                if !peer.signing_keys.is_empty() {
+                    let arr: Array = peer.signing_keys.iter().map(|k| k.as_str()).collect();
+                    table["signing_keys"] = value(arr);
+                }
                 if !peer.host_pins.is_empty() {
                     let hp = table
                         .entry("host_pins")
@@ -219,6 +225,10 @@ fn new_table(peer: &NewPeer) -> Table {
     }
     if let Some(d) = &peer.delegation {
         t["delegation"] = value(d.as_str());
+    }
+    if !peer.signing_keys.is_empty() {
+        let arr: Array = peer.signing_keys.iter().map(|k| k.as_str()).collect();
+        t["signing_keys"] = value(arr);
     }
     if !peer.host_pins.is_empty() {
         let mut hp = toml_edit::InlineTable::new();
@@ -396,6 +406,7 @@ mod tests {
             note: Some("n".into()),
             delegation: None,
             host_pins: Vec::new(),
+            signing_keys: Vec::new(),
         };
         assert_eq!(add_peer(&path, &p).unwrap(), AddOutcome::Added);
         let again = NewPeer {
@@ -431,6 +442,7 @@ mod tests {
             note: None,
             delegation: None,
             host_pins: Vec::new(),
+            signing_keys: Vec::new(),
         };
         add_peer(&path, &p).unwrap();
         let before = std::fs::read(&path).unwrap();

@@ -576,3 +576,67 @@ async fn origins_naming_special_addresses_cause_no_dial() {
     );
     assert_eq!(e.seen.load(Ordering::SeqCst), 0);
 }
+
+/// `pinctl add` records the peer's signing keys read over the pinned
+/// connection; `pinctl verify` reports a key that is added or removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinctl_records_signing_keys_and_verify_reports_a_change() {
+    let ca = root("fedpin signatures test CA");
+    let o = origin(&ca, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("ca.pem");
+    std::fs::write(&roots, pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
+    let pins = dir.path().join("pins.toml");
+    std::fs::write(&pins, "version = 1\n").unwrap();
+    let port = o.name.rsplit(':').next().unwrap().to_owned();
+    let pinctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinctl"))
+            .arg("--pins")
+            .arg(&pins)
+            .args(args)
+            .arg("--roots")
+            .arg(&roots)
+            .arg("--connect")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = pinctl(&["add", &o.name, "--yes"]);
+    assert_eq!(code, Some(0), "{out}");
+    let set = PinSet::load(&pins).unwrap();
+    let peer = set.by_server_name(&o.name).unwrap();
+    assert_eq!(peer.signing_keys.len(), 1, "{out}");
+    assert_eq!(peer.signing_keys[0].id, "ed25519:k");
+    assert_eq!(
+        peer.signing_keys[0].key.as_slice(),
+        o.kp.public_key().as_ref()
+    );
+    let (code, out) = pinctl(&["verify", &o.name]);
+    assert_eq!(code, Some(0), "{out}");
+    // The same TLS identity now publishes another signing key.
+    let text = std::fs::read_to_string(&pins).unwrap();
+    let other = Ed25519KeyPair::from_seed_unchecked(&[2; 32]).unwrap();
+    std::fs::write(
+        &pins,
+        text.replace(
+            &b64(o.kp.public_key().as_ref()),
+            &b64(other.public_key().as_ref()),
+        ),
+    )
+    .unwrap();
+    let (code, out) = pinctl(&["verify", &o.name]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("signing keys changed"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "added [ed25519:k={}]",
+            b64(o.kp.public_key().as_ref())
+        )),
+        "{out}"
+    );
+}

@@ -469,6 +469,87 @@ async fn resolve_target(
     ))
 }
 
+/// For a peer with pinned signing keys: which keys it publishes now that
+/// are not pinned (added) and which pinned ones it no longer publishes
+/// (removed), or why they could not be read; `None` when they agree.
+async fn signing_key_change(
+    core: &Arc<VerifierCore>,
+    set: &PinSet,
+    target: &Target,
+    p: &Peer,
+) -> Option<String> {
+    if p.signing_keys.is_empty() {
+        return None;
+    }
+    let pinned: Vec<String> = p
+        .signing_keys
+        .iter()
+        .map(|k| format!("{}={}", k.id, k.base64()))
+        .collect();
+    match signing_keys_of(core, set, target, &p.server_name).await {
+        Err(e) => Some(format!("signing keys could not be read: {e}")),
+        Ok(now) => {
+            let added: Vec<&String> = now.iter().filter(|k| !pinned.contains(k)).collect();
+            let removed: Vec<&String> = pinned.iter().filter(|k| !now.contains(k)).collect();
+            if added.is_empty() && removed.is_empty() {
+                None
+            } else {
+                Some(format!(
+                    "signing keys changed: added [{}], removed [{}] (requests signed with an unpinned key are refused; re-run pinctl add after checking the change out of band)",
+                    added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// Reads the peer's signing keys from `target` over TLS checked against
+/// `pins` (the entry about to be written), as `ed25519:ID=BASE64`.
+async fn signing_keys_of(
+    core: &Arc<VerifierCore>,
+    pins: &PinSet,
+    target: &Target,
+    server_name: &str,
+) -> Result<Vec<String>, String> {
+    let store = Arc::new(fedpin::pins::PinStore::fixed(
+        pins.clone(),
+        core.alerts().clone(),
+    ));
+    let upstream = Arc::new(fedpin::tls::UpstreamTls::new(
+        core.clone(),
+        store,
+        fedpin::tls::provider(),
+    ));
+    // The operator chose this endpoint: any address may be dialled.
+    let settings = fedpin::matrix::keys::KeyFetchSettings {
+        egress: fedpin::proxy::egress::EgressPolicy::new(
+            vec![
+                "0.0.0.0/0".parse().map_err(|_| "CIDR")?,
+                "::/0".parse().map_err(|_| "CIDR")?,
+            ],
+            vec![],
+        ),
+        timeout: Duration::from_secs(15),
+        ..Default::default()
+    };
+    let fetcher = fedpin::matrix::keys::KeyFetcher::new(upstream, settings);
+    let keys = fetcher
+        .fetch_from(
+            &target.tls_name,
+            &target.connect_host,
+            target.port,
+            server_name,
+        )
+        .await?;
+    let mut out: Vec<String> = keys
+        .values()
+        .map(|k| format!("{}={}", k.id, k.base64()))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Connects to `target`, shows its chain, and returns the pins the operator
 /// chose (`--yes`: the leaf) with the capture.
 async fn pick(
@@ -602,6 +683,7 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
     let mut hosts = None;
     let mut delegation = None;
     let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
+    let mut signing_keys: Vec<String> = Vec::new();
     let today = OffsetDateTime::now_utc().date();
     let mut note = a.note.clone();
     if pins.is_empty() {
@@ -704,6 +786,21 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
                 )));
             }
         }
+        // The peer's Matrix signing keys, read over TLS checked by the
+        // entry just chosen (SPEC 3, "Signing keys").
+        match signing_keys_of(&core, &candidate, &target, &a.server_name).await {
+            Ok(keys) => {
+                println!("\nSigning keys of {} (from /_matrix/key/v2/server over the pinned connection):", a.server_name);
+                for k in &keys {
+                    println!("  {k}");
+                }
+                signing_keys = keys;
+            }
+            Err(e) => println!(
+                "\nwarning: signing keys of {} not recorded ({e}); requests from it are checked against fetched keys",
+                a.server_name
+            ),
+        }
         if note.is_none() {
             note = Some(format!(
                 "enrolled {today} by pinctl from {} ({via})",
@@ -719,6 +816,7 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
         pins: pins.clone(),
         delegation,
         host_pins: host_pins.clone(),
+        signing_keys,
         trust: a.trust,
         mode: a.mode,
         expires,
@@ -1054,6 +1152,10 @@ async fn verify(
                                     days,
                                     tt,
                                 )
+                        } else if let Some(change) =
+                            signing_key_change(&core, &set, &target, p).await
+                        {
+                            ("signing_keys_changed", change, days, tt)
                         } else {
                             (
                                 "ok",

@@ -266,6 +266,34 @@ impl KeyFetcher {
         })
     }
 
+    /// Reads `origin`'s key document from a known endpoint (`pinctl`, which
+    /// has just resolved and pinned it): the keys it publishes now, checked
+    /// as for any fetch. Not cached.
+    pub async fn fetch_from(
+        &self,
+        tls_name: &str,
+        connect_host: &str,
+        port: u16,
+        origin: &str,
+    ) -> Result<HashMap<String, VerifyKey>, String> {
+        let fut = async {
+            let (status, _, body) = self
+                .get(tls_name, connect_host, port, KEY_PATH, origin)
+                .await?;
+            if status != StatusCode::OK {
+                return Err(format!("{KEY_PATH} answered HTTP {status}"));
+            }
+            let (mut keys, _) = parse_key_response(&body, origin, now_ms())?;
+            // Only the keys it signs with now (not old_verify_keys).
+            let current: Value = serde_json::from_slice(&body).unwrap_or_default();
+            keys.retain(|id, _| current["verify_keys"].get(id).is_some());
+            Ok(keys)
+        };
+        tokio::time::timeout(self.settings.timeout, fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.settings.timeout)))
+    }
+
     /// Discovers the origin's endpoint and reads its key document.
     async fn fetch_keys(&self, origin: &str) -> Result<(HashMap<String, VerifyKey>, u64), String> {
         let name: discovery::ServerName =
