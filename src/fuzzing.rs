@@ -524,3 +524,104 @@ pub fn access_log(data: &[u8]) {
         "templating {out:?} again changed it"
     );
 }
+
+/// Request-body bytes through fedpin's canonical JSON: an accepted body
+/// re-encodes to text that parses back to the same document and encodes
+/// to itself (idempotent), is valid JSON to serde_json (unless it holds
+/// integers beyond 64 bits, which serde_json reads differently), and has
+/// no raw control characters or insignificant whitespace outside strings.
+/// Refusals carry a message.
+pub fn canonical_json(data: &[u8]) {
+    use crate::matrix::canonical_json::{encode, parse};
+    match parse(data) {
+        Ok(doc) => {
+            let text = encode(&doc).expect("an accepted document encodes");
+            let again = parse(text.as_bytes()).expect("canonical text parses");
+            assert_eq!(
+                again, doc,
+                "canonical text {text:?} parses to another document"
+            );
+            assert_eq!(
+                encode(&again).expect("encodes"),
+                text,
+                "encoding is not idempotent"
+            );
+            assert!(
+                !text.bytes().any(|b| b < 0x20),
+                "raw control character in {text:?}"
+            );
+            if serde_json::from_str::<serde_json::Value>(&text).is_err() {
+                // Only integers beyond 64 bits or nesting past serde_json's
+                // limit may make serde_json disagree.
+                assert!(
+                    text.bytes().filter(|b| b.is_ascii_digit()).count() > 18
+                        || text.bytes().filter(|b| *b == b'[' || *b == b'{').count() > 100,
+                    "serde_json refuses canonical text {text:?}"
+                );
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty(), "refusal without a message"),
+    }
+}
+
+/// `/_matrix/key/v2/server` answers for `fuzz.example` at a fixed time: an
+/// accepted answer names that server, is valid after that time, and every
+/// key it yields is an ed25519 key whose ID the answer lists under
+/// `verify_keys` or an unexpired `old_verify_keys`; the answer carries a
+/// signature by one of them. Refusals carry a message.
+pub fn key_response(data: &[u8]) {
+    const NOW: u64 = 1_700_000_000_000;
+    match crate::matrix::keys::parse_key_response(data, "fuzz.example", NOW) {
+        Ok((keys, until)) => {
+            assert!(until > NOW, "expired answer accepted");
+            assert!(!keys.is_empty(), "accepted without keys");
+            let v: serde_json::Value = serde_json::from_slice(data).expect("accepted non-JSON");
+            assert_eq!(v["server_name"], "fuzz.example");
+            for (id, k) in &keys {
+                assert_eq!(&k.id, id);
+                assert!(id.starts_with("ed25519:"), "{id}");
+                let listed = v["verify_keys"].get(id).is_some()
+                    || v["old_verify_keys"]
+                        .get(id)
+                        .and_then(|o| o["expired_ts"].as_u64())
+                        .is_some_and(|t| t > NOW);
+                assert!(listed, "{id} is not a current key of the answer");
+            }
+            let signed_by_own = v["signatures"]["fuzz.example"]
+                .as_object()
+                .is_some_and(|s| s.keys().any(|id| v["verify_keys"].get(id).is_some()));
+            assert!(signed_by_own, "accepted without a self-signature");
+        }
+        Err(e) => assert!(!e.is_empty(), "refusal without a message"),
+    }
+}
+
+/// A well-known fetch's redirect and answer: the first line is a
+/// `Location`, the rest an `m.server` body. A followed redirect goes to an
+/// https host without credentials (or a path on the same host), to a path
+/// starting with `/`; a parsed answer is a server name whose text parses
+/// back to it.
+pub fn well_known_redirect(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (location, body) = text.split_once('\n').unwrap_or((&text, ""));
+    match crate::discovery::redirect_target(location, "front.example", 443) {
+        Ok((host, port, path)) => {
+            assert!(!host.is_empty(), "empty redirect host from {location:?}");
+            assert!(!host.contains('@') && !host.contains('/'), "{host:?}");
+            assert!(path.starts_with('/'), "path {path:?} from {location:?}");
+            assert!(
+                location.starts_with("https://") || location.starts_with('/'),
+                "followed {location:?}"
+            );
+            if location.starts_with('/') {
+                assert_eq!((host.as_str(), port), ("front.example", 443));
+            }
+        }
+        Err(e) => assert!(!e.is_empty(), "refusal without a message"),
+    }
+    if let Ok(name) = crate::discovery::parse_well_known(body.as_bytes()) {
+        let again: crate::discovery::ServerName =
+            name.to_string().parse().expect("display re-parses");
+        assert_eq!(again, name);
+    }
+}

@@ -80,3 +80,18 @@ fn corpus_srv() {
 fn corpus_access_log() {
     replay("access_log", fedpin::fuzzing::access_log);
 }
+
+#[test]
+fn corpus_canonical_json() {
+    replay("canonical_json", fedpin::fuzzing::canonical_json);
+}
+
+#[test]
+fn corpus_key_response() {
+    replay("key_response", fedpin::fuzzing::key_response);
+}
+
+#[test]
+fn corpus_well_known_redirect() {
+    replay("well_known_redirect", fedpin::fuzzing::well_known_redirect);
+}

@@ -101,6 +101,10 @@ enum Cmd {
         /// Do not ask: pin the leaf.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Do not record the peer's Matrix signing keys (its requests are
+        /// then checked with keys fedpin fetches over pinned TLS).
+        #[arg(long)]
+        no_signing_keys: bool,
         /// Free-form note stored with the entry.
         #[arg(long)]
         note: Option<String>,
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
             expires,
             roots,
             yes,
+            no_signing_keys,
             note,
         } => runtime().and_then(|rt| {
             rt.block_on(add(AddArgs {
@@ -202,6 +207,7 @@ fn main() -> ExitCode {
                 expires,
                 roots,
                 yes,
+                no_signing_keys,
                 note,
             }))
         }),
@@ -652,6 +658,7 @@ struct AddArgs<'a> {
     expires: Option<String>,
     roots: Vec<PathBuf>,
     yes: bool,
+    no_signing_keys: bool,
     note: Option<String>,
 }
 
@@ -788,7 +795,12 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
         }
         // The peer's Matrix signing keys, read over TLS checked by the
         // entry just chosen (SPEC 3, "Signing keys").
-        match signing_keys_of(&core, &candidate, &target, &a.server_name).await {
+        let read = if a.no_signing_keys {
+            Err("--no-signing-keys".to_owned())
+        } else {
+            signing_keys_of(&core, &candidate, &target, &a.server_name).await
+        };
+        match read {
             Ok(keys) => {
                 println!("\nSigning keys of {} (from /_matrix/key/v2/server over the pinned connection):", a.server_name);
                 for k in &keys {

@@ -726,7 +726,7 @@ pub async fn fetch_well_known(
 }
 
 /// Where a `Location` header sends the next request: `(host, port, path)`.
-fn redirect_target(
+pub(crate) fn redirect_target(
     location: &str,
     from_host: &str,
     from_port: u16,

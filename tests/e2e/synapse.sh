@@ -279,9 +279,9 @@ install_atomic() {
 # write_fedpin_config N DENY_ORIGINS_TOML: (re)write fpN's fedpin.toml from the
 # template, validated with check-config first, then swapped in by rename.
 write_fedpin_config() {
-  local n=$1 deny=$2 d=$RUN/fp$1 fed_var=HS$1_FED syn_var=HS$1_SYN
+  local n=$1 deny=$2 d=$RUN/fp$1 fed_var=HS$1_FED syn_var=HS$1_SYN name_var=HS$1_NAME
   fill "$HERE/fedpin.toml.tmpl" "$d/fedpin.toml.new" PROXY_PORT=$((BASE + 70 + n)) ADMIN_PORT=$((BASE + 50 + n)) PUBLIC_CA="$PKI/ca.pem" \
-    FED_PORT="${!fed_var}" SYNAPSE_FED_PORT="${!syn_var}" DENY_ORIGINS="$deny"
+    FED_PORT="${!fed_var}" SYNAPSE_FED_PORT="${!syn_var}" DENY_ORIGINS="$deny" SERVER_NAME="${!name_var}"
   "$FEDPIN" check-config --config "$d/fedpin.toml.new" >"$d/check-config.txt" 2>&1 ||
     fail "fedpin check-config rejected fp$n's config (deny_origins = $deny): $(cat "$d/check-config.txt")"
   mv -f "$d/fedpin.toml.new" "$d/fedpin.toml"
@@ -384,10 +384,10 @@ for n in 1 2; do
   wait_for 30 "fp$n inbound forwarding /_matrix/key/v2/server to hs$n's Synapse" inbound_forwards "$n"
 done
 
-enrol() { # fp-n peer-name peer-fed-port expected-pin
+enrol() { # fp-n peer-name peer-fed-port expected-pin [extra pinctl args]
   local n=$1 peer=$2 port=$3 want=$4 out=$RUN/fp$1/pinctl-add.txt
   timeout 60 "$PINCTL" --pins "$RUN/fp$n/pins.toml" add "$peer" --connect "127.0.0.1:$port" --yes \
-    --roots "$PKI/ca.pem" >"$out" 2>&1 || fail "pinctl add $peer failed: $(cat "$out")"
+    --roots "$PKI/ca.pem" "${@:5}" >"$out" 2>&1 || fail "pinctl add $peer failed: $(cat "$out")"
   grep -qF "$want" "$RUN/fp$n/pins.toml" ||
     fail "pinctl add $peer did not pin the served leaf $want: $(cat "$RUN/fp$n/pins.toml")"
   timeout 30 "$PINCTL" --pins "$RUN/fp$n/pins.toml" check >"$RUN/fp$n/pinctl-check.txt" 2>&1 ||
@@ -399,8 +399,14 @@ for n in 1 2; do
     fail "fp$n /healthz did not answer"
   [[ $health == *'"failures":[]'* ]] || fail "fp$n /healthz reports failures: $health"
 done
+# fp1 pins hs2's signing keys too (pinctl reads them over the pinned
+# connection); fp2 does not, so it verifies hs1's requests with keys it
+# fetches itself over pinned TLS: both paths run against real Synapse.
 enrol 1 "$HS2_NAME" "$HS2_FED" "$PIN_HS2"
-enrol 2 "$HS1_NAME" "$HS1_FED" "$PIN_HS1"
+enrol 2 "$HS1_NAME" "$HS1_FED" "$PIN_HS1" --no-signing-keys
+grep -q '^signing_keys = \["ed25519:' "$RUN/fp1/pins.toml" ||
+  fail "pinctl add did not record hs2's signing keys: $(cat "$RUN/fp1/pins.toml")"
+! grep -q '^signing_keys' "$RUN/fp2/pins.toml" || fail "pinctl add --no-signing-keys recorded keys"
 wait_for 15 "fp1 to hot-reload its pin file" "$PY" "$HERE/fedpin_log.py" reloaded "$RUN/fp1/fedpin.log" 1
 wait_for 15 "fp2 to hot-reload its pin file" "$PY" "$HERE/fedpin_log.py" reloaded "$RUN/fp2/fedpin.log" 1
 record "PASS  fedpin up (outbound proxy + inbound edge on $HS1_FED/$HS2_FED serving the homeservers' certificates, forwarding to Synapse); peers enrolled with pinctl add --connect, pin files hot-reloaded ($(($(now) - PHASE_T))s)"
@@ -468,6 +474,28 @@ in1=$(sed -n 1p <<<"$access1") in2=$(sed -n 1p <<<"$access2")
   fail "fedpin inbound logged no 200 requests from the peer (fp1 from $HS2_NAME: $in1, fp2 from $HS1_NAME: $in2)"
 grep -q ' /_matrix/federation/v1/make_join/{roomId}/{userId} ' <<<"$access1" ||
   fail "fp1's access log has no templated make_join path for $HS2_NAME: $access1"
+# Both edges verify request signatures (verify_signatures = "enforce"): the
+# genuine federation above passed that check (Synapse's real signatures, keys
+# fetched by fedpin over pinned TLS). A forged request in hs1's name sent to
+# hs2's edge is refused there and never reaches hs2.
+bad_sig() {
+  curl -sS --noproxy '*' --max-time 5 "http://127.0.0.1:$((BASE + 50 + $1))/metrics" |
+    awk '/^fedpin_inbound_requests_total\{class="bad_signature"\}/ {print $2}'
+}
+[[ $(bad_sig 1) == 0 && $(bad_sig 2) == 0 ]] ||
+  fail "an edge refused a genuine request signature (fp1: $(bad_sig 1), fp2: $(bad_sig 2))"
+FORGED_MARK="forged-$NONCE"
+forged_status=$(curl -sS --noproxy '*' --max-time 10 --cacert "$PKI/ca.pem" --resolve "$HS2:$HS2_FED:127.0.0.1" \
+  -o "$RUN/forged.txt" -w '%{http_code}' \
+  -H "Authorization: X-Matrix origin=\"$HS1_NAME\",destination=\"$HS2_NAME\",key=\"ed25519:a_forged\",sig=\"$(head -c 64 /dev/urandom | base64 -w0 | tr -d '=')\"" \
+  "https://$HS2:$HS2_FED/_matrix/federation/v1/query/profile?user_id=%40$FORGED_MARK%3A$HS1") || true
+[[ $forged_status == 401 ]] || fail "a forged request to hs2's edge was answered $forged_status, not 401: $(cat "$RUN/forged.txt")"
+[[ $(bad_sig 2) == 1 ]] || fail "fp2 did not count the forged request as bad_signature ($(bad_sig 2))"
+sleep 1
+if grep -qF "$FORGED_MARK" "$RUN/hs2/homeserver.log"; then
+  fail "the forged request reached hs2 (its log shows $FORGED_MARK)"
+fi
+record "PASS  request signatures enforced on both edges: genuine federation verified (0 bad signatures; fp1 with hs2's pinned signing_keys, fp2 with hs1's keys fetched over pinned TLS), a forged request in $HS1_NAME's name got 401 at hs2's edge and never reached hs2 ($(($(now) - PHASE_T))s)"
 grep -q ' PUT /_matrix/federation/v1/send/{param} ' <<<"$access2" ||
   fail "fp2's access log has no templated /send path for $HS1_NAME: $access2"
 record "PASS  check 1: invite, join and message federate both ways through fedpin (outbound: fp1 $t1 / fp2 $t2 tunnels, 0 alerts; inbound: fp1 $in1 / fp2 $in2 requests answered 200, paths templated) ($(($(now) - PHASE_T))s)"
