@@ -70,7 +70,8 @@ impl HandshakeResult {
             AlertEvent::PinReloadFailed
             | AlertEvent::VerifyError
             | AlertEvent::CertReloadFailed
-            | AlertEvent::DelegationChanged => HandshakeResult::Error,
+            | AlertEvent::DelegationChanged
+            | AlertEvent::PinsRemoved => HandshakeResult::Error,
         }
     }
 

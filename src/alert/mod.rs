@@ -48,6 +48,9 @@ pub enum AlertEvent {
     /// A pinned peer's `/.well-known/matrix/server` answer (seen through an
     /// intercepted tunnel) no longer names the delegation recorded for it.
     DelegationChanged,
+    /// A pin-file reload removed peers: they are no longer pinned and fall
+    /// under `policy.unpinned` (warning; the alert names them).
+    PinsRemoved,
 }
 
 impl AlertEvent {
@@ -63,6 +66,7 @@ impl AlertEvent {
             AlertEvent::VerifyError => "verify_error",
             AlertEvent::CertReloadFailed => "cert_reload_failed",
             AlertEvent::DelegationChanged => "delegation_changed",
+            AlertEvent::PinsRemoved => "pins_removed",
         }
     }
 }
@@ -268,7 +272,11 @@ impl Alert {
             severity: self.severity,
             host: self.host.clone().unwrap_or_default(),
             leaf: self.served_chain.first().and_then(|c| c.pin.clone()),
-            reason: if self.event == AlertEvent::PinReloadFailed {
+            // Local alerts have no host or chain: the reason tells them apart.
+            reason: if matches!(
+                self.event,
+                AlertEvent::PinReloadFailed | AlertEvent::PinsRemoved
+            ) {
                 self.reason.clone()
             } else {
                 String::new()
