@@ -22,7 +22,12 @@ fn answer(line: &str) -> Value {
     let Ok(v) = serde_json::from_str::<Value>(line) else {
         return json!({ "input_error": "not JSON" });
     };
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let body = match v.get("content_hex").and_then(Value::as_str) {
         Some(h) => match unhex(h) {
             Some(b) => b,
