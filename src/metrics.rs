@@ -71,7 +71,8 @@ impl HandshakeResult {
             | AlertEvent::VerifyError
             | AlertEvent::CertReloadFailed
             | AlertEvent::DelegationChanged
-            | AlertEvent::SigningKeyMismatch => HandshakeResult::Error,
+            | AlertEvent::SigningKeyMismatch
+            | AlertEvent::PinsRemoved => HandshakeResult::Error,
         }
     }
 

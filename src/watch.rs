@@ -2,10 +2,15 @@
 //! renewals, editors, ConfigMap symlink swaps): watches the files'
 //! directories (and their symlink targets' directories), debounces, and calls
 //! back on a background thread; a periodic re-check covers lost events.
+//!
+//! On Linux the watcher also knows when a file is being rewritten in place
+//! (data written, file not yet closed): the periodic re-check then waits for
+//! the writer to close it (bounded by [`MAX_OPEN_WRITE`]), so a slow writer's
+//! first half is not what the re-check reads.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -60,6 +65,18 @@ fn is_complete_change(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// Whether an event means a watched file is being written in place and is not
+/// closed yet (Linux only: elsewhere there is no close event to wait for).
+fn is_open_write(kind: &notify::EventKind) -> bool {
+    use notify::event::ModifyKind;
+    cfg!(target_os = "linux") && matches!(kind, notify::EventKind::Modify(ModifyKind::Data(_)))
+}
+
+/// The periodic re-check waits at most this long after the last in-place
+/// write for the writer to close the file (a writer that keeps it open longer
+/// is read anyway, with the reader's own settle check).
+pub const MAX_OPEN_WRITE: Duration = Duration::from_secs(120);
+
 /// The file names in the watched directories whose changes matter: each
 /// watched file, its symlink target, and the first component of a relative
 /// symlink target (the ConfigMap `..data` link that is swapped).
@@ -108,11 +125,24 @@ pub fn watch_files(
     let (tx, rx) = mpsc::channel::<()>();
     let event_tx = tx.clone();
     let names = interesting_names(&files);
+    // When a watched file was last written in place without being closed since.
+    let writing: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let writing_ev = writing.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match &res {
-            Ok(ev) => is_complete_change(&ev.kind) && touches(&ev.paths, &names),
+            Ok(ev) if touches(&ev.paths, &names) => {
+                let complete = is_complete_change(&ev.kind);
+                if complete {
+                    *lock(&writing_ev) = None;
+                } else if is_open_write(&ev.kind) {
+                    *lock(&writing_ev) = Some(Instant::now());
+                }
+                complete
+            }
+            Ok(_) => false,
             Err(e) => {
                 tracing::warn!(target: "fedpin::watch", error = %e, "file watcher error; re-checking");
+                *lock(&writing_ev) = None;
                 true
             }
         };
@@ -132,7 +162,15 @@ pub fn watch_files(
                     std::thread::sleep(debounce);
                     while rx.try_recv().is_ok() {}
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // A writer has the file open mid-rewrite: its close is an
+                    // event that re-reads it; the re-check waits for that.
+                    let open = lock(&writing).is_some_and(|t| t.elapsed() < MAX_OPEN_WRITE);
+                    if open {
+                        tracing::debug!(target: "fedpin::watch", "a watched file is being written in place; re-check deferred");
+                        continue;
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             if stop_rx.try_recv().is_ok() {
@@ -146,6 +184,11 @@ pub fn watch_files(
         stop: Some((stop_tx, tx)),
         thread: Some(thread),
     })
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for FileWatch {

@@ -214,3 +214,97 @@ async fn matrix_sink_posts_to_the_room_with_the_token_and_summarises() {
         "{second}"
     );
 }
+
+/// Criticals always reach the sinks: a flood of distinct warnings (each
+/// with its own leaf key, so dedup cannot merge them: 600 handshakes with
+/// random certificates) fills a slow command sink's queue, yet the critical
+/// raised after them is delivered, and the flood reaches the sink summarised
+/// with its count instead of one record each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_reaches_a_slow_command_sink_after_a_flood_of_warnings() {
+    const FLOOD: u64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let window = Duration::from_millis(1500);
+    let hub = AlertHub::with_window(window);
+    // A slow sink: one command at a time, each taking 50 ms.
+    let mut sink =
+        fedpin::alert::CommandSink::new(format!("sleep 0.05; cat >> '{}'", out.display()));
+    sink.max_concurrent = 1;
+    sink.attach(&hub);
+    for i in 0..FLOOD {
+        let mut a = alert(AlertEvent::ChainInvalid, &format!("h{i}.example"));
+        a.severity = Severity::Warning;
+        a.direction = Direction::Inbound;
+        a.served_chain = vec![fedpin::alert::ServedCert {
+            subject: format!("CN=h{i}.example"),
+            issuer: "CN=random".into(),
+            not_after: "2030-01-01T00:00:00Z".into(),
+            pin: Some(fedpin::pins::Pin::of_spki(format!("key {i}").as_bytes()).to_string()),
+        }];
+        hub.raise(a);
+    }
+    hub.raise(alert(AlertEvent::PinMismatch, "victim.example"));
+
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let got_critical = wait_until(Duration::from_secs(20), || {
+        lines()
+            .iter()
+            .any(|v| v["severity"] == "critical" && v["host"] == "victim.example")
+    })
+    .await;
+    assert!(
+        got_critical,
+        "the critical never reached the command sink ({} records did; dropped {})",
+        lines().len(),
+        hub.counters().dropped.load(Ordering::Relaxed)
+    );
+    let v = lines();
+    let first_critical = v.iter().position(|v| v["severity"] == "critical").unwrap();
+    assert!(
+        first_critical < 30,
+        "the critical waited behind {first_critical} warnings"
+    );
+
+    // After the window, the flood is summarised: every warning is accounted
+    // for in `repeats`, in far fewer records than warnings.
+    tokio::time::sleep(window).await;
+    hub.flush_expired();
+    let summed = || -> (u64, usize) {
+        let v = lines();
+        let w: Vec<_> = v
+            .iter()
+            .filter(|v| v["severity"] == "warning" && v["event"] == "chain_invalid")
+            .collect();
+        (
+            w.iter().map(|v| v["repeats"].as_u64().unwrap_or(0)).sum(),
+            w.len(),
+        )
+    };
+    let ok = wait_until(Duration::from_secs(20), || summed().0 == FLOOD).await;
+    let (total, records) = summed();
+    assert!(
+        ok,
+        "warnings accounted for at the sink: {total} of {FLOOD} in {records} records"
+    );
+    assert!(records < 50, "{records} records for one flood");
+    let summary = lines()
+        .into_iter()
+        .find(|v| v["repeats"].as_u64().unwrap_or(0) > 1)
+        .expect("a summary record");
+    assert_eq!(summary["direction"], "inbound");
+    assert!(
+        summary["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("chain_invalid"),
+        "{summary}"
+    );
+    assert_eq!(hub.counters().dropped.load(Ordering::Relaxed), 0);
+}

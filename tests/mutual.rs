@@ -422,3 +422,100 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
         hub.recent()
     );
 }
+
+/// Inbound alerts name the attacker: a client certificate refused by B's
+/// inbound verifier (client_auth = "require") raises an alert carrying the
+/// client's socket address and port, for a key mismatch on a pinned name and
+/// for an unpinned name under `unpinned = "deny"` alike.
+#[tokio::test]
+async fn refused_client_certificate_alert_names_the_client_address() {
+    let w = b_side().await;
+    let connect_as = |client: Leaf| {
+        let ca = w.public.cert.clone();
+        let server = w.b_inbound;
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![client.cert.clone()], client.key_der())
+                .unwrap();
+            let tcp = TcpStream::connect(server).await.unwrap();
+            let local = tcp.local_addr().unwrap();
+            let res = async {
+                let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                    .connect(ServerName::try_from(B).unwrap(), tcp)
+                    .await?;
+                // Under TLS 1.3 the refusal arrives after the client's side of
+                // the handshake: read to see it.
+                let mut b = [0u8; 1];
+                tls.read(&mut b).await
+            };
+            let res = tokio::time::timeout(Duration::from_secs(10), res)
+                .await
+                .expect("bounded");
+            (local, res)
+        }
+    };
+
+    // Another key for the pinned name A: pin_mismatch.
+    let (local, res) = connect_as(leaf(&w.public, &[A])).await;
+    assert!(res.is_err(), "an impostor client is refused: {res:?}");
+    let alerts = w.b_hub.recent();
+    let a = alerts
+        .iter()
+        .find(|a| a.event == AlertEvent::PinMismatch && a.direction == Direction::Inbound)
+        .unwrap_or_else(|| panic!("no inbound pin_mismatch: {alerts:?}"));
+    assert_eq!(
+        a.peer_addr.as_deref(),
+        Some(local.to_string().as_str()),
+        "{a:?}"
+    );
+    assert_eq!(a.port, Some(local.port()), "{a:?}");
+
+    // A name with no entry under unpinned = "deny": unpinned_denied.
+    let (local, res) = connect_as(leaf(&w.public, &["stranger.fedpin.test"])).await;
+    assert!(res.is_err(), "an unpinned client is refused: {res:?}");
+    let alerts = w.b_hub.recent();
+    let a = alerts
+        .iter()
+        .find(|a| a.event == AlertEvent::UnpinnedDenied && a.direction == Direction::Inbound)
+        .unwrap_or_else(|| panic!("no inbound unpinned_denied: {alerts:?}"));
+    assert_eq!(
+        a.peer_addr.as_deref(),
+        Some(local.to_string().as_str()),
+        "{a:?}"
+    );
+    assert_eq!(a.port, Some(local.port()), "{a:?}");
+
+    // Each connection has its own verifier, yet the pinned client still
+    // resumes its session on the next connection (same pin generation).
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(w.public.cert.clone()).unwrap();
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![w.a_client.cert.clone()], w.a_client.key_der())
+            .unwrap(),
+    );
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(w.b_inbound).await.unwrap();
+        let mut tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(ServerName::try_from(B).unwrap(), tcp),
+        )
+        .await
+        .expect("bounded")
+        .expect("the pinned client is accepted");
+        // Let the server's session ticket arrive, then close.
+        let _ = tokio::time::timeout(Duration::from_millis(200), tls.read(&mut [0u8; 1])).await;
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    assert_eq!(kinds[1], Some(rustls::HandshakeKind::Resumed), "{kinds:?}");
+}

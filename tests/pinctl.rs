@@ -481,7 +481,7 @@ async fn add_with_pin_and_from_cert() {
     assert_eq!(set.len(), 1);
     assert_eq!(set.by_server_name("a.example").unwrap().pins.len(), 3);
 
-    // --from-cert: every certificate (and public key) in the PEM.
+    // --from-cert: the first certificate (or public key) of each PEM file.
     let l = leaf(&fx.root, &["b.example"]);
     let bundle = fx.dir.path().join("b.pem");
     std::fs::write(&bundle, cert_pem(&[&l.cert, &fx.root.cert])).unwrap();
@@ -507,11 +507,10 @@ async fn add_with_pin_and_from_cert() {
     run.expect_code(0);
     let set = fx.load();
     let b = set.by_server_name("b.example:8448").unwrap();
-    assert_eq!(b.pins.len(), 3, "{:?}", b.pins);
+    assert_eq!(b.pins.len(), 2, "{:?}", b.pins);
     assert_eq!(b.pins[0], pin(&l.cert));
-    assert_eq!(b.pins[1], pin(&fx.root.cert));
     assert_eq!(
-        b.pins[2],
+        b.pins[1],
         Pin::of_spki(&rcgen::PublicKeyData::subject_public_key_info(&next))
     );
     assert_eq!(b.hosts, vec!["b.example".to_string()]);
@@ -557,6 +556,87 @@ async fn add_with_pin_and_from_cert() {
     run.expect_code(64);
     assert!(run.stderr.contains("b.example"), "{}", run.describe());
     assert_eq!(fx.text(), before, "a refused add changed the file");
+}
+
+/// `--from-cert` with a full chain (leaf, intermediate, root; what
+/// `fullchain.pem` holds) pins the leaf only, as `--yes` does for a live
+/// chain, and says per certificate what was and was not pinned; the others
+/// are pinned only on the explicit `--from-cert-all`.
+#[tokio::test(flavor = "multi_thread")]
+async fn add_from_cert_with_a_full_chain_pins_only_the_leaf() {
+    let fx = Fixture::new();
+    let inter = intermediate(&fx.root, "pinctl issuing CA");
+    let l = leaf(&inter, &["d.example"]);
+    let chain = fx.dir.path().join("fullchain.pem");
+    std::fs::write(&chain, cert_pem(&[&l.cert, &inter.cert, &fx.root.cert])).unwrap();
+
+    let run = pinctl(
+        &[
+            "--pins",
+            fx.pins(),
+            "add",
+            "d.example",
+            "--from-cert",
+            s(&chain),
+        ],
+        None,
+    )
+    .await;
+    run.expect_code(0);
+    let set = fx.load();
+    let d = set.by_server_name("d.example").unwrap();
+    assert_eq!(
+        d.pins,
+        vec![pin(&l.cert)],
+        "only the leaf is pinned\n{}",
+        run.describe()
+    );
+    // Each certificate is shown with its subject and pin, marked.
+    let line_of = |p: &str| {
+        run.stdout
+            .lines()
+            .find(|line| line.contains(p))
+            .unwrap_or_else(|| panic!("{p} is not shown\n{}", run.describe()))
+            .to_string()
+    };
+    let leaf_line = line_of(&spki_pin(&l.cert));
+    assert!(
+        leaf_line.contains("pinned") && !leaf_line.contains("not pinned"),
+        "{leaf_line}"
+    );
+    for (cert, cn) in [
+        (&inter.cert, "pinctl issuing CA"),
+        (&fx.root.cert, "pinctl test root"),
+    ] {
+        let line = line_of(&spki_pin(cert));
+        assert!(line.contains("not pinned"), "{line}");
+        assert!(run.stdout.contains(cn), "{}", run.describe());
+    }
+    assert!(run.stdout.contains("--from-cert-all"), "{}", run.describe());
+
+    // The explicit choice pins every certificate of the file.
+    let run = pinctl(
+        &[
+            "--pins",
+            fx.pins(),
+            "add",
+            "e.example",
+            "--from-cert",
+            s(&chain),
+            "--from-cert-all",
+        ],
+        None,
+    )
+    .await;
+    run.expect_code(0);
+    let set = fx.load();
+    assert_eq!(
+        set.by_server_name("e.example").unwrap().pins,
+        vec![pin(&l.cert), pin(&inter.cert), pin(&fx.root.cert)],
+        "{}",
+        run.describe()
+    );
+    assert!(!run.stdout.contains("not pinned"), "{}", run.describe());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -613,3 +613,220 @@ fn inv8_duplicate_host_across_peers_is_rejected_whole() {
         failed[0].reason
     );
 }
+
+/// Two peers, `HOST` pinning `a` and `OTHER` pinning `b`. The first half of
+/// the text (up to the second `[[peer]]`) is itself a valid one-peer file.
+fn two_peers(a: &Pin, b: &Pin) -> (String, String) {
+    let first = format!("version = 1\n\n[[peer]]\nserver_name = \"{HOST}\"\npins = [\"{a}\"]\n");
+    let second = format!("\n[[peer]]\nserver_name = \"{OTHER}\"\npins = [\"{b}\"]\n");
+    (first, second)
+}
+
+/// Invariant 8 (reload takes only complete files): a tool that rewrites the
+/// pin file in place (same inode, no rename) and pauses between its writes
+/// never gets its half-written file published, neither by the periodic
+/// re-check nor by the watcher: the store sees one new generation, with both
+/// peers.
+#[tokio::test]
+async fn inv8_half_written_file_is_never_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let (old_a, old_b) = (Pin::of_spki(b"old a"), Pin::of_spki(b"old b"));
+    let (new_a, new_b) = (Pin::of_spki(b"new a"), Pin::of_spki(b"new b"));
+    let (h1, h2) = two_peers(&old_a, &old_b);
+    std::fs::write(&path, format!("{h1}{h2}")).unwrap();
+    let hub = AlertHub::new();
+    let store = Arc::new(PinStore::open(&path, hub.clone()).unwrap());
+    assert_eq!(store.current().len(), 2);
+    // A re-check every 50 ms: one falls in the writer's pause for sure.
+    let _watch = store.watch(DEBOUNCE, Duration::from_millis(50)).unwrap();
+
+    // Every generation the store publishes, with its peer count.
+    let seen = Arc::new(std::sync::Mutex::new(vec![(1u64, 2usize)]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (store, seen, stop) = (store.clone(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let set = store.current();
+                let mut seen = seen.lock().unwrap();
+                if seen.last().map(|s| s.0) != Some(set.generation) {
+                    seen.push((set.generation, set.len()));
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+
+    // The slow in-place writer: truncate, first peer, pause, second peer.
+    use std::io::Write as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let (n1, n2) = two_peers(&new_a, &new_b);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(n1.as_bytes()).unwrap();
+    file.flush().unwrap();
+    // Three re-checks fall in this pause; it is shorter than the settle interval.
+    std::thread::sleep(Duration::from_millis(150));
+    file.write_all(n2.as_bytes()).unwrap();
+    drop(file);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
+        "written in place"
+    );
+
+    let done = wait_until(PICKUP, || {
+        store
+            .current()
+            .lookup(OTHER)
+            .is_some_and(|p| p.has_pin(&new_b))
+    })
+    .await;
+    // Let any later re-check run too: it must change nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        done.is_some(),
+        "the complete file was never loaded: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, peers)| *peers == 2),
+        "a half-written file was published (generation, peers): {seen:?}"
+    );
+    let set = store.current();
+    assert_eq!(
+        set.generation, 2,
+        "exactly one new generation for one rewrite: {seen:?}"
+    );
+    assert!(set.lookup(HOST).unwrap().has_pin(&new_a));
+    let removed: Vec<_> = hub
+        .recent()
+        .into_iter()
+        .filter(|a| a.event.as_str() == "pins_removed")
+        .collect();
+    assert!(
+        removed.is_empty(),
+        "no peer was removed by the rewrite: {removed:?}"
+    );
+}
+
+/// Invariant 8, the reload itself: a reload that starts while an in-place
+/// writer is between its writes waits for the content to settle and never
+/// returns the half file.
+#[test]
+fn inv8_reload_waits_for_the_file_to_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let (h1, h2) = two_peers(&Pin::of_spki(b"old a"), &Pin::of_spki(b"old b"));
+    std::fs::write(&path, format!("{h1}{h2}")).unwrap();
+    let store = PinStore::open(&path, AlertHub::new()).unwrap();
+    let (n1, n2) = two_peers(&Pin::of_spki(b"new a"), &Pin::of_spki(b"new b"));
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            file.write_all(n1.as_bytes()).unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            file.write_all(n2.as_bytes()).unwrap();
+        })
+    };
+    // The reload starts while the writer pauses.
+    std::thread::sleep(Duration::from_millis(50));
+    let out = store.reload();
+    writer.join().unwrap();
+    let set = store.current();
+    assert!(
+        set.len() == 2,
+        "reload published a half-written file ({out:?}): {} peers",
+        set.len()
+    );
+}
+
+/// A reload that removes a peer raises a `pins_removed` warning naming it
+/// (the operator learns that a peer is no longer pinned, whoever edited the
+/// file).
+#[test]
+fn reload_that_removes_a_peer_raises_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let (a, b) = (Pin::of_spki(b"a"), Pin::of_spki(b"b"));
+    let (h1, h2) = two_peers(&a, &b);
+    std::fs::write(&path, format!("{h1}{h2}")).unwrap();
+    let hub = AlertHub::new();
+    let store = PinStore::open(&path, hub.clone()).unwrap();
+
+    // Changing a pin removes no peer: no warning.
+    let (h1b, h2b) = two_peers(&Pin::of_spki(b"a2"), &b);
+    replace_by_rename(&path, &format!("{h1b}{h2b}"));
+    assert_eq!(store.reload(), ReloadOutcome::Reloaded(2));
+    assert!(hub
+        .recent()
+        .iter()
+        .all(|al| al.event.as_str() != "pins_removed"));
+
+    // Dropping OTHER does.
+    replace_by_rename(&path, &h1b);
+    assert_eq!(store.reload(), ReloadOutcome::Reloaded(3));
+    let removed: Vec<_> = hub
+        .recent()
+        .into_iter()
+        .filter(|al| al.event.as_str() == "pins_removed")
+        .collect();
+    assert_eq!(removed.len(), 1, "{:?}", hub.recent());
+    let al = &removed[0];
+    assert_eq!(al.severity, Severity::Warning);
+    assert_eq!(al.direction, Direction::Local);
+    assert_eq!(al.pin_generation, 3);
+    assert_eq!(al.server_name.as_deref(), Some(OTHER));
+    assert!(al.reason.contains(OTHER), "{}", al.reason);
+    assert!(!al.reason.contains(&format!("{HOST},")), "{}", al.reason);
+    let v: serde_json::Value = serde_json::from_str(&al.to_json()).unwrap();
+    assert_eq!(v["event"], "pins_removed");
+    assert_eq!(v["severity"], "warning");
+}
+
+/// Invariant 8: the settle check follows the opened file, so complete files
+/// swapped in by rename faster than the settle interval still load (each one
+/// was complete when it was renamed).
+#[test]
+fn inv8_rename_swaps_faster_than_the_settle_interval_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    std::fs::write(&path, pins_toml(&[&Pin::of_spki(b"rev 0")])).unwrap();
+    let store = PinStore::open(&path, AlertHub::new()).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churner = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rev = 1u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let pin = Pin::of_spki(format!("rev {rev}").as_bytes());
+                replace_by_rename(&path, &pins_toml(&[&pin]));
+                rev += 1;
+                std::thread::sleep(fedpin::pins::DEFAULT_SETTLE / 6);
+            }
+        })
+    };
+    std::thread::sleep(fedpin::pins::DEFAULT_SETTLE / 3);
+    let out = store.reload();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churner.join().unwrap();
+    assert!(
+        matches!(out, ReloadOutcome::Reloaded(2)),
+        "a renamed-in file must load under churn: {out:?}"
+    );
+}

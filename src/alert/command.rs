@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::{Alert, AlertHub};
+use super::{Alert, AlertHub, SinkQueue};
 
 /// Runs `/bin/sh -c COMMAND` once per alert record with the JSON on stdin.
 ///
 /// At most `max_concurrent` commands run at once; a command that runs past
 /// `timeout` is killed. A queue of `queue` alerts absorbs bursts; beyond that
-/// alerts are dropped for this sink and counted (the log line is always written).
+/// alerts are dropped for this sink and counted (the log line is always
+/// written); critical alerts have room of their own and jump the queue.
 #[derive(Debug, Clone)]
 pub struct CommandSink {
     /// The shell command.
@@ -40,13 +41,12 @@ impl CommandSink {
 
     /// Attaches the sink to `hub`, spawning its worker on the current runtime.
     pub fn attach(self, hub: &AlertHub) -> tokio::task::JoinHandle<()> {
-        let (tx, rx) = mpsc::channel(self.queue.max(1));
-        hub.add_sink(tx);
+        let rx = hub.sink_queue(self.queue);
         let hub = hub.clone();
         tokio::spawn(self.run(rx, hub))
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Arc<Alert>>, hub: AlertHub) {
+    async fn run(self, mut rx: SinkQueue, hub: AlertHub) {
         let slots = Arc::new(Semaphore::new(self.max_concurrent.max(1)));
         let this = Arc::new(self);
         while let Some(alert) = rx.recv().await {

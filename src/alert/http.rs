@@ -13,7 +13,6 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::{Alert, AlertHub};
 
@@ -190,8 +189,7 @@ impl WebhookSink {
 
     /// Attaches the sink to `hub` (spawns its worker on the current runtime).
     pub fn attach(self, hub: &AlertHub) -> tokio::task::JoinHandle<()> {
-        let (tx, mut rx) = mpsc::channel::<Arc<Alert>>(self.queue);
-        hub.add_sink(tx);
+        let mut rx = hub.sink_queue(self.queue);
         let hub = hub.clone();
         tokio::spawn(async move {
             while let Some(alert) = rx.recv().await {
@@ -297,8 +295,7 @@ impl MatrixSink {
 
     /// Attaches the sink to `hub` (spawns its worker on the current runtime).
     pub fn attach(self, hub: &AlertHub) -> tokio::task::JoinHandle<()> {
-        let (tx, mut rx) = mpsc::channel::<Arc<Alert>>(256);
-        hub.add_sink(tx);
+        let mut rx = hub.sink_queue(256);
         let hub = hub.clone();
         tokio::spawn(async move {
             let mut last_sent: Option<Instant> = None;
@@ -315,7 +312,7 @@ impl MatrixSink {
                 }
                 let mut newest = first;
                 let mut suppressed = 0u64;
-                while let Ok(more) = rx.try_recv() {
+                while let Some(more) = rx.try_recv() {
                     // Keep a critical alert as the headline over later warnings.
                     if more.severity == super::Severity::Critical
                         || newest.severity != super::Severity::Critical

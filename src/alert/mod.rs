@@ -2,7 +2,12 @@
 //! `fedpin::alert`, deduplicated for 60 s, and handed to the configured sinks.
 //!
 //! [`AlertHub::raise`] never blocks: it is called from inside TLS handshakes.
-//! Sinks run on their own tasks behind a bounded queue.
+//! Sinks run on their own tasks behind bounded queues ([`SinkQueue`]): each
+//! sink has a queue reserved for critical alerts, which it takes first, so a
+//! flood of warnings cannot push a critical out. Under a flood, warnings of
+//! one (event, direction) beyond [`FLOOD_LIMIT`] per window are not queued
+//! one by one: the sinks get one summary record whose `repeats` counts them
+//! when the window closes (the log keeps every record).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +28,13 @@ use crate::pins::{Mode, Pin};
 
 /// How long identical alerts are merged.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(60);
+
+/// Room each sink keeps for critical alerts, apart from its other queue.
+pub const CRITICAL_QUEUE: usize = 64;
+
+/// Warning records of one (event, direction) handed to the sinks one by one
+/// per window; the rest of the window's records reach them as one summary.
+pub const FLOOD_LIMIT: u64 = 20;
 
 /// Which violation happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -50,6 +62,9 @@ pub enum AlertEvent {
     DelegationChanged,
     /// A pinned peer signed a request with a key not in its `signing_keys`.
     SigningKeyMismatch,
+    /// A pin-file reload removed peers: they are no longer pinned and fall
+    /// under `policy.unpinned` (warning; the alert names them).
+    PinsRemoved,
 }
 
 impl AlertEvent {
@@ -66,6 +81,7 @@ impl AlertEvent {
             AlertEvent::CertReloadFailed => "cert_reload_failed",
             AlertEvent::DelegationChanged => "delegation_changed",
             AlertEvent::SigningKeyMismatch => "signing_key_mismatch",
+            AlertEvent::PinsRemoved => "pins_removed",
         }
     }
 }
@@ -271,7 +287,11 @@ impl Alert {
             severity: self.severity,
             host: self.host.clone().unwrap_or_default(),
             leaf: self.served_chain.first().and_then(|c| c.pin.clone()),
-            reason: if self.event == AlertEvent::PinReloadFailed {
+            // Local alerts have no host or chain: the reason tells them apart.
+            reason: if matches!(
+                self.event,
+                AlertEvent::PinReloadFailed | AlertEvent::PinsRemoved
+            ) {
                 self.reason.clone()
             } else {
                 String::new()
@@ -308,6 +328,97 @@ pub struct AlertCounters {
     pub dropped: AtomicU64,
     /// Sink deliveries that failed (non-zero exit, timeout, spawn error).
     pub sink_failures: AtomicU64,
+    /// Warning records held back from the sinks during a flood and counted
+    /// in a summary record instead.
+    pub summarised: AtomicU64,
+}
+
+/// A warnings flood of one (event, direction) in the current window.
+struct Flood {
+    opened: Instant,
+    /// Records handed to the sinks one by one in this window.
+    passed: u64,
+    /// Alerts (counting merged repeats) held back for the summary.
+    held: u64,
+    /// The last record held back.
+    last: Option<Alert>,
+}
+
+impl Flood {
+    fn new(opened: Instant) -> Self {
+        Flood {
+            opened,
+            passed: 0,
+            held: 0,
+            last: None,
+        }
+    }
+
+    /// The summary record for what was held back, if anything was.
+    fn summary(&mut self, window: Duration) -> Option<Alert> {
+        let last = self.last.take()?;
+        let held = std::mem::take(&mut self.held);
+        let direction = match last.direction {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+            Direction::Cli => "cli",
+            Direction::Local => "local",
+        };
+        Some(Alert {
+            time: Alert::now_string(),
+            server_name: None,
+            host: None,
+            port: None,
+            peer_addr: None,
+            mode: None,
+            served_chain: Vec::new(),
+            known_pins: Vec::new(),
+            expires: None,
+            reason: format!(
+                "{held} more {} warnings ({direction}) within {}s, summarised for the alert sinks during a flood (each is in fedpin's log); the last: {}",
+                last.event.as_str(),
+                window.as_secs().max(1),
+                last.reason
+            ),
+            repeats: held,
+            ..last
+        })
+    }
+}
+
+/// The sending side of one sink's queues.
+struct SinkTx {
+    /// Reserved for critical alerts (`None`: a sink added with
+    /// [`AlertHub::add_sink`], one queue for everything).
+    critical: Option<tokio::sync::mpsc::Sender<Arc<Alert>>>,
+    other: tokio::sync::mpsc::Sender<Arc<Alert>>,
+}
+
+/// The receiving end of one sink's queues: critical alerts have a queue of
+/// their own and are always taken before the others.
+#[derive(Debug)]
+pub struct SinkQueue {
+    critical: tokio::sync::mpsc::Receiver<Arc<Alert>>,
+    other: tokio::sync::mpsc::Receiver<Arc<Alert>>,
+}
+
+impl SinkQueue {
+    /// The next alert, a queued critical first; `None` once the hub is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Alert>> {
+        tokio::select! {
+            biased;
+            Some(a) = self.critical.recv() => Some(a),
+            a = self.other.recv() => a,
+        }
+    }
+
+    /// The next alert if one is queued now, a critical first.
+    pub fn try_recv(&mut self) -> Option<Arc<Alert>> {
+        self.critical
+            .try_recv()
+            .ok()
+            .or_else(|| self.other.try_recv().ok())
+    }
 }
 
 const RECENT: usize = 256;
@@ -322,7 +433,8 @@ struct HubInner {
     by_event: Mutex<HashMap<(AlertEvent, Severity), u64>>,
     windows: Mutex<HashMap<DedupKey, Window>>,
     recent: Mutex<VecDeque<Alert>>,
-    sinks: Mutex<Vec<tokio::sync::mpsc::Sender<Arc<Alert>>>>,
+    sinks: Mutex<Vec<SinkTx>>,
+    floods: Mutex<HashMap<(AlertEvent, Direction), Flood>>,
     counters: AlertCounters,
     window: Duration,
 }
@@ -353,15 +465,37 @@ impl AlertHub {
                 windows: Mutex::new(HashMap::new()),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                 sinks: Mutex::new(Vec::new()),
+                floods: Mutex::new(HashMap::new()),
                 counters: AlertCounters::default(),
                 window,
             }),
         }
     }
 
-    /// Registers a sink queue; alerts that do not fit are dropped and counted.
+    /// Registers a sink and returns its queues: `capacity` alerts, plus
+    /// [`CRITICAL_QUEUE`] reserved for critical ones. Alerts that do not fit
+    /// are dropped for that sink and counted.
+    pub fn sink_queue(&self, capacity: usize) -> SinkQueue {
+        let (ctx, crx) = tokio::sync::mpsc::channel(CRITICAL_QUEUE);
+        let (otx, orx) = tokio::sync::mpsc::channel(capacity.max(1));
+        lock(&self.inner.sinks).push(SinkTx {
+            critical: Some(ctx),
+            other: otx,
+        });
+        SinkQueue {
+            critical: crx,
+            other: orx,
+        }
+    }
+
+    /// Registers a single sink queue for every alert, with no room reserved
+    /// for criticals (prefer [`AlertHub::sink_queue`]); alerts that do not
+    /// fit are dropped and counted.
     pub fn add_sink(&self, tx: tokio::sync::mpsc::Sender<Arc<Alert>>) {
-        lock(&self.inner.sinks).push(tx);
+        lock(&self.inner.sinks).push(SinkTx {
+            critical: None,
+            other: tx,
+        });
     }
 
     /// Alerts raised so far (before dedup), by event and severity.
@@ -435,6 +569,22 @@ impl AlertHub {
         for a in due {
             self.emit(a);
         }
+        let summaries: Vec<Alert> = {
+            let mut floods = lock(&self.inner.floods);
+            let mut out = Vec::new();
+            floods.retain(|_, f| {
+                if now.duration_since(f.opened) >= self.inner.window {
+                    out.extend(f.summary(self.inner.window));
+                    false
+                } else {
+                    true
+                }
+            });
+            out
+        };
+        for a in summaries {
+            self.send_summary(a);
+        }
     }
 
     /// Emits every pending merged record now, regardless of window (shutdown).
@@ -453,6 +603,13 @@ impl AlertHub {
         };
         for a in due {
             self.emit(a);
+        }
+        let summaries: Vec<Alert> = lock(&self.inner.floods)
+            .drain()
+            .filter_map(|(_, mut f)| f.summary(self.inner.window))
+            .collect();
+        for a in summaries {
+            self.send_summary(a);
         }
     }
 
@@ -500,10 +657,74 @@ impl AlertHub {
             }
             recent.push_back((*shared).clone());
         }
+        if shared.severity == Severity::Warning {
+            let (pass, summary) = self.flood_gate(&shared, Instant::now());
+            if let Some(s) = summary {
+                self.send_summary(s);
+            }
+            if !pass {
+                self.inner
+                    .counters
+                    .summarised
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.to_sinks(&shared);
+    }
+
+    /// Whether a warning goes to the sinks on its own (not during a flood of
+    /// its (event, direction)), and the summary of a flood window it closes.
+    fn flood_gate(&self, alert: &Alert, now: Instant) -> (bool, Option<Alert>) {
+        let mut floods = lock(&self.inner.floods);
+        let f = floods
+            .entry((alert.event, alert.direction))
+            .or_insert_with(|| Flood::new(now));
+        let mut summary = None;
+        if now.duration_since(f.opened) >= self.inner.window {
+            summary = f.summary(self.inner.window);
+            *f = Flood::new(now);
+        }
+        if f.passed < FLOOD_LIMIT {
+            f.passed += 1;
+            (true, summary)
+        } else {
+            f.held += alert.repeats.max(1);
+            f.last = Some(alert.clone());
+            (false, summary)
+        }
+    }
+
+    /// Logs a flood summary and hands it to the sinks.
+    fn send_summary(&self, alert: Alert) {
+        tracing::warn!(
+            target: "fedpin::alert",
+            event = alert.event.as_str(),
+            severity = "warning",
+            summary = true,
+            repeats = alert.repeats,
+            "{}", alert.reason
+        );
+        self.to_sinks(&Arc::new(alert));
+    }
+
+    /// Queues a record for every sink without waiting: a critical in the
+    /// sink's reserved queue (its other queue if that is full), anything
+    /// else in the other queue; what fits nowhere is dropped and counted.
+    fn to_sinks(&self, alert: &Arc<Alert>) {
         let sinks = lock(&self.inner.sinks);
         for tx in sinks.iter() {
-            if tx.try_send(shared.clone()).is_err() {
-                self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            let reserved = match (&tx.critical, alert.severity) {
+                (Some(c), Severity::Critical) => c.try_send(alert.clone()).is_ok(),
+                _ => false,
+            };
+            if reserved || tx.other.try_send(alert.clone()).is_ok() {
+                continue;
+            }
+            self.inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            if alert.severity == Severity::Critical {
+                tracing::error!(target: "fedpin::alert", event = alert.event.as_str(), "alert sink queues are full or closed; CRITICAL alert dropped for that sink (it is in this log)");
+            } else {
                 tracing::warn!(target: "fedpin::alert", "alert sink queue is full or closed; alert dropped for that sink");
             }
         }

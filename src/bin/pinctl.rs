@@ -75,9 +75,16 @@ enum Cmd {
         /// A pin to add (`sha256/…`); repeatable.
         #[arg(long = "pin", id = "pin")]
         pins: Vec<String>,
-        /// Pin the keys of the certificates (or public keys) in this PEM file; repeatable.
+        /// Pin the key of the first certificate (or public key) in this PEM
+        /// file: the leaf of a full chain; repeatable. Every certificate is
+        /// listed with its pin, marked pinned or not pinned.
         #[arg(long = "from-cert")]
         from_cert: Vec<PathBuf>,
+        /// With --from-cert: pin every certificate of each file, the
+        /// intermediates and root of a full chain too (a CA pin accepts
+        /// anything that CA issues for the name).
+        #[arg(long = "from-cert-all", requires = "from_cert")]
+        from_cert_all: bool,
         /// Connect here instead of resolving the server name the Matrix way.
         #[arg(long, value_name = "HOST:PORT")]
         connect: Option<String>,
@@ -179,6 +186,7 @@ fn main() -> ExitCode {
             server_name,
             pins,
             from_cert,
+            from_cert_all,
             connect,
             connect_to,
             trust,
@@ -194,6 +202,7 @@ fn main() -> ExitCode {
                 server_name,
                 pins,
                 from_cert,
+                from_cert_all,
                 connect,
                 connect_to,
                 trust: trust.map(|t| match t {
@@ -651,6 +660,7 @@ struct AddArgs<'a> {
     server_name: String,
     pins: Vec<String>,
     from_cert: Vec<PathBuf>,
+    from_cert_all: bool,
     connect: Option<String>,
     connect_to: Vec<String>,
     trust: Option<Trust>,
@@ -677,7 +687,22 @@ async fn add(a: AddArgs<'_>) -> Result<u8, Failure> {
             std::fs::read(f).map_err(|e| bad(format!("{}: cannot read: {e}", f.display())))?;
         let items = fedpin::verify::pins_of_pem_or_der(&bytes)
             .map_err(|e| bad(format!("{}: {e}", f.display())))?;
-        pins.extend(items.into_iter().map(|i| i.pin));
+        // The first certificate is the leaf (as --yes pins for a live chain);
+        // the rest of a full chain only on the explicit --from-cert-all.
+        println!("{}:", f.display());
+        for (i, item) in items.iter().enumerate() {
+            let take = i == 0 || a.from_cert_all;
+            let mark = if take { "pinned" } else { "not pinned" };
+            println!("  [{}] {}  {mark:<10}  {}", i + 1, item.pin, item.label);
+            if take {
+                pins.push(item.pin);
+            }
+        }
+        if items.len() > 1 && !a.from_cert_all {
+            println!(
+                "  only the first certificate (the leaf) is pinned; --from-cert-all pins the others too"
+            );
+        }
     }
     let connect_to: Vec<discovery::ConnectTo> = a
         .connect_to

@@ -8,16 +8,39 @@
 //! *directory*, so rename-replace (editors, `pinctl`) and symlink swaps
 //! (Kubernetes ConfigMap `..data`) are seen, and a periodic re-check catches
 //! any event the OS dropped.
+//!
+//! Only a file that holds still is loaded: a tool that rewrites the file in
+//! place (same inode, several writes) must not get its first half published,
+//! or a peer missing from that half would fall back to `policy.unpinned` until
+//! the next reload. A reload that finds new content waits a settle interval
+//! ([`DEFAULT_SETTLE`]), reads the file it opened again, and loads only if
+//! its size, modification time and content hash are unchanged; otherwise it
+//! reads again, and after a few rounds gives up until the next event or
+//! re-check ([`ReloadOutcome::Unsettled`]). The check follows the opened file,
+//! not the path: a file swapped in by rename was complete when it was
+//! renamed, and the copy being read does not change however often the path is
+//! swapped again; a file written in place, or created and still being
+//! written, changes under the reader. A reload that removes peers raises a
+//! `pins_removed` warning naming them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use super::file::{Diagnostic, PinFileError, PinSet};
-use crate::alert::{Alert, AlertEvent, AlertHub, Direction};
+use crate::alert::{Action, Alert, AlertEvent, AlertHub, Direction};
+
+/// How long a reload waits for new content to hold still before loading it.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
+
+/// How many settle intervals a reload waits for a file that keeps changing.
+const SETTLE_ROUNDS: u32 = 8;
+
+/// At most this many removed peers are named in one `pins_removed` alert.
+const NAMED_REMOVALS: usize = 20;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +53,55 @@ pub enum ReloadOutcome {
     Missing,
     /// The file is broken; the last set stays.
     Failed(PinFileError),
+    /// The file kept changing while it was read (a writer is still at work);
+    /// the last set stays and the next event or re-check tries again.
+    Unsettled,
+}
+
+/// One read of the opened pin file and what the file looked like around it.
+struct Snapshot {
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+    /// The file did not change while it was read.
+    steady: bool,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Snapshot {
+    /// Reads the whole of `file` (from its start): metadata, content,
+    /// metadata again. A file that changed during the read is read as it is
+    /// and never matches another snapshot.
+    fn take(file: &mut std::fs::File) -> std::io::Result<Snapshot> {
+        use std::io::{Read, Seek};
+        let before = file.metadata()?;
+        file.rewind()?;
+        let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes)?;
+        let after = file.metadata()?;
+        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(d.as_ref());
+        let steady = before.len() == after.len()
+            && before.modified().ok() == after.modified().ok()
+            && bytes.len() as u64 == after.len();
+        Ok(Snapshot {
+            bytes,
+            hash,
+            steady,
+            len: after.len(),
+            modified: after.modified().ok(),
+        })
+    }
+
+    /// Whether two reads saw the same, unchanged file.
+    fn same_as(&self, other: &Snapshot) -> bool {
+        self.steady
+            && other.steady
+            && self.len == other.len
+            && self.modified == other.modified
+            && self.hash == other.hash
+    }
 }
 
 /// The current pin set, swapped atomically on reload.
@@ -41,6 +113,7 @@ pub struct PinStore {
     reload_lock: Mutex<()>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    settle: Duration,
 }
 
 impl std::fmt::Debug for PinStore {
@@ -66,7 +139,15 @@ impl PinStore {
             reload_lock: Mutex::new(()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            settle: DEFAULT_SETTLE,
         })
+    }
+
+    /// Sets how long new content must hold still before a reload loads it
+    /// (default [`DEFAULT_SETTLE`]; zero loads whatever one read returns).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// A store with a fixed set and no file (tests, demo, `pinctl`).
@@ -83,6 +164,7 @@ impl PinStore {
             reload_lock: Mutex::new(()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            settle: DEFAULT_SETTLE,
         }
     }
 
@@ -104,49 +186,60 @@ impl PinStore {
         )
     }
 
-    /// Re-reads the file and swaps in a new set if it changed and is valid.
+    /// Re-reads the file and swaps in a new set if it changed, holds still
+    /// (see the module documentation) and is valid.
     pub fn reload(&self) -> ReloadOutcome {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(
-                    target: "fedpin::pins",
-                    path = %self.path.display(),
-                    generation = self.current.load().generation,
-                    "pin file is missing; keeping the last pin set"
-                );
-                return ReloadOutcome::Missing;
-            }
-            Err(e) => {
-                let err = PinFileError {
-                    path: Some(self.path.display().to_string()),
-                    errors: vec![Diagnostic {
-                        line: 0,
-                        column: 0,
-                        key: String::new(),
-                        message: format!("cannot read the pin file: {e}"),
-                    }],
-                };
-                self.fail(&err);
-                return ReloadOutcome::Failed(err);
-            }
+        // The settle check watches the file that was opened, not the path: a
+        // file replaced by rename is complete, and the one we hold stays as it
+        // was; a file written in place (or created and still being written)
+        // changes under us.
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) => return self.unreadable(e),
         };
-        let hash = {
-            let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-            let mut h = [0u8; 32];
-            h.copy_from_slice(d.as_ref());
-            h
+        let mut snap = match Snapshot::take(&mut file) {
+            Ok(s) => s,
+            Err(e) => return self.unreadable(e),
         };
-        if hash == self.current.load().content_hash {
+        if snap.hash == self.current.load().content_hash {
             return ReloadOutcome::Unchanged;
         }
-        match PinSet::parse_bytes(&bytes) {
+        if !self.settle.is_zero() {
+            let mut rounds = 0;
+            loop {
+                std::thread::sleep(self.settle);
+                let next = match Snapshot::take(&mut file) {
+                    Ok(s) => s,
+                    Err(e) => return self.unreadable(e),
+                };
+                if snap.same_as(&next) {
+                    snap = next;
+                    break;
+                }
+                snap = next;
+                rounds += 1;
+                if rounds >= SETTLE_ROUNDS {
+                    tracing::warn!(
+                        target: "fedpin::pins",
+                        path = %self.path.display(),
+                        generation = self.current.load().generation,
+                        "pin file is still being written; not loaded yet, the last pin set stays"
+                    );
+                    return ReloadOutcome::Unsettled;
+                }
+            }
+            if snap.hash == self.current.load().content_hash {
+                return ReloadOutcome::Unchanged;
+            }
+        }
+        match PinSet::parse_bytes(&snap.bytes) {
             Ok(mut set) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 set.generation = generation;
                 let peers = set.len();
-                self.current.store(Arc::new(set));
+                let new = Arc::new(set);
+                let old = self.current.swap(new.clone());
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     target: "fedpin::pins",
@@ -155,6 +248,7 @@ impl PinStore {
                     peers,
                     "pin file reloaded"
                 );
+                self.report_removed(&old, &new);
                 ReloadOutcome::Reloaded(generation)
             }
             Err(mut e) => {
@@ -163,6 +257,79 @@ impl PinStore {
                 ReloadOutcome::Failed(e)
             }
         }
+    }
+
+    /// The outcome of a reload that could not open or read the file.
+    fn unreadable(&self, e: std::io::Error) -> ReloadOutcome {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            tracing::warn!(
+                target: "fedpin::pins",
+                path = %self.path.display(),
+                generation = self.current.load().generation,
+                "pin file is missing; keeping the last pin set"
+            );
+            return ReloadOutcome::Missing;
+        }
+        let err = PinFileError {
+            path: Some(self.path.display().to_string()),
+            errors: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the pin file: {e}"),
+            }],
+        };
+        self.fail(&err);
+        ReloadOutcome::Failed(err)
+    }
+
+    /// Raises `pins_removed` (warning) naming the peers of `old` that `new`
+    /// no longer has: from now on they fall under `policy.unpinned`.
+    fn report_removed(&self, old: &PinSet, new: &PinSet) {
+        let removed: Vec<&str> = old
+            .peers()
+            .iter()
+            .filter(|p| new.by_server_name(&p.server_name).is_none())
+            .map(|p| p.server_name.as_str())
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let mut names = removed
+            .iter()
+            .take(NAMED_REMOVALS)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if removed.len() > NAMED_REMOVALS {
+            names.push_str(&format!(" and {} more", removed.len() - NAMED_REMOVALS));
+        }
+        tracing::warn!(
+            target: "fedpin::pins",
+            event = "pins_removed",
+            path = %self.path.display(),
+            generation = new.generation,
+            removed = removed.len(),
+            peers = %names,
+            "pin file reload removed peers"
+        );
+        let mut alert = Alert::local(
+            AlertEvent::PinsRemoved,
+            Direction::Local,
+            new.generation,
+            format!(
+                "pin file reload (generation {} -> {}) removed {} peer(s), now under policy.unpinned: {names}",
+                old.generation,
+                new.generation,
+                removed.len()
+            ),
+        );
+        // The new set is in force: nothing was refused.
+        alert.action = Action::Allowed;
+        if let [only] = removed.as_slice() {
+            alert.server_name = Some((*only).to_string());
+        }
+        self.alerts.raise(alert);
     }
 
     fn fail(&self, e: &PinFileError) {

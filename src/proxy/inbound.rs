@@ -171,6 +171,11 @@ impl Compiled {
 struct GenConfig {
     /// Pin generation and server-certificate epoch (successful reloads) it was built for.
     generation: (u64, u64),
+    /// The pin set of that generation (client certificates are checked against it).
+    pins: Arc<crate::pins::PinSet>,
+    /// The generation's config; with `client_auth`, each connection gets a
+    /// copy whose verifier knows the client's address, sharing this one's
+    /// ticketer and session cache.
     config: Arc<rustls::ServerConfig>,
 }
 
@@ -345,39 +350,77 @@ impl InboundProxy {
         &self.certs
     }
 
-    /// The TLS config for new connections: one per pin generation and server
-    /// certificate. A new pin set or a reloaded certificate gets a new ticketer
-    /// and session cache, so no session resumed from before the change skips it
-    /// (a resumed session would still stand for the replaced certificate).
-    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    /// The TLS config for a new connection from `client`: one per pin
+    /// generation and server certificate. A new pin set or a reloaded
+    /// certificate gets a new ticketer and session cache, so no session
+    /// resumed from before the change skips it (a resumed session would still
+    /// stand for the replaced certificate). With `client_auth`, the
+    /// connection gets its own client verifier, so that the alerts it raises
+    /// name the client's address and port; it shares the generation's
+    /// ticketer and session cache.
+    fn server_config(
+        &self,
+        client: SocketAddr,
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let generation_config = self.generation_config()?;
+        if self.settings.client_auth == ClientAuth::Off {
+            return Ok(generation_config.config.clone());
+        }
+        let mut config = self.tls_config(&generation_config.pins, Some(client))?;
+        config.ticketer = generation_config.config.ticketer.clone();
+        config.session_storage = generation_config.config.session_storage.clone();
+        Ok(Arc::new(config))
+    }
+
+    /// The config of the current pin generation and server certificate,
+    /// built (with a new ticketer and session cache) when either changed.
+    fn generation_config(&self) -> Result<Arc<GenConfig>, rustls::Error> {
         let pins = self.pins.current();
         let generation = (pins.generation, self.certs.reload_counts().0);
         if let Some(g) = self.configs.load_full() {
             if g.generation == generation {
-                return Ok(g.config.clone());
+                return Ok(g);
             }
         }
+        let mut config = self.tls_config(&pins, None)?;
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let built = Arc::new(GenConfig {
+            generation,
+            pins,
+            config: Arc::new(config),
+        });
+        self.configs.rcu(|cur| match cur {
+            Some(c) if c.generation > generation => Some(c.clone()),
+            _ => Some(built.clone()),
+        });
+        Ok(built)
+    }
+
+    /// A server config checking client certificates (per `client_auth`)
+    /// against `pins`; alerts name `client` when it is given.
+    fn tls_config(
+        &self,
+        pins: &Arc<crate::pins::PinSet>,
+        client: Option<SocketAddr>,
+    ) -> Result<rustls::ServerConfig, rustls::Error> {
         let builder = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()?;
         let builder = match self.settings.client_auth {
             ClientAuth::Off => builder.with_no_client_auth(),
-            mode => builder.with_client_cert_verifier(Arc::new(PinnedClientVerifier::new(
-                self.core.clone(),
-                pins.clone(),
-                mode == ClientAuth::Require,
-            ))),
+            mode => {
+                let mut verifier = PinnedClientVerifier::new(
+                    self.core.clone(),
+                    pins.clone(),
+                    mode == ClientAuth::Require,
+                );
+                if let Some(addr) = client {
+                    verifier.set_peer_addr(addr);
+                }
+                builder.with_client_cert_verifier(Arc::new(verifier))
+            }
         };
         let mut config = builder.with_cert_resolver(Arc::new(CurrentCert(self.certs.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let config = Arc::new(config);
-        self.configs.rcu(|cur| match cur {
-            Some(c) if c.generation > generation => Some(c.clone()),
-            _ => Some(Arc::new(GenConfig {
-                generation,
-                config: config.clone(),
-            })),
-        });
         Ok(config)
     }
 
@@ -430,7 +473,7 @@ impl InboundProxy {
         client: SocketAddr,
         mut stop: watch::Receiver<bool>,
     ) {
-        let config = match self.server_config() {
+        let config = match self.server_config(client) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(target: "fedpin::inbound", error = %e, "cannot build the TLS config");
