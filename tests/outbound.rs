@@ -1575,3 +1575,107 @@ async fn handshake_results_are_counted_by_cause() {
     assert_eq!(checks.get(CheckMode::Enforce, CheckResult::Expired), 1);
     assert_eq!(checks.get(CheckMode::Enforce, CheckResult::Refused), 1);
 }
+
+/// SPEC 4.13: a reload that revokes a key ends the open tunnels that
+/// depended on it (the recorded upstream chain is re-checked against the new
+/// set, no network needed), with an alert; a busy tunnel whose upstream
+/// still passes stays open.
+#[tokio::test]
+async fn inv13_reload_that_revokes_a_key_ends_open_tunnels() {
+    let w = world();
+    let other_name = "other.fedpin.test";
+    let other = leaf(&w.public, &[other_name]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let both = pins_toml(&[(HOST, &w.genuine.cert), (other_name, &other.cert)]);
+    std::fs::write(&path, &both).unwrap();
+    let hub = AlertHub::new();
+    let store = Arc::new(
+        PinStore::open(&path, hub.clone())
+            .unwrap()
+            .with_settle(Duration::ZERO),
+    );
+    let mut settings = test_settings();
+    settings
+        .resolve
+        .insert(other_name.into(), "127.0.0.1".parse().unwrap());
+    let env = start_proxy_with(&w.public, store.clone(), hub.clone(), settings).await;
+    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up2 = upstream(&other, "genuine", &[b"http/1.1"]).await;
+
+    // Two kept-alive tunnels, each answering.
+    async fn open(
+        env: &Env,
+        target: &str,
+        name: &str,
+    ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+        let tls = tunnel(env, target, name, &[b"http/1.1"]).await;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    }
+    async fn ask(
+        send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        host: &str,
+    ) -> Result<StatusCode, String> {
+        let req = Request::get("/")
+            .header(hyper::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        match tokio::time::timeout(STEP, send.send_request(req)).await {
+            Ok(Ok(r)) => {
+                let status = r.status();
+                let _ = r.into_body().collect().await;
+                Ok(status)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+    let mut a = open(&env, &format!("{HOST}:{}", up.port()), HOST).await;
+    let mut b = open(&env, &format!("{other_name}:{}", up2.port()), other_name).await;
+    assert_eq!(ask(&mut a, HOST).await, Ok(StatusCode::OK));
+    assert_eq!(ask(&mut b, other_name).await, Ok(StatusCode::OK));
+    assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::Relaxed), 2);
+
+    // HOST's key is revoked: its entry now pins the impostor's key only.
+    std::fs::write(
+        &path,
+        pins_toml(&[(HOST, &w.impostor.cert), (other_name, &other.cert)]),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.reload(),
+        fedpin::pins::ReloadOutcome::Reloaded(2)
+    ));
+    let p = env.proxy.clone();
+    assert!(
+        wait_until(STEP, move || p.stats().revoked.load(Ordering::Relaxed) == 1).await,
+        "the revoked tunnel was not ended"
+    );
+    let p = env.proxy.clone();
+    assert!(
+        wait_until(STEP, move || p
+            .stats()
+            .active_tunnels
+            .load(Ordering::Relaxed)
+            == 1)
+        .await,
+        "the revoked tunnel is still counted open"
+    );
+    assert!(
+        ask(&mut a, HOST).await.is_err(),
+        "the revoked tunnel still relays"
+    );
+    assert_eq!(ask(&mut b, other_name).await, Ok(StatusCode::OK));
+    let alert = hub
+        .recent()
+        .into_iter()
+        .find(|x| x.reason.contains("open tunnel closed after pin reload"))
+        .expect("an alert names the closed tunnel");
+    assert_eq!(alert.event, AlertEvent::PinMismatch);
+    assert_eq!(alert.severity, Severity::Critical);
+    assert_eq!(alert.host.as_deref(), Some(HOST));
+}

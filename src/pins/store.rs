@@ -114,6 +114,7 @@ pub struct PinStore {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     settle: Duration,
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for PinStore {
@@ -140,6 +141,7 @@ impl PinStore {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             settle: DEFAULT_SETTLE,
+            published: tokio::sync::watch::Sender::new(1),
         })
     }
 
@@ -156,6 +158,7 @@ impl PinStore {
             set.generation = 1;
         }
         let next = set.generation + 1;
+        let published = tokio::sync::watch::Sender::new(set.generation);
         PinStore {
             path: PathBuf::new(),
             current: ArcSwap::from_pointee(set),
@@ -165,7 +168,14 @@ impl PinStore {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             settle: DEFAULT_SETTLE,
+            published,
         }
+    }
+
+    /// The generation in force, updated at every publish: holders of open
+    /// connections re-check them against a new set (SPEC 4.13).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The set in force now. Cheap: one atomic load and an `Arc` clone.
@@ -249,6 +259,7 @@ impl PinStore {
                     "pin file reloaded"
                 );
                 self.report_removed(&old, &new);
+                self.published.send_replace(generation);
                 ReloadOutcome::Reloaded(generation)
             }
             Err(mut e) => {

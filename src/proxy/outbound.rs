@@ -103,6 +103,9 @@ pub struct OutboundStats {
     pub refused: AtomicU64,
     /// Clients turned away because the tunnel cap was reached.
     pub over_capacity: AtomicU64,
+    /// Open tunnels closed because a reload revoked what their upstream
+    /// presented (SPEC 4.13).
+    pub revoked: AtomicU64,
 }
 
 impl Default for OutboundStats {
@@ -116,6 +119,7 @@ impl Default for OutboundStats {
             upstream_errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             over_capacity: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
         }
     }
 }
@@ -128,6 +132,35 @@ pub struct OutboundProxy {
     provider: Arc<rustls::crypto::CryptoProvider>,
     slots: Arc<Semaphore>,
     stats: OutboundStats,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<u64, OpenTunnel>>>,
+    next_id: AtomicU64,
+}
+
+/// An established tunnel, kept so a reload can re-check what its upstream
+/// presented (no network needed) and end it when the new set refuses it.
+struct OpenTunnel {
+    tls_name: String,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ctx: PeerContext,
+    /// The pin generation it was last checked under.
+    generation: u64,
+    revoke: Arc<tokio::sync::Notify>,
+}
+
+/// Removes a tunnel from the registry when it ends.
+struct Registered {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<u64, OpenTunnel>>>,
+    id: u64,
+    revoke: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for OutboundProxy {
@@ -169,7 +202,88 @@ impl OutboundProxy {
             provider: crate::tls::provider(),
             slots,
             stats: OutboundStats::default(),
+            open: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+            next_id: AtomicU64::new(1),
         }
+    }
+
+    fn register(
+        &self,
+        tls_name: &str,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        ctx: PeerContext,
+        generation: u64,
+    ) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let revoke = Arc::new(tokio::sync::Notify::new());
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            OpenTunnel {
+                tls_name: tls_name.to_owned(),
+                chain,
+                ctx,
+                generation,
+                revoke: revoke.clone(),
+            },
+        );
+        Registered {
+            open: self.open.clone(),
+            id,
+            revoke,
+        }
+    }
+
+    /// Re-checks every open tunnel's recorded upstream chain against the pin
+    /// set now in force and ends those it refuses, with the refusal's alert.
+    /// Returns how many were ended. Called on every pin-file publish.
+    pub fn recheck_open_tunnels(&self) -> usize {
+        let pins = self.upstream.store().current();
+        let core = self.upstream.core();
+        let now = rustls::pki_types::UnixTime::now();
+        let mut ended = 0;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for t in open.values_mut() {
+            if t.generation >= pins.generation {
+                continue;
+            }
+            t.generation = pins.generation;
+            let Some((ee, rest)) = t.chain.split_first() else {
+                continue;
+            };
+            let name = ServerName::try_from(t.tls_name.clone()).ok();
+            let ev = core.evaluate(
+                &pins,
+                &t.tls_name,
+                name.as_ref(),
+                ee,
+                rest,
+                now,
+                crate::verify::Usage::Server,
+                &t.ctx,
+            );
+            if let crate::verify::Verdict::Reject(r) = &ev.verdict {
+                if let Some(mut a) = ev.alert {
+                    a.reason = format!(
+                        "open tunnel closed after pin reload (generation {}): {}",
+                        pins.generation, a.reason
+                    );
+                    core.alerts().raise(a);
+                }
+                tracing::warn!(
+                    tls.name = %t.tls_name,
+                    generation = pins.generation,
+                    reason = %r.reason,
+                    "open tunnel no longer passes the pin rules; closing it"
+                );
+                t.revoke.notify_one();
+                ended += 1;
+            }
+        }
+        drop(open);
+        self.stats
+            .revoked
+            .fetch_add(ended as u64, Ordering::Relaxed);
+        ended
     }
 
     /// Counters.
@@ -188,6 +302,16 @@ impl OutboundProxy {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut published = self.upstream.store().subscribe();
+        let watcher = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                while published.changed().await.is_ok() {
+                    this.recheck_open_tunnels();
+                }
+            })
+        };
+        let _watcher = AbortOnDrop(watcher);
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -465,8 +589,23 @@ impl OutboundProxy {
             .upstream_handshake_seconds
             .observe(dial_started.elapsed().as_secs_f64());
         match upstream {
-            Ok((up, negotiated)) => {
+            Ok((up, negotiated, generation)) => {
                 self.stats.handshakes.add(HandshakeResult::Ok);
+                let registered = self.register(
+                    &tls_name,
+                    up.chain(),
+                    PeerContext {
+                        direction: Some(Direction::Outbound),
+                        server_name: None,
+                        port: Some(dest.port),
+                        peer_addr: up.peer_addr(),
+                    },
+                    generation,
+                );
+                // A reload may have landed during the handshake.
+                if generation < self.upstream.store().current().generation {
+                    self.recheck_open_tunnels();
+                }
                 let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
                 let config = match self.inner_config(&tls_name, inner_alpn) {
                     Ok(c) => c,
@@ -491,10 +630,19 @@ impl OutboundProxy {
                     }
                 };
                 tracing::debug!(tls.name = %tls_name, client.addr = %client, "tunnel established");
-                match watch {
-                    Some(w) => self.relay_watching_delegation(down, up, w).await,
-                    None => relay(down, up, self.settings.idle_timeout).await,
+                let revoked = registered.revoke.clone();
+                tokio::select! {
+                    _ = async {
+                        match watch {
+                            Some(w) => self.relay_watching_delegation(down, up, w).await,
+                            None => relay(down, up, self.settings.idle_timeout).await,
+                        }
+                    } => {}
+                    _ = revoked.notified() => {
+                        tracing::info!(tls.name = %tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+                    }
                 }
+                drop(registered);
             }
             Err(failure) => {
                 match failure.handshake {
@@ -660,7 +808,14 @@ impl OutboundProxy {
         dest: &Destination,
         tls_name: &str,
         alpn: Vec<Vec<u8>>,
-    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>), DialFailure> {
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<TcpStream>,
+            Option<Vec<u8>>,
+            u64,
+        ),
+        DialFailure,
+    > {
         let mut last = String::from("no address to dial");
         let mut tcp = None;
         for addr in &dest.addrs {
@@ -711,7 +866,7 @@ impl OutboundProxy {
         match tokio::time::timeout(self.settings.handshake_timeout, fut).await {
             Ok(Ok(tls)) => {
                 let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-                Ok((tls, negotiated))
+                Ok((tls, negotiated, connector.generation()))
             }
             Ok(Err(e)) => {
                 let record = connector.record();
@@ -974,6 +1129,15 @@ async fn check_well_known(
         Ok(name) if name.to_string() == watch.delegation => (Ok(()), bytes),
         Ok(name) => (Err(format!("names {name}")), bytes),
         Err(e) => (Err(format!("is unusable ({e})")), bytes),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
