@@ -292,6 +292,9 @@ struct Env {
     up: Upstream,
     /// The pinned client leaf (with `pin_peer`).
     client: Option<Leaf>,
+    /// The pin store (file-backed) and its file.
+    pins: Arc<PinStore>,
+    pins_path: PathBuf,
     _dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
 }
@@ -312,8 +315,14 @@ async fn start(opts: Opts) -> Env {
         None => opts.pins,
     };
     let hub = AlertHub::new();
-    let set = PinSet::parse(&pins).unwrap_or_else(|e| panic!("test pin file invalid: {e}\n{pins}"));
-    let pins = Arc::new(PinStore::fixed(set, hub.clone()));
+    PinSet::parse(&pins).unwrap_or_else(|e| panic!("test pin file invalid: {e}\n{pins}"));
+    let pins_path = dir.path().join("pins.toml");
+    std::fs::write(&pins_path, &pins).unwrap();
+    let pins = Arc::new(
+        PinStore::open(&pins_path, hub.clone())
+            .unwrap()
+            .with_settle(Duration::ZERO),
+    );
     let core = Arc::new(
         VerifierCore::with_only_anchors(
             &fedpin::tls::provider(),
@@ -327,7 +336,13 @@ async fn start(opts: Opts) -> Env {
     settings.upstream = opts
         .upstream
         .unwrap_or_else(|| format!("http://{}", up.addr).parse().unwrap());
-    let proxy = Arc::new(InboundProxy::new(settings, opts.rules, certs, pins, core));
+    let proxy = Arc::new(InboundProxy::new(
+        settings,
+        opts.rules,
+        certs,
+        pins.clone(),
+        core,
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
@@ -342,6 +357,8 @@ async fn start(opts: Opts) -> Env {
         key_path,
         up,
         client,
+        pins,
+        pins_path,
         _dir: dir,
         shutdown: tx,
     }
@@ -2406,4 +2423,49 @@ async fn a_dropped_shutdown_sender_neither_stops_nor_spins_the_edge() {
         call(&env, get("/_matrix/key/v2/server", None)).await.status,
         StatusCode::OK
     );
+}
+
+/// SPEC 4.13, inbound: a reload that revokes a client certificate's key
+/// ends the open connections authenticated by it, with an alert naming the
+/// client; requests on it stop being served.
+#[tokio::test]
+async fn inv13_reload_that_revokes_a_client_key_ends_its_open_connections() {
+    let (env, genuine) = start_mtls(ClientAuth::Require).await;
+    let config = client_config(&env.ca.cert, &[b"http/1.1"], Some(&genuine));
+    let tls = tls_with(env.addr, config).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let path = "/_matrix/federation/v1/version";
+    let r = send.send_request(get(path, Some(PEER))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.into_body().collect().await;
+
+    // PEER's entry now pins another key.
+    let other = leaf(&env.ca, &[PEER]);
+    std::fs::write(&env.pins_path, peer_pins(&other)).unwrap();
+    assert!(matches!(
+        env.pins.reload(),
+        fedpin::pins::ReloadOutcome::Reloaded(_)
+    ));
+    let p = env.proxy.clone();
+    assert!(
+        wait_until(STEP, move || p.stats().revoked.load(Ordering::Relaxed) == 1).await,
+        "the connection with the revoked client key was not ended"
+    );
+    let again = send.send_request(get(path, Some(PEER))).await;
+    assert!(
+        again.is_err(),
+        "a revoked client connection was still served"
+    );
+    assert_eq!(env.up.started(), 1);
+    let alert = env
+        .hub
+        .recent()
+        .into_iter()
+        .find(|a| a.reason.contains("open connection closed after pin reload"))
+        .expect("an alert names the closed connection");
+    assert_eq!(alert.event, AlertEvent::PinMismatch);
+    assert!(alert.peer_addr.is_some(), "{alert:?}");
 }

@@ -131,6 +131,8 @@ pub struct InboundStats {
     /// TLS handshakes by result (refused client certificates by the pin
     /// rule that refused them).
     pub handshakes: HandshakeCounters,
+    /// Connections ended because a reload revoked their client certificate.
+    pub revoked: AtomicU64,
 }
 
 impl Default for InboundStats {
@@ -142,6 +144,7 @@ impl Default for InboundStats {
             connections: AtomicUsize::new(0),
             by_class: Default::default(),
             handshakes: HandshakeCounters::default(),
+            revoked: AtomicU64::new(0),
         }
     }
 }
@@ -510,6 +513,9 @@ impl InboundProxy {
                     addr: client,
                 }))
             });
+        // A client certificate is re-checked at every pin publish (SPEC 4.13).
+        let mut published = self.pins.subscribe();
+        let recheck = cert_names.clone();
         let this = self.clone();
         let waiting = Arc::new(Waiting::new());
         let w = waiting.clone();
@@ -556,6 +562,14 @@ impl InboundProxy {
                     }
                     return;
                 }
+                Ok(()) = published.changed(), if recheck.is_some() => {
+                    if let Some(id) = &recheck {
+                        if !self.client_still_passes(id) {
+                            self.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
                 _ = tokio::time::sleep(tick) => {
                     // Quiet on the wire, and no request waiting for the
                     // homeserver (that wait is bounded by request_timeout).
@@ -567,6 +581,35 @@ impl InboundProxy {
                 }
             }
         }
+    }
+
+    /// Re-checks a connection's client certificate against the pin set now
+    /// in force; raises the refusal's alert and returns false when the new
+    /// set refuses it (the connection is then ended).
+    fn client_still_passes(&self, id: &ClientIdentity) -> bool {
+        let Some((leaf, rest)) = id.chain.split_first() else {
+            return true;
+        };
+        let pins = self.pins.current();
+        let mut verifier = PinnedClientVerifier::new(
+            self.core.clone(),
+            pins.clone(),
+            self.settings.client_auth == ClientAuth::Require,
+        );
+        verifier.set_peer_addr(id.addr);
+        let ev = verifier.evaluate(leaf, rest, rustls::pki_types::UnixTime::now());
+        if let crate::verify::Verdict::Reject(r) = &ev.verdict {
+            if let Some(mut a) = ev.alert {
+                a.reason = format!(
+                    "open connection closed after pin reload (generation {}): {}",
+                    pins.generation, a.reason
+                );
+                self.core.alerts().raise(a);
+            }
+            tracing::warn!(target: "fedpin::inbound", client = %id.addr, reason = %r.reason, "client certificate no longer passes the pin rules; closing the connection");
+            return false;
+        }
+        true
     }
 
     /// Whether a client certificate without DNS names is pinned for `host`
