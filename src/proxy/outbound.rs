@@ -397,7 +397,10 @@ impl OutboundProxy {
             return false;
         };
         // Constant-time comparison (length leaks, content does not).
-        ring_eq(&decoded, expected.as_bytes())
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            decoded.as_slice(),
+            expected.as_bytes(),
+        ))
     }
 
     async fn vet(&self, req: &Request<Incoming>) -> Result<Destination, Response<Body>> {
@@ -1158,13 +1161,6 @@ impl rustls::server::ResolvesServerCert for Fixed {
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
-}
-
-fn ring_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Relays both ways until both sides have closed (half-close propagated) or
