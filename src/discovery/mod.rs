@@ -756,11 +756,27 @@ pub(crate) fn redirect_target(
         .trim_end_matches(']')
         .to_ascii_lowercase();
     let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    Ok((host, authority.port_u16().unwrap_or(443), path))
+    // `Authority::port` is None both without a port and with an unusable
+    // one ("host:84x3"): tell them apart by what follows the host.
+    let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
+    let port = match authority.port_u16() {
+        Some(p) if p > 0 => p,
+        None if !after_host.contains(':') => 443,
+        _ => return Err(format!("redirect to {location:?} has an invalid port")),
+    };
+    if host.is_empty() {
+        return Err(format!("redirect to {location:?} has no host"));
+    }
+    let path = if uri.path().is_empty() {
+        "/"
+    } else {
+        uri.path()
+    };
+    let path = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    Ok((host, port, path))
 }
 
 /// Follows the well-known fetch to its final `200 OK`; returns the body and
