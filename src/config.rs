@@ -1,6 +1,11 @@
 //! `fedpin.toml` (SPEC section 7), in two phases: raw `serde` structs with
 //! `deny_unknown_fields` and spans, then [`Config::parse`] validates them into
 //! a typed [`Config`] or returns every error with its line and key.
+//!
+//! Validation here looks at the text only. The files the config names (pin
+//! file, certificates, keys, roots, token) are read and checked by
+//! [`crate::prepare`], which is what both `fedpin check-config` and `fedpin
+//! run` use.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -239,19 +244,41 @@ pub struct Config {
     pub alert_extra_roots: Option<PathBuf>,
     /// Matrix sink: homeserver URL, room ID, access-token file.
     pub alert_matrix: Option<(String, String, PathBuf)>,
+    /// Where the config came from and where each key is in it.
+    source: Source,
+}
+
+/// The config file and the line and column of each key that names a file or
+/// an address, so that later checks (see [`crate::prepare`]) can point at it.
+#[derive(Debug, Clone, Default)]
+struct Source {
+    file: Option<PathBuf>,
+    at: BTreeMap<String, (usize, usize)>,
 }
 
 struct Ctx<'a> {
     text: &'a str,
     base: PathBuf,
     errors: Vec<Diagnostic>,
+    at: BTreeMap<String, (usize, usize)>,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
+    fn line_col(&self, span: &std::ops::Range<usize>) -> (usize, usize) {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        (line, column)
+    }
+
+    /// Remembers where `key` is, for checks made after parsing.
+    fn locate(&mut self, span: std::ops::Range<usize>, key: &str) {
+        let lc = self.line_col(&span);
+        self.at.insert(key.to_string(), lc);
+    }
+
+    fn err(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
+        let (line, column) = self.line_col(&span);
         self.errors.push(Diagnostic {
             line,
             column,
@@ -273,6 +300,9 @@ impl Ctx<'_> {
         let fallback: SocketAddr = default
             .parse()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        if let Some(s) = v {
+            self.locate(s.span(), key);
+        }
         match v {
             None => fallback,
             Some(s) => match s.get_ref().parse() {
@@ -289,12 +319,11 @@ impl Ctx<'_> {
         }
     }
 
+    /// A path key: resolved against the config's directory and located;
+    /// the file itself is read by [`crate::prepare`].
     fn file(&mut self, v: &Spanned<String>, key: &str) -> PathBuf {
-        let p = self.path(v.get_ref());
-        if let Err(e) = std::fs::metadata(&p) {
-            self.err(v.span(), key, format!("cannot read {}: {e}", p.display()));
-        }
-        p
+        self.locate(v.span(), key);
+        self.path(v.get_ref())
     }
 
     fn nets(&mut self, list: &[Spanned<String>], key: &str) -> Vec<IpNet> {
@@ -318,8 +347,26 @@ impl Ctx<'_> {
 }
 
 impl Config {
-    /// Reads and validates a config file; relative paths are relative to its directory.
+    /// Reads and validates a config file; relative paths are relative to its
+    /// directory. The files it names are not read: see [`Config::prepare`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (config, errors) = Self::load_partial(path)?;
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                path: path.display().to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// Reads a config file and validates it, returning the config together
+    /// with the problems found (the config holds defaults where a value was
+    /// bad), so that the files it names can still be checked and every
+    /// problem reported at once. Errs only when there is no config at all
+    /// (unreadable file, not TOML, unknown or missing keys).
+    pub(crate) fn load_partial(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.display().to_string(),
             errors: vec![Diagnostic {
@@ -330,24 +377,65 @@ impl Config {
             }],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, &base).map_err(|mut e| {
+        let (mut config, errors) = Self::validate(&text, &base).map_err(|mut e| {
             e.path = path.display().to_string();
             e
-        })
+        })?;
+        config.source.file = Some(path.to_path_buf());
+        Ok((config, errors))
     }
 
-    /// Validates config text; `base` resolves relative paths.
+    /// Validates config text; `base` resolves relative paths. The files it
+    /// names are not read: see [`Config::prepare`].
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let (config, errors) = Self::validate(text, base)?;
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                path: "<config>".into(),
+                errors,
+            })
+        }
+    }
+
+    /// The config file, when it was read from one.
+    pub fn file(&self) -> Option<&Path> {
+        self.source.file.as_deref()
+    }
+
+    /// The name errors about this config carry: its file, or `<config>`.
+    pub(crate) fn display_name(&self) -> String {
+        self.file()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<config>".into())
+    }
+
+    /// A problem about `key`, located at the key's line when the config
+    /// names it (line 0 for a default, such as the default pin file).
+    pub(crate) fn diagnostic(&self, key: &str, message: String) -> Diagnostic {
+        let (line, column) = self.source.at.get(key).copied().unwrap_or((0, 0));
+        Diagnostic {
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn validate(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
         let mut cx = Ctx {
             text,
             base: base.to_path_buf(),
             errors: Vec::new(),
+            at: BTreeMap::new(),
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let mut c = Ctx {
                 text,
                 base: PathBuf::new(),
                 errors: Vec::new(),
+                at: BTreeMap::new(),
             };
             c.err(e.span().unwrap_or(0..0), "", e.message().trim().to_string());
             ConfigError {
@@ -356,18 +444,13 @@ impl Config {
             }
         })?;
         let pins = match &raw.pins {
-            Some(p) => cx.path(p.get_ref()),
+            Some(p) => cx.file(p, "pins"),
             None => cx.path("pins/pins.toml"),
         };
         let outbound = raw.outbound.as_ref().map(|o| {
             let listen = cx.addr(&o.listen, "outbound.listen", "127.0.0.1:8449");
             let ca_cert = cx.file(&o.ca_cert, "outbound.ca_cert");
             let ca_key = cx.file(&o.ca_key, "outbound.ca_key");
-            if ca_key.exists() {
-                if let Err(m) = crate::tls::ca::check_key_mode(&ca_key) {
-                    cx.err(o.ca_key.span(), "outbound.ca_key", m);
-                }
-            }
             let extra_roots = o
                 .extra_roots
                 .as_ref()
@@ -487,6 +570,7 @@ impl Config {
             let listen = cx.addr(&i.listen, "inbound.listen", "0.0.0.0:8448");
             let cert = cx.file(&i.cert, "inbound.cert");
             let key = cx.file(&i.key, "inbound.key");
+            cx.locate(i.upstream.span(), "inbound.upstream");
             if !i.upstream.get_ref().starts_with("http://") {
                 cx.err(
                     i.upstream.span(),
@@ -606,6 +690,7 @@ impl Config {
             }
         }
         if let Some(w) = &raw.alerts.webhook {
+            cx.locate(w.span(), "alerts.webhook");
             if let Err(why) = check_alert_url(w.get_ref()) {
                 cx.err(w.span(), "alerts.webhook", why);
             }
@@ -620,6 +705,7 @@ impl Config {
             (None, None, None) => None,
             (Some(hs), Some(room), Some(token)) => {
                 let u = hs.get_ref();
+                cx.locate(hs.span(), "alerts.matrix_homeserver");
                 if let Err(why) = check_alert_url(u) {
                     cx.err(hs.span(), "alerts.matrix_homeserver", why);
                 }
@@ -642,13 +728,15 @@ impl Config {
                 None
             }
         };
-        if !cx.errors.is_empty() {
-            return Err(ConfigError {
-                path: "<config>".into(),
-                errors: cx.errors,
-            });
-        }
-        Ok(Config {
+        check_listeners(
+            &mut cx,
+            &[
+                ("outbound.listen", outbound.as_ref().map(|o| o.listen)),
+                ("inbound.listen", inbound.as_ref().map(|i| i.listen)),
+                ("admin.listen", admin),
+            ],
+        );
+        let config = Config {
             pins,
             outbound,
             inbound,
@@ -657,7 +745,47 @@ impl Config {
             alert_webhook: raw.alerts.webhook.map(|w| w.into_inner()),
             alert_extra_roots,
             alert_matrix,
-        })
+            source: Source {
+                file: None,
+                at: cx.at,
+            },
+        };
+        Ok((config, cx.errors))
+    }
+}
+
+/// Two listeners on one address: the second bind of `fedpin run` would fail.
+/// Port 0 (any free port) never collides; a wildcard address collides with
+/// every address of its family, and `[::]` (dual-stack) with IPv4 too.
+fn check_listeners(cx: &mut Ctx<'_>, listeners: &[(&str, Option<SocketAddr>)]) {
+    // An address that did not parse stands at its default; leave it out.
+    let set: Vec<(&str, SocketAddr)> = listeners
+        .iter()
+        .filter(|(k, _)| !cx.errors.iter().any(|d| d.key == *k))
+        .filter_map(|(k, a)| a.map(|a| (*k, a)))
+        .collect();
+    for (i, (key, a)) in set.iter().enumerate() {
+        for (other, b) in &set[..i] {
+            if a.port() == 0 || a.port() != b.port() {
+                continue;
+            }
+            let (x, y) = (a.ip(), b.ip());
+            let overlap = x == y
+                || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified()))
+                || (x.is_ipv6() && x.is_unspecified())
+                || (y.is_ipv6() && y.is_unspecified());
+            if overlap {
+                let (line, column) = cx.at.get(*key).copied().unwrap_or((0, 0));
+                cx.errors.push(Diagnostic {
+                    line,
+                    column,
+                    key: key.to_string(),
+                    message: format!(
+                        "{a} is also {other} ({b}); two listeners cannot share an address"
+                    ),
+                });
+            }
+        }
     }
 }
 
@@ -773,8 +901,24 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.errors[0].line, 3);
         assert_eq!(e.errors[0].key, "admin.listen");
-        let e = Config::parse("pins = \"p.toml\"\n[outbound]\nca_cert = \"missing.pem\"\nca_key = \"missing.key\"\nallow_ips = [\"10.0.0.0/33\"]\n", dir.path()).unwrap_err();
-        assert_eq!(e.errors.len(), 3, "{e}");
+        let text = "pins = \"p.toml\"\n[outbound]\nca_cert = \"missing.pem\"\nca_key = \"missing.key\"\nallow_ips = [\"10.0.0.0/33\"]\n";
+        // The text alone: one bad value. The files are prepare's to read.
+        let e = Config::parse(text, dir.path()).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        let cfg = dir.path().join("fedpin.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let e = crate::prepare::Prepared::load(&cfg).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "pins",
+                "outbound.ca_cert",
+                "outbound.ca_key",
+                "outbound.allow_ips[0]"
+            ],
+            "{e}"
+        );
         let e = Config::parse("bogus = 1\n", dir.path()).unwrap_err();
         assert!(e.errors[0].message.contains("unknown field"), "{e}");
     }

@@ -1,4 +1,6 @@
-//! `fedpin run`: builds the configured listeners from a validated [`Config`].
+//! `fedpin run`: builds the configured listeners from a [`Prepared`] config
+//! (every file already read and checked by [`crate::prepare`]); binds them;
+//! applies config reloads that go through the same preparation.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -7,19 +9,22 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::alert::{AlertHub, CommandSink};
-use crate::config::Config;
+use crate::alert::AlertHub;
+use crate::config::{Config, ConfigError};
 use crate::pins::{PinStore, WatchHandle};
+use crate::prepare::{Baseline, Prepared};
 use crate::proxy::egress::EgressPolicy;
 use crate::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use crate::proxy::outbound::{OutboundProxy, OutboundSettings};
-use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;
 use crate::verify::VerifierCore;
 
 /// Errors starting the daemon; each names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config, or a file it names, is unusable (every problem, located).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     /// The pin file could not be loaded.
     #[error("{0}")]
     Pins(#[from] crate::pins::PinFileError),
@@ -52,6 +57,8 @@ pub struct Daemon {
     _ca_watch: Option<crate::watch::FileWatch>,
     shutdown: watch::Sender<bool>,
     _watch: Option<WatchHandle>,
+    /// The config the daemon started with, to judge reloads against.
+    baseline: Baseline,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -63,30 +70,35 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    /// Starts every configured listener on the current tokio runtime.
+    /// Prepares `config` ([`Config::prepare`]: every file it names is read
+    /// and checked) and starts it ([`Daemon::start_prepared`]).
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+        Self::start_prepared(config.prepare()?).await
+    }
+
+    /// Starts every configured listener of a prepared config on the current
+    /// tokio runtime. Nothing here reads the config's files again except the
+    /// pin store, which opens (and from then on watches) the pin file.
+    pub async fn start_prepared(prepared: Prepared) -> Result<Daemon, StartError> {
+        let baseline = prepared.baseline();
+        let Prepared {
+            config,
+            outbound: outbound_material,
+            inbound: inbound_material,
+            alerts: sinks,
+            ..
+        } = prepared;
+        let config = &config;
         let alerts = AlertHub::new();
         alerts.spawn_flusher();
-        if let Some(cmd) = &config.alert_command {
-            CommandSink::new(cmd.clone()).attach(&alerts);
+        if let Some(s) = sinks.command {
+            s.attach(&alerts);
         }
-        if config.alert_webhook.is_some() || config.alert_matrix.is_some() {
-            let extra = match &config.alert_extra_roots {
-                Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
-                None => Vec::new(),
-            };
-            let target = crate::alert::HttpTarget::new(&extra)
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-            if let Some(url) = &config.alert_webhook {
-                crate::alert::WebhookSink::new(url, target.clone())
-                    .map_err(|e| StartError::Tls(e.to_string()))?
-                    .attach(&alerts);
-            }
-            if let Some((hs, room, token)) = &config.alert_matrix {
-                crate::alert::MatrixSink::new(hs, room, token, target)
-                    .map_err(|e| StartError::Tls(e.to_string()))?
-                    .attach(&alerts);
-            }
+        if let Some(s) = sinks.webhook {
+            s.attach(&alerts);
+        }
+        if let Some(s) = sinks.matrix {
+            s.attach(&alerts);
         }
         let pins = Arc::new(PinStore::open(&config.pins, alerts.clone())?);
         let watch_handle = match pins.watch(Duration::from_millis(100), Duration::from_secs(30)) {
@@ -105,26 +117,20 @@ impl Daemon {
         let mut outbound = None;
         let mut ca_watch = None;
         let mut accept_loops = Vec::new();
-        if let Some(o) = &config.outbound {
-            let extra = match &o.extra_roots {
-                Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
-                None => Vec::new(),
-            };
+        let fetch_roots = outbound_material
+            .as_ref()
+            .map(|m| m.extra_roots.clone())
+            .unwrap_or_default();
+        if let (Some(o), Some(m)) = (&config.outbound, outbound_material) {
             let core = Arc::new(
-                VerifierCore::new(&provider, &extra, alerts.clone())
+                VerifierCore::new(&provider, &m.extra_roots, alerts.clone())
                     .map_err(|e| StartError::Tls(e.to_string()))?,
             );
             let mut upstream = UpstreamTls::new(core, pins.clone(), provider.clone());
-            if let (Some(c), Some(k)) = (&o.client_cert, &o.client_key) {
-                let chain =
-                    crate::tls::load_certs(c).map_err(|e| StartError::Tls(e.to_string()))?;
-                let key = crate::tls::load_key(k).map_err(|e| StartError::Tls(e.to_string()))?;
+            if let Some((chain, key)) = m.client_auth {
                 upstream = upstream.with_client_auth(chain, key);
             }
-            let minter = Arc::new(
-                LeafMinter::from_files(&o.ca_cert, &o.ca_key, 4096)
-                    .map_err(|e| StartError::Tls(e.to_string()))?,
-            );
+            let minter = Arc::new(m.minter);
             let (m, hub) = (minter.clone(), alerts.clone());
             let (ca_cert, ca_key) = (o.ca_cert.clone(), o.ca_key.clone());
             ca_watch = match crate::watch::watch_files(
@@ -170,26 +176,14 @@ impl Daemon {
         }
         let mut inbound = None;
         let mut cert_watch = None;
-        if let Some(i) = &config.inbound {
-            let certs = Arc::new(
-                crate::tls::certs::CertStore::open(&i.cert, &i.key)
-                    .map_err(|e| StartError::Tls(e.to_string()))?
-                    .with_alerts(alerts.clone()),
-            );
-            let extra = match &i.client_roots {
-                Some(p) => crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?,
-                None => Vec::new(),
-            };
+        if let (Some(i), Some(m)) = (&config.inbound, inbound_material) {
+            let certs = Arc::new(m.certs.with_alerts(alerts.clone()));
             let core = Arc::new(
-                VerifierCore::new(&provider, &extra, alerts.clone())
+                VerifierCore::new(&provider, &m.client_roots, alerts.clone())
                     .map_err(|e| StartError::Tls(e.to_string()))?,
             );
-            let upstream: hyper::Uri = i
-                .upstream
-                .parse()
-                .map_err(|e| StartError::Tls(format!("inbound.upstream: {e}")))?;
             let settings = InboundSettings {
-                upstream,
+                upstream: m.upstream,
                 client_auth: i.client_auth,
                 max_body: i.max_body,
                 max_header_bytes: i.max_header_bytes,
@@ -204,8 +198,13 @@ impl Daemon {
             let mut proxy =
                 InboundProxy::new(settings, edge_rules(i), certs.clone(), pins.clone(), core);
             if i.verify_signatures != crate::config::SignatureMode::Off {
-                proxy = proxy
-                    .with_key_fetcher(Arc::new(key_fetcher(config, &provider, &alerts, &pins)?));
+                proxy = proxy.with_key_fetcher(Arc::new(key_fetcher(
+                    config,
+                    &fetch_roots,
+                    &provider,
+                    &alerts,
+                    &pins,
+                )?));
             } else {
                 tracing::warn!(target: "fedpin::inbound", "request signatures are not verified at the edge (set inbound.server_name): origin rules use the claimed origin, rate limits origin and client address");
             }
@@ -287,14 +286,16 @@ impl Daemon {
             outbound,
             shutdown,
             _watch: watch_handle,
+            baseline,
         })
     }
 
-    /// Applies the hot-reloadable parts of a new config (edge rules; the
-    /// server certificate is re-read too). Listeners and files named in the
-    /// config are not changed without a restart.
-    pub fn apply(&self, config: &Config) {
-        if let (Some((proxy, _)), Some(i)) = (&self.inbound, &config.inbound) {
+    /// Applies the hot-reloadable parts of a prepared config (edge rules;
+    /// the server certificate is re-read too). Listeners and files named in
+    /// the config are not changed without a restart ([`reload_config`] says
+    /// which changed).
+    pub fn apply(&self, prepared: &Prepared) {
+        if let (Some((proxy, _)), Some(i)) = (&self.inbound, &prepared.config.inbound) {
             proxy.set_rules(edge_rules(i));
             let _ = proxy.certs().reload();
         }
@@ -349,22 +350,19 @@ impl Daemon {
 /// daemon's pin store for the pinned verifier.
 fn key_fetcher(
     config: &Config,
+    extra: &[rustls::pki_types::CertificateDer<'static>],
     provider: &Arc<rustls::crypto::CryptoProvider>,
     alerts: &AlertHub,
     pins: &Arc<PinStore>,
 ) -> Result<crate::matrix::keys::KeyFetcher, StartError> {
     let mut settings = crate::matrix::keys::KeyFetchSettings::default();
-    let mut extra = Vec::new();
     if let Some(o) = &config.outbound {
-        if let Some(p) = &o.extra_roots {
-            extra = crate::tls::load_certs(p).map_err(|e| StartError::Tls(e.to_string()))?;
-        }
         settings.egress = EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone());
         settings.resolve = o.resolve.clone();
         settings.connect_to = o.connect_to.clone();
     }
     let core = Arc::new(
-        VerifierCore::new(provider, &extra, alerts.clone())
+        VerifierCore::new(provider, extra, alerts.clone())
             .map_err(|e| StartError::Tls(e.to_string()))?,
     );
     let upstream = Arc::new(UpstreamTls::new(core, pins.clone(), provider.clone()));
@@ -406,23 +404,64 @@ pub fn watch_config(
                 }
                 *l = now;
             }
-            reload_config(&daemon, &p);
+            let _ = reload_config(&daemon, &p);
         },
     )
 }
 
-/// Re-reads the config and applies what can change at run time.
-pub fn reload_config(daemon: &Daemon, path: &std::path::Path) {
-    match Config::load(path) {
-        Ok(c) => {
-            daemon.apply(&c);
-            tracing::info!(target: "fedpin::daemon", path = %path.display(), "config reloaded");
+/// What a config reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The new config prepared cleanly and its live parts (the inbound edge
+    /// rules; the server certificate is re-read) are in force. The keys
+    /// listed changed too but apply only after a restart; their running
+    /// values stay.
+    Applied {
+        /// Keys (`outbound.listen`, `outbound.ca_key`, …) waiting for a restart.
+        restart_needed: Vec<String>,
+    },
+    /// The new config (or a file it names) is unusable; nothing changed.
+    Rejected(ConfigError),
+}
+
+/// Re-reads the config through [`Prepared::load`] (the same checks as
+/// `fedpin check-config` and `fedpin run`) and applies what can change at
+/// run time. A config that fails is logged (`config_reload_failed`) and the
+/// running one kept; keys that changed but need a restart are each logged
+/// by name, and the reload is then reported as partial.
+pub fn reload_config(daemon: &Daemon, path: &std::path::Path) -> ReloadOutcome {
+    let prepared = match Prepared::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(
+                target: "fedpin::daemon",
+                event = "config_reload_failed",
+                error = %e,
+                "config rejected; the running config stays in force"
+            );
+            return ReloadOutcome::Rejected(e);
         }
-        Err(e) => tracing::error!(
+    };
+    let restart_needed = daemon.baseline.restart_needed(&prepared);
+    daemon.apply(&prepared);
+    if restart_needed.is_empty() {
+        tracing::info!(target: "fedpin::daemon", path = %path.display(), "config reloaded");
+    } else {
+        for key in &restart_needed {
+            tracing::warn!(
+                target: "fedpin::daemon",
+                path = %path.display(),
+                key = %key,
+                "{key} changed; it takes effect only when fedpin restarts, the running value stays in force"
+            );
+        }
+        tracing::warn!(
             target: "fedpin::daemon",
-            event = "config_reload_failed",
-            error = %e,
-            "config rejected; the running config stays in force"
-        ),
+            path = %path.display(),
+            restart_needed = %restart_needed.join(", "),
+            "config partly applied: what can change at run time is in force; restart fedpin to apply {}",
+            restart_needed.join(", ")
+        );
     }
+    ReloadOutcome::Applied { restart_needed }
 }

@@ -26,6 +26,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod pinfile_edit;
 pub mod pins;
+pub mod prepare;
 pub mod probe;
 pub mod proxy;
 pub mod tls;

@@ -1207,11 +1207,12 @@ async fn ca_key_readable_by_others_is_refused_naming_chmod() {
     assert!(msg.contains("chmod"), "{msg}");
     assert!(msg.contains("fedpin-ca.key"), "{msg}");
 
-    // And the config check already names it, with its line.
-    let err = fedpin::config::Config::load(&path).expect_err("0644 key");
+    // And the config check (what check-config runs) names it, with its line.
+    let err = fedpin::prepare::Prepared::load(&path).expect_err("0644 key");
     let msg = err.to_string();
     assert!(msg.contains("chmod"), "{msg}");
     assert!(msg.contains("outbound.ca_key"), "{msg}");
+    assert!(msg.contains("line "), "{msg}");
 }
 
 /// deny_destinations also applies to the TLS name when the CONNECT host differs

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fedpin::alert::AlertHub;
-use fedpin::config::Config;
-use fedpin::pins::PinSet;
+use fedpin::prepare::Prepared;
 use sd_notify::NotifyState;
 
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -194,103 +192,34 @@ fn demo() -> ExitCode {
     }
 }
 
+/// `fedpin check-config`: everything `run` checks, without binding sockets.
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+    match Prepared::load(path) {
+        Ok(prepared) => {
+            for w in prepared.warnings() {
+                println!("{w}");
+            }
+            println!("{}", prepared.summary());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            ExitCode::from(EXIT_BAD_CONFIG)
         }
-    };
-    let pins = match PinSet::load(&config.pins) {
+    }
+}
+
+fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
+    let prepared = match Prepared::load(path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Some(o) = &config.outbound {
-        let mut bad = false;
-        for (what, r) in [
-            (
-                "outbound.ca_cert",
-                fedpin::tls::load_certs(&o.ca_cert).map(|_| ()),
-            ),
-            (
-                "outbound.ca_key",
-                fedpin::tls::load_key(&o.ca_key).map(|_| ()),
-            ),
-        ] {
-            if let Err(e) = r {
-                eprintln!("{}: {what}: {e}", path.display());
-                bad = true;
-            }
-        }
-        if let Some(r) = &o.extra_roots {
-            let hub = AlertHub::new();
-            match fedpin::tls::load_certs(r) {
-                Ok(certs) => {
-                    if let Err(e) =
-                        fedpin::verify::VerifierCore::new(&fedpin::tls::provider(), &certs, hub)
-                    {
-                        eprintln!("{}: outbound.extra_roots: {e}", path.display());
-                        bad = true;
-                    }
-                }
-                Err(e) => {
-                    eprintln!("{}: outbound.extra_roots: {e}", path.display());
-                    bad = true;
-                }
-            }
-        }
-        if bad {
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+    for w in prepared.warnings() {
+        tracing::warn!(target: "fedpin::pins", "{w}");
     }
-    for w in &pins.warnings {
-        println!("{}: warning: {w}", config.pins.display());
-    }
-    println!("{}: ok", path.display());
-    println!(
-        "  pins: {} ({} peers, unpinned={}, on_expired={})",
-        config.pins.display(),
-        pins.len(),
-        pins.policy.unpinned,
-        pins.policy.on_expired
-    );
-    if let Some(o) = &config.outbound {
-        println!(
-            "  outbound: listen {} (CA {})",
-            o.listen,
-            o.ca_cert.display()
-        );
-    }
-    if let Some(i) = &config.inbound {
-        println!(
-            "  inbound: listen {} -> {} (client_auth {:?})",
-            i.listen, i.upstream, i.client_auth
-        );
-    }
-    if let Some(a) = &config.admin {
-        println!("  admin: listen {a}");
-    }
-    if let Some(c) = &config.alert_command {
-        println!("  alerts: command {c}");
-    }
-    if let Some(w) = &config.alert_webhook {
-        println!("  alerts: webhook {w}");
-    }
-    ExitCode::SUCCESS
-}
-
-fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -302,7 +231,7 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let daemon = match fedpin::daemon::Daemon::start(&config).await {
+        let daemon = match fedpin::daemon::Daemon::start_prepared(prepared).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(target: "fedpin::daemon", error = %e, "cannot start");
@@ -316,6 +245,9 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         }
         if let Some((_, addr)) = &daemon.inbound {
             println!("fedpin: inbound listening on {addr}");
+        }
+        if let Some(addr) = &daemon.admin {
+            println!("fedpin: admin listening on {addr}");
         }
         let listening: Vec<String> = [
             daemon.outbound.as_ref().map(|(_, a)| format!("outbound {a}")),
@@ -351,7 +283,7 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
                             Ok(now) => systemd(&[NotifyState::Reloading, now]),
                             Err(_) => systemd(&[NotifyState::Reloading]),
                         }
-                        fedpin::daemon::reload_config(&d, &p);
+                        let _ = fedpin::daemon::reload_config(&d, &p);
                         systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
                     }
                 });

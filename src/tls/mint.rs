@@ -40,6 +40,25 @@ pub enum MintError {
     },
 }
 
+/// Which file of the interception CA a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaFile {
+    /// The CA certificate (`outbound.ca_cert`).
+    Cert,
+    /// The CA key (`outbound.ca_key`).
+    Key,
+}
+
+/// An interception CA file that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CaFileError {
+    /// The file at fault.
+    pub file: CaFile,
+    /// One sentence, naming the file's path.
+    pub message: String,
+}
+
 struct Cached {
     key: Arc<CertifiedKey>,
     not_after: OffsetDateTime,
@@ -66,22 +85,60 @@ impl std::fmt::Debug for LeafMinter {
 impl LeafMinter {
     /// Loads the CA from PEM files, refusing a key readable by group or others.
     pub fn from_files(cert: &Path, key: &Path, cache_size: usize) -> Result<Self, MintError> {
-        crate::tls::ca::check_key_mode(key).map_err(MintError::Ca)?;
+        Self::load(cert, key, cache_size).map_err(|e| MintError::Ca(e.message))
+    }
+
+    /// Loads and checks the CA from PEM files, naming the file at fault: the
+    /// key's mode (not readable by group or others), both files readable and
+    /// PEM, the certificate a CA certificate, and the key its key.
+    pub fn load(cert: &Path, key: &Path, cache_size: usize) -> Result<Self, CaFileError> {
+        let fail = |file: CaFile, message: String| CaFileError { file, message };
+        crate::tls::ca::check_key_mode(key).map_err(|m| fail(CaFile::Key, m))?;
         let cert_pem = std::fs::read_to_string(cert)
-            .map_err(|e| MintError::Ca(format!("{}: {e}", cert.display())))?;
+            .map_err(|e| fail(CaFile::Cert, format!("{}: {e}", cert.display())))?;
         let key_pem = std::fs::read_to_string(key)
-            .map_err(|e| MintError::Ca(format!("{}: {e}", key.display())))?;
-        Self::from_pem(&cert_pem, &key_pem, cache_size)
+            .map_err(|e| fail(CaFile::Key, format!("{}: {e}", key.display())))?;
+        Self::build(&cert_pem, &key_pem, cache_size).map_err(|(file, m)| {
+            let path = match file {
+                CaFile::Cert => cert,
+                CaFile::Key => key,
+            };
+            fail(file, format!("{}: {m}", path.display()))
+        })
     }
 
     /// Builds a minter from PEM text.
     pub fn from_pem(cert_pem: &str, key_pem: &str, cache_size: usize) -> Result<Self, MintError> {
+        Self::build(cert_pem, key_pem, cache_size).map_err(|(file, m)| {
+            MintError::Ca(match file {
+                CaFile::Cert => format!("CA certificate: {m}"),
+                CaFile::Key => format!("CA key: {m}"),
+            })
+        })
+    }
+
+    fn build(cert_pem: &str, key_pem: &str, cache_size: usize) -> Result<Self, (CaFile, String)> {
         use rustls::pki_types::pem::PemObject;
-        let key = KeyPair::from_pem(key_pem).map_err(|e| MintError::Ca(format!("CA key: {e}")))?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| (CaFile::Key, format!("not a usable private key: {e}")))?;
         let ca_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| MintError::Ca(format!("CA certificate: {e}")))?;
-        let issuer = Issuer::from_ca_cert_der(&ca_der, key)
-            .map_err(|e| MintError::Ca(format!("CA certificate: {e}")))?;
+            .map_err(|e| (CaFile::Cert, format!("no PEM certificate: {e}")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref())
+            .map_err(|e| (CaFile::Cert, format!("not an X.509 certificate: {e}")))?;
+        if !parsed.is_ca() {
+            return Err((
+                CaFile::Cert,
+                "not a CA certificate (no basicConstraints CA:TRUE), so it cannot sign the leaves it would mint".into(),
+            ));
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err((
+                CaFile::Key,
+                "is not the key of the CA certificate (their public keys differ)".into(),
+            ));
+        }
+        let issuer =
+            Issuer::from_ca_cert_der(&ca_der, key).map_err(|e| (CaFile::Cert, e.to_string()))?;
         Ok(LeafMinter {
             issuer,
             ca_der,
