@@ -609,8 +609,12 @@ pub fn well_known_redirect(data: &[u8]) {
             assert!(!host.is_empty(), "empty redirect host from {location:?}");
             assert!(!host.contains('@') && !host.contains('/'), "{host:?}");
             assert!(path.starts_with('/'), "path {path:?} from {location:?}");
+            // URI schemes are case-insensitive ("HTTPS://" is https).
             assert!(
-                location.starts_with("https://") || location.starts_with('/'),
+                location
+                    .get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+                    || location.starts_with('/'),
                 "followed {location:?}"
             );
             if location.starts_with('/') {

@@ -1093,7 +1093,11 @@ async fn check_well_known(
             .get(hyper::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let target = match location.strip_prefix("https://") {
+        let https = location
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("https://"))
+            .map(|_| &location[8..]);
+        let target = match https {
             Some(rest) => {
                 let authority = rest.split('/').next().unwrap_or("");
                 crate::pins::split_server_name(authority).ok()
