@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
+use common::matrix::{b64, origin, ORIGIN_HOST};
 use common::{leaf, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
@@ -33,98 +33,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 const SERVER: &str = "hs.fedpin.test";
-const ORIGIN_HOST: &str = "origin.fedpin.test";
 const STEP: Duration = Duration::from_secs(15);
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
-}
-
-/// An origin homeserver: its signing key and a TLS key server.
-struct Origin {
-    name: String,
-    kp: Ed25519KeyPair,
-    key_requests: Arc<AtomicUsize>,
-}
-
-impl Origin {
-    fn sign(&self, method: &str, uri: &str, body: &[u8], key_id: &str) -> String {
-        let req = SignedRequest {
-            method,
-            uri,
-            origin: &self.name,
-            destination: SERVER,
-            body,
-        };
-        let sig = b64(self.kp.sign(&req.signed_bytes().unwrap()).as_ref());
-        format!(
-            r#"X-Matrix origin="{}",destination="{SERVER}",key="{key_id}",sig="{sig}""#,
-            self.name
-        )
-    }
-}
-
-/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
-async fn origin(ca: &Ca, seed: u8) -> Origin {
-    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
-    let cert = leaf(ca, &[ORIGIN_HOST]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let name = format!("{ORIGIN_HOST}:{port}");
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 3_600_000;
-    let mut doc = serde_json::json!({
-        "server_name": name,
-        "valid_until_ts": until,
-        "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
-        "old_verify_keys": {},
-    });
-    let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
-    doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
-    let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let key_requests = Arc::new(AtomicUsize::new(0));
-    let counter = key_requests.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let body = body.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    let counter = counter.clone();
-                    async move {
-                        if req.uri().path() == "/_matrix/key/v2/server" {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    Origin {
-        name,
-        kp,
-        key_requests,
-    }
-}
 
 /// The stand-in homeserver: counts requests, answers 200.
 async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -210,6 +119,11 @@ async fn edge(
     settings
         .resolve
         .insert("private.fedpin.test".into(), "127.0.0.1".parse().unwrap());
+    // Nothing listens for this one (port 1 on loopback): no DNS query
+    // leaves the machine.
+    settings
+        .resolve
+        .insert("ghost.fedpin.test".into(), "127.0.0.1".parse().unwrap());
     let keys = Arc::new(KeyFetcher::new(
         Arc::new(UpstreamTls::new(
             core.clone(),
@@ -299,7 +213,7 @@ async fn correctly_signed_requests_pass_and_forged_ones_never_reach_the_homeserv
     )
     .await;
 
-    let good = o.sign("PUT", TXN, BODY.as_bytes(), "ed25519:k");
+    let good = o.sign("PUT", TXN, BODY.as_bytes(), "ed25519:k", SERVER);
     assert_eq!(send(&e, "127.0.0.1", "PUT", TXN, &good, BODY).await, 200);
     // Same signature, other JSON spelling of the same body: still valid.
     let respelled = r#"{ "pdus":[],"edus":[], "origin_server_ts":1 }"#;
@@ -360,7 +274,8 @@ async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_
         true,
     )
     .await;
-    // Nothing answers for this origin; every request is forged.
+    // Nothing answers for this origin (loopback port 1, see `edge`); every
+    // request is forged.
     let ghost = "ghost.fedpin.test:1";
     let auth = format!(
         r#"X-Matrix origin="{ghost}",destination="{SERVER}",key="ed25519:k",sig="{}""#,
@@ -452,7 +367,13 @@ async fn forged_flood_for_a_victim_leaves_its_signed_requests_served() {
                 "{s}"
             );
         }
-        let good = victim.sign("GET", "/_matrix/federation/v1/version", b"", "ed25519:k");
+        let good = victim.sign(
+            "GET",
+            "/_matrix/federation/v1/version",
+            b"",
+            "ed25519:k",
+            SERVER,
+        );
         for i in 0..5 {
             let s = send(
                 &e,
@@ -487,7 +408,13 @@ async fn a_request_signed_with_an_unpinned_key_is_refused_with_a_critical_alert(
     )
     .await;
     // The pinned key verifies without any fetch.
-    let good = o.sign("GET", "/_matrix/federation/v1/version", b"", "ed25519:k");
+    let good = o.sign(
+        "GET",
+        "/_matrix/federation/v1/version",
+        b"",
+        "ed25519:k",
+        SERVER,
+    );
     assert_eq!(
         send(
             &e,
@@ -503,7 +430,13 @@ async fn a_request_signed_with_an_unpinned_key_is_refused_with_a_critical_alert(
     assert_eq!(e.keys.fetches(), 0);
     // A validly made signature with another key ID (e.g. a key the peer's
     // server now publishes, or an attacker's): refused and alerted.
-    let other = o.sign("GET", "/_matrix/federation/v1/version", b"", "ed25519:new");
+    let other = o.sign(
+        "GET",
+        "/_matrix/federation/v1/version",
+        b"",
+        "ed25519:new",
+        SERVER,
+    );
     assert_eq!(
         send(
             &e,

@@ -203,6 +203,12 @@ impl Collector for Live {
                 "Clients turned away at the tunnel cap",
                 &[(&[], st.over_capacity.load(Ordering::Relaxed))],
             )?;
+            counter(
+                &mut enc,
+                "fedpin_outbound_revoked_tunnels",
+                "Open tunnels ended because a pin reload refused their upstream",
+                &[(&[], st.revoked.load(Ordering::Relaxed))],
+            )?;
             let m = enc.encode_descriptor(
                 "fedpin_outbound_upstream_handshake_seconds",
                 "Upstream connect + pinned TLS handshake duration",
@@ -241,6 +247,20 @@ impl Collector for Live {
                 MetricType::Histogram,
             )?;
             st.upstream_seconds.encode(m)?;
+            counter(
+                &mut enc,
+                "fedpin_inbound_revoked_connections",
+                "Open connections ended because a pin reload refused their client certificate",
+                &[(&[], st.revoked.load(Ordering::Relaxed))],
+            )?;
+            if let Some(k) = i.key_fetcher() {
+                counter(
+                    &mut enc,
+                    "fedpin_signing_key_fetches",
+                    "Signing-key fetches started for request-signature checks",
+                    &[(&[], k.fetches())],
+                )?;
+            }
             let (ok, failed) = i.certs().reload_counts();
             counter(
                 &mut enc,

@@ -2,6 +2,8 @@
 //! pinned client. Nothing here reaches beyond 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod matrix;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -1,0 +1,121 @@
+//! A Matrix origin homeserver for request-signature tests: an ed25519
+//! signing key and a TLS server answering `/_matrix/key/v2/server` with a
+//! self-signed key document. Loopback only.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use fedpin::matrix::signing::SignedRequest;
+use http_body_util::Full;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use tokio::net::TcpListener;
+
+use super::{leaf, Ca};
+
+/// The DNS name every test origin uses (tests map it to 127.0.0.1).
+pub const ORIGIN_HOST: &str = "origin.fedpin.test";
+
+/// Unpadded standard base64.
+pub fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
+}
+
+/// An origin homeserver: its signing key and a TLS key server.
+pub struct Origin {
+    /// `origin.fedpin.test:PORT`.
+    pub name: String,
+    /// Its signing key (`ed25519:k`).
+    pub kp: Ed25519KeyPair,
+    /// Key-document requests served.
+    pub key_requests: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    pub fn sign(
+        &self,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+        key_id: &str,
+        destination: &str,
+    ) -> String {
+        let req = SignedRequest {
+            method,
+            uri,
+            origin: &self.name,
+            destination,
+            body,
+        };
+        let sig = b64(self.kp.sign(&req.signed_bytes().unwrap()).as_ref());
+        format!(
+            r#"X-Matrix origin="{}",destination="{destination}",key="{key_id}",sig="{sig}""#,
+            self.name
+        )
+    }
+}
+
+/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
+pub async fn origin(ca: &Ca, seed: u8) -> Origin {
+    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+    let cert = leaf(ca, &[ORIGIN_HOST]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = format!("{ORIGIN_HOST}:{port}");
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let mut doc = serde_json::json!({
+        "server_name": name,
+        "valid_until_ts": until,
+        "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
+        "old_verify_keys": {},
+    });
+    let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
+    doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
+    let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
+    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let key_requests = Arc::new(AtomicUsize::new(0));
+    let counter = key_requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    let counter = counter.clone();
+                    async move {
+                        if req.uri().path() == "/_matrix/key/v2/server" {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Origin {
+        name,
+        kp,
+        key_requests,
+    }
+}

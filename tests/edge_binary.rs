@@ -1,0 +1,322 @@
+//! The outside review's inbound attacks replayed against the real `fedpin`
+//! binary (`fedpin run` with `[inbound] verify_signatures = "enforce"`), in
+//! front of a stand-in homeserver that counts what reaches it:
+//!
+//! * the hidden origin (quoted comma) and a second `Authorization` header
+//!   never reach the homeserver;
+//! * a flood of forged requests in a victim's name from another address
+//!   leaves the victim's correctly signed requests answered 200;
+//! * 1,000 forged requests for one origin cost at most one key fetch
+//!   (`fedpin_signing_key_fetches_total` on `/metrics`);
+//! * an origin naming a loopback address causes no dial.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::matrix::{b64, origin, ORIGIN_HOST};
+use common::{leaf, pem, root, Ca};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+const SERVER: &str = "hs.fedpin.test";
+const STEP: Duration = Duration::from_secs(15);
+const VERSION: &str = "/_matrix/federation/v1/version";
+
+struct Fedpin {
+    child: Child,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Fedpin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stand-in homeserver: counts requests, answers 200.
+async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_r: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from("{}"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// `fedpin run` with an outbound section (its egress policy and trust
+/// anchors are the key fetcher's) and an enforcing edge.
+fn run(ca: &Ca, upstream: SocketAddr, extra: &str) -> Fedpin {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
+    let server = leaf(ca, &[SERVER]);
+    std::fs::write(d.join("cert.pem"), pem("CERTIFICATE", server.cert.as_ref())).unwrap();
+    std::fs::write(d.join("key.pem"), server.key.serialize_pem()).unwrap();
+    std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
+    std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
+    let cfg = d.join("fedpin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"pins = "pins.toml"
+
+[outbound]
+listen = "127.0.0.1:0"
+ca_cert = "ca/fedpin-ca.pem"
+ca_key = "ca/fedpin-ca.key"
+extra_roots = "roots.pem"
+resolve = {{ "{ORIGIN_HOST}" = "127.0.0.1", "ghost.fedpin.test" = "127.0.0.1" }}
+{extra}
+
+[inbound]
+listen = "127.0.0.1:0"
+cert = "cert.pem"
+key = "key.pem"
+upstream = "http://{upstream}"
+server_name = "{SERVER}"
+verify_signatures = "enforce"
+deny_origins = ["denied.fedpin.test"]
+rate_per_origin = 1
+burst_per_origin = 5
+
+[admin]
+listen = "127.0.0.1:0"
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut inbound, mut admin) = (None, None);
+    while inbound.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("fedpin prints its listening lines");
+        let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+        if line.contains("inbound listening") {
+            inbound = addr;
+        } else if line.contains("admin listening") {
+            admin = addr;
+        }
+    }
+    Fedpin {
+        child,
+        inbound: inbound.unwrap(),
+        admin: admin.unwrap(),
+        _dir: dir,
+    }
+}
+
+/// One request over a new TLS connection from the loopback address `from`,
+/// with the given `Authorization` headers; the status.
+async fn send(fp: &Fedpin, ca: &Ca, from: &str, auths: &[&str]) -> u16 {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = sock.connect(fp.inbound).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(VERSION).header(hyper::header::HOST, SERVER);
+    for a in auths {
+        req = req.header(hyper::header::AUTHORIZATION, *a);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+/// One counter from the admin listener's `/metrics`.
+async fn metric(fp: &Fedpin, line_start: &str) -> f64 {
+    let mut tcp = TcpStream::connect(fp.admin).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(STEP, tcp.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{text}"))
+}
+
+fn forged(origin: &str) -> String {
+    format!(
+        r#"X-Matrix origin="{origin}",destination="{SERVER}",key="ed25519:k",sig="{}""#,
+        b64(&[7; 64])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_attacks_on_the_edge_fail_against_the_real_binary() {
+    let ca = root("fedpin edge binary test CA");
+    let victim = origin(&ca, 1).await;
+    let (hs, seen) = homeserver().await;
+    let fp = run(&ca, hs, r#"allow_ips = ["127.0.0.0/8"]"#);
+
+    // The victim's correctly signed request: served.
+    let good = victim.sign("GET", VERSION, b"", "ed25519:k", SERVER);
+    assert_eq!(send(&fp, &ca, "127.0.0.1", &[&good]).await, 200);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+    // The hidden origin and a second header: 401, never forwarded.
+    let hidden = format!(
+        r#"X-Matrix origin="{}",key="ed25519:k",sig="{}",x="1,origin=denied.fedpin.test,y=2""#,
+        victim.name,
+        b64(&[1; 64])
+    );
+    assert_eq!(send(&fp, &ca, "127.0.0.2", &[&hidden]).await, 401);
+    let denied = forged("denied.fedpin.test");
+    assert_eq!(send(&fp, &ca, "127.0.0.2", &[&good, &denied]).await, 401);
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+    // A forged flood in the victim's name from another address ...
+    for _ in 0..20 {
+        let s = send(&fp, &ca, "127.0.0.2", &[&forged(&victim.name)]).await;
+        assert_eq!(s, 401);
+    }
+    // ... leaves the victim's budget (burst 5) untouched.
+    for i in 0..4 {
+        let s = send(&fp, &ca, "127.0.0.1", &[&good]).await;
+        assert_eq!(s, 200, "victim's signed request {i} after the flood");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        metric(
+            &fp,
+            "fedpin_inbound_requests_total{class=\"bad_signature\"}"
+        )
+        .await,
+        20.0
+    );
+
+    // 1,000 forged requests for an origin nobody answers for: ≤ 1 fetch.
+    let before = metric(&fp, "fedpin_signing_key_fetches_total").await;
+    let ghost = forged("ghost.fedpin.test:1");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            ServerName::try_from(SERVER).unwrap(),
+            TcpStream::connect(fp.inbound).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..1000 {
+        if let Err(e) = sender.ready().await {
+            panic!("the edge closed the connection after {i} requests: {e}");
+        }
+        let req = Request::get(VERSION)
+            .header(hyper::header::HOST, SERVER)
+            .header(hyper::header::AUTHORIZATION, ghost.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = tokio::time::timeout(STEP, sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let _ = r.into_body().collect().await;
+    }
+    let after = metric(&fp, "fedpin_signing_key_fetches_total").await;
+    assert!(after - before <= 1.0, "{} key fetches", after - before);
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    assert_eq!(victim.key_requests.load(Ordering::SeqCst), 1);
+}
+
+/// Without `allow_ips`, key fetches obey the default egress policy: an
+/// origin naming loopback (directly or through a name) causes no dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_naming_loopback_cause_no_dial_from_the_real_binary() {
+    let ca = root("fedpin edge binary test CA");
+    let victim = origin(&ca, 1).await;
+    let (hs, seen) = homeserver().await;
+    let fp = run(&ca, hs, "");
+    let port = victim.name.rsplit(':').next().unwrap().to_owned();
+    for o in [format!("127.0.0.1:{port}"), victim.name.clone()] {
+        let good = victim.sign("GET", VERSION, b"", "ed25519:k", SERVER);
+        let claimed = good.replace(&victim.name, &o);
+        assert_eq!(send(&fp, &ca, "127.0.0.1", &[&claimed]).await, 401, "{o}");
+    }
+    assert_eq!(
+        victim.key_requests.load(Ordering::SeqCst),
+        0,
+        "fedpin dialled loopback"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
