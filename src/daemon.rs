@@ -145,19 +145,7 @@ impl Daemon {
                     None
                 }
             };
-            let settings = OutboundSettings {
-                resolve: o.resolve.clone(),
-                connect_to: o.connect_to.clone(),
-                egress: EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone()),
-                deny_destinations: o.deny_destinations.iter().cloned().collect::<HashSet<_>>(),
-                allowed_ports: o.allowed_ports.clone(),
-                proxy_auth: o.proxy_auth.clone(),
-                max_tunnels: o.max_tunnels,
-                connect_timeout: o.connect_timeout,
-                handshake_timeout: o.handshake_timeout,
-                idle_timeout: o.idle_timeout,
-                ..OutboundSettings::default()
-            };
+            let settings = outbound_settings(o);
             let listener = tokio::net::TcpListener::bind(o.listen)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -295,6 +283,9 @@ impl Daemon {
     /// the config are not changed without a restart ([`reload_config`] says
     /// which changed).
     pub fn apply(&self, prepared: &Prepared) {
+        if let (Some((proxy, _)), Some(o)) = (&self.outbound, &prepared.config.outbound) {
+            proxy.set_settings(outbound_settings(o));
+        }
         if let (Some((proxy, _)), Some(i)) = (&self.inbound, &prepared.config.inbound) {
             proxy.set_rules(edge_rules(i));
             let _ = proxy.certs().reload();
@@ -342,6 +333,24 @@ impl Daemon {
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
         self.alerts.flush_all();
+    }
+}
+
+/// The outbound proxy's settings from its config section (at start and at
+/// every reload).
+fn outbound_settings(o: &crate::config::Outbound) -> OutboundSettings {
+    OutboundSettings {
+        resolve: o.resolve.clone(),
+        connect_to: o.connect_to.clone(),
+        egress: EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone()),
+        deny_destinations: o.deny_destinations.iter().cloned().collect::<HashSet<_>>(),
+        allowed_ports: o.allowed_ports.clone(),
+        proxy_auth: o.proxy_auth.clone(),
+        max_tunnels: o.max_tunnels,
+        connect_timeout: o.connect_timeout,
+        handshake_timeout: o.handshake_timeout,
+        idle_timeout: o.idle_timeout,
+        ..OutboundSettings::default()
     }
 }
 

@@ -178,9 +178,10 @@ impl Baseline {
     /// The keys whose new value (or file contents) differ from the running
     /// ones but apply only at the next start: listen addresses, CA and
     /// other file paths, trust anchors, outbound settings, sinks. The
-    /// inbound edge rules (`deny_origins`, `allow_origins`, rates) apply
-    /// live, and the server certificate files are re-read on change, so
-    /// they are never listed. Values are not included (`proxy_auth`).
+    /// inbound edge rules (`deny_origins`, `allow_origins`, rates) and the
+    /// outbound egress rules, destinations, ports, credentials and timeouts
+    /// apply live, and the server certificate files are re-read on change,
+    /// so they are never listed. Values are not included (`proxy_auth`).
     pub fn restart_needed(&self, new: &Prepared) -> Vec<String> {
         let (a, b) = (&self.config, &new.config);
         let mut keys = Vec::new();
@@ -196,29 +197,23 @@ impl Baseline {
                 diff("outbound.ca_cert", x.ca_cert != y.ca_cert);
                 diff("outbound.ca_key", x.ca_key != y.ca_key);
                 diff("outbound.extra_roots", x.extra_roots != y.extra_roots);
-                diff("outbound.resolve", x.resolve != y.resolve);
-                diff("outbound.connect_to", x.connect_to != y.connect_to);
-                diff("outbound.allow_ips", x.allow_ips != y.allow_ips);
-                diff("outbound.deny_ips", x.deny_ips != y.deny_ips);
+                // The egress rules, destinations, ports, credentials and
+                // timeouts apply live to the proxy (`Daemon::apply`); the
+                // edge's signing-key fetcher keeps the egress rules it
+                // started with.
+                let egress_changed = x.resolve != y.resolve
+                    || x.connect_to != y.connect_to
+                    || x.allow_ips != y.allow_ips
+                    || x.deny_ips != y.deny_ips;
+                let verifying = b
+                    .inbound
+                    .as_ref()
+                    .is_some_and(|i| i.verify_signatures != crate::config::SignatureMode::Off);
                 diff(
-                    "outbound.deny_destinations",
-                    x.deny_destinations != y.deny_destinations,
+                    "outbound egress keys (resolve, connect_to, allow_ips, deny_ips) for the edge's signing-key fetches",
+                    egress_changed && verifying,
                 );
-                diff("outbound.allowed_ports", x.allowed_ports != y.allowed_ports);
-                diff("outbound.proxy_auth", x.proxy_auth != y.proxy_auth);
                 diff("outbound.max_tunnels", x.max_tunnels != y.max_tunnels);
-                diff(
-                    "outbound.connect_timeout_secs",
-                    x.connect_timeout != y.connect_timeout,
-                );
-                diff(
-                    "outbound.handshake_timeout_secs",
-                    x.handshake_timeout != y.handshake_timeout,
-                );
-                diff(
-                    "outbound.idle_timeout_secs",
-                    x.idle_timeout != y.idle_timeout,
-                );
                 diff("outbound.client_cert", x.client_cert != y.client_cert);
                 diff("outbound.client_key", x.client_key != y.client_key);
             }

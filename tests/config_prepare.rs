@@ -643,3 +643,71 @@ async fn reload_prepares_and_names_the_keys_that_need_a_restart() {
     }
     daemon.stop();
 }
+
+/// Issue 11: outbound egress rules and destination lists apply on reload
+/// (they were silently ignored), without a restart and without being listed
+/// as restart-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_outbound_egress_rules_live() {
+    use fedpin::daemon::{reload_config, Daemon, ReloadOutcome};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    material(d);
+    // Something to CONNECT to on loopback.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    tokio::spawn(async move { while target.accept().await.is_ok() {} });
+    let config = |extra: &str| {
+        format!(
+            "pins = \"pins.toml\"\n[outbound]\nlisten = \"127.0.0.1:0\"\nca_cert = \"ca/fedpin-ca.pem\"\nca_key = \"ca/fedpin-ca.key\"\nresolve = {{ \"dest.fedpin.test\" = \"127.0.0.1\" }}\n{extra}\n"
+        )
+    };
+    let cfg = d.join("fedpin.toml");
+    write(&cfg, &config("allow_ips = [\"127.0.0.0/8\"]"));
+    let daemon = Daemon::start_prepared(fedpin::prepare::Prepared::load(&cfg).unwrap())
+        .await
+        .unwrap();
+    let (_, proxy) = daemon.outbound.clone().unwrap();
+    let connect = || async move {
+        let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let req = format!(
+            "CONNECT dest.fedpin.test:{port} HTTP/1.1\r\nHost: dest.fedpin.test:{port}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(connect().await.starts_with("HTTP/1.1 200"));
+
+    let applied = |o: ReloadOutcome| match o {
+        ReloadOutcome::Applied { restart_needed } => {
+            assert!(restart_needed.is_empty(), "{restart_needed:?}")
+        }
+        ReloadOutcome::Rejected(e) => panic!("{e}"),
+    };
+    write(
+        &cfg,
+        &config("allow_ips = [\"127.0.0.0/8\"]\ndeny_destinations = [\"dest.fedpin.test\"]"),
+    );
+    applied(reload_config(&daemon, &cfg));
+    let r = connect().await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("deny_destinations"),
+        "{r}"
+    );
+
+    // allow_ips removed: loopback is refused by the default egress policy.
+    write(&cfg, &config(""));
+    applied(reload_config(&daemon, &cfg));
+    let r = connect().await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("refusing to dial"),
+        "{r}"
+    );
+    daemon.stop();
+}

@@ -126,7 +126,7 @@ impl Default for OutboundStats {
 
 /// The outbound proxy.
 pub struct OutboundProxy {
-    settings: OutboundSettings,
+    settings: arc_swap::ArcSwap<OutboundSettings>,
     upstream: Arc<UpstreamTls>,
     minter: Arc<LeafMinter>,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -196,7 +196,7 @@ impl OutboundProxy {
     ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_tunnels.max(1)));
         OutboundProxy {
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             upstream,
             minter,
             provider: crate::tls::provider(),
@@ -286,6 +286,14 @@ impl OutboundProxy {
         ended
     }
 
+    /// Swaps in new settings (a config reload): new CONNECTs use them at
+    /// once; open tunnels keep the timeouts they started with. `max_tunnels`
+    /// is fixed at start (the slot count is not resized).
+    pub fn set_settings(&self, settings: OutboundSettings) {
+        self.settings.store(Arc::new(settings));
+        tracing::info!(target: "fedpin::outbound", "outbound settings reloaded");
+    }
+
     /// Counters.
     pub fn stats(&self) -> &OutboundStats {
         &self.stats
@@ -367,9 +375,9 @@ impl OutboundProxy {
             async move { Ok::<_, Infallible>(this.on_request(req, client, slot).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
-            .max_buf_size(self.settings.max_header_bytes.max(8192))
+            .max_buf_size(self.settings.load().max_header_bytes.max(8192))
             .timer(TokioTimer::new())
-            .header_read_timeout(self.settings.handshake_timeout)
+            .header_read_timeout(self.settings.load().handshake_timeout)
             .keep_alive(false)
             .serve_connection(TokioIo::new(tcp), svc)
             .with_upgrades();
@@ -379,7 +387,7 @@ impl OutboundProxy {
     }
 
     fn check_auth(&self, req: &Request<Incoming>) -> bool {
-        let Some(expected) = &self.settings.proxy_auth else {
+        let Some(expected) = &self.settings.load().proxy_auth else {
             return true;
         };
         let Some(given) = req
@@ -425,7 +433,7 @@ impl OutboundProxy {
         let super::connect_target::ConnectTarget { host, port } =
             super::connect_target::connect_target(req.uri())
                 .map_err(|e| text(StatusCode::BAD_REQUEST, format!("fedpin: {e}\n")))?;
-        if let Some(ports) = &self.settings.allowed_ports {
+        if let Some(ports) = &self.settings.load().allowed_ports {
             if !ports.contains(&port) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(server.name = %host, server.port = port, "CONNECT refused: port not in allowed_ports");
@@ -435,7 +443,7 @@ impl OutboundProxy {
                 ));
             }
         }
-        if self.settings.deny_destinations.contains(&host) {
+        if self.settings.load().deny_destinations.contains(&host) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(server.name = %host, "CONNECT refused: destination is in deny_destinations");
             return Err(text(
@@ -443,17 +451,22 @@ impl OutboundProxy {
                 format!("fedpin: {host} is in deny_destinations\n"),
             ));
         }
-        let fixed = self.settings.connect_to.get(&(host.clone(), port)).copied();
+        let fixed = self
+            .settings
+            .load()
+            .connect_to
+            .get(&(host.clone(), port))
+            .copied();
         let dial_port = fixed.map_or(port, |a| a.port());
         let candidates: Vec<IpAddr> = if let Some(a) = fixed {
             vec![a.ip()]
-        } else if let Some(ip) = self.settings.resolve.get(&host) {
+        } else if let Some(ip) = self.settings.load().resolve.get(&host) {
             vec![*ip]
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             vec![ip]
         } else {
             match tokio::time::timeout(
-                self.settings.connect_timeout,
+                self.settings.load().connect_timeout,
                 tokio::net::lookup_host((host.as_str(), port)),
             )
             .await
@@ -476,7 +489,7 @@ impl OutboundProxy {
         let mut addrs = Vec::new();
         let mut refusals = Vec::new();
         for ip in candidates {
-            match self.settings.egress.check(ip) {
+            match self.settings.load().egress.check(ip) {
                 Ok(()) => addrs.push(SocketAddr::new(ip, dial_port)),
                 Err(r) => refusals.push(format!("{ip} {r}")),
             }
@@ -534,7 +547,7 @@ impl OutboundProxy {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let hs = self.settings.handshake_timeout;
+        let hs = self.settings.load().handshake_timeout;
         let start = match tokio::time::timeout(hs, LazyConfigAcceptor::new(Acceptor::default(), io))
             .await
         {
@@ -562,7 +575,7 @@ impl OutboundProxy {
         // The SNI may name a different server than the CONNECT host (SRV
         // targets, delegation): deny_destinations applies to both.
         let sni_key = crate::pins::normalize_lookup(&tls_name).into_owned();
-        if self.settings.deny_destinations.contains(&sni_key) {
+        if self.settings.load().deny_destinations.contains(&sni_key) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(tls.name = %tls_name, "tunnel refused: the TLS name is in deny_destinations");
             let failure = DialFailure {
@@ -638,7 +651,7 @@ impl OutboundProxy {
                     _ = async {
                         match watch {
                             Some(w) => self.relay_watching_delegation(down, up, w).await,
-                            None => relay(down, up, self.settings.idle_timeout).await,
+                            None => relay(down, up, self.settings.load().idle_timeout).await,
                         }
                     } => {}
                     _ = revoked.notified() => {
@@ -782,7 +795,7 @@ impl OutboundProxy {
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(false)
             .serve_connection(TokioIo::new(down), svc);
-        if tokio::time::timeout(self.settings.idle_timeout, conn)
+        if tokio::time::timeout(self.settings.load().idle_timeout, conn)
             .await
             .is_err()
         {
@@ -822,8 +835,11 @@ impl OutboundProxy {
         let mut last = String::from("no address to dial");
         let mut tcp = None;
         for addr in &dest.addrs {
-            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
-                .await
+            match tokio::time::timeout(
+                self.settings.load().connect_timeout,
+                TcpStream::connect(addr),
+            )
+            .await
             {
                 Ok(Ok(s)) => {
                     tcp = Some((s, *addr));
@@ -833,7 +849,7 @@ impl OutboundProxy {
                 Err(_) => {
                     last = format!(
                         "connecting to {addr}: timed out after {:?}",
-                        self.settings.connect_timeout
+                        self.settings.load().connect_timeout
                     )
                 }
             }
@@ -866,7 +882,7 @@ impl OutboundProxy {
                 alert: None,
             })?;
         let fut = connector.connect(server_name, tcp);
-        match tokio::time::timeout(self.settings.handshake_timeout, fut).await {
+        match tokio::time::timeout(self.settings.load().handshake_timeout, fut).await {
             Ok(Ok(tls)) => {
                 let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
                 Ok((tls, negotiated, connector.generation()))
@@ -922,8 +938,11 @@ impl OutboundProxy {
         let Ok(config) = self.inner_config(tls_name, alpn) else {
             return;
         };
-        let Ok(Ok(stream)) =
-            tokio::time::timeout(self.settings.handshake_timeout, start.into_stream(config)).await
+        let Ok(Ok(stream)) = tokio::time::timeout(
+            self.settings.load().handshake_timeout,
+            start.into_stream(config),
+        )
+        .await
         else {
             return;
         };
@@ -951,7 +970,7 @@ impl OutboundProxy {
             async move { Ok::<_, Infallible>(r) }
         });
         let io = TokioIo::new(stream);
-        let limit = self.settings.handshake_timeout * 2;
+        let limit = self.settings.load().handshake_timeout * 2;
         if h2 {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, svc);
