@@ -626,10 +626,31 @@ fn replace_file(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Rewrites `path` in place, slowly, as a config-management tool or an
+/// editor without atomic saves does: the first half of `bytes`, a pause
+/// (shorter than the store's settle interval), then the rest. The half file
+/// must never be published (issue 11: it once dropped a peer, and that
+/// peer's impostor was accepted).
+async fn rewrite_in_place_slowly(path: &Path, bytes: &[u8], pause: Duration) {
+    use std::io::Write as _;
+    let half = bytes.len() / 2;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(&bytes[..half]).unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(pause).await;
+    f.write_all(&bytes[half..]).unwrap();
+    f.flush().unwrap();
+}
+
 #[derive(Default)]
 struct Churn {
     valid: AtomicU64,
     broken: AtomicU64,
+    in_place: AtomicU64,
 }
 
 async fn churner(pins: PathBuf, keys: Arc<Keys>, churn: Arc<Churn>, deadline: Instant) {
@@ -644,6 +665,11 @@ async fn churner(pins: PathBuf, keys: Arc<Keys>, churn: Arc<Churn>, deadline: In
             let (_, bytes) = keys.broken(rev, rev / 2);
             replace_file(&pins, &bytes);
             bump(&churn.broken);
+        } else if rev % 10 == 3 {
+            rewrite_in_place_slowly(&pins, keys.valid(rev).as_bytes(), Duration::from_millis(60))
+                .await;
+            bump(&churn.valid);
+            bump(&churn.in_place);
         } else {
             replace_file(&pins, keys.valid(rev).as_bytes());
             bump(&churn.valid);
@@ -1443,9 +1469,10 @@ async fn soak_under_churn() {
     let pool_growth = (hs_live_quiet - hs_live_start).max(0);
     println!();
     println!(
-        "soak: {secs} s ({load_secs:.1} s of load), {TUNNEL_WORKERS} tunnel workers, {INBOUND_WORKERS} inbound workers, pin file rewritten {} times ({} valid, {} broken)",
+        "soak: {secs} s ({load_secs:.1} s of load), {TUNNEL_WORKERS} tunnel workers, {INBOUND_WORKERS} inbound workers, pin file rewritten {} times ({} valid, {} of them slowly in place; {} broken)",
         get(&churn.valid) + get(&churn.broken),
         get(&churn.valid),
+        get(&churn.in_place),
         get(&churn.broken)
     );
     println!(
