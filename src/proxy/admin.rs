@@ -301,6 +301,27 @@ pub fn health(sources: &AdminSources) -> Result<serde_json::Value, serde_json::V
     for (what, path) in &sources.files {
         if let Err(e) = std::fs::File::open(path) {
             failures.push(format!("{what} {} is not readable: {e}", path.display()));
+            continue;
+        }
+        // Present is not enough: a readable file that no longer parses (a
+        // botched renewal) is what the next reload or restart would refuse.
+        let parsed = if what.ends_with("key") {
+            crate::tls::load_key(path).map(|_| None)
+        } else {
+            crate::tls::load_certs(path).map(|certs| {
+                certs
+                    .iter()
+                    .position(|c| x509_parser::parse_x509_certificate(c.as_ref()).is_err())
+            })
+        };
+        match parsed {
+            Err(e) => failures.push(format!("{what} is invalid: {e}")),
+            Ok(Some(i)) => failures.push(format!(
+                "{what} is invalid: {}: certificate {} is not X.509",
+                path.display(),
+                i + 1
+            )),
+            Ok(None) => {}
         }
     }
     let body = serde_json::json!({
@@ -455,5 +476,40 @@ mod tests {
         );
         assert!(!text.contains("outbound"), "{text}");
         running.abort();
+    }
+
+    /// Issue 11: material that is present but invalid (a garbage
+    /// certificate after a failed reload) is reported, not only missing files.
+    #[tokio::test]
+    async fn healthz_reports_present_but_invalid_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("server.pem");
+        let key = dir.path().join("server.key");
+        let ck = rcgen::generate_simple_self_signed(vec!["hs.example".to_string()]).unwrap();
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let hub = AlertHub::new();
+        let set = crate::pins::PinSet::parse("version = 1\n").unwrap();
+        let sources = AdminSources {
+            pins: Arc::new(PinStore::fixed(set, hub.clone())),
+            alerts: hub,
+            outbound: None,
+            inbound: None,
+            files: vec![
+                ("server certificate", cert.clone()),
+                ("server key", key.clone()),
+            ],
+            listeners: Vec::new(),
+        };
+        assert!(health(&sources).is_ok(), "{:?}", health(&sources));
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&key, "not a key\n").unwrap();
+        let text = health(&sources).unwrap_err()["failures"].to_string();
+        assert!(text.contains("server certificate is invalid"), "{text}");
+        assert!(text.contains("server key is invalid"), "{text}");
     }
 }
