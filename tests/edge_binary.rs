@@ -15,19 +15,19 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, origin, ORIGIN_HOST};
+use common::matrix::{b64, homeserver, origin, ORIGIN_HOST};
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 const SERVER: &str = "hs.fedpin.test";
 const STEP: Duration = Duration::from_secs(15);
@@ -45,33 +45,6 @@ impl Drop for Fedpin {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The stand-in homeserver: counts requests, answers 200.
-async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_r: Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from("{}"),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
 }
 
 /// `fedpin run` with an outbound section (its egress policy and trust

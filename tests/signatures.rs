@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, origin, ORIGIN_HOST};
+use common::matrix::{b64, homeserver, origin, ORIGIN_HOST};
 use common::{leaf, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
@@ -34,34 +34,6 @@ use tokio::sync::watch;
 
 const SERVER: &str = "hs.fedpin.test";
 const STEP: Duration = Duration::from_secs(15);
-
-/// The stand-in homeserver: counts requests, answers 200.
-async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        async {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from("{}"),
-                            )))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
 
 struct Edge {
     addr: SocketAddr,

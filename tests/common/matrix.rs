@@ -12,6 +12,8 @@ use http_body_util::Full;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use std::net::SocketAddr;
+
 use tokio::net::TcpListener;
 
 use super::{leaf, Ca};
@@ -118,4 +120,32 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
         kp,
         key_requests,
     }
+}
+
+/// The stand-in homeserver: counts requests, answers 200.
+pub async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from("{}"),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
 }
