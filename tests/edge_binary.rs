@@ -16,18 +16,15 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const SERVER: &str = "hs.fedpin.test";
 const STEP: Duration = Duration::from_secs(15);
@@ -126,25 +123,7 @@ listen = "127.0.0.1:0"
 /// One request over a new TLS connection from the loopback address `from`,
 /// with the given `Authorization` headers; the status.
 async fn send(fp: &Fedpin, ca: &Ca, from: &str, auths: &[&str]) -> u16 {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let tcp = sock.connect(fp.inbound).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(SERVER).unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = edge_sender(fp.inbound, &ca.cert, SERVER, Some(from)).await;
     let mut req = Request::get(VERSION).header(hyper::header::HOST, SERVER);
     for a in auths {
         req = req.header(hyper::header::AUTHORIZATION, *a);
@@ -231,25 +210,7 @@ async fn review_attacks_on_the_edge_fail_against_the_real_binary() {
     // 1,000 forged requests for an origin nobody answers for: ≤ 1 fetch.
     let before = metric(&fp, "fedpin_signing_key_fetches_total").await;
     let ghost = forged("ghost.fedpin.test:1");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            ServerName::try_from(SERVER).unwrap(),
-            TcpStream::connect(fp.inbound).await.unwrap(),
-        )
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = edge_sender(fp.inbound, &ca.cert, SERVER, None).await;
     for i in 0..1000 {
         if let Err(e) = sender.ready().await {
             panic!("the edge closed the connection after {i} requests: {e}");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
 use common::{leaf, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
@@ -26,10 +26,8 @@ use fedpin::tls::UpstreamTls;
 use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
-use rustls::pki_types::ServerName;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SERVER: &str = "hs.fedpin.test";
@@ -133,25 +131,7 @@ async fn edge(
 /// One HTTP/1.1 request over a new TLS connection from `from` (a loopback
 /// address); returns the status.
 async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body: &str) -> u16 {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(edge.ca.cert.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let tcp = sock.connect(edge.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(SERVER).unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = edge_sender(edge.addr, &edge.ca.cert, SERVER, Some(from)).await;
     let req = Request::builder()
         .method(method)
         .uri(uri)
@@ -258,23 +238,7 @@ async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_
         let (addr, ca_cert) = (e.addr, e.ca.cert.clone());
         let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca_cert).unwrap();
-            let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(ServerName::try_from(SERVER).unwrap(), tcp)
-                .await
-                .unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let mut sender = edge_sender(addr, &ca_cert, SERVER, None).await;
             let mut refused = 0;
             for _ in 0..100 {
                 let req = Request::get("/_matrix/federation/v1/version")

@@ -149,3 +149,42 @@ pub async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
     });
     (addr, seen)
 }
+
+/// An HTTP/1.1 sender over a new TLS connection to an edge at `addr` that
+/// serves `server` with a certificate under the root `ca`, from the loopback
+/// address `from` (any when `None`).
+pub async fn edge_sender(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    server: &str,
+    from: Option<&str>,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = match from {
+        Some(from) => {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            sock.connect(addr).await.unwrap()
+        }
+        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
+    };
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(server.to_owned()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
