@@ -370,6 +370,9 @@ fn key_fetcher(
         settings.resolve = o.resolve.clone();
         settings.connect_to = o.connect_to.clone();
     }
+    if let Some(i) = &config.inbound {
+        settings.key_servers = i.key_servers.clone();
+    }
     let core = Arc::new(
         VerifierCore::new(provider, extra, alerts.clone())
             .map_err(|e| StartError::Tls(e.to_string()))?,
