@@ -32,17 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 use super::signing::{self, VerifyKey};
 use crate::discovery::{self, DiscoveryError, DiscoveryOptions, WellKnown, WellKnownFuture};
+use crate::https::{Dialer, HttpsClient, Redirects, Target, Trust};
 use crate::proxy::egress::EgressPolicy;
 use crate::tls::UpstreamTls;
-use crate::verify::PeerContext;
 
 /// Path of a server's own key document.
 pub const KEY_PATH: &str = "/_matrix/key/v2/server";
@@ -147,6 +144,7 @@ enum Entry {
 /// Fetches, checks and caches origins' signing keys.
 pub struct KeyFetcher {
     upstream: Arc<UpstreamTls>,
+    client: HttpsClient,
     settings: KeyFetchSettings,
     cache: Mutex<lru::LruCache<String, Entry>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -174,8 +172,19 @@ impl KeyFetcher {
     /// A fetcher dialling through `upstream` (the pinned verifier).
     pub fn new(upstream: Arc<UpstreamTls>, settings: KeyFetchSettings) -> Self {
         let cap = NonZeroUsize::new(settings.max_origins.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let dialer = Dialer {
+            egress: Some(settings.egress.clone()),
+            resolve: settings.resolve.clone(),
+            connect_to: settings.connect_to.clone(),
+            fixed: None,
+        };
+        let client = HttpsClient::new(Trust::Pinned(upstream.clone()))
+            .with_dialer(dialer)
+            .with_timeout(settings.timeout)
+            .with_max_body(MAX_RESPONSE);
         KeyFetcher {
             upstream,
+            client,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             settings,
             cache: Mutex::new(lru::LruCache::new(cap)),
@@ -443,105 +452,15 @@ impl KeyFetcher {
         host_header: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Option<String>, Bytes), String> {
-        let (candidates, dial_port): (Vec<IpAddr>, u16) = if let Some(a) = self
-            .settings
-            .connect_to
-            .get(&(connect_host.to_owned(), port))
-        {
-            (vec![a.ip()], a.port())
-        } else if let Some(ip) = self.settings.resolve.get(connect_host) {
-            (vec![*ip], port)
-        } else if let Ok(ip) = connect_host.parse::<IpAddr>() {
-            (vec![ip], port)
-        } else {
-            let found = tokio::net::lookup_host((connect_host, port))
-                .await
-                .map_err(|e| format!("cannot resolve {connect_host}: {e}"))?;
-            (found.map(|a| a.ip()).collect(), port)
+        let target = Target {
+            tls_name,
+            connect_host,
+            port,
+            host_header,
+            plain: false,
         };
-        let mut refusals = Vec::new();
-        let allowed: Vec<SocketAddr> = candidates
-            .into_iter()
-            .filter(|ip| match self.settings.egress.check(*ip) {
-                Ok(()) => true,
-                Err(r) => {
-                    refusals.push(format!("{ip} {r}"));
-                    false
-                }
-            })
-            .map(|ip| SocketAddr::new(ip, dial_port))
-            .collect();
-        let Some(addr) = allowed.first().copied() else {
-            return Err(format!(
-                "refusing to dial {connect_host}:{port} (egress policy): {}",
-                if refusals.is_empty() {
-                    "no addresses".to_owned()
-                } else {
-                    refusals.join("; ")
-                }
-            ));
-        };
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(tls_name.to_owned())
-            .map_err(|_| format!("{tls_name:?} is not a valid TLS name"))?;
-        let ctx = PeerContext {
-            direction: Some(crate::alert::Direction::Outbound),
-            server_name: None,
-            port: Some(port),
-            peer_addr: Some(addr),
-        };
-        let connector = self
-            .upstream
-            .connector(ctx, vec![b"http/1.1".to_vec()])
-            .map_err(|e| e.to_string())?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| {
-            match connector.record().and_then(|r| r.rejected) {
-                Some(x) => format!("TLS with {tls_name} refused: {}", x.reason),
-                None => format!("TLS with {tls_name} failed: {e}"),
-            }
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, host_header)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("fedpin/", env!("CARGO_PKG_VERSION")),
-            );
-        if !body.is_empty() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let result = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("HTTP request failed: {e}"))?;
-            let status = resp.status();
-            let location = resp
-                .headers()
-                .get(hyper::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the response failed: {e}"))?
-                .to_bytes();
-            Ok((status, location, body))
-        }
-        .await;
-        driver.abort();
-        result
+        let answer = self.client.send(target, method, path, &[], body).await?;
+        Ok((answer.status, answer.location, answer.body))
     }
 }
 
@@ -549,35 +468,19 @@ impl discovery::WellKnownSource for KeyFetcher {
     fn fetch<'a>(&'a self, host: &'a str) -> WellKnownFuture<'a> {
         Box::pin(async move {
             let url = format!("https://{host}{}", discovery::WELL_KNOWN_PATH);
-            let bad = |reason: String| DiscoveryError::WellKnown {
-                url: url.clone(),
-                reason,
+            // Redirects are followed on the same host only: another host
+            // would be a TLS name no pin covers for this origin.
+            let redirects = Redirects {
+                max: 5,
+                other_hosts: false,
             };
-            let mut path = discovery::WELL_KNOWN_PATH.to_owned();
-            for _ in 0..=5 {
-                let (status, location, body) =
-                    self.get(host, host, 443, &path, host).await.map_err(bad)?;
-                if status == StatusCode::OK {
-                    let delegated = discovery::parse_well_known(&body)?;
-                    return Ok(WellKnown {
-                        delegated,
-                        hops: Vec::new(),
-                    });
-                }
-                // Redirects are followed on the same host only: another host
-                // would be a TLS name no pin covers for this origin.
-                match location {
-                    Some(l)
-                        if status.is_redirection()
-                            && l.starts_with('/')
-                            && !l.starts_with("//") =>
-                    {
-                        path = l;
-                    }
-                    _ => return Err(bad(format!("HTTP status {status}"))),
-                }
-            }
-            Err(bad("too many redirects".into()))
+            let (answer, hops) = self
+                .client
+                .get_following(host, 443, discovery::WELL_KNOWN_PATH, redirects, &[])
+                .await
+                .map_err(|reason| DiscoveryError::WellKnown { url, reason })?;
+            let delegated = discovery::parse_well_known(&answer.body)?;
+            Ok(WellKnown { delegated, hops })
         })
     }
 }
