@@ -5,6 +5,7 @@
 //! in force: generation, file hash, peers; no keys).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -377,9 +378,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 
 /// The status page, with headers that keep a browser from loading anything
 /// else, sniffing the type, caching it or framing it.
-fn status_page(sources: &AdminSources) -> Response<Full<Bytes>> {
+fn status_page(sources: &AdminSources, admin: Option<SocketAddr>) -> Response<Full<Bytes>> {
     use hyper::header::{self, HeaderValue};
-    let body = super::status_page::render(sources, time::OffsetDateTime::now_utc());
+    let body = super::status_page::render(sources, admin, time::OffsetDateTime::now_utc());
     let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", body);
     let h = r.headers_mut();
     h.insert(
@@ -399,7 +400,11 @@ fn status_page(sources: &AdminSources) -> Response<Full<Bytes>> {
     r
 }
 
-fn route(sources: &AdminSources, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(
+    sources: &AdminSources,
+    admin: Option<SocketAddr>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -408,7 +413,7 @@ fn route(sources: &AdminSources, req: &Request<Incoming>) -> Response<Full<Bytes
         );
     }
     match req.uri().path() {
-        "/" => status_page(sources),
+        "/" => status_page(sources, admin),
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -442,6 +447,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let sources = Arc::new(sources);
+    let admin = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -454,7 +460,7 @@ pub async fn serve(
         let sources = sources.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let r = route(&sources, &req);
+                let r = route(&sources, admin, &req);
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

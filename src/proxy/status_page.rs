@@ -17,10 +17,11 @@
 //! from `&'static str`, so no value can reach the page unescaped.
 
 use std::fmt::{self, Display, Write as _};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use time::format_description::well_known::Rfc3339;
-use time::{Duration, OffsetDateTime};
+use time::{Duration, OffsetDateTime, UtcOffset};
 
 use super::admin::AdminSources;
 use super::peer_results::{LastHandshake, PeerResults};
@@ -89,8 +90,9 @@ impl Page {
 
     /// `<time datetime="…">2026-12-02 08:31:05 UTC</time> (3 min ago)`.
     fn time(&mut self, t: OffsetDateTime, now: OffsetDateTime) {
+        let t = t.to_offset(UtcOffset::UTC);
         self.raw("<time datetime=\"");
-        self.text(t.format(&Rfc3339).unwrap_or_default());
+        self.text(machine_time(t));
         self.raw("\">");
         self.text(format_args!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
@@ -125,8 +127,9 @@ impl Page {
         } else {
             self.text(format_args!("{days} d"));
         }
+        let t = t.to_offset(UtcOffset::UTC);
         self.raw("</span> <time datetime=\"");
-        self.text(t.format(&Rfc3339).unwrap_or_default());
+        self.text(machine_time(t));
         self.raw("\">");
         self.text(format_args!(
             "{:04}-{:02}-{:02}",
@@ -145,6 +148,21 @@ impl Page {
         self.text(value);
         self.raw("</td></tr>");
     }
+}
+
+/// A `datetime` attribute value: UTC, whole seconds (HTML allows at most
+/// three fraction digits; RFC 3339 output may carry nine).
+fn machine_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// "12 s ago", "4 min ago", "3 h ago", "2 d ago".
@@ -205,6 +223,7 @@ table.facts th{background:var(--bg);font-weight:600;white-space:nowrap;width:1%}
 td.reason{max-width:560px;overflow-wrap:anywhere}\
 td.num{text-align:right;font-variant-numeric:tabular-nums}\
 .peer{font-weight:600}\
+time{white-space:nowrap}\
 .ago,.host,.none{color:var(--muted)}\
 .host{font-size:12px}\
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}\
@@ -219,8 +238,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}\
 ul.failures{margin:4px 0 0;padding-left:20px}\
 ";
 
-/// Renders the page at `now`.
-pub fn render(sources: &AdminSources, now: OffsetDateTime) -> String {
+/// Renders the page at `now`; `admin` is the admin listener's own address.
+pub fn render(sources: &AdminSources, admin: Option<SocketAddr>, now: OffsetDateTime) -> String {
     let mut p = Page {
         out: String::with_capacity(16 * 1024),
     };
@@ -267,7 +286,14 @@ pub fn render(sources: &AdminSources, now: OffsetDateTime) -> String {
     if set.is_empty() {
         p.raw("<p class=\"note\">The pin set has no peers.</p>\n");
     } else {
-        p.raw("<table id=\"peers-table\">\n<thead><tr><th scope=\"col\">Peer</th><th scope=\"col\">Trust</th><th scope=\"col\">Mode</th><th scope=\"col\">Pins expire</th><th scope=\"col\">Nearest certificate expiry seen</th><th scope=\"col\">Last outbound handshake</th><th scope=\"col\">Last inbound handshake</th></tr></thead>\n<tbody>\n");
+        p.raw("<table id=\"peers-table\">\n<thead><tr><th scope=\"col\">Peer</th><th scope=\"col\">Trust</th><th scope=\"col\">Mode</th><th scope=\"col\">Pins</th><th scope=\"col\">Pins expire</th><th scope=\"col\">Nearest certificate expiry seen</th>");
+        if out_results.is_some() {
+            p.raw("<th scope=\"col\">Last outbound handshake</th>");
+        }
+        if in_results.is_some() {
+            p.raw("<th scope=\"col\">Last inbound handshake (client certificate)</th>");
+        }
+        p.raw("</tr></thead>\n<tbody>\n");
         let mut rows: Vec<_> = set
             .peers()
             .iter()
@@ -307,6 +333,12 @@ pub fn render(sources: &AdminSources, now: OffsetDateTime) -> String {
                 Mode::Report => p.raw("<span class=\"badge b-warn\">report</span>"),
             }
             p.raw("</td><td>");
+            if peer.pins.len() == 1 {
+                p.raw("<span class=\"badge b-warn\">1, no backup</span>");
+            } else {
+                p.text(peer.pins.len());
+            }
+            p.raw("</td><td>");
             match peer.expires {
                 Some(e) => p.deadline(e, now, EXPIRY_WARNING),
                 None => p.raw("<span class=\"none\">never</span>"),
@@ -321,20 +353,12 @@ pub fn render(sources: &AdminSources, now: OffsetDateTime) -> String {
                 None => p.raw("<span class=\"none\">not seen yet</span>"),
             }
             p.raw("</td>");
-            last_cell(
-                &mut p,
-                "last-out",
-                out.as_ref(),
-                sources.outbound.is_some(),
-                now,
-            );
-            last_cell(
-                &mut p,
-                "last-in",
-                inb.as_ref(),
-                sources.inbound.is_some(),
-                now,
-            );
+            if out_results.is_some() {
+                last_cell(&mut p, "last-out", out.as_ref(), now);
+            }
+            if in_results.is_some() {
+                last_cell(&mut p, "last-in", inb.as_ref(), now);
+            }
             p.raw("</tr>\n");
         }
         p.raw("</tbody>\n</table>\n");
@@ -343,19 +367,13 @@ pub fn render(sources: &AdminSources, now: OffsetDateTime) -> String {
 
     unpinned_section(&mut p, out_results, in_results, now);
     alerts_section(&mut p, sources, now);
-    listeners_section(&mut p, sources);
+    listeners_section(&mut p, sources, admin);
     p.raw("</main>\n</body>\n</html>\n");
     p.out
 }
 
 /// A peer's last handshake in one direction.
-fn last_cell(
-    p: &mut Page,
-    class: &'static str,
-    last: Option<&LastHandshake>,
-    running: bool,
-    now: OffsetDateTime,
-) {
+fn last_cell(p: &mut Page, class: &'static str, last: Option<&LastHandshake>, now: OffsetDateTime) {
     p.raw("<td class=\"");
     p.raw(class);
     match last {
@@ -373,8 +391,7 @@ fn last_cell(
             p.text(&l.host);
             p.raw("</span></td>");
         }
-        None if running => p.raw("\"><span class=\"none\">none since start</span></td>"),
-        None => p.raw("\"><span class=\"none\">listener not configured</span></td>"),
+        None => p.raw("\"><span class=\"none\">none since start</span></td>"),
     }
 }
 
@@ -537,12 +554,8 @@ fn alerts_section(p: &mut Page, sources: &AdminSources, now: OffsetDateTime) {
     p.raw("</tbody>\n</table>\n</section>\n");
 }
 
-fn listeners_section(p: &mut Page, sources: &AdminSources) {
+fn listeners_section(p: &mut Page, sources: &AdminSources, admin: Option<SocketAddr>) {
     p.raw("<section id=\"listeners\">\n<h2>Listeners</h2>\n");
-    if sources.listeners.is_empty() {
-        p.raw("<p class=\"note\">No proxy listener is configured.</p>\n</section>\n");
-        return;
-    }
     p.raw("<table id=\"listeners-table\">\n<thead><tr><th scope=\"col\">Listener</th><th scope=\"col\">Address</th><th scope=\"col\">State</th><th scope=\"col\">Counters since start</th></tr></thead>\n<tbody>\n");
     for (what, addr, task) in &sources.listeners {
         p.raw("<tr data-listener=\"");
@@ -600,6 +613,11 @@ fn listeners_section(p: &mut Page, sources: &AdminSources) {
         }
         p.raw("</td></tr>\n");
     }
+    if let Some(addr) = admin {
+        p.raw("<tr data-listener=\"admin\"><td>admin</td><td>");
+        p.text(addr);
+        p.raw("</td><td><span class=\"badge b-ok\">accepting</span></td><td>this page, /metrics, /healthz, /pins</td></tr>\n");
+    }
     p.raw("</tbody>\n</table>\n</section>\n");
 }
 
@@ -622,6 +640,12 @@ mod tests {
         let mut p = Page { out: String::new() };
         p.text(format_args!("{}<{}", 1, "b>"));
         assert_eq!(p.out, "1&lt;b&gt;");
+    }
+
+    #[test]
+    fn machine_times_are_utc_whole_seconds() {
+        let t = OffsetDateTime::parse("2026-12-02T09:30:04.971071955+01:00", &Rfc3339).unwrap();
+        assert_eq!(machine_time(t), "2026-12-02T08:30:04Z");
     }
 
     #[test]
@@ -672,7 +696,7 @@ mod tests {
             "<script>alert(1)</script>.example",
             "reason with <script>alert(2)</script> & \"quotes\" 'too'",
         ));
-        let page = render(&s, OffsetDateTime::now_utc());
+        let page = render(&s, None, OffsetDateTime::now_utc());
         assert!(!page.contains("<script"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;.example"));
         assert!(page.contains(
@@ -685,12 +709,12 @@ mod tests {
     fn a_recent_critical_alert_puts_the_badge_on_its_peer_only() {
         let hub = AlertHub::new();
         let s = sources(&hub);
-        let calm = render(&s, OffsetDateTime::now_utc());
+        let calm = render(&s, None, OffsetDateTime::now_utc());
         assert!(!calm.contains("badge b-crit"), "{calm}");
         assert!(calm.contains("No critical alert about a pinned peer"));
         hub.raise(critical("Victim.Example", "no pin matched"));
         let now = OffsetDateTime::now_utc();
-        let page = render(&s, now);
+        let page = render(&s, None, now);
         let row = |name: &str| {
             let start = page
                 .find(&format!("<tr data-peer=\"{name}\">"))
@@ -707,7 +731,7 @@ mod tests {
             page.find("data-peer=\"victim.example\"") < page.find("data-peer=\"calm.example\"")
         );
         // More than 24 hours later the badge is gone (the alert stays listed).
-        let later = render(&s, now + Duration::hours(25));
+        let later = render(&s, None, now + Duration::hours(25));
         assert!(!later.contains("critical: pin_mismatch"), "{later}");
         assert!(later.contains("<tr data-event=\"pin_mismatch\""));
     }
@@ -717,9 +741,9 @@ mod tests {
         let hub = AlertHub::new();
         let s = sources(&hub);
         let now = OffsetDateTime::parse("2030-12-01T00:00:00Z", &Rfc3339).unwrap();
-        let page = render(&s, now);
+        let page = render(&s, None, now);
         assert!(page.contains(">31 d</span>"), "{page}");
-        let page = render(&s, now + Duration::days(40));
+        let page = render(&s, None, now + Duration::days(40));
         assert!(page.contains(">expired 9 d ago</span>"), "{page}");
     }
 }
