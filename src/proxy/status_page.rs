@@ -475,7 +475,7 @@ fn unpinned_section(
             rows.extend(r.unpinned(UNPINNED_ROWS).into_iter().map(|l| (dir, l)));
         }
     }
-    rows.sort_by(|a, b| b.1.at.cmp(&a.1.at));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.at));
     p.raw("<section id=\"unpinned\">\n<h2>Hosts without a pin entry, seen lately</h2>\n");
     if rows.is_empty() {
         p.raw("<p class=\"note\">None since start.</p>\n</section>\n");
