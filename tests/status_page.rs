@@ -14,6 +14,9 @@
 //! page; the same assertions are made on the DOM it rendered, and its
 //! screenshot is written to `target/status-page/status.png`.
 //! `.ci/run` installs both and sets both, so in CI neither part is skipped.
+//!
+//! A second test drives the inbound edge in-process with client
+//! certificates: the per-peer table records the inbound direction too.
 
 mod common;
 
@@ -498,4 +501,146 @@ pins = ["{}", "{}"]
         }
         Err(_) => println!("FEDPIN_CHROMIUM is not set: browser check skipped (CI sets it)"),
     }
+}
+
+/// The inbound side of the per-peer table: a client certificate checked by
+/// the edge (client_auth = "require") is recorded under the peer's server
+/// name, a pinned client as OK (a resumed session too, by its certificate's
+/// name), an impostor of it as pin_mismatch; the page's inbound column shows
+/// the last one.
+#[tokio::test]
+async fn inbound_client_certificates_are_recorded_per_peer() {
+    use fedpin::alert::AlertHub;
+    use fedpin::config::ClientAuth;
+    use fedpin::metrics::HandshakeResult;
+    use fedpin::pins::{PinSet, PinStore};
+    use fedpin::proxy::admin::AdminSources;
+    use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings};
+
+    const A: &str = "a.fedpin.test";
+    const B: &str = "b.fedpin.test";
+    let public = root("public CA");
+    let b_server = leaf(&public, &[B]);
+    let a_client = leaf_for_a_year(&public, A);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("b.pem"), dir.path().join("b.key"));
+    std::fs::write(&cert, pem("CERTIFICATE", b_server.cert.as_ref())).unwrap();
+    std::fs::write(&key, b_server.key.serialize_pem()).unwrap();
+    let hub = AlertHub::new();
+    let core = Arc::new(
+        fedpin::verify::VerifierCore::with_only_anchors(
+            &fedpin::tls::provider(),
+            std::slice::from_ref(&public.cert),
+            hub.clone(),
+        )
+        .unwrap(),
+    );
+    let mut set = PinSet::parse(&format!(
+        "version = 1\n[[peer]]\nserver_name = \"{A}:8448\"\nhosts = [\"{A}\"]\npins = [\"{}\", \"{}\"]\n",
+        pin(&a_client.cert),
+        pin(&b_server.cert)
+    ))
+    .unwrap();
+    set.generation = 1;
+    let pins = Arc::new(PinStore::fixed(set, hub.clone()));
+    let inbound = Arc::new(InboundProxy::new(
+        InboundSettings {
+            upstream: "http://127.0.0.1:9".parse().unwrap(),
+            client_auth: ClientAuth::Require,
+            ..InboundSettings::default()
+        },
+        EdgeRules::default(),
+        Arc::new(fedpin::tls::certs::CertStore::open(&cert, &key).unwrap()),
+        pins.clone(),
+        core,
+    ));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(inbound.clone().serve(l, rx));
+
+    let client_config = |client: &Leaf| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(public.cert.clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![client.cert.clone()], client.key_der())
+                .unwrap(),
+        )
+    };
+    // Connects, waits for the server's verdict (under TLS 1.3 a refusal
+    // arrives after the client's side of the handshake), returns how the
+    // handshake went.
+    let connect = |cfg: Arc<rustls::ClientConfig>| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let res = async {
+            let mut tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(ServerName::try_from(B).unwrap(), tcp)
+                .await?;
+            let _ = tokio::time::timeout(Duration::from_millis(300), tls.read(&mut [0u8; 1]))
+                .await
+                .unwrap_or(Ok(0))?;
+            Ok::<_, std::io::Error>(tls.get_ref().1.handshake_kind())
+        };
+        tokio::time::timeout(STEP, res).await.expect("bounded")
+    };
+    let last = || inbound.stats().peers.pinned(&format!("{A}:8448"));
+    let wait_for = |want: HandshakeResult, n: u64| {
+        let inbound = inbound.clone();
+        async move {
+            let start = Instant::now();
+            while inbound.stats().handshakes.get(want) < n {
+                assert!(start.elapsed() < STEP, "no {want:?} handshake counted");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let genuine = client_config(&a_client);
+    assert!(connect(genuine.clone()).await.is_ok());
+    wait_for(HandshakeResult::Ok, 1).await;
+    let l = last().expect("the pinned client is recorded");
+    assert_eq!((l.result, l.host.as_str()), (HandshakeResult::Ok, A));
+    assert!(l.nearest_cert_expiry.is_some(), "{l:?}");
+
+    let impostor = leaf(&public, &[A]);
+    assert!(connect(client_config(&impostor)).await.is_err());
+    wait_for(HandshakeResult::PinMismatch, 1).await;
+    assert_eq!(last().unwrap().result, HandshakeResult::PinMismatch);
+    assert!(
+        last().unwrap().nearest_cert_expiry.is_some(),
+        "kept from the last OK"
+    );
+
+    // A resumed session runs no check; it is recorded by the certificate's name.
+    let kind = connect(genuine).await.unwrap();
+    assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+    wait_for(HandshakeResult::Ok, 2).await;
+    assert_eq!(last().unwrap().result, HandshakeResult::Ok);
+    assert_eq!(inbound.stats().peers.len(), (1, 0));
+
+    let sources = AdminSources {
+        pins,
+        alerts: hub,
+        outbound: None,
+        inbound: Some(inbound.clone()),
+        files: Vec::new(),
+        listeners: Vec::new(),
+    };
+    let html = fedpin::proxy::status_page::render(&sources, None, time::OffsetDateTime::now_utc());
+    let a_row = row(&html, &format!("<tr data-peer=\"{A}:8448\">"));
+    assert!(
+        a_row.contains(
+            "<td class=\"last-in\" data-result=\"ok\"><span class=\"badge b-ok\">OK</span>"
+        ),
+        "{a_row}"
+    );
+    assert!(a_row.contains("critical: pin_mismatch"), "{a_row}");
+    assert!(
+        !a_row.contains("last-out"),
+        "no outbound column without an outbound proxy: {a_row}"
+    );
 }
