@@ -261,7 +261,7 @@ impl Daemon {
                 listener,
                 shutdown_rx.clone(),
             ));
-            tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/metrics /healthz /pins)");
+            tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/ status page, /metrics /healthz /pins)");
             admin = Some(addr);
         }
         Ok(Daemon {
