@@ -550,3 +550,229 @@ pub(crate) fn redirect_target(
     };
     Ok((host, port, path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const HOST: &str = "svc.https.test";
+
+    /// A test CA (as an anchor) and a TLS server for HOST on loopback that
+    /// answers each request from `answer(path)` (the raw response), and
+    /// counts connections.
+    async fn server(
+        answer: fn(&str) -> Vec<u8>,
+    ) -> (TrustAnchor<'static>, SocketAddr, Arc<AtomicUsize>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec![HOST.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counter = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        if tls.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let line = String::from_utf8_lossy(&head);
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let _ = tls.write_all(&answer(&path)).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        let anchor = webpki::anchor_from_trusted_cert(ca_cert.der())
+            .unwrap()
+            .to_owned();
+        (anchor, addr, conns)
+    }
+
+    fn redirect(to: &str) -> Vec<u8> {
+        format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .into_bytes()
+    }
+
+    fn routes(path: &str) -> Vec<u8> {
+        match path {
+            "/ok" => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
+            }
+            "/big" => {
+                let mut r =
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\nConnection: close\r\n\r\n"
+                        .to_vec();
+                r.resize(r.len() + 70_000, b'x');
+                r
+            }
+            "/loop-a" => redirect("/loop-b"),
+            "/loop-b" => redirect("/loop-a"),
+            "/plain" => redirect("http://svc.https.test/ok"),
+            "/elsewhere" => redirect("https://other.https.test/ok"),
+            "/r1" => redirect("/r2"),
+            "/r2" => redirect("/r3"),
+            "/r3" => redirect("/ok"),
+            _ => {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            }
+        }
+    }
+
+    fn client(anchor: &TrustAnchor<'static>, addr: SocketAddr) -> HttpsClient {
+        HttpsClient::webpki(std::slice::from_ref(anchor))
+            .unwrap()
+            .with_dialer(Dialer {
+                fixed: Some(addr),
+                ..Dialer::default()
+            })
+            .with_timeout(Duration::from_secs(5))
+    }
+
+    const SAME_HOST: Redirects = Redirects {
+        max: 2,
+        other_hosts: false,
+    };
+
+    #[tokio::test]
+    async fn redirects_are_limited_https_only_and_never_loop() {
+        let (anchor, addr, _) = server(routes).await;
+        let c = client(&anchor, addr);
+        let get = |path: &'static str, r: Redirects| {
+            let c = c.clone();
+            async move { c.get_following(HOST, 443, path, r, &[]).await }
+        };
+        let (ok, hops) = get("/r2", SAME_HOST).await.unwrap();
+        assert_eq!(&ok.body[..], b"ok");
+        assert_eq!(
+            hops.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(),
+            ["/r2", "/r3", "/ok"]
+        );
+        assert!(hops.iter().all(|h| !h.chain.is_empty()));
+        let e = get("/r1", SAME_HOST).await.unwrap_err();
+        assert!(e.contains("more than 2 redirects"), "{e}");
+        let e = get("/loop-a", SAME_HOST).await.unwrap_err();
+        assert!(e.contains("redirect loop"), "{e}");
+        let e = get("/plain", SAME_HOST).await.unwrap_err();
+        assert!(e.contains("only https://"), "{e}");
+        let e = get("/elsewhere", SAME_HOST).await.unwrap_err();
+        assert!(e.contains("another host"), "{e}");
+        let e = get("/missing", SAME_HOST).await.unwrap_err();
+        assert!(e.contains("404"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn bodies_time_and_trust_are_limited() {
+        let (anchor, addr, _) = server(routes).await;
+        let c = client(&anchor, addr).with_max_body(64 * 1024);
+        let e = c
+            .get_following(HOST, 443, "/big", SAME_HOST, &[])
+            .await
+            .unwrap_err();
+        assert!(e.contains("larger than 64 KiB"), "{e}");
+        // Web PKI alone does not know the test CA.
+        let e = HttpsClient::webpki(&[])
+            .unwrap()
+            .with_dialer(Dialer {
+                fixed: Some(addr),
+                ..Dialer::default()
+            })
+            .get_following(HOST, 443, "/ok", SAME_HOST, &[])
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("TLS handshake with svc.https.test failed"),
+            "{e}"
+        );
+        // A server that accepts and never answers: the time limit ends it.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let e = client(&anchor, silent_addr)
+            .with_timeout(Duration::from_millis(300))
+            .send(
+                Target::https(HOST, 443, HOST),
+                Method::GET,
+                "/ok",
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("timed out after 300ms"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_egress_policy_refuses_before_any_connection() {
+        let (anchor, addr, conns) = server(routes).await;
+        let mut resolve = BTreeMap::new();
+        resolve.insert(HOST.to_owned(), addr.ip());
+        // The default policy refuses loopback.
+        let c = HttpsClient::webpki(std::slice::from_ref(&anchor))
+            .unwrap()
+            .with_dialer(Dialer {
+                egress: Some(EgressPolicy::new(Vec::new(), Vec::new())),
+                resolve: resolve.clone(),
+                ..Dialer::default()
+            });
+        let e = c
+            .get_following(HOST, addr.port(), "/ok", SAME_HOST, &[])
+            .await
+            .unwrap_err();
+        assert!(e.contains("egress policy"), "{e}");
+        assert_eq!(conns.load(Ordering::SeqCst), 0);
+        // Allowed explicitly, it connects.
+        let c = HttpsClient::webpki(std::slice::from_ref(&anchor))
+            .unwrap()
+            .with_dialer(Dialer {
+                egress: Some(EgressPolicy::new(
+                    vec!["127.0.0.0/8".parse().unwrap()],
+                    Vec::new(),
+                )),
+                resolve,
+                ..Dialer::default()
+            });
+        let (ok, _) = c
+            .get_following(HOST, addr.port(), "/ok", SAME_HOST, &[])
+            .await
+            .unwrap();
+        assert_eq!(&ok.body[..], b"ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+}
