@@ -196,7 +196,9 @@ fn man_pages(cmd: clap::Command, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         }
         if let Some(after) = cmd.get_after_help() {
             // pinctl's exit-code convention.
-            buf.extend_from_slice(section("EXIT STATUS", &roff_text(&after.to_string())).as_bytes());
+            buf.extend_from_slice(
+                section("EXIT STATUS", &roff_text(&after.to_string())).as_bytes(),
+            );
         }
         buf.extend_from_slice(extra_sections(&name).as_bytes());
         if cmd.get_version().is_some() {
@@ -278,7 +280,10 @@ fn units(out: &mut BTreeMap<PathBuf, Vec<u8>>) {
     let sd = repo().join("examples/systemd");
     for (example, packaged) in UNITS {
         let text = packaged_unit(&read(&sd.join(example)), example);
-        out.insert(PathBuf::from(format!("debian/{packaged}")), text.into_bytes());
+        out.insert(
+            PathBuf::from(format!("debian/{packaged}")),
+            text.into_bytes(),
+        );
     }
 }
 
