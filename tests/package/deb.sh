@@ -88,8 +88,23 @@ grep -q '/etc/fedpin/ca' <<<"$contents" && fail "the package must not ship anyth
 
 # ---------------------------------------------------------------- install
 say "dpkg -i"
-dpkg -i "$deb"
+dpkg -i "$deb" 2>&1 | tee /tmp/fedpin-dpkg-i.log
 installed=1
+if grep -E 'not found|error|warning' /tmp/fedpin-dpkg-i.log; then
+  fail "dpkg -i printed the lines above"
+fi
+
+# The maintainer scripts as installed: valid sh, every cargo-deb token
+# replaced, and the user made before any unit is enabled or started.
+for script in postinst prerm postrm; do
+  f=/var/lib/dpkg/info/fedpin.$script
+  [[ -f $f ]] || fail "no $script installed"
+  sh -n "$f" || fail "$script is not valid sh"
+  ! grep -q 'DEBHELPER' "$f" || fail "$script still holds a #DEBHELPER# token"
+done
+user_line=$(grep -n 'adduser --system' /var/lib/dpkg/info/fedpin.postinst | head -n 1 | cut -d: -f1)
+unit_line=$(grep -n 'deb-systemd-' /var/lib/dpkg/info/fedpin.postinst | head -n 1 | cut -d: -f1)
+((user_line < unit_line)) || fail "postinst enables units (line $unit_line) before it creates the user (line $user_line)"
 
 getent passwd fedpin >/dev/null || fail "no fedpin user after install"
 [[ $(getent passwd fedpin | cut -d: -f7) == /usr/sbin/nologin ]] || fail "the fedpin user can log in: $(getent passwd fedpin)"
