@@ -230,19 +230,37 @@ fn completions(out: &mut BTreeMap<PathBuf, Vec<u8>>) {
 
 // -------------------------------------------------------- the package's units
 
-/// The examples' units and the names cargo-deb expects for them in
-/// `debian/` (debhelper's `PACKAGE[.UNIT].TYPE`).
-const UNITS: &[(&str, &str)] = &[
-    ("fedpin.service", "fedpin.service"),
-    ("fedpin-ca.service", "fedpin.fedpin-ca.service"),
-    ("pinctl-verify.service", "fedpin.pinctl-verify.service"),
-    ("pinctl-verify.timer", "fedpin.pinctl-verify.timer"),
+/// The examples' units, the names cargo-deb expects for them in `debian/`
+/// (debhelper's `PACKAGE[.UNIT].TYPE`), and the man pages that replace the
+/// README as their `Documentation=` (the package installs them; the
+/// examples cannot name them, since `systemd-analyze verify` fails on a
+/// `man:` page that is not installed).
+const UNITS: &[(&str, &str, Option<&str>)] = &[
+    (
+        "fedpin.service",
+        "fedpin.service",
+        Some("man:fedpin(1) man:fedpin.toml(5) man:fedpin-pins(5)"),
+    ),
+    (
+        "fedpin-ca.service",
+        "fedpin.fedpin-ca.service",
+        Some("man:fedpin-ca-init(1) man:fedpin.toml(5)"),
+    ),
+    (
+        "pinctl-verify.service",
+        "fedpin.pinctl-verify.service",
+        Some("man:pinctl-verify(1) man:fedpin-pins(5)"),
+    ),
+    ("pinctl-verify.timer", "fedpin.pinctl-verify.timer", None),
 ];
+
+/// The examples' documentation line, replaced in the packaged units.
+const EXAMPLE_DOCS: &str = "Documentation=file:///usr/local/share/doc/fedpin/README.md";
 
 /// An example unit as the package installs it: binaries under `/usr`, and
 /// the by-hand install notes (the comment paragraph that starts with
 /// "# Install", and lines naming files of this repository) left out.
-fn packaged_unit(example: &str, name: &str) -> String {
+fn packaged_unit(example: &str, name: &str, docs: Option<&str>) -> String {
     let mut out = format!(
         "# {name}: installed by the fedpin Debian package; made from\n\
          # examples/systemd/{name} in fedpin's source. Do not edit it here (an\n\
@@ -266,6 +284,10 @@ fn packaged_unit(example: &str, name: &str) -> String {
         if line.starts_with('#') && line.contains("examples/") {
             continue;
         }
+        if let (EXAMPLE_DOCS, Some(docs)) = (line, docs) {
+            out.push_str(&format!("Documentation={docs}\n"));
+            continue;
+        }
         let line = line
             .replace("/usr/local/bin/fedpin", "/usr/bin/fedpin")
             .replace("/usr/local/bin/pinctl", "/usr/bin/pinctl")
@@ -278,8 +300,8 @@ fn packaged_unit(example: &str, name: &str) -> String {
 
 fn units(out: &mut BTreeMap<PathBuf, Vec<u8>>) {
     let sd = repo().join("examples/systemd");
-    for (example, packaged) in UNITS {
-        let text = packaged_unit(&read(&sd.join(example)), example);
+    for (example, packaged, docs) in UNITS {
+        let text = packaged_unit(&read(&sd.join(example)), example, *docs);
         out.insert(
             PathBuf::from(format!("debian/{packaged}")),
             text.into_bytes(),
@@ -390,10 +412,21 @@ fn completions_match_what_the_binaries_print() {
 /// says: no `/usr/local` binary left, every active line of the example kept.
 #[test]
 fn packaged_units_keep_every_setting_of_the_examples() {
-    for (example, _) in UNITS {
+    for (example, _, docs) in UNITS {
         let src = read(&repo().join("examples/systemd").join(example));
-        let unit = packaged_unit(&src, example);
-        for line in src.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let unit = packaged_unit(&src, example, *docs);
+        if let Some(docs) = docs {
+            assert!(
+                src.lines().any(|l| l == EXAMPLE_DOCS)
+                    && unit.lines().any(|l| l == format!("Documentation={docs}")),
+                "{example}: its Documentation= line was not replaced by the man pages:\n{unit}"
+            );
+        }
+        for line in src
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter(|l| docs.is_none() || *l != EXAMPLE_DOCS)
+        {
             let expect = line
                 .replace("/usr/local/bin/", "/usr/bin/")
                 .replace("/usr/local/lib/fedpin/", "/usr/lib/fedpin/");
