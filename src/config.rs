@@ -100,6 +100,17 @@ struct RawInbound {
     client_roots: Option<Spanned<String>>,
     server_name: Option<Spanned<String>>,
     verify_signatures: Option<SignatureMode>,
+    #[serde(default)]
+    key_servers: Vec<Spanned<RawKeyServer>>,
+}
+
+/// One `[[inbound.key_servers]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyServer {
+    server_name: Spanned<String>,
+    #[serde(default)]
+    verify_keys: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +234,9 @@ pub struct Inbound {
     /// Request-signature checking: `enforce` by default when `server_name`
     /// is set, `off` otherwise.
     pub verify_signatures: SignatureMode,
+    /// Notaries asked for the keys of origins that have no pin entry
+    /// (Synapse's `trusted_key_servers`), in order, before the origin itself.
+    pub key_servers: Vec<crate::matrix::keys::KeyServer>,
 }
 
 /// The validated config.
@@ -643,7 +657,9 @@ impl Config {
                     "checking request signatures needs inbound.server_name (this homeserver's Matrix server name, the signed destination)".into(),
                 );
             }
+            let key_servers = key_servers(&mut cx, &i.key_servers);
             Inbound {
+                key_servers,
                 per_origin: rate(i.rate_per_origin, i.burst_per_origin),
                 per_ip: rate(i.rate_per_ip, i.burst_per_ip),
                 max_body: i.max_body.unwrap_or(50 * 1024 * 1024),
@@ -789,6 +805,74 @@ fn check_listeners(cx: &mut Ctx<'_>, listeners: &[(&str, Option<SocketAddr>)]) {
     }
 }
 
+/// Checks `[[inbound.key_servers]]`: each a canonical server name with at
+/// least one valid ed25519 key. Keys are required (Synapse fetches a
+/// notary's own keys when they are missing; here a notary vouches for
+/// every unpinned origin, so its keys are configuration, never fetched).
+fn key_servers(
+    cx: &mut Ctx<'_>,
+    raw: &[Spanned<RawKeyServer>],
+) -> Vec<crate::matrix::keys::KeyServer> {
+    let mut out: Vec<crate::matrix::keys::KeyServer> = Vec::new();
+    for ks in raw {
+        let k = ks.get_ref();
+        let name = k.server_name.get_ref();
+        let server_name = match name.parse::<crate::discovery::ServerName>() {
+            Ok(parsed) if parsed.to_string() == *name => name.clone(),
+            Ok(parsed) => {
+                cx.err(
+                    k.server_name.span(),
+                    "inbound.key_servers.server_name",
+                    format!("write the server name in canonical form: \"{parsed}\""),
+                );
+                continue;
+            }
+            Err(e) => {
+                cx.err(
+                    k.server_name.span(),
+                    "inbound.key_servers.server_name",
+                    e.to_string(),
+                );
+                continue;
+            }
+        };
+        if out.iter().any(|o| o.server_name == server_name) {
+            cx.err(
+                k.server_name.span(),
+                "inbound.key_servers.server_name",
+                format!("{server_name} is listed twice"),
+            );
+            continue;
+        }
+        if k.verify_keys.is_empty() {
+            cx.err(
+                ks.span(),
+                "inbound.key_servers.verify_keys",
+                format!("key server {server_name} needs verify_keys = {{ \"ed25519:ID\" = \"BASE64\" }}: a notary's own keys are configured, never fetched"),
+            );
+            continue;
+        }
+        let mut verify_keys = Vec::new();
+        for (id, b64) in &k.verify_keys {
+            match crate::matrix::signing::VerifyKey::from_base64(id, b64.get_ref()) {
+                Ok(key) => verify_keys.push(key),
+                Err(e) => cx.err(
+                    b64.span(),
+                    "inbound.key_servers.verify_keys",
+                    format!("key {id} of {server_name}: {e}"),
+                ),
+            }
+        }
+        if verify_keys.len() == k.verify_keys.len() {
+            out.push(crate::matrix::keys::KeyServer {
+                server_name,
+                verify_keys,
+            });
+        }
+    }
+    out
+}
+
 /// Checks an alert sink URL (`alerts.webhook`, `alerts.matrix_homeserver`)
 /// on its parsed form: `https://`, or plain `http://` only when the host is
 /// a loopback IP address (127.0.0.0/8, `::1`) or exactly `localhost`, so the
@@ -921,5 +1005,36 @@ mod tests {
         );
         let e = Config::parse("bogus = 1\n", dir.path()).unwrap_err();
         assert!(e.errors[0].message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn key_servers_need_canonical_names_and_valid_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "pins = \"p.toml\"\n[inbound]\nlisten = \"127.0.0.1:8448\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nupstream = \"http://127.0.0.1:8008\"\nserver_name = \"hs.example\"\n";
+        // matrix.org's published notary key.
+        let good = "[[inbound.key_servers]]\nserver_name = \"matrix.org\"\nverify_keys = { \"ed25519:auto\" = \"Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\" }\n";
+        let c = Config::parse(&format!("{base}{good}"), dir.path()).unwrap();
+        let ks = &c.inbound.unwrap().key_servers;
+        assert_eq!(ks.len(), 1);
+        assert_eq!(ks[0].server_name, "matrix.org");
+        assert_eq!(ks[0].verify_keys[0].id, "ed25519:auto");
+        for (bad, key, line) in [
+            ("[[inbound.key_servers]]\nserver_name = \"notary.example\"\n", "inbound.key_servers.verify_keys", 11),
+            ("[[inbound.key_servers]]\nserver_name = \"Matrix.Org:443\"\nverify_keys = { \"ed25519:a\" = \"Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\" }\n", "inbound.key_servers.server_name", 12),
+            ("[[inbound.key_servers]]\nserver_name = \"notary.example\"\nverify_keys = { \"ed25519:a\" = \"not base64!\" }\n", "inbound.key_servers.verify_keys", 13),
+            ("[[inbound.key_servers]]\nserver_name = \"notary.example\"\nverify_keys = { \"rsa:a\" = \"Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\" }\n", "inbound.key_servers.verify_keys", 13),
+            ("[[inbound.key_servers]]\nserver_name = \"notary.example\"\nverify_keys = { \"ed25519:a\" = \"Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\" }\nnotary = true\n", "", 0),
+        ] {
+            let e = Config::parse(&format!("{base}{good}{bad}"), dir.path()).unwrap_err();
+            if key.is_empty() {
+                assert!(e.errors[0].message.contains("unknown field"), "{e}");
+                continue;
+            }
+            assert_eq!(e.errors.len(), 1, "{e}");
+            assert_eq!(e.errors[0].key, key, "{e}");
+            assert_eq!(e.errors[0].line, line, "{bad}: {e}");
+        }
+        let e = Config::parse(&format!("{base}{good}{good}"), dir.path()).unwrap_err();
+        assert!(e.errors[0].message.contains("listed twice"), "{e}");
     }
 }

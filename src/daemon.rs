@@ -261,7 +261,7 @@ impl Daemon {
                 listener,
                 shutdown_rx.clone(),
             ));
-            tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/metrics /healthz /pins)");
+            tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/ status page, /metrics /healthz /pins)");
             admin = Some(addr);
         }
         Ok(Daemon {
@@ -369,6 +369,9 @@ fn key_fetcher(
         settings.egress = EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone());
         settings.resolve = o.resolve.clone();
         settings.connect_to = o.connect_to.clone();
+    }
+    if let Some(i) = &config.inbound {
+        settings.key_servers = i.key_servers.clone();
     }
     let core = Arc::new(
         VerifierCore::new(provider, extra, alerts.clone())

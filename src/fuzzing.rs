@@ -568,7 +568,9 @@ pub fn canonical_json(data: &[u8]) {
 /// accepted answer names that server, is valid after that time, and every
 /// key it yields is an ed25519 key whose ID the answer lists under
 /// `verify_keys` or an unexpired `old_verify_keys`; the answer carries a
-/// signature by one of them. Refusals carry a message.
+/// signature by one of them. Refusals carry a message. The same bytes
+/// read as a notary's answer are accepted only with a document for the
+/// origin that carries both the notary's and the origin's signatures.
 pub fn key_response(data: &[u8]) {
     const NOW: u64 = 1_700_000_000_000;
     match crate::matrix::keys::parse_key_response(data, "fuzz.example", NOW) {
@@ -593,6 +595,36 @@ pub fn key_response(data: &[u8]) {
             assert!(signed_by_own, "accepted without a self-signature");
         }
         Err(e) => assert!(!e.is_empty(), "refusal without a message"),
+    }
+    // The same bytes as a notary's answer: accepted only with a document
+    // for the origin that the notary signed.
+    let notary = crate::matrix::keys::KeyServer {
+        server_name: "notary.example".into(),
+        verify_keys: vec![crate::matrix::signing::VerifyKey {
+            id: "ed25519:n".into(),
+            key: {
+                use ring::signature::KeyPair as _;
+                let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[3; 32])
+                    .expect("a fixed seed");
+                kp.public_key().as_ref().try_into().expect("32 bytes")
+            },
+        }],
+    };
+    match crate::matrix::keys::parse_notary_response(data, &notary, "fuzz.example", NOW) {
+        Ok((keys, until)) => {
+            assert!(until > NOW, "expired notary answer accepted");
+            assert!(!keys.is_empty(), "notary answer accepted without keys");
+            let v: serde_json::Value = serde_json::from_slice(data).expect("accepted non-JSON");
+            let vouched = v["server_keys"].as_array().is_some_and(|docs| {
+                docs.iter().any(|d| {
+                    d["server_name"] == "fuzz.example"
+                        && d["signatures"]["notary.example"].get("ed25519:n").is_some()
+                        && d["signatures"]["fuzz.example"].is_object()
+                })
+            });
+            assert!(vouched, "notary answer accepted without a vouched document");
+        }
+        Err(e) => assert!(!e.is_empty(), "notary refusal without a message"),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod demo;
 pub mod discovery;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod https;
 pub mod matrix;
 pub mod metrics;
 pub mod pinfile_edit;

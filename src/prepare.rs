@@ -253,6 +253,7 @@ impl Baseline {
                     "inbound.verify_signatures",
                     x.verify_signatures != y.verify_signatures,
                 );
+                diff("inbound.key_servers", x.key_servers != y.key_servers);
             }
             (x, y) => diff("[inbound]", x.is_some() != y.is_some()),
         }

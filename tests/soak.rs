@@ -20,8 +20,14 @@
 //! (several would, if half-applied, accept the impostor or refuse the
 //! genuine peer).
 //!
+//! Every [`REVOKE_EVERY`] revisions the churner also runs a revocation
+//! round: it opens tunnels to a REVOKED peer (a normal, pinned peer), then
+//! writes a file whose entry for it no longer lists its key; fedpin must
+//! close every one of those open tunnels (SPEC 4.13) and refuse new ones,
+//! and the key is restored afterwards.
+//!
 //! Reports legit handshakes failed (must be 0), impostor handshakes accepted
-//! (must be 0), RSS and open fds of the fedpin process at start, peak, end of
+//! (must be 0), revoked tunnels closed (must be all of them), RSS and open fds of the fedpin process at start, peak, end of
 //! load and after a quiet period; checks fedpin is alive and exits 0 on
 //! SIGTERM. Every loop is bounded by count and time; every network step by
 //! [`STEP`]. On failure the temp dir (config, pin file, fedpin's JSON log)
@@ -54,6 +60,13 @@ const GENUINE: &str = "genuine.soak.test";
 const IMPOSTOR: &str = "impostor.soak.test";
 const SLOW: &str = "slow.soak.test";
 const FLAKY: &str = "flaky.soak.test";
+/// A peer whose pinned key is removed while tunnels to it are open (one
+/// round every [`REVOKE_EVERY`] pin-file revisions).
+const REVOKED: &str = "revoked.soak.test";
+/// Tunnels held open per revocation round.
+const REVOKE_TUNNELS: usize = 4;
+/// Pin-file revisions between revocation rounds.
+const REVOKE_EVERY: u64 = 40;
 /// The protected homeserver's name (the inbound certificate's SAN).
 const SERVER: &str = "hs.soak.test";
 /// `Host` as a remote homeserver sends it to the inbound edge.
@@ -534,6 +547,7 @@ struct Keys {
     root: String,
     slow: String,
     flaky: String,
+    revoked: String,
     impostor_real: String,
     unrelated: [String; 3],
 }
@@ -554,9 +568,17 @@ impl Keys {
              [[peer]]\nserver_name = \"{GENUINE}\"\npins = [{genuine}]\nnote = \"soak revision {rev}\"\n\n\
              [[peer]]\nserver_name = \"{IMPOSTOR}\"\npins = [\"{}\", \"{}\"]\nnote = \"keys the impostor does not hold\"\n\n\
              [[peer]]\nserver_name = \"{SLOW}\"\npins = [\"{}\", \"{backup}\"]\n\n\
-             [[peer]]\nserver_name = \"{FLAKY}\"\npins = [\"{}\", \"{backup}\"]\n",
-            self.unrelated[0], self.unrelated[1], self.slow, self.flaky
+             [[peer]]\nserver_name = \"{FLAKY}\"\npins = [\"{}\", \"{backup}\"]\n\n\
+             [[peer]]\nserver_name = \"{REVOKED}\"\npins = [\"{}\", \"{backup}\"]\n",
+            self.unrelated[0], self.unrelated[1], self.slow, self.flaky, self.revoked
         )
+    }
+
+    /// [`Keys::valid`] with the REVOKED peer's key removed from its entry
+    /// (replaced by a key it does not hold).
+    fn revoking(&self, rev: u64) -> String {
+        self.valid(rev)
+            .replacen(&self.revoked, &self.unrelated[0], 1)
     }
 
     /// Broken contents, rotating over `BROKEN_KINDS`; several would accept
@@ -651,9 +673,109 @@ struct Churn {
     valid: AtomicU64,
     broken: AtomicU64,
     in_place: AtomicU64,
+    revoke_rounds: AtomicU64,
+    /// Tunnels open to REVOKED when its key was removed.
+    revoked_open: AtomicU64,
+    /// Of those, closed by fedpin within [`STEP`].
+    revoked_closed: AtomicU64,
+    /// New tunnels to REVOKED accepted after the removal (must be 0).
+    revoked_reaccepted: AtomicU64,
+    /// Tunnels that could not be opened before the removal (must be 0).
+    revoked_setup_failed: AtomicU64,
 }
 
-async fn churner(pins: PathBuf, keys: Arc<Keys>, churn: Arc<Churn>, deadline: Instant) {
+/// One tunnel to REVOKED, verified and kept open after one request: the
+/// sender and the task driving the connection (it ends when fedpin closes
+/// the tunnel).
+async fn open_revocable(
+    ctx: &Ctx,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let tcp = connect(ctx, REVOKED, ctx.revoked_port).await?;
+    let tls = tls_to(&ctx.inner_h1, tcp, REVOKED).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP/1.1 handshake: {}", chain(&e)))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::get(VERSION_PATH)
+        .header(hyper::header::HOST, REVOKED)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let r = reply(
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("request: {}", chain(&e)))?,
+    )
+    .await?;
+    if r.status != 200 || r.body != "revoked\n" {
+        return Err(format!("unexpected reply before the removal: {r}"));
+    }
+    Ok((send, driver))
+}
+
+/// Opens [`REVOKE_TUNNELS`] tunnels to REVOKED, removes its key from the
+/// pin file, counts the tunnels fedpin closes and whether a new one is
+/// still accepted, then restores the key.
+async fn revocation_round(ctx: &Ctx, pins: &Path, keys: &Keys, rev: u64, churn: &Churn) {
+    bump(&churn.revoke_rounds);
+    let mut open = Vec::new();
+    for _ in 0..REVOKE_TUNNELS {
+        match bounded(
+            "tunnel to the peer about to be revoked",
+            open_revocable(ctx),
+        )
+        .await
+        {
+            Ok(t) => open.push(t),
+            Err(e) => {
+                bump(&churn.revoked_setup_failed);
+                ctx.tally.note("revoked_setup", e);
+            }
+        }
+    }
+    replace_file(pins, keys.revoking(rev).as_bytes());
+    for (send, driver) in open {
+        bump(&churn.revoked_open);
+        match tokio::time::timeout(STEP, driver).await {
+            Ok(_) => bump(&churn.revoked_closed),
+            Err(_) => ctx.tally.note(
+                "revoked_still_open",
+                format!("a tunnel to {REVOKED} was still open {STEP:?} after its key was removed"),
+            ),
+        }
+        drop(send);
+    }
+    // The new generation is in place (it closed the tunnels): a new tunnel
+    // is refused.
+    match bounded(
+        "tunnel after the removal",
+        through_tunnel(ctx, REVOKED, ctx.revoked_port, false, 1),
+    )
+    .await
+    {
+        Ok(r) if r.iter().any(|r| (200..300).contains(&r.status)) => {
+            bump(&churn.revoked_reaccepted);
+            ctx.tally.note("revoked_reaccepted", format!("{}", r[0]));
+        }
+        _ => {}
+    }
+    replace_file(pins, keys.valid(rev).as_bytes());
+}
+
+async fn churner(
+    ctx: Arc<Ctx>,
+    pins: PathBuf,
+    keys: Arc<Keys>,
+    churn: Arc<Churn>,
+    deadline: Instant,
+) {
     let mut tick = tokio::time::interval(CHURN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rev = 1u64;
@@ -661,7 +783,10 @@ async fn churner(pins: PathBuf, keys: Arc<Keys>, churn: Arc<Churn>, deadline: In
     while Instant::now() < deadline && rev < limit {
         tick.tick().await;
         rev += 1;
-        if rev.is_multiple_of(2) {
+        if rev % REVOKE_EVERY == 1 {
+            revocation_round(&ctx, &pins, &keys, rev, &churn).await;
+            bump(&churn.valid);
+        } else if rev.is_multiple_of(2) {
             let (_, bytes) = keys.broken(rev, rev / 2);
             replace_file(&pins, &bytes);
             bump(&churn.broken);
@@ -691,6 +816,7 @@ struct Ctx {
     impostor_port: u16,
     slow_port: u16,
     flaky_port: u16,
+    revoked_port: u16,
     /// Inner TLS (trusts only fedpin's CA): HTTP/1.1 and h2.
     inner_h1: TlsConnector,
     inner_h2: TlsConnector,
@@ -1205,6 +1331,7 @@ async fn soak_under_churn() {
     let impostor = leaf(&ca, &[IMPOSTOR]);
     let slow = leaf(&ca, &[SLOW]);
     let flaky = leaf(&ca, &[FLAKY]);
+    let revoked = leaf(&ca, &[REVOKED]);
     let edge = leaf(&ca, &[SERVER]);
     let unrelated = [
         leaf(&ca, &["unrelated-1.soak.test"]),
@@ -1216,6 +1343,7 @@ async fn soak_under_churn() {
         root: pin(&ca.cert).to_string(),
         slow: pin(&slow.cert).to_string(),
         flaky: pin(&flaky.cert).to_string(),
+        revoked: pin(&revoked.cert).to_string(),
         impostor_real: pin(&impostor.cert).to_string(),
         unrelated: [
             pin(&unrelated[0].cert).to_string(),
@@ -1236,6 +1364,14 @@ async fn soak_under_churn() {
         if let Err(e) = fedpin::pins::PinSet::parse(&keys.valid(rev)) {
             panic!("valid revision {rev} rejected: {e}");
         }
+        let revoking = keys.revoking(rev);
+        assert!(
+            !revoking.contains(&keys.revoked),
+            "revision {rev} keeps the key"
+        );
+        if let Err(e) = fedpin::pins::PinSet::parse(&revoking) {
+            panic!("revoking revision {rev} rejected: {e}");
+        }
     }
 
     // Stand-ins.
@@ -1243,6 +1379,7 @@ async fn soak_under_churn() {
     let impostor_addr = peer(&impostor, "impostor", Behaviour::Normal).await;
     let slow_addr = peer(&slow, "slow", Behaviour::Slow).await;
     let flaky_addr = peer(&flaky, "flaky", Behaviour::Flaky).await;
+    let revoked_addr = peer(&revoked, "revoked", Behaviour::Normal).await;
     let hs_live = Arc::new(AtomicUsize::new(0));
     let hs_addr = homeserver(hs_live.clone()).await;
 
@@ -1276,7 +1413,7 @@ async fn soak_under_churn() {
             "pins = \"pins/pins.toml\"\n\n\
              [outbound]\nlisten = \"127.0.0.1:0\"\nca_cert = \"ca/fedpin-ca.pem\"\nca_key = \"ca/fedpin-ca.key\"\n\
              extra_roots = \"roots.pem\"\nallow_ips = [\"127.0.0.0/8\"]\n\
-             resolve = {{ \"{GENUINE}\" = \"127.0.0.1\", \"{IMPOSTOR}\" = \"127.0.0.1\", \"{SLOW}\" = \"127.0.0.1\", \"{FLAKY}\" = \"127.0.0.1\" }}\n\
+             resolve = {{ \"{GENUINE}\" = \"127.0.0.1\", \"{IMPOSTOR}\" = \"127.0.0.1\", \"{SLOW}\" = \"127.0.0.1\", \"{FLAKY}\" = \"127.0.0.1\", \"{REVOKED}\" = \"127.0.0.1\" }}\n\
              connect_timeout_secs = 5\nhandshake_timeout_secs = 10\nidle_timeout_secs = 30\n\n\
              [inbound]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nupstream = \"http://{hs_addr}\"\n\
              header_timeout_secs = 10\n\n\
@@ -1295,6 +1432,7 @@ async fn soak_under_churn() {
         impostor_port: impostor_addr.port(),
         slow_port: slow_addr.port(),
         flaky_port: flaky_addr.port(),
+        revoked_port: revoked_addr.port(),
         inner_h1: connector(&fedpin_ca[0], b"http/1.1"),
         inner_h2: connector(&fedpin_ca[0], b"h2"),
         edge_h1: connector(&ca.cert, b"http/1.1"),
@@ -1362,6 +1500,7 @@ async fn soak_under_churn() {
     let load_started = Instant::now();
     let churn = Arc::new(Churn::default());
     let churn_task = tokio::spawn(churner(
+        ctx.clone(),
         pins_path.clone(),
         keys.clone(),
         churn.clone(),
@@ -1485,6 +1624,14 @@ async fn soak_under_churn() {
         get(&t.inbound_requests)
     );
     println!(
+        "revocation: {} rounds, open tunnels closed after their key was removed: {} of {}; new tunnels accepted after removal: {}; setup failures: {}",
+        get(&churn.revoke_rounds),
+        get(&churn.revoked_closed),
+        get(&churn.revoked_open),
+        get(&churn.revoked_reaccepted),
+        get(&churn.revoked_setup_failed)
+    );
+    println!(
         "impostor handshakes: blocked={} accepted={} other={}",
         get(&t.impostor_blocked),
         get(&t.impostor_accepted),
@@ -1537,6 +1684,9 @@ async fn soak_under_churn() {
         "slow_failed",
         "flaky_odd",
         "reset_anomaly",
+        "revoked_setup",
+        "revoked_still_open",
+        "revoked_reaccepted",
     ] {
         let r = t.reasons(category);
         if !r.is_empty() {
@@ -1556,6 +1706,21 @@ async fn soak_under_churn() {
         problems.push(format!(
             "{} impostor handshakes accepted",
             get(&t.impostor_accepted)
+        ));
+    }
+    if get(&churn.revoke_rounds) == 0
+        || get(&churn.revoked_open) == 0
+        || get(&churn.revoked_closed) != get(&churn.revoked_open)
+        || get(&churn.revoked_reaccepted) != 0
+        || get(&churn.revoked_setup_failed) != 0
+    {
+        problems.push(format!(
+            "revocation: {} rounds, closed {} of {} open tunnels, {} new tunnels accepted after removal, {} setup failures",
+            get(&churn.revoke_rounds),
+            get(&churn.revoked_closed),
+            get(&churn.revoked_open),
+            get(&churn.revoked_reaccepted),
+            get(&churn.revoked_setup_failed)
         ));
     }
     if get(&t.impostor_other) != 0 {

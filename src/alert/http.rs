@@ -4,15 +4,13 @@
 //! and log failures; neither ever blocks a handshake.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use hyper::{Method, Uri};
+use rustls::pki_types::CertificateDer;
+
+use crate::https::{HttpsClient, Target};
 
 use super::{Alert, AlertHub};
 
@@ -21,10 +19,11 @@ use super::{Alert, AlertHub};
 #[error("{0}")]
 pub struct SinkError(pub String);
 
-/// How a sink reaches its endpoint: Web PKI (Mozilla roots + extra anchors), timeouts, retries.
+/// How a sink reaches its endpoint: the crate's HTTPS client with Web PKI
+/// (Mozilla roots + extra anchors), timeouts, retries.
 #[derive(Clone)]
 pub struct HttpTarget {
-    roots: Arc<rustls::RootCertStore>,
+    client: HttpsClient,
     /// Per-attempt timeout.
     pub timeout: Duration,
     /// Attempts per alert (first try included).
@@ -42,15 +41,14 @@ impl std::fmt::Debug for HttpTarget {
 impl HttpTarget {
     /// Web PKI with the Mozilla roots plus `extra` anchors.
     pub fn new(extra: &[CertificateDer<'static>]) -> Result<Self, SinkError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for c in extra {
-            roots
-                .add(c.clone())
-                .map_err(|e| SinkError(format!("alert sink trust anchor: {e}")))?;
-        }
+        let anchors =
+            crate::https::anchors(extra).map_err(|e| SinkError(format!("alert sink {e}")))?;
+        let client = HttpsClient::webpki(&anchors)
+            .map_err(SinkError)?
+            // Sinks read no answer beyond its status.
+            .with_max_body(1024 * 1024);
         Ok(HttpTarget {
-            roots: Arc::new(roots),
+            client,
             timeout: Duration::from_secs(10),
             attempts: 5,
             backoff: Duration::from_millis(500),
@@ -81,51 +79,21 @@ impl HttpTarget {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", url.authority().map(|a| a.as_str()).unwrap_or(&host))
-            .header("content-type", "application/json")
-            .header("user-agent", "fedpin");
-        for (k, v) in headers {
-            req = req.header(*k, v.as_str());
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let status = if https {
-            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(self.roots.clone())
-                .with_no_client_auth();
-            let name = ServerName::try_from(host.clone())
-                .map_err(|_| format!("invalid TLS name {host}"))?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-            let st = resp.status().as_u16();
-            let _ = resp.into_body().collect().await;
-            st
-        } else {
-            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-            let st = resp.status().as_u16();
-            let _ = resp.into_body().collect().await;
-            st
+        let target = Target {
+            tls_name: &host,
+            connect_host: &host,
+            port,
+            host_header: url.authority().map(|a| a.as_str()).unwrap_or(&host),
+            plain: !https,
         };
-        Ok(status)
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = self
+            .client
+            .clone()
+            .with_timeout(self.timeout)
+            .send(target, method, &path, &headers, body)
+            .await?;
+        Ok(answer.status.as_u16())
     }
 
     /// Sends with retries and exponential backoff; Ok once a 2xx comes back.

@@ -423,6 +423,10 @@ impl SinkQueue {
 
 const RECENT: usize = 256;
 
+/// Peers whose last critical alert is remembered (the status page's badge),
+/// apart from the recent records, so a flood of warnings cannot hide one.
+pub const CRITICAL_PEERS: usize = 4096;
+
 /// The alert fan-out: dedup, log, recent history, sinks.
 #[derive(Clone)]
 pub struct AlertHub {
@@ -435,6 +439,8 @@ struct HubInner {
     recent: Mutex<VecDeque<Alert>>,
     sinks: Mutex<Vec<SinkTx>>,
     floods: Mutex<HashMap<(AlertEvent, Direction), Flood>>,
+    /// Last critical alert per peer (server name, else host; lowercased).
+    criticals: Mutex<lru::LruCache<String, (OffsetDateTime, AlertEvent)>>,
     counters: AlertCounters,
     window: Duration,
 }
@@ -466,6 +472,10 @@ impl AlertHub {
                 recent: Mutex::new(VecDeque::with_capacity(RECENT)),
                 sinks: Mutex::new(Vec::new()),
                 floods: Mutex::new(HashMap::new()),
+                criticals: Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(CRITICAL_PEERS)
+                        .unwrap_or(std::num::NonZeroUsize::MIN),
+                )),
                 counters: AlertCounters::default(),
                 window,
             }),
@@ -508,6 +518,15 @@ impl AlertHub {
         v
     }
 
+    /// When the last critical alert naming `peer` (its server name, or the
+    /// host when it has no entry; any case) was raised, and its event. Kept
+    /// for the last [`CRITICAL_PEERS`] peers, merged repeats included.
+    pub fn last_critical(&self, peer: &str) -> Option<(OffsetDateTime, AlertEvent)> {
+        lock(&self.inner.criticals)
+            .peek(&peer.to_ascii_lowercase())
+            .copied()
+    }
+
     /// The hub's counters.
     pub fn counters(&self) -> &AlertCounters {
         &self.inner.counters
@@ -519,6 +538,14 @@ impl AlertHub {
         *lock(&self.inner.by_event)
             .entry((alert.event, alert.severity))
             .or_insert(0) += 1;
+        if alert.severity == Severity::Critical {
+            if let Some(peer) = alert.server_name.as_ref().or(alert.host.as_ref()) {
+                lock(&self.inner.criticals).put(
+                    peer.to_ascii_lowercase(),
+                    (OffsetDateTime::now_utc(), alert.event),
+                );
+            }
+        }
         let now = Instant::now();
         self.flush_expired_at(now);
         let key = alert.dedup_key();
@@ -778,6 +805,25 @@ mod tests {
         assert_eq!(recent[2].host.as_deref(), Some("a.example"));
         assert_eq!(recent[2].repeats, 4);
         assert_eq!(hub.counters().raised.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn last_critical_per_peer_survives_a_flood_of_warnings() {
+        let hub = AlertHub::with_window(Duration::from_millis(50));
+        hub.raise(alert("Victim.example"));
+        for i in 0..(RECENT + 10) {
+            let mut w = alert(&format!("w{i}.example"));
+            w.event = AlertEvent::UnpinnedDenied;
+            w.severity = Severity::Warning;
+            hub.raise(w);
+        }
+        assert!(hub
+            .recent()
+            .iter()
+            .all(|a| a.host.as_deref() != Some("Victim.example")));
+        let (_, event) = hub.last_critical("victim.EXAMPLE").unwrap();
+        assert_eq!(event, AlertEvent::PinMismatch);
+        assert!(hub.last_critical("w1.example").is_none());
     }
 
     #[test]

@@ -43,12 +43,7 @@ use bytes::Bytes;
 use hickory_resolver::config::ResolverConfig;
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{ACCEPT, CONTENT_LENGTH, HOST, USER_AGENT};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::TrustAnchor;
-use tokio::net::TcpStream;
 
 /// The federation port used when nothing else names one (8448).
 pub const DEFAULT_FEDERATION_PORT: u16 = 8448;
@@ -654,21 +649,9 @@ pub const WELL_KNOWN_MAX_REDIRECTS: usize = 10;
 
 /// One HTTPS response seen while fetching the well-known document: a
 /// redirect or the final answer. Every hop is a TLS name the peer's
-/// federation depends on, so `pinctl add` pins each one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WellKnownHop {
-    /// The TLS name (and `Host`) of this request.
-    pub host: String,
-    /// The port dialled.
-    pub port: u16,
-    /// The path requested.
-    pub path: String,
-    /// The HTTP status answered.
-    pub status: u16,
-    /// The certificate chain the host served, leaf first (validated under
-    /// the Web PKI for `host` before the request was sent).
-    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-}
+/// federation depends on, so `pinctl add` pins each one; its chain was
+/// validated under the Web PKI for its host before the request was sent.
+pub use crate::https::Hop as WellKnownHop;
 
 /// A well-known fetch that named a delegation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -725,242 +708,43 @@ pub async fn fetch_well_known(
     }
 }
 
-/// Where a `Location` header sends the next request: `(host, port, path)`.
-pub(crate) fn redirect_target(
-    location: &str,
-    from_host: &str,
-    from_port: u16,
-) -> Result<(String, u16, String), String> {
-    if location.starts_with('/') && !location.starts_with("//") {
-        return Ok((from_host.to_owned(), from_port, location.to_owned()));
-    }
-    let uri: hyper::Uri = location
-        .parse()
-        .map_err(|_| format!("redirect to an unusable location {location:?}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(format!(
-            "redirect to {location:?} refused: only https:// locations are followed"
-        ));
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("redirect to {location:?} has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!(
-            "redirect to {location:?} refused: it carries credentials"
-        ));
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
-    // `Authority::port` is None both without a port and with an unusable
-    // one ("host:84x3"): tell them apart by what follows the host.
-    let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
-    let port = match authority.port_u16() {
-        Some(p) if p > 0 => p,
-        None if !after_host.contains(':') => 443,
-        _ => return Err(format!("redirect to {location:?} has an invalid port")),
-    };
-    if host.is_empty() {
-        return Err(format!("redirect to {location:?} has no host"));
-    }
-    let path = if uri.path().is_empty() {
-        "/"
-    } else {
-        uri.path()
-    };
-    let path = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    Ok((host, port, path))
-}
+pub(crate) use crate::https::redirect_target;
 
-/// Follows the well-known fetch to its final `200 OK`; returns the body and
-/// every hop. Errors are reasons.
+/// Follows the well-known fetch to its final `200 OK` with the crate's one
+/// HTTPS client (Web PKI plus the extra roots, `connect_to` rules, the
+/// test override); returns the body and every hop. Errors are reasons.
 async fn follow_well_known(
     host: &str,
     opts: &DiscoveryOptions,
 ) -> Result<(Bytes, Vec<WellKnownHop>), String> {
-    let config = Arc::new(well_known_tls_config(&opts.extra_roots)?);
-    let mut next = (
-        host.to_owned(),
-        opts.well_known_port,
-        WELL_KNOWN_PATH.to_owned(),
-    );
-    let mut hops: Vec<WellKnownHop> = Vec::new();
-    loop {
-        let (h, port, path) = next;
-        if hops
+    let dialer = crate::https::Dialer {
+        connect_to: opts
+            .connect_to
             .iter()
-            .any(|x| x.host == h && x.port == port && x.path == path)
-        {
-            return Err(format!("redirect loop back to https://{h}:{port}{path}"));
-        }
-        let (status, location, body, chain) = fetch_once(&config, &h, port, &path, opts).await?;
-        hops.push(WellKnownHop {
-            host: h.clone(),
-            port,
-            path: path.clone(),
-            status: status.as_u16(),
-            chain,
-        });
-        match status {
-            StatusCode::OK => return Ok((body, hops)),
-            StatusCode::MOVED_PERMANENTLY
-            | StatusCode::FOUND
-            | StatusCode::SEE_OTHER
-            | StatusCode::TEMPORARY_REDIRECT
-            | StatusCode::PERMANENT_REDIRECT => {
-                if hops.len() > WELL_KNOWN_MAX_REDIRECTS {
-                    return Err(format!("more than {WELL_KNOWN_MAX_REDIRECTS} redirects"));
-                }
-                let location =
-                    location.ok_or_else(|| format!("HTTP status {status} without a Location"))?;
-                next = redirect_target(&location, &h, port)?;
-            }
-            other => return Err(format!("HTTP status {other}, expected 200 OK")),
-        }
-    }
-}
-
-/// Aborts the wrapped task when dropped (so the HTTP connection driver never
-/// outlives the fetch, e.g. on timeout).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// TLS client configuration for the well-known fetch (the crate's ring-only
-/// provider).
-fn well_known_tls_config(
-    extra_roots: &[TrustAnchor<'static>],
-) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            .map(|c| ((c.host.clone(), c.port), c.addr))
+            .collect(),
+        fixed: opts.well_known_addr_override,
+        ..crate::https::Dialer::default()
     };
-    roots.extend(extra_roots.iter().cloned());
-    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot build TLS client configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// The address to dial for `host:port`: a `connect_to` rule, the test
-/// override, or DNS.
-async fn dial(host: &str, port: u16, opts: &DiscoveryOptions) -> Result<TcpStream, String> {
-    let fixed = opts
-        .connect_to
-        .iter()
-        .find(|c| c.host == host && c.port == port)
-        .map(|c| c.addr)
-        .or(opts.well_known_addr_override);
-    match fixed {
-        Some(addr) => TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("TCP connect to {addr} failed: {e}")),
-        None => TcpStream::connect((host, port))
-            .await
-            .map_err(|e| format!("TCP connect failed: {e}")),
-    }
-}
-
-/// One GET: the status, the `Location` header, the body (only for 200) and
-/// the served chain.
-async fn fetch_once(
-    config: &Arc<rustls::ClientConfig>,
-    host: &str,
-    port: u16,
-    path: &str,
-    opts: &DiscoveryOptions,
-) -> Result<
-    (
-        StatusCode,
-        Option<String>,
-        Bytes,
-        Vec<rustls_pki_types::CertificateDer<'static>>,
-    ),
-    String,
-> {
-    let sni = rustls_pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
-    let tcp = dial(host, port, opts).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
-        .connect(sni, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
-    let chain: Vec<_> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
-
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let _driver = AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "well-known HTTP connection ended with an error");
-        }
-    }));
-
-    let host_header = if port == 443 {
-        host.to_owned()
-    } else {
-        format!("{host}:{port}")
-    };
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .header(HOST, host_header)
-        .header(ACCEPT, "application/json")
-        .header(USER_AGENT, concat!("fedpin/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("cannot build HTTP request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("HTTP request failed: {e}"))?;
-
-    let status = response.status();
-    let location = response
-        .headers()
-        .get(hyper::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if status != StatusCode::OK {
-        return Ok((status, location, Bytes::new(), chain));
-    }
-    let declared = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let too_big = || format!("body is larger than {} KiB", WELL_KNOWN_MAX_BODY / 1024);
-    if declared.is_some_and(|len| len > WELL_KNOWN_MAX_BODY as u64) {
-        return Err(too_big());
-    }
-    let body = Limited::new(response.into_body(), WELL_KNOWN_MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_big()
-            } else {
-                format!("reading the body failed: {e}")
-            }
-        })?;
-    Ok((status, location, body.to_bytes(), chain))
+    let client = crate::https::HttpsClient::webpki(&opts.extra_roots)?
+        .with_dialer(dialer)
+        // The caller limits the whole fetch to `opts.timeout` (and reports
+        // it as a timeout); no single hop may take longer either.
+        .with_timeout(opts.timeout + Duration::from_secs(1))
+        .with_max_body(WELL_KNOWN_MAX_BODY);
+    let (answer, hops) = client
+        .get_following(
+            host,
+            opts.well_known_port,
+            WELL_KNOWN_PATH,
+            crate::https::Redirects {
+                max: WELL_KNOWN_MAX_REDIRECTS,
+                other_hosts: true,
+            },
+            &[("accept", "application/json")],
+        )
+        .await?;
+    Ok((answer.body, hops))
 }
 
 // ---------------------------------------------------------------------------

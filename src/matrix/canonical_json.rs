@@ -100,6 +100,7 @@ pub fn parse(bytes: &[u8]) -> Result<Json, CanonicalError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| CanonicalError::NotJson(format!("not UTF-8: {e}")))?;
     let mut p = Parser {
+        text,
         s: text.as_bytes(),
         i: 0,
     };
@@ -113,6 +114,7 @@ pub fn parse(bytes: &[u8]) -> Result<Json, CanonicalError> {
 }
 
 struct Parser<'a> {
+    text: &'a str,
     s: &'a [u8],
     i: usize,
 }
@@ -327,16 +329,20 @@ impl Parser<'_> {
                 // Python's json (strict) refuses raw control characters.
                 0x00..=0x1f => return Err(self.err("control character in string")),
                 _ => {
-                    let rest = std::str::from_utf8(&self.s[self.i..])
-                        .map_err(|_| self.err("not UTF-8"))?;
-                    let end = rest.find(['"', '\\']).unwrap_or(rest.len());
-                    let chunk = &rest[..end];
-                    if let Some(pos) = chunk.bytes().position(|c| c < 0x20) {
-                        self.i += pos;
-                        return Err(self.err("control character in string"));
-                    }
+                    // Up to the next quote, backslash or control character
+                    // (all ASCII, so the run ends on a character boundary of
+                    // the text, which `parse` checked is UTF-8).
+                    let start = self.i;
+                    let run = self.s[start..]
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                        .unwrap_or(self.s.len() - start);
+                    let chunk = self
+                        .text
+                        .get(start..start + run)
+                        .ok_or_else(|| self.err("not UTF-8"))?;
                     out.push_str(chunk);
-                    self.i += end;
+                    self.i += run;
                 }
             }
         }
@@ -345,7 +351,7 @@ impl Parser<'_> {
 
 /// Encodes `value` canonically.
 pub fn encode(value: &Json) -> Result<String, CanonicalError> {
-    let mut out = String::new();
+    let mut out = String::with_capacity(512);
     write(value, &mut out);
     Ok(out)
 }
@@ -389,20 +395,34 @@ fn write(value: &Json, out: &mut String) {
 }
 
 fn write_string(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Copies runs of characters that need no escape at once; every escaped
+    // character is ASCII, so each run ends on a character boundary.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escaped.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escaped);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 

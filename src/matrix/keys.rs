@@ -32,20 +32,31 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 use super::signing::{self, VerifyKey};
 use crate::discovery::{self, DiscoveryError, DiscoveryOptions, WellKnown, WellKnownFuture};
+use crate::https::{Dialer, HttpsClient, Redirects, Target, Trust};
 use crate::proxy::egress::EgressPolicy;
 use crate::tls::UpstreamTls;
-use crate::verify::PeerContext;
 
 /// Path of a server's own key document.
 pub const KEY_PATH: &str = "/_matrix/key/v2/server";
+
+/// Path of a notary's batch key query.
+pub const QUERY_PATH: &str = "/_matrix/key/v2/query";
+
+/// A notary (`[[inbound.key_servers]]`, Synapse's `trusted_key_servers`):
+/// a server that vouches for other servers' key documents with its own
+/// signature. Its keys are configuration, never fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyServer {
+    /// The notary's server name, e.g. `matrix.org`.
+    pub server_name: String,
+    /// Its signing keys; a vouched document needs a signature by one.
+    pub verify_keys: Vec<VerifyKey>,
+}
 
 /// Longest key or well-known response read.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -70,6 +81,11 @@ pub struct KeyFetchSettings {
     pub negative_ttl: Duration,
     /// Origins whose keys are cached (least recently used are dropped).
     pub max_origins: usize,
+    /// Notaries asked, in order, for the keys of an origin that has no
+    /// entry in the pin file; the origin itself is asked when none answers.
+    /// A pinned origin is always asked directly, over its pinned TLS: a
+    /// notary's word is weaker than the pins.
+    pub key_servers: Vec<KeyServer>,
 }
 
 impl Default for KeyFetchSettings {
@@ -82,6 +98,7 @@ impl Default for KeyFetchSettings {
             max_inflight: 16,
             negative_ttl: Duration::from_secs(60),
             max_origins: 10_000,
+            key_servers: Vec::new(),
         }
     }
 }
@@ -127,6 +144,7 @@ enum Entry {
 /// Fetches, checks and caches origins' signing keys.
 pub struct KeyFetcher {
     upstream: Arc<UpstreamTls>,
+    client: HttpsClient,
     settings: KeyFetchSettings,
     cache: Mutex<lru::LruCache<String, Entry>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -154,8 +172,19 @@ impl KeyFetcher {
     /// A fetcher dialling through `upstream` (the pinned verifier).
     pub fn new(upstream: Arc<UpstreamTls>, settings: KeyFetchSettings) -> Self {
         let cap = NonZeroUsize::new(settings.max_origins.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let dialer = Dialer {
+            egress: Some(settings.egress.clone()),
+            resolve: settings.resolve.clone(),
+            connect_to: settings.connect_to.clone(),
+            fixed: None,
+        };
+        let client = HttpsClient::new(Trust::Pinned(upstream.clone()))
+            .with_dialer(dialer)
+            .with_timeout(settings.timeout)
+            .with_max_body(MAX_RESPONSE);
         KeyFetcher {
             upstream,
+            client,
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             settings,
             cache: Mutex::new(lru::LruCache::new(cap)),
@@ -235,11 +264,7 @@ impl KeyFetcher {
             return Err(KeyError::Busy);
         };
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let fetched =
-            match tokio::time::timeout(self.settings.timeout, self.fetch_keys(origin)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("timed out after {:?}", self.settings.timeout)),
-            };
+        let fetched = self.fetch_keys(origin).await;
         let entry = match fetched {
             Ok((keys, valid_until_ms)) => Entry::Keys {
                 keys,
@@ -294,10 +319,44 @@ impl KeyFetcher {
             .unwrap_or_else(|_| Err(format!("timed out after {:?}", self.settings.timeout)))
     }
 
-    /// Discovers the origin's endpoint and reads its key document.
+    /// The origin's keys: from the notaries first (unless the origin is
+    /// pinned), then from the origin itself; each source within its own
+    /// timeout.
     async fn fetch_keys(&self, origin: &str) -> Result<(HashMap<String, VerifyKey>, u64), String> {
+        let limit = self.settings.timeout;
+        let timed_out = || format!("timed out after {limit:?}");
+        let pinned = self
+            .upstream
+            .store()
+            .current()
+            .by_server_name(origin)
+            .is_some();
+        let mut refused = Vec::new();
+        if !pinned {
+            for notary in &self.settings.key_servers {
+                let asked = tokio::time::timeout(limit, self.fetch_via_notary(notary, origin));
+                match asked.await.unwrap_or_else(|_| Err(timed_out())) {
+                    Ok(found) => return Ok(found),
+                    Err(reason) => {
+                        tracing::info!(target: "fedpin::inbound", origin = %origin, notary = %notary.server_name, reason = %reason, "key server could not vouch for the origin's keys; trying the next source");
+                        refused.push(format!("key server {}: {reason}", notary.server_name));
+                    }
+                }
+            }
+        }
+        let direct = tokio::time::timeout(limit, self.fetch_direct(origin));
+        match direct.await.unwrap_or_else(|_| Err(timed_out())) {
+            Ok(found) => Ok(found),
+            Err(reason) if refused.is_empty() => Err(reason),
+            Err(reason) => Err(format!("{}; directly: {reason}", refused.join("; "))),
+        }
+    }
+
+    /// Where `server` is served: the Matrix resolution of its name, every
+    /// hop through the pinned verifier and the egress policy.
+    async fn locate(&self, server: &str) -> Result<(discovery::Resolved, String), String> {
         let name: discovery::ServerName =
-            origin.parse().map_err(|e: DiscoveryError| e.to_string())?;
+            server.parse().map_err(|e: DiscoveryError| e.to_string())?;
         let opts = DiscoveryOptions {
             timeout: self.settings.timeout,
             resolver: self.srv.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -310,6 +369,15 @@ impl KeyFetcher {
             Some(p) => format!("{}:{p}", name.host),
             None => name.host.to_string(),
         };
+        Ok((r, host_header))
+    }
+
+    /// Discovers the origin's endpoint and reads its key document.
+    async fn fetch_direct(
+        &self,
+        origin: &str,
+    ) -> Result<(HashMap<String, VerifyKey>, u64), String> {
+        let (r, host_header) = self.locate(origin).await?;
         let (status, _, body) = self
             .get(&r.tls_name, &r.connect_host, r.port, KEY_PATH, &host_header)
             .await?;
@@ -317,6 +385,37 @@ impl KeyFetcher {
             return Err(format!("{KEY_PATH} answered HTTP {status}"));
         }
         parse_key_response(&body, origin, now_ms())
+    }
+
+    /// Asks a notary for the origin's key document (`POST
+    /// /_matrix/key/v2/query`), over TLS to the notary checked like any
+    /// other, and keeps only documents that both the notary (with a
+    /// configured key) and the origin itself signed.
+    async fn fetch_via_notary(
+        &self,
+        notary: &KeyServer,
+        origin: &str,
+    ) -> Result<(HashMap<String, VerifyKey>, u64), String> {
+        let (r, host_header) = self.locate(&notary.server_name).await?;
+        let now = now_ms();
+        let query = serde_json::json!({
+            "server_keys": { origin: {} },
+        });
+        let (status, _, body) = self
+            .request(
+                Method::POST,
+                &r.tls_name,
+                &r.connect_host,
+                r.port,
+                QUERY_PATH,
+                &host_header,
+                Bytes::from(query.to_string()),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("{QUERY_PATH} answered HTTP {status}"));
+        }
+        parse_notary_response(&body, notary, origin, now)
     }
 
     /// One GET over the pinned verifier, after the egress check.
@@ -328,103 +427,40 @@ impl KeyFetcher {
         path: &str,
         host_header: &str,
     ) -> Result<(StatusCode, Option<String>, Bytes), String> {
-        let (candidates, dial_port): (Vec<IpAddr>, u16) = if let Some(a) = self
-            .settings
-            .connect_to
-            .get(&(connect_host.to_owned(), port))
-        {
-            (vec![a.ip()], a.port())
-        } else if let Some(ip) = self.settings.resolve.get(connect_host) {
-            (vec![*ip], port)
-        } else if let Ok(ip) = connect_host.parse::<IpAddr>() {
-            (vec![ip], port)
-        } else {
-            let found = tokio::net::lookup_host((connect_host, port))
-                .await
-                .map_err(|e| format!("cannot resolve {connect_host}: {e}"))?;
-            (found.map(|a| a.ip()).collect(), port)
+        self.request(
+            Method::GET,
+            tls_name,
+            connect_host,
+            port,
+            path,
+            host_header,
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// One request over the pinned verifier, after the egress check; a
+    /// non-empty body is sent as JSON.
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        method: Method,
+        tls_name: &str,
+        connect_host: &str,
+        port: u16,
+        path: &str,
+        host_header: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Option<String>, Bytes), String> {
+        let target = Target {
+            tls_name,
+            connect_host,
+            port,
+            host_header,
+            plain: false,
         };
-        let mut refusals = Vec::new();
-        let allowed: Vec<SocketAddr> = candidates
-            .into_iter()
-            .filter(|ip| match self.settings.egress.check(*ip) {
-                Ok(()) => true,
-                Err(r) => {
-                    refusals.push(format!("{ip} {r}"));
-                    false
-                }
-            })
-            .map(|ip| SocketAddr::new(ip, dial_port))
-            .collect();
-        let Some(addr) = allowed.first().copied() else {
-            return Err(format!(
-                "refusing to dial {connect_host}:{port} (egress policy): {}",
-                if refusals.is_empty() {
-                    "no addresses".to_owned()
-                } else {
-                    refusals.join("; ")
-                }
-            ));
-        };
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from(tls_name.to_owned())
-            .map_err(|_| format!("{tls_name:?} is not a valid TLS name"))?;
-        let ctx = PeerContext {
-            direction: Some(crate::alert::Direction::Outbound),
-            server_name: None,
-            port: Some(port),
-            peer_addr: Some(addr),
-        };
-        let connector = self
-            .upstream
-            .connector(ctx, vec![b"http/1.1".to_vec()])
-            .map_err(|e| e.to_string())?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| {
-            match connector.record().and_then(|r| r.rejected) {
-                Some(x) => format!("TLS with {tls_name} refused: {}", x.reason),
-                None => format!("TLS with {tls_name} failed: {e}"),
-            }
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(hyper::header::HOST, host_header)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("fedpin/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let result = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("HTTP request failed: {e}"))?;
-            let status = resp.status();
-            let location = resp
-                .headers()
-                .get(hyper::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the response failed: {e}"))?
-                .to_bytes();
-            Ok((status, location, body))
-        }
-        .await;
-        driver.abort();
-        result
+        let answer = self.client.send(target, method, path, &[], body).await?;
+        Ok((answer.status, answer.location, answer.body))
     }
 }
 
@@ -432,35 +468,19 @@ impl discovery::WellKnownSource for KeyFetcher {
     fn fetch<'a>(&'a self, host: &'a str) -> WellKnownFuture<'a> {
         Box::pin(async move {
             let url = format!("https://{host}{}", discovery::WELL_KNOWN_PATH);
-            let bad = |reason: String| DiscoveryError::WellKnown {
-                url: url.clone(),
-                reason,
+            // Redirects are followed on the same host only: another host
+            // would be a TLS name no pin covers for this origin.
+            let redirects = Redirects {
+                max: 5,
+                other_hosts: false,
             };
-            let mut path = discovery::WELL_KNOWN_PATH.to_owned();
-            for _ in 0..=5 {
-                let (status, location, body) =
-                    self.get(host, host, 443, &path, host).await.map_err(bad)?;
-                if status == StatusCode::OK {
-                    let delegated = discovery::parse_well_known(&body)?;
-                    return Ok(WellKnown {
-                        delegated,
-                        hops: Vec::new(),
-                    });
-                }
-                // Redirects are followed on the same host only: another host
-                // would be a TLS name no pin covers for this origin.
-                match location {
-                    Some(l)
-                        if status.is_redirection()
-                            && l.starts_with('/')
-                            && !l.starts_with("//") =>
-                    {
-                        path = l;
-                    }
-                    _ => return Err(bad(format!("HTTP status {status}"))),
-                }
-            }
-            Err(bad("too many redirects".into()))
+            let (answer, hops) = self
+                .client
+                .get_following(host, 443, discovery::WELL_KNOWN_PATH, redirects, &[])
+                .await
+                .map_err(|reason| DiscoveryError::WellKnown { url, reason })?;
+            let delegated = discovery::parse_well_known(&answer.body)?;
+            Ok(WellKnown { delegated, hops })
         })
     }
 }
@@ -534,6 +554,67 @@ pub fn parse_key_response(
     Ok((keys, valid_until))
 }
 
+/// Checks a notary's `/_matrix/key/v2/query` answer for `origin` at
+/// `now_ms`: of the documents in `server_keys`, those for `origin` that
+/// carry a valid signature by one of the notary's configured keys and pass
+/// every check of [`parse_key_response`] (the origin's own self-signature
+/// among them). A notary cannot vouch alone, and a document the origin
+/// signed cannot be replayed by a notary whose key is not configured.
+/// Returns the keys of the vouched documents and the earliest validity
+/// limit among them.
+pub fn parse_notary_response(
+    body: &[u8],
+    notary: &KeyServer,
+    origin: &str,
+    now_ms: u64,
+) -> Result<(HashMap<String, VerifyKey>, u64), String> {
+    use super::canonical_json::{self, Json};
+    let exact =
+        canonical_json::parse(body).map_err(|e| format!("notary response is not JSON: {e}"))?;
+    let docs = match &exact {
+        Json::Object(top) => match top.get("server_keys") {
+            Some(Json::Array(docs)) => docs,
+            _ => return Err("notary response has no server_keys list".into()),
+        },
+        _ => return Err("notary response is not a JSON object".into()),
+    };
+    let mut keys = HashMap::new();
+    let mut until: Option<u64> = None;
+    let mut refused = Vec::new();
+    for doc in docs {
+        let Json::Object(fields) = doc else {
+            continue;
+        };
+        if fields.get("server_name") != Some(&Json::Str(origin.to_owned())) {
+            continue;
+        }
+        let vouched = notary
+            .verify_keys
+            .iter()
+            .any(|k| signing::verify_json(doc, &notary.server_name, k).is_ok());
+        if !vouched {
+            refused.push(format!(
+                "a document for {origin} without a valid signature by a configured key of {}",
+                notary.server_name
+            ));
+            continue;
+        }
+        let text = canonical_json::encode(doc).map_err(|e| e.to_string())?;
+        match parse_key_response(text.as_bytes(), origin, now_ms) {
+            Ok((found, valid_until)) => {
+                keys.extend(found);
+                until = Some(until.map_or(valid_until, |u| u.min(valid_until)));
+            }
+            Err(reason) => refused.push(reason),
+        }
+    }
+    match until {
+        Some(until) if !keys.is_empty() => Ok((keys, until)),
+        _ if refused.is_empty() => Err(format!("notary has no key document for {origin}")),
+        _ => Err(refused.join("; ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,6 +634,80 @@ mod tests {
         let sig = b64(kp.sign(text.as_bytes()).as_ref());
         v["signatures"] = serde_json::json!({ origin: { "ed25519:k": sig } });
         serde_json::to_vec(&v).unwrap()
+    }
+
+    /// `doc` signed in addition by the notary `name` with seed `seed`.
+    fn vouch(doc: &[u8], name: &str, seed: u8) -> Value {
+        let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        let mut v: Value = serde_json::from_slice(doc).unwrap();
+        let mut stripped = v.clone();
+        stripped.as_object_mut().unwrap().remove("signatures");
+        let text = super::super::canonical_json::encode_value(&stripped).unwrap();
+        let sig = base64::engine::general_purpose::STANDARD_NO_PAD
+            .encode(kp.sign(text.as_bytes()).as_ref());
+        v["signatures"][name] = serde_json::json!({ "ed25519:n": sig });
+        v
+    }
+
+    fn notary(seed: u8) -> KeyServer {
+        let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+        KeyServer {
+            server_name: "notary.example".into(),
+            verify_keys: vec![VerifyKey {
+                id: "ed25519:n".into(),
+                key: kp.public_key().as_ref().try_into().unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn notary_answers_need_both_signatures() {
+        let now = 1_000_000;
+        let n = notary(7);
+        let doc = key_response(1, "a.example", now + 1000);
+        let answer = |docs: Vec<Value>| {
+            serde_json::to_vec(&serde_json::json!({ "server_keys": docs })).unwrap()
+        };
+        // Vouched by the notary and self-signed: accepted.
+        let good = answer(vec![vouch(&doc, "notary.example", 7)]);
+        let (keys, until) = parse_notary_response(&good, &n, "a.example", now).unwrap();
+        assert!(keys.contains_key("ed25519:k"));
+        assert_eq!(until, now + 1000);
+        // Only for the origin asked about.
+        assert!(parse_notary_response(&good, &n, "b.example", now).is_err());
+        // Signed by another notary key: refused.
+        let other = answer(vec![vouch(&doc, "notary.example", 8)]);
+        let why = parse_notary_response(&other, &n, "a.example", now).unwrap_err();
+        assert!(why.contains("configured key"), "{why}");
+        // Signed by the right key under another notary name: refused.
+        let renamed = answer(vec![vouch(&doc, "evil.example", 7)]);
+        assert!(parse_notary_response(&renamed, &n, "a.example", now).is_err());
+        // Not vouched at all: refused.
+        let bare: Value = serde_json::from_slice(&doc).unwrap();
+        assert!(parse_notary_response(&answer(vec![bare]), &n, "a.example", now).is_err());
+        // The notary alone cannot make keys: a document whose self-signature
+        // is by a key it does not publish is refused even when vouched.
+        let mut forged: Value =
+            serde_json::from_slice(&key_response(2, "a.example", now + 1000)).unwrap();
+        forged["verify_keys"] =
+            serde_json::from_slice::<Value>(&doc).unwrap()["verify_keys"].clone();
+        let forged = answer(vec![vouch(
+            &serde_json::to_vec(&forged).unwrap(),
+            "notary.example",
+            7,
+        )]);
+        let why = parse_notary_response(&forged, &n, "a.example", now).unwrap_err();
+        assert!(why.contains("self-signature"), "{why}");
+        // Expired documents, whoever vouches for them, are refused.
+        assert!(parse_notary_response(&good, &n, "a.example", now + 1000).is_err());
+        // A vouched document changed afterwards fails both signatures.
+        let mut tampered = vouch(&doc, "notary.example", 7);
+        tampered["valid_until_ts"] = (now + 9000).into();
+        assert!(parse_notary_response(&answer(vec![tampered]), &n, "a.example", now).is_err());
+        // Not an answer at all.
+        for junk in [&b"[]"[..], b"{}", b"{\"server_keys\": {}}", b"nope"] {
+            assert!(parse_notary_response(junk, &n, "a.example", now).is_err());
+        }
     }
 
     #[test]

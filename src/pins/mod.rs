@@ -11,4 +11,4 @@ pub use file::{
 pub use pin::{Pin, PinParseError, PIN_PREFIX};
 #[cfg(unix)]
 pub use store::spawn_sighup_reload;
-pub use store::{PinStore, ReloadOutcome, WatchHandle, DEFAULT_SETTLE};
+pub use store::{PinStore, ReloadOutcome, ReloadRecord, WatchHandle, DEFAULT_SETTLE};

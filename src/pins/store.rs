@@ -58,6 +58,16 @@ pub enum ReloadOutcome {
     Unsettled,
 }
 
+/// The last reload that loaded or rejected a file (the status page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadRecord {
+    /// When it happened.
+    pub at: time::OffsetDateTime,
+    /// `Ok(generation)` published, or `Err(why)` the file was rejected (the
+    /// previous set stayed in force).
+    pub outcome: Result<u64, String>,
+}
+
 /// One read of the opened pin file and what the file looked like around it.
 struct Snapshot {
     bytes: Vec<u8>,
@@ -115,6 +125,9 @@ pub struct PinStore {
     reloads_failed: AtomicU64,
     settle: Duration,
     published: tokio::sync::watch::Sender<u64>,
+    /// When the set in force was published, and the last reload that
+    /// loaded or rejected a file.
+    history: Mutex<(time::OffsetDateTime, Option<ReloadRecord>)>,
 }
 
 impl std::fmt::Debug for PinStore {
@@ -142,6 +155,7 @@ impl PinStore {
             reloads_failed: AtomicU64::new(0),
             settle: DEFAULT_SETTLE,
             published: tokio::sync::watch::Sender::new(1),
+            history: Mutex::new((time::OffsetDateTime::now_utc(), None)),
         })
     }
 
@@ -169,6 +183,7 @@ impl PinStore {
             reloads_failed: AtomicU64::new(0),
             settle: DEFAULT_SETTLE,
             published,
+            history: Mutex::new((time::OffsetDateTime::now_utc(), None)),
         }
     }
 
@@ -194,6 +209,24 @@ impl PinStore {
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// When the set in force was published (start or reload), and the last
+    /// reload that loaded or rejected a file, if any.
+    pub fn reload_history(&self) -> (time::OffsetDateTime, Option<ReloadRecord>) {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note_reload(&self, outcome: Result<u64, String>) {
+        let at = time::OffsetDateTime::now_utc();
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if outcome.is_ok() {
+            h.0 = at;
+        }
+        h.1 = Some(ReloadRecord { at, outcome });
     }
 
     /// Re-reads the file and swaps in a new set if it changed, holds still
@@ -251,6 +284,7 @@ impl PinStore {
                 let new = Arc::new(set);
                 let old = self.current.swap(new.clone());
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.note_reload(Ok(generation));
                 tracing::info!(
                     target: "fedpin::pins",
                     path = %self.path.display(),
@@ -345,6 +379,7 @@ impl PinStore {
 
     fn fail(&self, e: &PinFileError) {
         self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        self.note_reload(Err(e.to_string()));
         let set = self.current.load();
         tracing::error!(
             target: "fedpin::pins",

@@ -1,9 +1,11 @@
-//! The admin listener (loopback by default): `/metrics` (Prometheus text,
+//! The admin listener (loopback by default): `/` (the status page for a
+//! browser, [`super::status_page`]), `/metrics` (Prometheus text,
 //! encoded by prometheus-client from the live counters at scrape time),
 //! `/healthz` (checks real things and says what failed), `/pins` (the pin set
 //! in force: generation, file hash, peers; no keys).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -374,7 +376,35 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     r
 }
 
-fn route(sources: &AdminSources, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The status page, with headers that keep a browser from loading anything
+/// else, sniffing the type, caching it or framing it.
+fn status_page(sources: &AdminSources, admin: Option<SocketAddr>) -> Response<Full<Bytes>> {
+    use hyper::header::{self, HeaderValue};
+    let body = super::status_page::render(sources, admin, time::OffsetDateTime::now_utc());
+    let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(super::status_page::CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
+}
+
+fn route(
+    sources: &AdminSources,
+    admin: Option<SocketAddr>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -383,6 +413,7 @@ fn route(sources: &AdminSources, req: &Request<Incoming>) -> Response<Full<Bytes
         );
     }
     match req.uri().path() {
+        "/" => status_page(sources, admin),
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -404,7 +435,7 @@ fn route(sources: &AdminSources, req: &Request<Incoming>) -> Response<Full<Bytes
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "fedpin admin: /metrics, /healthz, /pins\n".into(),
+            "fedpin admin: / (status page), /metrics, /healthz, /pins\n".into(),
         ),
     }
 }
@@ -416,6 +447,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let sources = Arc::new(sources);
+    let admin = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -428,7 +460,7 @@ pub async fn serve(
         let sources = sources.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let r = route(&sources, &req);
+                let r = route(&sources, admin, &req);
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

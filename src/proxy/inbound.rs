@@ -46,7 +46,7 @@ use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pins::PinStore;
 use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
-use crate::verify::{PinnedClientVerifier, VerifierCore};
+use crate::verify::{ConnState, PeerContext, PinnedClientVerifier, VerifierCore};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -133,6 +133,9 @@ pub struct InboundStats {
     pub handshakes: HandshakeCounters,
     /// Connections ended because a reload revoked their client certificate.
     pub revoked: AtomicU64,
+    /// The last handshake result per peer that presented a client
+    /// certificate (status page).
+    pub peers: super::peer_results::PeerResults,
 }
 
 impl Default for InboundStats {
@@ -145,6 +148,7 @@ impl Default for InboundStats {
             by_class: Default::default(),
             handshakes: HandshakeCounters::default(),
             revoked: AtomicU64::new(0),
+            peers: super::peer_results::PeerResults::default(),
         }
     }
 }
@@ -427,6 +431,35 @@ impl InboundProxy {
         Ok(config)
     }
 
+    /// Records a handshake that presented a client certificate in the
+    /// per-peer table: under the name the pin rules checked, or (a resumed
+    /// session, which runs no check) the certificate's first name with a pin
+    /// entry, else its first name. Anonymous clients are not recorded.
+    fn record_peer(
+        &self,
+        record: Option<&crate::verify::CheckRecord>,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        result: HandshakeResult,
+    ) {
+        let pins = self.pins.current();
+        let host = match record {
+            Some(r) if !r.host.is_empty() => r.host.clone(),
+            _ => {
+                let Some(leaf) = chain.first() else { return };
+                let names = crate::verify::dns_sans(leaf.as_ref());
+                match names
+                    .iter()
+                    .find(|n| pins.lookup(n).is_some())
+                    .or(names.first())
+                {
+                    Some(n) => n.clone(),
+                    None => return,
+                }
+            }
+        };
+        self.stats.peers.record(&pins, &host, result, chain);
+    }
+
     /// Accepts connections until `shutdown` turns true.
     pub async fn serve(
         self: Arc<Self>,
@@ -484,22 +517,40 @@ impl InboundProxy {
             }
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp))
-            .await
-        {
+        // With client certificates, the handshake runs in a ConnState scope
+        // so the verifier can say which name it checked (per-peer status).
+        let checked = (self.settings.client_auth != ClientAuth::Off).then(|| {
+            ConnState::new(PeerContext {
+                direction: Some(crate::alert::Direction::Inbound),
+                peer_addr: Some(client),
+                port: Some(client.port()),
+                server_name: None,
+            })
+        });
+        let accept = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp));
+        let accepted = match &checked {
+            Some(state) => state.scope(accept).await,
+            None => accept.await,
+        };
+        let record = checked.as_ref().and_then(|s| s.record());
+        let tls = match accepted {
             Ok(Ok(t)) => {
                 self.stats.handshakes.add(HandshakeResult::Ok);
+                if let Some(chain) = t.get_ref().1.peer_certificates() {
+                    self.record_peer(record.as_ref(), chain, HandshakeResult::Ok);
+                }
                 t
             }
             Ok(Err(e)) => {
-                self.stats
-                    .handshakes
-                    .add(HandshakeResult::from_io_error(&e));
+                let result = HandshakeResult::from_io_error(&e);
+                self.stats.handshakes.add(result);
+                self.record_peer(record.as_ref(), &[], result);
                 tracing::info!(target: "fedpin::inbound", client = %client, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
                 self.stats.handshakes.add(HandshakeResult::Timeout);
+                self.record_peer(record.as_ref(), &[], HandshakeResult::Timeout);
                 tracing::info!(target: "fedpin::inbound", client = %client, "TLS handshake timed out");
                 return;
             }

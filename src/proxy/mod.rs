@@ -8,4 +8,6 @@ pub mod egress;
 pub mod inbound;
 pub mod io;
 pub mod outbound;
+pub mod peer_results;
+pub mod status_page;
 pub mod xmatrix;

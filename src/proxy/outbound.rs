@@ -106,6 +106,8 @@ pub struct OutboundStats {
     /// Open tunnels closed because a reload revoked what their upstream
     /// presented (SPEC 4.13).
     pub revoked: AtomicU64,
+    /// The last upstream handshake result per peer (status page).
+    pub peers: super::peer_results::PeerResults,
 }
 
 impl Default for OutboundStats {
@@ -120,6 +122,7 @@ impl Default for OutboundStats {
             refused: AtomicU64::new(0),
             over_capacity: AtomicU64::new(0),
             revoked: AtomicU64::new(0),
+            peers: super::peer_results::PeerResults::default(),
         }
     }
 }
@@ -607,9 +610,16 @@ impl OutboundProxy {
         match upstream {
             Ok((up, negotiated, generation)) => {
                 self.stats.handshakes.add(HandshakeResult::Ok);
+                let chain = up.chain();
+                self.stats.peers.record(
+                    &self.upstream.store().current(),
+                    &tls_name,
+                    HandshakeResult::Ok,
+                    &chain,
+                );
                 let registered = self.register(
                     &tls_name,
-                    up.chain(),
+                    chain,
                     PeerContext {
                         direction: Some(Direction::Outbound),
                         server_name: None,
@@ -662,7 +672,15 @@ impl OutboundProxy {
             }
             Err(failure) => {
                 match failure.handshake {
-                    Some(result) => self.stats.handshakes.add(result),
+                    Some(result) => {
+                        self.stats.handshakes.add(result);
+                        self.stats.peers.record(
+                            &self.upstream.store().current(),
+                            &tls_name,
+                            result,
+                            &[],
+                        );
+                    }
                     None => {
                         self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     }

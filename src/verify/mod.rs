@@ -1163,9 +1163,26 @@ impl ClientCertVerifier for PinnedClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ev = self.evaluate(end_entity, intermediates, now);
+        let alert_event = ev.alert.as_ref().map(|a| a.event);
         if let Some(alert) = ev.alert {
             self.core.alerts.raise(alert);
         }
+        // The inbound proxy runs a handshake inside a ConnState scope to
+        // learn which name was checked and how (the per-peer last result).
+        let _ = CONNECTION.try_with(|state| {
+            let (accepted, basis, rejected) = match &ev.verdict {
+                Verdict::Accept(a) => (true, Some(a.basis), None),
+                Verdict::Reject(r) => (false, None, Some(r.clone())),
+            };
+            *state.record.lock().unwrap_or_else(|p| p.into_inner()) = Some(CheckRecord {
+                host: ev.host.clone(),
+                accepted,
+                basis,
+                rejected,
+                alert: alert_event,
+                signature_failed: false,
+            });
+        });
         match ev.verdict {
             Verdict::Accept(_) => Ok(ClientCertVerified::assertion()),
             Verdict::Reject(r) => Err(to_rustls_error(r)),

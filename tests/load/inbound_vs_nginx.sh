@@ -66,8 +66,8 @@ die() { printf '[load] FAILED: %s\n' "$*" >&2; exit 1; }
 # --------------------------------------------------------------------------
 log "load before the build: $(uptime)"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "cargo build --release --locked --bin fedpin --example stand_in_upstream (slow on 2 cores)"
-    cargo build --release --locked --bin fedpin --example stand_in_upstream
+    log "cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request (slow on 2 cores)"
+    cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request
 fi
 # What was built (the working tree may change while the measurement runs).
 BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/')"
@@ -76,7 +76,9 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
 TARGET_DIR=${TARGET_DIR:-$ROOT/target}
 FEDPIN="$TARGET_DIR/release/fedpin"
 UPSTREAM_BIN="$TARGET_DIR/release/examples/stand_in_upstream"
-[[ -x "$FEDPIN" && -x "$UPSTREAM_BIN" ]] || die "release binaries missing ($FEDPIN, $UPSTREAM_BIN)"
+SIGN_BIN="$TARGET_DIR/release/examples/sign_request"
+[[ -x "$FEDPIN" && -x "$UPSTREAM_BIN" && -x "$SIGN_BIN" ]] ||
+    die "release binaries missing ($FEDPIN, $UPSTREAM_BIN, $SIGN_BIN)"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -253,6 +255,41 @@ FEDPIN_ADDR=$(wait_line "$TMP/fedpin.out" "inbound listening on") || die "fedpin
 FEDPIN_PORT=${FEDPIN_ADDR##*:}
 log "fedpin inbound on 127.0.0.1:$FEDPIN_PORT (pid $FEDPIN_PID, FEDPIN_LOG=$FEDPIN_LOG, log in $FEDPIN_LOG_DIR)"
 
+# 5a'. a second fedpin, the same but verifying request signatures
+# (server_name set, verify_signatures = "enforce"); the origin's signing key
+# is pinned in its pin file, so no key fetch happens: what is measured is
+# the per-request cost of buffering, canonical JSON and ed25519.
+ORIGIN=a.example
+SIGNED=$("$SIGN_BIN" "$ORIGIN" "$HOSTNAME_" GET "$FED_PATH") || die "sign_request failed"
+SIGNING_KEY=$(sed -n 1p <<<"$SIGNED")
+XMATRIX_SIGNED=$(sed -n 2p <<<"$SIGNED")
+mkdir -p "$TMP/verify"
+cp "$TMP/server.pem" "$TMP/server.key" "$TMP/verify/"
+cat >"$TMP/verify/pins.toml" <<EOF
+version = 1
+
+[policy]
+unpinned = "webpki"
+on_expired = "webpki"
+
+[[peer]]
+server_name = "$ORIGIN"
+# The load never dials the origin; this pin only makes the entry valid.
+pins = ["sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
+signing_keys = ["$SIGNING_KEY"]
+EOF
+awk -v name="$HOSTNAME_" '/^upstream = / { print "server_name = \"" name "\""; print "verify_signatures = \"enforce\"" } { print }' \
+    "$TMP/fedpin.toml" >"$TMP/verify/fedpin.toml"
+grep -q '^verify_signatures = "enforce"' "$TMP/verify/fedpin.toml" || die "could not write the verifying config"
+"$FEDPIN" check-config --config "$TMP/verify/fedpin.toml" >"$TMP/check-config-verify.log" 2>&1 ||
+    { cat "$TMP/check-config-verify.log" >&2; die "fedpin check-config refused the verifying config"; }
+"$FEDPIN" run --config "$TMP/verify/fedpin.toml" >"$TMP/fedpin-verify.out" 2>"$FEDPIN_LOG_DIR/fedpin-verify.log" &
+FEDPIN_V_PID=$!
+PIDS+=("$FEDPIN_V_PID")
+FEDPIN_V_ADDR=$(wait_line "$TMP/fedpin-verify.out" "inbound listening on") || die "the verifying fedpin did not start"
+FEDPIN_V_PORT=${FEDPIN_V_ADDR##*:}
+log "fedpin inbound verifying signatures on 127.0.0.1:$FEDPIN_V_PORT (pid $FEDPIN_V_PID)"
+
 # --------------------------------------------------------------------------
 # 5b. nginx, own prefix, not the system service
 # --------------------------------------------------------------------------
@@ -342,6 +379,15 @@ for port in "$FEDPIN_PORT" "$NGINX_PORT"; do
 done
 code=$(curl_tls "$FEDPIN_PORT" "$FED_PATH" -o /dev/null -w '%{http_code}')
 [[ $code == 401 ]] || die "fedpin answered $code to a federation request without X-Matrix (expected 401)"
+for v in --http1.1 --http2; do
+    got=$(curl_tls "$FEDPIN_V_PORT" "$FED_PATH" "$v" -H "Authorization: $XMATRIX_SIGNED") ||
+        die "curl $v signed federation request to the verifying fedpin failed"
+    [[ $got == "$expected" ]] || die "the verifying fedpin ($v) answered the signed request: $got"
+done
+BROKEN_SIG=${XMATRIX_SIGNED/sig=\"/sig=\"AA}
+code=$(curl_tls "$FEDPIN_V_PORT" "$FED_PATH" -o /dev/null -w '%{http_code}' -H "Authorization: $BROKEN_SIG")
+[[ $code == 401 ]] || die "the verifying fedpin answered $code to a request with a broken signature (expected 401)"
+log "pre-flight ok: the verifying fedpin forwards the signed request and refuses a broken signature"
 log "pre-flight ok: both proxies forward key and federation paths over h1 and h2; fedpin 401s without X-Matrix"
 
 # What each server negotiates with OpenSSL 3 as the client (wrk and s_time use the same library).
@@ -430,6 +476,7 @@ run_wrk() {
 UP_URL="http://127.0.0.1:$UP_PORT"
 FP_URL="https://127.0.0.1:$FEDPIN_PORT"
 NG_URL="https://127.0.0.1:$NGINX_PORT"
+FV_URL="https://127.0.0.1:$FEDPIN_V_PORT"
 START=$SECONDS
 log "load before measuring: $(uptime)"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -439,6 +486,7 @@ for r in $(seq 1 "$ROUNDS"); do
     run_wrk "$r" keepalive nginx "$NGINX_PID" "$NG_URL$KEY_PATH"
     run_wrk "$r" federation fedpin "$FEDPIN_PID" "$FP_URL$FED_PATH" -H "Authorization: $XMATRIX"
     run_wrk "$r" federation nginx "$NGINX_PID" "$NG_URL$FED_PATH" -H "Authorization: $XMATRIX"
+    run_wrk "$r" federation fedpin-verify "$FEDPIN_V_PID" "$FV_URL$FED_PATH" -H "Authorization: $XMATRIX_SIGNED"
     run_wrk "$r" newconn fedpin "$FEDPIN_PID" "$FP_URL$KEY_PATH" -H "Connection: close"
     reused_before=$(grep -c 'reused=r' "$LOGS/nginx-access.log" || true)
     total_before=$(wc -l <"$LOGS/nginx-access.log")
@@ -499,7 +547,10 @@ ELAPSED=$((SECONDS - START))
 # fedpin must have logged no errors and answered everything with 2xx.
 fedpin_errors=$(grep -c '"level":"ERROR"' "$FEDPIN_LOG_DIR/fedpin.log" || true)
 fedpin_5xx=$(grep -c '"status":5' "$FEDPIN_LOG_DIR/fedpin.log" || true)
+fedpin_v_errors=$(grep -c '"level":"ERROR"' "$FEDPIN_LOG_DIR/fedpin-verify.log" || true)
+fedpin_v_refused=$(grep -c '"status":40[13]' "$FEDPIN_LOG_DIR/fedpin-verify.log" || true)
 cp "$TMP/nginx.conf" "$TMP/fedpin.toml" "$RAW/"
+cp "$TMP/verify/fedpin.toml" "$RAW/fedpin-verify.toml"
 
 # --------------------------------------------------------------------------
 # 7. report
@@ -538,6 +589,10 @@ HF=$(mean fullhs fedpin 4)
 HN=$(mean fullhs nginx 4)
 F_CPU=$(mean keepalive fedpin 8)
 N_CPU=$(mean keepalive nginx 8)
+FV_RPS=$(mean federation fedpin-verify 4)
+FF_CPU=$(mean federation fedpin 8)
+FV_CPU=$(mean federation fedpin-verify 8)
+FN_CPU=$(mean federation nginx 8)
 
 mkdir -p "$OUT_DIR"
 {
@@ -575,6 +630,7 @@ mkdir -p "$OUT_DIR"
     echo "  keep-alive, GET /_matrix/federation/v1/query/profile with X-Matrix"
     row federation fedpin "fedpin inbound (HTTPS)" "$(ratio "$FF_RPS" "$D_RPS")" "$(ratio "$FF_RPS" "$FN_RPS")"
     row federation nginx "nginx (HTTPS)" "$(ratio "$FN_RPS" "$D_RPS")" "1.00"
+    row federation fedpin-verify "fedpin, signatures verified" "$(ratio "$FV_RPS" "$D_RPS")" "$(ratio "$FV_RPS" "$FN_RPS")"
     echo "  new TLS connection per request (wrk -H 'Connection: close'; see resumption above)"
     row newconn fedpin "fedpin inbound" "" "$(ratio "$CF_RPS" "$CN_RPS")"
     row newconn nginx "nginx" "" "1.00"
@@ -586,6 +642,8 @@ mkdir -p "$OUT_DIR"
     echo
     echo "summary: keep-alive fedpin/direct $(ratio "$F_RPS" "$D_RPS"), fedpin/nginx $(ratio "$F_RPS" "$N_RPS") (CPU/req fedpin/nginx $(ratio "$F_CPU" "$N_CPU"));"
     echo "         new connection per request fedpin/nginx $(ratio "$CF_RPS" "$CN_RPS"); full handshakes fedpin/nginx $(ratio "$HF" "$HN")."
-    echo "fedpin log during the run: $fedpin_errors ERROR lines, $fedpin_5xx 5xx access-log lines. Measuring took ${ELAPSED}s."
+    echo "         signature verification (verify_signatures = enforce, key pinned): CPU/req $(fmt1 "$FV_CPU") us vs $(fmt1 "$FF_CPU") us off,"
+    echo "         adds $(awk -v a="$FV_CPU" -v b="$FF_CPU" 'BEGIN{ if (a == "-" || b == "-") print "-"; else printf "%.1f", a - b }') us per request (ratio on/off $(ratio "$FV_CPU" "$FF_CPU"); verifying fedpin/nginx CPU/req $(ratio "$FV_CPU" "$FN_CPU"))."
+    echo "fedpin log during the run: $fedpin_errors ERROR lines, $fedpin_5xx 5xx access-log lines; verifying fedpin: $fedpin_v_errors ERROR lines, $fedpin_v_refused 401/403 lines. Measuring took ${ELAPSED}s."
 } | tee "$REPORT"
 log "report: $REPORT (raw output: $RAW/)"
