@@ -11,11 +11,13 @@
 //! [`tls`] (provider and per-generation configs), [`metrics`] (counters
 //! for `/metrics`), [`discovery`] (Matrix
 //! server-name resolution), [`pinfile_edit`] (atomic, locked, comment-keeping
-//! edits for `pinctl`).
+//! edits for `pinctl`), [`cli`] (the binaries' clap definitions, also the
+//! source of the man pages and shell completions).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod alert;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;

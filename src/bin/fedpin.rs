@@ -1,78 +1,13 @@
 //! `fedpin`: the daemon binary (clap + tracing setup; the work is in the library).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use fedpin::cli::fedpin::{CaCmd, Cli, Cmd, LogFormat};
 use fedpin::prepare::Prepared;
 use sd_notify::NotifyState;
 
 const EXIT_BAD_CONFIG: u8 = 64;
-
-#[derive(Parser)]
-#[command(
-    name = "fedpin",
-    version,
-    about = "Certificate-pinning TLS proxy for Matrix federation"
-)]
-struct Cli {
-    /// Log format: json (default when stderr is not a terminal) or pretty.
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Json,
-    Pretty,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the configured listeners until SIGTERM / SIGINT.
-    Run {
-        /// Config file.
-        #[arg(long, default_value = "fedpin.toml")]
-        config: PathBuf,
-        /// On SIGTERM: stop accepting, then wait this long for open tunnels and
-        /// connections to finish before exiting.
-        #[arg(long, default_value_t = 30)]
-        drain_secs: u64,
-    },
-    /// Print a shell completion script.
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Self-contained loopback demo: a genuine peer passes, a CA-valid impostor is blocked with an alert.
-    Demo,
-    /// Validate the config and its pin file; exit 0, or 64 with located errors.
-    CheckConfig {
-        /// Config file.
-        #[arg(long, default_value = "fedpin.toml")]
-        config: PathBuf,
-    },
-    /// Manage the interception CA.
-    Ca {
-        #[command(subcommand)]
-        cmd: CaCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum CaCmd {
-    /// Create the interception CA (key mode 0600) and print the Synapse snippet.
-    Init {
-        /// Directory for fedpin-ca.pem and fedpin-ca.key.
-        #[arg(long, default_value = "ca")]
-        dir: PathBuf,
-        /// The outbound listener Synapse should use as its proxy.
-        #[arg(long, default_value = "127.0.0.1:8449")]
-        proxy: String,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,7 +1,7 @@
 //! `pinctl`: the operator's CLI for the fedpin pin file.
 //!
 //! Exit codes: 0 ok, 1 mismatch or lint error, 2 usage, 64 bad pin file or input.
-//! See [`EXIT_HELP`] for how a broken pin file is reported.
+//! See [`fedpin::cli::pinctl::EXIT_HELP`] for how a broken pin file is reported.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use fedpin::alert::AlertHub;
+use fedpin::cli::pinctl::{Cli, Cmd, ModeArg, TrustArg};
 use fedpin::discovery::{self, DiscoveryOptions};
 use fedpin::pinfile_edit::{self, AddOutcome, NewPeer};
 use fedpin::pins::{split_server_name, Mode, Peer, Pin, PinSet, Trust};
@@ -21,146 +22,6 @@ use time::OffsetDateTime;
 
 const EXIT_MISMATCH: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 64;
-
-/// The exit-code convention, shown under `pinctl --help`.
-const EXIT_HELP: &str = "\
-Exit codes: 0 ok; 1 a peer does not match (verify), a lint error (check) or \
-an unknown peer (remove, verify); 2 usage; 64 bad input.
-
-A pin file that does not parse or validate is bad input for `list` and \
-`verify`: the located errors go to stderr, exit 64 (`add` likewise refuses, \
-exit 64, to write a file that would not validate). `check` is the linter: \
-reporting such errors is its job, so its findings (errors and warnings) go \
-to stdout, exit 1 on errors. A pin file that cannot be read at all is bad \
-input for `check` too (stderr, exit 64).";
-
-#[derive(Parser)]
-#[command(
-    name = "pinctl",
-    version,
-    about = "Manage fedpin's pin file: enrol, list, remove, verify live, lint, hash",
-    after_help = EXIT_HELP
-)]
-struct Cli {
-    /// The pin file.
-    #[arg(
-        long,
-        global = true,
-        default_value = "pins/pins.toml",
-        env = "FEDPIN_PINS"
-    )]
-    pins: PathBuf,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TrustArg {
-    Webpki,
-    PinOnly,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Enforce,
-    Report,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Enrol a peer: pin given keys, or connect and choose from the served chain.
-    Add {
-        /// Matrix server name (may carry a port).
-        server_name: String,
-        /// A pin to add (`sha256/…`); repeatable.
-        #[arg(long = "pin", id = "pin")]
-        pins: Vec<String>,
-        /// Pin the key of the first certificate (or public key) in this PEM
-        /// file: the leaf of a full chain; repeatable. Every certificate is
-        /// listed with its pin, marked pinned or not pinned.
-        #[arg(long = "from-cert")]
-        from_cert: Vec<PathBuf>,
-        /// With --from-cert: pin every certificate of each file, the
-        /// intermediates and root of a full chain too (a CA pin accepts
-        /// anything that CA issues for the name).
-        #[arg(long = "from-cert-all", requires = "from_cert")]
-        from_cert_all: bool,
-        /// Connect here instead of resolving the server name the Matrix way.
-        #[arg(long, value_name = "HOST:PORT")]
-        connect: Option<String>,
-        /// During discovery, dial ADDR:PORT2 for connections meant for
-        /// HOST:PORT (like curl's --connect-to; TLS names are unchanged);
-        /// repeatable. For enrolling through a particular front end.
-        #[arg(long = "connect-to", value_name = "HOST:PORT:ADDR:PORT2")]
-        connect_to: Vec<String>,
-        /// How the pins relate to Web PKI.
-        #[arg(long, value_enum)]
-        trust: Option<TrustArg>,
-        /// Enforce or only report mismatches.
-        #[arg(long, value_enum)]
-        mode: Option<ModeArg>,
-        /// When the pins stop being enforced (RFC 3339, or YYYY-MM-DD).
-        #[arg(long)]
-        expires: Option<String>,
-        /// Extra trust anchors (PEM) for Web PKI validation.
-        #[arg(long)]
-        roots: Vec<PathBuf>,
-        /// Do not ask: pin the leaf.
-        #[arg(long, short = 'y')]
-        yes: bool,
-        /// Do not record the peer's Matrix signing keys (its requests are
-        /// then checked with keys fedpin fetches over pinned TLS).
-        #[arg(long)]
-        no_signing_keys: bool,
-        /// Free-form note stored with the entry.
-        #[arg(long)]
-        note: Option<String>,
-    },
-    /// List the peers (a broken pin file: errors on stderr, exit 64).
-    List {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove a peer.
-    Remove {
-        /// Matrix server name.
-        server_name: String,
-    },
-    /// Connect to peers now and check they still match their pins.
-    Verify {
-        /// Peers to check (default: all).
-        server_names: Vec<String>,
-        /// Extra trust anchors (PEM).
-        #[arg(long)]
-        roots: Vec<PathBuf>,
-        /// Connect here instead of resolving (only with one server name).
-        #[arg(long, value_name = "HOST:PORT")]
-        connect: Option<String>,
-        /// During discovery, dial ADDR:PORT2 for connections meant for
-        /// HOST:PORT (like curl's --connect-to); repeatable.
-        #[arg(long = "connect-to", value_name = "HOST:PORT:ADDR:PORT2")]
-        connect_to: Vec<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        /// Per-peer timeout in seconds.
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
-    },
-    /// Lint the pin file: findings on stdout, exit 1 on errors.
-    Check,
-    /// Print a shell completion script.
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Print the pins of PEM/DER certificates or public keys (`-` reads stdin).
-    Hash {
-        /// File to read, or `-`.
-        file: String,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
