@@ -127,8 +127,3 @@ pub use name::*;
 pub use resolve::*;
 pub use srv::*;
 pub use well_known::*;
-// The steps' own helpers, shared between the submodules and the tests.
-use name::*;
-use resolve::*;
-use srv::*;
-use well_known::*;
