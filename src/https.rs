@@ -373,7 +373,7 @@ impl HttpsClient {
             .map_err(|e| format!("HTTP handshake failed: {e}"))?;
         let driver = AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(target: "fedpin::https", error = %e, "HTTP connection ended with an error");
+                tracing::debug!(target: "fedpin::discovery", error = %e, "HTTP connection ended with an error");
             }
         }));
         let resp = sender

@@ -141,7 +141,7 @@ pub fn watch_files(
             }
             Ok(_) => false,
             Err(e) => {
-                tracing::warn!(target: "fedpin::watch", error = %e, "file watcher error; re-checking");
+                tracing::warn!(target: "fedpin::daemon", error = %e, "file watcher error; re-checking");
                 *lock(&writing_ev) = None;
                 true
             }
@@ -167,7 +167,7 @@ pub fn watch_files(
                     // event that re-reads it; the re-check waits for that.
                     let open = lock(&writing).is_some_and(|t| t.elapsed() < MAX_OPEN_WRITE);
                     if open {
-                        tracing::debug!(target: "fedpin::watch", "a watched file is being written in place; re-check deferred");
+                        tracing::debug!(target: "fedpin::daemon", "a watched file is being written in place; re-check deferred");
                         continue;
                     }
                 }

@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Which resolution step decided the endpoint (for display).
 ///
 /// When a well-known delegation was followed *and* an SRV record of the
@@ -155,8 +154,6 @@ impl fmt::Debug for DiscoveryOptions {
     }
 }
 
-
-
 /// Resolves `name` following the Matrix "Resolving server names" steps (see
 /// the [module documentation](self)).
 ///
@@ -224,13 +221,14 @@ pub async fn resolve_via(
     let mut srv = SrvBackend::new(opts);
     match source.fetch(host).await {
         Ok(wk) => {
-            tracing::debug!(server_name = %name, delegated = %wk.delegated, "well-known delegation");
+            tracing::debug!(target: "fedpin::discovery", server_name = %name, delegated = %wk.delegated, "well-known delegation");
             let mut r = resolve_delegated(name, wk.delegated.clone(), &mut srv).await?;
             r.well_known = Some(wk);
             Ok(r)
         }
         Err(e) => {
             tracing::debug!(
+                target: "fedpin::discovery",
                 server_name = %name,
                 error = %e,
                 "no usable well-known document; trying SRV"
@@ -335,14 +333,14 @@ impl<'o> SrvBackend<'o> {
                     }
                 };
             if let Some(target) = pick_srv(&answers) {
-                tracing::debug!(record = %record, target = %target.target, port = target.port, "SRV hit");
+                tracing::debug!(target: "fedpin::discovery", record = %record, target = %target.target, port = target.port, "SRV hit");
                 let target = SrvTarget {
                     target: normalize_srv_target(&target.target),
                     ..target.clone()
                 };
                 return Ok(Some((record, target)));
             }
-            tracing::debug!(record = %record, "no usable SRV records");
+            tracing::debug!(target: "fedpin::discovery", record = %record, "no usable SRV records");
         }
         Ok(None)
     }

@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// The future returned by [`SrvLookup::lookup_srv`].
 pub type SrvFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<SrvTarget>, DiscoveryError>> + Send + 'a>>;
@@ -46,6 +45,7 @@ impl HickorySrv {
             Ok(builder) => builder,
             Err(e) => {
                 tracing::warn!(
+                    target: "fedpin::discovery",
                     error = %e,
                     "cannot read system DNS configuration; using hickory's default resolvers"
                 );

@@ -38,6 +38,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use crate::config::{ClientAuth, SignatureMode};
 use crate::matrix::keys::{KeyError, KeyFetcher};
@@ -494,12 +495,24 @@ impl InboundProxy {
             let _ = tcp.set_nodelay(true);
             let this = self.clone();
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                this.stats.connections.fetch_add(1, Ordering::Relaxed);
-                this.clone().connection(tcp, client, stop).await;
-                this.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
-            });
+            // One span per connection: every event of it (TLS, requests,
+            // refusals) carries the client's address and the pin generation
+            // it was accepted under.
+            let span = tracing::info_span!(
+                target: "fedpin::inbound",
+                "connection",
+                client_addr = %client,
+                pins_generation = self.pins.current().generation,
+            );
+            tokio::spawn(
+                async move {
+                    this.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    this.clone().connection(tcp, client, stop).await;
+                    this.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -973,7 +986,7 @@ impl InboundProxy {
                         tracing::warn!(
                             target: "fedpin::inbound",
                             origin = %x.origin,
-                            client.addr = %client,
+                            client_addr = %client,
                             reason = %why,
                             enforced = mode == SignatureMode::Enforce,
                             "request signature not accepted"

@@ -273,7 +273,8 @@ impl OutboundProxy {
                     core.alerts().raise(a);
                 }
                 tracing::warn!(
-                    tls.name = %t.tls_name,
+                    target: "fedpin::outbound",
+                    tls_name = %t.tls_name,
                     generation = pins.generation,
                     reason = %r.reason,
                     "open tunnel no longer passes the pin rules; closing it"
@@ -332,7 +333,7 @@ impl OutboundProxy {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: log, back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed; refusing new connections briefly");
+                    tracing::warn!(target: "fedpin::outbound", error = %e, "accept failed; refusing new connections briefly");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -340,7 +341,7 @@ impl OutboundProxy {
             let _ = tcp.set_nodelay(true);
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(client.addr = %client, "tunnel limit reached; answering 503");
+                tracing::warn!(target: "fedpin::outbound", client_addr = %client, "tunnel limit reached; answering 503");
                 tokio::spawn(async move {
                     let mut tcp = tcp;
                     let body = "fedpin: too many tunnels open; retry later\n";
@@ -354,7 +355,8 @@ impl OutboundProxy {
                 continue;
             };
             let this = self.clone();
-            let span = tracing::info_span!("tunnel", client.addr = %client);
+            let span =
+                tracing::info_span!(target: "fedpin::outbound", "tunnel", client_addr = %client);
             tokio::spawn(
                 // The permit moves into the tunnel task on a successful
                 // CONNECT (hyper's connection future ends at the upgrade, long
@@ -385,7 +387,7 @@ impl OutboundProxy {
             .serve_connection(TokioIo::new(tcp), svc)
             .with_upgrades();
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "client connection ended with an error");
+            tracing::debug!(target: "fedpin::outbound", error = %e, "client connection ended with an error");
         }
     }
 
@@ -439,7 +441,7 @@ impl OutboundProxy {
         if let Some(ports) = &self.settings.load().allowed_ports {
             if !ports.contains(&port) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(server.name = %host, server.port = port, "CONNECT refused: port not in allowed_ports");
+                tracing::warn!(target: "fedpin::outbound", server_name = %host, server_port = port, "CONNECT refused: port not in allowed_ports");
                 return Err(text(
                     StatusCode::FORBIDDEN,
                     format!("fedpin: port {port} is not in allowed_ports\n"),
@@ -448,7 +450,7 @@ impl OutboundProxy {
         }
         if self.settings.load().deny_destinations.contains(&host) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(server.name = %host, "CONNECT refused: destination is in deny_destinations");
+            tracing::warn!(target: "fedpin::outbound", server_name = %host, "CONNECT refused: destination is in deny_destinations");
             return Err(text(
                 StatusCode::FORBIDDEN,
                 format!("fedpin: {host} is in deny_destinations\n"),
@@ -504,7 +506,7 @@ impl OutboundProxy {
             } else {
                 refusals.join("; ")
             };
-            tracing::warn!(server.name = %host, server.port = port, reason = %why, "CONNECT refused by the egress IP policy");
+            tracing::warn!(target: "fedpin::outbound", server_name = %host, server_port = port, reason = %why, "CONNECT refused by the egress IP policy");
             return Err(text(
                 StatusCode::FORBIDDEN,
                 format!("fedpin: refusing to dial {host}:{port}: {why}\n"),
@@ -527,8 +529,13 @@ impl OutboundProxy {
         let permit = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         let upgrade = hyper::upgrade::on(&mut req);
         let this = self.clone();
-        let span =
-            tracing::info_span!("connect", server.name = %dest.host, server.port = dest.port);
+        let span = tracing::info_span!(
+            target: "fedpin::outbound",
+            "connect",
+            server_name = %dest.host,
+            server_port = dest.port,
+            pins_generation = tracing::field::Empty,
+        );
         tokio::spawn(
             async move {
                 match upgrade.await {
@@ -537,7 +544,7 @@ impl OutboundProxy {
                         this.tunnel(TokioIo::new(upgraded), dest, client).await;
                         this.stats.active_tunnels.fetch_sub(1, Ordering::Relaxed);
                     }
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                    Err(e) => tracing::debug!(target: "fedpin::outbound", error = %e, "CONNECT upgrade failed"),
                 }
                 drop(permit);
             }
@@ -556,15 +563,15 @@ impl OutboundProxy {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) if is_disconnect(&e) => {
-                tracing::debug!(error = %e, "the client left the tunnel before its ClientHello");
+                tracing::debug!(target: "fedpin::outbound", error = %e, "the client left the tunnel before its ClientHello");
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the client did not start TLS inside the tunnel");
+                tracing::warn!(target: "fedpin::outbound", error = %e, "the client did not start TLS inside the tunnel");
                 return;
             }
             Err(_) => {
-                tracing::warn!("no ClientHello inside the tunnel in time");
+                tracing::warn!(target: "fedpin::outbound", "no ClientHello inside the tunnel in time");
                 return;
             }
         };
@@ -580,7 +587,7 @@ impl OutboundProxy {
         let sni_key = crate::pins::normalize_lookup(&tls_name).into_owned();
         if self.settings.load().deny_destinations.contains(&sni_key) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(tls.name = %tls_name, "tunnel refused: the TLS name is in deny_destinations");
+            tracing::warn!(target: "fedpin::outbound", tls_name = %tls_name, "tunnel refused: the TLS name is in deny_destinations");
             let failure = DialFailure {
                 message: format!("{tls_name} is in deny_destinations"),
                 handshake: None,
@@ -609,6 +616,7 @@ impl OutboundProxy {
             .observe(dial_started.elapsed().as_secs_f64());
         match upstream {
             Ok((up, negotiated, generation)) => {
+                tracing::Span::current().record("pins_generation", generation);
                 self.stats.handshakes.add(HandshakeResult::Ok);
                 let chain = up.chain();
                 self.stats.peers.record(
@@ -636,26 +644,26 @@ impl OutboundProxy {
                 let config = match self.inner_config(&tls_name, inner_alpn) {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot mint the inner certificate");
+                        tracing::error!(target: "fedpin::outbound", error = %e, "cannot mint the inner certificate");
                         return;
                     }
                 };
                 let down = match tokio::time::timeout(hs, start.into_stream(config)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) if is_disconnect(&e) => {
-                        tracing::debug!(error = %e, "the homeserver left during the inner handshake");
+                        tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
                         return;
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
+                        tracing::warn!(target: "fedpin::outbound", error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!("inner handshake timed out");
+                        tracing::warn!(target: "fedpin::outbound", "inner handshake timed out");
                         return;
                     }
                 };
-                tracing::debug!(tls.name = %tls_name, client.addr = %client, "tunnel established");
+                tracing::debug!(target: "fedpin::outbound", tls_name = %tls_name, client_addr = %client, "tunnel established");
                 let revoked = registered.revoke.clone();
                 tokio::select! {
                     _ = async {
@@ -665,7 +673,7 @@ impl OutboundProxy {
                         }
                     } => {}
                     _ = revoked.notified() => {
-                        tracing::info!(tls.name = %tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+                        tracing::info!(target: "fedpin::outbound", tls_name = %tls_name, "tunnel ended: its upstream no longer passes the pin rules");
                     }
                 }
                 drop(registered);
@@ -691,7 +699,8 @@ impl OutboundProxy {
                     StatusCode::BAD_GATEWAY
                 };
                 tracing::warn!(
-                    tls.name = %tls_name,
+                    target: "fedpin::outbound",
+                    tls_name = %tls_name,
                     reason = %failure.message,
                     "upstream refused; answering the homeserver with {status}"
                 );
@@ -742,13 +751,13 @@ impl OutboundProxy {
         let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(up)).await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, "HTTP handshake with the well-known front failed");
+                tracing::warn!(target: "fedpin::outbound", error = %e, "HTTP handshake with the well-known front failed");
                 return;
             }
         };
         let driver = tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "well-known front connection ended with an error");
+                tracing::debug!(target: "fedpin::outbound", error = %e, "well-known front connection ended with an error");
             }
         });
         let sender = Arc::new(tokio::sync::Mutex::new(sender));
@@ -784,8 +793,9 @@ impl OutboundProxy {
                         let blocked = watch.mode == crate::pins::Mode::Enforce;
                         alerts.raise(watch.alert(&reason, blocked, peer_addr, &chain));
                         tracing::warn!(
-                            tls.name = %watch.host,
-                            server.name = %watch.server_name,
+                            target: "fedpin::outbound",
+                            tls_name = %watch.host,
+                            server_name = %watch.server_name,
                             reason = %reason,
                             blocked,
                             "well-known answer does not name the recorded delegation"
@@ -817,7 +827,7 @@ impl OutboundProxy {
             .await
             .is_err()
         {
-            tracing::debug!("well-known front tunnel idle; closing");
+            tracing::debug!(target: "fedpin::outbound", "well-known front tunnel idle; closing");
         }
         driver.abort();
     }
@@ -1221,13 +1231,13 @@ where
         tokio::select! {
             r = &mut copy => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, "tunnel closed with an error");
+                    tracing::debug!(target: "fedpin::outbound", error = %e, "tunnel closed with an error");
                 }
                 return;
             }
             _ = tokio::time::sleep(tick) => {
                 if last.quiet_for() >= idle {
-                    tracing::debug!("tunnel idle; closing");
+                    tracing::debug!(target: "fedpin::outbound", "tunnel idle; closing");
                     return;
                 }
             }
