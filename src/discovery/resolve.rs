@@ -155,7 +155,7 @@ impl fmt::Debug for DiscoveryOptions {
 }
 
 /// Resolves `name` following the Matrix "Resolving server names" steps (see
-/// the [module documentation](self)).
+/// the [module documentation](crate::discovery)).
 ///
 /// Well-known failures of any kind are logged at debug level and treated as
 /// "no delegation". SRV lookups that fail for reasons other than "no records"

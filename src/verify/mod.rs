@@ -1,4 +1,4 @@
-//! The pin rules (SPEC section 4) and the rustls verifiers that apply them.
+//! The pin rules and the rustls verifiers that apply them.
 //!
 //! Everything that decides whether a peer is accepted lives in
 //! [`VerifierCore::evaluate`]. It never re-implements crypto: chains are built
@@ -10,6 +10,40 @@
 //! The outcome is a [`Verdict`]. Its accepting variant carries an
 //! [`Accepted`] token that only this module can build, so no caller can reach
 //! "accepted" without passing the pin rules.
+//!
+//! # What each rule protects against
+//!
+//! * **A pin counts only on the validated path** (`trust = "webpki"`). An
+//!   attacker holding a CA-valid certificate for the peer's name can send the
+//!   peer's genuine (pinned) certificate *alongside* its own chain. A pin
+//!   check over "every certificate sent" would accept that (CVE-2016-2402 in
+//!   OkHttp); here the pin must be the leaf, an intermediate that was used, or
+//!   the anchor of a path webpki actually validated.
+//! * **A Web-PKI-valid chain with no pinned key is critical.** That is the
+//!   exact signature of the attacker this crate exists for: a compromised,
+//!   coerced or mis-issuing CA. It is refused in enforce mode and raised as a
+//!   `critical` `pin_mismatch` in every mode, whatever `policy.on_expired`
+//!   says (expired pins are still compared), so an expiry date cannot turn a
+//!   CA compromise into a warning.
+//! * **Pin-only peers pin the leaf key only** (`trust = "pin-only"`), so extra
+//!   certificates sent with a self-signed leaf cannot smuggle a match.
+//! * **The handshake signature is checked against the leaf's key** by rustls
+//!   itself. A certificate is public: replaying a pinned peer's certificate
+//!   without its private key must fail (`signature_invalid`, critical when
+//!   the chain had been accepted on a pin).
+//! * **Report mode never accepts what Web PKI refuses.** `mode = "report"`
+//!   lets an operator roll pins out without outages, but it must not become a
+//!   way around ordinary validation.
+//! * **Fail closed.** A certificate that cannot be parsed, a name that cannot
+//!   be looked up, or anything else that cannot be evaluated is refused.
+//! * **One verifier per pin generation** ([`crate::tls::UpstreamTls`],
+//!   [`PinnedClientVerifier`]): rustls resumes a session only with the
+//!   verifier that checked it, so a session from before a reload cannot skip
+//!   the new set's checks.
+//! * **Client certificates are held to every pinned name they carry**
+//!   ([`PinnedClientVerifier`]): a client cannot pick the weakest of its
+//!   names, and a certificate without a name whose key is pinned must still
+//!   match the X-Matrix origin of each request.
 
 use std::fmt;
 use std::net::SocketAddr;
