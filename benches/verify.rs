@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use fedpin::alert::AlertHub;
 use fedpin::pins::{Pin, PinSet};
 use fedpin::verify::{
@@ -511,4 +511,69 @@ fn bench_lookup(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_handshakes, bench_evaluate, bench_lookup);
-criterion_main!(benches);
+
+/// Criterion's main, plus one mode for instruction counts:
+/// `FEDPIN_CALLGRIND=ALG:FUNCTION:N` (ALG `ecdsa_p256` or `rsa2048`,
+/// FUNCTION `webpki_baseline`, `pinned_webpki_leaf`, `pinned_webpki_anchor`
+/// or `pinned_pin_only`) runs the fixture setup and then N handshakes of that
+/// function, nothing else, for `valgrind --tool=callgrind`
+/// (`tests/load/pin_check_cost.sh`; N = 0 counts the setup alone).
+fn main() {
+    if let Ok(spec) = std::env::var("FEDPIN_CALLGRIND") {
+        callgrind_run(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+fn callgrind_run(spec: &str) {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [alg, function, n] = parts[..] else {
+        panic!("FEDPIN_CALLGRIND={spec:?}: expected ALG:FUNCTION:N");
+    };
+    let alg = match alg {
+        "ecdsa_p256" => Alg::EcdsaP256,
+        "rsa2048" => Alg::Rsa2048,
+        other => panic!("FEDPIN_CALLGRIND: unknown algorithm {other:?}"),
+    };
+    let n: usize = n.parse().expect("FEDPIN_CALLGRIND: N must be a count");
+    let fx = Fixture::new(alg);
+    let (config, verifier, want) = match function {
+        "webpki_baseline" => (fx.baseline_client(), None, None),
+        "pinned_webpki_leaf" => {
+            let v = fx.pinned_verifier(&fx.pins_leaf);
+            (
+                fx.pinned_client(v.clone()),
+                Some(v),
+                Some(Basis::PinOnValidatedPath),
+            )
+        }
+        "pinned_webpki_anchor" => {
+            let v = fx.pinned_verifier(&fx.pins_anchor);
+            (
+                fx.pinned_client(v.clone()),
+                Some(v),
+                Some(Basis::PinOnValidatedPath),
+            )
+        }
+        "pinned_pin_only" => {
+            let v = fx.pinned_verifier(&fx.pins_pin_only);
+            (
+                fx.pinned_client(v.clone()),
+                Some(v),
+                Some(Basis::PinOnlyLeaf),
+            )
+        }
+        other => panic!("FEDPIN_CALLGRIND: unknown function {other:?}"),
+    };
+    for _ in 0..n {
+        handshake(&config, &fx.server, &fx.name);
+    }
+    if let (Some(v), Some(want), true) = (verifier, want, n > 0) {
+        let rec = v.record().expect("the verifier ran");
+        assert!(rec.accepted && rec.basis == Some(want), "{rec:?}");
+    }
+    fx.assert_no_alerts();
+    println!("{spec}: {n} handshakes done");
+}
