@@ -1,4 +1,4 @@
-//! The command alert sink, SIGHUP reload, and the client-side (mutual TLS) verifier.
+//! The command alert sink and SIGHUP reload.
 
 mod common;
 
@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fedpin::alert::{AlertEvent, AlertHub, CommandSink, Direction};
-use fedpin::pins::{PinSet, PinStore};
-use fedpin::verify::PinnedClientVerifier;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use fedpin::pins::PinStore;
 
 fn sample_alert(host: &str) -> fedpin::alert::Alert {
     fedpin::alert::Alert {
@@ -134,100 +131,4 @@ async fn sighup_reloads_the_pin_file() {
     let s = store.clone();
     assert!(wait_until(Duration::from_secs(10), move || s.current().generation == 2).await);
     assert!(store.current().lookup("a.example").unwrap().has_pin(&p2));
-}
-
-async fn mtls_server(verifier: Arc<PinnedClientVerifier>, server: &Leaf) -> std::net::SocketAddr {
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server.cert.clone()], server.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-async fn mtls_client(
-    addr: std::net::SocketAddr,
-    ca: &Ca,
-    client: Option<&Leaf>,
-) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![c.cert.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.serialize_der())),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("inbound.fedpin.test").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut s = String::new();
-    tls.read_to_string(&mut s)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(s)
-}
-
-/// Mutual pinned TLS: the right client key is accepted, another is refused with an inbound alert.
-#[tokio::test]
-async fn client_verifier_accepts_pinned_client_and_refuses_another() {
-    let ca = root("Federation CA");
-    let server = leaf(&ca, &["inbound.fedpin.test"]);
-    let genuine = leaf(&ca, &["peer.fedpin.test"]);
-    let impostor = leaf(&ca, &["peer.fedpin.test"]);
-    let (core, hub) = core(&[&ca.cert]);
-    let mut set = PinSet::parse(&format!(
-        "version = 1\n[policy]\nunpinned = \"deny\"\n[[peer]]\nserver_name = \"peer.fedpin.test\"\npins = [\"{}\"]\n",
-        pin(&genuine.cert)
-    ))
-    .unwrap();
-    set.generation = 3;
-    let verifier = Arc::new(PinnedClientVerifier::new(core, Arc::new(set), true));
-    let addr = mtls_server(verifier, &server).await;
-
-    assert_eq!(
-        mtls_client(addr, &ca, Some(&genuine)).await.as_deref(),
-        Ok("hello\n")
-    );
-    assert!(mtls_client(addr, &ca, Some(&impostor)).await.is_err());
-    assert!(
-        mtls_client(addr, &ca, None).await.is_err(),
-        "client_auth = require refuses clients without a certificate"
-    );
-    let unknown = leaf(&ca, &["stranger.fedpin.test"]);
-    assert!(
-        mtls_client(addr, &ca, Some(&unknown)).await.is_err(),
-        "policy.unpinned = deny applies to clients"
-    );
-
-    let a = hub.recent();
-    assert_eq!(a.len(), 2, "{a:?}");
-    assert_eq!(a[0].event, AlertEvent::PinMismatch);
-    assert_eq!(a[0].direction, Direction::Inbound);
-    assert_eq!(a[0].pin_generation, 3);
-    assert_eq!(a[1].event, AlertEvent::UnpinnedDenied);
 }

@@ -262,3 +262,13 @@ pub async fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bo
     }
     cond()
 }
+
+/// A pin file with a `[policy]` section (`policy`: its lines) and one peer
+/// `host` pinned to `pins`, followed by `extra` lines of that entry.
+pub fn peer_toml(policy: &str, host: &str, pins: &[String], extra: &str) -> String {
+    let pins: Vec<String> = pins.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "version = 1\n[policy]\n{policy}\n\n[[peer]]\nserver_name = \"{host}\"\npins = [{}]\n{extra}\n",
+        pins.join(", ")
+    )
+}
