@@ -7,16 +7,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use common::*;
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::pins::{Pin, PinStore, ReloadOutcome};
 use fedpin::tls::UpstreamTls;
 use fedpin::verify::{PeerContext, VerifierCore};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const HOST: &str = "hs.fedpin.test";
 const OTHER: &str = "other.fedpin.test";
@@ -829,4 +828,44 @@ fn inv8_rename_swaps_faster_than_the_settle_interval_still_load() {
         matches!(out, ReloadOutcome::Reloaded(2)),
         "a renamed-in file must load under churn: {out:?}"
     );
+}
+
+// ----------------------------------------------------------------------
+// Moved unchanged from tests/sinks_signals_mtls.rs:
+// SIGHUP reload.
+// ----------------------------------------------------------------------
+
+/// SPEC 4.8 / issue: SIGHUP re-reads the pin file.
+#[tokio::test]
+async fn sighup_reloads_the_pin_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let p1 = fedpin::pins::Pin::of_spki(b"one");
+    let p2 = fedpin::pins::Pin::of_spki(b"two");
+    std::fs::write(
+        &path,
+        format!("version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\"]\n"),
+    )
+    .unwrap();
+    let store = Arc::new(PinStore::open(&path, AlertHub::new()).unwrap());
+    fedpin::pins::spawn_sighup_reload(store.clone()).unwrap();
+    std::fs::write(
+        &path,
+        format!("version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p2}\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        store.current().generation,
+        1,
+        "no watcher: nothing changes without the signal"
+    );
+    // The shell's builtin kill: no dependency on a kill binary being installed.
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -HUP {}", std::process::id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let s = store.clone();
+    assert!(common::wait_until(Duration::from_secs(10), move || s.current().generation == 2).await);
+    assert!(store.current().lookup("a.example").unwrap().has_pin(&p2));
 }
