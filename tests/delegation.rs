@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{leaf, pem, root, Leaf};
+use common::{leaf, net, pem, root, Leaf};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,13 +26,7 @@ const STEP: Duration = Duration::from_secs(15);
 /// A TLS server answering every request with `body()` (HTTP/1.1, one
 /// request per connection).
 async fn https(cert: &Leaf, status: &'static str, body: Arc<Mutex<String>>) -> SocketAddr {
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = net::acceptor(cert, &[]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -256,15 +250,8 @@ async fn well_known_through(fp: &Fedpin, ca_pem: &std::path::Path) -> (u16, Stri
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ica[0].clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let config = net::client_config(&[&ica[0]], &[b"http/1.1"]);
+    let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from(SERVER).unwrap(), tcp)
         .await
         .unwrap();

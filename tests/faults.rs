@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{leaf, pem, root, wait_until};
+use common::{leaf, net, pem, root, wait_until};
 use fedpin::alert::{AlertEvent, Direction};
 use fedpin::pins::{Pin, PinSet};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -265,15 +265,7 @@ fn read_only_file_system_gives_a_clear_error_and_an_intact_file() {
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn client_config(anchor: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(anchor.clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    net::client_config(&[anchor], &[])
 }
 
 /// TLS to `addr` as `name` trusting only `anchor`; returns the served leaf.

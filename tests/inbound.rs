@@ -17,7 +17,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{leaf, pem, root, wait_until, Ca, Leaf};
+use common::{bounded, leaf, net, pem, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
 use fedpin::metrics::HandshakeResult;
@@ -62,14 +62,6 @@ const TICK: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------
 // Harness: waits
 // ---------------------------------------------------------------------------
-
-/// Runs `fut`, failing the test if it takes longer than [`STEP`].
-async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(STEP, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no outcome within {STEP:?}"),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Harness: PEM files
@@ -382,20 +374,7 @@ fn client_config(
     alpn: &[&[u8]],
     cert: Option<&Leaf>,
 ) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(vec![c.cert.clone()], c.key_der())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    net::client_config_as(&[ca], alpn, cert)
 }
 
 async fn tls_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
@@ -2638,26 +2617,9 @@ async fn try_send(
     port: u16,
     origin: &str,
 ) -> Result<(u16, String), String> {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    tcp.write_all(format!("CONNECT {B}:{port} HTTP/1.1\r\nHost: {B}:{port}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tcp.read(&mut b).await.unwrap(), 1);
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ica.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tcp = common::connect::tunnel_tcp(proxy, &format!("{B}:{port}")).await;
+    let cfg = net::client_config(&[ica], &[b"http/1.1"]);
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from(B).unwrap(), tcp)
         .await
         .unwrap();
@@ -2889,18 +2851,11 @@ async fn refused_client_certificate_alert_names_the_client_address() {
         let ca = w.public.cert.clone();
         let server = w.b_inbound;
         async move {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca).unwrap();
-            let cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(vec![client.cert.clone()], client.key_der())
-                .unwrap();
+            let cfg = net::client_config_as(&[&ca], &[], Some(&client));
             let tcp = TcpStream::connect(server).await.unwrap();
             let local = tcp.local_addr().unwrap();
             let res = async {
-                let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                let mut tls = tokio_rustls::TlsConnector::from(cfg)
                     .connect(ServerName::try_from(B).unwrap(), tcp)
                     .await?;
                 // Under TLS 1.3 the refusal arrives after the client's side of
@@ -2947,16 +2902,7 @@ async fn refused_client_certificate_alert_names_the_client_address() {
 
     // Each connection has its own verifier, yet the pinned client still
     // resumes its session on the next connection (same pin generation).
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(w.public.cert.clone()).unwrap();
-    let cfg = Arc::new(
-        rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![w.a_client.cert.clone()], w.a_client.key_der())
-            .unwrap(),
-    );
+    let cfg = net::client_config_as(&[&w.public.cert], &[], Some(&w.a_client));
     let mut kinds = Vec::new();
     for _ in 0..2 {
         let tcp = TcpStream::connect(w.b_inbound).await.unwrap();

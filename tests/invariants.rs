@@ -8,7 +8,7 @@ use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::pins::{Mode, PinSet};
 use fedpin::verify::{Basis, PinnedClientVerifier, Usage, Verdict};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -585,36 +585,7 @@ async fn serve_tls12(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> SocketAddr {
-    #[derive(Debug)]
-    struct AnyKey(Arc<CertifiedKey>);
-    impl rustls::server::ResolvesServerCert for AnyKey {
-        fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-            Some(self.0.clone())
-        }
-    }
-    let provider = fedpin::tls::provider();
-    let signing = provider.key_provider.load_private_key(key).unwrap();
-    let ck = Arc::new(CertifiedKey::new(chain, signing));
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(AnyKey(ck)));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    net::serve_hello(any_key_config(chain, key, &[&rustls::version::TLS12])).await
 }
 
 fn at(rfc3339: &str) -> UnixTime {
@@ -1247,21 +1218,7 @@ async fn mtls_server(verifier: Arc<PinnedClientVerifier>, server: &Leaf) -> std:
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![server.cert.clone()], server.key_der())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    net::serve_hello(config).await
 }
 
 async fn mtls_client(
@@ -1269,23 +1226,9 @@ async fn mtls_client(
     ca: &Ca,
     client: Option<&Leaf>,
 ) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![c.cert.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.serialize_der())),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
+    let config = net::client_config_as(&[&ca.cert], &[], client);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("inbound.fedpin.test").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;

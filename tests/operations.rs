@@ -149,16 +149,9 @@ fn start_with(
 }
 
 async fn get(addr: SocketAddr, ca: &CertificateDer<'static>) -> Result<(u16, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = net::client_config(&[ca], &[b"http/1.1"]);
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from("hs.fedpin.test").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
@@ -323,13 +316,7 @@ struct Seen {
 /// An HTTPS receiver on 127.0.0.1 answering the given statuses in turn (then 200).
 async fn receiver(ca: &common::Ca, statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let server = leaf(ca, &["localhost"]);
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![server.cert.clone()], server.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = net::acceptor(&server, &[]);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));

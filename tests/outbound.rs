@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, root, wait_until, Ca, Leaf};
+use common::connect::{connect, send_raw};
+use common::{bounded, leaf, net, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::metrics::{CheckMode, CheckResult, HandshakeResult};
 use fedpin::pins::{PinSet, PinStore};
@@ -44,14 +45,6 @@ const STEP: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// Runs `fut`, failing the test if it takes longer than [`STEP`].
-async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(STEP, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no outcome within {STEP:?}"),
-    }
-}
 
 /// The interception CA: PEM for the minter, DER for the client's trust store.
 struct InterceptionCa {
@@ -181,14 +174,7 @@ impl Upstream {
 /// Serves HTTP/1.1 or h2 (by ALPN) with `cert`; every response body is
 /// `"{label}: {method} {path} over {version}\n"`.
 async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream {
-    let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = net::acceptor(cert, alpn);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -245,76 +231,6 @@ async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream 
     }
 }
 
-/// The proxy's answer to a CONNECT (or other request) head.
-#[derive(Debug)]
-struct ProxyReply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl ProxyReply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Reads one response head byte by byte (nothing of the tunnel is consumed).
-async fn read_head(tcp: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tcp.read(&mut b).await {
-            Ok(1) => head.push(b[0]),
-            _ => return None,
-        }
-        assert!(head.len() < 64 * 1024, "response head too long");
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"))
-}
-
-/// Sends raw bytes to the proxy and reads its reply. A 2xx leaves the stream
-/// open (the tunnel); anything else is read to EOF. `None`: the proxy
-/// closed without answering.
-async fn send_raw(proxy: SocketAddr, bytes: &[u8]) -> (Option<ProxyReply>, TcpStream) {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    // The proxy may close early (oversized head): a failed write is not a failure.
-    let _ = tcp.write_all(bytes).await;
-    let Some(head) = bounded("reading the proxy's reply head", read_head(&mut tcp)).await else {
-        return (None, tcp);
-    };
-    let status = status_of(&head);
-    let mut body = Vec::new();
-    if !(200..300).contains(&status) {
-        let _ = bounded("reading the proxy's reply body", tcp.read_to_end(&mut body)).await;
-    }
-    let reply = ProxyReply {
-        status,
-        head,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    };
-    (Some(reply), tcp)
-}
-
-/// `CONNECT target` with extra header lines; panics if the proxy sends no reply.
-async fn connect(proxy: SocketAddr, target: &str, extra: &str) -> (ProxyReply, TcpStream) {
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
-    let (reply, tcp) = send_raw(proxy, req.as_bytes()).await;
-    let reply =
-        reply.unwrap_or_else(|| panic!("CONNECT {target}: the proxy closed without a reply"));
-    (reply, tcp)
-}
-
 /// The homeserver's inner TLS: trusts only the interception CA.
 async fn inner_tls(
     tcp: TcpStream,
@@ -322,15 +238,7 @@ async fn inner_tls(
     name: &str,
     alpn: &[&[u8]],
 ) -> Result<TlsStream<TcpStream>, std::io::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ica.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(net::client_config(&[ica], alpn));
     let server_name = ServerName::try_from(name.to_string()).unwrap();
     bounded("inner TLS handshake", connector.connect(server_name, tcp)).await
 }
@@ -1056,13 +964,7 @@ async fn idle_tunnel_is_closed_but_a_busy_one_is_not() {
 
 /// A TLS server that reads until the client half-closes, then answers.
 async fn echo_after_eof(cert: &Leaf) -> SocketAddr {
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = net::acceptor(cert, &[]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -81,13 +81,7 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
     let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
     doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = super::net::acceptor(&cert, &[]);
     let key_requests = Arc::new(AtomicUsize::new(0));
     let counter = key_requests.clone();
     tokio::spawn(async move {
@@ -159,14 +153,7 @@ pub async fn edge_sender(
     server: &str,
     from: Option<&str>,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = super::net::client_config(&[ca], &[b"http/1.1"]);
     let tcp = match from {
         Some(from) => {
             let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -175,7 +162,7 @@ pub async fn edge_sender(
         }
         None => tokio::net::TcpStream::connect(addr).await.unwrap(),
     };
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(
             rustls::pki_types::ServerName::try_from(server.to_owned()).unwrap(),
             tcp,

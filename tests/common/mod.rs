@@ -2,7 +2,10 @@
 //! pinned client. Nothing here reaches beyond 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod connect;
 pub mod matrix;
+pub mod net;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +17,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// A CA (root or intermediate) that can issue.
 pub struct Ca {
@@ -141,36 +144,38 @@ impl ResolvesServerCert for AnyKey {
     }
 }
 
-/// Starts a TLS server on 127.0.0.1:0 serving `chain` signed with `key`
-/// (which need not match the leaf). Each connection gets "hello\n" and is closed.
-pub async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> SocketAddr {
+/// A server config serving `chain` signed with `key` (which need not match
+/// the leaf), for the protocol `versions`.
+pub fn any_key_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ServerConfig {
     let provider = fedpin::tls::provider();
     let signing = provider.key_provider.load_private_key(key).unwrap();
     let ck = Arc::new(CertifiedKey::new(chain, signing));
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(AnyKey(ck)));
+        .with_cert_resolver(Arc::new(AnyKey(ck)))
+}
+
+/// Starts a TLS server on 127.0.0.1:0 serving `chain` signed with `key`
+/// (which need not match the leaf). Each connection gets "hello\n" and is closed.
+pub async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> SocketAddr {
+    let mut config = any_key_config(chain, key, rustls::DEFAULT_VERSIONS);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    net::serve_hello(config).await
+}
+
+/// Runs `fut` within 10 s; a timeout panics naming `what`.
+pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    const STEP: std::time::Duration = std::time::Duration::from_secs(10);
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no outcome within {STEP:?}"),
+    }
 }
 
 /// What a pinned client saw.

@@ -1,0 +1,130 @@
+//! TLS and HTTP plumbing shared by the stand-ins (homeservers, upstream
+//! peers, receivers) and the clients of the tests. Loopback only.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fedpin::alert::AlertHub;
+use fedpin::verify::VerifierCore;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use super::Leaf;
+
+/// A server config presenting `leaf` (alone), offering `alpn`.
+pub fn server_config(leaf: &Leaf, alpn: &[&[u8]]) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.cert.clone()], leaf.key_der())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// An acceptor presenting `leaf` (alone), offering `alpn`.
+pub fn acceptor(leaf: &Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(Arc::new(server_config(leaf, alpn)))
+}
+
+/// A client config trusting only `anchors`, offering `alpn`, without a
+/// client certificate.
+pub fn client_config(
+    anchors: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    client_config_as(anchors, alpn, None)
+}
+
+/// A client config trusting only `anchors`, offering `alpn`, presenting
+/// `cert` (if any) as its client certificate.
+pub fn client_config_as(
+    anchors: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+    cert: Option<&Leaf>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for a in anchors {
+        roots.add((*a).clone()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some(c) => builder
+            .with_client_auth_cert(vec![c.cert.clone()], c.key_der())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A verifier core trusting only `anchor`, raising its alerts on `hub`.
+pub fn only_anchor(anchor: &CertificateDer<'static>, hub: &AlertHub) -> Arc<VerifierCore> {
+    Arc::new(
+        VerifierCore::with_only_anchors(
+            &fedpin::tls::provider(),
+            std::slice::from_ref(anchor),
+            hub.clone(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Starts a TLS server on 127.0.0.1:0 with `config`. Each connection that
+/// completes the handshake gets "hello\n" and is closed.
+pub async fn serve_hello(config: rustls::ServerConfig) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"hello\n").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A plain-HTTP/1.1 server on 127.0.0.1:0 answering every request with
+/// `handler`: the stand-in for a homeserver's federation listener behind
+/// the inbound edge.
+pub async fn plain_http<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
