@@ -10,10 +10,11 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process;
 use common::{leaf, net, pem, root, Leaf};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,16 +142,9 @@ async fn enrolled() -> World {
 }
 
 struct Fedpin {
-    child: Child,
+    _child: process::Reaped,
     outbound: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Fedpin {
@@ -206,24 +200,12 @@ connect_to = {{ "{SERVER}:443" = "{front}" }}
             log2.lock().unwrap().push(line);
         }
     });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("listening line");
-    let outbound: SocketAddr = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("{line}"));
+    let rx = process::stdout_lines(&mut child);
+    let [outbound] = process::listening(&rx, &["outbound"])[..] else {
+        unreachable!()
+    };
     Fedpin {
-        child,
+        _child: process::Reaped(child),
         outbound,
         log,
     }

@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
+use common::process;
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -31,17 +31,10 @@ const STEP: Duration = Duration::from_secs(15);
 const VERSION: &str = "/_matrix/federation/v1/version";
 
 struct Fedpin {
-    child: Child,
+    _child: process::Reaped,
     inbound: SocketAddr,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `fedpin run` with an outbound section (its egress policy and trust
@@ -93,29 +86,14 @@ listen = "127.0.0.1:0"
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut inbound, mut admin) = (None, None);
-    while inbound.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("fedpin prints its listening lines");
-        let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
-        if line.contains("inbound listening") {
-            inbound = addr;
-        } else if line.contains("admin listening") {
-            admin = addr;
-        }
-    }
+    let rx = process::stdout_lines(&mut child);
+    let [inbound, admin] = process::listening(&rx, &["inbound", "admin"])[..] else {
+        unreachable!()
+    };
     Fedpin {
-        child,
-        inbound: inbound.unwrap(),
-        admin: admin.unwrap(),
+        _child: process::Reaped(child),
+        inbound,
+        admin,
         _dir: dir,
     }
 }

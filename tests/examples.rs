@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const FEDPIN: &str = env!("CARGO_BIN_EXE_fedpin");
@@ -612,15 +612,6 @@ fn prometheus_rules_are_well_formed() {
 }
 
 /// Kills the child on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -675,7 +666,7 @@ fn prometheus_rules_use_only_metrics_fedpin_exports() {
             _ => a,
         })
         .collect();
-    let _fedpin = Running(
+    let _fedpin = common::process::Reaped(
         Command::new(&argv[0])
             .args(&argv[1..])
             .env("FEDPIN_LOG", "info")

@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -54,15 +53,8 @@ async fn slow_homeserver(delay: Duration) -> SocketAddr {
 }
 
 struct Running {
-    child: std::process::Child,
+    child: process::Reaped,
     inbound: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -123,25 +115,13 @@ fn start_with(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("fedpin prints its listening line");
-    let addr: SocketAddr = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("{line}"));
+    let rx = process::stdout_lines(&mut child);
+    let [addr] = process::listening(&rx, &["inbound"])[..] else {
+        unreachable!()
+    };
     (
         Running {
-            child,
+            child: process::Reaped(child),
             inbound: addr,
         },
         cfg,

@@ -37,16 +37,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, net, pem, pin, root, Leaf};
+use common::{leaf, net, pem, pin, process, root, Leaf};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -358,7 +357,7 @@ async fn homeserver(live: Arc<AtomicUsize>) -> SocketAddr {
 // ---------------------------------------------------------------------------
 
 struct Fedpin {
-    child: Child,
+    child: process::Reaped,
     outbound: SocketAddr,
     inbound: SocketAddr,
     admin: SocketAddr,
@@ -368,15 +367,6 @@ struct Fedpin {
 impl Fedpin {
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -414,14 +404,8 @@ fn start_fedpin(cfg: &Path, log: &Path) -> Fedpin {
         .stderr(Stdio::from(log_file))
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
     // Keeps draining stdout for the child's whole life.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = process::stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut outbound, mut inbound) = (None, None);
     while outbound.is_none() || inbound.is_none() {
@@ -455,7 +439,7 @@ fn start_fedpin(cfg: &Path, log: &Path) -> Fedpin {
         std::thread::sleep(Duration::from_millis(50));
     };
     Fedpin {
-        child,
+        child: process::Reaped(child),
         outbound: outbound.unwrap(),
         inbound: inbound.unwrap(),
         admin,
