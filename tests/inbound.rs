@@ -321,14 +321,7 @@ async fn start(opts: Opts) -> Env {
             .unwrap()
             .with_settle(Duration::ZERO),
     );
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&ca.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&ca.cert, &hub);
     let certs = Arc::new(CertStore::open(&cert_path, &key_path).unwrap());
     let mut settings = opts.settings;
     settings.upstream = opts
@@ -2522,14 +2515,7 @@ async fn b_side() -> World {
     std::fs::write(&cert, pem("CERTIFICATE", b_server.cert.as_ref())).unwrap();
     std::fs::write(&key, b_server.key.serialize_pem()).unwrap();
     let b_hub = AlertHub::new();
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&public.cert),
-            b_hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&public.cert, &b_hub);
     let upstream: hyper::Uri = format!("http://{}", homeserver().await).parse().unwrap();
     let settings = InboundSettings {
         upstream,
@@ -2564,14 +2550,7 @@ async fn b_side() -> World {
 /// A's outbound proxy presenting `client` as its client certificate.
 async fn a_outbound(w: &World, client: &Leaf) -> (SocketAddr, CertificateDer<'static>) {
     let hub = AlertHub::new();
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&w.public.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&w.public.cert, &hub);
     let upstream = UpstreamTls::new(core, pins_for(B, &w.b_server.cert), fedpin::tls::provider())
         .with_client_auth(vec![client.cert.clone()], client.key_der());
     let ica_key = rcgen::KeyPair::generate().unwrap();
@@ -2721,14 +2700,7 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
     ))
     .unwrap();
     set.generation = 1;
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&public.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&public.cert, &hub);
     let upstream: hyper::Uri = format!("http://{}", homeserver().await).parse().unwrap();
     let inbound = Arc::new(InboundProxy::new(
         InboundSettings {

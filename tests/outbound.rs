@@ -122,14 +122,7 @@ async fn start_proxy_with(
     hub: AlertHub,
     settings: OutboundSettings,
 ) -> Env {
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&public.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&public.cert, &hub);
     let upstream = Arc::new(UpstreamTls::new(core, store, fedpin::tls::provider()));
     let ica = interception_ca();
     let minter = Arc::new(LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 64).unwrap());

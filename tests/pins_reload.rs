@@ -143,14 +143,7 @@ impl Fixture {
         let impostor = leaf(&ca, &[HOST]);
         // No dedup window: every check that raises an alert shows up in `recent()`.
         let hub = AlertHub::with_window(Duration::ZERO);
-        let core = Arc::new(
-            VerifierCore::with_only_anchors(
-                &fedpin::tls::provider(),
-                std::slice::from_ref(&ca.cert),
-                hub.clone(),
-            )
-            .unwrap(),
-        );
+        let core = net::only_anchor(&ca.cert, &hub);
         let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
         let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
         let tmp = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
-use common::{leaf, pem, root, Ca};
+use common::{leaf, net, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
 use fedpin::matrix::keys::{KeyFetchSettings, KeyFetcher};
@@ -65,14 +65,7 @@ async fn edge(
         Arc::new(CertStore::open(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap());
     let hub = AlertHub::new();
     let store = Arc::new(PinStore::fixed(PinSet::parse(pins).unwrap(), hub.clone()));
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&ca.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&ca.cert, &hub);
     let allow = if allow_loopback {
         vec!["127.0.0.0/8".parse().unwrap()]
     } else {
