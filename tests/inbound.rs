@@ -28,7 +28,6 @@ use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::certs::CertStore;
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;
-use fedpin::verify::VerifierCore;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Frame, Incoming};

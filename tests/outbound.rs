@@ -25,7 +25,6 @@ use fedpin::proxy::egress::EgressPolicy;
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;
-use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};

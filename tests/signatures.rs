@@ -23,7 +23,6 @@ use fedpin::proxy::egress::EgressPolicy;
 use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use fedpin::tls::certs::CertStore;
 use fedpin::tls::UpstreamTls;
-use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
