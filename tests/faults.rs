@@ -501,26 +501,12 @@ listen = "127.0.0.1:0"
 
 /// A homeserver stand-in: 200 with a small JSON body to every request.
 async fn homeserver() -> SocketAddr {
-    use hyper::{Request, Response};
-    use hyper_util::rt::TokioIo;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from_static(b"{\"server\":{}}"),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    net::plain_http(|_req| async {
+        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"server\":{}}",
+        )))
+    })
+    .await
 }
 
 /// One federation GET through the inbound edge; the status code.

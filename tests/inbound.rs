@@ -2470,29 +2470,15 @@ fn pins_for(name: &str, cert: &CertificateDer<'_>) -> Arc<PinStore> {
 
 /// Homeserver B's federation listener (plain HTTP): echoes the origin it was given.
 async fn homeserver() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .map(|v| v.to_str().unwrap_or("").to_string())
-                            .unwrap_or_default();
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            format!("B got: {auth}"),
-                        ))))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    net::plain_http(|req| async move {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        Response::new(Full::new(Bytes::from(format!("B got: {auth}"))))
+    })
+    .await
 }
 
 struct World {

@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const HOST: &str = "hs.fedpin.test";
 
@@ -983,20 +983,7 @@ async fn inv4_client_replaying_pinned_certificate_without_key_fails() {
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![server.cert.clone()], server.key_der())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
+    let addr = net::serve_hello(config).await;
 
     let provider = fedpin::tls::provider();
     let client = |key: PrivateKeyDer<'static>| {

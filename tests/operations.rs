@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 // ----------------------------------------------------------------------
 // Moved unchanged from tests/lifecycle.rs:
@@ -30,26 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A homeserver stand-in that answers after `delay`.
 async fn slow_homeserver(delay: Duration) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: Request<hyper::body::Incoming>| async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"{\"done\":true}"),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    net::plain_http(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(Full::new(Bytes::from_static(b"{\"done\":true}")))
+    })
+    .await
 }
 
 struct Running {
@@ -296,64 +281,56 @@ struct Seen {
 /// An HTTPS receiver on 127.0.0.1 answering the given statuses in turn (then 200).
 async fn receiver(ca: &common::Ca, statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let server = leaf(ca, &["localhost"]);
-    let acceptor = net::acceptor(&server, &[]);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let statuses = Arc::new(Mutex::new(statuses));
     let s2 = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            let seen = s2.clone();
-            let statuses = statuses.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    let statuses = statuses.clone();
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req.uri().path().to_string();
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        seen.lock().unwrap().push(Seen {
-                            method,
-                            path,
-                            auth,
-                            body: String::from_utf8_lossy(&body).into_owned(),
-                        });
-                        let code = {
-                            let mut st = statuses.lock().unwrap();
-                            if st.is_empty() {
-                                200
-                            } else {
-                                st.remove(0)
-                            }
-                        };
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *r.status_mut() = StatusCode::from_u16(code).unwrap();
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+    let addr = net::serve_tls(net::acceptor(&server, &[]), move |tls| {
+        let seen = s2.clone();
+        let statuses = statuses.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                let statuses = statuses.clone();
+                async move {
+                    let method = req.method().to_string();
+                    let path = req.uri().path().to_string();
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(Seen {
+                        method,
+                        path,
+                        auth,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    });
+                    let code = {
+                        let mut st = statuses.lock().unwrap();
+                        if st.is_empty() {
+                            200
+                        } else {
+                            st.remove(0)
+                        }
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+                    *r.status_mut() = StatusCode::from_u16(code).unwrap();
+                    Ok::<_, std::convert::Infallible>(r)
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
-    });
-    (port, seen)
+    })
+    .await;
+    (addr.port(), seen)
 }
 
 fn alert(event: AlertEvent, host: &str) -> Alert {

@@ -166,56 +166,46 @@ impl Upstream {
 /// Serves HTTP/1.1 or h2 (by ALPN) with `cert`; every response body is
 /// `"{label}: {method} {path} over {version}\n"`.
 async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream {
-    let acceptor = net::acceptor(cert, alpn);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(AtomicUsize::new(0));
     let (seen2, requests2) = (seen.clone(), requests.clone());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let seen = seen2.clone();
-            let requests = requests2.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let conn = tls.get_ref().1;
-                let s = Seen {
-                    sni: conn.server_name().map(str::to_string),
-                    alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-                    kind: conn.handshake_kind(),
-                };
-                let h2 = s.alpn.as_deref() == Some(b"h2");
-                seen.lock().unwrap().push(s);
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    let body = format!(
-                        "{label}: {} {} over {:?}\n",
-                        req.method(),
-                        req.uri().path(),
-                        req.version()
-                    );
-                    async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            body,
-                        ))))
-                    }
-                });
-                let io = TokioIo::new(tls);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
+    let addr = net::serve_tls(net::acceptor(cert, alpn), move |tls| {
+        let seen = seen2.clone();
+        let requests = requests2.clone();
+        async move {
+            let conn = tls.get_ref().1;
+            let s = Seen {
+                sni: conn.server_name().map(str::to_string),
+                alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                kind: conn.handshake_kind(),
+            };
+            let h2 = s.alpn.as_deref() == Some(b"h2");
+            seen.lock().unwrap().push(s);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                let body = format!(
+                    "{label}: {} {} over {:?}\n",
+                    req.method(),
+                    req.uri().path(),
+                    req.version()
+                );
+                async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
                 }
             });
+            let io = TokioIo::new(tls);
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            }
         }
-    });
+    })
+    .await;
     Upstream {
         addr,
         seen,
@@ -956,27 +946,16 @@ async fn idle_tunnel_is_closed_but_a_busy_one_is_not() {
 
 /// A TLS server that reads until the client half-closes, then answers.
 async fn echo_after_eof(cert: &Leaf) -> SocketAddr {
-    let acceptor = net::acceptor(cert, &[]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut got = Vec::new();
-                if tls.read_to_end(&mut got).await.is_ok() {
-                    let _ = tls
-                        .write_all(format!("got {} bytes after EOF\n", got.len()).as_bytes())
-                        .await;
-                    let _ = tls.shutdown().await;
-                }
-            });
+    net::serve_tls(net::acceptor(cert, &[]), |mut tls| async move {
+        let mut got = Vec::new();
+        if tls.read_to_end(&mut got).await.is_ok() {
+            let _ = tls
+                .write_all(format!("got {} bytes after EOF\n", got.len()).as_bytes())
+                .await;
+            let _ = tls.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]

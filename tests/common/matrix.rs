@@ -81,32 +81,25 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
     let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
     doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
-    let acceptor = super::net::acceptor(&cert, &[]);
     let key_requests = Arc::new(AtomicUsize::new(0));
     let counter = key_requests.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let body = body.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    let counter = counter.clone();
-                    async move {
-                        if req.uri().path() == "/_matrix/key/v2/server" {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+    super::net::serve_tls_on(listener, super::net::acceptor(&cert, &[]), move |tls| {
+        let body = body.clone();
+        let counter = counter.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let body = body.clone();
+                let counter = counter.clone();
+                async move {
+                    if req.uri().path() == "/_matrix/key/v2/server" {
+                        counter.fetch_add(1, Ordering::SeqCst);
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
     });
     Origin {
@@ -118,29 +111,13 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
 
 /// The stand-in homeserver: counts requests, answers 200.
 pub async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        async {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from("{}"),
-                            )))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = super::net::plain_http(move |_req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { hyper::Response::new(Full::new(Bytes::from("{}"))) }
+    })
+    .await;
     (addr, seen)
 }
 

@@ -15,7 +15,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use super::Leaf;
 
@@ -32,8 +34,8 @@ pub fn server_config(leaf: &Leaf, alpn: &[&[u8]]) -> rustls::ServerConfig {
 }
 
 /// An acceptor presenting `leaf` (alone), offering `alpn`.
-pub fn acceptor(leaf: &Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
-    tokio_rustls::TlsAcceptor::from(Arc::new(server_config(leaf, alpn)))
+pub fn acceptor(leaf: &Leaf, alpn: &[&[u8]]) -> TlsAcceptor {
+    TlsAcceptor::from(Arc::new(server_config(leaf, alpn)))
 }
 
 /// A client config trusting only `anchors`, offering `alpn`, without a
@@ -82,24 +84,47 @@ pub fn only_anchor(anchor: &CertificateDer<'static>, hub: &AlertHub) -> Arc<Veri
     )
 }
 
-/// Starts a TLS server on 127.0.0.1:0 with `config`. Each connection that
-/// completes the handshake gets "hello\n" and is closed.
-pub async fn serve_hello(config: rustls::ServerConfig) -> SocketAddr {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+/// A TLS server on 127.0.0.1:0: each connection that completes the
+/// handshake with `acceptor` is handed to `handle` on a task of its own.
+pub async fn serve_tls<F, Fut>(acceptor: TlsAcceptor, handle: F) -> SocketAddr
+where
+    F: Fn(TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_tls_on(listener, acceptor, handle);
+    addr
+}
+
+/// [`serve_tls`] on a listener the caller bound (to know its port first).
+pub fn serve_tls_on<F, Fut>(listener: TcpListener, acceptor: TlsAcceptor, handle: F)
+where
+    F: Fn(TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let handle = handle.clone();
             tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    handle(tls).await;
                 }
             });
         }
     });
-    addr
+}
+
+/// Starts a TLS server on 127.0.0.1:0 with `config`. Each connection that
+/// completes the handshake gets "hello\n" and is closed.
+pub async fn serve_hello(config: rustls::ServerConfig) -> SocketAddr {
+    serve_tls(TlsAcceptor::from(Arc::new(config)), |mut tls| async move {
+        let _ = tls.write_all(b"hello\n").await;
+        let _ = tls.shutdown().await;
+    })
+    .await
 }
 
 /// A plain-HTTP/1.1 server on 127.0.0.1:0 answering every request with
