@@ -157,29 +157,18 @@ impl Fedpin {
 /// `fedpin run` with the outbound proxy; `SERVER:443` reaches `front`.
 fn run_fedpin(w: &World, front: SocketAddr) -> Fedpin {
     fedpin::tls::ca::init_ca(&w.dir.path().join("ca")).unwrap();
-    let cfg = w.dir.path().join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "public.pem"
+    let cfg = process::outbound_config(
+        w.dir.path(),
+        &format!(
+            r#"extra_roots = "public.pem"
 allow_ips = ["127.0.0.0/8"]
 resolve = {{ "{FED}" = "127.0.0.1" }}
 connect_to = {{ "{SERVER}:443" = "{front}" }}
 "#
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
+    );
+    let mut child = process::fedpin_run(&cfg, &[])
         .env("FEDPIN_LOG", "info")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

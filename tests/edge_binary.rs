@@ -13,7 +13,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -48,17 +47,10 @@ fn run(ca: &Ca, upstream: SocketAddr, extra: &str) -> Fedpin {
     std::fs::write(d.join("key.pem"), server.key.serialize_pem()).unwrap();
     std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
     std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
-    let cfg = d.join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "roots.pem"
+    let cfg = process::outbound_config(
+        d,
+        &format!(
+            r#"extra_roots = "roots.pem"
 resolve = {{ "{ORIGIN_HOST}" = "127.0.0.1", "ghost.fedpin.test" = "127.0.0.1" }}
 {extra}
 
@@ -77,15 +69,8 @@ burst_per_origin = 5
 listen = "127.0.0.1:0"
 "#
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    );
+    let mut child = process::fedpin_run(&cfg, &[]).spawn().unwrap();
     let rx = process::stdout_lines(&mut child);
     let [inbound, admin] = process::listening(&rx, &["inbound", "admin"])[..] else {
         unreachable!()

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::block_scalar;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -443,35 +445,6 @@ fn live_peer_checks(addr: SocketAddr, pin: &str) {
 }
 
 // ------------------------------------------------------------------ Kubernetes
-
-/// The block scalar under `key: |` in a YAML text (first occurrence), dedented.
-fn block_scalar(yaml: &str, key: &str) -> String {
-    let header = format!("{key}: |");
-    let mut lines = yaml.lines();
-    lines
-        .by_ref()
-        .find(|l| l.trim() == header)
-        .unwrap_or_else(|| panic!("no `{header}` block"));
-    let body: Vec<&str> = lines.collect();
-    let indent = body
-        .iter()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .expect("block has content");
-    let mut out = String::new();
-    for l in body {
-        if l.trim().is_empty() {
-            out.push('\n');
-            continue;
-        }
-        if l.len() - l.trim_start().len() < indent {
-            break;
-        }
-        out.push_str(&l[indent..]);
-        out.push('\n');
-    }
-    out
-}
 
 /// The fedpin.toml and pins.toml that the Kubernetes manifest mounts pass
 /// `fedpin check-config`, with the pod's absolute paths moved into a temp

@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,25 +81,12 @@ fn start_with(
         format!("pins = \"pins.toml\"\n[inbound]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\nupstream = \"http://{upstream}\"\n"),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fedpin"));
+    let mut cmd = process::fedpin_run(&cfg, &["--drain-secs", "20"]);
     cmd.env_remove("NOTIFY_SOCKET");
     if let Some(p) = notify_socket {
         cmd.env("NOTIFY_SOCKET", p);
     }
-    let mut child = cmd
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--drain-secs",
-            "20",
-            "--config",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.spawn().unwrap();
     let rx = process::stdout_lines(&mut child);
     let [addr] = process::listening(&rx, &["inbound"])[..] else {
         unreachable!()
@@ -129,14 +116,7 @@ async fn get(addr: SocketAddr, ca: &CertificateDer<'static>) -> Result<(u16, Str
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = s.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    net::status_and_body(resp).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

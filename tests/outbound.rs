@@ -1000,24 +1000,15 @@ fn daemon_files(dir: &std::path::Path, w: &World) -> std::path::PathBuf {
         common::pem("CERTIFICATE", w.public.cert.as_ref()),
     )
     .unwrap();
-    let config = dir.join("fedpin.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "public-root.pem"
+    common::process::outbound_config(
+        dir,
+        &format!(
+            r#"extra_roots = "public-root.pem"
 allow_ips = ["127.0.0.0/8"]
 resolve = {{ "{HOST}" = "127.0.0.1" }}
 "#
         ),
     )
-    .unwrap();
-    config
 }
 
 #[tokio::test]

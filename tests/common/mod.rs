@@ -277,3 +277,32 @@ pub fn peer_toml(policy: &str, host: &str, pins: &[String], extra: &str) -> Stri
         pins.join(", ")
     )
 }
+
+/// The block scalar under `key: |` in a YAML text (first occurrence), dedented.
+pub fn block_scalar(yaml: &str, key: &str) -> String {
+    let header = format!("{key}: |");
+    let mut lines = yaml.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("no `{header}` block"));
+    let body: Vec<&str> = lines.collect();
+    let indent = body
+        .iter()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .expect("block has content");
+    let mut out = String::new();
+    for l in body {
+        if l.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        if l.len() - l.trim_start().len() < indent {
+            break;
+        }
+        out.push_str(&l[indent..]);
+        out.push('\n');
+    }
+    out
+}

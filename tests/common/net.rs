@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fedpin::alert::AlertHub;
 use fedpin::verify::VerifierCore;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -152,4 +152,16 @@ where
         }
     });
     addr
+}
+
+/// A response's status and its whole body as text.
+pub async fn status_and_body(resp: Response<Incoming>) -> Result<(u16, String), String> {
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -5,7 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -76,4 +77,38 @@ pub fn listening(lines: &mpsc::Receiver<String>, kinds: &[&str]) -> Vec<SocketAd
         }
     }
     found.into_iter().map(Option::unwrap).collect()
+}
+
+/// Writes `DIR/fedpin.toml`: the pin file `pins.toml`, an `[outbound]`
+/// proxy on 127.0.0.1:0 with the interception CA in `DIR/ca` (made by
+/// `fedpin::tls::ca::init_ca`), then `rest` (more outbound keys, sections).
+pub fn outbound_config(dir: &Path, rest: &str) -> PathBuf {
+    let cfg = dir.join("fedpin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"pins = "pins.toml"
+
+[outbound]
+listen = "127.0.0.1:0"
+ca_cert = "ca/fedpin-ca.pem"
+ca_key = "ca/fedpin-ca.key"
+{rest}"#
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `fedpin --log-format json run [run_args] --config CFG`, stdout piped
+/// (for [`stdout_lines`]) and stderr dropped unless the caller says otherwise.
+pub fn fedpin_run(cfg: &Path, run_args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fedpin"));
+    cmd.args(["--log-format", "json", "run"])
+        .args(run_args)
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
 }
