@@ -191,6 +191,16 @@ connect_to = {{ "{SERVER}:443" = "{front}" }}
     }
 }
 
+/// [`well_known_through`] `w`'s fedpin, trusting its interception CA, within [`STEP`].
+async fn well_known_now(w: &World, fp: &Fedpin) -> (u16, String) {
+    tokio::time::timeout(
+        STEP,
+        well_known_through(fp, &w.dir.path().join("ca/fedpin-ca.pem")),
+    )
+    .await
+    .unwrap()
+}
+
 /// What Synapse does for a well-known lookup through `https_proxy`:
 /// CONNECT SERVER:443, TLS trusting only fedpin's CA, GET the document.
 async fn well_known_through(fp: &Fedpin, ca_pem: &std::path::Path) -> (u16, String) {
@@ -252,12 +262,7 @@ async fn wait_alert(fp: &Fedpin, event: &str) -> Vec<serde_json::Value> {
 async fn genuine_delegation_passes_through_the_watching_tunnel() {
     let w = enrolled().await;
     let fp = run_fedpin(&w, w.front_addr);
-    let (status, body) = tokio::time::timeout(
-        STEP,
-        well_known_through(&fp, &w.dir.path().join("ca/fedpin-ca.pem")),
-    )
-    .await
-    .unwrap();
+    let (status, body) = well_known_now(&w, &fp).await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&format!("{FED}:{}", w.fed_addr.port())),
@@ -280,12 +285,7 @@ async fn forged_well_known_through_a_ca_valid_certificate_is_blocked() {
     ));
     let evil = https(&impostor, "200 OK", forged).await;
     let fp = run_fedpin(&w, evil);
-    let (status, body) = tokio::time::timeout(
-        STEP,
-        well_known_through(&fp, &w.dir.path().join("ca/fedpin-ca.pem")),
-    )
-    .await
-    .unwrap();
+    let (status, body) = well_known_now(&w, &fp).await;
     assert_eq!(status, 502, "{body}");
     assert!(!body.contains("evil.fedpin.test"), "{body}");
     assert!(body.contains("pin_mismatch"), "{body}");
@@ -303,12 +303,7 @@ async fn changed_delegation_on_the_genuine_key_raises_delegation_changed() {
     let w = enrolled().await;
     *w.front_body.lock().unwrap() = r#"{"m.server": "elsewhere.fedpin.test:8448"}"#.into();
     let fp = run_fedpin(&w, w.front_addr);
-    let (status, body) = tokio::time::timeout(
-        STEP,
-        well_known_through(&fp, &w.dir.path().join("ca/fedpin-ca.pem")),
-    )
-    .await
-    .unwrap();
+    let (status, body) = well_known_now(&w, &fp).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("delegation_changed"), "{body}");
     assert!(!body.contains("\"m.server\""), "{body}");

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{b64, edge_sender, get_with_auth, homeserver, origin, ORIGIN_HOST};
 use common::process;
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
@@ -178,15 +178,7 @@ async fn review_attacks_on_the_edge_fail_against_the_real_binary() {
         if let Err(e) = sender.ready().await {
             panic!("the edge closed the connection after {i} requests: {e}");
         }
-        let req = Request::get(VERSION)
-            .header(hyper::header::HOST, SERVER)
-            .header(hyper::header::AUTHORIZATION, ghost.as_str())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let r = tokio::time::timeout(STEP, sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
+        let r = get_with_auth(&mut sender, SERVER, VERSION, &ghost).await;
         assert_eq!(r.status().as_u16(), 401);
         let _ = r.into_body().collect().await;
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{b64, edge_sender, get_with_auth, homeserver, origin, ORIGIN_HOST};
 use common::{leaf, net, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
@@ -120,6 +120,19 @@ async fn edge(
     }
 }
 
+/// [`edge`] enforcing signatures, with an empty pin file, no origin rules
+/// and key fetches over pinned TLS.
+async fn enforcing_edge(ca: Ca) -> Edge {
+    edge(
+        ca,
+        SignatureMode::Enforce,
+        "version = 1\n",
+        EdgeRules::default(),
+        true,
+    )
+    .await
+}
+
 /// One HTTP/1.1 request over a new TLS connection from `from` (a loopback
 /// address); returns the status.
 async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body: &str) -> u16 {
@@ -148,14 +161,7 @@ const BODY: &str = r#"{"origin_server_ts": 1, "pdus": [], "edus": []}"#;
 async fn correctly_signed_requests_pass_and_forged_ones_never_reach_the_homeserver() {
     let ca = root("fedpin signatures test CA");
     let o = origin(&ca, 1).await;
-    let e = edge(
-        ca,
-        SignatureMode::Enforce,
-        "version = 1\n",
-        EdgeRules::default(),
-        true,
-    )
-    .await;
+    let e = enforcing_edge(ca).await;
 
     let good = o.sign("PUT", TXN, BODY.as_bytes(), "ed25519:k", SERVER);
     assert_eq!(send(&e, "127.0.0.1", "PUT", TXN, &good, BODY).await, 200);
@@ -210,14 +216,7 @@ async fn correctly_signed_requests_pass_and_forged_ones_never_reach_the_homeserv
 #[tokio::test]
 async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_fetch() {
     let ca = root("fedpin signatures test CA");
-    let e = edge(
-        ca,
-        SignatureMode::Enforce,
-        "version = 1\n",
-        EdgeRules::default(),
-        true,
-    )
-    .await;
+    let e = enforcing_edge(ca).await;
     // Nothing answers for this origin (loopback port 1, see `edge`); every
     // request is forged.
     let ghost = "ghost.fedpin.test:1";
@@ -233,15 +232,9 @@ async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_
             let mut sender = edge_sender(addr, &ca_cert, SERVER, None).await;
             let mut refused = 0;
             for _ in 0..100 {
-                let req = Request::get("/_matrix/federation/v1/version")
-                    .header(hyper::header::HOST, SERVER)
-                    .header(hyper::header::AUTHORIZATION, auth.as_str())
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let resp = tokio::time::timeout(STEP, sender.send_request(req))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let resp =
+                    get_with_auth(&mut sender, SERVER, "/_matrix/federation/v1/version", &auth)
+                        .await;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     refused += 1;
                 }

@@ -152,3 +152,22 @@ pub async fn edge_sender(
     tokio::spawn(conn);
     sender
 }
+
+/// One GET of `uri` for `server` with the `Authorization` header `auth` on
+/// `sender`, within 15 s.
+pub async fn get_with_auth(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    server: &str,
+    uri: &str,
+    auth: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let req = Request::get(uri)
+        .header(hyper::header::HOST, server)
+        .header(hyper::header::AUTHORIZATION, auth)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(15), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap()
+}
