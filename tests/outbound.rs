@@ -179,7 +179,6 @@ async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream 
                 alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
                 kind: conn.handshake_kind(),
             };
-            let h2 = s.alpn.as_deref() == Some(b"h2");
             seen.lock().unwrap().push(s);
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 requests.fetch_add(1, Ordering::SeqCst);
@@ -193,16 +192,7 @@ async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream 
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
                 }
             });
-            let io = TokioIo::new(tls);
-            if h2 {
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await;
-            } else {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            }
+            net::serve_http_by_alpn(tls, svc).await;
         }
     })
     .await;

@@ -306,20 +306,10 @@ async fn serve_peer_conn(
     let Ok(Ok(tls)) = tokio::time::timeout(STEP, acceptor.accept(tcp)).await else {
         return;
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("{label}\n")))))
     });
-    let io = TokioIo::new(tls);
-    if h2 {
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
-            .await;
-    } else {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .await;
-    }
+    net::serve_http_by_alpn(tls, svc).await;
 }
 
 /// The homeserver's plain-HTTP federation listener; `live` counts its open

@@ -165,3 +165,28 @@ pub async fn status_and_body(resp: Response<Incoming>) -> Result<(u16, String), 
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// Serves HTTP on an accepted TLS connection with `svc`: h2 when ALPN chose
+/// it, HTTP/1.1 otherwise.
+pub async fn serve_http_by_alpn<S>(tls: TlsStream<TcpStream>, svc: S)
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await;
+    }
+}
