@@ -2410,10 +2410,7 @@ async fn inv13_reload_that_revokes_a_client_key_ends_its_open_connections() {
     let (env, genuine) = start_mtls(ClientAuth::Require).await;
     let config = client_config(&env.ca.cert, &[b"http/1.1"], Some(&genuine));
     let tls = tls_with(env.addr, config).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = net::http1_client(tls).await.unwrap();
     let path = "/_matrix/federation/v1/version";
     let r = send.send_request(get(path, Some(PEER))).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -2587,10 +2584,7 @@ async fn try_send(
         .connect(ServerName::try_from(B).unwrap(), tcp)
         .await
         .unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut s = net::http1_client(tls).await.unwrap();
     let req = Request::get("/_matrix/federation/v1/version")
         .header("host", format!("{B}:{port}"))
         .header(
@@ -2723,10 +2717,7 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
             .connect(ServerName::try_from(B).unwrap(), tcp)
             .await
             .map_err(|e| e.to_string())?;
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let mut s = net::http1_client(tls).await?;
         let req = Request::get("/_matrix/federation/v1/query/profile")
             .header("host", B)
             .header(

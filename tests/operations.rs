@@ -107,10 +107,7 @@ async fn get(addr: SocketAddr, ca: &CertificateDer<'static>) -> Result<(u16, Str
         .connect(ServerName::try_from("hs.fedpin.test").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let mut s = net::http1_client(tls).await?;
     let req = Request::get("/_matrix/key/v2/server")
         .header("host", "hs.fedpin.test")
         .body(Empty::<Bytes>::new())

@@ -1465,10 +1465,7 @@ async fn inv13_reload_that_revokes_a_key_ends_open_tunnels() {
         name: &str,
     ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
         let tls = tunnel(env, target, name, &[b"http/1.1"]).await;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let send = net::http1_client(tls).await.unwrap();
         send
     }
     async fn ask(

@@ -146,10 +146,7 @@ pub async fn edge_sender(
         )
         .await
         .unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sender = super::net::http1_client(tls).await.unwrap();
     sender
 }
 

@@ -190,3 +190,18 @@ where
             .await;
     }
 }
+
+/// An HTTP/1.1 client on `io` (its connection driven by a task of its own).
+pub async fn http1_client<B, I>(io: I) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(send)
+}
