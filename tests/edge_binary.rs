@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, edge_sender, get_with_auth, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{
+    b64, edge_sender, get_with_auth, homeserver, origin, status_of_send, ORIGIN_HOST,
+};
 use common::process;
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
@@ -92,13 +94,7 @@ async fn send(fp: &Fedpin, ca: &Ca, from: &str, auths: &[&str]) -> u16 {
         req = req.header(hyper::header::AUTHORIZATION, *a);
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(STEP, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
+    status_of_send(&mut sender, req).await
 }
 
 /// One counter from the admin listener's `/metrics`.

@@ -608,6 +608,21 @@ fn inv8_duplicate_host_across_peers_is_rejected_whole() {
 
 /// Two peers, `HOST` pinning `a` and `OTHER` pinning `b`. The first half of
 /// the text (up to the second `[[peer]]`) is itself a valid one-peer file.
+/// Rewrites `path` in place: truncates it, writes `first`, pauses 150 ms,
+/// writes `second`.
+fn write_in_place_in_two_parts(path: &Path, first: &str, second: &str) {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    file.write_all(second.as_bytes()).unwrap();
+}
+
 fn two_peers(a: &Pin, b: &Pin) -> (String, String) {
     let first = format!("version = 1\n\n[[peer]]\nserver_name = \"{HOST}\"\npins = [\"{a}\"]\n");
     let second = format!("\n[[peer]]\nserver_name = \"{OTHER}\"\npins = [\"{b}\"]\n");
@@ -652,21 +667,11 @@ async fn inv8_half_written_file_is_never_published() {
     };
 
     // The slow in-place writer: truncate, first peer, pause, second peer.
-    use std::io::Write as _;
     use std::os::unix::fs::MetadataExt as _;
     let inode = std::fs::metadata(&path).unwrap().ino();
     let (n1, n2) = two_peers(&new_a, &new_b);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    file.write_all(n1.as_bytes()).unwrap();
-    file.flush().unwrap();
-    // Three re-checks fall in this pause; it is shorter than the settle interval.
-    std::thread::sleep(Duration::from_millis(150));
-    file.write_all(n2.as_bytes()).unwrap();
-    drop(file);
+    // Three re-checks fall in the pause; it is shorter than the settle interval.
+    write_in_place_in_two_parts(&path, &n1, &n2);
     assert_eq!(
         std::fs::metadata(&path).unwrap().ino(),
         inode,
@@ -723,18 +728,7 @@ fn inv8_reload_waits_for_the_file_to_settle() {
     let (n1, n2) = two_peers(&Pin::of_spki(b"new a"), &Pin::of_spki(b"new b"));
     let writer = {
         let path = path.clone();
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            file.write_all(n1.as_bytes()).unwrap();
-            file.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(150));
-            file.write_all(n2.as_bytes()).unwrap();
-        })
+        std::thread::spawn(move || write_in_place_in_two_parts(&path, &n1, &n2))
     };
     // The reload starts while the writer pauses.
     std::thread::sleep(Duration::from_millis(50));

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, edge_sender, get_with_auth, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{
+    b64, edge_sender, get_with_auth, homeserver, origin, status_of_send, ORIGIN_HOST,
+};
 use common::{leaf, net, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
@@ -30,7 +32,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SERVER: &str = "hs.fedpin.test";
-const STEP: Duration = Duration::from_secs(15);
 
 struct Edge {
     addr: SocketAddr,
@@ -145,13 +146,7 @@ async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
-    let resp = tokio::time::timeout(STEP, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
+    status_of_send(&mut sender, req).await
 }
 
 const TXN: &str = "/_matrix/federation/v1/send/txn1";

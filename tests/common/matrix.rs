@@ -163,8 +163,28 @@ pub async fn get_with_auth(
         .header(hyper::header::AUTHORIZATION, auth)
         .body(Full::new(Bytes::new()))
         .unwrap();
+    send_within(sender, req).await
+}
+
+/// Sends `req` on `sender`, within 15 s.
+pub async fn send_within(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> hyper::Response<hyper::body::Incoming> {
     tokio::time::timeout(std::time::Duration::from_secs(15), sender.send_request(req))
         .await
         .unwrap()
         .unwrap()
+}
+
+/// Sends `req` on `sender` (within 15 s); the status, after reading the body.
+pub async fn status_of_send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> u16 {
+    use http_body_util::BodyExt as _;
+    let resp = send_within(sender, req).await;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
 }
