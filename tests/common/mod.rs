@@ -1,5 +1,18 @@
-//! Test support: per-test PKI minted with rcgen, loopback TLS servers, and a
-//! pinned client. Nothing here reaches beyond 127.0.0.1.
+//! Test support shared by the integration crates. Nothing here reaches
+//! beyond 127.0.0.1.
+//!
+//! * here: per-test PKI minted with rcgen, pin files (`peer_toml`, `pinset`),
+//!   a replaying TLS server and a pinned client, `bounded`, `wait_until`;
+//! * [`net`]: TLS server and client configs, stand-in servers (TLS upstreams
+//!   and receivers, plain-HTTP homeservers), HTTP/1.1 clients;
+//! * [`connect`]: the raw CONNECT client for the outbound proxy;
+//! * [`process`]: running the real binaries (`fedpin run` config head,
+//!   command, stdout lines, listening addresses, reaping);
+//! * [`matrix`]: a Matrix origin (signing key, key server), the stand-in
+//!   homeserver for signature tests, and a sender to the edge.
+//!
+//! Each crate includes this module and uses part of it, hence
+//! `allow(dead_code)`.
 #![allow(dead_code)]
 
 pub mod connect;
