@@ -2535,11 +2535,8 @@ async fn a_outbound(w: &World, client: &Leaf) -> (SocketAddr, CertificateDer<'st
     let core = net::only_anchor(&w.public.cert, &hub);
     let upstream = UpstreamTls::new(core, pins_for(B, &w.b_server.cert), fedpin::tls::provider())
         .with_client_auth(vec![client.cert.clone()], client.key_der());
-    let ica_key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ica = p.self_signed(&ica_key).unwrap();
-    let minter = LeafMinter::from_pem(&ica.pem(), &ica_key.serialize_pem(), 8).unwrap();
+    let ica = common::interception_ca();
+    let minter = LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 8).unwrap();
     let mut settings = OutboundSettings {
         egress: EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
         ..OutboundSettings::default()
@@ -2557,7 +2554,7 @@ async fn a_outbound(w: &World, client: &Leaf) -> (SocketAddr, CertificateDer<'st
     let (tx, rx) = tokio::sync::watch::channel(false);
     std::mem::forget(tx);
     tokio::spawn(proxy.serve(l, rx));
-    (addr, ica.der().clone())
+    (addr, ica.der)
 }
 
 /// Homeserver A sends one federation request to B through A's fedpin.

@@ -531,25 +531,13 @@ async fn critical_reaches_a_slow_command_sink_after_a_flood_of_warnings() {
 // The command alert sink.
 // ----------------------------------------------------------------------
 
+/// [`alert`] for a pin mismatch, with the peer address and mode filled in.
 fn sample_alert(host: &str) -> fedpin::alert::Alert {
     fedpin::alert::Alert {
-        event: AlertEvent::PinMismatch,
-        severity: fedpin::alert::Severity::Critical,
-        time: fedpin::alert::Alert::now_string(),
-        direction: Direction::Outbound,
-        server_name: Some(host.into()),
-        host: Some(host.into()),
-        port: Some(8448),
         peer_addr: Some("127.0.0.1:8448".into()),
         mode: Some(fedpin::pins::Mode::Enforce),
-        action: fedpin::alert::Action::Blocked,
-        webpki: "valid".into(),
-        served_chain: vec![],
-        known_pins: vec![],
-        expires: None,
-        pin_generation: 1,
         reason: "test".into(),
-        repeats: 1,
+        ..alert(AlertEvent::PinMismatch, host)
     }
 }
 

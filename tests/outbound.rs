@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::connect::{connect, send_raw};
-use common::{bounded, leaf, net, root, wait_until, Ca, Leaf};
+use common::{bounded, interception_ca, leaf, net, root, wait_until, Ca, InterceptionCa, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::metrics::{CheckMode, CheckResult, HandshakeResult};
 use fedpin::pins::{PinSet, PinStore};
@@ -28,7 +28,6 @@ use fedpin::tls::UpstreamTls;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,33 +43,6 @@ const STEP: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// The interception CA: PEM for the minter, DER for the client's trust store.
-struct InterceptionCa {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn interception_ca() -> InterceptionCa {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "fedpin test interception CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    InterceptionCa {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-    }
-}
 
 /// A pin file with one `[[peer]]` per (server name, pinned certificate).
 fn pins_toml(peers: &[(&str, &CertificateDer<'static>)]) -> String {

@@ -63,6 +63,27 @@ fn ca_params(cn: &str) -> CertificateParams {
     p
 }
 
+/// An interception CA as `fedpin ca init` makes one (P-256, path length
+/// 0): PEM for the minter, DER for the client's trust store.
+pub struct InterceptionCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+/// A fresh [`InterceptionCa`].
+pub fn interception_ca() -> InterceptionCa {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = ca_params("fedpin test interception CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let cert = params.self_signed(&key).unwrap();
+    InterceptionCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
 /// A self-signed root CA.
 pub fn root(cn: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
