@@ -18,7 +18,6 @@ use common::process;
 use common::{leaf, net, pem, root, Leaf};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SERVER: &str = "deleg.fedpin.test";
 const FED: &str = "fed.deleg.fedpin.test";
@@ -205,23 +204,7 @@ async fn well_known_now(w: &World, fp: &Fedpin) -> (u16, String) {
 /// CONNECT SERVER:443, TLS trusting only fedpin's CA, GET the document.
 async fn well_known_through(fp: &Fedpin, ca_pem: &std::path::Path) -> (u16, String) {
     let ica = fedpin::tls::load_certs(ca_pem).unwrap();
-    let mut tcp = TcpStream::connect(fp.outbound).await.unwrap();
-    tcp.write_all(
-        format!("CONNECT {SERVER}:443 HTTP/1.1\r\nHost: {SERVER}:443\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tcp.read(&mut b).await.unwrap(), 1, "CONNECT reply cut");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let tcp = common::connect::tunnel_tcp(fp.outbound, &format!("{SERVER}:443")).await;
     let config = net::client_config(&[&ica[0]], &[b"http/1.1"]);
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from(SERVER).unwrap(), tcp)
