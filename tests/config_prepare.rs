@@ -5,6 +5,9 @@
 //! listening line for each configured listener, or when it exits.
 #![cfg(unix)]
 
+mod common;
+
+use common::block_scalar;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -60,35 +63,6 @@ fn loopback_listens(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
-}
-
-/// The block scalar under `key: |` in a YAML text (first one), dedented.
-fn block_scalar(yaml: &str, key: &str) -> String {
-    let header = format!("{key}: |");
-    let mut lines = yaml.lines();
-    lines
-        .by_ref()
-        .find(|l| l.trim() == header)
-        .unwrap_or_else(|| panic!("no `{header}` block"));
-    let body: Vec<&str> = lines.collect();
-    let indent = body
-        .iter()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .expect("block has content");
-    let mut out = String::new();
-    for l in body {
-        if l.trim().is_empty() {
-            out.push('\n');
-            continue;
-        }
-        if l.len() - l.trim_start().len() < indent {
-            break;
-        }
-        out.push_str(&l[indent..]);
-        out.push('\n');
-    }
-    out
 }
 
 /// The standard material of a case directory: interception CA (0600 key),

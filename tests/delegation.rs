@@ -10,14 +10,14 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{leaf, pem, root, Leaf};
+use common::process;
+use common::{leaf, net, pem, root, Leaf};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const SERVER: &str = "deleg.fedpin.test";
 const FED: &str = "fed.deleg.fedpin.test";
@@ -26,42 +26,27 @@ const STEP: Duration = Duration::from_secs(15);
 /// A TLS server answering every request with `body()` (HTTP/1.1, one
 /// request per connection).
 async fn https(cert: &Leaf, status: &'static str, body: Arc<Mutex<String>>) -> SocketAddr {
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let body = body.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+    net::serve_tls(net::acceptor(cert, &[]), move |mut tls| {
+        let body = body.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 2048];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-                let b = body.lock().unwrap().clone();
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-                    b.len()
-                );
-                let _ = tls.write_all(resp.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
+            }
+            let b = body.lock().unwrap().clone();
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            );
+            let _ = tls.write_all(resp.as_bytes()).await;
+            let _ = tls.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 struct World {
@@ -147,16 +132,9 @@ async fn enrolled() -> World {
 }
 
 struct Fedpin {
-    child: Child,
+    _child: process::Reaped,
     outbound: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Fedpin {
@@ -178,29 +156,18 @@ impl Fedpin {
 /// `fedpin run` with the outbound proxy; `SERVER:443` reaches `front`.
 fn run_fedpin(w: &World, front: SocketAddr) -> Fedpin {
     fedpin::tls::ca::init_ca(&w.dir.path().join("ca")).unwrap();
-    let cfg = w.dir.path().join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "public.pem"
+    let cfg = process::outbound_config(
+        w.dir.path(),
+        &format!(
+            r#"extra_roots = "public.pem"
 allow_ips = ["127.0.0.0/8"]
 resolve = {{ "{FED}" = "127.0.0.1" }}
 connect_to = {{ "{SERVER}:443" = "{front}" }}
 "#
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
+    );
+    let mut child = process::fedpin_run(&cfg, &[])
         .env("FEDPIN_LOG", "info")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -212,59 +179,34 @@ connect_to = {{ "{SERVER}:443" = "{front}" }}
             log2.lock().unwrap().push(line);
         }
     });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("listening line");
-    let outbound: SocketAddr = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("{line}"));
+    let rx = process::stdout_lines(&mut child);
+    let [outbound] = process::listening(&rx, &["outbound"])[..] else {
+        unreachable!()
+    };
     Fedpin {
-        child,
+        _child: process::Reaped(child),
         outbound,
         log,
     }
+}
+
+/// [`well_known_through`] `w`'s fedpin, trusting its interception CA, within [`STEP`].
+async fn well_known_now(w: &World, fp: &Fedpin) -> (u16, String) {
+    tokio::time::timeout(
+        STEP,
+        well_known_through(fp, &w.dir.path().join("ca/fedpin-ca.pem")),
+    )
+    .await
+    .unwrap()
 }
 
 /// What Synapse does for a well-known lookup through `https_proxy`:
 /// CONNECT SERVER:443, TLS trusting only fedpin's CA, GET the document.
 async fn well_known_through(fp: &Fedpin, ca_pem: &std::path::Path) -> (u16, String) {
     let ica = fedpin::tls::load_certs(ca_pem).unwrap();
-    let mut tcp = TcpStream::connect(fp.outbound).await.unwrap();
-    tcp.write_all(
-        format!("CONNECT {SERVER}:443 HTTP/1.1\r\nHost: {SERVER}:443\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tcp.read(&mut b).await.unwrap(), 1, "CONNECT reply cut");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ica[0].clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tcp = common::connect::tunnel_tcp(fp.outbound, &format!("{SERVER}:443")).await;
+    let config = net::client_config(&[&ica[0]], &[b"http/1.1"]);
+    let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from(SERVER).unwrap(), tcp)
         .await
         .unwrap();
@@ -303,12 +245,7 @@ async fn wait_alert(fp: &Fedpin, event: &str) -> Vec<serde_json::Value> {
 async fn genuine_delegation_passes_through_the_watching_tunnel() {
     let w = enrolled().await;
     let fp = run_fedpin(&w, w.front_addr);
-    let (status, body) = tokio::time::timeout(
-        STEP,
-        well_known_through(&fp, &w.dir.path().join("ca/fedpin-ca.pem")),
-    )
-    .await
-    .unwrap();
+    let (status, body) = well_known_now(&w, &fp).await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&format!("{FED}:{}", w.fed_addr.port())),
@@ -331,12 +268,7 @@ async fn forged_well_known_through_a_ca_valid_certificate_is_blocked() {
     ));
     let evil = https(&impostor, "200 OK", forged).await;
     let fp = run_fedpin(&w, evil);
-    let (status, body) = tokio::time::timeout(
-        STEP,
-        well_known_through(&fp, &w.dir.path().join("ca/fedpin-ca.pem")),
-    )
-    .await
-    .unwrap();
+    let (status, body) = well_known_now(&w, &fp).await;
     assert_eq!(status, 502, "{body}");
     assert!(!body.contains("evil.fedpin.test"), "{body}");
     assert!(body.contains("pin_mismatch"), "{body}");
@@ -354,12 +286,7 @@ async fn changed_delegation_on_the_genuine_key_raises_delegation_changed() {
     let w = enrolled().await;
     *w.front_body.lock().unwrap() = r#"{"m.server": "elsewhere.fedpin.test:8448"}"#.into();
     let fp = run_fedpin(&w, w.front_addr);
-    let (status, body) = tokio::time::timeout(
-        STEP,
-        well_known_through(&fp, &w.dir.path().join("ca/fedpin-ca.pem")),
-    )
-    .await
-    .unwrap();
+    let (status, body) = well_known_now(&w, &fp).await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("delegation_changed"), "{body}");
     assert!(!body.contains("\"m.server\""), "{body}");

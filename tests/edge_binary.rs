@@ -12,14 +12,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
+use common::matrix::{
+    b64, edge_sender, get_with_auth, homeserver, origin, status_of_send, ORIGIN_HOST,
+};
+use common::process;
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -31,17 +32,10 @@ const STEP: Duration = Duration::from_secs(15);
 const VERSION: &str = "/_matrix/federation/v1/version";
 
 struct Fedpin {
-    child: Child,
+    _child: process::Reaped,
     inbound: SocketAddr,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `fedpin run` with an outbound section (its egress policy and trust
@@ -55,17 +49,10 @@ fn run(ca: &Ca, upstream: SocketAddr, extra: &str) -> Fedpin {
     std::fs::write(d.join("key.pem"), server.key.serialize_pem()).unwrap();
     std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
     std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
-    let cfg = d.join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "roots.pem"
+    let cfg = process::outbound_config(
+        d,
+        &format!(
+            r#"extra_roots = "roots.pem"
 resolve = {{ "{ORIGIN_HOST}" = "127.0.0.1", "ghost.fedpin.test" = "127.0.0.1" }}
 {extra}
 
@@ -84,38 +71,16 @@ burst_per_origin = 5
 listen = "127.0.0.1:0"
 "#
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut inbound, mut admin) = (None, None);
-    while inbound.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("fedpin prints its listening lines");
-        let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
-        if line.contains("inbound listening") {
-            inbound = addr;
-        } else if line.contains("admin listening") {
-            admin = addr;
-        }
-    }
+    );
+    let mut child = process::fedpin_run(&cfg, &[]).spawn().unwrap();
+    let rx = process::stdout_lines(&mut child);
+    let [inbound, admin] = process::listening(&rx, &["inbound", "admin"])[..] else {
+        unreachable!()
+    };
     Fedpin {
-        child,
-        inbound: inbound.unwrap(),
-        admin: admin.unwrap(),
+        _child: process::Reaped(child),
+        inbound,
+        admin,
         _dir: dir,
     }
 }
@@ -129,13 +94,7 @@ async fn send(fp: &Fedpin, ca: &Ca, from: &str, auths: &[&str]) -> u16 {
         req = req.header(hyper::header::AUTHORIZATION, *a);
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(STEP, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
+    status_of_send(&mut sender, req).await
 }
 
 /// One counter from the admin listener's `/metrics`.
@@ -215,15 +174,7 @@ async fn review_attacks_on_the_edge_fail_against_the_real_binary() {
         if let Err(e) = sender.ready().await {
             panic!("the edge closed the connection after {i} requests: {e}");
         }
-        let req = Request::get(VERSION)
-            .header(hyper::header::HOST, SERVER)
-            .header(hyper::header::AUTHORIZATION, ghost.as_str())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let r = tokio::time::timeout(STEP, sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
+        let r = get_with_auth(&mut sender, SERVER, VERSION, &ghost).await;
         assert_eq!(r.status().as_u16(), 401);
         let _ = r.into_body().collect().await;
     }

@@ -8,12 +8,14 @@
 
 mod common;
 
+use common::block_scalar;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const FEDPIN: &str = env!("CARGO_BIN_EXE_fedpin");
@@ -444,35 +446,6 @@ fn live_peer_checks(addr: SocketAddr, pin: &str) {
 
 // ------------------------------------------------------------------ Kubernetes
 
-/// The block scalar under `key: |` in a YAML text (first occurrence), dedented.
-fn block_scalar(yaml: &str, key: &str) -> String {
-    let header = format!("{key}: |");
-    let mut lines = yaml.lines();
-    lines
-        .by_ref()
-        .find(|l| l.trim() == header)
-        .unwrap_or_else(|| panic!("no `{header}` block"));
-    let body: Vec<&str> = lines.collect();
-    let indent = body
-        .iter()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .expect("block has content");
-    let mut out = String::new();
-    for l in body {
-        if l.trim().is_empty() {
-            out.push('\n');
-            continue;
-        }
-        if l.len() - l.trim_start().len() < indent {
-            break;
-        }
-        out.push_str(&l[indent..]);
-        out.push('\n');
-    }
-    out
-}
-
 /// The fedpin.toml and pins.toml that the Kubernetes manifest mounts pass
 /// `fedpin check-config`, with the pod's absolute paths moved into a temp
 /// dir holding a CA from `fedpin ca init` and a certificate pair.
@@ -612,15 +585,6 @@ fn prometheus_rules_are_well_formed() {
 }
 
 /// Kills the child on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -675,7 +639,7 @@ fn prometheus_rules_use_only_metrics_fedpin_exports() {
             _ => a,
         })
         .collect();
-    let _fedpin = Running(
+    let _fedpin = common::process::Reaped(
         Command::new(&argv[0])
             .args(&argv[1..])
             .env("FEDPIN_LOG", "info")

@@ -4,19 +4,18 @@
 mod common;
 
 use common::*;
-use fedpin::alert::{Action, AlertEvent, Direction, Severity};
-use fedpin::verify::{Basis, Usage, Verdict};
-use rustls::pki_types::{CertificateDer, UnixTime};
+use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::pins::{Mode, PinSet};
+use fedpin::verify::{Basis, PinnedClientVerifier, Usage, Verdict};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
 
 const HOST: &str = "hs.fedpin.test";
-
-fn peer_toml(policy: &str, pins: &[String], extra: &str) -> String {
-    let pins: Vec<String> = pins.iter().map(|p| format!("\"{p}\"")).collect();
-    format!(
-        "version = 1\n[policy]\n{policy}\n\n[[peer]]\nserver_name = \"{HOST}\"\npins = [{}]\n{extra}\n",
-        pins.join(", ")
-    )
-}
 
 /// Invariant 1: Web PKI with the configured roots plus extra anchors.
 #[tokio::test]
@@ -52,7 +51,7 @@ async fn inv2_ca_valid_impostor_is_critical_pin_mismatch() {
     let genuine = leaf(&ca, &[HOST]);
     let impostor = leaf(&ca, &[HOST]);
     let (core, hub) = core(&[&ca.cert]);
-    let pins = pinset(&peer_toml("", &[pin(&genuine.cert).to_string()], ""));
+    let pins = pinset(&peer_toml("", HOST, &[pin(&genuine.cert).to_string()], ""));
 
     let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
     let out = connect(&core, &pins, good, HOST).await;
@@ -95,7 +94,12 @@ async fn inv2_pinned_intermediate_off_the_validated_path_does_not_count() {
     let rogue_root = root("Compromised Root");
     let rogue_leaf = leaf(&rogue_root, &[HOST]);
     let (core, hub) = core(&[&genuine_root.cert, &rogue_root.cert]);
-    let pins = pinset(&peer_toml("", &[pin(&genuine_int.cert).to_string()], ""));
+    let pins = pinset(&peer_toml(
+        "",
+        HOST,
+        &[pin(&genuine_int.cert).to_string()],
+        "",
+    ));
 
     // The genuine chain passes on the intermediate's pin.
     let good = serve(
@@ -132,7 +136,7 @@ async fn inv2_pin_on_anchor_or_leaf_of_validated_path_counts() {
     let (core, hub) = core(&[&r.cert]);
     let addr = serve(vec![l.cert.clone(), int.cert.clone()], l.key_der()).await;
     for p in [pin(&r.cert), pin(&l.cert)] {
-        let pins = pinset(&peer_toml("", &[p.to_string()], ""));
+        let pins = pinset(&peer_toml("", HOST, &[p.to_string()], ""));
         let out = connect(&core, &pins, addr, HOST).await;
         assert_eq!(out.result.as_deref(), Ok("hello\n"));
     }
@@ -148,17 +152,17 @@ async fn inv2_pinned_leaf_with_invalid_chain_is_rejected() {
     let (core, hub) = core(&[&trusted.cert]);
 
     let l = leaf(&untrusted, &[HOST]);
-    let pins = pinset(&peer_toml("", &[pin(&l.cert).to_string()], ""));
+    let pins = pinset(&peer_toml("", HOST, &[pin(&l.cert).to_string()], ""));
     let addr = serve(vec![l.cert.clone()], l.key_der()).await;
     assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
 
     let old = expired_leaf(&trusted, &[HOST]);
-    let pins_old = pinset(&peer_toml("", &[pin(&old.cert).to_string()], ""));
+    let pins_old = pinset(&peer_toml("", HOST, &[pin(&old.cert).to_string()], ""));
     let addr = serve(vec![old.cert.clone()], old.key_der()).await;
     assert!(connect(&core, &pins_old, addr, HOST).await.result.is_err());
 
     let other = leaf(&trusted, &["other.fedpin.test"]);
-    let pins_other = pinset(&peer_toml("", &[pin(&other.cert).to_string()], ""));
+    let pins_other = pinset(&peer_toml("", HOST, &[pin(&other.cert).to_string()], ""));
     let addr = serve(vec![other.cert.clone()], other.key_der()).await;
     assert!(connect(&core, &pins_other, addr, HOST)
         .await
@@ -181,6 +185,7 @@ async fn inv3_pin_only_checks_leaf_key_alone() {
     let ss = self_signed(&["some-other-name.example"]);
     let pins = pinset(&peer_toml(
         "",
+        HOST,
         &[pin(&ss.cert).to_string()],
         "trust = \"pin-only\"",
     ));
@@ -216,7 +221,12 @@ async fn inv4_replayed_pinned_certificate_without_key_fails() {
     let attacker_key = leaf(&ca, &[HOST]).key_der();
     let (core, hub) = core(&[&ca.cert]);
     for trust in ["trust = \"webpki\"", "trust = \"pin-only\""] {
-        let pins = pinset(&peer_toml("", &[pin(&genuine.cert).to_string()], trust));
+        let pins = pinset(&peer_toml(
+            "",
+            HOST,
+            &[pin(&genuine.cert).to_string()],
+            trust,
+        ));
         let addr = serve(vec![genuine.cert.clone()], attacker_key.clone_key()).await;
         let out = connect(&core, &pins, addr, HOST).await;
         assert!(out.result.is_err(), "{trust}: replay must fail");
@@ -241,6 +251,7 @@ async fn inv5_report_mode_allows_only_webpki_valid_mismatch() {
     let (core, hub) = core(&[&ca.cert]);
     let pins = pinset(&peer_toml(
         "",
+        HOST,
         &[pin(&pinned.cert).to_string()],
         "mode = \"report\"",
     ));
@@ -278,6 +289,7 @@ async fn inv6_unpinned_policy_webpki_and_deny() {
 
     let webpki = pinset(&peer_toml(
         "unpinned = \"webpki\"",
+        HOST,
         std::slice::from_ref(&other_pin),
         "",
     ));
@@ -290,7 +302,7 @@ async fn inv6_unpinned_policy_webpki_and_deny() {
     );
     assert!(alerts(&hub).is_empty());
 
-    let deny = pinset(&peer_toml("unpinned = \"deny\"", &[other_pin], ""));
+    let deny = pinset(&peer_toml("unpinned = \"deny\"", HOST, &[other_pin], ""));
     let out = connect(&core, &deny, addr, "unlisted.fedpin.test").await;
     assert!(out.result.unwrap_err().contains("policy.unpinned"));
     let a = alerts(&hub);
@@ -315,6 +327,7 @@ async fn inv6_expired_pins_follow_on_expired() {
 
     let fallback = pinset(&peer_toml(
         "on_expired = \"webpki\"",
+        HOST,
         &[pin(&pinned.cert).to_string()],
         expired,
     ));
@@ -324,6 +337,7 @@ async fn inv6_expired_pins_follow_on_expired() {
 
     let deny = pinset(&peer_toml(
         "on_expired = \"deny\"",
+        HOST,
         &[pin(&pinned.cert).to_string()],
         expired,
     ));
@@ -332,6 +346,7 @@ async fn inv6_expired_pins_follow_on_expired() {
     // Not yet expired: enforced as usual (a rotated key is refused).
     let future = pinset(&peer_toml(
         "on_expired = \"webpki\"",
+        HOST,
         &[pin(&pinned.cert).to_string()],
         "expires = \"2999-01-01T00:00:00Z\"",
     ));
@@ -431,6 +446,7 @@ async fn invariant_10_expired_pins_are_still_compared() {
         let (core, hub) = core(&[&ca.cert]);
         let pins = pinset(&peer_toml(
             &format!("on_expired = \"{on_expired}\""),
+            HOST,
             &pinned_pin,
             &format!("{expired}\n{extra}"),
         ));
@@ -495,6 +511,7 @@ async fn inv7_fail_closed_on_unparseable_certificate() {
     // A pin-only peer whose pinned key signs the handshake but whose certificate is garbage: rejected too.
     let pinned_junk = pinset(&peer_toml(
         "",
+        HOST,
         &[pin(&k.cert).to_string()],
         "trust = \"pin-only\"",
     ));
@@ -534,4 +551,717 @@ fn inv9_lookup_is_constant_work() {
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("lookups must not scan the peer list");
     assert_eq!(found, n);
+}
+
+// ----------------------------------------------------------------------
+// Moved unchanged from tests/invariants_extra.rs:
+// More tests for the SPEC section 4 invariants, each named after the invariant
+// it guards. Each one covers a bug in the verifier that `tests/invariants.rs`
+// let through in a mutation check: a test here passes against the real code
+// and fails against the mutant named in its doc comment.
+// Real TLS on 127.0.0.1 with chains minted per test by rcgen, or
+// `VerifierCore::evaluate` / `PinnedClientVerifier::evaluate` where a
+// handshake adds nothing.
+// ----------------------------------------------------------------------
+
+/// A leaf for `names` whose only extended key usage is `eku`.
+fn leaf_with_eku(issuer: &Ca, names: &[&str], eku: ExtendedKeyUsagePurpose) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.extended_key_usages = vec![eku];
+    let cert = params.signed_by(&key, &issuer.issuer).unwrap();
+    Leaf {
+        cert: cert.der().clone(),
+        key,
+    }
+}
+
+/// Serves `chain` signed with `key` (which need not match the leaf), speaking
+/// only TLS 1.2, so the client checks the ServerKeyExchange signature through
+/// `verify_tls12_signature`.
+async fn serve_tls12(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> SocketAddr {
+    net::serve_hello(any_key_config(chain, key, &[&rustls::version::TLS12])).await
+}
+
+fn at(rfc3339: &str) -> UnixTime {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    UnixTime::since_unix_epoch(Duration::from_secs(t.unix_timestamp() as u64))
+}
+
+/// Invariant 2 (the chain must validate *for the host name*) applied to every
+/// Web PKI fallback: no entry under `policy.unpinned = "webpki"`, and expired
+/// pins under `policy.on_expired = "webpki"`. A CA-valid certificate for
+/// another name is refused. Mutant caught: `webpki_check` skipping
+/// `verify_is_valid_for_subject_name`.
+#[tokio::test]
+async fn inv6_webpki_fallbacks_check_the_host_name() {
+    let ca = root("CA");
+    let (core, hub) = core(&[&ca.cert]);
+    let wrong_name = leaf(&ca, &["somebody-else.fedpin.test"]);
+    let addr = serve(vec![wrong_name.cert.clone()], wrong_name.key_der()).await;
+
+    let unpinned = pinset("version = 1\n[policy]\nunpinned = \"webpki\"\n");
+    let out = connect(&core, &unpinned, addr, HOST).await;
+    assert!(
+        out.result.is_err(),
+        "unpinned host, certificate for another name"
+    );
+
+    let expired = pinset(&peer_toml(
+        "on_expired = \"webpki\"",
+        HOST,
+        &[pin(&wrong_name.cert).to_string()],
+        "expires = \"2020-01-01T00:00:00Z\"",
+    ));
+    let out = connect(&core, &expired, addr, HOST).await;
+    assert!(
+        out.result.is_err(),
+        "expired pins, certificate for another name"
+    );
+
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(
+        (a[0].event, a[0].action),
+        (AlertEvent::ChainInvalid, Action::Blocked)
+    );
+    assert_eq!(
+        (a[1].event, a[1].action),
+        (AlertEvent::PinExpired, Action::Blocked)
+    );
+    for a in &a {
+        assert_ne!(a.webpki, "valid");
+        assert_eq!(a.severity, Severity::Warning);
+    }
+}
+
+/// Invariant 5: report mode lets a mismatch through only if Web PKI passes,
+/// and Web PKI includes the name check. Mutant caught: `webpki_check`
+/// skipping the name check (report mode would then allow a CA-valid
+/// certificate for any name).
+#[tokio::test]
+async fn inv5_report_mode_needs_webpki_valid_for_the_name() {
+    let ca = root("CA");
+    let pinned = leaf(&ca, &[HOST]);
+    let wrong_name = leaf(&ca, &["somebody-else.fedpin.test"]);
+    let (core, hub) = core(&[&ca.cert]);
+    let pins = pinset(&peer_toml(
+        "",
+        HOST,
+        &[pin(&pinned.cert).to_string()],
+        "mode = \"report\"",
+    ));
+    let addr = serve(vec![wrong_name.cert.clone()], wrong_name.key_der()).await;
+    let out = connect(&core, &pins, addr, HOST).await;
+    assert!(out.result.is_err());
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].event, a[0].severity, a[0].action),
+        (AlertEvent::PinMismatch, Severity::Warning, Action::Blocked)
+    );
+}
+
+/// Invariant 6: expired pins under `on_expired = "webpki"` fall back to Web
+/// PKI, so a chain that does not validate is refused. Mutant caught: the
+/// expired branch accepting on `ExpiredPolicy::Webpki` whatever Web PKI says.
+#[tokio::test]
+async fn inv6_expired_pins_webpki_fallback_refuses_invalid_chain() {
+    let trusted = root("Trusted");
+    let untrusted = root("Untrusted");
+    let (core, hub) = core(&[&trusted.cert]);
+    let l = leaf(&untrusted, &[HOST]);
+    let pins = pinset(&peer_toml(
+        "on_expired = \"webpki\"",
+        HOST,
+        &[pin(&l.cert).to_string()],
+        "expires = \"2020-01-01T00:00:00Z\"",
+    ));
+    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
+    let out = connect(&core, &pins, addr, HOST).await;
+    assert!(
+        out.result.is_err(),
+        "expired pins + untrusted chain must be refused"
+    );
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].event, a[0].action),
+        (AlertEvent::PinExpired, Action::Blocked)
+    );
+}
+
+/// Invariant 6 (expired pins): `expires` is an instant; its UTC offset
+/// counts. `2030-01-01T00:00:00+02:00` is 2029-12-31T22:00Z: at 23:00Z the
+/// pins have expired, at 21:00Z they have not. Mutant caught: comparing
+/// wall-clock date and time while ignoring the offset.
+#[test]
+fn inv6_pin_expiry_honours_the_utc_offset() {
+    let ca = root("CA");
+    let l = leaf(&ca, &[HOST]);
+    let (core, _hub) = core(&[&ca.cert]);
+    let pins = pinset(&peer_toml(
+        "on_expired = \"deny\"",
+        HOST,
+        &[pin(&l.cert).to_string()],
+        "expires = \"2030-01-01T00:00:00+02:00\"",
+    ));
+    let name = ServerName::try_from(HOST).unwrap();
+    let eval = |now: UnixTime| {
+        core.evaluate(
+            &pins,
+            HOST,
+            Some(&name),
+            &l.cert,
+            &[],
+            now,
+            Usage::Server,
+            &Default::default(),
+        )
+    };
+    let after = eval(at("2029-12-31T23:00:00Z"));
+    match &after.verdict {
+        Verdict::Reject(r) => assert_eq!(r.event, AlertEvent::PinExpired),
+        v => panic!("one hour after expiry the pins must count as expired: {v:?}"),
+    }
+    let before = eval(at("2029-12-31T21:00:00Z"));
+    match &before.verdict {
+        Verdict::Accept(a) => assert_eq!(a.basis(), Basis::PinOnValidatedPath),
+        v => panic!("one hour before expiry the pins are enforced and match: {v:?}"),
+    }
+}
+
+/// Invariant 3: under `trust = "pin-only"` only the leaf key counts; a
+/// leaf that Web PKI accepts for the name but whose key is not pinned is
+/// refused (in enforce mode) with the CA-compromise severity. Mutant caught:
+/// pin-only treated as "pin OR Web PKI".
+#[tokio::test]
+async fn inv3_pin_only_refuses_ca_valid_leaf_with_unpinned_key() {
+    let ca = root("Public CA");
+    let (core, hub) = core(&[&ca.cert]);
+    let pinned = self_signed(&[HOST]);
+    let ca_valid = leaf(&ca, &[HOST]);
+    let pins = pinset(&peer_toml(
+        "",
+        HOST,
+        &[pin(&pinned.cert).to_string()],
+        "trust = \"pin-only\"",
+    ));
+    let addr = serve(vec![ca_valid.cert.clone()], ca_valid.key_der()).await;
+    let out = connect(&core, &pins, addr, HOST).await;
+    assert!(
+        out.result.is_err(),
+        "a CA-valid but unpinned leaf is not enough"
+    );
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].event, a[0].severity, a[0].action, a[0].webpki.as_str()),
+        (
+            AlertEvent::PinMismatch,
+            Severity::Critical,
+            Action::Blocked,
+            "valid"
+        )
+    );
+}
+
+/// Invariant 4 on the TLS 1.2 path: a peer that replays the pinned
+/// certificate without its key fails the ServerKeyExchange signature check.
+/// Mutant caught: `verify_tls12_signature` returning Ok (the invariants
+/// tests only ever negotiate TLS 1.3).
+#[tokio::test]
+async fn inv4_tls12_replayed_pinned_certificate_without_key_fails() {
+    let ca = root("CA");
+    let genuine = leaf(&ca, &[HOST]);
+    let attacker_key = leaf(&ca, &[HOST]).key_der();
+    let (core, hub) = core(&[&ca.cert]);
+
+    // Control: the genuine key over TLS 1.2 is accepted.
+    let pins = pinset(&peer_toml("", HOST, &[pin(&genuine.cert).to_string()], ""));
+    let good = serve_tls12(vec![genuine.cert.clone()], genuine.key_der()).await;
+    assert_eq!(
+        connect(&core, &pins, good, HOST).await.result.as_deref(),
+        Ok("hello\n")
+    );
+
+    for trust in ["trust = \"webpki\"", "trust = \"pin-only\""] {
+        let pins = pinset(&peer_toml(
+            "",
+            HOST,
+            &[pin(&genuine.cert).to_string()],
+            trust,
+        ));
+        let addr = serve_tls12(vec![genuine.cert.clone()], attacker_key.clone_key()).await;
+        let out = connect(&core, &pins, addr, HOST).await;
+        assert!(out.result.is_err(), "{trust}: TLS 1.2 replay must fail");
+        let rec = out.record.unwrap();
+        assert!(rec.signature_failed && !rec.accepted, "{trust}");
+    }
+    let a = alerts(&hub);
+    assert!(!a.is_empty());
+    assert!(a
+        .iter()
+        .all(|a| a.event == AlertEvent::SignatureInvalid && a.severity == Severity::Critical));
+}
+
+/// Invariant 2 for IP-literal peers: a peer reached by IP address is looked
+/// up by that address, so its pins are enforced (a CA-valid impostor with the
+/// right IP SAN is refused, critical). Mutant caught: the lookup key of an
+/// IP `ServerName` not being its canonical text (the peer then falls through
+/// to `policy.unpinned`).
+#[tokio::test]
+async fn inv2_ip_literal_peer_is_pinned() {
+    let ca = root("CA");
+    let ip = "127.0.0.1";
+    let genuine = leaf(&ca, &[ip]);
+    let impostor = leaf(&ca, &[ip]);
+    let (core, hub) = core(&[&ca.cert]);
+    let pins = pinset(&peer_toml(
+        "unpinned = \"webpki\"",
+        "127.0.0.1:8448",
+        &[pin(&genuine.cert).to_string()],
+        "",
+    ));
+    let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
+    let out = connect(&core, &pins, good, ip).await;
+    assert_eq!(out.result.as_deref(), Ok("hello\n"));
+    assert_eq!(out.record.unwrap().basis, Some(Basis::PinOnValidatedPath));
+
+    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
+    let out = connect(&core, &pins, bad, ip).await;
+    assert!(
+        out.result.is_err(),
+        "CA-valid impostor for a pinned IP peer"
+    );
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].event, a[0].severity),
+        (AlertEvent::PinMismatch, Severity::Critical)
+    );
+    assert_eq!(a[0].host.as_deref(), Some(ip));
+}
+
+/// Invariant 2 (a server's chain validates *as a server certificate*): a
+/// pinned leaf whose extended key usage is client authentication only is
+/// refused outbound. Mutant caught: `check_server` verifying with
+/// `Usage::Client`.
+#[tokio::test]
+async fn inv2_server_chain_must_validate_for_server_auth() {
+    let ca = root("CA");
+    let (core, hub) = core(&[&ca.cert]);
+    let client_only = leaf_with_eku(&ca, &[HOST], ExtendedKeyUsagePurpose::ClientAuth);
+    let pins = pinset(&peer_toml(
+        "",
+        HOST,
+        &[pin(&client_only.cert).to_string()],
+        "",
+    ));
+    let addr = serve(vec![client_only.cert.clone()], client_only.key_der()).await;
+    let out = connect(&core, &pins, addr, HOST).await;
+    assert!(
+        out.result.is_err(),
+        "a clientAuth-only certificate is not a server certificate"
+    );
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].event, AlertEvent::ChainInvalid);
+
+    // Control: the same thing with serverAuth is accepted.
+    let server = leaf_with_eku(&ca, &[HOST], ExtendedKeyUsagePurpose::ServerAuth);
+    let pins = pinset(&peer_toml("", HOST, &[pin(&server.cert).to_string()], ""));
+    let addr = serve(vec![server.cert.clone()], server.key_der()).await;
+    assert_eq!(
+        connect(&core, &pins, addr, HOST).await.result.as_deref(),
+        Ok("hello\n")
+    );
+}
+
+/// Invariant 2: the pin entry is found whatever the case of the TLS name and
+/// with or without the trailing dot of an absolute name, so an impostor
+/// cannot dodge the pins by spelling. Mutant caught: `normalize_lookup` not
+/// lowercasing (the trailing dot is also stripped by rustls-pki-types before
+/// the verifier sees the name; the spellings stay here as a guard).
+#[tokio::test]
+async fn inv2_pin_lookup_ignores_case_and_trailing_dot() {
+    let ca = root("CA");
+    let genuine = leaf(&ca, &[HOST]);
+    let impostor = leaf(&ca, &[HOST]);
+    let (core, hub) = core(&[&ca.cert]);
+    let pins = pinset(&peer_toml(
+        "unpinned = \"webpki\"",
+        HOST,
+        &[pin(&genuine.cert).to_string()],
+        "",
+    ));
+    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
+    for spelled in ["HS.Fedpin.TEST", "hs.fedpin.test.", "Hs.FEDPIN.test."] {
+        let out = connect(&core, &pins, bad, spelled).await;
+        assert!(out.result.is_err(), "{spelled}: impostor must be refused");
+        let rec = out.record.unwrap();
+        assert_eq!(rec.host, HOST, "{spelled}");
+    }
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1, "same host, same leaf: merged ({a:?})");
+    assert_eq!(
+        (a[0].event, a[0].severity),
+        (AlertEvent::PinMismatch, Severity::Critical)
+    );
+}
+
+/// Invariant 6 for client certificates (inbound mutual TLS): a client
+/// certificate that carries a pinned name is checked against that name's
+/// pins even when it lists an unpinned name first, so a client cannot choose
+/// `policy.unpinned = "webpki"` by SAN order. Mutant caught:
+/// `PinnedClientVerifier` looking up only the first SAN.
+#[test]
+fn inv6_client_cannot_pick_unpinned_policy_by_san_order() {
+    let ca = root("CA");
+    let genuine = leaf(&ca, &["peer.fedpin.test"]);
+    let sneaky = leaf(&ca, &["unlisted.fedpin.test", "peer.fedpin.test"]);
+    let (core, _hub) = core(&[&ca.cert]);
+    let mut set = PinSet::parse(&peer_toml(
+        "unpinned = \"webpki\"",
+        "peer.fedpin.test",
+        &[pin(&genuine.cert).to_string()],
+        "",
+    ))
+    .unwrap();
+    set.generation = 1;
+    let v = PinnedClientVerifier::new(core, Arc::new(set), true);
+    let ev = v.evaluate(&genuine.cert, &[], UnixTime::now());
+    assert!(ev.verdict.is_accept(), "{:?}", ev.verdict);
+    let ev = v.evaluate(&sneaky.cert, &[], UnixTime::now());
+    match &ev.verdict {
+        Verdict::Reject(r) => assert_eq!(r.event, AlertEvent::PinMismatch),
+        v => panic!("a client naming a pinned peer must meet its pins: {v:?}"),
+    }
+    assert_eq!(ev.host, "peer.fedpin.test");
+    let alert = ev.alert.expect("alert");
+    assert_eq!(alert.severity, Severity::Critical);
+}
+
+/// Invariant 4 for client certificates: a client that replays a pinned
+/// client certificate without its key fails the CertificateVerify check.
+/// Mutant caught: `PinnedClientVerifier::verify_tls13_signature` returning Ok.
+#[tokio::test]
+async fn inv4_client_replaying_pinned_certificate_without_key_fails() {
+    #[derive(Debug)]
+    struct Replay(Arc<CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Replay {
+        fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let ca = root("CA");
+    let server = leaf(&ca, &["inbound.fedpin.test"]);
+    let genuine = leaf(&ca, &["peer.fedpin.test"]);
+    let attacker = leaf(&ca, &["peer.fedpin.test"]);
+    let (core, _hub) = core(&[&ca.cert]);
+    let mut set = PinSet::parse(&peer_toml(
+        "unpinned = \"deny\"",
+        "peer.fedpin.test",
+        &[pin(&genuine.cert).to_string()],
+        "",
+    ))
+    .unwrap();
+    set.generation = 1;
+    let verifier = Arc::new(PinnedClientVerifier::new(core, Arc::new(set), true));
+    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.cert.clone()], server.key_der())
+        .unwrap();
+    let addr = net::serve_hello(config).await;
+
+    let provider = fedpin::tls::provider();
+    let client = |key: PrivateKeyDer<'static>| {
+        let signing = provider.key_provider.load_private_key(key).unwrap();
+        let ck = Arc::new(CertifiedKey::new(vec![genuine.cert.clone()], signing));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_cert_resolver(Arc::new(Replay(ck))),
+        )
+    };
+    async fn talk(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("inbound.fedpin.test").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut s = String::new();
+        tls.read_to_string(&mut s)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+    assert_eq!(
+        talk(client(genuine.key_der()), addr).await.as_deref(),
+        Ok("hello\n"),
+        "control: the genuine key is accepted"
+    );
+    let replay = talk(client(attacker.key_der()), addr).await;
+    assert_ne!(
+        replay.as_deref(),
+        Ok("hello\n"),
+        "replay without the key must fail"
+    );
+}
+
+// ----------------------------------------------------------------------
+// Moved unchanged from tests/review_findings.rs:
+// Regression tests for findings of the verifier review (F1–F5). Each asserts
+// what SPEC 4/5 asks for and failed before the fix.
+// ----------------------------------------------------------------------
+
+/// F1: an IPv6 host written in a non-canonical form in the pin file is never
+/// found, because the verifier looks IP peers up by their canonical text.
+/// The peer silently falls through to `policy.unpinned` (Web PKI only).
+#[test]
+fn f1_ipv6_host_in_non_canonical_form_is_unpinned() {
+    let ca = root("CA");
+    let genuine = leaf(&ca, &["::1"]);
+    let impostor = leaf(&ca, &["::1"]);
+    let (core, _hub) = core(&[&ca.cert]);
+    let pins = pinset(&format!(
+        "version = 1\n[[peer]]\nserver_name = \"[0:0:0:0:0:0:0:1]:8448\"\npins = [\"{}\"]\n",
+        pin(&genuine.cert)
+    ));
+    let name = ServerName::try_from("::1").unwrap();
+    let ev = core.evaluate(
+        &pins,
+        &fedpin::verify::lookup_key(&name),
+        Some(&name),
+        &impostor.cert,
+        &[],
+        UnixTime::now(),
+        Usage::Server,
+        &Default::default(),
+    );
+    assert!(
+        !ev.verdict.is_accept(),
+        "CA-valid impostor for a pinned IPv6 peer accepted: {:?}",
+        ev.verdict
+    );
+}
+
+/// F2: the dedup key ignores severity, so a critical pin_mismatch (Web PKI
+/// valid, the CA-compromise signature) for the same host and leaf key as an
+/// earlier warning is swallowed for 60 s, and if a warning follows it the
+/// merged record is a warning too: the critical is never reported as such.
+#[test]
+fn f2_critical_alert_is_not_merged_into_a_warning() {
+    let hub = AlertHub::new();
+    let mk = |severity: Severity, webpki: &str| Alert {
+        event: AlertEvent::PinMismatch,
+        severity,
+        time: Alert::now_string(),
+        direction: Direction::Outbound,
+        server_name: Some("hs.fedpin.test".into()),
+        host: Some("hs.fedpin.test".into()),
+        port: Some(8448),
+        peer_addr: Some("192.0.2.1:8448".into()),
+        mode: Some(Mode::Enforce),
+        action: Action::Blocked,
+        webpki: webpki.into(),
+        served_chain: vec![fedpin::alert::ServedCert {
+            subject: "CN=x".into(),
+            issuer: "CN=y".into(),
+            not_after: String::new(),
+            pin: Some("sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+        }],
+        known_pins: vec![],
+        expires: None,
+        pin_generation: 1,
+        reason: "x".into(),
+        repeats: 1,
+    };
+    hub.raise(mk(Severity::Warning, "CertExpired"));
+    hub.raise(mk(Severity::Critical, "valid"));
+    hub.raise(mk(Severity::Warning, "CertExpired"));
+    hub.flush_all();
+    let a = hub.recent();
+    assert!(
+        a.iter().any(|a| a.severity == Severity::Critical),
+        "no critical record was ever emitted: {:?}",
+        a.iter()
+            .map(|a| (a.severity, a.repeats))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// F3a: a client certificate that names two pinned peers is checked against
+/// whichever comes first in its SAN list; a CA-issued certificate listing a
+/// report-mode peer first is accepted although its key matches neither pin
+/// set, and the caller is not told which name was authenticated.
+#[test]
+fn f3a_client_san_order_picks_the_weakest_pinned_entry() {
+    let ca = root("CA");
+    let enforced_key = leaf(&ca, &["enforced.fedpin.test"]);
+    let report_key = leaf(&ca, &["report.fedpin.test"]);
+    let attacker = leaf(&ca, &["report.fedpin.test", "enforced.fedpin.test"]);
+    let (core, _hub) = core(&[&ca.cert]);
+    let mut set = PinSet::parse(&format!(
+        "version = 1\n[policy]\nunpinned = \"deny\"\n\
+         [[peer]]\nserver_name = \"enforced.fedpin.test\"\npins = [\"{}\"]\n\
+         [[peer]]\nserver_name = \"report.fedpin.test\"\npins = [\"{}\"]\nmode = \"report\"\n",
+        pin(&enforced_key.cert),
+        pin(&report_key.cert)
+    ))
+    .unwrap();
+    set.generation = 1;
+    let v = PinnedClientVerifier::new(core, Arc::new(set), true);
+    let ev = v.evaluate(&attacker.cert, &[], UnixTime::now());
+    assert!(
+        matches!(ev.verdict, Verdict::Reject(_)),
+        "certificate naming enforced.fedpin.test accepted via the report-mode entry: {:?}",
+        ev.verdict
+    );
+}
+
+/// F3b: same with a pin-only peer: its own self-signed key, plus a victim's
+/// name in the SAN list, is accepted (pin-only ignores names).
+#[test]
+fn f3b_pin_only_client_can_also_claim_a_victims_name() {
+    let ca = root("CA");
+    let victim = leaf(&ca, &["victim.fedpin.test"]);
+    let p = self_signed(&["pinonly.fedpin.test", "victim.fedpin.test"]);
+    let (core, _hub) = core(&[&ca.cert]);
+    let mut set = PinSet::parse(&format!(
+        "version = 1\n[policy]\nunpinned = \"deny\"\n\
+         [[peer]]\nserver_name = \"victim.fedpin.test\"\npins = [\"{}\"]\n\
+         [[peer]]\nserver_name = \"pinonly.fedpin.test\"\npins = [\"{}\"]\ntrust = \"pin-only\"\n",
+        pin(&victim.cert),
+        pin(&p.cert)
+    ))
+    .unwrap();
+    set.generation = 1;
+    let v = PinnedClientVerifier::new(core, Arc::new(set), true);
+    let ev = v.evaluate(&p.cert, &[], UnixTime::now());
+    assert!(
+        matches!(ev.verdict, Verdict::Reject(_)),
+        "a certificate that names victim.fedpin.test must meet the victim's pins: {:?}",
+        ev.verdict
+    );
+}
+
+/// F4: with `hosts` given, the server name's own host is not looked up; a
+/// peer reached by its server name (SRV delegation: SNI = server name) is
+/// unpinned, and nothing warns about it.
+#[test]
+fn f4_hosts_without_the_server_name_host_leaves_it_unpinned() {
+    let set = PinSet::parse(&format!(
+        "version = 1\n[[peer]]\nserver_name = \"example.org\"\nhosts = [\"matrix.example.org\"]\npins = [\"{}\", \"{}\"]\n",
+        fedpin::pins::Pin::of_spki(b"a"),
+        fedpin::pins::Pin::of_spki(b"b")
+    ))
+    .unwrap();
+    assert!(
+        set.lookup("example.org").is_some() || !set.warnings.is_empty(),
+        "example.org is silently unpinned"
+    );
+}
+
+/// F5: alerts about hosts without an entry carry no server_name (SPEC 5:
+/// `server_name` is a who-and-where field; the TLS name is the best known).
+#[tokio::test]
+async fn f5_unpinned_alerts_name_the_server() {
+    let ca = root("CA");
+    let l = leaf(&ca, &["unlisted.fedpin.test"]);
+    let (core, hub) = core(&[&ca.cert]);
+    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
+    let deny = pinset("version = 1\n[policy]\nunpinned = \"deny\"\n");
+    let _ = connect(&core, &deny, addr, "unlisted.fedpin.test").await;
+    let a = alerts(&hub);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].server_name.as_deref(), Some("unlisted.fedpin.test"));
+}
+
+// ----------------------------------------------------------------------
+// Moved unchanged from tests/sinks_signals_mtls.rs:
+// The client-side (mutual TLS) verifier.
+// ----------------------------------------------------------------------
+
+async fn mtls_server(verifier: Arc<PinnedClientVerifier>, server: &Leaf) -> std::net::SocketAddr {
+    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.cert.clone()], server.key_der())
+        .unwrap();
+    net::serve_hello(config).await
+}
+
+async fn mtls_client(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    client: Option<&Leaf>,
+) -> Result<String, String> {
+    let config = net::client_config_as(&[&ca.cert], &[], client);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("inbound.fedpin.test").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    tls.read_to_string(&mut s)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Mutual pinned TLS: the right client key is accepted, another is refused with an inbound alert.
+#[tokio::test]
+async fn client_verifier_accepts_pinned_client_and_refuses_another() {
+    let ca = root("Federation CA");
+    let server = leaf(&ca, &["inbound.fedpin.test"]);
+    let genuine = leaf(&ca, &["peer.fedpin.test"]);
+    let impostor = leaf(&ca, &["peer.fedpin.test"]);
+    let (core, hub) = core(&[&ca.cert]);
+    let mut set = PinSet::parse(&format!(
+        "version = 1\n[policy]\nunpinned = \"deny\"\n[[peer]]\nserver_name = \"peer.fedpin.test\"\npins = [\"{}\"]\n",
+        pin(&genuine.cert)
+    ))
+    .unwrap();
+    set.generation = 3;
+    let verifier = Arc::new(PinnedClientVerifier::new(core, Arc::new(set), true));
+    let addr = mtls_server(verifier, &server).await;
+
+    assert_eq!(
+        mtls_client(addr, &ca, Some(&genuine)).await.as_deref(),
+        Ok("hello\n")
+    );
+    assert!(mtls_client(addr, &ca, Some(&impostor)).await.is_err());
+    assert!(
+        mtls_client(addr, &ca, None).await.is_err(),
+        "client_auth = require refuses clients without a certificate"
+    );
+    let unknown = leaf(&ca, &["stranger.fedpin.test"]);
+    assert!(
+        mtls_client(addr, &ca, Some(&unknown)).await.is_err(),
+        "policy.unpinned = deny applies to clients"
+    );
+
+    let a = hub.recent();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0].event, AlertEvent::PinMismatch);
+    assert_eq!(a[0].direction, Direction::Inbound);
+    assert_eq!(a[0].pin_generation, 3);
+    assert_eq!(a[1].event, AlertEvent::UnpinnedDenied);
 }

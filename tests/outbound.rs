@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, root, wait_until, Ca, Leaf};
+use common::connect::{connect, send_raw};
+use common::{bounded, interception_ca, leaf, net, root, wait_until, Ca, InterceptionCa, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::metrics::{CheckMode, CheckResult, HandshakeResult};
 use fedpin::pins::{PinSet, PinStore};
@@ -24,11 +25,9 @@ use fedpin::proxy::egress::EgressPolicy;
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;
-use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,41 +43,6 @@ const STEP: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// Runs `fut`, failing the test if it takes longer than [`STEP`].
-async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(STEP, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no outcome within {STEP:?}"),
-    }
-}
-
-/// The interception CA: PEM for the minter, DER for the client's trust store.
-struct InterceptionCa {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn interception_ca() -> InterceptionCa {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "fedpin test interception CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    InterceptionCa {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-    }
-}
 
 /// A pin file with one `[[peer]]` per (server name, pinned certificate).
 fn pins_toml(peers: &[(&str, &CertificateDer<'static>)]) -> String {
@@ -129,14 +93,7 @@ async fn start_proxy_with(
     hub: AlertHub,
     settings: OutboundSettings,
 ) -> Env {
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&public.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&public.cert, &hub);
     let upstream = Arc::new(UpstreamTls::new(core, store, fedpin::tls::provider()));
     let ica = interception_ca();
     let minter = Arc::new(LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 64).unwrap());
@@ -181,138 +138,41 @@ impl Upstream {
 /// Serves HTTP/1.1 or h2 (by ALPN) with `cert`; every response body is
 /// `"{label}: {method} {path} over {version}\n"`.
 async fn upstream(cert: &Leaf, label: &'static str, alpn: &[&[u8]]) -> Upstream {
-    let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(AtomicUsize::new(0));
     let (seen2, requests2) = (seen.clone(), requests.clone());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let seen = seen2.clone();
-            let requests = requests2.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let conn = tls.get_ref().1;
-                let s = Seen {
-                    sni: conn.server_name().map(str::to_string),
-                    alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-                    kind: conn.handshake_kind(),
-                };
-                let h2 = s.alpn.as_deref() == Some(b"h2");
-                seen.lock().unwrap().push(s);
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    let body = format!(
-                        "{label}: {} {} over {:?}\n",
-                        req.method(),
-                        req.uri().path(),
-                        req.version()
-                    );
-                    async move {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            body,
-                        ))))
-                    }
-                });
-                let io = TokioIo::new(tls);
-                if h2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
-                } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
+    let addr = net::serve_tls(net::acceptor(cert, alpn), move |tls| {
+        let seen = seen2.clone();
+        let requests = requests2.clone();
+        async move {
+            let conn = tls.get_ref().1;
+            let s = Seen {
+                sni: conn.server_name().map(str::to_string),
+                alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                kind: conn.handshake_kind(),
+            };
+            seen.lock().unwrap().push(s);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                let body = format!(
+                    "{label}: {} {} over {:?}\n",
+                    req.method(),
+                    req.uri().path(),
+                    req.version()
+                );
+                async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
                 }
             });
+            net::serve_http_by_alpn(tls, svc).await;
         }
-    });
+    })
+    .await;
     Upstream {
         addr,
         seen,
         requests,
     }
-}
-
-/// The proxy's answer to a CONNECT (or other request) head.
-#[derive(Debug)]
-struct ProxyReply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl ProxyReply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Reads one response head byte by byte (nothing of the tunnel is consumed).
-async fn read_head(tcp: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tcp.read(&mut b).await {
-            Ok(1) => head.push(b[0]),
-            _ => return None,
-        }
-        assert!(head.len() < 64 * 1024, "response head too long");
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
-}
-
-fn status_of(head: &str) -> u16 {
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"))
-}
-
-/// Sends raw bytes to the proxy and reads its reply. A 2xx leaves the stream
-/// open (the tunnel); anything else is read to EOF. `None`: the proxy
-/// closed without answering.
-async fn send_raw(proxy: SocketAddr, bytes: &[u8]) -> (Option<ProxyReply>, TcpStream) {
-    let mut tcp = TcpStream::connect(proxy).await.unwrap();
-    // The proxy may close early (oversized head): a failed write is not a failure.
-    let _ = tcp.write_all(bytes).await;
-    let Some(head) = bounded("reading the proxy's reply head", read_head(&mut tcp)).await else {
-        return (None, tcp);
-    };
-    let status = status_of(&head);
-    let mut body = Vec::new();
-    if !(200..300).contains(&status) {
-        let _ = bounded("reading the proxy's reply body", tcp.read_to_end(&mut body)).await;
-    }
-    let reply = ProxyReply {
-        status,
-        head,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    };
-    (Some(reply), tcp)
-}
-
-/// `CONNECT target` with extra header lines; panics if the proxy sends no reply.
-async fn connect(proxy: SocketAddr, target: &str, extra: &str) -> (ProxyReply, TcpStream) {
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
-    let (reply, tcp) = send_raw(proxy, req.as_bytes()).await;
-    let reply =
-        reply.unwrap_or_else(|| panic!("CONNECT {target}: the proxy closed without a reply"));
-    (reply, tcp)
 }
 
 /// The homeserver's inner TLS: trusts only the interception CA.
@@ -322,15 +182,7 @@ async fn inner_tls(
     name: &str,
     alpn: &[&[u8]],
 ) -> Result<TlsStream<TcpStream>, std::io::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ica.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(net::client_config(&[ica], alpn));
     let server_name = ServerName::try_from(name.to_string()).unwrap();
     bounded("inner TLS handshake", connector.connect(server_name, tcp)).await
 }
@@ -1056,33 +908,16 @@ async fn idle_tunnel_is_closed_but_a_busy_one_is_not() {
 
 /// A TLS server that reads until the client half-closes, then answers.
 async fn echo_after_eof(cert: &Leaf) -> SocketAddr {
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut got = Vec::new();
-                if tls.read_to_end(&mut got).await.is_ok() {
-                    let _ = tls
-                        .write_all(format!("got {} bytes after EOF\n", got.len()).as_bytes())
-                        .await;
-                    let _ = tls.shutdown().await;
-                }
-            });
+    net::serve_tls(net::acceptor(cert, &[]), |mut tls| async move {
+        let mut got = Vec::new();
+        if tls.read_to_end(&mut got).await.is_ok() {
+            let _ = tls
+                .write_all(format!("got {} bytes after EOF\n", got.len()).as_bytes())
+                .await;
+            let _ = tls.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -1127,24 +962,15 @@ fn daemon_files(dir: &std::path::Path, w: &World) -> std::path::PathBuf {
         common::pem("CERTIFICATE", w.public.cert.as_ref()),
     )
     .unwrap();
-    let config = dir.join("fedpin.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "public-root.pem"
+    common::process::outbound_config(
+        dir,
+        &format!(
+            r#"extra_roots = "public-root.pem"
 allow_ips = ["127.0.0.0/8"]
 resolve = {{ "{HOST}" = "127.0.0.1" }}
 "#
         ),
     )
-    .unwrap();
-    config
 }
 
 #[tokio::test]
@@ -1611,10 +1437,7 @@ async fn inv13_reload_that_revokes_a_key_ends_open_tunnels() {
         name: &str,
     ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
         let tls = tunnel(env, target, name, &[b"http/1.1"]).await;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let send = net::http1_client(tls).await.unwrap();
         send
     }
     async fn ask(

@@ -182,6 +182,13 @@ impl Fixture {
     }
 }
 
+/// `pinctl check` on a pin file `name`, written with `text` in the fixture's directory.
+async fn check_file(fx: &Fixture, name: &str, text: &str) -> Run {
+    let path = fx.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    pinctl(&["--pins", s(&path), "check"], None).await
+}
+
 fn a_pin(n: u8) -> String {
     Pin::of_spki(&[n, 0xA5, n]).to_string()
 }
@@ -1140,41 +1147,38 @@ async fn check_valid_warns_on_single_pin_and_broken_names_the_line() {
     assert!(run.stdout.contains("0 warning"), "{}", run.describe());
 
     // Broken: a malformed pin on line 5.
-    let broken = fx.dir.path().join("broken.toml");
-    std::fs::write(
-        &broken,
-        format!(
+    let run = check_file(
+        &fx,
+        "broken.toml",
+        &format!(
             "version = 1\n\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"sha256/short\"]\n"
         ),
     )
-    .unwrap();
-    let run = pinctl(&["--pins", s(&broken), "check"], None).await;
+    .await;
     run.expect_code(1);
     assert!(run.all().contains("line 5"), "{}", run.describe());
     assert!(run.all().contains("sha256/short"), "{}", run.describe());
 
     // Broken: an unknown key on line 6, and a host listed under two peers.
-    let broken2 = fx.dir.path().join("broken2.toml");
-    std::fs::write(
-        &broken2,
-        format!(
+    let run = check_file(
+        &fx,
+        "broken2.toml",
+        &format!(
             "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"{p2}\"]\n[[peer]]\nsrever_name = \"b.example\"\n"
         ),
     )
-    .unwrap();
-    let run = pinctl(&["--pins", s(&broken2), "check"], None).await;
+    .await;
     run.expect_code(1);
     assert!(run.all().contains("line 6"), "{}", run.describe());
 
-    let dup = fx.dir.path().join("dup.toml");
-    std::fs::write(
-        &dup,
-        format!(
+    let run = check_file(
+        &fx,
+        "dup.toml",
+        &format!(
             "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"{p2}\"]\n\n[[peer]]\nserver_name = \"b.example\"\nhosts = [\"a.example\"]\npins = [\"{p1}\", \"{p2}\"]\n"
         ),
     )
-    .unwrap();
-    let run = pinctl(&["--pins", s(&dup), "check"], None).await;
+    .await;
     run.expect_code(1);
     assert!(run.all().contains("line 8"), "{}", run.describe());
     assert!(run.all().contains("line 3"), "{}", run.describe());

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::matrix::{b64, edge_sender, homeserver, origin, ORIGIN_HOST};
-use common::{leaf, pem, root, Ca};
+use common::matrix::{
+    b64, edge_sender, get_with_auth, homeserver, origin, status_of_send, ORIGIN_HOST,
+};
+use common::{leaf, net, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
 use fedpin::matrix::keys::{KeyFetchSettings, KeyFetcher};
@@ -23,7 +25,6 @@ use fedpin::proxy::egress::EgressPolicy;
 use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use fedpin::tls::certs::CertStore;
 use fedpin::tls::UpstreamTls;
-use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
@@ -31,7 +32,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SERVER: &str = "hs.fedpin.test";
-const STEP: Duration = Duration::from_secs(15);
 
 struct Edge {
     addr: SocketAddr,
@@ -65,14 +65,7 @@ async fn edge(
         Arc::new(CertStore::open(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap());
     let hub = AlertHub::new();
     let store = Arc::new(PinStore::fixed(PinSet::parse(pins).unwrap(), hub.clone()));
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&ca.cert),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
+    let core = net::only_anchor(&ca.cert, &hub);
     let allow = if allow_loopback {
         vec!["127.0.0.0/8".parse().unwrap()]
     } else {
@@ -128,6 +121,19 @@ async fn edge(
     }
 }
 
+/// [`edge`] enforcing signatures, with an empty pin file, no origin rules
+/// and key fetches over pinned TLS.
+async fn enforcing_edge(ca: Ca) -> Edge {
+    edge(
+        ca,
+        SignatureMode::Enforce,
+        "version = 1\n",
+        EdgeRules::default(),
+        true,
+    )
+    .await
+}
+
 /// One HTTP/1.1 request over a new TLS connection from `from` (a loopback
 /// address); returns the status.
 async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body: &str) -> u16 {
@@ -140,13 +146,7 @@ async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
-    let resp = tokio::time::timeout(STEP, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
+    status_of_send(&mut sender, req).await
 }
 
 const TXN: &str = "/_matrix/federation/v1/send/txn1";
@@ -156,14 +156,7 @@ const BODY: &str = r#"{"origin_server_ts": 1, "pdus": [], "edus": []}"#;
 async fn correctly_signed_requests_pass_and_forged_ones_never_reach_the_homeserver() {
     let ca = root("fedpin signatures test CA");
     let o = origin(&ca, 1).await;
-    let e = edge(
-        ca,
-        SignatureMode::Enforce,
-        "version = 1\n",
-        EdgeRules::default(),
-        true,
-    )
-    .await;
+    let e = enforcing_edge(ca).await;
 
     let good = o.sign("PUT", TXN, BODY.as_bytes(), "ed25519:k", SERVER);
     assert_eq!(send(&e, "127.0.0.1", "PUT", TXN, &good, BODY).await, 200);
@@ -218,14 +211,7 @@ async fn correctly_signed_requests_pass_and_forged_ones_never_reach_the_homeserv
 #[tokio::test]
 async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_fetch() {
     let ca = root("fedpin signatures test CA");
-    let e = edge(
-        ca,
-        SignatureMode::Enforce,
-        "version = 1\n",
-        EdgeRules::default(),
-        true,
-    )
-    .await;
+    let e = enforcing_edge(ca).await;
     // Nothing answers for this origin (loopback port 1, see `edge`); every
     // request is forged.
     let ghost = "ghost.fedpin.test:1";
@@ -241,15 +227,9 @@ async fn a_flood_of_forged_requests_for_an_unknown_origin_costs_at_most_one_key_
             let mut sender = edge_sender(addr, &ca_cert, SERVER, None).await;
             let mut refused = 0;
             for _ in 0..100 {
-                let req = Request::get("/_matrix/federation/v1/version")
-                    .header(hyper::header::HOST, SERVER)
-                    .header(hyper::header::AUTHORIZATION, auth.as_str())
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let resp = tokio::time::timeout(STEP, sender.send_request(req))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let resp =
+                    get_with_auth(&mut sender, SERVER, "/_matrix/federation/v1/version", &auth)
+                        .await;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     refused += 1;
                 }

@@ -37,16 +37,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, pem, pin, root, Leaf};
+use common::{leaf, net, pem, pin, process, root, Leaf};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -246,14 +245,7 @@ enum Behaviour {
 
 /// A TLS HTTP server (h2 or HTTP/1.1 by ALPN) answering every request 200 "{label}\n".
 async fn peer(leaf: &Leaf, label: &'static str, behaviour: Behaviour) -> SocketAddr {
-    let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.cert.clone()], leaf.key_der())
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = net::acceptor(leaf, &[b"h2", b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = seed();
@@ -314,20 +306,10 @@ async fn serve_peer_conn(
     let Ok(Ok(tls)) = tokio::time::timeout(STEP, acceptor.accept(tcp)).await else {
         return;
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("{label}\n")))))
     });
-    let io = TokioIo::new(tls);
-    if h2 {
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
-            .await;
-    } else {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .await;
-    }
+    net::serve_http_by_alpn(tls, svc).await;
 }
 
 /// The homeserver's plain-HTTP federation listener; `live` counts its open
@@ -365,7 +347,7 @@ async fn homeserver(live: Arc<AtomicUsize>) -> SocketAddr {
 // ---------------------------------------------------------------------------
 
 struct Fedpin {
-    child: Child,
+    child: process::Reaped,
     outbound: SocketAddr,
     inbound: SocketAddr,
     admin: SocketAddr,
@@ -375,15 +357,6 @@ struct Fedpin {
 impl Fedpin {
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -421,14 +394,8 @@ fn start_fedpin(cfg: &Path, log: &Path) -> Fedpin {
         .stderr(Stdio::from(log_file))
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
     // Keeps draining stdout for the child's whole life.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = process::stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut outbound, mut inbound) = (None, None);
     while outbound.is_none() || inbound.is_none() {
@@ -462,7 +429,7 @@ fn start_fedpin(cfg: &Path, log: &Path) -> Fedpin {
         std::thread::sleep(Duration::from_millis(50));
     };
     Fedpin {
-        child,
+        child: process::Reaped(child),
         outbound: outbound.unwrap(),
         inbound: inbound.unwrap(),
         admin,
@@ -829,15 +796,7 @@ struct Ctx {
 }
 
 fn connector(root: &CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(net::client_config(&[root], &[alpn]))
 }
 
 struct Reply {

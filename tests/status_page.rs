@@ -20,14 +20,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{leaf, pem, pin, root, Ca, Leaf};
+use common::{leaf, net, pem, pin, process, root, Ca, Leaf};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,17 +38,10 @@ const STEP: Duration = Duration::from_secs(20);
 const MARKUP: &str = "<script>alert(1)</script>";
 
 struct Fedpin {
-    child: Child,
+    _child: process::Reaped,
     outbound: SocketAddr,
     admin: SocketAddr,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn run(pins: &str, roots_pem: &str, genuine: SocketAddr, impostor: SocketAddr) -> Fedpin {
@@ -57,17 +50,10 @@ fn run(pins: &str, roots_pem: &str, genuine: SocketAddr, impostor: SocketAddr) -
     fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
     std::fs::write(d.join("roots.pem"), roots_pem).unwrap();
     std::fs::write(d.join("pins.toml"), pins).unwrap();
-    let cfg = d.join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "roots.pem"
+    let cfg = process::outbound_config(
+        d,
+        &format!(
+            r#"extra_roots = "roots.pem"
 allow_ips = ["127.0.0.0/8"]
 resolve = {{ "{GENUINE}" = "127.0.0.1", "{VICTIM}" = "127.0.0.1" }}
 connect_to = {{ "{GENUINE}:8448" = "{genuine}", "{VICTIM}:8448" = "{impostor}" }}
@@ -76,38 +62,16 @@ connect_to = {{ "{GENUINE}:8448" = "{genuine}", "{VICTIM}:8448" = "{impostor}" }
 listen = "127.0.0.1:0"
 "#
         ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut outbound, mut admin) = (None, None);
-    while outbound.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("fedpin prints its listening lines");
-        let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
-        if line.contains("outbound listening") {
-            outbound = addr;
-        } else if line.contains("admin listening") {
-            admin = addr;
-        }
-    }
+    );
+    let mut child = process::fedpin_run(&cfg, &[]).spawn().unwrap();
+    let rx = process::stdout_lines(&mut child);
+    let [outbound, admin] = process::listening(&rx, &["outbound", "admin"])[..] else {
+        unreachable!()
+    };
     Fedpin {
-        child,
-        outbound: outbound.unwrap(),
-        admin: admin.unwrap(),
+        _child: process::Reaped(child),
+        outbound,
+        admin,
         dir,
     }
 }
@@ -131,32 +95,11 @@ fn leaf_for_a_year(ca: &Ca, name: &str) -> Leaf {
 /// inside the tunnel trusting only fedpin's CA, one request; the answer.
 async fn through(fp: &Fedpin, name: &str) -> String {
     let ica = fedpin::tls::load_certs(&fp.dir.path().join("ca/fedpin-ca.pem")).unwrap();
-    let mut tcp = TcpStream::connect(fp.outbound).await.unwrap();
-    tcp.write_all(format!("CONNECT {name}:8448 HTTP/1.1\r\nHost: {name}:8448\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tcp.read(&mut b).await.unwrap(), 1, "CONNECT reply cut");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ica[0].clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = common::connect::tunnel_tcp(fp.outbound, &format!("{name}:8448")).await;
+    let config = net::client_config(&[&ica[0]], &[b"http/1.1"]);
     let mut tls = tokio::time::timeout(
         STEP,
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from(name.to_string()).unwrap(), tcp),
     )
     .await

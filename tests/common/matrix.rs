@@ -81,38 +81,25 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
     let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
     doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.clone()], cert.key_der())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let key_requests = Arc::new(AtomicUsize::new(0));
     let counter = key_requests.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let body = body.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    let counter = counter.clone();
-                    async move {
-                        if req.uri().path() == "/_matrix/key/v2/server" {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+    super::net::serve_tls_on(listener, super::net::acceptor(&cert, &[]), move |tls| {
+        let body = body.clone();
+        let counter = counter.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let body = body.clone();
+                let counter = counter.clone();
+                async move {
+                    if req.uri().path() == "/_matrix/key/v2/server" {
+                        counter.fetch_add(1, Ordering::SeqCst);
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
     });
     Origin {
@@ -124,29 +111,13 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
 
 /// The stand-in homeserver: counts requests, answers 200.
 pub async fn homeserver() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        async {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from("{}"),
-                            )))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = super::net::plain_http(move |_req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { hyper::Response::new(Full::new(Bytes::from("{}"))) }
+    })
+    .await;
     (addr, seen)
 }
 
@@ -159,14 +130,7 @@ pub async fn edge_sender(
     server: &str,
     from: Option<&str>,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = super::net::client_config(&[ca], &[b"http/1.1"]);
     let tcp = match from {
         Some(from) => {
             let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -175,16 +139,52 @@ pub async fn edge_sender(
         }
         None => tokio::net::TcpStream::connect(addr).await.unwrap(),
     };
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(
             rustls::pki_types::ServerName::try_from(server.to_owned()).unwrap(),
             tcp,
         )
         .await
         .unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sender = super::net::http1_client(tls).await.unwrap();
     sender
+}
+
+/// One GET of `uri` for `server` with the `Authorization` header `auth` on
+/// `sender`, within 15 s.
+pub async fn get_with_auth(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    server: &str,
+    uri: &str,
+    auth: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let req = Request::get(uri)
+        .header(hyper::header::HOST, server)
+        .header(hyper::header::AUTHORIZATION, auth)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send_within(sender, req).await
+}
+
+/// Sends `req` on `sender`, within 15 s.
+pub async fn send_within(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> hyper::Response<hyper::body::Incoming> {
+    tokio::time::timeout(std::time::Duration::from_secs(15), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Sends `req` on `sender` (within 15 s); the status, after reading the body.
+pub async fn status_of_send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> u16 {
+    use http_body_util::BodyExt as _;
+    let resp = send_within(sender, req).await;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
 }

@@ -1,8 +1,24 @@
-//! Test support: per-test PKI minted with rcgen, loopback TLS servers, and a
-//! pinned client. Nothing here reaches beyond 127.0.0.1.
+//! Test support shared by the integration crates. Nothing here reaches
+//! beyond 127.0.0.1.
+//!
+//! * here: per-test PKI minted with rcgen, pin files (`peer_toml`, `pinset`),
+//!   a replaying TLS server and a pinned client, `bounded`, `wait_until`;
+//! * [`net`]: TLS server and client configs, stand-in servers (TLS upstreams
+//!   and receivers, plain-HTTP homeservers), HTTP/1.1 clients;
+//! * [`connect`]: the raw CONNECT client for the outbound proxy;
+//! * [`process`]: running the real binaries (`fedpin run` config head,
+//!   command, stdout lines, listening addresses, reaping);
+//! * [`matrix`]: a Matrix origin (signing key, key server), the stand-in
+//!   homeserver for signature tests, and a sender to the edge.
+//!
+//! Each crate includes this module and uses part of it, hence
+//! `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod connect;
 pub mod matrix;
+pub mod net;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +30,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// A CA (root or intermediate) that can issue.
 pub struct Ca {
@@ -45,6 +61,27 @@ fn ca_params(cn: &str) -> CertificateParams {
         KeyUsagePurpose::DigitalSignature,
     ];
     p
+}
+
+/// An interception CA as `fedpin ca init` makes one (P-256, path length
+/// 0): PEM for the minter, DER for the client's trust store.
+pub struct InterceptionCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+/// A fresh [`InterceptionCa`].
+pub fn interception_ca() -> InterceptionCa {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = ca_params("fedpin test interception CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let cert = params.self_signed(&key).unwrap();
+    InterceptionCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
 }
 
 /// A self-signed root CA.
@@ -141,36 +178,38 @@ impl ResolvesServerCert for AnyKey {
     }
 }
 
-/// Starts a TLS server on 127.0.0.1:0 serving `chain` signed with `key`
-/// (which need not match the leaf). Each connection gets "hello\n" and is closed.
-pub async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> SocketAddr {
+/// A server config serving `chain` signed with `key` (which need not match
+/// the leaf), for the protocol `versions`.
+pub fn any_key_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ServerConfig {
     let provider = fedpin::tls::provider();
     let signing = provider.key_provider.load_private_key(key).unwrap();
     let ck = Arc::new(CertifiedKey::new(chain, signing));
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(AnyKey(ck)));
+        .with_cert_resolver(Arc::new(AnyKey(ck)))
+}
+
+/// Starts a TLS server on 127.0.0.1:0 serving `chain` signed with `key`
+/// (which need not match the leaf). Each connection gets "hello\n" and is closed.
+pub async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> SocketAddr {
+    let mut config = any_key_config(chain, key, rustls::DEFAULT_VERSIONS);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"hello\n").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    addr
+    net::serve_hello(config).await
+}
+
+/// Runs `fut` within 10 s; a timeout panics naming `what`.
+pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    const STEP: std::time::Duration = std::time::Duration::from_secs(10);
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no outcome within {STEP:?}"),
+    }
 }
 
 /// What a pinned client saw.
@@ -261,4 +300,43 @@ pub async fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bo
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     cond()
+}
+
+/// A pin file with a `[policy]` section (`policy`: its lines) and one peer
+/// `host` pinned to `pins`, followed by `extra` lines of that entry.
+pub fn peer_toml(policy: &str, host: &str, pins: &[String], extra: &str) -> String {
+    let pins: Vec<String> = pins.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "version = 1\n[policy]\n{policy}\n\n[[peer]]\nserver_name = \"{host}\"\npins = [{}]\n{extra}\n",
+        pins.join(", ")
+    )
+}
+
+/// The block scalar under `key: |` in a YAML text (first occurrence), dedented.
+pub fn block_scalar(yaml: &str, key: &str) -> String {
+    let header = format!("{key}: |");
+    let mut lines = yaml.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("no `{header}` block"));
+    let body: Vec<&str> = lines.collect();
+    let indent = body
+        .iter()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .expect("block has content");
+    let mut out = String::new();
+    for l in body {
+        if l.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        if l.len() - l.trim_start().len() < indent {
+            break;
+        }
+        out.push_str(&l[indent..]);
+        out.push('\n');
+    }
+    out
 }

@@ -7,16 +7,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use common::*;
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::pins::{Pin, PinStore, ReloadOutcome};
 use fedpin::tls::UpstreamTls;
 use fedpin::verify::{PeerContext, VerifierCore};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const HOST: &str = "hs.fedpin.test";
 const OTHER: &str = "other.fedpin.test";
@@ -144,14 +143,7 @@ impl Fixture {
         let impostor = leaf(&ca, &[HOST]);
         // No dedup window: every check that raises an alert shows up in `recent()`.
         let hub = AlertHub::with_window(Duration::ZERO);
-        let core = Arc::new(
-            VerifierCore::with_only_anchors(
-                &fedpin::tls::provider(),
-                std::slice::from_ref(&ca.cert),
-                hub.clone(),
-            )
-            .unwrap(),
-        );
+        let core = net::only_anchor(&ca.cert, &hub);
         let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
         let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
         let tmp = tempfile::tempdir().unwrap();
@@ -616,6 +608,21 @@ fn inv8_duplicate_host_across_peers_is_rejected_whole() {
 
 /// Two peers, `HOST` pinning `a` and `OTHER` pinning `b`. The first half of
 /// the text (up to the second `[[peer]]`) is itself a valid one-peer file.
+/// Rewrites `path` in place: truncates it, writes `first`, pauses 150 ms,
+/// writes `second`.
+fn write_in_place_in_two_parts(path: &Path, first: &str, second: &str) {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    file.write_all(second.as_bytes()).unwrap();
+}
+
 fn two_peers(a: &Pin, b: &Pin) -> (String, String) {
     let first = format!("version = 1\n\n[[peer]]\nserver_name = \"{HOST}\"\npins = [\"{a}\"]\n");
     let second = format!("\n[[peer]]\nserver_name = \"{OTHER}\"\npins = [\"{b}\"]\n");
@@ -660,21 +667,11 @@ async fn inv8_half_written_file_is_never_published() {
     };
 
     // The slow in-place writer: truncate, first peer, pause, second peer.
-    use std::io::Write as _;
     use std::os::unix::fs::MetadataExt as _;
     let inode = std::fs::metadata(&path).unwrap().ino();
     let (n1, n2) = two_peers(&new_a, &new_b);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    file.write_all(n1.as_bytes()).unwrap();
-    file.flush().unwrap();
-    // Three re-checks fall in this pause; it is shorter than the settle interval.
-    std::thread::sleep(Duration::from_millis(150));
-    file.write_all(n2.as_bytes()).unwrap();
-    drop(file);
+    // Three re-checks fall in the pause; it is shorter than the settle interval.
+    write_in_place_in_two_parts(&path, &n1, &n2);
     assert_eq!(
         std::fs::metadata(&path).unwrap().ino(),
         inode,
@@ -731,18 +728,7 @@ fn inv8_reload_waits_for_the_file_to_settle() {
     let (n1, n2) = two_peers(&Pin::of_spki(b"new a"), &Pin::of_spki(b"new b"));
     let writer = {
         let path = path.clone();
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            file.write_all(n1.as_bytes()).unwrap();
-            file.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(150));
-            file.write_all(n2.as_bytes()).unwrap();
-        })
+        std::thread::spawn(move || write_in_place_in_two_parts(&path, &n1, &n2))
     };
     // The reload starts while the writer pauses.
     std::thread::sleep(Duration::from_millis(50));
@@ -829,4 +815,44 @@ fn inv8_rename_swaps_faster_than_the_settle_interval_still_load() {
         matches!(out, ReloadOutcome::Reloaded(2)),
         "a renamed-in file must load under churn: {out:?}"
     );
+}
+
+// ----------------------------------------------------------------------
+// Moved unchanged from tests/sinks_signals_mtls.rs:
+// SIGHUP reload.
+// ----------------------------------------------------------------------
+
+/// SPEC 4.8 / issue: SIGHUP re-reads the pin file.
+#[tokio::test]
+async fn sighup_reloads_the_pin_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    let p1 = fedpin::pins::Pin::of_spki(b"one");
+    let p2 = fedpin::pins::Pin::of_spki(b"two");
+    std::fs::write(
+        &path,
+        format!("version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\"]\n"),
+    )
+    .unwrap();
+    let store = Arc::new(PinStore::open(&path, AlertHub::new()).unwrap());
+    fedpin::pins::spawn_sighup_reload(store.clone()).unwrap();
+    std::fs::write(
+        &path,
+        format!("version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p2}\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        store.current().generation,
+        1,
+        "no watcher: nothing changes without the signal"
+    );
+    // The shell's builtin kill: no dependency on a kill binary being installed.
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -HUP {}", std::process::id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let s = store.clone();
+    assert!(common::wait_until(Duration::from_secs(10), move || s.current().generation == 2).await);
+    assert!(store.current().lookup("a.example").unwrap().has_pin(&p2));
 }

@@ -1,0 +1,90 @@
+//! A raw CONNECT client for fedpin's outbound proxy, speaking bytes on TCP
+//! as a homeserver does before its inner TLS. Every read is bounded.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::bounded;
+
+/// The proxy's answer to a CONNECT (or other request) head.
+#[derive(Debug)]
+pub struct ProxyReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl ProxyReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response head byte by byte (nothing of the tunnel is consumed).
+pub async fn read_head(tcp: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+        assert!(head.len() < 64 * 1024, "response head too long");
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The status code of a response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+/// Sends raw bytes to the proxy and reads its reply. A 2xx leaves the stream
+/// open (the tunnel); anything else is read to EOF. `None`: the proxy
+/// closed without answering.
+pub async fn send_raw(proxy: SocketAddr, bytes: &[u8]) -> (Option<ProxyReply>, TcpStream) {
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    // The proxy may close early (oversized head): a failed write is not a failure.
+    let _ = tcp.write_all(bytes).await;
+    let Some(head) = bounded("reading the proxy's reply head", read_head(&mut tcp)).await else {
+        return (None, tcp);
+    };
+    let status = status_of(&head);
+    let mut body = Vec::new();
+    if !(200..300).contains(&status) {
+        let _ = bounded("reading the proxy's reply body", tcp.read_to_end(&mut body)).await;
+    }
+    let reply = ProxyReply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    (Some(reply), tcp)
+}
+
+/// `CONNECT target` with extra header lines; panics if the proxy sends no reply.
+pub async fn connect(proxy: SocketAddr, target: &str, extra: &str) -> (ProxyReply, TcpStream) {
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
+    let (reply, tcp) = send_raw(proxy, req.as_bytes()).await;
+    let reply =
+        reply.unwrap_or_else(|| panic!("CONNECT {target}: the proxy closed without a reply"));
+    (reply, tcp)
+}
+
+/// `CONNECT target`, asserting the proxy's 200; the open tunnel.
+pub async fn tunnel_tcp(proxy: SocketAddr, target: &str) -> TcpStream {
+    let (reply, tcp) = connect(proxy, target, "").await;
+    assert!(
+        reply.head.starts_with("HTTP/1.1 200"),
+        "CONNECT {target}: {reply:?}"
+    );
+    tcp
+}

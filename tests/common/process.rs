@@ -1,0 +1,114 @@
+//! Running the real binaries: a child that is killed when the test ends,
+//! its stdout as a channel of lines, and the listening lines `fedpin run`
+//! prints.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long `fedpin run` may take to print its listening lines.
+pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// A child process, killed (if still running) and reaped when dropped.
+pub struct Reaped(pub Child);
+
+impl Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The child's stdout (which must be piped) as lines on a channel, from a
+/// thread that keeps draining it for the child's whole life.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The address a "… listening on ADDR" line ends with.
+pub fn addr_at_end(line: &str) -> SocketAddr {
+    line.rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// Waits (at most [`STARTUP`]) until `fedpin run` has printed a
+/// "KIND listening" line for each of `kinds` ("outbound", "inbound",
+/// "admin"); their addresses, in the order of `kinds`.
+pub fn listening(lines: &mpsc::Receiver<String>, kinds: &[&str]) -> Vec<SocketAddr> {
+    let deadline = Instant::now() + STARTUP;
+    let mut found: Vec<Option<SocketAddr>> = vec![None; kinds.len()];
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("fedpin prints its listening lines ({kinds:?})"));
+        for (k, slot) in kinds.iter().zip(found.iter_mut()) {
+            if line.contains(&format!("{k} listening")) {
+                *slot = Some(addr_at_end(&line));
+            }
+        }
+    }
+    found.into_iter().map(Option::unwrap).collect()
+}
+
+/// Writes `DIR/fedpin.toml`: the pin file `pins.toml`, an `[outbound]`
+/// proxy on 127.0.0.1:0 with the interception CA in `DIR/ca` (made by
+/// `fedpin::tls::ca::init_ca`), then `rest` (more outbound keys, sections).
+pub fn outbound_config(dir: &Path, rest: &str) -> PathBuf {
+    let cfg = dir.join("fedpin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"pins = "pins.toml"
+
+[outbound]
+listen = "127.0.0.1:0"
+ca_cert = "ca/fedpin-ca.pem"
+ca_key = "ca/fedpin-ca.key"
+{rest}"#
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `fedpin --log-format json run [run_args] --config CFG`, stdout piped
+/// (for [`stdout_lines`]) and stderr dropped unless the caller says otherwise.
+pub fn fedpin_run(cfg: &Path, run_args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fedpin"));
+    cmd.args(["--log-format", "json", "run"])
+        .args(run_args)
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
