@@ -27,6 +27,7 @@ pub mod fuzzing;
 pub mod https;
 pub mod matrix;
 pub mod metrics;
+pub mod pinctl;
 pub mod pinfile_edit;
 pub mod pins;
 pub mod prepare;

@@ -119,9 +119,9 @@ pub enum DiscoveryError {
 mod name;
 mod resolve;
 mod srv;
-mod well_known;
 #[cfg(test)]
 mod tests;
+mod well_known;
 
 pub use name::*;
 pub use resolve::*;

@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// The host part of a Matrix server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {

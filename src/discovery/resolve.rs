@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Which resolution step decided the endpoint (for display).
 ///
 /// When a well-known delegation was followed *and* an SRV record of the
@@ -154,8 +153,6 @@ impl fmt::Debug for DiscoveryOptions {
             .finish()
     }
 }
-
-
 
 /// Resolves `name` following the Matrix "Resolving server names" steps (see
 /// the [module documentation](self)).

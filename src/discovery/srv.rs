@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// The future returned by [`SrvLookup::lookup_srv`].
 pub type SrvFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<SrvTarget>, DiscoveryError>> + Send + 'a>>;

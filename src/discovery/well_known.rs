@@ -4,7 +4,6 @@
 
 use super::*;
 
-
 /// Pure parse of a /.well-known/matrix/server body: returns the delegated
 /// server name (validated with [`ServerName::from_str`]).
 ///
