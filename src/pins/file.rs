@@ -1085,6 +1085,68 @@ trust = "pin-only"
     }
 
     #[test]
+    fn typed_entries_pass_the_parser_rules() {
+        let entry = |name: &str, pins: Vec<Pin>| PeerEntry {
+            server_name: name.into(),
+            pins,
+            ..PeerEntry::default()
+        };
+        let ok = PinSet::from_entries(
+            Policy::default(),
+            &[PeerEntry {
+                hosts: Some(vec!["Fed.A.Example.".into()]),
+                host_pins: vec![("a.example".into(), vec![Pin::of_spki(&[9])])],
+                delegation: Some("fed.a.example:443".into()),
+                ..entry("a.example", vec![Pin::of_spki(&[1]), Pin::of_spki(&[2])])
+            }],
+        )
+        .unwrap();
+        assert_eq!(ok.lookup("fed.a.example").unwrap().pins.len(), 2);
+        assert_eq!(ok.lookup("a.example").unwrap().pins, [Pin::of_spki(&[9])]);
+        // The parser's warnings too (unlocated): hosts leaves out the server
+        // name's own host.
+        let warned: Vec<&str> = ok.warnings.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(warned, ["peer[0].hosts"], "{:?}", ok.warnings);
+
+        let e = PinSet::from_entries(
+            Policy::default(),
+            &[
+                entry("a.example", vec![Pin::of_spki(&[1])]),
+                entry("b.example", Vec::new()),
+                PeerEntry {
+                    hosts: Some(vec!["a.example".into()]),
+                    expires: Some("tomorrow".into()),
+                    signing_keys: vec!["nonsense".into()],
+                    host_pins: vec![
+                        ("x.example".into(), vec![Pin::of_spki(&[3])]),
+                        ("x.example".into(), vec![Pin::of_spki(&[4])]),
+                    ],
+                    ..entry("c.example", vec![Pin::of_spki(&[2])])
+                },
+            ],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "peer[1].pins",
+                "peer[2].hosts",
+                "peer[2].expires",
+                "peer[2].signing_keys[0]",
+                "peer[2].host_pins.\"x.example\"",
+            ],
+            "{e}"
+        );
+        assert!(e.errors.iter().all(|d| d.line == 0), "{e}");
+        assert!(
+            e.to_string()
+                .contains("<pin file>: peer[1].pins: a peer needs at least one pin"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn server_name_forms() {
         assert_eq!(
             split_server_name("Example.ORG:8448").unwrap(),
