@@ -6,7 +6,7 @@
 //! write the entry (comments kept, validated, atomic).
 //!
 //! The workflow is [`enrol`]; what it shows the operator and asks them goes
-//! through [`EnrolUi`], so the binary only prints. [`write`] then edits the
+//! through [`EnrolUi`], so the binary only prints. [`write()`] then edits the
 //! pin file.
 
 use std::net::SocketAddr;
@@ -149,7 +149,7 @@ pub struct Enrolment {
     pub via: Option<String>,
 }
 
-/// What [`write`] did.
+/// What [`write()`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     /// Added a new entry, or extended the existing one.
