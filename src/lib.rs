@@ -11,8 +11,11 @@
 //! [`tls`] (provider and per-generation configs), [`metrics`] (counters
 //! for `/metrics`), [`discovery`] (Matrix
 //! server-name resolution), [`pinfile_edit`] (atomic, locked, comment-keeping
-//! edits for `pinctl`), [`cli`] (the binaries' clap definitions, also the
-//! source of the man pages and shell completions).
+//! edits for `pinctl`), [`pinctl`] (the `pinctl` workflows: enrolment, the
+//! live check, lint), [`service`] (a started daemon under a service
+//! manager: notify, reload, drain), [`cli`] (the binaries' clap definitions,
+//! also the source of the man pages and shell completions). The binaries
+//! parse arguments, call these, print and choose exit codes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,11 +30,13 @@ pub mod fuzzing;
 pub mod https;
 pub mod matrix;
 pub mod metrics;
+pub mod pinctl;
 pub mod pinfile_edit;
 pub mod pins;
 pub mod prepare;
 pub mod probe;
 pub mod proxy;
+pub mod service;
 pub mod tls;
 pub mod verify;
 pub mod watch;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
-use crate::pins::{Mode, Pin, PinFileError, PinSet, Trust};
+#[cfg(test)]
+use crate::pins::Pin;
+use crate::pins::{Mode, PeerEntry, PinFileError, PinSet, Trust};
 
 /// Errors editing the pin file.
 #[derive(Debug, thiserror::Error)]
@@ -45,30 +47,8 @@ pub enum EditError {
     },
 }
 
-/// A peer entry to add.
-#[derive(Debug, Clone)]
-pub struct NewPeer {
-    /// Matrix server name (may carry a port).
-    pub server_name: String,
-    /// TLS names, when they differ from the server name's host.
-    pub hosts: Option<Vec<String>>,
-    /// Pins to add.
-    pub pins: Vec<Pin>,
-    /// Trust mode (written only when given or new).
-    pub trust: Option<Trust>,
-    /// Enforce/report (written only when given or new).
-    pub mode: Option<Mode>,
-    /// RFC 3339 expiry.
-    pub expires: Option<String>,
-    /// Note.
-    pub note: Option<String>,
-    /// The well-known delegation seen at enrolment (`m.server`).
-    pub delegation: Option<String>,
-    /// Pins of hosts with keys of their own (the well-known front).
-    pub host_pins: Vec<(String, Vec<Pin>)>,
-    /// Matrix signing keys, `ed25519:ID=BASE64` (replace the recorded ones).
-    pub signing_keys: Vec<String>,
-}
+/// A peer entry to add: the typed entry [`PinSet::from_entries`] validates.
+pub type NewPeer = PeerEntry;
 
 /// What `add_peer` did.
 #[derive(Debug, Clone, PartialEq, Eq)]

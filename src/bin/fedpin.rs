@@ -1,11 +1,11 @@
-//! `fedpin`: the daemon binary (clap + tracing setup; the work is in the library).
+//! `fedpin`: the daemon binary (clap + tracing setup; the work is in the
+//! library: [`fedpin::prepare`], [`fedpin::daemon`], [`fedpin::service`]).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use fedpin::cli::fedpin::{CaCmd, Cli, Cmd, LogFormat};
 use fedpin::prepare::Prepared;
-use sd_notify::NotifyState;
 
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -184,93 +184,7 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
         if let Some(addr) = &daemon.admin {
             println!("fedpin: admin listening on {addr}");
         }
-        let listening: Vec<String> = [
-            daemon.outbound.as_ref().map(|(_, a)| format!("outbound {a}")),
-            daemon.inbound.as_ref().map(|(_, a)| format!("inbound {a}")),
-            daemon.admin.map(|a| format!("admin {a}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let status = format!("serving: {}", listening.join(", "));
-        // Signal handlers before READY=1: systemd may send a queued reload
-        // (SIGHUP) or stop (SIGTERM) the moment it hears we are ready.
-        let stop = StopSignal::register();
-        #[cfg(unix)]
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        let daemon = std::sync::Arc::new(daemon);
-        let _config_watch = match fedpin::daemon::watch_config(daemon.clone(), path) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(target: "fedpin::daemon", error = %e, "cannot watch the config file; edit + SIGHUP to reload");
-                None
-            }
-        };
-        #[cfg(unix)]
-        {
-            let d = daemon.clone();
-            let p = path.to_path_buf();
-            if let Ok(mut hup) = hup {
-                let status = status.clone();
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        match NotifyState::monotonic_usec_now() {
-                            Ok(now) => systemd(&[NotifyState::Reloading, now]),
-                            Err(_) => systemd(&[NotifyState::Reloading]),
-                        }
-                        let _ = fedpin::daemon::reload_config(&d, &p);
-                        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
-                    }
-                });
-            }
-        }
-        systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
-        stop.wait().await;
-        systemd(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-        tracing::info!(target: "fedpin::daemon", drain_secs = drain.as_secs(), "stopping: no new connections; draining");
-        daemon.stop();
-        let left = daemon.drain(drain).await;
-        if left > 0 {
-            tracing::warn!(target: "fedpin::daemon", open = left, "drain deadline reached; exiting with connections still open");
-        } else {
-            tracing::info!(target: "fedpin::daemon", "drained; exiting");
-        }
+        fedpin::service::serve(daemon, path, drain).await;
         ExitCode::SUCCESS
     })
-}
-
-/// Tells the service manager (systemd `Type=notify` or `notify-reload`) what
-/// the daemon is doing; does nothing when `NOTIFY_SOCKET` is not set.
-fn systemd(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::warn!(target: "fedpin::daemon", error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
-    }
-}
-
-/// SIGTERM or Ctrl-C, registered up front so a signal sent right after
-/// start is not lost (or, for SIGTERM, fatal without a drain).
-struct StopSignal {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignal {
-    fn register() -> Self {
-        StopSignal {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
-        }
-    }
-
-    async fn wait(self) {
-        #[cfg(unix)]
-        if let Some(mut term) = self.term {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -157,6 +157,69 @@ impl Peer {
     }
 }
 
+/// One `[[peer]]` entry as typed values, before validation: what `pinctl
+/// add` builds and [`crate::pinfile_edit::add_peer`] writes. It becomes a
+/// [`Peer`] only through [`PinSet::from_entries`] (or the file it is written
+/// to), which apply the pin-file rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// Matrix server name (may carry a port).
+    pub server_name: String,
+    /// TLS names, when they differ from the server name's host.
+    pub hosts: Option<Vec<String>>,
+    /// The pins.
+    pub pins: Vec<Pin>,
+    /// Trust mode (when absent: written as `webpki` for a new entry, left
+    /// alone for an existing one).
+    pub trust: Option<Trust>,
+    /// Enforce or report (when absent: `enforce` for a new entry, left alone
+    /// for an existing one).
+    pub mode: Option<Mode>,
+    /// RFC 3339 expiry, as written.
+    pub expires: Option<String>,
+    /// Note.
+    pub note: Option<String>,
+    /// The well-known delegation seen at enrolment (`m.server`).
+    pub delegation: Option<String>,
+    /// Pins of hosts with keys of their own (the well-known front).
+    pub host_pins: Vec<(String, Vec<Pin>)>,
+    /// Matrix signing keys, `ed25519:ID=BASE64` (replace the recorded ones).
+    pub signing_keys: Vec<String>,
+}
+
+impl PeerEntry {
+    /// The entry as the raw form the file parser produces (no spans), and
+    /// the `host_pins` hosts named more than once (a map cannot hold them).
+    fn to_raw(&self) -> (RawPeer, Vec<String>) {
+        let s = |v: &str| Spanned::new(0..0, v.to_owned());
+        let pins =
+            |list: &[Pin]| Spanned::new(0..0, list.iter().map(|p| s(&p.to_string())).collect());
+        let mut dups = Vec::new();
+        let mut host_pins = std::collections::BTreeMap::new();
+        for (h, list) in &self.host_pins {
+            if host_pins.insert(h.clone(), pins(list)).is_some() {
+                dups.push(h.clone());
+            }
+        }
+        let raw = RawPeer {
+            server_name: s(&self.server_name),
+            hosts: self
+                .hosts
+                .as_ref()
+                .map(|h| h.iter().map(|x| s(x)).collect()),
+            pins: pins(&self.pins),
+            delegation: self.delegation.as_deref().map(s),
+            signing_keys: Some(self.signing_keys.iter().map(|k| s(k)).collect()),
+            host_pins: (!self.host_pins.is_empty()).then_some(host_pins),
+            trust: self.trust,
+            mode: self.mode,
+            expires: self.expires.as_deref().map(s),
+            note: self.note.clone(),
+        };
+        (raw, dups)
+    }
+}
+
 /// One located problem in a pin file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -330,6 +393,51 @@ impl PinSet {
                 }],
             }
         })?;
+        Self::validate(raw, &lines, hash)
+    }
+
+    /// Validates typed peer entries (no file text) by the same rules as
+    /// [`PinSet::parse`]: the set `pinctl add` checks a candidate entry
+    /// against before it is written. Diagnostics carry the entry's key
+    /// (`peer[0].pins[1]`) but no line, as there is no file.
+    pub fn from_entries(policy: Policy, entries: &[PeerEntry]) -> Result<Self, PinFileError> {
+        let mut dups = Vec::new();
+        let mut peer = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let (raw, dup_hosts) = e.to_raw();
+            for h in dup_hosts {
+                dups.push(Diagnostic {
+                    line: 0,
+                    column: 0,
+                    key: format!("peer[{i}].host_pins.\"{h}\""),
+                    message: format!("host \"{h}\" is listed twice in host_pins"),
+                });
+            }
+            peer.push(Spanned::new(0..0, raw));
+        }
+        let raw = RawFile {
+            version: Some(Spanned::new(0..0, 1)),
+            policy: Some(RawPolicy {
+                unpinned: Some(policy.unpinned),
+                on_expired: Some(policy.on_expired),
+            }),
+            peer,
+        };
+        match Self::validate(raw, &LineIndex::unlocated(), [0; 32]) {
+            Ok(set) if dups.is_empty() => Ok(set),
+            Ok(_) => Err(PinFileError {
+                path: None,
+                errors: dups,
+            }),
+            Err(mut e) => {
+                e.errors.extend(dups);
+                Err(e)
+            }
+        }
+    }
+
+    /// The checks shared by [`PinSet::parse`] and [`PinSet::from_entries`].
+    fn validate(raw: RawFile, lines: &LineIndex, hash: [u8; 32]) -> Result<Self, PinFileError> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let mut err = |span: std::ops::Range<usize>, key: String, message: String| {
@@ -846,7 +954,8 @@ pub fn split_server_name(server_name: &str) -> Result<String, String> {
     normalize_tls_name(&host).map_err(|m| format!("server name \"{server_name}\": {m}"))
 }
 
-/// Maps byte offsets to 1-based (line, column).
+/// Maps byte offsets to 1-based (line, column); (0, 0) for typed entries,
+/// which have no text.
 struct LineIndex {
     starts: Vec<usize>,
 }
@@ -858,7 +967,15 @@ impl LineIndex {
         LineIndex { starts }
     }
 
+    /// The index of no text: every location is (0, 0), "unknown".
+    fn unlocated() -> Self {
+        LineIndex { starts: Vec::new() }
+    }
+
     fn locate(&self, offset: usize) -> (usize, usize) {
+        if self.starts.is_empty() {
+            return (0, 0);
+        }
         let line = match self.starts.binary_search(&offset) {
             Ok(i) => i,
             Err(i) => i.saturating_sub(1),
@@ -965,6 +1082,68 @@ trust = "pin-only"
         assert!(PinSet::parse("").is_err());
         let e = PinSet::parse("version = 1\n[policy]\nunpinned = \"allow\"\n").unwrap_err();
         assert_eq!(e.errors[0].line, 3, "{e}");
+    }
+
+    #[test]
+    fn typed_entries_pass_the_parser_rules() {
+        let entry = |name: &str, pins: Vec<Pin>| PeerEntry {
+            server_name: name.into(),
+            pins,
+            ..PeerEntry::default()
+        };
+        let ok = PinSet::from_entries(
+            Policy::default(),
+            &[PeerEntry {
+                hosts: Some(vec!["Fed.A.Example.".into()]),
+                host_pins: vec![("a.example".into(), vec![Pin::of_spki(&[9])])],
+                delegation: Some("fed.a.example:443".into()),
+                ..entry("a.example", vec![Pin::of_spki(&[1]), Pin::of_spki(&[2])])
+            }],
+        )
+        .unwrap();
+        assert_eq!(ok.lookup("fed.a.example").unwrap().pins.len(), 2);
+        assert_eq!(ok.lookup("a.example").unwrap().pins, [Pin::of_spki(&[9])]);
+        // The parser's warnings too (unlocated): hosts leaves out the server
+        // name's own host.
+        let warned: Vec<&str> = ok.warnings.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(warned, ["peer[0].hosts"], "{:?}", ok.warnings);
+
+        let e = PinSet::from_entries(
+            Policy::default(),
+            &[
+                entry("a.example", vec![Pin::of_spki(&[1])]),
+                entry("b.example", Vec::new()),
+                PeerEntry {
+                    hosts: Some(vec!["a.example".into()]),
+                    expires: Some("tomorrow".into()),
+                    signing_keys: vec!["nonsense".into()],
+                    host_pins: vec![
+                        ("x.example".into(), vec![Pin::of_spki(&[3])]),
+                        ("x.example".into(), vec![Pin::of_spki(&[4])]),
+                    ],
+                    ..entry("c.example", vec![Pin::of_spki(&[2])])
+                },
+            ],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "peer[1].pins",
+                "peer[2].hosts",
+                "peer[2].expires",
+                "peer[2].signing_keys[0]",
+                "peer[2].host_pins.\"x.example\"",
+            ],
+            "{e}"
+        );
+        assert!(e.errors.iter().all(|d| d.line == 0), "{e}");
+        assert!(
+            e.to_string()
+                .contains("<pin file>: peer[1].pins: a peer needs at least one pin"),
+            "{e}"
+        );
     }
 
     #[test]

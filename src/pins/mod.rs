@@ -28,7 +28,7 @@ mod store;
 
 pub use file::{
     normalize_lookup, normalize_tls_name, split_server_name, Diagnostic, ExpiredPolicy, Mode, Peer,
-    PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
+    PeerEntry, PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
 };
 pub use pin::{Pin, PinParseError, PIN_PREFIX};
 #[cfg(unix)]
