@@ -209,7 +209,11 @@ fn run_wrapper(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     // The wrapper may exit (bad argument) before it reads its input: a
     // broken pipe then is its answer, not a test failure.
     if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing stdin: {e}"
+        );
     }
     child.wait_with_output().unwrap()
 }
