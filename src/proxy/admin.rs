@@ -87,192 +87,231 @@ fn gauge(
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let set = s.pins.current();
-        gauge(
-            &mut enc,
-            "fedpin_pin_generation",
-            "Generation of the pin set in force",
-            set.generation as i64,
-        )?;
-        gauge(
-            &mut enc,
-            "fedpin_pin_peers",
-            "Peers in the pin set in force",
-            set.len() as i64,
-        )?;
-        let (ok, failed) = s.pins.reload_counts();
-        counter(
-            &mut enc,
-            "fedpin_pin_reloads",
-            "Pin-file reloads by result",
-            &[(&[("result", "ok")], ok), (&[("result", "failed")], failed)],
-        )?;
-
-        let c = s.alerts.counters();
-        counter(
-            &mut enc,
-            "fedpin_alerts_raised",
-            "Alerts raised (before the 60 s merge)",
-            &[(&[], c.raised.load(Ordering::Relaxed))],
-        )?;
-        let by_event = s.alerts.counts_by_event();
-        let mut m = enc.encode_descriptor(
-            "fedpin_alerts",
-            "Alerts raised by event and severity",
-            None,
-            MetricType::Counter,
-        )?;
-        for (event, severity, n) in &by_event {
-            let sev = match severity {
-                Severity::Critical => "critical",
-                Severity::Warning => "warning",
-            };
-            let labels = [("event", event.as_str()), ("severity", sev)];
-            ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-        }
-        counter(
-            &mut enc,
-            "fedpin_alert_sink_dropped",
-            "Alerts a sink could not take (queue full)",
-            &[(&[], c.dropped.load(Ordering::Relaxed))],
-        )?;
-        counter(
-            &mut enc,
-            "fedpin_alert_sink_failures",
-            "Alert deliveries that failed",
-            &[(&[], c.sink_failures.load(Ordering::Relaxed))],
-        )?;
-
-        let mut m = enc.encode_descriptor(
-            "fedpin_handshakes",
-            "TLS handshakes with peers by direction and result",
-            None,
-            MetricType::Counter,
-        )?;
-        let directions = [
-            (
-                "outbound",
-                s.outbound.as_ref().map(|o| &o.stats().handshakes),
-            ),
-            ("inbound", s.inbound.as_ref().map(|i| &i.stats().handshakes)),
-        ];
-        for (direction, counters) in directions {
-            for (result, n) in counters.map(|c| c.snapshot()).unwrap_or_default() {
-                let labels = [("direction", direction), ("result", result)];
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
-            "fedpin_pin_checks",
-            "Runs of the pin rules by direction, the entry's mode (unpinned: no entry) and result",
-            None,
-            MetricType::Counter,
-        )?;
-        let cores = [
-            ("outbound", s.outbound.as_ref().map(|o| o.verifier())),
-            ("inbound", s.inbound.as_ref().map(|i| i.verifier())),
-        ];
-        for (direction, core) in cores {
-            for (mode, result, n) in core.map(|c| c.pin_checks().snapshot()).unwrap_or_default() {
-                let labels = [("direction", direction), ("mode", mode), ("result", result)];
-                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
-            }
-        }
-
+        encode_pins(s, &mut enc)?;
+        encode_alerts(s, &mut enc)?;
+        encode_handshakes(s, &mut enc)?;
         if let Some(o) = &s.outbound {
-            let st = o.stats();
-            counter(
-                &mut enc,
-                "fedpin_outbound_upstream_errors",
-                "Upstreams that could not be reached (no handshake took place)",
-                &[(&[], st.upstream_errors.load(Ordering::Relaxed))],
-            )?;
-            gauge(
-                &mut enc,
-                "fedpin_outbound_active_tunnels",
-                "Tunnels open now",
-                st.active_tunnels.load(Ordering::Relaxed) as i64,
-            )?;
-            counter(
-                &mut enc,
-                "fedpin_outbound_refused",
-                "CONNECTs refused by policy",
-                &[(&[], st.refused.load(Ordering::Relaxed))],
-            )?;
-            counter(
-                &mut enc,
-                "fedpin_outbound_over_capacity",
-                "Clients turned away at the tunnel cap",
-                &[(&[], st.over_capacity.load(Ordering::Relaxed))],
-            )?;
-            counter(
-                &mut enc,
-                "fedpin_outbound_revoked_tunnels",
-                "Open tunnels ended because a pin reload refused their upstream",
-                &[(&[], st.revoked.load(Ordering::Relaxed))],
-            )?;
-            let m = enc.encode_descriptor(
-                "fedpin_outbound_upstream_handshake_seconds",
-                "Upstream connect + pinned TLS handshake duration",
-                None,
-                MetricType::Histogram,
-            )?;
-            st.upstream_handshake_seconds.encode(m)?;
+            encode_outbound(o, &mut enc)?;
         }
         if let Some(i) = &s.inbound {
-            let st = i.stats();
-            gauge(
-                &mut enc,
-                "fedpin_inbound_connections",
-                "Inbound connections open now",
-                st.connections.load(Ordering::Relaxed) as i64,
-            )?;
-            let classes = ["2xx", "3xx", "4xx", "5xx", "other", "bad_signature"];
-            let rows: Vec<([(&str, &str); 1], u64)> = classes
-                .iter()
-                .enumerate()
-                .map(|(k, c)| ([("class", *c)], st.by_class[k].load(Ordering::Relaxed)))
-                .collect();
-            let mut m = enc.encode_descriptor(
-                "fedpin_inbound_requests",
-                "Inbound requests by status class",
-                None,
-                MetricType::Counter,
-            )?;
-            for (labels, v) in &rows {
-                ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-            }
-            let m = enc.encode_descriptor(
-                "fedpin_inbound_upstream_seconds",
-                "Time for the homeserver to answer a forwarded request (response head)",
-                None,
-                MetricType::Histogram,
-            )?;
-            st.upstream_seconds.encode(m)?;
-            counter(
-                &mut enc,
-                "fedpin_inbound_revoked_connections",
-                "Open connections ended because a pin reload refused their client certificate",
-                &[(&[], st.revoked.load(Ordering::Relaxed))],
-            )?;
-            if let Some(k) = i.key_fetcher() {
-                counter(
-                    &mut enc,
-                    "fedpin_signing_key_fetches",
-                    "Signing-key fetches started for request-signature checks",
-                    &[(&[], k.fetches())],
-                )?;
-            }
-            let (ok, failed) = i.certs().reload_counts();
-            counter(
-                &mut enc,
-                "fedpin_inbound_cert_reloads",
-                "Server certificate reloads by result",
-                &[(&[("result", "ok")], ok), (&[("result", "failed")], failed)],
-            )?;
+            encode_inbound(i, &mut enc)?;
         }
         Ok(())
     }
+}
+
+/// The pin set in force and its reloads.
+fn encode_pins(s: &AdminSources, enc: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let set = s.pins.current();
+    gauge(
+        enc,
+        "fedpin_pin_generation",
+        "Generation of the pin set in force",
+        set.generation as i64,
+    )?;
+    gauge(
+        enc,
+        "fedpin_pin_peers",
+        "Peers in the pin set in force",
+        set.len() as i64,
+    )?;
+    let (ok, failed) = s.pins.reload_counts();
+    counter(
+        enc,
+        "fedpin_pin_reloads",
+        "Pin-file reloads by result",
+        &[(&[("result", "ok")], ok), (&[("result", "failed")], failed)],
+    )?;
+
+    Ok(())
+}
+
+/// Alerts raised, by event and severity, and the sinks' losses.
+fn encode_alerts(s: &AdminSources, enc: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let c = s.alerts.counters();
+    counter(
+        enc,
+        "fedpin_alerts_raised",
+        "Alerts raised (before the 60 s merge)",
+        &[(&[], c.raised.load(Ordering::Relaxed))],
+    )?;
+    let by_event = s.alerts.counts_by_event();
+    let mut m = enc.encode_descriptor(
+        "fedpin_alerts",
+        "Alerts raised by event and severity",
+        None,
+        MetricType::Counter,
+    )?;
+    for (event, severity, n) in &by_event {
+        let sev = match severity {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        };
+        let labels = [("event", event.as_str()), ("severity", sev)];
+        ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+    }
+    counter(
+        enc,
+        "fedpin_alert_sink_dropped",
+        "Alerts a sink could not take (queue full)",
+        &[(&[], c.dropped.load(Ordering::Relaxed))],
+    )?;
+    counter(
+        enc,
+        "fedpin_alert_sink_failures",
+        "Alert deliveries that failed",
+        &[(&[], c.sink_failures.load(Ordering::Relaxed))],
+    )?;
+
+    Ok(())
+}
+
+/// Handshakes and pin-rule runs, by direction.
+fn encode_handshakes(
+    s: &AdminSources,
+    enc: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(
+        "fedpin_handshakes",
+        "TLS handshakes with peers by direction and result",
+        None,
+        MetricType::Counter,
+    )?;
+    let directions = [
+        (
+            "outbound",
+            s.outbound.as_ref().map(|o| &o.stats().handshakes),
+        ),
+        ("inbound", s.inbound.as_ref().map(|i| &i.stats().handshakes)),
+    ];
+    for (direction, counters) in directions {
+        for (result, n) in counters.map(|c| c.snapshot()).unwrap_or_default() {
+            let labels = [("direction", direction), ("result", result)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "fedpin_pin_checks",
+        "Runs of the pin rules by direction, the entry's mode (unpinned: no entry) and result",
+        None,
+        MetricType::Counter,
+    )?;
+    let cores = [
+        ("outbound", s.outbound.as_ref().map(|o| o.verifier())),
+        ("inbound", s.inbound.as_ref().map(|i| i.verifier())),
+    ];
+    for (direction, core) in cores {
+        for (mode, result, n) in core.map(|c| c.pin_checks().snapshot()).unwrap_or_default() {
+            let labels = [("direction", direction), ("mode", mode), ("result", result)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+
+    Ok(())
+}
+
+/// The outbound proxy's counters.
+fn encode_outbound(
+    o: &Arc<OutboundProxy>,
+    enc: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let st = o.stats();
+    counter(
+        enc,
+        "fedpin_outbound_upstream_errors",
+        "Upstreams that could not be reached (no handshake took place)",
+        &[(&[], st.upstream_errors.load(Ordering::Relaxed))],
+    )?;
+    gauge(
+        enc,
+        "fedpin_outbound_active_tunnels",
+        "Tunnels open now",
+        st.active_tunnels.load(Ordering::Relaxed) as i64,
+    )?;
+    counter(
+        enc,
+        "fedpin_outbound_refused",
+        "CONNECTs refused by policy",
+        &[(&[], st.refused.load(Ordering::Relaxed))],
+    )?;
+    counter(
+        enc,
+        "fedpin_outbound_over_capacity",
+        "Clients turned away at the tunnel cap",
+        &[(&[], st.over_capacity.load(Ordering::Relaxed))],
+    )?;
+    counter(
+        enc,
+        "fedpin_outbound_revoked_tunnels",
+        "Open tunnels ended because a pin reload refused their upstream",
+        &[(&[], st.revoked.load(Ordering::Relaxed))],
+    )?;
+    let m = enc.encode_descriptor(
+        "fedpin_outbound_upstream_handshake_seconds",
+        "Upstream connect + pinned TLS handshake duration",
+        None,
+        MetricType::Histogram,
+    )?;
+    st.upstream_handshake_seconds.encode(m)?;
+    Ok(())
+}
+
+/// The inbound edge's counters.
+fn encode_inbound(
+    i: &Arc<InboundProxy>,
+    enc: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let st = i.stats();
+    gauge(
+        enc,
+        "fedpin_inbound_connections",
+        "Inbound connections open now",
+        st.connections.load(Ordering::Relaxed) as i64,
+    )?;
+    let classes = ["2xx", "3xx", "4xx", "5xx", "other", "bad_signature"];
+    let rows: Vec<([(&str, &str); 1], u64)> = classes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| ([("class", *c)], st.by_class[k].load(Ordering::Relaxed)))
+        .collect();
+    let mut m = enc.encode_descriptor(
+        "fedpin_inbound_requests",
+        "Inbound requests by status class",
+        None,
+        MetricType::Counter,
+    )?;
+    for (labels, v) in &rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    let m = enc.encode_descriptor(
+        "fedpin_inbound_upstream_seconds",
+        "Time for the homeserver to answer a forwarded request (response head)",
+        None,
+        MetricType::Histogram,
+    )?;
+    st.upstream_seconds.encode(m)?;
+    counter(
+        enc,
+        "fedpin_inbound_revoked_connections",
+        "Open connections ended because a pin reload refused their client certificate",
+        &[(&[], st.revoked.load(Ordering::Relaxed))],
+    )?;
+    if let Some(k) = i.key_fetcher() {
+        counter(
+            enc,
+            "fedpin_signing_key_fetches",
+            "Signing-key fetches started for request-signature checks",
+            &[(&[], k.fetches())],
+        )?;
+    }
+    let (ok, failed) = i.certs().reload_counts();
+    counter(
+        enc,
+        "fedpin_inbound_cert_reloads",
+        "Server certificate reloads by result",
+        &[(&[("result", "ok")], ok), (&[("result", "failed")], failed)],
+    )?;
+    Ok(())
 }
 
 /// Renders `/metrics`.
