@@ -113,156 +113,43 @@ impl Daemon {
             tracing::warn!(target: "fedpin::pins", error = %e, "cannot hook SIGHUP");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let provider = crate::tls::provider();
-        let mut outbound = None;
-        let mut ca_watch = None;
+        let cx = StartContext {
+            config,
+            alerts: &alerts,
+            pins: &pins,
+            provider: crate::tls::provider(),
+            shutdown: shutdown_rx,
+        };
         let mut accept_loops = Vec::new();
         let fetch_roots = outbound_material
             .as_ref()
             .map(|m| m.extra_roots.clone())
             .unwrap_or_default();
+        let (mut outbound, mut ca_watch) = (None, None);
         if let (Some(o), Some(m)) = (&config.outbound, outbound_material) {
-            let core = Arc::new(
-                VerifierCore::new(&provider, &m.extra_roots, alerts.clone())
-                    .map_err(|e| StartError::Tls(e.to_string()))?,
-            );
-            let mut upstream = UpstreamTls::new(core, pins.clone(), provider.clone());
-            if let Some((chain, key)) = m.client_auth {
-                upstream = upstream.with_client_auth(chain, key);
-            }
-            let minter = Arc::new(m.minter);
-            let (m, hub) = (minter.clone(), alerts.clone());
-            let (ca_cert, ca_key) = (o.ca_cert.clone(), o.ca_key.clone());
-            ca_watch = match crate::watch::watch_files(
-                &[o.ca_cert.as_path(), o.ca_key.as_path()],
-                Duration::from_millis(200),
-                Duration::from_secs(60),
-                move || m.recheck_files(&ca_cert, &ca_key, &hub),
-            ) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(target: "fedpin::outbound", error = %e, "cannot watch the interception CA files; they are re-checked only at start");
-                    None
-                }
-            };
-            let settings = outbound_settings(o);
-            let listener = tokio::net::TcpListener::bind(o.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: o.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: o.listen,
-                source,
-            })?;
-            let proxy = Arc::new(OutboundProxy::new(settings, Arc::new(upstream), minter));
-            let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
-            tracing::info!(target: "fedpin::daemon", listen = %addr, "outbound proxy listening");
-            accept_loops.push(("outbound", addr, task.abort_handle()));
-            outbound = Some((proxy, addr));
+            let started = cx.start_outbound(o, m).await?;
+            accept_loops.push(("outbound", started.addr, started.task));
+            ca_watch = started.watch;
+            outbound = Some((started.proxy, started.addr));
         }
-        let mut inbound = None;
-        let mut cert_watch = None;
+        let (mut inbound, mut cert_watch) = (None, None);
         if let (Some(i), Some(m)) = (&config.inbound, inbound_material) {
-            let certs = Arc::new(m.certs.with_alerts(alerts.clone()));
-            let core = Arc::new(
-                VerifierCore::new(&provider, &m.client_roots, alerts.clone())
-                    .map_err(|e| StartError::Tls(e.to_string()))?,
-            );
-            let settings = InboundSettings {
-                upstream: m.upstream,
-                client_auth: i.client_auth,
-                max_body: i.max_body,
-                max_header_bytes: i.max_header_bytes,
-                header_timeout: i.header_timeout,
-                request_timeout: i.request_timeout,
-                idle_timeout: i.idle_timeout,
-                max_connections: i.max_connections,
-                server_name: i.server_name.clone(),
-                verify_signatures: i.verify_signatures,
-                ..InboundSettings::default()
-            };
-            let mut proxy =
-                InboundProxy::new(settings, edge_rules(i), certs.clone(), pins.clone(), core);
-            if i.verify_signatures != crate::config::SignatureMode::Off {
-                proxy = proxy.with_key_fetcher(Arc::new(key_fetcher(
-                    config,
-                    &fetch_roots,
-                    &provider,
-                    &alerts,
-                    &pins,
-                )?));
-            } else {
-                tracing::warn!(target: "fedpin::inbound", "request signatures are not verified at the edge (set inbound.server_name): origin rules use the claimed origin, rate limits origin and client address");
-            }
-            let proxy = Arc::new(proxy);
-            let listener = tokio::net::TcpListener::bind(i.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: i.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: i.listen,
-                source,
-            })?;
-            let c = certs.clone();
-            cert_watch = match crate::watch::watch_files(
-                &[i.cert.as_path(), i.key.as_path()],
-                Duration::from_millis(200),
-                Duration::from_secs(60),
-                move || {
-                    let _ = c.reload();
-                },
-            ) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(target: "fedpin::inbound", error = %e, "cannot watch the certificate files; they are re-read on SIGHUP only");
-                    None
-                }
-            };
-            let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx.clone()));
-            tracing::info!(target: "fedpin::daemon", listen = %addr, "inbound edge listening");
-            accept_loops.push(("inbound", addr, task.abort_handle()));
-            inbound = Some((proxy, addr));
+            let started = cx.start_inbound(i, m, &fetch_roots).await?;
+            accept_loops.push(("inbound", started.addr, started.task));
+            cert_watch = started.watch;
+            inbound = Some((started.proxy, started.addr));
         }
         let mut admin = None;
         if let Some(listen) = config.admin {
-            let mut files: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
-            if let Some(o) = &config.outbound {
-                files.push(("interception CA certificate", o.ca_cert.clone()));
-                files.push(("interception CA key", o.ca_key.clone()));
-            }
-            if let Some(i) = &config.inbound {
-                files.push(("server certificate", i.cert.clone()));
-                files.push(("server key", i.key.clone()));
-            }
             let sources = crate::proxy::admin::AdminSources {
                 pins: pins.clone(),
                 alerts: alerts.clone(),
                 outbound: outbound.as_ref().map(|(p, _)| p.clone()),
                 inbound: inbound.as_ref().map(|(p, _)| p.clone()),
-                files,
+                files: watched_files(config),
                 listeners: accept_loops,
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
-            tokio::spawn(crate::proxy::admin::serve(
-                sources,
-                listener,
-                shutdown_rx.clone(),
-            ));
-            tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/ status page, /metrics /healthz /pins)");
-            admin = Some(addr);
+            admin = Some(cx.start_admin(listen, sources).await?);
         }
         Ok(Daemon {
             alerts,
@@ -351,6 +238,184 @@ fn outbound_settings(o: &crate::config::Outbound) -> OutboundSettings {
         handshake_timeout: o.handshake_timeout,
         idle_timeout: o.idle_timeout,
         ..OutboundSettings::default()
+    }
+}
+
+/// What every listener of one start shares.
+struct StartContext<'a> {
+    config: &'a Config,
+    alerts: &'a AlertHub,
+    pins: &'a Arc<PinStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A listener that started: the proxy, its address, its accept loop and
+/// the watch on its files (if the watch could be set up).
+struct Started<P> {
+    proxy: Arc<P>,
+    addr: SocketAddr,
+    task: tokio::task::AbortHandle,
+    watch: Option<crate::watch::FileWatch>,
+}
+
+/// Binds `addr`, naming it in the error.
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// The files `/healthz` checks (present and valid).
+fn watched_files(config: &Config) -> Vec<(&'static str, std::path::PathBuf)> {
+    let mut files: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
+    if let Some(o) = &config.outbound {
+        files.push(("interception CA certificate", o.ca_cert.clone()));
+        files.push(("interception CA key", o.ca_key.clone()));
+    }
+    if let Some(i) = &config.inbound {
+        files.push(("server certificate", i.cert.clone()));
+        files.push(("server key", i.key.clone()));
+    }
+    files
+}
+
+impl StartContext<'_> {
+    /// The outbound proxy: pinned upstream TLS, the interception CA (its
+    /// files watched), the listener.
+    async fn start_outbound(
+        &self,
+        o: &crate::config::Outbound,
+        m: crate::prepare::OutboundMaterial,
+    ) -> Result<Started<OutboundProxy>, StartError> {
+        let core = Arc::new(
+            VerifierCore::new(&self.provider, &m.extra_roots, self.alerts.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?,
+        );
+        let mut upstream = UpstreamTls::new(core, self.pins.clone(), self.provider.clone());
+        if let Some((chain, key)) = m.client_auth {
+            upstream = upstream.with_client_auth(chain, key);
+        }
+        let minter = Arc::new(m.minter);
+        let (mi, hub) = (minter.clone(), self.alerts.clone());
+        let (ca_cert, ca_key) = (o.ca_cert.clone(), o.ca_key.clone());
+        let watch = match crate::watch::watch_files(
+            &[o.ca_cert.as_path(), o.ca_key.as_path()],
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            move || mi.recheck_files(&ca_cert, &ca_key, &hub),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(target: "fedpin::outbound", error = %e, "cannot watch the interception CA files; they are re-checked only at start");
+                None
+            }
+        };
+        let (listener, addr) = bind(o.listen).await?;
+        let proxy = Arc::new(OutboundProxy::new(
+            outbound_settings(o),
+            Arc::new(upstream),
+            minter,
+        ));
+        let task = tokio::spawn(proxy.clone().serve(listener, self.shutdown.clone()));
+        tracing::info!(target: "fedpin::daemon", listen = %addr, "outbound proxy listening");
+        Ok(Started {
+            proxy,
+            addr,
+            task: task.abort_handle(),
+            watch,
+        })
+    }
+
+    /// The inbound edge: its certificate (files watched), client-certificate
+    /// verifier, the signing-key fetcher when signatures are checked, the
+    /// listener.
+    async fn start_inbound(
+        &self,
+        i: &crate::config::Inbound,
+        m: crate::prepare::InboundMaterial,
+        fetch_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Started<InboundProxy>, StartError> {
+        let certs = Arc::new(m.certs.with_alerts(self.alerts.clone()));
+        let core = Arc::new(
+            VerifierCore::new(&self.provider, &m.client_roots, self.alerts.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?,
+        );
+        let settings = InboundSettings {
+            upstream: m.upstream,
+            client_auth: i.client_auth,
+            max_body: i.max_body,
+            max_header_bytes: i.max_header_bytes,
+            header_timeout: i.header_timeout,
+            request_timeout: i.request_timeout,
+            idle_timeout: i.idle_timeout,
+            max_connections: i.max_connections,
+            server_name: i.server_name.clone(),
+            verify_signatures: i.verify_signatures,
+            ..InboundSettings::default()
+        };
+        let mut proxy = InboundProxy::new(
+            settings,
+            edge_rules(i),
+            certs.clone(),
+            self.pins.clone(),
+            core,
+        );
+        if i.verify_signatures != crate::config::SignatureMode::Off {
+            proxy = proxy.with_key_fetcher(Arc::new(key_fetcher(
+                self.config,
+                fetch_roots,
+                &self.provider,
+                self.alerts,
+                self.pins,
+            )?));
+        } else {
+            tracing::warn!(target: "fedpin::inbound", "request signatures are not verified at the edge (set inbound.server_name): origin rules use the claimed origin, rate limits origin and client address");
+        }
+        let proxy = Arc::new(proxy);
+        let (listener, addr) = bind(i.listen).await?;
+        let c = certs.clone();
+        let watch = match crate::watch::watch_files(
+            &[i.cert.as_path(), i.key.as_path()],
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            move || {
+                let _ = c.reload();
+            },
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(target: "fedpin::inbound", error = %e, "cannot watch the certificate files; they are re-read on SIGHUP only");
+                None
+            }
+        };
+        let task = tokio::spawn(proxy.clone().serve(listener, self.shutdown.clone()));
+        tracing::info!(target: "fedpin::daemon", listen = %addr, "inbound edge listening");
+        Ok(Started {
+            proxy,
+            addr,
+            task: task.abort_handle(),
+            watch,
+        })
+    }
+
+    /// The admin listener (status page, `/metrics`, `/healthz`, `/pins`).
+    async fn start_admin(
+        &self,
+        listen: SocketAddr,
+        sources: crate::proxy::admin::AdminSources,
+    ) -> Result<SocketAddr, StartError> {
+        let (listener, addr) = bind(listen).await?;
+        tokio::spawn(crate::proxy::admin::serve(
+            sources,
+            listener,
+            self.shutdown.clone(),
+        ));
+        tracing::info!(target: "fedpin::daemon", listen = %addr, "admin listener (/ status page, /metrics /healthz /pins)");
+        Ok(addr)
     }
 }
 
