@@ -246,12 +246,7 @@ pub fn render(sources: &AdminSources, admin: Option<SocketAddr>, now: OffsetDate
     let set = sources.pins.current();
     let out_results = sources.outbound.as_ref().map(|o| &o.stats().peers);
     let in_results = sources.inbound.as_ref().map(|i| &i.stats().peers);
-    let critical = |name: &str| {
-        sources
-            .alerts
-            .last_critical(name)
-            .filter(|(at, _)| now - *at <= CRITICAL_WINDOW)
-    };
+    let critical = |name: &str| critical_alert(sources, name, now);
 
     p.raw("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     p.raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
@@ -281,6 +276,25 @@ pub fn render(sources: &AdminSources, admin: Option<SocketAddr>, now: OffsetDate
 
     pin_set_section(&mut p, sources, now);
 
+    peers_section(&mut p, &set, sources, out_results, in_results, now);
+
+    unpinned_section(&mut p, out_results, in_results, now);
+    alerts_section(&mut p, sources, now);
+    listeners_section(&mut p, sources, admin);
+    p.raw("</main>\n</body>\n</html>\n");
+    p.out
+}
+
+/// The pinned-peers table, peers with a critical alert first.
+fn peers_section(
+    p: &mut Page,
+    set: &crate::pins::PinSet,
+    sources: &AdminSources,
+    out_results: Option<&PeerResults>,
+    in_results: Option<&PeerResults>,
+    now: OffsetDateTime,
+) {
+    let critical = |name: &str| critical_alert(sources, name, now);
     // Peers.
     p.raw("<section id=\"peers\">\n<h2>Pinned peers</h2>\n");
     if set.is_empty() {
@@ -306,70 +320,88 @@ pub fn render(sources: &AdminSources, admin: Option<SocketAddr>, now: OffsetDate
                 .then_with(|| x.server_name.cmp(&y.server_name))
         });
         for (crit, peer) in rows {
-            let out = out_results.and_then(|r| r.pinned(&peer.server_name));
-            let inb = in_results.and_then(|r| r.pinned(&peer.server_name));
-            p.raw("<tr data-peer=\"");
-            p.text(&peer.server_name);
-            p.raw("\"><td><span class=\"peer\">");
-            p.text(&peer.server_name);
-            p.raw("</span>");
-            if let Some((at, event)) = crit {
-                p.raw(" <span class=\"badge b-crit\" data-critical=\"");
-                p.text(event.as_str());
-                p.raw("\">critical: ");
-                p.text(event.as_str());
-                p.raw("</span><br><span class=\"ago\">last ");
-                p.text(ago(now - at));
-                p.raw("</span>");
-            }
-            p.raw("</td><td>");
-            p.text(match peer.trust {
-                Trust::Webpki => "webpki",
-                Trust::PinOnly => "pin-only",
-            });
-            p.raw("</td><td>");
-            match peer.mode {
-                Mode::Enforce => p.raw("<span class=\"badge b-quiet\">enforce</span>"),
-                Mode::Report => p.raw("<span class=\"badge b-warn\">report</span>"),
-            }
-            p.raw("</td><td>");
-            if peer.pins.len() == 1 {
-                p.raw("<span class=\"badge b-warn\">1, no backup</span>");
-            } else {
-                p.text(peer.pins.len());
-            }
-            p.raw("</td><td>");
-            match peer.expires {
-                Some(e) => p.deadline(e, now, EXPIRY_WARNING),
-                None => p.raw("<span class=\"none\">never</span>"),
-            }
-            p.raw("</td><td>");
-            let seen = [&out, &inb]
-                .into_iter()
-                .filter_map(|l| l.as_ref().and_then(|l| l.nearest_cert_expiry))
-                .min();
-            match seen {
-                Some(e) => p.deadline(e, now, EXPIRY_WARNING),
-                None => p.raw("<span class=\"none\">not seen yet</span>"),
-            }
-            p.raw("</td>");
-            if out_results.is_some() {
-                last_cell(&mut p, "last-out", out.as_ref(), now);
-            }
-            if in_results.is_some() {
-                last_cell(&mut p, "last-in", inb.as_ref(), now);
-            }
-            p.raw("</tr>\n");
+            peer_row(p, peer, crit, out_results, in_results, now);
         }
         p.raw("</tbody>\n</table>\n");
     }
     p.raw("</section>\n");
+}
 
-    unpinned_section(&mut p, out_results, in_results, now);
-    alerts_section(&mut p, sources, now);
-    listeners_section(&mut p, sources, admin);
-    p.raw("</main>\n</body>\n</html>\n");
-    p.out
+/// One row of the pinned-peers table.
+fn peer_row(
+    p: &mut Page,
+    peer: &crate::pins::Peer,
+    crit: Option<(OffsetDateTime, crate::alert::AlertEvent)>,
+    out_results: Option<&PeerResults>,
+    in_results: Option<&PeerResults>,
+    now: OffsetDateTime,
+) {
+    let out = out_results.and_then(|r| r.pinned(&peer.server_name));
+    let inb = in_results.and_then(|r| r.pinned(&peer.server_name));
+    p.raw("<tr data-peer=\"");
+    p.text(&peer.server_name);
+    p.raw("\"><td><span class=\"peer\">");
+    p.text(&peer.server_name);
+    p.raw("</span>");
+    if let Some((at, event)) = crit {
+        p.raw(" <span class=\"badge b-crit\" data-critical=\"");
+        p.text(event.as_str());
+        p.raw("\">critical: ");
+        p.text(event.as_str());
+        p.raw("</span><br><span class=\"ago\">last ");
+        p.text(ago(now - at));
+        p.raw("</span>");
+    }
+    p.raw("</td><td>");
+    p.text(match peer.trust {
+        Trust::Webpki => "webpki",
+        Trust::PinOnly => "pin-only",
+    });
+    p.raw("</td><td>");
+    match peer.mode {
+        Mode::Enforce => p.raw("<span class=\"badge b-quiet\">enforce</span>"),
+        Mode::Report => p.raw("<span class=\"badge b-warn\">report</span>"),
+    }
+    p.raw("</td><td>");
+    if peer.pins.len() == 1 {
+        p.raw("<span class=\"badge b-warn\">1, no backup</span>");
+    } else {
+        p.text(peer.pins.len());
+    }
+    p.raw("</td><td>");
+    match peer.expires {
+        Some(e) => p.deadline(e, now, EXPIRY_WARNING),
+        None => p.raw("<span class=\"none\">never</span>"),
+    }
+    p.raw("</td><td>");
+    let seen = [&out, &inb]
+        .into_iter()
+        .filter_map(|l| l.as_ref().and_then(|l| l.nearest_cert_expiry))
+        .min();
+    match seen {
+        Some(e) => p.deadline(e, now, EXPIRY_WARNING),
+        None => p.raw("<span class=\"none\">not seen yet</span>"),
+    }
+    p.raw("</td>");
+    if out_results.is_some() {
+        last_cell(p, "last-out", out.as_ref(), now);
+    }
+    if in_results.is_some() {
+        last_cell(p, "last-in", inb.as_ref(), now);
+    }
+    p.raw("</tr>\n");
+}
+
+/// The last critical alert about `name` within the red-badge window.
+fn critical_alert(
+    sources: &AdminSources,
+    name: &str,
+    now: OffsetDateTime,
+) -> Option<(OffsetDateTime, crate::alert::AlertEvent)> {
+    sources
+        .alerts
+        .last_critical(name)
+        .filter(|(at, _)| now - *at <= CRITICAL_WINDOW)
 }
 
 /// A peer's last handshake in one direction.
