@@ -93,7 +93,7 @@ fn pin_file(n: usize, host_pin: &Pin, revision: u64) -> String {
         let delegated = i % 50 == 11;
         if delegated {
             s.push_str(&format!("hosts = [\"matrix-federation.{name}\"]\n"));
-        } else if i % 4 == 0 {
+        } else if i.is_multiple_of(4) {
             s.push_str(&format!(
                 "hosts = [\"{name}\", \"matrix-federation.{name}\"]\n"
             ));
@@ -109,7 +109,7 @@ fn pin_file(n: usize, host_pin: &Pin, revision: u64) -> String {
         if i % 5 == 2 {
             s.push_str("expires = \"2027-06-01T00:00:00Z\"\n");
         }
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             s.push_str(&format!(
                 "note = \"enrolled with pinctl add {name} on 2025-06-{:02}: leaf key + issuing CA key (backup)\"\n",
                 1 + i % 28
