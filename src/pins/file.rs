@@ -353,6 +353,13 @@ impl PinSet {
 
     /// Validates pin-file bytes (must be UTF-8 TOML).
     pub fn parse_bytes(bytes: &[u8]) -> Result<Self, PinFileError> {
+        Self::parse_bytes_hashed(bytes, sha256(bytes))
+    }
+
+    /// [`PinSet::parse_bytes`] for bytes whose SHA-256 the caller has
+    /// already computed (the store hashes every read to tell a changed file
+    /// from an unchanged one; a 10,000-peer file need not be hashed twice).
+    pub(crate) fn parse_bytes_hashed(bytes: &[u8], hash: [u8; 32]) -> Result<Self, PinFileError> {
         let text = std::str::from_utf8(bytes).map_err(|e| {
             let line = bytes[..e.valid_up_to()]
                 .iter()
@@ -369,17 +376,16 @@ impl PinSet {
                 }],
             }
         })?;
-        Self::parse(text)
+        Self::parse_hashed(text, hash)
     }
 
     /// Validates pin-file text.
     pub fn parse(text: &str) -> Result<Self, PinFileError> {
-        let hash = {
-            let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-            let mut h = [0u8; 32];
-            h.copy_from_slice(d.as_ref());
-            h
-        };
+        Self::parse_hashed(text, sha256(text.as_bytes()))
+    }
+
+    /// [`PinSet::parse`] with the text's SHA-256 given (`content_hash`).
+    fn parse_hashed(text: &str, hash: [u8; 32]) -> Result<Self, PinFileError> {
         let lines = LineIndex::new(text);
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| lines.locate(s.start)).unwrap_or((0, 0));
@@ -474,10 +480,13 @@ impl PinSet {
             })
             .unwrap_or_default();
 
-        let mut peers = Vec::with_capacity(raw.peer.len());
-        let mut by_host: HashMap<String, Slot> = HashMap::new();
+        // Sized up front: a 10,000-peer file would otherwise rehash each
+        // index a dozen times on every reload.
+        let n_peers = raw.peer.len();
+        let mut peers = Vec::with_capacity(n_peers);
+        let mut by_host: HashMap<String, Slot> = HashMap::with_capacity(n_peers + n_peers / 2);
         let mut host_views: Vec<Peer> = Vec::new();
-        let mut by_server_name: HashMap<String, usize> = HashMap::new();
+        let mut by_server_name: HashMap<String, usize> = HashMap::with_capacity(n_peers);
         for (i, raw_peer) in raw.peer.into_iter().enumerate() {
             let peer_span = raw_peer.span();
             let rp = raw_peer.into_inner();
@@ -755,7 +764,7 @@ impl PinSet {
             }
             peers.push(peer);
         }
-        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::new();
+        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::with_capacity(2 * peers.len());
         for (i, p) in peers.iter().enumerate() {
             for pin in &p.pins {
                 by_pin.entry(*pin).or_default().push(Slot::Main(i));
@@ -853,6 +862,14 @@ fn slot_line(peers: &[Peer], views: &[Peer], s: Slot) -> usize {
     }
     .map(|p| p.line)
     .unwrap_or_default()
+}
+
+/// SHA-256 of `bytes` (the pin set's `content_hash`).
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut h = [0u8; 32];
+    h.copy_from_slice(d.as_ref());
+    h
 }
 
 /// Normalises a lookup key: lowercase, trailing dot removed, IPv6 brackets removed.
@@ -963,7 +980,12 @@ struct LineIndex {
 impl LineIndex {
     fn new(text: &str) -> Self {
         let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
         LineIndex { starts }
     }
 

@@ -72,11 +72,24 @@ impl FromStr for Pin {
         if b64.len() != 44 {
             return Err(PinParseError::BadLength(b64.chars().count()));
         }
-        let bytes = STANDARD.decode(b64).map_err(|_| PinParseError::BadBase64)?;
-        let digest: [u8; 32] = bytes.try_into().map_err(|_| PinParseError::BadBase64)?;
-        let pin = Pin(digest);
-        // Canonical form only: the string must be exactly what we would print.
-        if pin.to_string() != s {
+        // 44 padded base64 characters hold at most 33 bytes; exactly 32 are wanted.
+        let mut digest = [0u8; 33];
+        let n = STANDARD
+            .decode_slice(b64, &mut digest)
+            .map_err(|_| PinParseError::BadBase64)?;
+        if n != 32 {
+            return Err(PinParseError::BadBase64);
+        }
+        let pin = Pin(digest[..32]
+            .try_into()
+            .map_err(|_| PinParseError::BadBase64)?);
+        // Canonical form only: the string must be exactly what we would print
+        // (re-encoded on the stack: a 10,000-peer file has 20,000 pins).
+        let mut canonical = [0u8; 44];
+        let written = STANDARD
+            .encode_slice(pin.0, &mut canonical)
+            .map_err(|_| PinParseError::BadBase64)?;
+        if canonical[..written] != *b64.as_bytes() {
             return Err(PinParseError::BadBase64);
         }
         Ok(pin)

@@ -83,34 +83,47 @@ impl Snapshot {
     /// metadata again. A file that changed during the read is read as it is
     /// and never matches another snapshot.
     fn take(file: &mut std::fs::File) -> std::io::Result<Snapshot> {
+        let mut snap = Self::read(file)?;
+        snap.hash = super::file::sha256(&snap.bytes);
+        Ok(snap)
+    }
+
+    /// [`Snapshot::take`] without the hash: the settle re-read compares its
+    /// bytes with the first read's instead (same outcome as comparing
+    /// hashes, without hashing the file again); it takes the first read's
+    /// hash when they are equal ([`Snapshot::settles`]).
+    fn read(file: &mut std::fs::File) -> std::io::Result<Snapshot> {
         use std::io::{Read, Seek};
         let before = file.metadata()?;
         file.rewind()?;
         let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
         file.read_to_end(&mut bytes)?;
         let after = file.metadata()?;
-        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(d.as_ref());
         let steady = before.len() == after.len()
             && before.modified().ok() == after.modified().ok()
             && bytes.len() as u64 == after.len();
         Ok(Snapshot {
             bytes,
-            hash,
+            hash: [0; 32],
             steady,
             len: after.len(),
             modified: after.modified().ok(),
         })
     }
 
-    /// Whether two reads saw the same, unchanged file.
-    fn same_as(&self, other: &Snapshot) -> bool {
-        self.steady
-            && other.steady
-            && self.len == other.len
-            && self.modified == other.modified
-            && self.hash == other.hash
+    /// Whether `next`, a later unhashed read ([`Snapshot::read`]), saw the
+    /// same, unchanged file as this hashed one; if so it takes this one's
+    /// hash (its bytes are the same).
+    fn settles(&self, next: &mut Snapshot) -> bool {
+        let same = self.steady
+            && next.steady
+            && self.len == next.len
+            && self.modified == next.modified
+            && self.bytes == next.bytes;
+        if same {
+            next.hash = self.hash;
+        }
+        same
     }
 }
 
@@ -252,14 +265,16 @@ impl PinStore {
             let mut rounds = 0;
             loop {
                 std::thread::sleep(self.settle);
-                let next = match Snapshot::take(&mut file) {
+                let mut next = match Snapshot::read(&mut file) {
                     Ok(s) => s,
                     Err(e) => return self.unreadable(e),
                 };
-                if snap.same_as(&next) {
+                if snap.settles(&mut next) {
                     snap = next;
                     break;
                 }
+                // Changed: hash it, the next round compares against it.
+                next.hash = super::file::sha256(&next.bytes);
                 snap = next;
                 rounds += 1;
                 if rounds >= SETTLE_ROUNDS {
@@ -276,7 +291,7 @@ impl PinStore {
                 return ReloadOutcome::Unchanged;
             }
         }
-        match PinSet::parse_bytes(&snap.bytes) {
+        match PinSet::parse_bytes_hashed(&snap.bytes, snap.hash) {
             Ok(mut set) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 set.generation = generation;

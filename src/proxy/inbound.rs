@@ -583,15 +583,19 @@ impl InboundProxy {
         let this = self.clone();
         let waiting = Arc::new(Waiting::new());
         let w = waiting.clone();
+        // The request future is boxed: hyper's HTTP/1.1 dispatcher keeps a
+        // slot for it for the connection's whole life (boxed up front, even
+        // when empty), and `handle`'s future is several kB. Boxed here, an
+        // idle kept-alive connection holds a pointer, not that slot.
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let names = cert_names.clone();
             let busy = Waiting::enter(&w);
-            async move {
+            Box::pin(async move {
                 let resp = this.handle(req, client, names).await;
                 drop(busy);
                 Ok::<_, Infallible>(resp)
-            }
+            })
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder

@@ -593,8 +593,7 @@ impl OutboundProxy {
                 handshake: None,
                 alert: None,
             };
-            self.explain(start, &tls_name, &alpn, StatusCode::FORBIDDEN, failure)
-                .await;
+            Box::pin(self.explain(start, &tls_name, &alpn, StatusCode::FORBIDDEN, failure)).await;
             return;
         }
 
@@ -610,7 +609,11 @@ impl OutboundProxy {
             alpn.clone()
         };
         let dial_started = Instant::now();
-        let upstream = self.dial(&dest, &tls_name, offered).await;
+        // The handshake-phase futures are boxed (here, the inner handshake
+        // and the refusal below): the task's own future then only has to
+        // hold the relay phase, and an idle tunnel keeps a smaller task
+        // (14.7 kB of task per tunnel before; issue 13 item 3).
+        let upstream = Box::pin(self.dial(&dest, &tls_name, offered)).await;
         self.stats
             .upstream_handshake_seconds
             .observe(dial_started.elapsed().as_secs_f64());
@@ -648,7 +651,8 @@ impl OutboundProxy {
                         return;
                     }
                 };
-                let down = match tokio::time::timeout(hs, start.into_stream(config)).await {
+                let down = match tokio::time::timeout(hs, Box::pin(start.into_stream(config))).await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) if is_disconnect(&e) => {
                         tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
@@ -668,7 +672,7 @@ impl OutboundProxy {
                 tokio::select! {
                     _ = async {
                         match watch {
-                            Some(w) => self.relay_watching_delegation(down, up, w).await,
+                            Some(w) => Box::pin(self.relay_watching_delegation(down, up, w)).await,
                             None => relay(down, up, self.settings.load().idle_timeout).await,
                         }
                     } => {}
@@ -704,7 +708,7 @@ impl OutboundProxy {
                     reason = %failure.message,
                     "upstream refused; answering the homeserver with {status}"
                 );
-                self.explain(start, &tls_name, &alpn, status, failure).await;
+                Box::pin(self.explain(start, &tls_name, &alpn, status, failure)).await;
             }
         }
     }
