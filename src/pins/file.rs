@@ -546,7 +546,12 @@ impl PinSet {
             }
             let line = lines.locate(sn_span.start).0;
             if let Some(own) = &default_host {
-                if !hosts.is_empty() && !hosts.iter().any(|(h, _)| h == own) {
+                // A name with its own keys in host_pins is covered too.
+                let in_host_pins = rp.host_pins.as_ref().is_some_and(|m| {
+                    m.keys()
+                        .any(|h| normalize_tls_name(h).is_ok_and(|n| n == *own))
+                });
+                if !hosts.is_empty() && !hosts.iter().any(|(h, _)| h == own) && !in_host_pins {
                     let (l, c) = lines.locate(sn_span.start);
                     warnings.push(Diagnostic {
                         line: l,
@@ -1125,10 +1130,9 @@ trust = "pin-only"
         .unwrap();
         assert_eq!(ok.lookup("fed.a.example").unwrap().pins.len(), 2);
         assert_eq!(ok.lookup("a.example").unwrap().pins, [Pin::of_spki(&[9])]);
-        // The parser's warnings too (unlocated): hosts leaves out the server
-        // name's own host.
-        let warned: Vec<&str> = ok.warnings.iter().map(|d| d.key.as_str()).collect();
-        assert_eq!(warned, ["peer[0].hosts"], "{:?}", ok.warnings);
+        // The parser's warnings too: none here, the server name's own host
+        // has keys of its own in host_pins.
+        assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
 
         let e = PinSet::from_entries(
             Policy::default(),
@@ -1188,5 +1192,32 @@ trust = "pin-only"
         assert!(split_server_name("a.example..").is_err());
         assert!(normalize_tls_name("a.example..").is_err());
         assert_eq!(normalize_tls_name("A.Example.").unwrap(), "a.example");
+    }
+
+    #[test]
+    fn a_server_name_pinned_in_host_pins_is_not_reported_missing_from_hosts() {
+        let pin = format!("sha256/{}", "A".repeat(43) + "=");
+        let with = format!(
+            "version = 1\n[[peer]]\nserver_name = \"a.example\"\nhosts = [\"fed.a.example\"]\npins = [\"{pin}\"]\ndelegation = \"fed.a.example:443\"\nhost_pins = {{ \"a.example\" = [\"{pin}\"] }}\n"
+        );
+        let set = PinSet::parse(&with).unwrap();
+        assert!(
+            !set.warnings
+                .iter()
+                .any(|w| w.message.contains("hosts does not include")),
+            "{:?}",
+            set.warnings
+        );
+        let without = format!(
+            "version = 1\n[[peer]]\nserver_name = \"a.example\"\nhosts = [\"fed.a.example\"]\npins = [\"{pin}\"]\n"
+        );
+        let set = PinSet::parse(&without).unwrap();
+        assert!(
+            set.warnings
+                .iter()
+                .any(|w| w.message.contains("hosts does not include")),
+            "{:?}",
+            set.warnings
+        );
     }
 }
