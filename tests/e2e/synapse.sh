@@ -354,7 +354,7 @@ budget
 # ---- 5. fedpin (outbound proxy with empty pin sets + inbound edge), then enrol the peers (hot reload)
 start_fedpin() { # n
   local n=$1 d=$RUN/fp$1
-  FEDPIN_LOG="info,fedpin::proxy=debug" "$FEDPIN" run --config "$d/fedpin.toml" >"$d/stdout.txt" 2>"$d/fedpin.log" &
+  FEDPIN_LOG="info,fedpin::outbound=debug,fedpin::inbound=debug" "$FEDPIN" run --config "$d/fedpin.toml" >"$d/stdout.txt" 2>"$d/fedpin.log" &
   PIDS[fp$n]=$!
 }
 fedpin_up() {
