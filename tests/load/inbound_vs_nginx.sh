@@ -159,10 +159,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # A free loopback port (nginx needs one up front; the others bind port 0).
+# A port below the kernel's ephemeral range (so no outgoing connection
+# holds it as its local end) that nothing listens on.
 free_port() {
-    local p
+    local p low
+    low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    ((low > 12000)) || low=32768
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (low - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
