@@ -134,7 +134,7 @@ struct RawAlerts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuth {
-    /// Never.
+    /// No client certificate is asked for.
     Off,
     /// Ask; peers without one are still served.
     Request,

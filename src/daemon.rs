@@ -34,7 +34,7 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// Address.
+        /// The address that could not be bound.
         addr: SocketAddr,
         /// OS error.
         source: std::io::Error,

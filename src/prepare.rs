@@ -54,9 +54,9 @@ pub struct InboundMaterial {
 /// The `[alerts]` sinks, built (not yet attached: that needs the runtime).
 #[derive(Default)]
 pub struct AlertMaterial {
-    /// `command`.
+    /// The `alerts.command` sink, ready to attach.
     pub command: Option<CommandSink>,
-    /// `webhook`.
+    /// The `alerts.webhook` sink, ready to attach.
     pub webhook: Option<WebhookSink>,
     /// `matrix_homeserver`, `matrix_room`, `matrix_token_file`.
     pub matrix: Option<MatrixSink>,

@@ -36,31 +36,31 @@ pub enum ProbeError {
     /// TCP connect failed.
     #[error("cannot connect to {host}:{port}: {message}")]
     Connect {
-        /// Host.
+        /// The host dialled.
         host: String,
-        /// Port.
+        /// The port dialled.
         port: u16,
-        /// Why.
+        /// What went wrong, in words for the operator.
         message: String,
     },
     /// The TLS handshake failed (for `capture`, before any chain was seen).
     #[error("TLS handshake with {host}:{port} failed: {message}")]
     Handshake {
-        /// Host.
+        /// The host dialled.
         host: String,
-        /// Port.
+        /// The port dialled.
         port: u16,
-        /// Why.
+        /// What went wrong, in words for the operator.
         message: String,
     },
     /// Timed out.
     #[error("{host}:{port} did not answer within {secs} s")]
     Timeout {
-        /// Host.
+        /// The host dialled.
         host: String,
-        /// Port.
+        /// The port dialled.
         port: u16,
-        /// Seconds.
+        /// The time limit that passed, in seconds.
         secs: u64,
     },
 }

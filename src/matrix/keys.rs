@@ -111,7 +111,7 @@ pub enum KeyError {
     Fetch {
         /// The origin.
         origin: String,
-        /// Why.
+        /// What went wrong, in words for the operator.
         reason: String,
     },
     /// The origin's current keys do not include this key ID.

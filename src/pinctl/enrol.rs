@@ -101,7 +101,7 @@ pub enum EnrolEvent<'a> {
     },
     /// About to connect to the federation endpoint.
     Connecting {
-        /// Where.
+        /// The endpoint and TLS name about to be dialled.
         target: &'a Target,
         /// How it was found.
         via: &'a str,

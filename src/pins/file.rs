@@ -177,7 +177,7 @@ pub struct PeerEntry {
     pub mode: Option<Mode>,
     /// RFC 3339 expiry, as written.
     pub expires: Option<String>,
-    /// Note.
+    /// The operator's free-text note about the peer (never interpreted).
     pub note: Option<String>,
     /// The well-known delegation seen at enrolment (`m.server`).
     pub delegation: Option<String>,

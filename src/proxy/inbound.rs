@@ -119,7 +119,7 @@ impl Default for InboundSettings {
     }
 }
 
-/// Counters.
+/// The edge's counters and per-peer results (read by `/metrics` and the status page).
 #[derive(Debug)]
 pub struct InboundStats {
     /// Time for the homeserver to answer (response head), seconds.
@@ -337,7 +337,7 @@ impl InboundProxy {
         self.keys.as_ref()
     }
 
-    /// Counters.
+    /// The edge's counters and per-peer results (read by `/metrics` and the status page).
     pub fn stats(&self) -> &InboundStats {
         &self.stats
     }

@@ -298,7 +298,7 @@ impl OutboundProxy {
         tracing::info!(target: "fedpin::outbound", "outbound settings reloaded");
     }
 
-    /// Counters.
+    /// The proxy's counters and per-peer results (read by `/metrics` and the status page).
     pub fn stats(&self) -> &OutboundStats {
         &self.stats
     }

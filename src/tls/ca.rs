@@ -15,7 +15,7 @@ pub enum CaError {
     /// Filesystem error.
     #[error("{path}: {source}")]
     Io {
-        /// File.
+        /// The file that could not be read or written.
         path: String,
         /// OS error.
         source: std::io::Error,

@@ -35,7 +35,7 @@ pub enum MintError {
     Mint {
         /// The name.
         name: String,
-        /// Why.
+        /// What went wrong, in words for the operator.
         reason: String,
     },
 }

@@ -73,7 +73,7 @@ pub enum VerifierError {
     BadAnchor {
         /// 0-based position in the list.
         index: usize,
-        /// Why.
+        /// What went wrong, in words for the operator.
         reason: String,
     },
 }

@@ -70,7 +70,7 @@ pub enum PemPinError {
     BadPem {
         /// 1-based index.
         item: usize,
-        /// Why.
+        /// What went wrong, in words for the operator.
         reason: String,
     },
 }
