@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, pem, pin, root, Leaf};
+use common::{leaf, pin, root, Leaf};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -648,26 +648,8 @@ async fn reload_at_scale() {
     let impostor_addr = peer(&impostor, "impostor").await;
     let hs_addr = homeserver().await;
 
-    let init = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["ca", "init", "--dir"])
-        .arg(d.join("ca"))
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "fedpin ca init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let fedpin_ca = fedpin::tls::load_certs(&d.join("ca/fedpin-ca.pem")).unwrap();
-    std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
-    std::fs::create_dir_all(d.join("tls")).unwrap();
-    std::fs::write(
-        d.join("tls/cert.pem"),
-        pem("CERTIFICATE", edge.cert.as_ref()),
-    )
-    .unwrap();
-    std::fs::write(d.join("tls/key.pem"), edge.key.serialize_pem()).unwrap();
-    std::fs::create_dir_all(d.join("pins")).unwrap();
+    // fedpin's files: CA from `fedpin ca init`, roots, edge cert, pins/.
+    let fedpin_ca = common::process::daemon_files(&d, &ca, &edge);
     let pins_path: PathBuf = d.join("pins/pins.toml");
     replace_file(&pins_path, &keys.file(0, 10));
     let cfg = d.join("fedpin.toml");

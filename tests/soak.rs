@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, net, pem, pin, process, root, Leaf};
+use common::{leaf, net, pin, process, root, Leaf};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -1342,27 +1342,8 @@ async fn soak_under_churn() {
     let hs_live = Arc::new(AtomicUsize::new(0));
     let hs_addr = homeserver(hs_live.clone()).await;
 
-    // fedpin's files: CA from `fedpin ca init`, roots, edge cert, pins, config.
-    let init = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["ca", "init", "--dir"])
-        .arg(d.join("ca"))
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "fedpin ca init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let fedpin_ca = fedpin::tls::load_certs(&d.join("ca/fedpin-ca.pem")).unwrap();
-    std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
-    std::fs::create_dir_all(d.join("tls")).unwrap();
-    std::fs::write(
-        d.join("tls/cert.pem"),
-        pem("CERTIFICATE", edge.cert.as_ref()),
-    )
-    .unwrap();
-    std::fs::write(d.join("tls/key.pem"), edge.key.serialize_pem()).unwrap();
-    std::fs::create_dir_all(d.join("pins")).unwrap();
+    // fedpin's files: CA from `fedpin ca init`, roots, edge cert, pins/.
+    let fedpin_ca = process::daemon_files(&d, &ca, &edge);
     let pins_path = d.join("pins/pins.toml");
     replace_file(&pins_path, keys.valid(0).as_bytes());
     let cfg = d.join("fedpin.toml");

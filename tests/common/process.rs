@@ -112,3 +112,40 @@ pub fn fedpin_run(cfg: &Path, run_args: &[&str]) -> Command {
         .stderr(Stdio::null());
     cmd
 }
+
+/// The files a `fedpin run` with both proxies needs, under `dir`: its
+/// interception CA from `fedpin ca init` (`ca/`), `roots.pem` trusting
+/// `root`, the edge's certificate and key (`tls/cert.pem`, `tls/key.pem`),
+/// and an empty `pins/` directory. Returns the interception CA's
+/// certificates (what the homeserver side trusts).
+pub fn daemon_files(
+    dir: &Path,
+    root: &super::Ca,
+    edge: &super::Leaf,
+) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let init = Command::new(env!("CARGO_BIN_EXE_fedpin"))
+        .args(["ca", "init", "--dir"])
+        .arg(dir.join("ca"))
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "fedpin ca init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let fedpin_ca = fedpin::tls::load_certs(&dir.join("ca/fedpin-ca.pem")).unwrap();
+    std::fs::write(
+        dir.join("roots.pem"),
+        super::pem("CERTIFICATE", root.cert.as_ref()),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::write(
+        dir.join("tls/cert.pem"),
+        super::pem("CERTIFICATE", edge.cert.as_ref()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tls/key.pem"), edge.key.serialize_pem()).unwrap();
+    std::fs::create_dir_all(dir.join("pins")).unwrap();
+    fedpin_ca
+}
