@@ -302,8 +302,15 @@ impl KeyFetcher {
         origin: &str,
     ) -> Result<HashMap<String, VerifyKey>, String> {
         let fut = async {
-            let (status, _, body) = self
-                .get(tls_name, connect_host, port, KEY_PATH, origin)
+            let target = Target {
+                tls_name,
+                connect_host,
+                port,
+                host_header: origin,
+                plain: false,
+            };
+            let (status, body) = self
+                .request(Method::GET, target, KEY_PATH, Bytes::new())
                 .await?;
             if status != StatusCode::OK {
                 return Err(format!("{KEY_PATH} answered HTTP {status}"));
@@ -378,8 +385,13 @@ impl KeyFetcher {
         origin: &str,
     ) -> Result<(HashMap<String, VerifyKey>, u64), String> {
         let (r, host_header) = self.locate(origin).await?;
-        let (status, _, body) = self
-            .get(&r.tls_name, &r.connect_host, r.port, KEY_PATH, &host_header)
+        let (status, body) = self
+            .request(
+                Method::GET,
+                target_of(&r, &host_header),
+                KEY_PATH,
+                Bytes::new(),
+            )
             .await?;
         if status != StatusCode::OK {
             return Err(format!("{KEY_PATH} answered HTTP {status}"));
@@ -401,14 +413,11 @@ impl KeyFetcher {
         let query = serde_json::json!({
             "server_keys": { origin: {} },
         });
-        let (status, _, body) = self
+        let (status, body) = self
             .request(
                 Method::POST,
-                &r.tls_name,
-                &r.connect_host,
-                r.port,
+                target_of(&r, &host_header),
                 QUERY_PATH,
-                &host_header,
                 Bytes::from(query.to_string()),
             )
             .await?;
@@ -418,49 +427,28 @@ impl KeyFetcher {
         parse_notary_response(&body, notary, origin, now)
     }
 
-    /// One GET over the pinned verifier, after the egress check.
-    async fn get(
-        &self,
-        tls_name: &str,
-        connect_host: &str,
-        port: u16,
-        path: &str,
-        host_header: &str,
-    ) -> Result<(StatusCode, Option<String>, Bytes), String> {
-        self.request(
-            Method::GET,
-            tls_name,
-            connect_host,
-            port,
-            path,
-            host_header,
-            Bytes::new(),
-        )
-        .await
-    }
-
-    /// One request over the pinned verifier, after the egress check; a
-    /// non-empty body is sent as JSON.
-    #[allow(clippy::too_many_arguments)]
+    /// One request over the pinned verifier (the client's dialer applies
+    /// the egress policy); a non-empty body is sent as JSON.
     async fn request(
         &self,
         method: Method,
-        tls_name: &str,
-        connect_host: &str,
-        port: u16,
+        target: Target<'_>,
         path: &str,
-        host_header: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Option<String>, Bytes), String> {
-        let target = Target {
-            tls_name,
-            connect_host,
-            port,
-            host_header,
-            plain: false,
-        };
+    ) -> Result<(StatusCode, Bytes), String> {
         let answer = self.client.send(target, method, path, &[], body).await?;
-        Ok((answer.status, answer.location, answer.body))
+        Ok((answer.status, answer.body))
+    }
+}
+
+/// The HTTPS target of a resolved server.
+fn target_of<'a>(r: &'a discovery::Resolved, host_header: &'a str) -> Target<'a> {
+    Target {
+        tls_name: &r.tls_name,
+        connect_host: &r.connect_host,
+        port: r.port,
+        host_header,
+        plain: false,
     }
 }
 
