@@ -26,8 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use fedpin::alert::AlertHub;
-use fedpin::pins::{PinSet, PinStore};
-use fedpin::proxy::egress::EgressPolicy;
+use fedpin::egress::EgressPolicy;
+use fedpin::pin_store::PinStore;
+use fedpin::pins::PinSet;
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 
 use crate::alert::AlertHub;
 use crate::config::{Config, ConfigError};
-use crate::pins::{PinStore, WatchHandle};
+use crate::egress::EgressPolicy;
+use crate::pin_store::{PinStore, WatchHandle};
 use crate::prepare::{Baseline, Prepared};
-use crate::proxy::egress::EgressPolicy;
 use crate::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use crate::proxy::outbound::{OutboundProxy, OutboundSettings};
 use crate::tls::UpstreamTls;
@@ -109,7 +109,7 @@ impl Daemon {
             }
         };
         #[cfg(unix)]
-        if let Err(e) = crate::pins::spawn_sighup_reload(pins.clone()) {
+        if let Err(e) = crate::pin_store::spawn_sighup_reload(pins.clone()) {
             tracing::warn!(target: "fedpin::pins", error = %e, "cannot hook SIGHUP");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -428,8 +428,8 @@ fn key_fetcher(
     provider: &Arc<rustls::crypto::CryptoProvider>,
     alerts: &AlertHub,
     pins: &Arc<PinStore>,
-) -> Result<crate::matrix::keys::KeyFetcher, StartError> {
-    let mut settings = crate::matrix::keys::KeyFetchSettings::default();
+) -> Result<crate::keys::KeyFetcher, StartError> {
+    let mut settings = crate::keys::KeyFetchSettings::default();
     if let Some(o) = &config.outbound {
         settings.egress = EgressPolicy::new(o.allow_ips.clone(), o.deny_ips.clone());
         settings.resolve = o.resolve.clone();
@@ -443,7 +443,7 @@ fn key_fetcher(
             .map_err(|e| StartError::Tls(e.to_string()))?,
     );
     let upstream = Arc::new(UpstreamTls::new(core, pins.clone(), provider.clone()));
-    Ok(crate::matrix::keys::KeyFetcher::new(upstream, settings))
+    Ok(crate::keys::KeyFetcher::new(upstream, settings))
 }
 
 /// The edge rules of an `[inbound]` section.

@@ -25,8 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::alert::{AlertEvent, AlertHub, Severity};
-use crate::pins::{PinSet, PinStore};
-use crate::proxy::egress::EgressPolicy;
+use crate::egress::EgressPolicy;
+use crate::pin_store::PinStore;
+use crate::pins::PinSet;
 use crate::proxy::outbound::{OutboundProxy, OutboundSettings};
 use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;

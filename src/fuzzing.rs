@@ -573,7 +573,7 @@ pub fn canonical_json(data: &[u8]) {
 /// origin that carries both the notary's and the origin's signatures.
 pub fn key_response(data: &[u8]) {
     const NOW: u64 = 1_700_000_000_000;
-    match crate::matrix::keys::parse_key_response(data, "fuzz.example", NOW) {
+    match crate::keys::parse_key_response(data, "fuzz.example", NOW) {
         Ok((keys, until)) => {
             assert!(until > NOW, "expired answer accepted");
             assert!(!keys.is_empty(), "accepted without keys");
@@ -598,7 +598,7 @@ pub fn key_response(data: &[u8]) {
     }
     // The same bytes as a notary's answer: accepted only with a document
     // for the origin that the notary signed.
-    let notary = crate::matrix::keys::KeyServer {
+    let notary = crate::keys::KeyServer {
         server_name: "notary.example".into(),
         verify_keys: vec![crate::matrix::signing::VerifyKey {
             id: "ed25519:n".into(),
@@ -610,7 +610,7 @@ pub fn key_response(data: &[u8]) {
             },
         }],
     };
-    match crate::matrix::keys::parse_notary_response(data, &notary, "fuzz.example", NOW) {
+    match crate::keys::parse_notary_response(data, &notary, "fuzz.example", NOW) {
         Ok((keys, until)) => {
             assert!(until > NOW, "expired notary answer accepted");
             assert!(!keys.is_empty(), "notary answer accepted without keys");

@@ -41,7 +41,7 @@ use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::proxy::egress::EgressPolicy;
+use crate::egress::EgressPolicy;
 use crate::tls::UpstreamTls;
 use crate::verify::PeerContext;
 

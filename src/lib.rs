@@ -6,16 +6,34 @@
 //! (SPKI SHA-256), raises an alert on every mismatch, and applies the
 //! operator's policy to everyone else.
 //!
-//! Layout: [`pins`] (pin type, pin file, hot-reloaded store), [`verify`] (the
-//! pin rules and rustls verifiers), [`alert`] (alert events, dedup, sinks),
-//! [`tls`] (provider and per-generation configs), [`metrics`] (counters
-//! for `/metrics`), [`discovery`] (Matrix
-//! server-name resolution), [`pinfile_edit`] (atomic, locked, comment-keeping
-//! edits for `pinctl`), [`pinctl`] (the `pinctl` workflows: enrolment, the
-//! live check, lint), [`service`] (a started daemon under a service
-//! manager: notify, reload, drain), [`cli`] (the binaries' clap definitions,
-//! also the source of the man pages and shell completions). The binaries
-//! parse arguments, call these, print and choose exit codes.
+//! # Layout
+//!
+//! Modules depend only on modules listed before them (no import cycles; the
+//! list is checked by `tests/structure.rs`):
+//!
+//! 1. Foundations: [`matrix`] (server-name grammar, canonical JSON, signing
+//!    keys and signatures), [`egress`] (where fedpin may dial), [`watch`]
+//!    (file watching), [`cli`] (the binaries' clap definitions, also the
+//!    source of the man pages and shell completions).
+//! 2. [`pins`]: the pin type and the pin file, parsed and validated into an
+//!    immutable [`pins::PinSet`].
+//! 3. [`alert`]: alert events, dedup, the hub and its bounded sink queues.
+//! 4. [`pin_store`]: the hot-reloaded current pin set (publishes generations,
+//!    raises reload alerts). [`metrics`]: counters for `/metrics`.
+//! 5. [`verify`]: the pin rules as a pure [`verify::Verdict`], the one
+//!    report of a verdict (alert, metric labels, rustls error), and the
+//!    rustls verifiers.
+//! 6. [`tls`] (provider, per-generation configs, the local CA), then
+//!    [`https`] (the crate's one HTTPS client), [`sinks`] (webhook, Matrix
+//!    and command alert sinks), [`discovery`] (Matrix server-name
+//!    resolution), [`keys`] (signing-key fetching: direct, notaries, cache).
+//! 7. [`config`], [`prepare`] (a config's files loaded and checked),
+//!    [`probe`], [`proxy`] (outbound, inbound, admin), [`daemon`],
+//!    [`service`] (a started daemon under a service manager), [`demo`].
+//! 8. [`pinfile_edit`] (atomic, locked, comment-keeping edits) and
+//!    [`pinctl`] (the `pinctl` workflows: enrolment, the live check, lint).
+//!
+//! The binaries parse arguments, call these, print and choose exit codes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,11 +43,14 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod discovery;
+pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod https;
+pub mod keys;
 pub mod matrix;
 pub mod metrics;
+pub mod pin_store;
 pub mod pinctl;
 pub mod pinfile_edit;
 pub mod pins;
@@ -37,6 +58,7 @@ pub mod prepare;
 pub mod probe;
 pub mod proxy;
 pub mod service;
+pub mod sinks;
 pub mod tls;
 pub mod verify;
 pub mod watch;

@@ -21,9 +21,10 @@ use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::alert::{AlertHub, CommandSink, HttpTarget, MatrixSink, WebhookSink};
+use crate::alert::AlertHub;
 use crate::config::{Config, ConfigError};
 use crate::pins::{Diagnostic, PinSet};
+use crate::sinks::{CommandSink, HttpTarget, MatrixSink, WebhookSink};
 use crate::tls::certs::{CertStore, PairError, PairFile};
 use crate::tls::mint::{CaFile, LeafMinter};
 
@@ -606,6 +607,26 @@ mod tests {
     fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn every_bad_value_and_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "pins = \"p.toml\"\n[outbound]\nca_cert = \"missing.pem\"\nca_key = \"missing.key\"\nallow_ips = [\"10.0.0.0/33\"]\n";
+        let cfg = dir.path().join("fedpin.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let e = Prepared::load(&cfg).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "pins",
+                "outbound.ca_cert",
+                "outbound.ca_key",
+                "outbound.allow_ips[0]"
+            ],
+            "{e}"
+        );
     }
 
     #[test]

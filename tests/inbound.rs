@@ -20,9 +20,10 @@ use bytes::Bytes;
 use common::{bounded, leaf, net, pem, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
+use fedpin::egress::EgressPolicy;
 use fedpin::metrics::HandshakeResult;
-use fedpin::pins::{PinSet, PinStore};
-use fedpin::proxy::egress::EgressPolicy;
+use fedpin::pin_store::PinStore;
+use fedpin::pins::PinSet;
 use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::certs::CertStore;
@@ -2421,7 +2422,7 @@ async fn inv13_reload_that_revokes_a_client_key_ends_its_open_connections() {
     std::fs::write(&env.pins_path, peer_pins(&other)).unwrap();
     assert!(matches!(
         env.pins.reload(),
-        fedpin::pins::ReloadOutcome::Reloaded(_)
+        fedpin::pin_store::ReloadOutcome::Reloaded(_)
     ));
     let p = env.proxy.clone();
     assert!(

@@ -6,10 +6,8 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use fedpin::alert::{
-    Action, Alert, AlertEvent, AlertHub, CommandSink, Direction, HttpTarget, MatrixSink, Severity,
-    WebhookSink,
-};
+use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::sinks::{CommandSink, HttpTarget, MatrixSink, WebhookSink};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -446,7 +444,7 @@ async fn critical_reaches_a_slow_command_sink_after_a_flood_of_warnings() {
     let hub = AlertHub::with_window(window);
     // A slow sink: one command at a time, each taking 50 ms.
     let mut sink =
-        fedpin::alert::CommandSink::new(format!("sleep 0.05; cat >> '{}'", out.display()));
+        fedpin::sinks::CommandSink::new(format!("sleep 0.05; cat >> '{}'", out.display()));
     sink.max_concurrent = 1;
     sink.attach(&hub);
     for i in 0..FLOOD {

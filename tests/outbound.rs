@@ -19,9 +19,10 @@ use bytes::Bytes;
 use common::connect::{connect, send_raw};
 use common::{bounded, interception_ca, leaf, net, root, wait_until, Ca, InterceptionCa, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::egress::EgressPolicy;
 use fedpin::metrics::{CheckMode, CheckResult, HandshakeResult};
-use fedpin::pins::{PinSet, PinStore};
-use fedpin::proxy::egress::EgressPolicy;
+use fedpin::pin_store::PinStore;
+use fedpin::pins::PinSet;
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;
@@ -1480,7 +1481,7 @@ async fn inv13_reload_that_revokes_a_key_ends_open_tunnels() {
     .unwrap();
     assert!(matches!(
         store.reload(),
-        fedpin::pins::ReloadOutcome::Reloaded(2)
+        fedpin::pin_store::ReloadOutcome::Reloaded(2)
     ));
     let p = env.proxy.clone();
     assert!(

@@ -9,7 +9,8 @@ mod common;
 
 use common::*;
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
-use fedpin::pins::{Pin, PinStore, ReloadOutcome};
+use fedpin::pin_store::{PinStore, ReloadOutcome};
+use fedpin::pins::Pin;
 use fedpin::tls::UpstreamTls;
 use fedpin::verify::{PeerContext, VerifierCore};
 use std::net::SocketAddr;
@@ -803,11 +804,11 @@ fn inv8_rename_swaps_faster_than_the_settle_interval_still_load() {
                 let pin = Pin::of_spki(format!("rev {rev}").as_bytes());
                 replace_by_rename(&path, &pins_toml(&[&pin]));
                 rev += 1;
-                std::thread::sleep(fedpin::pins::DEFAULT_SETTLE / 6);
+                std::thread::sleep(fedpin::pin_store::DEFAULT_SETTLE / 6);
             }
         })
     };
-    std::thread::sleep(fedpin::pins::DEFAULT_SETTLE / 3);
+    std::thread::sleep(fedpin::pin_store::DEFAULT_SETTLE / 3);
     let out = store.reload();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churner.join().unwrap();
@@ -835,7 +836,7 @@ async fn sighup_reloads_the_pin_file() {
     )
     .unwrap();
     let store = Arc::new(PinStore::open(&path, AlertHub::new()).unwrap());
-    fedpin::pins::spawn_sighup_reload(store.clone()).unwrap();
+    fedpin::pin_store::spawn_sighup_reload(store.clone()).unwrap();
     std::fs::write(
         &path,
         format!("version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p2}\"]\n"),

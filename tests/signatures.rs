@@ -18,10 +18,11 @@ use common::matrix::{
 use common::{leaf, net, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
 use fedpin::config::SignatureMode;
-use fedpin::matrix::keys::{KeyFetchSettings, KeyFetcher};
+use fedpin::egress::EgressPolicy;
+use fedpin::keys::{KeyFetchSettings, KeyFetcher};
 use fedpin::matrix::signing::SignedRequest;
-use fedpin::pins::{PinSet, PinStore};
-use fedpin::proxy::egress::EgressPolicy;
+use fedpin::pin_store::PinStore;
+use fedpin::pins::PinSet;
 use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
 use fedpin::tls::certs::CertStore;
 use fedpin::tls::UpstreamTls;

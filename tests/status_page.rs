@@ -456,7 +456,8 @@ async fn inbound_client_certificates_are_recorded_per_peer() {
     use fedpin::alert::AlertHub;
     use fedpin::config::ClientAuth;
     use fedpin::metrics::HandshakeResult;
-    use fedpin::pins::{PinSet, PinStore};
+    use fedpin::pin_store::PinStore;
+    use fedpin::pins::PinSet;
     use fedpin::proxy::admin::AdminSources;
     use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings};
 

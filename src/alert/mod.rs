@@ -18,12 +18,6 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-mod command;
-mod http;
-
-pub use command::CommandSink;
-pub use http::{HttpTarget, MatrixSink, SinkError, WebhookSink};
-
 use crate::pins::{Mode, Pin};
 
 /// How long identical alerts are merged.

@@ -33,7 +33,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -57,14 +57,14 @@ pub const WELL_KNOWN_MAX_BODY: usize = 64 * 1024;
 /// SRV service prefixes tried in order: the current one, then the deprecated one.
 const SRV_PREFIXES: [&str; 2] = ["_matrix-fed._tcp.", "_matrix._tcp."];
 
-/// Longest accepted server name, per the Matrix grammar.
-const MAX_SERVER_NAME_LEN: usize = 255;
-
-/// Longest DNS name (without the trailing dot).
-const MAX_DNS_NAME_LEN: usize = 253;
-
-/// Longest DNS label.
-const MAX_DNS_LABEL_LEN: usize = 63;
+impl From<InvalidServerName> for DiscoveryError {
+    fn from(e: InvalidServerName) -> Self {
+        DiscoveryError::InvalidServerName {
+            input: e.input,
+            reason: e.reason,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -116,14 +116,13 @@ pub enum DiscoveryError {
     },
 }
 
-mod name;
 mod resolve;
 mod srv;
 #[cfg(test)]
 mod tests;
 mod well_known;
 
-pub use name::*;
+pub use crate::matrix::server_name::{Host, InvalidServerName, ServerName};
 pub use resolve::*;
 pub use srv::*;
 pub use well_known::*;

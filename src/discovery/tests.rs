@@ -6,6 +6,7 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -29,8 +30,7 @@ fn dns(host: &str, port: Option<u16>) -> ServerName {
 fn bad(s: &str) -> String {
     match s.parse::<ServerName>() {
         Ok(v) => panic!("{s:?} should not parse, got {v:?}"),
-        Err(e @ DiscoveryError::InvalidServerName { .. }) => e.to_string(),
-        Err(e) => panic!("{s:?}: wrong error kind {e:?}"),
+        Err(e) => e.to_string(),
     }
 }
 

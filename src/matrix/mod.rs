@@ -14,5 +14,5 @@
 //! rule runs, so the rules apply to an origin that proved who it is.
 
 pub mod canonical_json;
-pub mod keys;
+pub mod server_name;
 pub mod signing;

@@ -5,10 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::matrix::keys::{KeyFetchSettings, KeyFetcher};
-use crate::pins::{Peer, PinSet, PinStore};
+use crate::egress::EgressPolicy;
+use crate::keys::{KeyFetchSettings, KeyFetcher};
+use crate::pin_store::PinStore;
+use crate::pins::{Peer, PinSet};
 use crate::probe::Target;
-use crate::proxy::egress::EgressPolicy;
 use crate::tls::UpstreamTls;
 use crate::verify::VerifierCore;
 

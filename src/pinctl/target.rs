@@ -79,7 +79,7 @@ impl Network {
         }
         let name: discovery::ServerName = server_name
             .parse()
-            .map_err(|e: discovery::DiscoveryError| PinctlError::Usage(e.to_string()))?;
+            .map_err(|e: discovery::InvalidServerName| PinctlError::Usage(e.to_string()))?;
         let opts = DiscoveryOptions {
             extra_roots: self.anchors.clone(),
             connect_to: self.connect_to.clone(),

@@ -638,7 +638,10 @@ impl PinSet {
             };
             let delegation = match rp.delegation {
                 None => None,
-                Some(d) => match d.get_ref().parse::<crate::discovery::ServerName>() {
+                Some(d) => match d
+                    .get_ref()
+                    .parse::<crate::matrix::server_name::ServerName>()
+                {
                     Ok(n) => Some(n.to_string()),
                     Err(e) => {
                         err(d.span(), key("delegation"), e.to_string());

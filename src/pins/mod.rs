@@ -1,4 +1,6 @@
-//! Pins: the `sha256/…` type, the pin file, and the hot-reloaded [`PinStore`].
+//! Pins: the `sha256/…` type and the pin file (its parsed, validated
+//! [`PinSet`]). The hot-reloaded store of the current set is
+//! [`crate::pin_store`].
 //!
 //! # What the pin file's rules protect against
 //!
@@ -6,7 +8,7 @@
 //!   previous set in force: a half-applied file could drop one peer's entry
 //!   (its impostor then falls back to `policy.unpinned`) or duplicate one
 //!   (the first, wrong entry would win).
-//! * **Only a file that holds still is loaded** ([`PinStore`]): a tool that
+//! * **Only a file that holds still is loaded** ([`crate::pin_store`]): a tool that
 //!   rewrites the file in place must not get its first half published.
 //! * **Names are normalised once** (lowercase, no trailing dot, IP literals in
 //!   one text form) and looked up exactly: `Peer.Example.` and `peer.example`
@@ -24,13 +26,10 @@
 
 mod file;
 mod pin;
-mod store;
 
+pub(crate) use file::sha256;
 pub use file::{
     normalize_lookup, normalize_tls_name, split_server_name, Diagnostic, ExpiredPolicy, Mode, Peer,
     PeerEntry, PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
 };
 pub use pin::{Pin, PinParseError, PIN_PREFIX};
-#[cfg(unix)]
-pub use store::spawn_sighup_reload;
-pub use store::{PinStore, ReloadOutcome, ReloadRecord, WatchHandle, DEFAULT_SETTLE};

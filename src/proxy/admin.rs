@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use super::inbound::InboundProxy;
 use super::outbound::OutboundProxy;
 use crate::alert::{AlertHub, Severity};
-use crate::pins::PinStore;
+use crate::pin_store::PinStore;
 
 /// What the admin listener reports on.
 #[derive(Clone)]

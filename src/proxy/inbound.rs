@@ -41,10 +41,10 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::config::{ClientAuth, SignatureMode};
-use crate::matrix::keys::{KeyError, KeyFetcher};
+use crate::keys::{KeyError, KeyFetcher};
 use crate::matrix::signing::SignedRequest;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
-use crate::pins::PinStore;
+use crate::pin_store::PinStore;
 use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{ConnState, PeerContext, PinnedClientVerifier, VerifierCore};

@@ -4,7 +4,6 @@
 pub mod access_log;
 pub mod admin;
 pub mod connect_target;
-pub mod egress;
 pub mod inbound;
 pub mod io;
 pub mod outbound;

@@ -34,8 +34,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::Instrument;
 
-use super::egress::EgressPolicy;
 use crate::alert::Direction;
+use crate::egress::EgressPolicy;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;

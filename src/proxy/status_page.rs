@@ -659,7 +659,8 @@ mod tests {
     use std::sync::Arc;
 
     use crate::alert::{AlertEvent, AlertHub};
-    use crate::pins::{PinSet, PinStore};
+    use crate::pin_store::PinStore;
+    use crate::pins::PinSet;
 
     #[test]
     fn escape_covers_the_five_special_characters() {

@@ -11,7 +11,7 @@ use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 
-use crate::pins::PinStore;
+use crate::pin_store::PinStore;
 use crate::verify::{CheckRecord, ConnState, PeerContext, PinnedServerVerifier, VerifierCore};
 
 /// The one crypto provider fedpin uses: *ring*.

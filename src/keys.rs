@@ -35,10 +35,10 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use super::signing::{self, VerifyKey};
 use crate::discovery::{self, DiscoveryError, DiscoveryOptions, WellKnown, WellKnownFuture};
+use crate::egress::EgressPolicy;
 use crate::https::{Dialer, HttpsClient, Redirects, Target, Trust};
-use crate::proxy::egress::EgressPolicy;
+use crate::matrix::signing::{self, VerifyKey};
 use crate::tls::UpstreamTls;
 
 /// Path of a server's own key document.
@@ -362,8 +362,9 @@ impl KeyFetcher {
     /// Where `server` is served: the Matrix resolution of its name, every
     /// hop through the pinned verifier and the egress policy.
     async fn locate(&self, server: &str) -> Result<(discovery::Resolved, String), String> {
-        let name: discovery::ServerName =
-            server.parse().map_err(|e: DiscoveryError| e.to_string())?;
+        let name: discovery::ServerName = server
+            .parse()
+            .map_err(|e: discovery::InvalidServerName| e.to_string())?;
         let opts = DiscoveryOptions {
             timeout: self.settings.timeout,
             resolver: self.srv.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -513,7 +514,7 @@ pub fn parse_key_response(
         .and_then(|s| s.get(origin))
         .and_then(Value::as_object)
         .ok_or("key response is not signed by its server")?;
-    let exact = super::canonical_json::parse(body).map_err(|e| e.to_string())?;
+    let exact = crate::matrix::canonical_json::parse(body).map_err(|e| e.to_string())?;
     let mut verified = 0;
     for id in sigs.keys() {
         if let Some(k) = keys.get(id) {
@@ -556,7 +557,7 @@ pub fn parse_notary_response(
     origin: &str,
     now_ms: u64,
 ) -> Result<(HashMap<String, VerifyKey>, u64), String> {
-    use super::canonical_json::{self, Json};
+    use crate::matrix::canonical_json::{self, Json};
     let exact =
         canonical_json::parse(body).map_err(|e| format!("notary response is not JSON: {e}"))?;
     let docs = match &exact {
@@ -618,7 +619,7 @@ mod tests {
             "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
             "old_verify_keys": {},
         });
-        let text = super::super::canonical_json::encode_value(&v).unwrap();
+        let text = crate::matrix::canonical_json::encode_value(&v).unwrap();
         let sig = b64(kp.sign(text.as_bytes()).as_ref());
         v["signatures"] = serde_json::json!({ origin: { "ed25519:k": sig } });
         serde_json::to_vec(&v).unwrap()
@@ -630,7 +631,7 @@ mod tests {
         let mut v: Value = serde_json::from_slice(doc).unwrap();
         let mut stripped = v.clone();
         stripped.as_object_mut().unwrap().remove("signatures");
-        let text = super::super::canonical_json::encode_value(&stripped).unwrap();
+        let text = crate::matrix::canonical_json::encode_value(&stripped).unwrap();
         let sig = base64::engine::general_purpose::STANDARD_NO_PAD
             .encode(kp.sign(text.as_bytes()).as_ref());
         v["signatures"][name] = serde_json::json!({ "ed25519:n": sig });

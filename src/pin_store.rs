@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::file::{Diagnostic, PinFileError, PinSet};
 use crate::alert::{Action, Alert, AlertEvent, AlertHub, Direction};
+use crate::pins::{Diagnostic, PinFileError, PinSet};
 
 /// How long a reload waits for new content to hold still before loading it.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
@@ -84,7 +84,7 @@ impl Snapshot {
     /// and never matches another snapshot.
     fn take(file: &mut std::fs::File) -> std::io::Result<Snapshot> {
         let mut snap = Self::read(file)?;
-        snap.hash = super::file::sha256(&snap.bytes);
+        snap.hash = crate::pins::sha256(&snap.bytes);
         Ok(snap)
     }
 
@@ -274,7 +274,7 @@ impl PinStore {
                     break;
                 }
                 // Changed: hash it, the next round compares against it.
-                next.hash = super::file::sha256(&next.bytes);
+                next.hash = crate::pins::sha256(&next.bytes);
                 snap = next;
                 rounds += 1;
                 if rounds >= SETTLE_ROUNDS {

@@ -1,7 +1,28 @@
 //! Server names: parsing and the canonical form (hostname or IP literal,
 //! optional port) that every later step and the pin file use.
 
-use super::*;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// Longest accepted server name, per the Matrix grammar.
+const MAX_SERVER_NAME_LEN: usize = 255;
+
+/// Longest DNS name (without the trailing dot).
+const MAX_DNS_NAME_LEN: usize = 253;
+
+/// Longest DNS label.
+const MAX_DNS_LABEL_LEN: usize = 63;
+
+/// A server name that does not follow the Matrix server-name grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server name {input:?}: {reason}")]
+pub struct InvalidServerName {
+    /// The text that was parsed.
+    pub input: String,
+    /// Which part is wrong and why.
+    pub reason: String,
+}
 
 /// The host part of a Matrix server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +70,10 @@ pub struct ServerName {
 }
 
 impl FromStr for ServerName {
-    type Err = DiscoveryError;
+    type Err = InvalidServerName;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        parse_server_name(input).map_err(|reason| DiscoveryError::InvalidServerName {
+        parse_server_name(input).map_err(|reason| InvalidServerName {
             input: input.to_owned(),
             reason,
         })
@@ -75,7 +96,7 @@ impl fmt::Display for ServerName {
 
 /// Parses a server name; the error is the reason (without the input, which
 /// the caller adds).
-pub(super) fn parse_server_name(input: &str) -> Result<ServerName, String> {
+pub(crate) fn parse_server_name(input: &str) -> Result<ServerName, String> {
     if input.is_empty() {
         return Err("it is empty".to_owned());
     }
@@ -123,7 +144,7 @@ pub(super) fn parse_server_name(input: &str) -> Result<ServerName, String> {
 }
 
 /// Parses the text between `[` and `]`.
-pub(super) fn parse_ipv6_literal(inner: &str) -> Result<Ipv6Addr, String> {
+pub(crate) fn parse_ipv6_literal(inner: &str) -> Result<Ipv6Addr, String> {
     if inner.is_empty() {
         return Err("the IPv6 literal between the brackets is empty".to_owned());
     }
@@ -140,7 +161,7 @@ pub(super) fn parse_ipv6_literal(inner: &str) -> Result<Ipv6Addr, String> {
 }
 
 /// Parses the text after `:`.
-pub(super) fn parse_port(port: &str) -> Result<u16, String> {
+pub(crate) fn parse_port(port: &str) -> Result<u16, String> {
     if port.is_empty() {
         return Err("the port after ':' is empty".to_owned());
     }
@@ -154,7 +175,7 @@ pub(super) fn parse_port(port: &str) -> Result<u16, String> {
 }
 
 /// Parses an unbracketed host: IPv4 dotted quad or DNS name.
-pub(super) fn parse_host(host: &str) -> Result<Host, String> {
+pub(crate) fn parse_host(host: &str) -> Result<Host, String> {
     if host.is_empty() {
         return Err("the host part is empty".to_owned());
     }

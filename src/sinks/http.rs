@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::https::{HttpsClient, Target};
 
-use super::{Alert, AlertHub};
+use crate::alert::{Alert, AlertHub, Severity};
 
 /// Errors configuring an HTTP sink.
 #[derive(Debug, thiserror::Error)]
@@ -282,8 +282,7 @@ impl MatrixSink {
                 let mut suppressed = 0u64;
                 while let Some(more) = rx.try_recv() {
                     // Keep a critical alert as the headline over later warnings.
-                    if more.severity == super::Severity::Critical
-                        || newest.severity != super::Severity::Critical
+                    if more.severity == Severity::Critical || newest.severity != Severity::Critical
                     {
                         newest = more;
                     }

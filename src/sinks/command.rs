@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 
-use super::{Alert, AlertHub, SinkQueue};
+use crate::alert::{Alert, AlertHub, SinkQueue};
 
 /// Runs `/bin/sh -c COMMAND` once per alert record with the JSON on stdin.
 ///
