@@ -45,7 +45,7 @@ use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use fedpin::alert::AlertHub;
 use fedpin::pins::{Pin, PinSet};
 use fedpin::verify::{
-    Basis, ConnState, PeerContext, PinnedServerVerifier, Usage, Verdict, VerifierCore,
+    Basis, ConnState, PeerContext, PinnedServerVerifier, Presented, Usage, VerifierCore,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -296,7 +296,7 @@ impl Fixture {
         handshake(config, &self.server, &self.name);
         let rec = v.record().expect("the verifier ran");
         assert!(
-            rec.accepted && rec.basis == Some(want),
+            rec.is_accept() && rec.basis() == Some(want),
             "{}: expected {want:?}, got {rec:?}",
             self.alg.label()
         );
@@ -379,7 +379,7 @@ fn bench_handshakes(c: &mut Criterion) {
         };
         let rec = per_conn().record().expect("the verifier ran in scope");
         assert!(
-            rec.accepted && rec.basis == Some(Basis::PinOnValidatedPath),
+            rec.is_accept() && rec.basis() == Some(Basis::PinOnValidatedPath),
             "per_conn: {rec:?}"
         );
 
@@ -409,7 +409,6 @@ fn bench_evaluate(c: &mut Criterion) {
     for alg in [Alg::EcdsaP256, Alg::Rsa2048] {
         let fx = Fixture::new(alg);
         let now = UnixTime::now();
-        let ctx = PeerContext::default();
         let leaf = &fx.chain.leaf;
         let inters = fx.intermediates();
         let name = &fx.name;
@@ -417,13 +416,14 @@ fn bench_evaluate(c: &mut Criterion) {
         let evaluate = |pins: &PinSet| {
             fx.core.evaluate(
                 pins,
-                HOST,
-                Some(name),
-                leaf,
-                inters,
-                now,
-                Usage::Server,
-                &ctx,
+                &Presented {
+                    lookup: HOST,
+                    name: Some(name),
+                    end_entity: leaf,
+                    intermediates: inters,
+                    now,
+                    usage: Usage::Server,
+                },
             )
         };
         for (pins, want) in [
@@ -433,11 +433,10 @@ fn bench_evaluate(c: &mut Criterion) {
         ] {
             let ev = evaluate(pins);
             assert!(
-                matches!(&ev.verdict, Verdict::Accept(a) if a.basis() == want)
-                    && ev.alert.is_none(),
+                ev.basis() == Some(want) && ev.reported().is_none(),
                 "{}: expected {want:?}, got {:?}",
                 alg.label(),
-                ev.verdict
+                ev
             );
         }
         fx.webpki
@@ -572,7 +571,7 @@ fn callgrind_run(spec: &str) {
     }
     if let (Some(v), Some(want), true) = (verifier, want, n > 0) {
         let rec = v.record().expect("the verifier ran");
-        assert!(rec.accepted && rec.basis == Some(want), "{rec:?}");
+        assert!(rec.is_accept() && rec.basis() == Some(want), "{rec:?}");
     }
     fx.assert_no_alerts();
     println!("{spec}: {n} handshakes done");

@@ -342,8 +342,8 @@ impl HttpsClient {
                     .connector(ctx, vec![b"http/1.1".to_vec()])
                     .map_err(|e| e.to_string())?;
                 connector.connect(name, tcp).await.map_err(|e| {
-                    match connector.record().and_then(|r| r.rejected) {
-                        Some(x) => format!("TLS with {} refused: {}", target.tls_name, x.reason),
+                    match connector.record().filter(|v| !v.is_accept()) {
+                        Some(v) => format!("TLS with {} refused: {v}", target.tls_name),
                         None => format!("TLS with {} failed: {e}", target.tls_name),
                     }
                 })?

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::alert::AlertEvent;
 use crate::pins::Mode;
-use crate::verify::{Basis, Evaluation, Rejected, Verdict};
 
 /// How one TLS handshake with a peer ended (the `result` label of
 /// `fedpin_handshakes_total`).
@@ -59,7 +58,8 @@ impl HandshakeResult {
         }
     }
 
-    /// The result for a refusal by the pin rules.
+    /// The result for a refusal by the pin rules (see
+    /// `verify::handshake_result` for a failed handshake's error).
     pub fn from_event(event: AlertEvent) -> Self {
         match event {
             AlertEvent::PinMismatch => HandshakeResult::PinMismatch,
@@ -73,30 +73,6 @@ impl HandshakeResult {
             | AlertEvent::DelegationChanged
             | AlertEvent::SigningKeyMismatch
             | AlertEvent::PinsRemoved => HandshakeResult::Error,
-        }
-    }
-
-    /// Classifies a failed handshake from the error tokio-rustls returned:
-    /// a refusal by the pinned verifier carries its [`Rejected`] inside the
-    /// rustls error; a bad handshake signature is rustls's own error.
-    pub fn from_io_error(e: &std::io::Error) -> Self {
-        let Some(tls) = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        else {
-            return HandshakeResult::Error;
-        };
-        match tls {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-                match other.0.downcast_ref::<Rejected>() {
-                    Some(r) => HandshakeResult::from_event(r.event),
-                    None => HandshakeResult::Error,
-                }
-            }
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature) => {
-                HandshakeResult::SignatureInvalid
-            }
-            _ => HandshakeResult::Error,
         }
     }
 }
@@ -192,25 +168,6 @@ impl CheckResult {
             CheckResult::Refused => "refused",
         }
     }
-
-    /// Classifies one evaluation of the pin rules.
-    pub fn of(ev: &Evaluation) -> Self {
-        match &ev.verdict {
-            Verdict::Accept(a) => match a.basis() {
-                Basis::PinOnValidatedPath | Basis::PinOnlyLeaf | Basis::PinnedKeyAwaitingOrigin => {
-                    CheckResult::Match
-                }
-                Basis::UnpinnedWebPki => CheckResult::WebpkiOnly,
-                Basis::ExpiredPinsWebPki => CheckResult::Expired,
-                Basis::ReportModeWebPki => CheckResult::Mismatch,
-            },
-            Verdict::Reject(r) => match r.event {
-                AlertEvent::PinMismatch => CheckResult::Mismatch,
-                AlertEvent::PinExpired => CheckResult::Expired,
-                _ => CheckResult::Refused,
-            },
-        }
-    }
 }
 
 /// Pin checks by mode and result (every run of the pin rules: each upstream
@@ -244,36 +201,6 @@ impl PinCheckCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn rejections_inside_rustls_errors_are_classified() {
-        let rejected = Rejected {
-            event: AlertEvent::UnpinnedDenied,
-            reason: "x".into(),
-        };
-        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-            rustls::OtherError(Arc::new(rejected)),
-        ));
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        assert_eq!(
-            HandshakeResult::from_io_error(&io),
-            HandshakeResult::UnpinnedDenied
-        );
-        let bad_sig = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature),
-        );
-        assert_eq!(
-            HandshakeResult::from_io_error(&bad_sig),
-            HandshakeResult::SignatureInvalid
-        );
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(
-            HandshakeResult::from_io_error(&reset),
-            HandshakeResult::Error
-        );
-    }
 
     #[test]
     fn counters_index_by_label() {

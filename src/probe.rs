@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::alert::Direction;
 use crate::pins::{Pin, PinSet};
-use crate::verify::{CheckRecord, PeerContext, PinnedServerVerifier, Usage, VerifierCore};
+use crate::verify::{PeerContext, PinnedServerVerifier, Usage, Verdict, VerifierCore};
 
 /// Where to connect and which TLS name to present and verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,7 +262,7 @@ pub async fn capture(
 #[derive(Debug, Clone)]
 pub struct LiveCheck {
     /// What the verifier decided (None if the handshake failed before it ran).
-    pub record: Option<CheckRecord>,
+    pub record: Option<Verdict>,
     /// The handshake error, if the connection failed.
     pub error: Option<String>,
     /// The served leaf's expiry, when the handshake completed.
@@ -274,7 +274,7 @@ pub struct LiveCheck {
 impl LiveCheck {
     /// Whether the peer passed the pin rules and the handshake.
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.record.as_ref().is_some_and(|r| r.accepted)
+        self.error.is_none() && self.record.as_ref().is_some_and(|r| r.is_accept())
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::pins::{Mode, PinSet};
-use fedpin::verify::{Basis, PinnedClientVerifier, Usage, Verdict};
+use fedpin::verify::{Basis, Outcome, PinnedClientVerifier, Presented, Refusal, Usage};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
@@ -29,7 +29,7 @@ async fn inv1_webpki_roots_plus_extra_anchors() {
     let (with_extra, _) = core(&[&ca.cert]);
     let out = connect(&with_extra, &pins, addr, HOST).await;
     assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis, Some(Basis::UnpinnedWebPki));
+    assert_eq!(out.record.unwrap().basis(), Some(Basis::UnpinnedWebPki));
 
     // Mozilla roots alone do not know this CA: rejected, chain_invalid alert.
     let hub = fedpin::alert::AlertHub::new();
@@ -56,7 +56,7 @@ async fn inv2_ca_valid_impostor_is_critical_pin_mismatch() {
     let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
     let out = connect(&core, &pins, good, HOST).await;
     assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis, Some(Basis::PinOnValidatedPath));
+    assert_eq!(out.record.unwrap().basis(), Some(Basis::PinOnValidatedPath));
     assert!(alerts(&hub).is_empty());
 
     let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
@@ -196,7 +196,7 @@ async fn inv3_pin_only_checks_leaf_key_alone() {
         Ok("hello\n"),
         "name and chain are not required"
     );
-    assert_eq!(out.record.unwrap().basis, Some(Basis::PinOnlyLeaf));
+    assert_eq!(out.record.unwrap().basis(), Some(Basis::PinOnlyLeaf));
 
     // The self-signed key changed: rejected.
     let changed = self_signed(&[HOST]);
@@ -231,7 +231,10 @@ async fn inv4_replayed_pinned_certificate_without_key_fails() {
         let out = connect(&core, &pins, addr, HOST).await;
         assert!(out.result.is_err(), "{trust}: replay must fail");
         let rec = out.record.unwrap();
-        assert!(rec.signature_failed && !rec.accepted, "{trust}");
+        assert!(
+            matches!(rec.refusal(), Some(Refusal::SignatureInvalid { .. })),
+            "{trust}: {rec:?}"
+        );
     }
     let a = alerts(&hub);
     assert_eq!(a.len(), 1, "identical replays merge within 60 s");
@@ -259,7 +262,7 @@ async fn inv5_report_mode_allows_only_webpki_valid_mismatch() {
     let addr = serve(vec![valid_other.cert.clone()], valid_other.key_der()).await;
     let out = connect(&core, &pins, addr, HOST).await;
     assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis, Some(Basis::ReportModeWebPki));
+    assert_eq!(out.record.unwrap().basis(), Some(Basis::ReportModeWebPki));
 
     let addr = serve(vec![invalid_other.cert.clone()], invalid_other.key_der()).await;
     assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
@@ -333,7 +336,7 @@ async fn inv6_expired_pins_follow_on_expired() {
     ));
     let out = connect(&core, &fallback, addr, HOST).await;
     assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis, Some(Basis::ExpiredPinsWebPki));
+    assert_eq!(out.record.unwrap().basis(), Some(Basis::ExpiredPinsWebPki));
 
     let deny = pinset(&peer_toml(
         "on_expired = \"deny\"",
@@ -454,7 +457,7 @@ async fn invariant_10_expired_pins_are_still_compared() {
         assert_eq!(out.result.is_ok(), accepted, "{what}: {:?}", out.result);
         if addr == bad && accepted {
             assert_eq!(
-                out.record.unwrap().basis,
+                out.record.unwrap().basis(),
                 Some(Basis::ReportModeWebPki),
                 "{what}"
             );
@@ -479,26 +482,28 @@ async fn inv7_fail_closed_on_unparseable_certificate() {
     let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
     let ev = core.evaluate(
         &pins,
-        HOST,
-        None,
-        &junk,
-        &[],
-        UnixTime::now(),
-        Usage::Server,
-        &Default::default(),
+        &Presented {
+            lookup: HOST,
+            name: None,
+            end_entity: &junk,
+            intermediates: &[],
+            now: UnixTime::now(),
+            usage: Usage::Server,
+        },
     );
-    assert!(matches!(ev.verdict, Verdict::Reject(_)));
+    assert!(!ev.is_accept());
     let ev = core.evaluate(
         &pins,
-        HOST,
-        None,
-        &CertificateDer::from(vec![]),
-        &[],
-        UnixTime::now(),
-        Usage::Server,
-        &Default::default(),
+        &Presented {
+            lookup: HOST,
+            name: None,
+            end_entity: &CertificateDer::from(vec![]),
+            intermediates: &[],
+            now: UnixTime::now(),
+            usage: Usage::Server,
+        },
     );
-    assert!(matches!(ev.verdict, Verdict::Reject(_)));
+    assert!(!ev.is_accept());
 
     // Over real TLS: a server that sends garbage instead of a certificate.
     let k = self_signed(&[HOST]);
@@ -716,23 +721,24 @@ fn inv6_pin_expiry_honours_the_utc_offset() {
     let eval = |now: UnixTime| {
         core.evaluate(
             &pins,
-            HOST,
-            Some(&name),
-            &l.cert,
-            &[],
-            now,
-            Usage::Server,
-            &Default::default(),
+            &Presented {
+                lookup: HOST,
+                name: Some(&name),
+                end_entity: &l.cert,
+                intermediates: &[],
+                now,
+                usage: Usage::Server,
+            },
         )
     };
     let after = eval(at("2029-12-31T23:00:00Z"));
-    match &after.verdict {
-        Verdict::Reject(r) => assert_eq!(r.event, AlertEvent::PinExpired),
+    match &after.outcome {
+        Outcome::Reject(r) => assert_eq!(r.event(), AlertEvent::PinExpired),
         v => panic!("one hour after expiry the pins must count as expired: {v:?}"),
     }
     let before = eval(at("2029-12-31T21:00:00Z"));
-    match &before.verdict {
-        Verdict::Accept(a) => assert_eq!(a.basis(), Basis::PinOnValidatedPath),
+    match &before.outcome {
+        Outcome::Accept(a) => assert_eq!(a.basis(), Basis::PinOnValidatedPath),
         v => panic!("one hour before expiry the pins are enforced and match: {v:?}"),
     }
 }
@@ -802,7 +808,10 @@ async fn inv4_tls12_replayed_pinned_certificate_without_key_fails() {
         let out = connect(&core, &pins, addr, HOST).await;
         assert!(out.result.is_err(), "{trust}: TLS 1.2 replay must fail");
         let rec = out.record.unwrap();
-        assert!(rec.signature_failed && !rec.accepted, "{trust}");
+        assert!(
+            matches!(rec.refusal(), Some(Refusal::SignatureInvalid { .. })),
+            "{trust}: {rec:?}"
+        );
     }
     let a = alerts(&hub);
     assert!(!a.is_empty());
@@ -832,7 +841,7 @@ async fn inv2_ip_literal_peer_is_pinned() {
     let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
     let out = connect(&core, &pins, good, ip).await;
     assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis, Some(Basis::PinOnValidatedPath));
+    assert_eq!(out.record.unwrap().basis(), Some(Basis::PinOnValidatedPath));
 
     let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
     let out = connect(&core, &pins, bad, ip).await;
@@ -937,14 +946,16 @@ fn inv6_client_cannot_pick_unpinned_policy_by_san_order() {
     set.generation = 1;
     let v = PinnedClientVerifier::new(core, Arc::new(set), true);
     let ev = v.evaluate(&genuine.cert, &[], UnixTime::now());
-    assert!(ev.verdict.is_accept(), "{:?}", ev.verdict);
+    assert!(ev.is_accept(), "{:?}", ev);
     let ev = v.evaluate(&sneaky.cert, &[], UnixTime::now());
-    match &ev.verdict {
-        Verdict::Reject(r) => assert_eq!(r.event, AlertEvent::PinMismatch),
+    match &ev.outcome {
+        Outcome::Reject(r) => assert_eq!(r.event(), AlertEvent::PinMismatch),
         v => panic!("a client naming a pinned peer must meet its pins: {v:?}"),
     }
     assert_eq!(ev.host, "peer.fedpin.test");
-    let alert = ev.alert.expect("alert");
+    let alert = ev
+        .alert(v.pins(), &sneaky.cert, &[], v.context())
+        .expect("alert");
     assert_eq!(alert.severity, Severity::Critical);
 }
 
@@ -1046,18 +1057,19 @@ fn f1_ipv6_host_in_non_canonical_form_is_unpinned() {
     let name = ServerName::try_from("::1").unwrap();
     let ev = core.evaluate(
         &pins,
-        &fedpin::verify::lookup_key(&name),
-        Some(&name),
-        &impostor.cert,
-        &[],
-        UnixTime::now(),
-        Usage::Server,
-        &Default::default(),
+        &Presented {
+            lookup: &fedpin::verify::lookup_key(&name),
+            name: Some(&name),
+            end_entity: &impostor.cert,
+            intermediates: &[],
+            now: UnixTime::now(),
+            usage: Usage::Server,
+        },
     );
     assert!(
-        !ev.verdict.is_accept(),
+        !ev.is_accept(),
         "CA-valid impostor for a pinned IPv6 peer accepted: {:?}",
-        ev.verdict
+        ev
     );
 }
 
@@ -1129,9 +1141,9 @@ fn f3a_client_san_order_picks_the_weakest_pinned_entry() {
     let v = PinnedClientVerifier::new(core, Arc::new(set), true);
     let ev = v.evaluate(&attacker.cert, &[], UnixTime::now());
     assert!(
-        matches!(ev.verdict, Verdict::Reject(_)),
+        !ev.is_accept(),
         "certificate naming enforced.fedpin.test accepted via the report-mode entry: {:?}",
-        ev.verdict
+        ev
     );
 }
 
@@ -1155,9 +1167,9 @@ fn f3b_pin_only_client_can_also_claim_a_victims_name() {
     let v = PinnedClientVerifier::new(core, Arc::new(set), true);
     let ev = v.evaluate(&p.cert, &[], UnixTime::now());
     assert!(
-        matches!(ev.verdict, Verdict::Reject(_)),
+        !ev.is_accept(),
         "a certificate that names victim.fedpin.test must meet the victim's pins: {:?}",
-        ev.verdict
+        ev
     );
 }
 

@@ -434,7 +434,7 @@ async fn inv8_new_connections_use_new_set_at_once_and_resumption_cannot_skip_it(
         .await;
     assert_eq!(r.as_deref(), Ok("hello\n"));
     assert!(!resumed, "the first connection cannot resume");
-    assert!(c1.record().unwrap().accepted);
+    assert!(c1.record().unwrap().is_accept());
 
     // The second connection under generation 1 resumes: this proves the test
     // server issues tickets, the client stores them, and the same session
@@ -485,8 +485,8 @@ async fn inv8_new_connections_use_new_set_at_once_and_resumption_cannot_skip_it(
     let err = r.expect_err("genuine's key is no longer pinned");
     assert!(err.contains("pin check failed for hs.fedpin.test"), "{err}");
     let rec = c2.record().expect("the certificate was checked");
-    assert!(!rec.accepted);
-    assert_eq!(rec.alert, Some(AlertEvent::PinMismatch));
+    assert!(!rec.is_accept());
+    assert_eq!(rec.alert_event(), Some(AlertEvent::PinMismatch));
     let m = mismatches(&f.hub);
     assert_eq!(m.len(), before + 1, "{m:?}");
     let a = m.last().unwrap();

@@ -24,7 +24,7 @@ use crate::discovery::{WellKnown, WellKnownHop};
 use crate::pinfile_edit::{self, AddOutcome};
 use crate::pins::{split_server_name, Mode, PeerEntry, Pin, PinSet, Policy, Trust};
 use crate::probe::{self, Captured, Target};
-use crate::verify::{HashedItem, Usage, Verdict, VerifierCore};
+use crate::verify::{HashedItem, Presented, Usage, VerifierCore};
 
 /// How long connecting to a peer and fetching its chain may take.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -449,20 +449,21 @@ fn self_check(
         let Some((ee, intermediates)) = chain.split_first() else {
             continue;
         };
-        let ev = core.evaluate(
+        let server_name = ServerName::try_from(name.clone()).ok();
+        let verdict = core.evaluate(
             candidate,
-            name,
-            ServerName::try_from(name.clone()).ok().as_ref(),
-            ee,
-            intermediates,
-            UnixTime::now(),
-            Usage::Server,
-            &Default::default(),
+            &Presented {
+                lookup: name,
+                name: server_name.as_ref(),
+                end_entity: ee,
+                intermediates,
+                now: UnixTime::now(),
+                usage: Usage::Server,
+            },
         );
-        if let Verdict::Reject(r) = ev.verdict {
+        if !verdict.is_accept() {
             return Err(PinctlError::Input(format!(
-                "refusing to write a pin the verifier would reject for {name}: {}",
-                r.reason
+                "refusing to write a pin the verifier would reject for {name}: {verdict}"
             )));
         }
     }

@@ -222,7 +222,7 @@ impl LiveChecker {
                 self.timeout,
             )
             .await;
-            let passed = matches!(&c, Ok(c) if c.passed() && c.record.as_ref().and_then(|r| r.basis) != Some(Basis::ReportModeWebPki));
+            let passed = matches!(&c, Ok(c) if c.passed() && c.record.as_ref().and_then(|r| r.basis()) != Some(Basis::ReportModeWebPki));
             if !passed {
                 return Some(format!(
                     "the well-known front {} does not match its pins",
@@ -256,17 +256,18 @@ impl LiveChecker {
             let why = c
                 .record
                 .as_ref()
-                .and_then(|r| r.rejected.as_ref().map(|x| x.reason.clone()))
+                .filter(|v| !v.is_accept())
+                .map(|v| v.to_string())
                 .or(c.error.clone())
                 .unwrap_or_else(|| "handshake failed".into());
-            let status = if c.record.as_ref().is_some_and(|r| r.alert.is_some()) {
+            let status = if c.record.as_ref().is_some_and(|r| r.alert_event().is_some()) {
                 VerifyStatus::Mismatch
             } else {
                 VerifyStatus::Error
             };
             return Finding::new(status, why, target);
         }
-        let basis = c.record.as_ref().and_then(|r| r.basis);
+        let basis = c.record.as_ref().and_then(|r| r.basis());
         let (status, detail) = if basis == Some(Basis::ReportModeWebPki) {
             // Accepted only because the peer is in report mode: the served
             // keys do not match the pins.

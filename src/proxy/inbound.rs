@@ -438,7 +438,7 @@ impl InboundProxy {
     /// entry, else its first name. Anonymous clients are not recorded.
     fn record_peer(
         &self,
-        record: Option<&crate::verify::CheckRecord>,
+        record: Option<&crate::verify::Verdict>,
         chain: &[rustls::pki_types::CertificateDer<'_>],
         result: HandshakeResult,
     ) {
@@ -555,7 +555,7 @@ impl InboundProxy {
                 t
             }
             Ok(Err(e)) => {
-                let result = HandshakeResult::from_io_error(&e);
+                let result = crate::verify::handshake_result(&e);
                 self.stats.handshakes.add(result);
                 self.record_peer(record.as_ref(), &[], result);
                 tracing::info!(target: "fedpin::inbound", client = %client, error = %e, "TLS handshake failed");
@@ -665,16 +665,16 @@ impl InboundProxy {
             self.settings.client_auth == ClientAuth::Require,
         );
         verifier.set_peer_addr(id.addr);
-        let ev = verifier.evaluate(leaf, rest, rustls::pki_types::UnixTime::now());
-        if let crate::verify::Verdict::Reject(r) = &ev.verdict {
-            if let Some(mut a) = ev.alert {
+        let verdict = verifier.evaluate(leaf, rest, rustls::pki_types::UnixTime::now());
+        if !verdict.is_accept() {
+            if let Some(mut a) = verdict.alert(&pins, leaf, rest, verifier.context()) {
                 a.reason = format!(
                     "open connection closed after pin reload (generation {}): {}",
                     pins.generation, a.reason
                 );
                 self.core.alerts().raise(a);
             }
-            tracing::warn!(target: "fedpin::inbound", client = %id.addr, reason = %r.reason, "client certificate no longer passes the pin rules; closing the connection");
+            tracing::warn!(target: "fedpin::inbound", client = %id.addr, reason = %verdict, "client certificate no longer passes the pin rules; closing the connection");
             return false;
         }
         true
@@ -688,15 +688,9 @@ impl InboundProxy {
         };
         let mut verifier = PinnedClientVerifier::new(self.core.clone(), self.pins.current(), false);
         verifier.set_peer_addr(id.addr);
-        let ev = verifier.evaluate_for_origin(host, leaf, rest, rustls::pki_types::UnixTime::now());
-        if let Some(a) = ev.alert {
-            self.core.alerts().raise(a);
-        }
-        matches!(
-            &ev.verdict,
-            crate::verify::Verdict::Accept(a)
-                if matches!(a.basis(), crate::verify::Basis::PinOnValidatedPath | crate::verify::Basis::PinOnlyLeaf)
-        )
+        let verdict =
+            verifier.check_for_origin(host, leaf, rest, rustls::pki_types::UnixTime::now());
+        verdict.basis().is_some_and(crate::verify::Basis::is_pin)
     }
 
     // The refusal is the response itself; it is built once per refused request.

@@ -39,7 +39,7 @@ use crate::egress::EgressPolicy;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;
-use crate::verify::{CheckRecord, PeerContext};
+use crate::verify::{PeerContext, Refusal};
 
 /// Outbound listener settings (validated config).
 #[derive(Debug, Clone)]
@@ -254,18 +254,20 @@ impl OutboundProxy {
                 continue;
             };
             let name = ServerName::try_from(t.tls_name.clone()).ok();
-            let ev = core.evaluate(
+            let verdict = core.evaluate(
                 &pins,
-                &t.tls_name,
-                name.as_ref(),
-                ee,
-                rest,
-                now,
-                crate::verify::Usage::Server,
-                &t.ctx,
+                &crate::verify::Presented {
+                    lookup: &t.tls_name,
+                    name: name.as_ref(),
+                    end_entity: ee,
+                    intermediates: rest,
+                    now,
+                    usage: crate::verify::Usage::Server,
+                },
             );
-            if let crate::verify::Verdict::Reject(r) = &ev.verdict {
-                if let Some(mut a) = ev.alert {
+            core.count(&verdict);
+            if !verdict.is_accept() {
+                if let Some(mut a) = verdict.alert(&pins, ee, rest, &t.ctx) {
                     a.reason = format!(
                         "open tunnel closed after pin reload (generation {}): {}",
                         pins.generation, a.reason
@@ -276,7 +278,7 @@ impl OutboundProxy {
                     target: "fedpin::outbound",
                     tls_name = %t.tls_name,
                     generation = pins.generation,
-                    reason = %r.reason,
+                    reason = %verdict,
                     "open tunnel no longer passes the pin rules; closing it"
                 );
                 t.revoke.notify_one();
@@ -921,22 +923,23 @@ impl OutboundProxy {
             }
             Ok(Err(e)) => {
                 let record = connector.record();
-                let result = match record.as_ref() {
-                    Some(r) if r.signature_failed => HandshakeResult::SignatureInvalid,
-                    Some(CheckRecord {
-                        rejected: Some(x), ..
-                    }) => HandshakeResult::from_event(x.event),
-                    _ => HandshakeResult::from_io_error(&e),
-                };
-                let message = match record.as_ref() {
-                    Some(r) if r.signature_failed => format!("{tls_name} presented a certificate whose key it does not hold (handshake signature invalid)"),
-                    Some(r) => r.rejected.as_ref().map(|x| x.reason.clone()).unwrap_or_else(|| format!("TLS handshake with {addr} failed: {e}")),
-                    None => format!("TLS handshake with {addr} failed: {e}"),
+                let refusal = record.as_ref().and_then(|v| v.refusal());
+                let result = refusal.map_or_else(
+                    || crate::verify::handshake_result(&e),
+                    Refusal::handshake_result,
+                );
+                let message = match (refusal, record.as_ref()) {
+                    (Some(Refusal::SignatureInvalid { .. }), _) => format!("{tls_name} presented a certificate whose key it does not hold (handshake signature invalid)"),
+                    (Some(_), Some(v)) => v.to_string(),
+                    _ => format!("TLS handshake with {addr} failed: {e}"),
                 };
                 Err(DialFailure {
                     message,
                     handshake: Some(result),
-                    alert: record.and_then(|r| r.alert).map(|a| a.as_str()),
+                    alert: record
+                        .as_ref()
+                        .and_then(|v| v.alert_event())
+                        .map(|a| a.as_str()),
                 })
             }
             Err(_) => Err(DialFailure {

@@ -12,7 +12,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::ClientConfig;
 
 use crate::pin_store::PinStore;
-use crate::verify::{CheckRecord, ConnState, PeerContext, PinnedServerVerifier, VerifierCore};
+use crate::verify::{ConnState, PeerContext, PinnedServerVerifier, Verdict, VerifierCore};
 
 /// The one crypto provider fedpin uses: *ring*.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -79,7 +79,7 @@ impl Connector {
 
     /// What the certificate check decided (None when the session resumed or
     /// the handshake failed before the check).
-    pub fn record(&self) -> Option<CheckRecord> {
+    pub fn record(&self) -> Option<Verdict> {
         self.state.record()
     }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use fedpin::alert::{Alert, AlertHub};
 use fedpin::pins::{Pin, PinSet};
-use fedpin::verify::{CheckRecord, PeerContext, PinnedServerVerifier, VerifierCore};
+use fedpin::verify::{PeerContext, PinnedServerVerifier, Verdict, VerifierCore};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::ResolvesServerCert;
@@ -215,7 +215,7 @@ pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
 /// What a pinned client saw.
 pub struct Outcome {
     pub result: Result<String, String>,
-    pub record: Option<CheckRecord>,
+    pub record: Option<Verdict>,
     pub resumed: bool,
 }
 
