@@ -161,9 +161,22 @@ impl VerifierCore {
 /// A refusal by the pin rules, as the source of a rustls error: tokio-rustls
 /// hands it back inside the `io::Error` of the failed handshake, where
 /// [`handshake_result`] finds it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+///
+/// rustls shows this error with `{:?}` inside its own message ("invalid
+/// peer certificate: Other(...)"), which is what a homeserver logs; so
+/// `Debug` carries the event and the sentence, not the whole structure.
+#[derive(Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct RefusedByPins(pub Verdict);
+
+impl std::fmt::Debug for RefusedByPins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefusedByPins")
+            .field("event", &self.0.alert_event().map(|e| e.as_str()))
+            .field("reason", &self.0.to_string())
+            .finish()
+    }
+}
 
 /// The rustls error that refuses a handshake for `verdict`.
 pub(super) fn rustls_error(verdict: Verdict) -> rustls::Error {
