@@ -444,34 +444,8 @@ impl PinSet {
 
     /// The checks shared by [`PinSet::parse`] and [`PinSet::from_entries`].
     fn validate(raw: RawFile, lines: &LineIndex, hash: [u8; 32]) -> Result<Self, PinFileError> {
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        let mut err = |span: std::ops::Range<usize>, key: String, message: String| {
-            let (line, column) = lines.locate(span.start);
-            errors.push(Diagnostic {
-                line,
-                column,
-                key,
-                message,
-            });
-        };
-
-        match &raw.version {
-            None => err(
-                0..0,
-                "version".into(),
-                "missing `version = 1` at the top of the file".into(),
-            ),
-            Some(v) if *v.get_ref() != 1 => err(
-                v.span(),
-                "version".into(),
-                format!(
-                    "unsupported version {} (this fedpin reads version 1)",
-                    v.get_ref()
-                ),
-            ),
-            _ => {}
-        }
+        let mut b = Builder::new(lines, raw.peer.len());
+        b.version(raw.version.as_ref());
         let policy = raw
             .policy
             .map(|p| Policy {
@@ -479,325 +453,10 @@ impl PinSet {
                 on_expired: p.on_expired.unwrap_or(ExpiredPolicy::Webpki),
             })
             .unwrap_or_default();
-
-        // Sized up front: a 10,000-peer file would otherwise rehash each
-        // index a dozen times on every reload.
-        let n_peers = raw.peer.len();
-        let mut peers = Vec::with_capacity(n_peers);
-        let mut by_host: HashMap<String, Slot> = HashMap::with_capacity(n_peers + n_peers / 2);
-        let mut host_views: Vec<Peer> = Vec::new();
-        let mut by_server_name: HashMap<String, usize> = HashMap::with_capacity(n_peers);
         for (i, raw_peer) in raw.peer.into_iter().enumerate() {
-            let peer_span = raw_peer.span();
-            let rp = raw_peer.into_inner();
-            let key = |k: &str| format!("peer[{i}].{k}");
-            let sn_span = rp.server_name.span();
-            let server_name = rp.server_name.into_inner();
-            let default_host = match split_server_name(&server_name) {
-                Ok(host) => Some(host),
-                Err(msg) => {
-                    err(sn_span.clone(), key("server_name"), msg);
-                    None
-                }
-            };
-            let sn_key = server_name.to_ascii_lowercase();
-            if let Some(prev) = by_server_name.get(&sn_key) {
-                let prev_line: usize = peers.get(*prev).map(|p: &Peer| p.line).unwrap_or_default();
-                err(
-                    sn_span.clone(),
-                    key("server_name"),
-                    format!("server name \"{server_name}\" is already listed at line {prev_line}"),
-                );
-            }
-
-            let mut hosts: Vec<(String, std::ops::Range<usize>)> = Vec::new();
-            match rp.hosts {
-                Some(list) => {
-                    if list.is_empty() {
-                        err(
-                            peer_span.clone(),
-                            key("hosts"),
-                            "hosts must not be empty (omit it to use the server name)".into(),
-                        );
-                    }
-                    for (j, h) in list.into_iter().enumerate() {
-                        let span = h.span();
-                        match normalize_tls_name(h.get_ref()) {
-                            Ok(n) => {
-                                if hosts.iter().any(|(h, _)| *h == n) {
-                                    err(
-                                        span,
-                                        format!("peer[{i}].hosts[{j}]"),
-                                        format!("host \"{n}\" is listed twice"),
-                                    );
-                                } else {
-                                    hosts.push((n, span));
-                                }
-                            }
-                            Err(m) => err(span, format!("peer[{i}].hosts[{j}]"), m),
-                        }
-                    }
-                }
-                None => {
-                    if let Some(h) = default_host.clone() {
-                        hosts.push((h, sn_span.clone()));
-                    }
-                }
-            }
-            let line = lines.locate(sn_span.start).0;
-            if let Some(own) = &default_host {
-                // A name with its own keys in host_pins is covered too.
-                let in_host_pins = rp.host_pins.as_ref().is_some_and(|m| {
-                    m.keys()
-                        .any(|h| normalize_tls_name(h).is_ok_and(|n| n == *own))
-                });
-                if !hosts.is_empty() && !hosts.iter().any(|(h, _)| h == own) && !in_host_pins {
-                    let (l, c) = lines.locate(sn_span.start);
-                    warnings.push(Diagnostic {
-                        line: l,
-                        column: c,
-                        key: key("hosts"),
-                        message: format!(
-                            "hosts does not include \"{own}\": connections to that name are treated as unpinned (intended only when it delegates via .well-known)"
-                        ),
-                    });
-                }
-            }
-            for (h, span) in &hosts {
-                if let Some(prev) = by_host.get(h) {
-                    let prev_line = slot_line(&peers, &host_views, *prev);
-                    err(
-                        span.clone(),
-                        key("hosts"),
-                        format!(
-                            "host \"{h}\" is already listed under the peer at line {prev_line}"
-                        ),
-                    );
-                }
-            }
-
-            let pins_span = rp.pins.span();
-            let mut pins = Vec::new();
-            let raw_pins = rp.pins.into_inner();
-            if raw_pins.is_empty() {
-                err(
-                    pins_span.clone(),
-                    key("pins"),
-                    "a peer needs at least one pin".into(),
-                );
-            }
-            for (j, p) in raw_pins.into_iter().enumerate() {
-                match p.get_ref().parse::<Pin>() {
-                    Ok(pin) => {
-                        if pins.contains(&pin) {
-                            let (l, c) = lines.locate(p.span().start);
-                            warnings.push(Diagnostic {
-                                line: l,
-                                column: c,
-                                key: format!("peer[{i}].pins[{j}]"),
-                                message: format!("pin {pin} is listed twice"),
-                            });
-                        } else {
-                            pins.push(pin);
-                        }
-                    }
-                    Err(e) => err(
-                        p.span(),
-                        format!("peer[{i}].pins[{j}]"),
-                        format!("malformed pin \"{}\": {e}", p.get_ref()),
-                    ),
-                }
-            }
-            if pins.len() == 1 {
-                let (l, c) = lines.locate(pins_span.start);
-                warnings.push(Diagnostic {
-                    line: l,
-                    column: c,
-                    key: key("pins"),
-                    message: format!(
-                        "\"{server_name}\" has a single pin and no backup: its next key rollover will break federation"
-                    ),
-                });
-            }
-            let expires = match rp.expires {
-                None => None,
-                Some(e) => match OffsetDateTime::parse(e.get_ref(), &Rfc3339) {
-                    Ok(t) => Some(t),
-                    Err(pe) => {
-                        err(
-                            e.span(),
-                            key("expires"),
-                            format!(
-                                "malformed date \"{}\" ({pe}); use RFC 3339, e.g. 2027-06-01T00:00:00Z",
-                                e.get_ref()
-                            ),
-                        );
-                        None
-                    }
-                },
-            };
-            let delegation = match rp.delegation {
-                None => None,
-                Some(d) => match d
-                    .get_ref()
-                    .parse::<crate::matrix::server_name::ServerName>()
-                {
-                    Ok(n) => Some(n.to_string()),
-                    Err(e) => {
-                        err(d.span(), key("delegation"), e.to_string());
-                        None
-                    }
-                },
-            };
-            let mut signing_keys = Vec::new();
-            for (j, k) in rp.signing_keys.unwrap_or_default().into_iter().enumerate() {
-                let parsed = k
-                    .get_ref()
-                    .split_once('=')
-                    .ok_or_else(|| "expected \"ed25519:KEYID=BASE64\"".to_owned())
-                    .and_then(|(id, b64)| {
-                        crate::matrix::signing::VerifyKey::from_base64(id, b64)
-                            .map_err(|e| e.to_string())
-                    });
-                match parsed {
-                    Ok(key) if !signing_keys.contains(&key) => signing_keys.push(key),
-                    Ok(_) => {}
-                    Err(m) => err(
-                        k.span(),
-                        format!("peer[{i}].signing_keys[{j}]"),
-                        format!("malformed signing key \"{}\": {m}", k.get_ref()),
-                    ),
-                }
-            }
-            let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
-            for (h, list) in rp.host_pins.unwrap_or_default() {
-                let span = list.span();
-                let hkey = format!("peer[{i}].host_pins.\"{h}\"");
-                let name = match normalize_tls_name(&h) {
-                    Ok(n) => n,
-                    Err(m) => {
-                        err(span, hkey, m);
-                        continue;
-                    }
-                };
-                if hosts.iter().any(|(x, _)| *x == name)
-                    || host_pins.iter().any(|(x, _)| *x == name)
-                {
-                    err(
-                        span.clone(),
-                        hkey.clone(),
-                        format!("host \"{name}\" is listed twice in this peer (hosts and host_pins name each host once)"),
-                    );
-                    continue;
-                }
-                if let Some(prev) = by_host.get(&name) {
-                    let prev_line = slot_line(&peers, &host_views, *prev);
-                    err(
-                        span.clone(),
-                        hkey.clone(),
-                        format!(
-                            "host \"{name}\" is already listed under the peer at line {prev_line}"
-                        ),
-                    );
-                }
-                let raw = list.into_inner();
-                if raw.is_empty() {
-                    err(span, hkey.clone(), "a host needs at least one pin".into());
-                }
-                let mut these = Vec::new();
-                for (j, p) in raw.into_iter().enumerate() {
-                    match p.get_ref().parse::<Pin>() {
-                        Ok(pin) if !these.contains(&pin) => these.push(pin),
-                        Ok(_) => {}
-                        Err(e) => err(
-                            p.span(),
-                            format!("{hkey}[{j}]"),
-                            format!("malformed pin \"{}\": {e}", p.get_ref()),
-                        ),
-                    }
-                }
-                host_pins.push((name, these));
-            }
-            if let (Some(d), Some(own)) = (&delegation, &default_host) {
-                let covered = |h: &str| {
-                    hosts.iter().any(|(x, _)| x == h) || host_pins.iter().any(|(x, _)| x == h)
-                };
-                let (l, c) = lines.locate(sn_span.start);
-                let delegated_host = crate::pins::split_server_name(d).unwrap_or_default();
-                for (h, what) in [
-                    (own.as_str(), "the well-known front (the server name's own host, which answers /.well-known/matrix/server)"),
-                    (delegated_host.as_str(), "the delegated federation endpoint"),
-                ] {
-                    if !covered(h) {
-                        warnings.push(Diagnostic {
-                            line: l,
-                            column: c,
-                            key: key("delegation"),
-                            message: format!(
-                                "\"{h}\" is {what} of \"{server_name}\" (delegation = \"{d}\") but no pin covers it: an impostor with a CA-valid certificate for it can redirect federation; run `pinctl add {server_name}` again or add it to host_pins"
-                            ),
-                        });
-                    }
-                }
-            }
-            let idx = peers.len();
-            by_server_name.entry(sn_key).or_insert(idx);
-            let host_names: Vec<String> = hosts.into_iter().map(|(h, _)| h).collect();
-            for h in &host_names {
-                by_host.entry(h.clone()).or_insert(Slot::Main(idx));
-            }
-            let peer = Peer {
-                server_name,
-                hosts: host_names,
-                pins,
-                trust: rp.trust.unwrap_or(Trust::Webpki),
-                mode: rp.mode.unwrap_or(Mode::Enforce),
-                expires,
-                note: rp.note,
-                line,
-                delegation,
-                host_pins,
-                signing_keys,
-            };
-            for (h, these) in &peer.host_pins {
-                by_host
-                    .entry(h.clone())
-                    .or_insert(Slot::Host(host_views.len()));
-                host_views.push(Peer {
-                    hosts: vec![h.clone()],
-                    pins: these.clone(),
-                    host_pins: Vec::new(),
-                    ..peer.clone()
-                });
-            }
-            peers.push(peer);
+            b.peer(i, raw_peer);
         }
-        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::with_capacity(2 * peers.len());
-        for (i, p) in peers.iter().enumerate() {
-            for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(Slot::Main(i));
-            }
-        }
-        for (i, p) in host_views.iter().enumerate() {
-            for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(Slot::Host(i));
-            }
-        }
-        if !errors.is_empty() {
-            errors.sort_by_key(|d| (d.line, d.column));
-            return Err(PinFileError { path: None, errors });
-        }
-        Ok(PinSet {
-            policy,
-            peers,
-            host_views,
-            by_host,
-            by_server_name,
-            by_pin,
-            warnings,
-            content_hash: hash,
-            generation: 0,
-        })
+        b.finish(policy, hash)
     }
 
     /// The peer entry that covers this TLS name (normalised first), with the
@@ -857,6 +516,441 @@ impl PinSet {
 }
 
 /// Where a TLS name's pins live: a file entry, or one of its `host_pins`.
+type Span = std::ops::Range<usize>;
+
+/// Validates a pin file one peer at a time: collects located errors and
+/// warnings, and builds the lookup indexes of the [`PinSet`] it becomes.
+struct Builder<'l> {
+    lines: &'l LineIndex,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    peers: Vec<Peer>,
+    /// One record per `host_pins` host: the peer with that host's pins.
+    host_views: Vec<Peer>,
+    by_host: HashMap<String, Slot>,
+    by_server_name: HashMap<String, usize>,
+}
+
+impl<'l> Builder<'l> {
+    fn new(lines: &'l LineIndex, n_peers: usize) -> Self {
+        // Sized up front: a 10,000-peer file would otherwise rehash each
+        // index a dozen times on every reload.
+        Builder {
+            lines,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            peers: Vec::with_capacity(n_peers),
+            host_views: Vec::new(),
+            by_host: HashMap::with_capacity(n_peers + n_peers / 2),
+            by_server_name: HashMap::with_capacity(n_peers),
+        }
+    }
+
+    fn err(&mut self, span: Span, key: String, message: String) {
+        let (line, column) = self.lines.locate(span.start);
+        self.errors.push(Diagnostic {
+            line,
+            column,
+            key,
+            message,
+        });
+    }
+
+    fn warn(&mut self, at: usize, key: String, message: String) {
+        let (line, column) = self.lines.locate(at);
+        self.warnings.push(Diagnostic {
+            line,
+            column,
+            key,
+            message,
+        });
+    }
+
+    /// `version = 1` must be there: a later format must not be read as this one.
+    fn version(&mut self, version: Option<&Spanned<i64>>) {
+        match version {
+            None => self.err(
+                0..0,
+                "version".into(),
+                "missing `version = 1` at the top of the file".into(),
+            ),
+            Some(v) if *v.get_ref() != 1 => self.err(
+                v.span(),
+                "version".into(),
+                format!(
+                    "unsupported version {} (this fedpin reads version 1)",
+                    v.get_ref()
+                ),
+            ),
+            _ => {}
+        }
+    }
+
+    /// Checks one `[[peer]]` table and, if it is sound so far, indexes it.
+    fn peer(&mut self, i: usize, raw_peer: Spanned<RawPeer>) {
+        let peer_span = raw_peer.span();
+        let rp = raw_peer.into_inner();
+        let key = |k: &str| format!("peer[{i}].{k}");
+        let sn_span = rp.server_name.span();
+        let server_name = rp.server_name.into_inner();
+        let default_host = match split_server_name(&server_name) {
+            Ok(host) => Some(host),
+            Err(msg) => {
+                self.err(sn_span.clone(), key("server_name"), msg);
+                None
+            }
+        };
+        let sn_key = server_name.to_ascii_lowercase();
+        if let Some(prev) = self.by_server_name.get(&sn_key) {
+            let prev_line: usize = self.peers.get(*prev).map(|p| p.line).unwrap_or_default();
+            self.err(
+                sn_span.clone(),
+                key("server_name"),
+                format!("server name \"{server_name}\" is already listed at line {prev_line}"),
+            );
+        }
+        let hosts = self.hosts(i, peer_span, rp.hosts, &default_host, &sn_span);
+        let line = self.lines.locate(sn_span.start).0;
+        if let Some(own) = &default_host {
+            self.warn_own_host_missing(i, own, &hosts, rp.host_pins.as_ref(), sn_span.start);
+        }
+        for (h, span) in &hosts {
+            self.err_if_host_taken(h, span.clone(), key("hosts"));
+        }
+        let pins = self.pins(i, rp.pins, &server_name);
+        let expires = self.expires(i, rp.expires);
+        let delegation = self.delegation(i, rp.delegation);
+        let signing_keys = self.signing_keys(i, rp.signing_keys.unwrap_or_default());
+        let host_pins = self.host_pins(i, rp.host_pins.unwrap_or_default(), &hosts);
+        if let (Some(d), Some(own)) = (&delegation, &default_host) {
+            let covered = |h: &str| {
+                hosts.iter().any(|(x, _)| x == h) || host_pins.iter().any(|(x, _)| x == h)
+            };
+            let uncovered: Vec<(String, &str)> = [
+                (own.clone(), "the well-known front (the server name's own host, which answers /.well-known/matrix/server)"),
+                (split_server_name(d).unwrap_or_default(), "the delegated federation endpoint"),
+            ]
+            .into_iter()
+            .filter(|(h, _)| !covered(h))
+            .collect();
+            for (h, what) in uncovered {
+                self.warn(
+                    sn_span.start,
+                    key("delegation"),
+                    format!(
+                        "\"{h}\" is {what} of \"{server_name}\" (delegation = \"{d}\") but no pin covers it: an impostor with a CA-valid certificate for it can redirect federation; run `pinctl add {server_name}` again or add it to host_pins"
+                    ),
+                );
+            }
+        }
+        self.insert(
+            sn_key,
+            Peer {
+                server_name,
+                hosts: hosts.into_iter().map(|(h, _)| h).collect(),
+                pins,
+                trust: rp.trust.unwrap_or(Trust::Webpki),
+                mode: rp.mode.unwrap_or(Mode::Enforce),
+                expires,
+                note: rp.note,
+                line,
+                delegation,
+                host_pins,
+                signing_keys,
+            },
+        );
+    }
+
+    /// `hosts`, normalised, each once; the server name's own host when absent.
+    fn hosts(
+        &mut self,
+        i: usize,
+        peer_span: Span,
+        list: Option<Vec<Spanned<String>>>,
+        default_host: &Option<String>,
+        sn_span: &Span,
+    ) -> Vec<(String, Span)> {
+        let mut hosts: Vec<(String, Span)> = Vec::new();
+        let Some(list) = list else {
+            if let Some(h) = default_host.clone() {
+                hosts.push((h, sn_span.clone()));
+            }
+            return hosts;
+        };
+        if list.is_empty() {
+            self.err(
+                peer_span,
+                format!("peer[{i}].hosts"),
+                "hosts must not be empty (omit it to use the server name)".into(),
+            );
+        }
+        for (j, h) in list.into_iter().enumerate() {
+            let span = h.span();
+            match normalize_tls_name(h.get_ref()) {
+                Ok(n) if hosts.iter().any(|(h, _)| *h == n) => self.err(
+                    span,
+                    format!("peer[{i}].hosts[{j}]"),
+                    format!("host \"{n}\" is listed twice"),
+                ),
+                Ok(n) => hosts.push((n, span)),
+                Err(m) => self.err(span, format!("peer[{i}].hosts[{j}]"), m),
+            }
+        }
+        hosts
+    }
+
+    /// A `hosts` list that leaves out the server name's own host makes
+    /// connections to it unpinned: intended only for a delegating front.
+    fn warn_own_host_missing(
+        &mut self,
+        i: usize,
+        own: &str,
+        hosts: &[(String, Span)],
+        host_pins: Option<&std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>>,
+        at: usize,
+    ) {
+        // A name with its own keys in host_pins is covered too.
+        let in_host_pins = host_pins.is_some_and(|m| {
+            m.keys()
+                .any(|h| normalize_tls_name(h).is_ok_and(|n| n == own))
+        });
+        if !hosts.is_empty() && !hosts.iter().any(|(h, _)| h == own) && !in_host_pins {
+            self.warn(
+                at,
+                format!("peer[{i}].hosts"),
+                format!(
+                    "hosts does not include \"{own}\": connections to that name are treated as unpinned (intended only when it delegates via .well-known)"
+                ),
+            );
+        }
+    }
+
+    /// One host belongs to one entry: a second entry for it would make the
+    /// lookup depend on file order.
+    fn err_if_host_taken(&mut self, host: &str, span: Span, key: String) {
+        if let Some(prev) = self.by_host.get(host) {
+            let prev_line = slot_line(&self.peers, &self.host_views, *prev);
+            self.err(
+                span,
+                key,
+                format!("host \"{host}\" is already listed under the peer at line {prev_line}"),
+            );
+        }
+    }
+
+    /// `pins`: at least one, each a well-formed `sha256/…`; a single pin
+    /// (no backup) is a warning.
+    fn pins(
+        &mut self,
+        i: usize,
+        list: Spanned<Vec<Spanned<String>>>,
+        server_name: &str,
+    ) -> Vec<Pin> {
+        let pins_span = list.span();
+        let raw_pins = list.into_inner();
+        if raw_pins.is_empty() {
+            self.err(
+                pins_span.clone(),
+                format!("peer[{i}].pins"),
+                "a peer needs at least one pin".into(),
+            );
+        }
+        let mut pins = Vec::new();
+        for (j, p) in raw_pins.into_iter().enumerate() {
+            match p.get_ref().parse::<Pin>() {
+                Ok(pin) if pins.contains(&pin) => self.warn(
+                    p.span().start,
+                    format!("peer[{i}].pins[{j}]"),
+                    format!("pin {pin} is listed twice"),
+                ),
+                Ok(pin) => pins.push(pin),
+                Err(e) => self.err(
+                    p.span(),
+                    format!("peer[{i}].pins[{j}]"),
+                    format!("malformed pin \"{}\": {e}", p.get_ref()),
+                ),
+            }
+        }
+        if pins.len() == 1 {
+            self.warn(
+                pins_span.start,
+                format!("peer[{i}].pins"),
+                format!(
+                    "\"{server_name}\" has a single pin and no backup: its next key rollover will break federation"
+                ),
+            );
+        }
+        pins
+    }
+
+    /// `expires`: an RFC 3339 date.
+    fn expires(&mut self, i: usize, expires: Option<Spanned<String>>) -> Option<OffsetDateTime> {
+        let e = expires?;
+        match OffsetDateTime::parse(e.get_ref(), &Rfc3339) {
+            Ok(t) => Some(t),
+            Err(pe) => {
+                self.err(
+                    e.span(),
+                    format!("peer[{i}].expires"),
+                    format!(
+                        "malformed date \"{}\" ({pe}); use RFC 3339, e.g. 2027-06-01T00:00:00Z",
+                        e.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `delegation`: a Matrix server name, kept in canonical form.
+    fn delegation(&mut self, i: usize, delegation: Option<Spanned<String>>) -> Option<String> {
+        let d = delegation?;
+        match d
+            .get_ref()
+            .parse::<crate::matrix::server_name::ServerName>()
+        {
+            Ok(n) => Some(n.to_string()),
+            Err(e) => {
+                self.err(d.span(), format!("peer[{i}].delegation"), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `signing_keys`: `ed25519:KEYID=BASE64` entries, each kept once.
+    fn signing_keys(
+        &mut self,
+        i: usize,
+        list: Vec<Spanned<String>>,
+    ) -> Vec<crate::matrix::signing::VerifyKey> {
+        let mut signing_keys = Vec::new();
+        for (j, k) in list.into_iter().enumerate() {
+            let parsed = k
+                .get_ref()
+                .split_once('=')
+                .ok_or_else(|| "expected \"ed25519:KEYID=BASE64\"".to_owned())
+                .and_then(|(id, b64)| {
+                    crate::matrix::signing::VerifyKey::from_base64(id, b64)
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(key) if !signing_keys.contains(&key) => signing_keys.push(key),
+                Ok(_) => {}
+                Err(m) => self.err(
+                    k.span(),
+                    format!("peer[{i}].signing_keys[{j}]"),
+                    format!("malformed signing key \"{}\": {m}", k.get_ref()),
+                ),
+            }
+        }
+        signing_keys
+    }
+
+    /// `host_pins`: per-host pins for hosts not in `hosts`, each host once
+    /// in the whole file, each with at least one well-formed pin.
+    fn host_pins(
+        &mut self,
+        i: usize,
+        map: std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+        hosts: &[(String, Span)],
+    ) -> Vec<(String, Vec<Pin>)> {
+        let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
+        for (h, list) in map {
+            let span = list.span();
+            let hkey = format!("peer[{i}].host_pins.\"{h}\"");
+            let name = match normalize_tls_name(&h) {
+                Ok(n) => n,
+                Err(m) => {
+                    self.err(span, hkey, m);
+                    continue;
+                }
+            };
+            if hosts.iter().any(|(x, _)| *x == name) || host_pins.iter().any(|(x, _)| *x == name) {
+                self.err(
+                    span.clone(),
+                    hkey.clone(),
+                    format!("host \"{name}\" is listed twice in this peer (hosts and host_pins name each host once)"),
+                );
+                continue;
+            }
+            self.err_if_host_taken(&name, span.clone(), hkey.clone());
+            let raw = list.into_inner();
+            if raw.is_empty() {
+                self.err(span, hkey.clone(), "a host needs at least one pin".into());
+            }
+            let mut these = Vec::new();
+            for (j, p) in raw.into_iter().enumerate() {
+                match p.get_ref().parse::<Pin>() {
+                    Ok(pin) if !these.contains(&pin) => these.push(pin),
+                    Ok(_) => {}
+                    Err(e) => self.err(
+                        p.span(),
+                        format!("{hkey}[{j}]"),
+                        format!("malformed pin \"{}\": {e}", p.get_ref()),
+                    ),
+                }
+            }
+            host_pins.push((name, these));
+        }
+        host_pins
+    }
+
+    /// Indexes a peer by server name and hosts (the first entry wins; a
+    /// clash is already an error) and adds a view per `host_pins` host.
+    fn insert(&mut self, sn_key: String, peer: Peer) {
+        let idx = self.peers.len();
+        self.by_server_name.entry(sn_key).or_insert(idx);
+        for h in &peer.hosts {
+            self.by_host.entry(h.clone()).or_insert(Slot::Main(idx));
+        }
+        for (h, these) in &peer.host_pins {
+            self.by_host
+                .entry(h.clone())
+                .or_insert(Slot::Host(self.host_views.len()));
+            self.host_views.push(Peer {
+                hosts: vec![h.clone()],
+                pins: these.clone(),
+                host_pins: Vec::new(),
+                ..peer.clone()
+            });
+        }
+        self.peers.push(peer);
+    }
+
+    /// The set, or every error found, sorted by position.
+    fn finish(mut self, policy: Policy, hash: [u8; 32]) -> Result<PinSet, PinFileError> {
+        if !self.errors.is_empty() {
+            self.errors.sort_by_key(|d| (d.line, d.column));
+            return Err(PinFileError {
+                path: None,
+                errors: self.errors,
+            });
+        }
+        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::with_capacity(2 * self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            for pin in &p.pins {
+                by_pin.entry(*pin).or_default().push(Slot::Main(i));
+            }
+        }
+        for (i, p) in self.host_views.iter().enumerate() {
+            for pin in &p.pins {
+                by_pin.entry(*pin).or_default().push(Slot::Host(i));
+            }
+        }
+        Ok(PinSet {
+            policy,
+            peers: self.peers,
+            host_views: self.host_views,
+            by_host: self.by_host,
+            by_server_name: self.by_server_name,
+            by_pin,
+            warnings: self.warnings,
+            content_hash: hash,
+            generation: 0,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Main(usize),
