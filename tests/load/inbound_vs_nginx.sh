@@ -39,7 +39,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-# free_port, wait_line, target_dir, install_tools, cleanup, mint_ca, mint_server_cert
+# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
 # shellcheck source=tests/load/lib.sh
 source "$ROOT/tests/load/lib.sh"
 
@@ -84,12 +84,7 @@ SIGN_BIN="$TARGET_DIR/release/examples/sign_request"
 # --------------------------------------------------------------------------
 # 2. tools
 # --------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if ((${#need[@]})); then install_tools "${need[@]}"; fi
+require_tools nginx wrk openssl curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --------------------------------------------------------------------------

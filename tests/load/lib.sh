@@ -62,6 +62,16 @@ install_tools() {
     if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
 }
 
+# Makes sure the tools named in $@ are there (nginx also as /usr/sbin/nginx),
+# installing the missing ones with install_tools.
+require_tools() {
+    local t need=()
+    for t in "$@"; do
+        command -v "$t" >/dev/null 2>&1 || { [[ $t == nginx && -x /usr/sbin/nginx ]]; } || need+=("$t")
+    done
+    if ((${#need[@]})); then install_tools "${need[@]}"; fi
+}
+
 # The EXIT trap: stops the processes in PIDS (TERM, up to 5 s, then KILL);
 # after a failure shows the last lines of each file in $LOGS and of the
 # files named in $@; removes $TMP; exits with the script's status.

@@ -45,7 +45,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-# free_port, wait_line, target_dir, install_tools, cleanup, mint_ca, mint_server_cert
+# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
 # shellcheck source=tests/load/lib.sh
 source "$ROOT/tests/load/lib.sh"
 
@@ -87,10 +87,7 @@ UPSTREAM_BIN="$TARGET_DIR/$PROFILE/examples/stand_in_upstream"
 # --------------------------------------------------------------------------
 # 2. tools
 # --------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if ((${#need[@]})); then install_tools "${need[@]}"; fi
+require_tools nginx openssl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --------------------------------------------------------------------------
