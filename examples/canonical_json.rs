@@ -2,26 +2,14 @@
 //! (`tests/differential/signing.sh`): stdin JSON Lines `{"hex": "<bytes>"}`,
 //! stdout `{"ok": "<canonical JSON>"}` or `{"refused": reason}` per line.
 
-use std::io::{BufRead, Write};
+mod support;
 
 use serde_json::{json, Value};
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn answer(line: &str) -> Value {
-    let Some(bytes) = serde_json::from_str::<Value>(line)
-        .ok()
-        .and_then(|v| v.get("hex").and_then(Value::as_str).and_then(unhex))
-    else {
-        return json!({ "input_error": "expected {\"hex\": \"…\"}" });
+    let bytes = match support::hex_input(line) {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     match fedpin::matrix::canonical_json::parse(&bytes)
         .and_then(|v| fedpin::matrix::canonical_json::encode(&v))
@@ -32,12 +20,5 @@ fn answer(line: &str) -> Value {
 }
 
 fn main() -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in std::io::stdin().lock().lines() {
-        let line = line?;
-        if !line.trim().is_empty() {
-            writeln!(out, "{}", answer(&line))?;
-        }
-    }
-    out.flush()
+    support::answer_lines(answer)
 }

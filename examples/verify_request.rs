@@ -3,20 +3,10 @@
 //! "origin", "destination", "content_hex", "key_id", "public_key", "sig"}`,
 //! stdout `{"ok": true}` or `{"refused": reason}` per line.
 
-use std::io::{BufRead, Write};
+mod support;
 
 use fedpin::matrix::signing::{SignedRequest, VerifyKey};
 use serde_json::{json, Value};
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 fn answer(line: &str) -> Value {
     let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -29,7 +19,7 @@ fn answer(line: &str) -> Value {
             .to_owned()
     };
     let body = match v.get("content_hex").and_then(Value::as_str) {
-        Some(h) => match unhex(h) {
+        Some(h) => match support::unhex(h) {
             Some(b) => b,
             None => return json!({ "input_error": "content_hex is not hex" }),
         },
@@ -65,12 +55,5 @@ fn answer(line: &str) -> Value {
 }
 
 fn main() -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in std::io::stdin().lock().lines() {
-        let line = line?;
-        if !line.trim().is_empty() {
-            writeln!(out, "{}", answer(&line))?;
-        }
-    }
-    out.flush()
+    support::answer_lines(answer)
 }

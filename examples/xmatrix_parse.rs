@@ -7,20 +7,10 @@
 //! when it refuses it, and `{"none": true}` when the request carries no
 //! X-Matrix header (the edge treats it as unsigned).
 
-use std::io::{BufRead, Write};
+mod support;
 
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 fn answer(line: &str) -> Value {
     let input: Value = match serde_json::from_str(line) {
@@ -32,7 +22,7 @@ fn answer(line: &str) -> Value {
     };
     let mut map = HeaderMap::new();
     for h in headers {
-        let Some(bytes) = h.as_str().and_then(unhex) else {
+        let Some(bytes) = h.as_str().and_then(support::unhex) else {
             return json!({ "input_error": "a header is not a hex string" });
         };
         // Bytes hyper's parser refuses on the wire never reach the edge.
@@ -54,14 +44,5 @@ fn answer(line: &str) -> Value {
 }
 
 fn main() -> std::io::Result<()> {
-    let stdin = std::io::stdin();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in stdin.lock().lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        writeln!(out, "{}", answer(&line))?;
-    }
-    out.flush()
+    support::answer_lines(answer)
 }

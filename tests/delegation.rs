@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process;
+use common::{connect, process};
 use common::{leaf, net, pem, root, Leaf};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVER: &str = "deleg.fedpin.test";
@@ -204,21 +204,11 @@ async fn well_known_now(w: &World, fp: &Fedpin) -> (u16, String) {
 /// CONNECT SERVER:443, TLS trusting only fedpin's CA, GET the document.
 async fn well_known_through(fp: &Fedpin, ca_pem: &std::path::Path) -> (u16, String) {
     let ica = fedpin::tls::load_certs(ca_pem).unwrap();
-    let tcp = common::connect::tunnel_tcp(fp.outbound, &format!("{SERVER}:443")).await;
-    let config = net::client_config(&[&ica[0]], &[b"http/1.1"]);
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from(SERVER).unwrap(), tcp)
-        .await
-        .unwrap();
-    tls.write_all(
-        format!("GET /.well-known/matrix/server HTTP/1.1\r\nHost: {SERVER}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let _ = tls.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let target = format!("{SERVER}:443");
+    let mut tls = connect::tunnel_tls(fp.outbound, &target, &ica[0], SERVER).await;
+    // The caller bounds the whole exchange by STEP, which ends first.
+    let text =
+        connect::get_what_arrives(&mut tls, SERVER, "/.well-known/matrix/server", STEP).await;
     let status = text
         .split_whitespace()
         .nth(1)

@@ -24,8 +24,6 @@ use common::process;
 use common::{leaf, pem, root, Ca};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SERVER: &str = "hs.fedpin.test";
 const STEP: Duration = Duration::from_secs(15);
@@ -45,8 +43,7 @@ fn run(ca: &Ca, upstream: SocketAddr, extra: &str) -> Fedpin {
     let d = dir.path();
     fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
     let server = leaf(ca, &[SERVER]);
-    std::fs::write(d.join("cert.pem"), pem("CERTIFICATE", server.cert.as_ref())).unwrap();
-    std::fs::write(d.join("key.pem"), server.key.serialize_pem()).unwrap();
+    server.write_pem(&d.join("cert.pem"), &d.join("key.pem"));
     std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
     std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
     let cfg = process::outbound_config(
@@ -72,13 +69,13 @@ listen = "127.0.0.1:0"
 "#
         ),
     );
-    let mut child = process::fedpin_run(&cfg, &[]).spawn().unwrap();
-    let rx = process::stdout_lines(&mut child);
-    let [inbound, admin] = process::listening(&rx, &["inbound", "admin"])[..] else {
+    let (child, addrs, _) =
+        process::spawn_listening(process::fedpin_run(&cfg, &[]), &["inbound", "admin"]);
+    let [inbound, admin] = addrs[..] else {
         unreachable!()
     };
     Fedpin {
-        _child: process::Reaped(child),
+        _child: child,
         inbound,
         admin,
         _dir: dir,
@@ -99,16 +96,9 @@ async fn send(fp: &Fedpin, ca: &Ca, from: &str, auths: &[&str]) -> u16 {
 
 /// One counter from the admin listener's `/metrics`.
 async fn metric(fp: &Fedpin, line_start: &str) -> f64 {
-    let mut tcp = TcpStream::connect(fp.admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    let text = common::net::get_text(fp.admin, "admin", "/metrics", STEP)
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(STEP, tcp.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf);
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())

@@ -310,18 +310,10 @@ async fn tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
 }
 
 async fn healthz(admin: SocketAddr) -> (u16, String) {
-    let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    let text = common::net::get_text(admin, "admin", "/healthz", LIMIT)
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(LIMIT, tcp.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, text)
+    (common::connect::status_of(&text), text)
 }
 
 /// Moves `path` aside (the file disappears, as when a renewal breaks a
@@ -340,12 +332,7 @@ async fn unreadable_ca_and_server_certificate_keep_the_last_good_material_and_al
     let public = root("runtime-faults public root");
     let server = leaf(&public, &["hs.fedpin.test"]);
     std::fs::create_dir(d.join("tls")).unwrap();
-    std::fs::write(
-        d.join("tls/server.pem"),
-        pem("CERTIFICATE", server.cert.as_ref()),
-    )
-    .unwrap();
-    std::fs::write(d.join("tls/server.key"), server.key.serialize_pem()).unwrap();
+    server.write_pem(&d.join("tls/server.pem"), &d.join("tls/server.key"));
     std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
     std::fs::write(
         d.join("fedpin.toml"),
@@ -551,8 +538,7 @@ async fn descriptor_exhaustion_refuses_with_a_log_line_and_recovers() {
     let d = dir.path();
     let public = root("fd-exhaustion public root");
     let server = leaf(&public, &["hs.fedpin.test"]);
-    std::fs::write(d.join("cert.pem"), pem("CERTIFICATE", server.cert.as_ref())).unwrap();
-    std::fs::write(d.join("key.pem"), server.key.serialize_pem()).unwrap();
+    server.write_pem(&d.join("cert.pem"), &d.join("key.pem"));
     std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
     let upstream = homeserver().await;
     std::fs::write(

@@ -66,12 +66,7 @@ fn start_with(
     notify_socket: Option<&std::path::Path>,
 ) -> (Running, std::path::PathBuf) {
     let server = leaf(ca, &["hs.fedpin.test"]);
-    std::fs::write(
-        dir.join("cert.pem"),
-        pem("CERTIFICATE", server.cert.as_ref()),
-    )
-    .unwrap();
-    std::fs::write(dir.join("key.pem"), server.key.serialize_pem()).unwrap();
+    server.write_pem(&dir.join("cert.pem"), &dir.join("key.pem"));
     std::fs::write(dir.join("pins.toml"), "version = 1\n").unwrap();
     let cfg = dir.join("fedpin.toml");
     std::fs::write(
@@ -84,14 +79,11 @@ fn start_with(
     if let Some(p) = notify_socket {
         cmd.env("NOTIFY_SOCKET", p);
     }
-    let mut child = cmd.spawn().unwrap();
-    let rx = process::stdout_lines(&mut child);
-    let [addr] = process::listening(&rx, &["inbound"])[..] else {
-        unreachable!()
-    };
+    let (child, addrs, _) = process::spawn_listening(cmd, &["inbound"]);
+    let [addr] = addrs[..] else { unreachable!() };
     (
         Running {
-            child: process::Reaped(child),
+            child,
             inbound: addr,
         },
         cfg,

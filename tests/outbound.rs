@@ -1241,18 +1241,10 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
     assert_eq!(get(tls, HOST, "/").await.status, StatusCode::BAD_GATEWAY);
 
     async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
-        let mut tcp = TcpStream::connect(admin).await.unwrap();
-        tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut buf = Vec::new();
-        bounded("admin response", tcp.read_to_end(&mut buf))
+        let text = common::net::get_text(admin, "admin", path, STEP)
             .await
             .unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let status = common::connect::status_of(&text);
         let body = text
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())

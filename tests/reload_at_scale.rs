@@ -239,17 +239,9 @@ fn clock_ticks_per_sec() -> f64 {
 
 /// The admin listener's `fedpin_pin_reloads_total` (ok, failed).
 async fn reload_counts(admin: SocketAddr) -> Result<(f64, f64), String> {
-    let body = tokio::time::timeout(STEP, async {
-        let mut tcp = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        tcp.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(String::from_utf8_lossy(&buf).into_owned())
-    })
-    .await
-    .map_err(|_| "admin /metrics: no answer".to_string())??;
+    let body = common::net::get_text(admin, "admin", "/metrics", STEP)
+        .await
+        .map_err(|e| format!("admin /metrics: {e}"))?;
     let get = |key: &str| {
         body.lines().find_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;

@@ -27,9 +27,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{leaf, net, pem, pin, process, root, Ca, Leaf};
+use common::{connect, leaf, net, pem, pin, process, root, Ca, Leaf};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const GENUINE: &str = "genuine.fedpin.test";
@@ -63,13 +63,13 @@ listen = "127.0.0.1:0"
 "#
         ),
     );
-    let mut child = process::fedpin_run(&cfg, &[]).spawn().unwrap();
-    let rx = process::stdout_lines(&mut child);
-    let [outbound, admin] = process::listening(&rx, &["outbound", "admin"])[..] else {
+    let (child, addrs, _) =
+        process::spawn_listening(process::fedpin_run(&cfg, &[]), &["outbound", "admin"]);
+    let [outbound, admin] = addrs[..] else {
         unreachable!()
     };
     Fedpin {
-        _child: process::Reaped(child),
+        _child: child,
         outbound,
         admin,
         dir,
@@ -95,39 +95,21 @@ fn leaf_for_a_year(ca: &Ca, name: &str) -> Leaf {
 /// inside the tunnel trusting only fedpin's CA, one request; the answer.
 async fn through(fp: &Fedpin, name: &str) -> String {
     let ica = fedpin::tls::load_certs(&fp.dir.path().join("ca/fedpin-ca.pem")).unwrap();
-    let tcp = common::connect::tunnel_tcp(fp.outbound, &format!("{name}:8448")).await;
-    let config = net::client_config(&[&ica[0]], &[b"http/1.1"]);
+    let target = format!("{name}:8448");
     let mut tls = tokio::time::timeout(
         STEP,
-        tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from(name.to_string()).unwrap(), tcp),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    tls.write_all(
-        format!("GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        connect::tunnel_tls(fp.outbound, &target, &ica[0], name),
     )
     .await
     .unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(STEP, tls.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).into_owned()
+    connect::get_what_arrives(&mut tls, name, "/_matrix/federation/v1/version", STEP).await
 }
 
 /// `GET path` on the admin listener: the response head and body.
 async fn admin_get(fp: &Fedpin, path: &str) -> (String, String) {
     let mut tcp = TcpStream::connect(fp.admin).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(STEP, tcp.read_to_end(&mut buf))
+    let buf = net::get_close(&mut tcp, "127.0.0.1", path, STEP)
         .await
-        .unwrap()
         .unwrap();
     let text = String::from_utf8(buf).expect("the admin listener answers UTF-8");
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");

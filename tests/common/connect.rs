@@ -2,7 +2,9 @@
 //! as a homeserver does before its inner TLS. Every read is bounded.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -87,4 +89,38 @@ pub async fn tunnel_tcp(proxy: SocketAddr, target: &str) -> TcpStream {
         "CONNECT {target}: {reply:?}"
     );
     tcp
+}
+
+/// `CONNECT target` through `proxy` (asserting its 200), then TLS for `name`
+/// inside the tunnel trusting only `ca` (fedpin's interception CA), as a
+/// homeserver does.
+pub async fn tunnel_tls(
+    proxy: SocketAddr,
+    target: &str,
+    ca: &CertificateDer<'static>,
+    name: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = tunnel_tcp(proxy, target).await;
+    let config = super::net::client_config(&[ca], &[b"http/1.1"]);
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Writes `GET path` for `host` with `Connection: close` on `io`, then reads
+/// for at most `limit`: what arrived before EOF, an error (a peer that closes
+/// without TLS close_notify) or the limit, as text.
+pub async fn get_what_arrives<S>(io: &mut S, host: &str, path: &str, limit: Duration) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    io.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, io.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
 }

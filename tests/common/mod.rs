@@ -49,6 +49,12 @@ impl Leaf {
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
     }
+
+    /// Writes the certificate (PEM) to `cert` and its key (PKCS#8 PEM) to `key`.
+    pub fn write_pem(&self, cert: &std::path::Path, key: &std::path::Path) {
+        std::fs::write(cert, pem("CERTIFICATE", self.cert.as_ref())).unwrap();
+        std::fs::write(key, self.key.serialize_pem()).unwrap();
+    }
 }
 
 fn ca_params(cn: &str) -> CertificateParams {

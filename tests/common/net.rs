@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -189,6 +190,42 @@ where
             .serve_connection(io, svc)
             .await;
     }
+}
+
+/// Writes `GET path` for `host` with `Connection: close` on `io` and reads
+/// the answer to its end, both within `limit`: the answer's bytes.
+pub async fn get_close<S>(
+    io: &mut S,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tokio::time::timeout(limit, async {
+        io.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        io.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|_| format!("GET {path}: no answer within {limit:?}"))?
+}
+
+/// [`get_close`] on a new TCP connection to `addr`: the answer as text.
+pub async fn get_text(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> Result<String, String> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let buf = get_close(&mut tcp, host, path, limit).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// An HTTP/1.1 client on `io` (its connection driven by a task of its own).

@@ -79,6 +79,19 @@ pub fn listening(lines: &mpsc::Receiver<String>, kinds: &[&str]) -> Vec<SocketAd
     found.into_iter().map(Option::unwrap).collect()
 }
 
+/// Spawns `cmd` (a [`fedpin_run`]) and waits for its listening lines for
+/// `kinds` (see [`listening`]): the child, the addresses in the order of
+/// `kinds`, and the rest of its stdout lines.
+pub fn spawn_listening(
+    mut cmd: Command,
+    kinds: &[&str],
+) -> (Reaped, Vec<SocketAddr>, mpsc::Receiver<String>) {
+    let mut child = cmd.spawn().unwrap();
+    let lines = stdout_lines(&mut child);
+    let addrs = listening(&lines, kinds);
+    (Reaped(child), addrs, lines)
+}
+
 /// Writes `DIR/fedpin.toml`: the pin file `pins.toml`, an `[outbound]`
 /// proxy on 127.0.0.1:0 with the interception CA in `DIR/ca` (made by
 /// `fedpin::tls::ca::init_ca`), then `rest` (more outbound keys, sections).
@@ -140,12 +153,7 @@ pub fn daemon_files(
     )
     .unwrap();
     std::fs::create_dir_all(dir.join("tls")).unwrap();
-    std::fs::write(
-        dir.join("tls/cert.pem"),
-        super::pem("CERTIFICATE", edge.cert.as_ref()),
-    )
-    .unwrap();
-    std::fs::write(dir.join("tls/key.pem"), edge.key.serialize_pem()).unwrap();
+    edge.write_pem(&dir.join("tls/cert.pem"), &dir.join("tls/key.pem"));
     std::fs::create_dir_all(dir.join("pins")).unwrap();
     fedpin_ca
 }

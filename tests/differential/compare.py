@@ -28,55 +28,32 @@ and exits 1 if anything failed. Plain python3, no dependencies.
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
+
+from common import judge_all, jsonl, refusal, run_command
 
 FIELDS = ("origin", "key", "sig", "destination")
 
 
 def load(path, must_accept):
     out = []
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            headers = obj["headers"]
-            if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
-                raise ValueError(f"{path}:{lineno}: headers must be a list of hex strings")
-            for h in headers:
-                bytes.fromhex(h)  # fail early on bad hex
-            out.append({
-                "where": f"{path}:{lineno}",
-                "headers": headers,
-                "note": obj.get("note", ""),
-                "must_accept": must_accept,
-            })
+    for where, obj in jsonl(path):
+        headers = obj["headers"]
+        if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+            raise ValueError(f"{where}: headers must be a list of hex strings")
+        for h in headers:
+            bytes.fromhex(h)  # fail early on bad hex
+        out.append({
+            "where": where,
+            "headers": headers,
+            "note": obj.get("note", ""),
+            "must_accept": must_accept,
+        })
     return out
 
 
 def run(name, cmd, payload, n, timeout):
-    try:
-        proc = subprocess.run(shlex.split(cmd), input=payload, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"compare.py: {name} command timed out after {timeout}s: {cmd}")
-    except OSError as e:
-        sys.exit(f"compare.py: cannot run {name} command {cmd!r}: {e}")
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr.decode("utf-8", "replace")[-4000:])
-        sys.exit(f"compare.py: {name} command exited {proc.returncode}: {cmd}")
-    lines = [l for l in proc.stdout.splitlines() if l.strip()]
-    if len(lines) != n:
-        sys.stderr.write(proc.stderr.decode("utf-8", "replace")[-4000:])
-        sys.exit(f"compare.py: {name} answered {len(lines)} lines for {n} inputs: {cmd}")
-    results = []
-    for line in lines:
-        try:
-            results.append(json.loads(line))
-        except ValueError:
-            results.append({"unparseable": line.decode("utf-8", "replace")})
-    return results
+    return run_command("compare.py", name, cmd, payload, n, timeout)
 
 
 def readable(headers):
@@ -93,9 +70,7 @@ def judge(inp, fed, syn):
             return "none", "fedpin treats the request as unsigned, Synapse authenticated it"
         return "none", None
     if set(fed) == {"refused"}:
-        if inp["must_accept"]:
-            return "refused", "fedpin refused a header that a real homeserver writes"
-        return "refused", None
+        return refusal(inp, "fedpin refused a header that a real homeserver writes")
     if set(fed) != {"ok"} or not isinstance(fed["ok"], dict):
         return None, "fedpin answer is not {\"ok\": {...}}, {\"refused\": ...} or {\"none\": true}"
     got = fed["ok"]
@@ -134,20 +109,9 @@ def main():
     fed = run("fedpin", args.fedpin, payload, len(inputs), args.timeout)
     syn = run("synapse", args.synapse, payload, len(inputs), args.timeout)
 
-    both = refused = none = 0
-    refused_but_synapse_ok = 0
-    failures = []
-    for inp, f, s in zip(inputs, fed, syn):
-        verdict, problem = judge(inp, f, s)
-        if verdict == "both":
-            both += 1
-        elif verdict in ("refused", "none"):
-            refused += 1
-            none += verdict == "none"
-            if "ok" in s:
-                refused_but_synapse_ok += 1
-        if problem:
-            failures.append((inp, f, s, problem))
+    counts, refused_but_synapse_ok, failures = judge_all(inputs, fed, syn, judge)
+    both, none = counts["both"], counts["none"]
+    refused = counts["refused"] + none
     # The harness itself must work: real headers exist, so Synapse must accept some.
     synapse_ok = sum(1 for s in syn if "ok" in s)
     harness_problem = None

@@ -30,69 +30,42 @@ that signing.sh prints one total); exits 1 if anything failed. Plain python3.
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
+
+from common import judge_all, jsonl, refusal, run_command
 
 VERIFY_FIELDS = ("method", "uri", "origin", "destination", "content_hex", "key_id", "public_key", "sig")
 
 
 def load(path, mode, must_accept_file):
     out = []
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            where = f"{path}:{lineno}"
-            if mode == "canonical":
-                if not isinstance(obj.get("hex"), str):
-                    raise ValueError(f"{where}: no hex")
-                bytes.fromhex(obj["hex"])
-                send = {"hex": obj["hex"]}
-                must = must_accept_file
-            else:
-                missing = [k for k in VERIFY_FIELDS if k not in obj]
-                if missing:
-                    raise ValueError(f"{where}: missing {', '.join(missing)}")
-                if obj["content_hex"] is not None:
-                    bytes.fromhex(obj["content_hex"])
-                send = {k: obj[k] for k in VERIFY_FIELDS}
-                must = obj.get("must_accept") is True
-            out.append({"where": where, "send": send, "note": obj.get("note", ""), "must_accept": must})
+    for where, obj in jsonl(path):
+        if mode == "canonical":
+            if not isinstance(obj.get("hex"), str):
+                raise ValueError(f"{where}: no hex")
+            bytes.fromhex(obj["hex"])
+            send = {"hex": obj["hex"]}
+            must = must_accept_file
+        else:
+            missing = [k for k in VERIFY_FIELDS if k not in obj]
+            if missing:
+                raise ValueError(f"{where}: missing {', '.join(missing)}")
+            if obj["content_hex"] is not None:
+                bytes.fromhex(obj["content_hex"])
+            send = {k: obj[k] for k in VERIFY_FIELDS}
+            must = obj.get("must_accept") is True
+        out.append({"where": where, "send": send, "note": obj.get("note", ""), "must_accept": must})
     return out
 
 
 def run(name, cmd, payload, n, timeout):
-    try:
-        proc = subprocess.run(shlex.split(cmd), input=payload, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"compare_signing.py: {name} command timed out after {timeout}s: {cmd}")
-    except OSError as e:
-        sys.exit(f"compare_signing.py: cannot run {name} command {cmd!r}: {e}")
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr.decode("utf-8", "replace")[-4000:])
-        sys.exit(f"compare_signing.py: {name} command exited {proc.returncode}: {cmd}")
-    lines = [l for l in proc.stdout.splitlines() if l.strip()]
-    if len(lines) != n:
-        sys.stderr.write(proc.stderr.decode("utf-8", "replace")[-4000:])
-        sys.exit(f"compare_signing.py: {name} answered {len(lines)} lines for {n} inputs: {cmd}")
-    results = []
-    for line in lines:
-        try:
-            r = json.loads(line)
-            results.append(r if isinstance(r, dict) else {"unparseable": line.decode("utf-8", "replace")})
-        except ValueError:
-            results.append({"unparseable": line.decode("utf-8", "replace")})
-    return results
+    return run_command("compare_signing.py", name, cmd, payload, n, timeout, objects_only=True)
 
 
 def judge_canonical(inp, fed, syn):
     """(verdict, problem): verdict in {"both", "refused", None}; problem None if fine."""
     if set(fed) == {"refused"}:
-        if inp["must_accept"]:
-            return "refused", "fedpin refused a realistic federation body"
-        return "refused", None
+        return refusal(inp, "fedpin refused a realistic federation body")
     if set(fed) != {"ok"} or not isinstance(fed["ok"], str):
         return None, 'fedpin answer is not {"ok": "<text>"} or {"refused": ...}'
     if "ok" not in syn:
@@ -104,9 +77,7 @@ def judge_canonical(inp, fed, syn):
 
 def judge_verify(inp, fed, syn):
     if set(fed) == {"refused"}:
-        if inp["must_accept"]:
-            return "refused", "fedpin refused a correctly signed request as real homeservers send it"
-        return "refused", None
+        return refusal(inp, "fedpin refused a correctly signed request as real homeservers send it")
     if set(fed) != {"ok"} or fed["ok"] is not True:
         return None, 'fedpin answer is not {"ok": true} or {"refused": ...}'
     if syn.get("ok") is not True:
@@ -170,18 +141,8 @@ def main():
     syn = run("synapse", args.synapse, payload, len(inputs), args.timeout)
 
     judge = judge_canonical if mode == "canonical" else judge_verify
-    both = refused = refused_but_synapse_ok = 0
-    failures = []
-    for inp, f, s in zip(inputs, fed, syn):
-        verdict, problem = judge(inp, f, s)
-        if verdict == "both":
-            both += 1
-        elif verdict == "refused":
-            refused += 1
-            if "ok" in s:
-                refused_but_synapse_ok += 1
-        if problem:
-            failures.append((inp, f, s, problem))
+    counts, refused_but_synapse_ok, failures = judge_all(inputs, fed, syn, judge)
+    both, refused = counts["both"], counts["refused"]
 
     # The harness itself must work: every must-accept input is accepted by Synapse,
     # and Synapse refuses some inputs (bad signatures, bad JSON exist in the cases).

@@ -16,10 +16,11 @@ Everything is deterministic: the same script always writes the same bytes.
 """
 
 import base64
-import json
 import os
 import random
 import sys
+
+from common import render, write_or_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 0x58D47121  # fixed: the generated file must not change between runs
@@ -418,10 +419,6 @@ def generated(seeds):
     return out
 
 
-def render(cases) -> bytes:
-    return "".join(json.dumps(x, ensure_ascii=True) + "\n" for x in cases).encode()
-
-
 def main(argv) -> int:
     check = "--check" in argv
     real_cases = real()
@@ -431,19 +428,7 @@ def main(argv) -> int:
         "xmatrix_generated.jsonl": render(generated(seeds)),
         "xmatrix_real.jsonl": render(real_cases),
     }
-    stale = []
-    for name, data in files.items():
-        path = os.path.join(HERE, name)
-        if check:
-            try:
-                with open(path, "rb") as f:
-                    if f.read() != data:
-                        stale.append(name)
-            except FileNotFoundError:
-                stale.append(name)
-        else:
-            with open(path, "wb") as f:
-                f.write(data)
+    stale = write_or_check(HERE, files, check)
     if stale:
         print("gen_cases.py: stale (rerun python3 tests/differential/gen_cases.py): " + ", ".join(stale),
               file=sys.stderr)

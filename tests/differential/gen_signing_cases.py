@@ -35,6 +35,8 @@ import os
 import random
 import sys
 
+from common import render, write_or_check
+
 try:
     from canonicaljson import encode_canonical_json
     from signedjson.key import decode_signing_key_base64, encode_verify_key_base64, get_verify_key
@@ -878,10 +880,6 @@ def verify_cases():
     return out
 
 
-def render(cases) -> bytes:
-    return "".join(json.dumps(x, ensure_ascii=True) + "\n" for x in cases).encode()
-
-
 def main(argv) -> int:
     check = "--check" in argv
     files = {
@@ -889,19 +887,7 @@ def main(argv) -> int:
         "canonical_real.jsonl": render(canonical_real()),
         "verify_cases.jsonl": render(verify_cases()),
     }
-    stale = []
-    for name, data in files.items():
-        path = os.path.join(HERE, name)
-        if check:
-            try:
-                with open(path, "rb") as f:
-                    if f.read() != data:
-                        stale.append(name)
-            except FileNotFoundError:
-                stale.append(name)
-        else:
-            with open(path, "wb") as f:
-                f.write(data)
+    stale = write_or_check(HERE, files, check)
     if stale:
         print("gen_signing_cases.py: stale (rerun with the Synapse venv's python: "
               "tests/differential/gen_signing_cases.py): " + ", ".join(stale), file=sys.stderr)

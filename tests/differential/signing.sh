@@ -22,18 +22,8 @@
 # Env: VENV (virtualenv with matrix-synapse), PYTHON (python used to create it).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-cd "$ROOT"
-
-say() { printf 'signing.sh: %s\n' "$*" >&2; }
-fail() {
-  say "FAIL: $*"
-  exit 1
-}
-
-# shellcheck source=tests/differential/venv.sh
-. "$HERE/venv.sh"
+# shellcheck source=tests/differential/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 "$VENV/bin/python" "$HERE/gen_signing_cases.py" --check ||
   fail "tests/differential/{canonical,verify}_*.jsonl are stale: run $VENV/bin/python tests/differential/gen_signing_cases.py"

@@ -23,9 +23,10 @@ from Synapse) becomes {"error": ...} for that line and the next line is read.
 """
 
 import io
-import json
 import logging
 import sys
+
+from common import answer_lines
 
 # parse_json_value_from_request logs a warning for every body it cannot parse.
 logging.disable(logging.CRITICAL)
@@ -44,31 +45,13 @@ class _Request:
         self.uri = b"/_matrix/federation/v1/send/fedpin-differential"
 
 
-def _describe(e: BaseException) -> str:
-    msg = "%s: %s" % (type(e).__name__, e)
-    cause = e.__cause__ or e.__context__
-    if cause is not None:  # SynapseError("Content not JSON.") hides why
-        msg += " (from %s: %s)" % (type(cause).__name__, str(cause)[:300])
-    return msg
-
-
 def run_one(body: bytes) -> str:
     value = parse_json_value_from_request(_Request(body))
     return encode_canonical_json(value).decode("utf-8")
 
 
 def main() -> int:
-    out = sys.stdout
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            result = {"ok": run_one(bytes.fromhex(json.loads(line)["hex"]))}
-        except Exception as e:  # one bad input never stops the run
-            result = {"error": _describe(e)}
-        out.write(json.dumps(result, ensure_ascii=True) + "\n")
-    out.flush()
-    return 0
+    return answer_lines(lambda inp: run_one(bytes.fromhex(inp["hex"])), cause_limit=300)
 
 
 if __name__ == "__main__":

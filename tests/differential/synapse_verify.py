@@ -39,9 +39,10 @@ Each line is handled on its own: any failure becomes {"error": ...} for that lin
 """
 
 import io
-import json
 import logging
 import sys
+
+from common import answer_lines, drive
 
 logging.disable(logging.CRITICAL)
 
@@ -117,17 +118,8 @@ class _Request:
         self.requester = None
 
 
-def _drive(coro):
-    """Run a coroutine whose awaitables all complete immediately."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("harness: coroutine suspended (unexpected awaitable)")
-
-
-def run_one(inp) -> None:
+def run_one(inp) -> bool:
+    """True when Synapse accepts the request's signature; raises otherwise."""
     global _current_header
     origin, destination = inp["origin"], inp["destination"]
     body = bytes.fromhex(inp["content_hex"]) if inp["content_hex"] is not None else b""
@@ -156,34 +148,16 @@ def run_one(inp) -> None:
 
     _current_header = (origin, inp["key_id"], inp["sig"], destination)
     try:
-        got = _drive(auth.authenticate_request(request, content))
+        got = drive(auth.authenticate_request(request, content), "coroutine")
     finally:
         _current_header = None
     if got != origin or request.requester != origin:
         raise RuntimeError("harness: authenticate_request returned %r" % (got,))
-
-
-def _describe(e: BaseException) -> str:
-    msg = "%s: %s" % (type(e).__name__, e)
-    cause = e.__cause__ or e.__context__
-    if cause is not None:
-        msg += " (from %s: %s)" % (type(cause).__name__, str(cause)[:300])
-    return msg
+    return True
 
 
 def main() -> int:
-    out = sys.stdout
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            run_one(json.loads(line))
-            result = {"ok": True}
-        except Exception as e:  # one bad input never stops the run
-            result = {"error": _describe(e)}
-        out.write(json.dumps(result, ensure_ascii=True) + "\n")
-    out.flush()
-    return 0
+    return answer_lines(run_one, cause_limit=300)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ Each line is handled on its own: any failure (bad JSON, bad hex, any exception f
 Synapse) becomes {"error": ...} for that line and the next line is read.
 """
 
-import json
 import logging
 import sys
+
+from common import answer_lines, drive
 
 # _parse_auth_header logs a warning for every malformed header; keep stderr quiet.
 logging.disable(logging.CRITICAL)
@@ -91,20 +92,10 @@ def _authenticator():
     return auth
 
 
-def _drive(coro):
-    """Run a coroutine whose awaitables all complete immediately."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("harness: authenticate_request suspended (unexpected awaitable)")
-
-
 def run_one(values):
     auth = _authenticator()
     request = _Request(values)
-    origin = _drive(auth.authenticate_request(request, None))
+    origin = drive(auth.authenticate_request(request, None), "authenticate_request")
     if len(auth.keyring.calls) != 1:
         raise RuntimeError("harness: %d keyring calls" % len(auth.keyring.calls))
     verified_for, json_request = auth.keyring.calls[0]
@@ -125,22 +116,7 @@ def run_one(values):
 
 
 def main() -> int:
-    out = sys.stdout
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            values = [bytes.fromhex(h) for h in json.loads(line)["headers"]]
-            result = {"ok": run_one(values)}
-        except Exception as e:  # one bad input never stops the run
-            msg = "%s: %s" % (type(e).__name__, e)
-            cause = e.__cause__ or e.__context__
-            if cause is not None:  # _parse_auth_header hides why it failed
-                msg += " (from %s: %s)" % (type(cause).__name__, cause)
-            result = {"error": msg}
-        out.write(json.dumps(result, ensure_ascii=True) + "\n")
-    out.flush()
-    return 0
+    return answer_lines(lambda inp: run_one([bytes.fromhex(h) for h in inp["headers"]]))
 
 
 if __name__ == "__main__":

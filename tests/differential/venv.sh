@@ -1,4 +1,4 @@
-# Sourced by xmatrix.sh and signing.sh: make sure $VENV holds matrix-synapse $SYNAPSE_VERSION.
+# Sourced by lib.sh (for xmatrix.sh, signing.sh and well_known.sh): make sure $VENV holds matrix-synapse $SYNAPSE_VERSION.
 #
 # Same venv recipe as tests/e2e/synapse.sh. Needs python3 (>= 3.10, with venv); installs
 # matrix-synapse with pip when the venv is missing or holds another version.

@@ -10,18 +10,8 @@
 # Needs: bash, python3, cargo; the Synapse venv (venv.sh installs it if missing).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-cd "$ROOT"
-
-say() { printf 'well_known.sh: %s\n' "$*" >&2; }
-fail() {
-  say "FAIL: $*"
-  exit 1
-}
-
-# shellcheck source=tests/differential/venv.sh
-. "$HERE/venv.sh"
+# shellcheck source=tests/differential/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 timeout 900 cargo build --locked --quiet --example well_known_parse || fail "cargo build --example well_known_parse failed"
 FEDPIN_BIN=${FEDPIN_BIN:-target/debug/examples/well_known_parse}

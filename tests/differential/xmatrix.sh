@@ -17,18 +17,8 @@
 # Env: VENV (virtualenv with matrix-synapse), PYTHON (python used to create it).
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-cd "$ROOT"
-
-say() { printf 'xmatrix.sh: %s\n' "$*" >&2; }
-fail() {
-  say "FAIL: $*"
-  exit 1
-}
-
-# shellcheck source=tests/differential/venv.sh
-. "$HERE/venv.sh"
+# shellcheck source=tests/differential/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 python3 "$HERE/gen_cases.py" --check ||
   fail "tests/differential/*.jsonl are stale: run python3 tests/differential/gen_cases.py"

@@ -39,6 +39,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
+# shellcheck source=tests/load/lib.sh
+source "$ROOT/tests/load/lib.sh"
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -71,9 +74,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 # What was built (the working tree may change while the measurement runs).
 BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/')"
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
+TARGET_DIR=$(target_dir)
 FEDPIN="$TARGET_DIR/release/fedpin"
 UPSTREAM_BIN="$TARGET_DIR/release/examples/stand_in_upstream"
 SIGN_BIN="$TARGET_DIR/release/examples/sign_request"
@@ -83,38 +84,7 @@ SIGN_BIN="$TARGET_DIR/release/examples/sign_request"
 # --------------------------------------------------------------------------
 # 2. tools
 # --------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if ((${#need[@]})); then
-    [[ "${SKIP_INSTALL:-0}" == 1 ]] && die "missing tools: ${need[*]} (SKIP_INSTALL=1)"
-    [[ $(id -u) == 0 ]] || die "missing tools: ${need[*]}; run as root or install them"
-    log "installing from Debian: ${need[*]}"
-    # Never let the package start a system nginx on port 80.
-    made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get update -qq || true
-    pkgs=()
-    for t in "${need[@]}"; do
-        case $t in
-        nginx) pkgs+=(nginx-light) ;;
-        *) pkgs+=("$t") ;;
-        esac
-    done
-    if ! timeout 600 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null; then
-        pkgs=("${pkgs[@]/nginx-light/nginx}")
-        timeout 600 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null ||
-            { if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi; die "apt-get install ${pkgs[*]} failed"; }
-    fi
-    if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
-fi
+require_tools nginx wrk openssl curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --------------------------------------------------------------------------
@@ -126,41 +96,9 @@ mkdir -p "$LOGS"
 FEDPIN_LOG_DIR=$LOGS
 [[ "${LOG_BESIDE_CONFIG:-0}" == 1 ]] && FEDPIN_LOG_DIR=$TMP
 PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p
-    for p in "${PIDS[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    local i
-    for i in $(seq 1 50); do
-        local alive=0
-        for p in "${PIDS[@]}"; do
-            kill -0 "$p" 2>/dev/null && alive=1
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if ((rc != 0)); then
-        log "logs of the failed run:"
-        for f in "$LOGS"/* "$TMP"/*.log; do
-            [[ -f $f ]] && { echo "--- $f (last 20 lines)" >&2; tail -n 20 "$f" >&2; }
-        done
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
+trap 'cleanup "$TMP"/*.log' EXIT
 trap 'exit 130' INT TERM
 
-# free_port, wait_line
-# shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
 
 # --------------------------------------------------------------------------
 # 3. certificates
@@ -174,18 +112,8 @@ esac
 (
     cd "$TMP"
     umask 077
-    openssl req -x509 "${keyargs[@]}" -nodes -keyout ca.key -out ca.pem -days 2 \
-        -subj "/CN=fedpin load-test CA" \
-        -addext "basicConstraints=critical,CA:TRUE" \
-        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    openssl req "${keyargs[@]}" -nodes -keyout server.key -out server.csr \
-        -subj "/CN=$HOSTNAME_" 2>/dev/null
-    printf '%s\n' "basicConstraints=CA:FALSE" \
-        "keyUsage=critical,digitalSignature,keyEncipherment" \
-        "extendedKeyUsage=serverAuth" \
-        "subjectAltName=DNS:$HOSTNAME_" >server.ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -days 2 -extfile server.ext -out server.pem 2>/dev/null
+    mint_ca "fedpin load-test CA" "${keyargs[@]}"
+    mint_server_cert server "$HOSTNAME_" "${keyargs[@]}"
     chmod 644 ca.pem server.pem
 ) || die "openssl could not mint the certificates"
 

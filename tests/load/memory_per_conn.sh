@@ -45,6 +45,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
+# shellcheck source=tests/load/lib.sh
+source "$ROOT/tests/load/lib.sh"
 
 N=${N:-5000}
 SETTLE=${SETTLE:-3}
@@ -74,10 +77,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     cargo build --locked "${build_flags[@]}" --bin fedpin --example idle_conns --example stand_in_upstream
 fi
 BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/idle_conns.rs 2>/dev/null || echo ' + uncommitted changes')"
-TARGET_DIR=${CARGO_TARGET_DIR:-}
-[[ -n $TARGET_DIR ]] || TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-TARGET_DIR=${TARGET_DIR:-$ROOT/target}
+TARGET_DIR=$(target_dir)
 FEDPIN="$TARGET_DIR/$PROFILE/fedpin"
 IDLE="$TARGET_DIR/$PROFILE/examples/idle_conns"
 UPSTREAM_BIN="$TARGET_DIR/$PROFILE/examples/stand_in_upstream"
@@ -87,30 +87,7 @@ UPSTREAM_BIN="$TARGET_DIR/$PROFILE/examples/stand_in_upstream"
 # --------------------------------------------------------------------------
 # 2. tools
 # --------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if ((${#need[@]})); then
-    [[ "${SKIP_INSTALL:-0}" == 1 ]] && die "missing tools: ${need[*]} (SKIP_INSTALL=1)"
-    [[ $(id -u) == 0 ]] || die "missing tools: ${need[*]}; run as root or install them"
-    log "installing from Debian: ${need[*]}"
-    # Never let the package start a system nginx on port 80.
-    made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 300 apt-get update -qq || true
-    pkgs=("${need[@]/nginx/nginx-light}")
-    if ! timeout 600 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null; then
-        pkgs=("${pkgs[@]/nginx-light/nginx}")
-        timeout 600 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null ||
-            { if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi; die "apt-get install ${pkgs[*]} failed"; }
-    fi
-    if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
-fi
+require_tools nginx openssl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # --------------------------------------------------------------------------
@@ -133,40 +110,9 @@ TMP=$(mktemp -d /tmp/fedpin-memory.XXXXXX)
 LOGS="$TMP/logs"
 mkdir -p "$LOGS"
 PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p i alive
-    for p in "${PIDS[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for i in $(seq 1 50); do
-        alive=0
-        for p in "${PIDS[@]}"; do
-            kill -0 "$p" 2>/dev/null && alive=1
-        done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if ((rc != 0)); then
-        log "logs of the failed run:"
-        for f in "$LOGS"/*; do
-            [[ -f $f ]] && { echo "--- $f (last 20 lines)" >&2; tail -n 20 "$f" >&2; }
-        done
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port, wait_line
-# shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
 
 # VmRSS in kB of the given processes and their children, summed.
 rss_kb() { # pid...
@@ -188,20 +134,9 @@ log "minting a test CA and P-256 certificates for $HOSTNAME_ and $PEER_NAME"
     cd "$TMP"
     umask 077
     keyargs=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
-    openssl req -x509 "${keyargs[@]}" -nodes -keyout ca.key -out ca.pem -days 2 \
-        -subj "/CN=fedpin memory-test CA" \
-        -addext "basicConstraints=critical,CA:TRUE" \
-        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    for who in server:$HOSTNAME_ peer:$PEER_NAME; do
-        f=${who%%:*} name=${who#*:}
-        openssl req "${keyargs[@]}" -nodes -keyout "$f.key" -out "$f.csr" -subj "/CN=$name" 2>/dev/null
-        printf '%s\n' "basicConstraints=CA:FALSE" \
-            "keyUsage=critical,digitalSignature,keyEncipherment" \
-            "extendedKeyUsage=serverAuth" \
-            "subjectAltName=DNS:$name" >"$f.ext"
-        openssl x509 -req -in "$f.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
-            -days 2 -extfile "$f.ext" -out "$f.pem" 2>/dev/null
-    done
+    mint_ca "fedpin memory-test CA" "${keyargs[@]}"
+    mint_server_cert server "$HOSTNAME_" "${keyargs[@]}"
+    mint_server_cert peer "$PEER_NAME" "${keyargs[@]}"
     chmod 644 ca.pem server.pem peer.pem
 ) || die "openssl could not mint the certificates"
 spki_pin() { # cert.pem
