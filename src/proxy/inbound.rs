@@ -522,51 +522,8 @@ impl InboundProxy {
         client: SocketAddr,
         mut stop: watch::Receiver<bool>,
     ) {
-        let config = match self.server_config(client) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(target: "fedpin::inbound", error = %e, "cannot build the TLS config");
-                return;
-            }
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        // With client certificates, the handshake runs in a ConnState scope
-        // so the verifier can say which name it checked (per-peer status).
-        let checked = (self.settings.client_auth != ClientAuth::Off).then(|| {
-            ConnState::new(PeerContext {
-                direction: Some(crate::alert::Direction::Inbound),
-                peer_addr: Some(client),
-                port: Some(client.port()),
-                server_name: None,
-            })
-        });
-        let accept = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp));
-        let accepted = match &checked {
-            Some(state) => state.scope(accept).await,
-            None => accept.await,
-        };
-        let record = checked.as_ref().and_then(|s| s.record());
-        let tls = match accepted {
-            Ok(Ok(t)) => {
-                self.stats.handshakes.add(HandshakeResult::Ok);
-                if let Some(chain) = t.get_ref().1.peer_certificates() {
-                    self.record_peer(record.as_ref(), chain, HandshakeResult::Ok);
-                }
-                t
-            }
-            Ok(Err(e)) => {
-                let result = crate::verify::handshake_result(&e);
-                self.stats.handshakes.add(result);
-                self.record_peer(record.as_ref(), &[], result);
-                tracing::info!(target: "fedpin::inbound", client = %client, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                self.stats.handshakes.add(HandshakeResult::Timeout);
-                self.record_peer(record.as_ref(), &[], HandshakeResult::Timeout);
-                tracing::info!(target: "fedpin::inbound", client = %client, "TLS handshake timed out");
-                return;
-            }
+        let Some(tls) = self.accept_tls(tcp, client).await else {
+            return;
         };
         let cert_names: Option<Arc<ClientIdentity>> =
             tls.get_ref().1.peer_certificates().and_then(|chain| {
@@ -597,20 +554,7 @@ impl InboundProxy {
                 Ok::<_, Infallible>(resp)
             })
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.settings.header_timeout)
-            .max_buf_size(self.settings.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
-            .max_concurrent_streams(128);
-        // No server PINGs: their acks are bytes on the wire and would keep an
-        // idle h2 connection alive forever; the idle check below covers dead
-        // and silent peers for both protocols.
+        let builder = self.http_builder();
         let (io, last) = crate::proxy::io::Activity::new(TokioIo::new(tls));
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
@@ -649,6 +593,83 @@ impl InboundProxy {
                 }
             }
         }
+    }
+
+    /// The TLS handshake, with client certificates checked inside a
+    /// [`ConnState`] scope so the verifier can say which name it checked
+    /// (the per-peer status); counted and recorded either way.
+    async fn accept_tls(
+        &self,
+        tcp: TcpStream,
+        client: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let config = match self.server_config(client) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fedpin::inbound", error = %e, "cannot build the TLS config");
+                return None;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        // With client certificates, the handshake runs in a ConnState scope
+        // so the verifier can say which name it checked (per-peer status).
+        let checked = (self.settings.client_auth != ClientAuth::Off).then(|| {
+            ConnState::new(PeerContext {
+                direction: Some(crate::alert::Direction::Inbound),
+                peer_addr: Some(client),
+                port: Some(client.port()),
+                server_name: None,
+            })
+        });
+        let accept = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp));
+        let accepted = match &checked {
+            Some(state) => state.scope(accept).await,
+            None => accept.await,
+        };
+        let record = checked.as_ref().and_then(|s| s.record());
+        let tls = match accepted {
+            Ok(Ok(t)) => {
+                self.stats.handshakes.add(HandshakeResult::Ok);
+                if let Some(chain) = t.get_ref().1.peer_certificates() {
+                    self.record_peer(record.as_ref(), chain, HandshakeResult::Ok);
+                }
+                t
+            }
+            Ok(Err(e)) => {
+                let result = crate::verify::handshake_result(&e);
+                self.stats.handshakes.add(result);
+                self.record_peer(record.as_ref(), &[], result);
+                tracing::info!(target: "fedpin::inbound", client = %client, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                self.stats.handshakes.add(HandshakeResult::Timeout);
+                self.record_peer(record.as_ref(), &[], HandshakeResult::Timeout);
+                tracing::info!(target: "fedpin::inbound", client = %client, "TLS handshake timed out");
+                return None;
+            }
+        };
+        Some(tls)
+    }
+
+    /// hyper's server settings: header time and size limits for HTTP/1.1,
+    /// header-list size and stream limits for h2. No server PINGs: their
+    /// acks are bytes on the wire and would keep an idle h2 connection alive
+    /// forever; the connection's idle check covers dead and silent peers for
+    /// both protocols.
+    fn http_builder(&self) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_timeout)
+            .max_buf_size(self.settings.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(128);
+        builder
     }
 
     /// Re-checks a connection's client certificate against the pin set now
@@ -894,139 +915,23 @@ impl InboundProxy {
         client: SocketAddr,
         cert_names: Option<Arc<ClientIdentity>>,
     ) -> (Response<Body>, Option<String>) {
-        let path = req.uri().path();
-        if let Some(why) = ambiguous_path(path) {
-            return (
-                matrix_error(StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", why),
-                None,
-            );
-        }
-        if !(path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/")) {
-            return (
-                matrix_error(
-                    StatusCode::NOT_FOUND,
-                    "M_UNRECOGNIZED",
-                    "fedpin forwards only federation and key requests",
-                ),
-                None,
-            );
-        }
-        let origin = match self.origin_of(&req) {
-            Ok(o) => o,
-            Err(r) => return (r, None),
-        };
-        let origin_name = match &origin {
-            Origin::Named(x) => Some(x.origin.clone()),
-            Origin::None => None,
-        };
-        if let Err(r) = self.check_ip(client.ip()) {
-            return (r, origin_name);
-        }
-        if let Some(len) = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.settings.max_body {
-                return (too_large(), origin_name);
+        let x = match self.screen(&req, client) {
+            Ok(Origin::Named(x)) => x,
+            Ok(Origin::None) => {
+                let req = streamed(req, self.settings.max_body);
+                return (self.forward(req, client).await, None);
             }
-        }
-        let Origin::Named(x) = origin else {
-            return (
-                self.forward(streamed(req, self.settings.max_body), client)
-                    .await,
-                None,
-            );
+            Err(refused) => return refused,
         };
-        // The request signature, verified before any origin rule (SPEC
-        // 4.12): the body is buffered (up to max_body) for it.
-        let (req, verified) = match self.settings.verify_signatures {
-            SignatureMode::Off => (streamed(req, self.settings.max_body), false),
-            mode => {
-                let (parts, body) = req.into_parts();
-                let body = match Limited::new(body, self.settings.max_body as usize)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        return (too_large(), origin_name)
-                    }
-                    Err(_) => {
-                        return (
-                            matrix_error(
-                                StatusCode::BAD_REQUEST,
-                                "M_UNKNOWN",
-                                "the request body could not be read",
-                            ),
-                            origin_name,
-                        )
-                    }
-                };
-                let uri = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let outcome = self
-                    .verify_signature(&x, parts.method.as_str(), uri, &body)
-                    .await;
-                let verified = match outcome {
-                    Ok(()) => true,
-                    Err(SigFailure::Busy) => {
-                        let mut r = matrix_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "M_UNKNOWN",
-                            "signing-key fetches are busy; retry shortly",
-                        );
-                        r.headers_mut()
-                            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-                        return (r, origin_name);
-                    }
-                    Err(SigFailure::Refused(why)) => {
-                        tracing::warn!(
-                            target: "fedpin::inbound",
-                            origin = %x.origin,
-                            client_addr = %client,
-                            reason = %why,
-                            enforced = mode == SignatureMode::Enforce,
-                            "request signature not accepted"
-                        );
-                        if mode == SignatureMode::Enforce {
-                            let mut r = matrix_error(
-                                StatusCode::UNAUTHORIZED,
-                                "M_UNAUTHORIZED",
-                                &format!("request signature: {why}"),
-                            );
-                            r.extensions_mut().insert(BadSignature);
-                            return (r, origin_name);
-                        }
-                        false
-                    }
-                };
-                (Request::from_parts(parts, full(body)), verified)
-            }
+        let origin_name = Some(x.origin.clone());
+        // The request signature, verified before any origin rule (SPEC 4.12).
+        let (req, verified) = match self.authenticate(req, &x, client).await {
+            Ok(r) => r,
+            Err(r) => return (r, origin_name),
         };
         if let Some(id) = &cert_names {
-            // Mutual pinned TLS: the certificate that passed the pin rules must
-            // name the origin; a certificate without names must pass the pin
-            // entry of the origin itself (its key matched some entry at the handshake).
-            let host = crate::pins::split_server_name(&x.origin).unwrap_or_default();
-            let bound = if id.names.is_empty() {
-                self.nameless_client_matches(id, &host)
-            } else {
-                id.names.contains(&host)
-            };
-            if !bound {
-                return (
-                    matrix_error(
-                        StatusCode::UNAUTHORIZED,
-                        "M_UNAUTHORIZED",
-                        "the client certificate does not name the X-Matrix origin",
-                    ),
-                    origin_name,
-                );
+            if let Err(r) = self.bind_client_certificate(id, &x) {
+                return (r, origin_name);
             }
         }
         // A verified origin has one bucket; an unverified one is bucketed
@@ -1041,6 +946,150 @@ impl InboundProxy {
             return (r, origin_name);
         }
         (self.forward(req, client).await, origin_name)
+    }
+
+    /// The checks that need only the request head: an unambiguous federation
+    /// or key path, a well-formed X-Matrix origin (or an endpoint served
+    /// unsigned), the client address, and the declared body size. A refusal
+    /// carries the origin it named, for the access log.
+    #[allow(clippy::result_large_err)] // the refusal is the response itself
+    fn screen(
+        &self,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Origin, (Response<Body>, Option<String>)> {
+        let path = req.uri().path();
+        if let Some(why) = ambiguous_path(path) {
+            return Err((
+                matrix_error(StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", why),
+                None,
+            ));
+        }
+        if !(path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/")) {
+            return Err((
+                matrix_error(
+                    StatusCode::NOT_FOUND,
+                    "M_UNRECOGNIZED",
+                    "fedpin forwards only federation and key requests",
+                ),
+                None,
+            ));
+        }
+        let origin = self.origin_of(req).map_err(|r| (r, None))?;
+        let origin_name = match &origin {
+            Origin::Named(x) => Some(x.origin.clone()),
+            Origin::None => None,
+        };
+        if let Err(r) = self.check_ip(client.ip()) {
+            return Err((r, origin_name));
+        }
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.settings.max_body) {
+            return Err((too_large(), origin_name));
+        }
+        Ok(origin)
+    }
+
+    /// Verifies the request signature per `verify_signatures` (the body is
+    /// buffered, up to `max_body`, for it). Returns the request to forward
+    /// and whether its origin proved who it is; in enforce mode a bad
+    /// signature is refused here.
+    async fn authenticate(
+        &self,
+        req: Request<Incoming>,
+        x: &XMatrix,
+        client: SocketAddr,
+    ) -> Result<(Request<Body>, bool), Response<Body>> {
+        let mode = self.settings.verify_signatures;
+        if mode == SignatureMode::Off {
+            return Ok((streamed(req, self.settings.max_body), false));
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.settings.max_body as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Err(_) => {
+                return Err(matrix_error(
+                    StatusCode::BAD_REQUEST,
+                    "M_UNKNOWN",
+                    "the request body could not be read",
+                ))
+            }
+        };
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let verified = match self
+            .verify_signature(x, parts.method.as_str(), uri, &body)
+            .await
+        {
+            Ok(()) => true,
+            Err(SigFailure::Busy) => {
+                let mut r = matrix_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "M_UNKNOWN",
+                    "signing-key fetches are busy; retry shortly",
+                );
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return Err(r);
+            }
+            Err(SigFailure::Refused(why)) => {
+                tracing::warn!(
+                    target: "fedpin::inbound",
+                    origin = %x.origin,
+                    client_addr = %client,
+                    reason = %why,
+                    enforced = mode == SignatureMode::Enforce,
+                    "request signature not accepted"
+                );
+                if mode == SignatureMode::Enforce {
+                    let mut r = matrix_error(
+                        StatusCode::UNAUTHORIZED,
+                        "M_UNAUTHORIZED",
+                        &format!("request signature: {why}"),
+                    );
+                    r.extensions_mut().insert(BadSignature);
+                    return Err(r);
+                }
+                false
+            }
+        };
+        Ok((Request::from_parts(parts, full(body)), verified))
+    }
+
+    /// Mutual pinned TLS: the certificate that passed the pin rules must
+    /// name the origin; a certificate without names must pass the pin entry
+    /// of the origin itself (its key matched some entry at the handshake).
+    #[allow(clippy::result_large_err)] // the refusal is the response itself
+    fn bind_client_certificate(
+        &self,
+        id: &ClientIdentity,
+        x: &XMatrix,
+    ) -> Result<(), Response<Body>> {
+        let host = crate::pins::split_server_name(&x.origin).unwrap_or_default();
+        let bound = if id.names.is_empty() {
+            self.nameless_client_matches(id, &host)
+        } else {
+            id.names.contains(&host)
+        };
+        if bound {
+            return Ok(());
+        }
+        Err(matrix_error(
+            StatusCode::UNAUTHORIZED,
+            "M_UNAUTHORIZED",
+            "the client certificate does not name the X-Matrix origin",
+        ))
     }
 
     async fn forward(&self, req: Request<Body>, client: SocketAddr) -> Response<Body> {

@@ -560,22 +560,8 @@ impl OutboundProxy {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let hs = self.settings.load().handshake_timeout;
-        let start = match tokio::time::timeout(hs, LazyConfigAcceptor::new(Acceptor::default(), io))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) if is_disconnect(&e) => {
-                tracing::debug!(target: "fedpin::outbound", error = %e, "the client left the tunnel before its ClientHello");
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(target: "fedpin::outbound", error = %e, "the client did not start TLS inside the tunnel");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(target: "fedpin::outbound", "no ClientHello inside the tunnel in time");
-                return;
-            }
+        let Some(start) = client_hello(io, hs).await else {
+            return;
         };
         let hello = start.client_hello();
         let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
@@ -620,69 +606,17 @@ impl OutboundProxy {
             .upstream_handshake_seconds
             .observe(dial_started.elapsed().as_secs_f64());
         match upstream {
-            Ok((up, negotiated, generation)) => {
-                tracing::Span::current().record("pins_generation", generation);
-                self.stats.handshakes.add(HandshakeResult::Ok);
-                let chain = up.chain();
-                self.stats.peers.record(
-                    &self.upstream.store().current(),
-                    &tls_name,
-                    HandshakeResult::Ok,
-                    &chain,
-                );
-                let registered = self.register(
-                    &tls_name,
-                    chain,
-                    PeerContext {
-                        direction: Some(Direction::Outbound),
-                        server_name: None,
-                        port: Some(dest.port),
-                        peer_addr: up.peer_addr(),
-                    },
-                    generation,
-                );
-                // A reload may have landed during the handshake.
-                if generation < self.upstream.store().current().generation {
-                    self.recheck_open_tunnels();
-                }
-                let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
-                let config = match self.inner_config(&tls_name, inner_alpn) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(target: "fedpin::outbound", error = %e, "cannot mint the inner certificate");
-                        return;
-                    }
+            Ok(up) => {
+                let tunnel = Established {
+                    start,
+                    up,
+                    tls_name: &tls_name,
+                    dest: &dest,
+                    client,
+                    watch,
+                    hs,
                 };
-                let down = match tokio::time::timeout(hs, Box::pin(start.into_stream(config))).await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) if is_disconnect(&e) => {
-                        tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(target: "fedpin::outbound", error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(target: "fedpin::outbound", "inner handshake timed out");
-                        return;
-                    }
-                };
-                tracing::debug!(target: "fedpin::outbound", tls_name = %tls_name, client_addr = %client, "tunnel established");
-                let revoked = registered.revoke.clone();
-                tokio::select! {
-                    _ = async {
-                        match watch {
-                            Some(w) => Box::pin(self.relay_watching_delegation(down, up, w)).await,
-                            None => relay(down, up, self.settings.load().idle_timeout).await,
-                        }
-                    } => {}
-                    _ = revoked.notified() => {
-                        tracing::info!(target: "fedpin::outbound", tls_name = %tls_name, "tunnel ended: its upstream no longer passes the pin rules");
-                    }
-                }
-                drop(registered);
+                self.relay_established(tunnel).await
             }
             Err(failure) => {
                 match failure.handshake {
@@ -713,6 +647,86 @@ impl OutboundProxy {
                 Box::pin(self.explain(start, &tls_name, &alpn, status, failure)).await;
             }
         }
+    }
+
+    /// A tunnel whose upstream passed the pin rules: registers it for
+    /// revocation, completes the homeserver's handshake with a minted
+    /// certificate, and relays until either side ends, the idle timeout, or
+    /// a pin reload that no longer accepts the upstream.
+    async fn relay_established<IO>(&self, t: Established<'_, IO>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Established {
+            start,
+            up: (up, negotiated, generation),
+            tls_name,
+            dest,
+            client,
+            watch,
+            hs,
+        } = t;
+        tracing::Span::current().record("pins_generation", generation);
+        self.stats.handshakes.add(HandshakeResult::Ok);
+        let chain = up.chain();
+        self.stats.peers.record(
+            &self.upstream.store().current(),
+            tls_name,
+            HandshakeResult::Ok,
+            &chain,
+        );
+        let registered = self.register(
+            tls_name,
+            chain,
+            PeerContext {
+                direction: Some(Direction::Outbound),
+                server_name: None,
+                port: Some(dest.port),
+                peer_addr: up.peer_addr(),
+            },
+            generation,
+        );
+        // A reload may have landed during the handshake.
+        if generation < self.upstream.store().current().generation {
+            self.recheck_open_tunnels();
+        }
+        let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
+        let config = match self.inner_config(tls_name, inner_alpn) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fedpin::outbound", error = %e, "cannot mint the inner certificate");
+                return;
+            }
+        };
+        let down = match tokio::time::timeout(hs, Box::pin(start.into_stream(config))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if is_disconnect(&e) => {
+                tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "fedpin::outbound", error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(target: "fedpin::outbound", "inner handshake timed out");
+                return;
+            }
+        };
+        tracing::debug!(target: "fedpin::outbound", tls_name = %tls_name, client_addr = %client, "tunnel established");
+        let revoked = registered.revoke.clone();
+        tokio::select! {
+            _ = async {
+                match watch {
+                    Some(w) => Box::pin(self.relay_watching_delegation(down, up, w)).await,
+                    None => relay(down, up, self.settings.load().idle_timeout).await,
+                }
+            } => {}
+            _ = revoked.notified() => {
+                tracing::info!(target: "fedpin::outbound", tls_name = %tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+            }
+        }
+        drop(registered);
     }
 
     /// The delegation a tunnel to `tls_name:port` must keep to, when that
@@ -858,14 +872,7 @@ impl OutboundProxy {
         dest: &Destination,
         tls_name: &str,
         alpn: Vec<Vec<u8>>,
-    ) -> Result<
-        (
-            tokio_rustls::client::TlsStream<TcpStream>,
-            Option<Vec<u8>>,
-            u64,
-        ),
-        DialFailure,
-    > {
+    ) -> Result<Upstream, DialFailure> {
         let mut last = String::from("no address to dial");
         let mut tcp = None;
         for addr in &dest.addrs {
@@ -1199,6 +1206,50 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A dialled upstream: the TLS stream, the ALPN protocol it chose, and the
+/// pin generation that checked it.
+type Upstream = (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Option<Vec<u8>>,
+    u64,
+);
+
+/// A tunnel whose upstream passed the pin rules, waiting for the
+/// homeserver's side of the handshake.
+struct Established<'a, IO> {
+    start: tokio_rustls::StartHandshake<IO>,
+    up: Upstream,
+    tls_name: &'a str,
+    dest: &'a Destination,
+    client: SocketAddr,
+    watch: Option<DelegationWatch>,
+    /// The handshake timeout the tunnel started with.
+    hs: Duration,
+}
+
+/// Reads the homeserver's ClientHello inside the tunnel (it names the peer
+/// and the protocols offered); `None`, logged, when none came in time.
+async fn client_hello<IO>(io: IO, within: Duration) -> Option<tokio_rustls::StartHandshake<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(within, LazyConfigAcceptor::new(Acceptor::default(), io)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) if is_disconnect(&e) => {
+            tracing::debug!(target: "fedpin::outbound", error = %e, "the client left the tunnel before its ClientHello");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "fedpin::outbound", error = %e, "the client did not start TLS inside the tunnel");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(target: "fedpin::outbound", "no ClientHello inside the tunnel in time");
+            None
+        }
     }
 }
 
