@@ -277,7 +277,17 @@ struct Ctx<'a> {
     at: BTreeMap<String, (usize, usize)>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A collector for `text`, whose relative paths resolve against `base`.
+    fn new(text: &'a str, base: PathBuf) -> Self {
+        Ctx {
+            text,
+            base,
+            errors: Vec::new(),
+            at: BTreeMap::new(),
+        }
+    }
+
     fn line_col(&self, span: &std::ops::Range<usize>) -> (usize, usize) {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
@@ -437,313 +447,30 @@ impl Config {
         }
     }
 
+    /// Parses `text` and validates every section, collecting each problem
+    /// (key, line, message) instead of stopping at the first. Errs only when
+    /// the text is not a config at all (see [`parse_raw`]).
     fn validate(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
-        let mut cx = Ctx {
-            text,
-            base: base.to_path_buf(),
-            errors: Vec::new(),
-            at: BTreeMap::new(),
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let mut c = Ctx {
-                text,
-                base: PathBuf::new(),
-                errors: Vec::new(),
-                at: BTreeMap::new(),
-            };
-            c.err(e.span().unwrap_or(0..0), "", e.message().trim().to_string());
-            ConfigError {
-                path: "<config>".into(),
-                errors: c.errors,
-            }
-        })?;
+        let mut cx = Ctx::new(text, base.to_path_buf());
+        let raw = parse_raw(text)?;
         let pins = match &raw.pins {
             Some(p) => cx.file(p, "pins"),
             None => cx.path("pins/pins.toml"),
         };
-        let outbound = raw.outbound.as_ref().map(|o| {
-            let listen = cx.addr(&o.listen, "outbound.listen", "127.0.0.1:8449");
-            let ca_cert = cx.file(&o.ca_cert, "outbound.ca_cert");
-            let ca_key = cx.file(&o.ca_key, "outbound.ca_key");
-            let extra_roots = o
-                .extra_roots
-                .as_ref()
-                .map(|r| cx.file(r, "outbound.extra_roots"));
-            let mut resolve = BTreeMap::new();
-            for (name, ip) in &o.resolve {
-                // Keys compare against the normalised CONNECT host, so they
-                // are normalised the same way ("HS.example." = "hs.example").
-                let key = match crate::pins::normalize_tls_name(name) {
-                    Ok(k) => k,
-                    Err(m) => {
-                        cx.err(ip.span(), &format!("outbound.resolve.{name}"), m);
-                        continue;
-                    }
-                };
-                match ip.get_ref().parse::<IpAddr>() {
-                    Ok(a) => {
-                        resolve.insert(key, a);
-                    }
-                    Err(_) => cx.err(
-                        ip.span(),
-                        &format!("outbound.resolve.{name}"),
-                        format!("\"{}\" is not an IP address", ip.get_ref()),
-                    ),
-                }
-            }
-            let mut connect_to = BTreeMap::new();
-            for (from, to) in &o.connect_to {
-                let k = format!("outbound.connect_to.\"{from}\"");
-                let rule = format!("{from}:{}", to.get_ref());
-                match rule.parse::<crate::discovery::ConnectTo>() {
-                    Ok(c) => {
-                        connect_to.insert((c.host, c.port), c.addr);
-                    }
-                    Err(_) => cx.err(
-                        to.span(),
-                        &k,
-                        format!(
-                            "expected \"HOST:PORT\" = \"ADDR:PORT\" (e.g. \"hs.example:443\" = \"127.0.0.1:8443\"), got \"{from}\" = \"{}\"",
-                            to.get_ref()
-                        ),
-                    ),
-                }
-            }
-            let mut deny_destinations = Vec::new();
-            for (i, d) in o.deny_destinations.iter().enumerate() {
-                match crate::pins::normalize_tls_name(d.get_ref()) {
-                    Ok(n) => deny_destinations.push(n),
-                    Err(m) => cx.err(d.span(), &format!("outbound.deny_destinations[{i}]"), m),
-                }
-            }
-            let allow_ips = cx.nets(&o.allow_ips, "outbound.allow_ips");
-            let deny_ips = cx.nets(&o.deny_ips, "outbound.deny_ips");
-            if let Some(p) = &o.proxy_auth {
-                if !p.get_ref().contains(':') {
-                    cx.err(
-                        p.span(),
-                        "outbound.proxy_auth",
-                        "proxy_auth must be \"user:password\"".into(),
-                    );
-                }
-            }
-            if let Some(ports) = &o.allowed_ports {
-                if ports.contains(&0) {
-                    cx.err(
-                        0..0,
-                        "outbound.allowed_ports",
-                        "port 0 is not a port".into(),
-                    );
-                }
-            }
-            if o.max_tunnels == Some(0) {
-                cx.err(
-                    0..0,
-                    "outbound.max_tunnels",
-                    "max_tunnels must be at least 1".into(),
-                );
-            }
-            let client_cert = o
-                .client_cert
-                .as_ref()
-                .map(|c| cx.file(c, "outbound.client_cert"));
-            let client_key = o
-                .client_key
-                .as_ref()
-                .map(|c| cx.file(c, "outbound.client_key"));
-            if client_cert.is_some() != client_key.is_some() {
-                cx.err(
-                    0..0,
-                    "outbound",
-                    "client_cert and client_key go together".into(),
-                );
-            }
-            let secs =
-                |v: Option<u64>, d: u64| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
-            Outbound {
-                listen,
-                ca_cert,
-                ca_key,
-                extra_roots,
-                resolve,
-                connect_to,
-                allow_ips,
-                deny_ips,
-                deny_destinations,
-                allowed_ports: o.allowed_ports.clone(),
-                proxy_auth: o.proxy_auth.as_ref().map(|p| p.get_ref().clone()),
-                max_tunnels: o.max_tunnels.unwrap_or(1024),
-                connect_timeout: secs(o.connect_timeout_secs, 10),
-                handshake_timeout: secs(o.handshake_timeout_secs, 15),
-                idle_timeout: secs(o.idle_timeout_secs, 300),
-                client_cert,
-                client_key,
-            }
-        });
-        let inbound = raw.inbound.as_ref().map(|i| {
-            let listen = cx.addr(&i.listen, "inbound.listen", "0.0.0.0:8448");
-            let cert = cx.file(&i.cert, "inbound.cert");
-            let key = cx.file(&i.key, "inbound.key");
-            cx.locate(i.upstream.span(), "inbound.upstream");
-            if !i.upstream.get_ref().starts_with("http://") {
-                cx.err(
-                    i.upstream.span(),
-                    "inbound.upstream",
-                    format!(
-                        "\"{}\" must be an http:// URL of the homeserver's federation listener",
-                        i.upstream.get_ref()
-                    ),
-                );
-            }
-            if !i.allow_origins.is_empty() && !i.deny_origins.is_empty() {
-                cx.err(
-                    i.upstream.span(),
-                    "inbound",
-                    "set allow_origins or deny_origins, not both".into(),
-                );
-            }
-            let secs =
-                |v: Option<u64>, d: u64| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
-            let rate = |r: Option<u32>, b: Option<u32>| {
-                r.filter(|r| *r > 0)
-                    .map(|r| (r, b.unwrap_or(r.saturating_mul(2)).max(1)))
-            };
-            let client_roots = i
-                .client_roots
-                .as_ref()
-                .map(|r| cx.file(r, "inbound.client_roots"));
-            if let Ok(u) = i.upstream.get_ref().parse::<hyper::Uri>() {
-                if u.authority().is_none() {
-                    cx.err(
-                        i.upstream.span(),
-                        "inbound.upstream",
-                        "the upstream URL needs a host and port".into(),
-                    );
-                }
-            } else {
-                cx.err(
-                    i.upstream.span(),
-                    "inbound.upstream",
-                    format!("\"{}\" is not a URL", i.upstream.get_ref()),
-                );
-            }
-            let server_name = match &i.server_name {
-                None => None,
-                Some(n) => match n.get_ref().parse::<crate::discovery::ServerName>() {
-                    Ok(parsed) if parsed.to_string() == *n.get_ref() => Some(parsed.to_string()),
-                    Ok(parsed) => {
-                        cx.err(
-                            n.span(),
-                            "inbound.server_name",
-                            format!("write the server name in canonical form: \"{parsed}\""),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        cx.err(n.span(), "inbound.server_name", e.to_string());
-                        None
-                    }
-                },
-            };
-            if server_name.is_none()
-                && matches!(
-                    i.verify_signatures,
-                    Some(SignatureMode::Enforce | SignatureMode::Report)
-                )
-            {
-                cx.err(
-                    0..0,
-                    "inbound.verify_signatures",
-                    "checking request signatures needs inbound.server_name (this homeserver's Matrix server name, the signed destination)".into(),
-                );
-            }
-            let key_servers = key_servers(&mut cx, &i.key_servers);
-            Inbound {
-                key_servers,
-                per_origin: rate(i.rate_per_origin, i.burst_per_origin),
-                per_ip: rate(i.rate_per_ip, i.burst_per_ip),
-                max_body: i.max_body.unwrap_or(50 * 1024 * 1024),
-                max_header_bytes: i.max_header_bytes.unwrap_or(64 * 1024),
-                header_timeout: secs(i.header_timeout_secs, 10),
-                request_timeout: secs(i.request_timeout_secs, 60),
-                idle_timeout: secs(i.idle_timeout_secs, 120),
-                max_connections: i.max_connections.unwrap_or(4096).max(1),
-                client_roots,
-                listen,
-                cert,
-                key,
-                upstream: i.upstream.get_ref().clone(),
-                deny_origins: i
-                    .deny_origins
-                    .iter()
-                    .map(|d| d.to_ascii_lowercase())
-                    .collect(),
-                allow_origins: i
-                    .allow_origins
-                    .iter()
-                    .map(|d| d.to_ascii_lowercase())
-                    .collect(),
-                client_auth: i.client_auth.unwrap_or(ClientAuth::Off),
-                server_name: server_name.clone(),
-                verify_signatures: match (i.verify_signatures, &server_name) {
-                    (Some(m), _) => m,
-                    (None, Some(_)) => SignatureMode::Enforce,
-                    (None, None) => SignatureMode::Off,
-                },
-            }
-        });
+        let outbound = raw.outbound.as_ref().map(|o| cx.outbound(o));
+        let inbound = raw.inbound.as_ref().map(|i| cx.inbound(i));
         let admin = raw
             .admin
             .as_ref()
             .map(|a| cx.addr(&a.listen, "admin.listen", "127.0.0.1:9448"));
-        if let Some(c) = &raw.alerts.command {
-            if c.get_ref().trim().is_empty() {
-                cx.err(
-                    c.span(),
-                    "alerts.command",
-                    "the alert command is empty".into(),
-                );
-            }
-        }
-        if let Some(w) = &raw.alerts.webhook {
-            cx.locate(w.span(), "alerts.webhook");
-            if let Err(why) = check_alert_url(w.get_ref()) {
-                cx.err(w.span(), "alerts.webhook", why);
-            }
-        }
+        cx.alert_command(&raw.alerts.command);
+        cx.alert_webhook(&raw.alerts.webhook);
         let alert_extra_roots = raw
             .alerts
             .extra_roots
             .as_ref()
             .map(|r| cx.file(r, "alerts.extra_roots"));
-        let a = &raw.alerts;
-        let alert_matrix = match (&a.matrix_homeserver, &a.matrix_room, &a.matrix_token_file) {
-            (None, None, None) => None,
-            (Some(hs), Some(room), Some(token)) => {
-                let u = hs.get_ref();
-                cx.locate(hs.span(), "alerts.matrix_homeserver");
-                if let Err(why) = check_alert_url(u) {
-                    cx.err(hs.span(), "alerts.matrix_homeserver", why);
-                }
-                if !room.get_ref().starts_with('!') || !room.get_ref().contains(':') {
-                    cx.err(
-                        room.span(),
-                        "alerts.matrix_room",
-                        "must be a room ID like !abc:example.org".into(),
-                    );
-                }
-                let token_path = cx.file(token, "alerts.matrix_token_file");
-                Some((u.clone(), room.get_ref().clone(), token_path))
-            }
-            _ => {
-                cx.err(
-                    0..0,
-                    "alerts",
-                    "matrix_homeserver, matrix_room and matrix_token_file go together".into(),
-                );
-                None
-            }
-        };
+        let alert_matrix = cx.alert_matrix(&raw.alerts);
         check_listeners(
             &mut cx,
             &[
@@ -767,6 +494,401 @@ impl Config {
             },
         };
         Ok((config, cx.errors))
+    }
+}
+
+/// The TOML layer: syntax, unknown keys (`deny_unknown_fields`), missing
+/// required keys and wrong value types. Such a text is no config at all, so
+/// its one error is returned as the whole [`ConfigError`].
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let mut c = Ctx::new(text, PathBuf::new());
+        c.err(e.span().unwrap_or(0..0), "", e.message().trim().to_string());
+        ConfigError {
+            path: "<config>".into(),
+            errors: c.errors,
+        }
+    })
+}
+
+/// A timeout in whole seconds: `default` when unset, and never below one
+/// second (a zero timeout would fail every connection at once).
+fn secs(v: Option<u64>, default: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(v.unwrap_or(default).max(1))
+}
+
+/// A rate limit `(per second, burst)`: `None` (unlimited) when the rate is
+/// unset or 0; the burst defaults to twice the rate and is at least 1.
+fn rate_limit(rate: Option<u32>, burst: Option<u32>) -> Option<(u32, u32)> {
+    rate.filter(|r| *r > 0)
+        .map(|r| (r, burst.unwrap_or(r.saturating_mul(2)).max(1)))
+}
+
+/// The section checks of [`Config::validate`], one method per section or
+/// group of related keys. Each records its problems with [`Ctx::err`] and
+/// returns the validated value (a default where a value was bad), so that
+/// every problem is reported at once. The order of the calls is the order
+/// of the diagnostics, which callers and tests see: keep it.
+impl Ctx<'_> {
+    /// `[outbound]`: listen address, CA files, trust anchors, egress rules
+    /// and overrides, limits, and the optional client certificate.
+    fn outbound(&mut self, o: &RawOutbound) -> Outbound {
+        let listen = self.addr(&o.listen, "outbound.listen", "127.0.0.1:8449");
+        let ca_cert = self.file(&o.ca_cert, "outbound.ca_cert");
+        let ca_key = self.file(&o.ca_key, "outbound.ca_key");
+        let extra_roots = o
+            .extra_roots
+            .as_ref()
+            .map(|r| self.file(r, "outbound.extra_roots"));
+        let resolve = self.resolve(&o.resolve);
+        let connect_to = self.connect_to(&o.connect_to);
+        let deny_destinations = self.deny_destinations(&o.deny_destinations);
+        let allow_ips = self.nets(&o.allow_ips, "outbound.allow_ips");
+        let deny_ips = self.nets(&o.deny_ips, "outbound.deny_ips");
+        self.outbound_limits(o);
+        let (client_cert, client_key) = self.outbound_client_pair(o);
+        Outbound {
+            listen,
+            ca_cert,
+            ca_key,
+            extra_roots,
+            resolve,
+            connect_to,
+            allow_ips,
+            deny_ips,
+            deny_destinations,
+            allowed_ports: o.allowed_ports.clone(),
+            proxy_auth: o.proxy_auth.as_ref().map(|p| p.get_ref().clone()),
+            max_tunnels: o.max_tunnels.unwrap_or(1024),
+            connect_timeout: secs(o.connect_timeout_secs, 10),
+            handshake_timeout: secs(o.handshake_timeout_secs, 15),
+            idle_timeout: secs(o.idle_timeout_secs, 300),
+            client_cert,
+            client_key,
+        }
+    }
+
+    /// `outbound.resolve`: name → IP overrides. Names are normalised the way
+    /// the CONNECT host is, so that an override written `"HS.example."`
+    /// still applies to `hs.example`; a bad name or IP is refused.
+    fn resolve(&mut self, raw: &BTreeMap<String, Spanned<String>>) -> BTreeMap<String, IpAddr> {
+        let mut resolve = BTreeMap::new();
+        for (name, ip) in raw {
+            // Keys compare against the normalised CONNECT host, so they
+            // are normalised the same way ("HS.example." = "hs.example").
+            let key = match crate::pins::normalize_tls_name(name) {
+                Ok(k) => k,
+                Err(m) => {
+                    self.err(ip.span(), &format!("outbound.resolve.{name}"), m);
+                    continue;
+                }
+            };
+            match ip.get_ref().parse::<IpAddr>() {
+                Ok(a) => {
+                    resolve.insert(key, a);
+                }
+                Err(_) => self.err(
+                    ip.span(),
+                    &format!("outbound.resolve.{name}"),
+                    format!("\"{}\" is not an IP address", ip.get_ref()),
+                ),
+            }
+        }
+        resolve
+    }
+
+    /// `outbound.connect_to`: `"HOST:PORT" = "ADDR:PORT"` overrides (like
+    /// curl's `--connect-to`), each parsed as a whole rule.
+    fn connect_to(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<String>>,
+    ) -> BTreeMap<(String, u16), SocketAddr> {
+        let mut connect_to = BTreeMap::new();
+        for (from, to) in raw {
+            let k = format!("outbound.connect_to.\"{from}\"");
+            let rule = format!("{from}:{}", to.get_ref());
+            match rule.parse::<crate::discovery::ConnectTo>() {
+                Ok(c) => {
+                    connect_to.insert((c.host, c.port), c.addr);
+                }
+                Err(_) => self.err(
+                    to.span(),
+                    &k,
+                    format!(
+                        "expected \"HOST:PORT\" = \"ADDR:PORT\" (e.g. \"hs.example:443\" = \"127.0.0.1:8443\"), got \"{from}\" = \"{}\"",
+                        to.get_ref()
+                    ),
+                ),
+            }
+        }
+        connect_to
+    }
+
+    /// `outbound.deny_destinations`: server names refused at CONNECT time,
+    /// normalised like the CONNECT host so that a differently written name
+    /// (case, trailing dot) cannot slip past the list.
+    fn deny_destinations(&mut self, raw: &[Spanned<String>]) -> Vec<String> {
+        let mut deny_destinations = Vec::new();
+        for (i, d) in raw.iter().enumerate() {
+            match crate::pins::normalize_tls_name(d.get_ref()) {
+                Ok(n) => deny_destinations.push(n),
+                Err(m) => self.err(d.span(), &format!("outbound.deny_destinations[{i}]"), m),
+            }
+        }
+        deny_destinations
+    }
+
+    /// `outbound.proxy_auth` is `user:password`; `allowed_ports` holds no
+    /// port 0; `max_tunnels` is at least 1 (0 would refuse every tunnel).
+    fn outbound_limits(&mut self, o: &RawOutbound) {
+        if let Some(p) = &o.proxy_auth {
+            if !p.get_ref().contains(':') {
+                self.err(
+                    p.span(),
+                    "outbound.proxy_auth",
+                    "proxy_auth must be \"user:password\"".into(),
+                );
+            }
+        }
+        if let Some(ports) = &o.allowed_ports {
+            if ports.contains(&0) {
+                self.err(
+                    0..0,
+                    "outbound.allowed_ports",
+                    "port 0 is not a port".into(),
+                );
+            }
+        }
+        if o.max_tunnels == Some(0) {
+            self.err(
+                0..0,
+                "outbound.max_tunnels",
+                "max_tunnels must be at least 1".into(),
+            );
+        }
+    }
+
+    /// `outbound.client_cert` and `client_key`: located and resolved; one
+    /// without the other is refused (half a client identity).
+    fn outbound_client_pair(&mut self, o: &RawOutbound) -> (Option<PathBuf>, Option<PathBuf>) {
+        let client_cert = o
+            .client_cert
+            .as_ref()
+            .map(|c| self.file(c, "outbound.client_cert"));
+        let client_key = o
+            .client_key
+            .as_ref()
+            .map(|c| self.file(c, "outbound.client_key"));
+        if client_cert.is_some() != client_key.is_some() {
+            self.err(
+                0..0,
+                "outbound",
+                "client_cert and client_key go together".into(),
+            );
+        }
+        (client_cert, client_key)
+    }
+
+    /// `[inbound]`: listen address, certificate pair, upstream URL, origin
+    /// lists, client trust anchors, server name, signature checking and key
+    /// servers; limits and timeouts take their defaults.
+    fn inbound(&mut self, i: &RawInbound) -> Inbound {
+        let listen = self.addr(&i.listen, "inbound.listen", "0.0.0.0:8448");
+        let cert = self.file(&i.cert, "inbound.cert");
+        let key = self.file(&i.key, "inbound.key");
+        self.upstream_scheme(&i.upstream);
+        self.origin_lists(i);
+        let client_roots = i
+            .client_roots
+            .as_ref()
+            .map(|r| self.file(r, "inbound.client_roots"));
+        self.upstream_authority(&i.upstream);
+        let server_name = self.server_name(&i.server_name);
+        self.signatures_need_server_name(i.verify_signatures, &server_name);
+        let key_servers = key_servers(self, &i.key_servers);
+        Inbound {
+            key_servers,
+            per_origin: rate_limit(i.rate_per_origin, i.burst_per_origin),
+            per_ip: rate_limit(i.rate_per_ip, i.burst_per_ip),
+            max_body: i.max_body.unwrap_or(50 * 1024 * 1024),
+            max_header_bytes: i.max_header_bytes.unwrap_or(64 * 1024),
+            header_timeout: secs(i.header_timeout_secs, 10),
+            request_timeout: secs(i.request_timeout_secs, 60),
+            idle_timeout: secs(i.idle_timeout_secs, 120),
+            max_connections: i.max_connections.unwrap_or(4096).max(1),
+            client_roots,
+            listen,
+            cert,
+            key,
+            upstream: i.upstream.get_ref().clone(),
+            deny_origins: i
+                .deny_origins
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            allow_origins: i
+                .allow_origins
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            client_auth: i.client_auth.unwrap_or(ClientAuth::Off),
+            server_name: server_name.clone(),
+            verify_signatures: match (i.verify_signatures, &server_name) {
+                (Some(m), _) => m,
+                (None, Some(_)) => SignatureMode::Enforce,
+                (None, None) => SignatureMode::Off,
+            },
+        }
+    }
+
+    /// `inbound.upstream` (located) is a plain `http://` URL: the edge
+    /// forwards to the homeserver's federation listener, not over TLS.
+    fn upstream_scheme(&mut self, upstream: &Spanned<String>) {
+        self.locate(upstream.span(), "inbound.upstream");
+        if !upstream.get_ref().starts_with("http://") {
+            self.err(
+                upstream.span(),
+                "inbound.upstream",
+                format!(
+                    "\"{}\" must be an http:// URL of the homeserver's federation listener",
+                    upstream.get_ref()
+                ),
+            );
+        }
+    }
+
+    /// `allow_origins` and `deny_origins` exclude each other: with both, it
+    /// would be unclear which wins. (Reported at the `upstream` line: the
+    /// origin lists carry no position.)
+    fn origin_lists(&mut self, i: &RawInbound) {
+        if !i.allow_origins.is_empty() && !i.deny_origins.is_empty() {
+            self.err(
+                i.upstream.span(),
+                "inbound",
+                "set allow_origins or deny_origins, not both".into(),
+            );
+        }
+    }
+
+    /// `inbound.upstream` parses as a URL with a host and port to dial.
+    fn upstream_authority(&mut self, upstream: &Spanned<String>) {
+        if let Ok(u) = upstream.get_ref().parse::<hyper::Uri>() {
+            if u.authority().is_none() {
+                self.err(
+                    upstream.span(),
+                    "inbound.upstream",
+                    "the upstream URL needs a host and port".into(),
+                );
+            }
+        } else {
+            self.err(
+                upstream.span(),
+                "inbound.upstream",
+                format!("\"{}\" is not a URL", upstream.get_ref()),
+            );
+        }
+    }
+
+    /// `inbound.server_name`: a Matrix server name written in canonical
+    /// form, since it is compared as text with the signed `destination`.
+    /// `None` when unset or refused.
+    fn server_name(&mut self, raw: &Option<Spanned<String>>) -> Option<String> {
+        match raw {
+            None => None,
+            Some(n) => match n.get_ref().parse::<crate::discovery::ServerName>() {
+                Ok(parsed) if parsed.to_string() == *n.get_ref() => Some(parsed.to_string()),
+                Ok(parsed) => {
+                    self.err(
+                        n.span(),
+                        "inbound.server_name",
+                        format!("write the server name in canonical form: \"{parsed}\""),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(n.span(), "inbound.server_name", e.to_string());
+                    None
+                }
+            },
+        }
+    }
+
+    /// `inbound.verify_signatures = "enforce"` or `"report"` needs a valid
+    /// `server_name`: without this homeserver's name, the signed
+    /// destination cannot be checked.
+    fn signatures_need_server_name(
+        &mut self,
+        mode: Option<SignatureMode>,
+        server_name: &Option<String>,
+    ) {
+        if server_name.is_none()
+            && matches!(mode, Some(SignatureMode::Enforce | SignatureMode::Report))
+        {
+            self.err(
+                0..0,
+                "inbound.verify_signatures",
+                "checking request signatures needs inbound.server_name (this homeserver's Matrix server name, the signed destination)".into(),
+            );
+        }
+    }
+
+    /// `alerts.command` is not blank (an empty command cannot be run).
+    fn alert_command(&mut self, command: &Option<Spanned<String>>) {
+        if let Some(c) = command {
+            if c.get_ref().trim().is_empty() {
+                self.err(
+                    c.span(),
+                    "alerts.command",
+                    "the alert command is empty".into(),
+                );
+            }
+        }
+    }
+
+    /// `alerts.webhook` (located) passes [`check_alert_url`]: https, or
+    /// http only to loopback, and no credentials in the URL.
+    fn alert_webhook(&mut self, webhook: &Option<Spanned<String>>) {
+        if let Some(w) = webhook {
+            self.locate(w.span(), "alerts.webhook");
+            if let Err(why) = check_alert_url(w.get_ref()) {
+                self.err(w.span(), "alerts.webhook", why);
+            }
+        }
+    }
+
+    /// The Matrix sink: `matrix_homeserver`, `matrix_room` and
+    /// `matrix_token_file` all set or none (the sink needs all three); the
+    /// homeserver URL passes [`check_alert_url`] (the access token must not
+    /// cross a network in clear) and the room looks like a room ID. Returns
+    /// (homeserver, room, token file).
+    fn alert_matrix(&mut self, a: &RawAlerts) -> Option<(String, String, PathBuf)> {
+        match (&a.matrix_homeserver, &a.matrix_room, &a.matrix_token_file) {
+            (None, None, None) => None,
+            (Some(hs), Some(room), Some(token)) => {
+                let u = hs.get_ref();
+                self.locate(hs.span(), "alerts.matrix_homeserver");
+                if let Err(why) = check_alert_url(u) {
+                    self.err(hs.span(), "alerts.matrix_homeserver", why);
+                }
+                if !room.get_ref().starts_with('!') || !room.get_ref().contains(':') {
+                    self.err(
+                        room.span(),
+                        "alerts.matrix_room",
+                        "must be a room ID like !abc:example.org".into(),
+                    );
+                }
+                let token_path = self.file(token, "alerts.matrix_token_file");
+                Some((u.clone(), room.get_ref().clone(), token_path))
+            }
+            _ => {
+                self.err(
+                    0..0,
+                    "alerts",
+                    "matrix_homeserver, matrix_room and matrix_token_file go together".into(),
+                );
+                None
+            }
+        }
     }
 }
 

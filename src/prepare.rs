@@ -185,19 +185,49 @@ impl Baseline {
     /// so they are never listed. Values are not included (`proxy_auth`).
     pub fn restart_needed(&self, new: &Prepared) -> Vec<String> {
         let (a, b) = (&self.config, &new.config);
-        let mut keys = Vec::new();
-        let mut diff = |key: &str, changed: bool| {
-            if changed {
-                keys.push(key.to_string());
+        let mut keys = RestartKeys::default();
+        keys.diff("pins", a.pins != b.pins);
+        keys.outbound(a, b);
+        keys.inbound(a, b);
+        keys.diff("admin.listen", a.admin != b.admin);
+        keys.alerts(a, b);
+        let mut keys = keys.0;
+        // Same path, new contents.
+        for (key, digest) in &new.digests {
+            if self.digests.get(key).is_some_and(|d| d != digest) && !keys.iter().any(|k| k == key)
+            {
+                keys.push(format!("{key} (file contents)"));
             }
-        };
-        diff("pins", a.pins != b.pins);
+        }
+        keys
+    }
+}
+
+/// The keys [`Baseline::restart_needed`] names, in the order it checks
+/// them: one method per section, comparing the running config `a` with
+/// the new one `b`.
+#[derive(Default)]
+struct RestartKeys(Vec<String>);
+
+impl RestartKeys {
+    /// Names `key` when its value `changed`.
+    fn diff(&mut self, key: &str, changed: bool) {
+        if changed {
+            self.0.push(key.to_string());
+        }
+    }
+
+    /// `[outbound]`: its listener, CA and trust anchors, tunnel cap and
+    /// client certificate; the egress rules only when the edge verifies
+    /// signatures (its key fetcher keeps the rules it started with). A
+    /// section added or removed is named as a whole.
+    fn outbound(&mut self, a: &Config, b: &Config) {
         match (&a.outbound, &b.outbound) {
             (Some(x), Some(y)) => {
-                diff("outbound.listen", x.listen != y.listen);
-                diff("outbound.ca_cert", x.ca_cert != y.ca_cert);
-                diff("outbound.ca_key", x.ca_key != y.ca_key);
-                diff("outbound.extra_roots", x.extra_roots != y.extra_roots);
+                self.diff("outbound.listen", x.listen != y.listen);
+                self.diff("outbound.ca_cert", x.ca_cert != y.ca_cert);
+                self.diff("outbound.ca_key", x.ca_key != y.ca_key);
+                self.diff("outbound.extra_roots", x.extra_roots != y.extra_roots);
                 // The egress rules, destinations, ports, credentials and
                 // timeouts apply live to the proxy (`Daemon::apply`); the
                 // edge's signing-key fetcher keeps the egress rules it
@@ -210,81 +240,81 @@ impl Baseline {
                     .inbound
                     .as_ref()
                     .is_some_and(|i| i.verify_signatures != crate::config::SignatureMode::Off);
-                diff(
+                self.diff(
                     "outbound egress keys (resolve, connect_to, allow_ips, deny_ips) for the edge's signing-key fetches",
                     egress_changed && verifying,
                 );
-                diff("outbound.max_tunnels", x.max_tunnels != y.max_tunnels);
-                diff("outbound.client_cert", x.client_cert != y.client_cert);
-                diff("outbound.client_key", x.client_key != y.client_key);
+                self.diff("outbound.max_tunnels", x.max_tunnels != y.max_tunnels);
+                self.diff("outbound.client_cert", x.client_cert != y.client_cert);
+                self.diff("outbound.client_key", x.client_key != y.client_key);
             }
-            (x, y) => diff("[outbound]", x.is_some() != y.is_some()),
+            (x, y) => self.diff("[outbound]", x.is_some() != y.is_some()),
         }
+    }
+
+    /// `[inbound]`: everything but the edge rules (origin lists, rates),
+    /// which apply live. A section added or removed is named as a whole.
+    fn inbound(&mut self, a: &Config, b: &Config) {
         match (&a.inbound, &b.inbound) {
             (Some(x), Some(y)) => {
-                diff("inbound.listen", x.listen != y.listen);
-                diff("inbound.cert", x.cert != y.cert);
-                diff("inbound.key", x.key != y.key);
-                diff("inbound.upstream", x.upstream != y.upstream);
-                diff("inbound.client_auth", x.client_auth != y.client_auth);
-                diff("inbound.max_body", x.max_body != y.max_body);
-                diff(
+                self.diff("inbound.listen", x.listen != y.listen);
+                self.diff("inbound.cert", x.cert != y.cert);
+                self.diff("inbound.key", x.key != y.key);
+                self.diff("inbound.upstream", x.upstream != y.upstream);
+                self.diff("inbound.client_auth", x.client_auth != y.client_auth);
+                self.diff("inbound.max_body", x.max_body != y.max_body);
+                self.diff(
                     "inbound.max_header_bytes",
                     x.max_header_bytes != y.max_header_bytes,
                 );
-                diff(
+                self.diff(
                     "inbound.header_timeout_secs",
                     x.header_timeout != y.header_timeout,
                 );
-                diff(
+                self.diff(
                     "inbound.request_timeout_secs",
                     x.request_timeout != y.request_timeout,
                 );
-                diff(
+                self.diff(
                     "inbound.idle_timeout_secs",
                     x.idle_timeout != y.idle_timeout,
                 );
-                diff(
+                self.diff(
                     "inbound.max_connections",
                     x.max_connections != y.max_connections,
                 );
-                diff("inbound.client_roots", x.client_roots != y.client_roots);
-                diff("inbound.server_name", x.server_name != y.server_name);
-                diff(
+                self.diff("inbound.client_roots", x.client_roots != y.client_roots);
+                self.diff("inbound.server_name", x.server_name != y.server_name);
+                self.diff(
                     "inbound.verify_signatures",
                     x.verify_signatures != y.verify_signatures,
                 );
-                diff("inbound.key_servers", x.key_servers != y.key_servers);
+                self.diff("inbound.key_servers", x.key_servers != y.key_servers);
             }
-            (x, y) => diff("[inbound]", x.is_some() != y.is_some()),
+            (x, y) => self.diff("[inbound]", x.is_some() != y.is_some()),
         }
-        diff("admin.listen", a.admin != b.admin);
-        diff("alerts.command", a.alert_command != b.alert_command);
-        diff("alerts.webhook", a.alert_webhook != b.alert_webhook);
-        diff(
+    }
+
+    /// `[alerts]`: every sink and its settings.
+    fn alerts(&mut self, a: &Config, b: &Config) {
+        self.diff("alerts.command", a.alert_command != b.alert_command);
+        self.diff("alerts.webhook", a.alert_webhook != b.alert_webhook);
+        self.diff(
             "alerts.extra_roots",
             a.alert_extra_roots != b.alert_extra_roots,
         );
-        diff(
+        self.diff(
             "alerts.matrix_homeserver",
             a.alert_matrix.as_ref().map(|m| &m.0) != b.alert_matrix.as_ref().map(|m| &m.0),
         );
-        diff(
+        self.diff(
             "alerts.matrix_room",
             a.alert_matrix.as_ref().map(|m| &m.1) != b.alert_matrix.as_ref().map(|m| &m.1),
         );
-        diff(
+        self.diff(
             "alerts.matrix_token_file",
             a.alert_matrix.as_ref().map(|m| &m.2) != b.alert_matrix.as_ref().map(|m| &m.2),
         );
-        // Same path, new contents.
-        for (key, digest) in &new.digests {
-            if self.digests.get(key).is_some_and(|d| d != digest) && !keys.iter().any(|k| k == key)
-            {
-                keys.push(format!("{key} (file contents)"));
-            }
-        }
-        keys
     }
 }
 
@@ -373,8 +403,39 @@ impl Check<'_> {
 fn gather(config: &Config, errors: &mut Vec<Diagnostic>) -> Option<Prepared> {
     let mut cx = Check { config, errors };
     let mut digests = BTreeMap::new();
+    let pins = load_pins(&mut cx);
+    // `Some(None)`: the section is configured but its material failed.
+    let outbound = config
+        .outbound
+        .as_ref()
+        .map(|o| outbound_material(&mut cx, o, &mut digests));
+    let inbound = config
+        .inbound
+        .as_ref()
+        .map(|i| inbound_material(&mut cx, i, &mut digests));
+    let alerts = alert_sinks(&mut cx, &mut digests);
 
-    let pins = match PinSet::load(&config.pins) {
+    let outbound_ok = !matches!(outbound, Some(None));
+    let inbound_ok = !matches!(inbound, Some(None));
+    let ok = cx.errors.is_empty() && outbound_ok && inbound_ok;
+    match (ok, pins, alerts) {
+        (true, Some(pins), Some(alerts)) => Some(Prepared {
+            config: config.clone(),
+            pins,
+            outbound: outbound.flatten(),
+            inbound: inbound.flatten(),
+            alerts,
+            digests,
+        }),
+        _ => None,
+    }
+}
+
+/// The pin file (`pins`), loaded; each of its problems is reported under
+/// the `pins` key, naming the pin file.
+fn load_pins(cx: &mut Check<'_>) -> Option<PinSet> {
+    let config = cx.config;
+    match PinSet::load(&config.pins) {
         Ok(p) => Some(p),
         Err(e) => {
             let file = e
@@ -389,111 +450,114 @@ fn gather(config: &Config, errors: &mut Vec<Diagnostic>) -> Option<Prepared> {
             }
             None
         }
+    }
+}
+
+/// The `[outbound]` material: the interception CA, `extra_roots` as usable
+/// trust anchors, and the client certificate pair when configured. `None`
+/// when any of them failed (every failure is reported).
+fn outbound_material(
+    cx: &mut Check<'_>,
+    o: &crate::config::Outbound,
+    digests: &mut BTreeMap<&'static str, [u8; 32]>,
+) -> Option<OutboundMaterial> {
+    let minter = interception_ca(cx, o, digests);
+    let extra_roots = match &o.extra_roots {
+        None => Some(Vec::new()),
+        Some(p) => cx.anchors("outbound.extra_roots", p),
     };
+    if let Some(r) = &extra_roots {
+        digests.insert("outbound.extra_roots", der_digest(r));
+    }
+    let client_auth = match (&o.client_cert, &o.client_key) {
+        (Some(c), Some(k)) => client_pair(cx, c, k).map(|(chain, key)| {
+            digests.insert(
+                "outbound.client_cert",
+                digest(&[&der_digest(&chain), key.secret_der()]),
+            );
+            Some((chain, key))
+        }),
+        _ => Some(None),
+    };
+    match (minter, extra_roots, client_auth) {
+        (Some(minter), Some(extra_roots), Some(client_auth)) => Some(OutboundMaterial {
+            minter,
+            extra_roots,
+            client_auth,
+        }),
+        _ => None,
+    }
+}
 
-    let mut outbound_ok = true;
-    let outbound = config.outbound.as_ref().map(|o| {
-        let minter = match crate::tls::load_certs(&o.ca_cert) {
+/// `outbound.ca_cert` and `ca_key`: the interception CA loaded as a leaf
+/// minter (the key has a safe mode and belongs to the certificate). When
+/// the certificate cannot be read, the key's mode is still checked, so
+/// that both problems show at once.
+fn interception_ca(
+    cx: &mut Check<'_>,
+    o: &crate::config::Outbound,
+    digests: &mut BTreeMap<&'static str, [u8; 32]>,
+) -> Option<LeafMinter> {
+    match crate::tls::load_certs(&o.ca_cert) {
+        Err(e) => {
+            cx.fail("outbound.ca_cert", e.to_string());
+            // The key's mode is still worth knowing now.
+            if let Err(m) = crate::tls::ca::check_key_mode(&o.ca_key) {
+                cx.fail("outbound.ca_key", m);
+            }
+            None
+        }
+        Ok(_) => match LeafMinter::load(&o.ca_cert, &o.ca_key, LEAF_CACHE) {
+            Ok(m) => {
+                digests.insert("outbound.ca_cert", der_digest(&[m.ca_cert().clone()]));
+                Some(m)
+            }
             Err(e) => {
-                cx.fail("outbound.ca_cert", e.to_string());
-                // The key's mode is still worth knowing now.
-                if let Err(m) = crate::tls::ca::check_key_mode(&o.ca_key) {
-                    cx.fail("outbound.ca_key", m);
-                }
+                let key = match e.file {
+                    CaFile::Cert => "outbound.ca_cert",
+                    CaFile::Key => "outbound.ca_key",
+                };
+                cx.fail(key, e.message);
                 None
             }
-            Ok(_) => match LeafMinter::load(&o.ca_cert, &o.ca_key, LEAF_CACHE) {
-                Ok(m) => {
-                    digests.insert("outbound.ca_cert", der_digest(&[m.ca_cert().clone()]));
-                    Some(m)
-                }
-                Err(e) => {
-                    let key = match e.file {
-                        CaFile::Cert => "outbound.ca_cert",
-                        CaFile::Key => "outbound.ca_key",
-                    };
-                    cx.fail(key, e.message);
-                    None
-                }
-            },
-        };
-        let extra_roots = match &o.extra_roots {
-            None => Some(Vec::new()),
-            Some(p) => cx.anchors("outbound.extra_roots", p),
-        };
-        if let Some(r) = &extra_roots {
-            digests.insert("outbound.extra_roots", der_digest(r));
-        }
-        let client_auth = match (&o.client_cert, &o.client_key) {
-            (Some(c), Some(k)) => client_pair(&mut cx, c, k).map(|(chain, key)| {
-                digests.insert(
-                    "outbound.client_cert",
-                    digest(&[&der_digest(&chain), key.secret_der()]),
-                );
-                Some((chain, key))
-            }),
-            _ => Some(None),
-        };
-        match (minter, extra_roots, client_auth) {
-            (Some(minter), Some(extra_roots), Some(client_auth)) => Some(OutboundMaterial {
-                minter,
-                extra_roots,
-                client_auth,
-            }),
-            _ => {
-                outbound_ok = false;
-                None
-            }
-        }
-    });
+        },
+    }
+}
 
-    let mut inbound_ok = true;
-    let inbound = config.inbound.as_ref().map(|i| {
-        let certs = match crate::tls::certs::load_pair(&i.cert, &i.key) {
-            Ok(pair) => Some(CertStore::from_pair(&i.cert, &i.key, pair)),
-            Err(e) => {
-                cx.pair_failed(e, &i.key, "inbound.cert", "inbound.key");
-                None
-            }
-        };
-        let client_roots = match &i.client_roots {
-            None => Some(Vec::new()),
-            Some(p) => cx.anchors("inbound.client_roots", p),
-        };
-        if let Some(r) = &client_roots {
-            digests.insert("inbound.client_roots", der_digest(r));
+/// The `[inbound]` material: the server certificate pair (`cert`, `key`,
+/// checked to match), `client_roots` as usable trust anchors, and the
+/// parsed `upstream` URL. `None` when any of them failed.
+fn inbound_material(
+    cx: &mut Check<'_>,
+    i: &crate::config::Inbound,
+    digests: &mut BTreeMap<&'static str, [u8; 32]>,
+) -> Option<InboundMaterial> {
+    let certs = match crate::tls::certs::load_pair(&i.cert, &i.key) {
+        Ok(pair) => Some(CertStore::from_pair(&i.cert, &i.key, pair)),
+        Err(e) => {
+            cx.pair_failed(e, &i.key, "inbound.cert", "inbound.key");
+            None
         }
-        let upstream = match i.upstream.parse::<hyper::Uri>() {
-            Ok(u) => Some(u),
-            Err(e) => {
-                cx.fail("inbound.upstream", format!("\"{}\": {e}", i.upstream));
-                None
-            }
-        };
-        match (certs, client_roots, upstream) {
-            (Some(certs), Some(client_roots), Some(upstream)) => Some(InboundMaterial {
-                certs,
-                client_roots,
-                upstream,
-            }),
-            _ => {
-                inbound_ok = false;
-                None
-            }
+    };
+    let client_roots = match &i.client_roots {
+        None => Some(Vec::new()),
+        Some(p) => cx.anchors("inbound.client_roots", p),
+    };
+    if let Some(r) = &client_roots {
+        digests.insert("inbound.client_roots", der_digest(r));
+    }
+    let upstream = match i.upstream.parse::<hyper::Uri>() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            cx.fail("inbound.upstream", format!("\"{}\": {e}", i.upstream));
+            None
         }
-    });
-
-    let alerts = alert_sinks(&mut cx, &mut digests);
-
-    let ok = cx.errors.is_empty() && outbound_ok && inbound_ok;
-    match (ok, pins, alerts) {
-        (true, Some(pins), Some(alerts)) => Some(Prepared {
-            config: config.clone(),
-            pins,
-            outbound: outbound.flatten(),
-            inbound: inbound.flatten(),
-            alerts,
-            digests,
+    };
+    match (certs, client_roots, upstream) {
+        (Some(certs), Some(client_roots), Some(upstream)) => Some(InboundMaterial {
+            certs,
+            client_roots,
+            upstream,
         }),
         _ => None,
     }
