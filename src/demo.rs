@@ -224,20 +224,8 @@ pub async fn run() -> Result<DemoReport, DemoError> {
     let upstream = Arc::new(UpstreamTls::new(core, store, provider));
 
     // fedpin's interception CA: the only CA the homeserver trusts for federation.
-    let icept_key = KeyPair::generate().map_err(e("interception CA key"))?;
-    let mut icept_params =
-        CertificateParams::new(Vec::<String>::new()).map_err(e("interception CA"))?;
-    icept_params
-        .distinguished_name
-        .push(DnType::CommonName, "fedpin demo interception CA");
-    icept_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    icept_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let icept_cert = icept_params
-        .self_signed(&icept_key)
-        .map_err(e("interception CA"))?;
+    let (icept_cert, icept_key) =
+        crate::tls::ca::generate("fedpin demo interception CA").map_err(e("interception CA"))?;
     let minter = LeafMinter::from_pem(&icept_cert.pem(), &icept_key.serialize_pem(), 16)
         .map_err(e("minter"))?;
 

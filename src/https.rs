@@ -292,20 +292,6 @@ impl HttpsClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Exchange, String> {
-        let limit = self.timeout;
-        tokio::time::timeout(limit, self.send_now(target, method, path, headers, body))
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
-    }
-
-    async fn send_now(
-        &self,
-        target: Target<'_>,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Result<Exchange, String> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -320,6 +306,19 @@ impl HttpsClient {
         let req = req
             .body(Full::new(body))
             .map_err(|e| format!("cannot build the request: {e}"))?;
+        let limit = self.timeout;
+        tokio::time::timeout(limit, self.connect_and_exchange(target, req))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
+    }
+
+    /// Dials `target` (TLS per the client's trust, unless plain) and runs
+    /// one exchange.
+    async fn connect_and_exchange(
+        &self,
+        target: Target<'_>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Exchange, String> {
         let tcp = self.dialer.dial(target.connect_host, target.port).await?;
         if target.plain {
             return self.exchange(tcp, req, Vec::new()).await;

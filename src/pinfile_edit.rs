@@ -69,106 +69,36 @@ fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -
     }
 }
 
+fn syntax(path: &Path, message: String) -> EditError {
+    EditError::Syntax {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+fn parse_doc(path: &Path, text: &str) -> Result<DocumentMut, EditError> {
+    text.parse()
+        .map_err(|e: toml_edit::TomlError| syntax(path, e.to_string()))
+}
+
 /// Adds a peer (or appends new pins to an existing one).
 pub fn add_peer(path: &Path, peer: &NewPeer) -> Result<AddOutcome, EditError> {
     edit_locked(path, |text| {
-        let mut doc: DocumentMut =
-            text.parse()
-                .map_err(|e: toml_edit::TomlError| EditError::Syntax {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+        let mut doc = parse_doc(path, text)?;
         if !doc.contains_key("peer") {
             doc.insert("peer", Item::ArrayOfTables(ArrayOfTables::new()));
         }
         let aot = doc
             .get_mut("peer")
             .and_then(|i| i.as_array_of_tables_mut())
-            .ok_or_else(|| EditError::Syntax {
-                path: path.display().to_string(),
-                message: "`peer` must be an array of tables ([[peer]])".into(),
-            })?;
+            .ok_or_else(|| syntax(path, "`peer` must be an array of tables ([[peer]])".into()))?;
         let existing = aot.iter_mut().find(|t| {
             t.get("server_name")
                 .and_then(|v| v.as_str())
                 .is_some_and(|s| s.eq_ignore_ascii_case(&peer.server_name))
         });
         let outcome = match existing {
-            Some(table) => {
-                let pins = table
-                    .entry("pins")
-                    .or_insert(value(Array::new()))
-                    .as_array_mut()
-                    .ok_or_else(|| EditError::Syntax {
-                        path: path.display().to_string(),
-                        message: format!("peer \"{}\": pins is not an array", peer.server_name),
-                    })?;
-                let mut added = 0;
-                for p in &peer.pins {
-                    let s = p.to_string();
-                    if !pins.iter().any(|v| v.as_str() == Some(s.as_str())) {
-                        pins.push(s);
-                        added += 1;
-                    }
-                }
-                if pins.len() > 1 {
-                    for v in pins.iter_mut() {
-                        v.decor_mut().set_prefix("\n  ");
-                    }
-                    pins.set_trailing("\n");
-                    pins.set_trailing_comma(true);
-                }
-                if let Some(t) = peer.trust {
-                    table["trust"] = value(t.to_string());
-                }
-                if let Some(m) = peer.mode {
-                    table["mode"] = value(m.to_string());
-                }
-                if let Some(e) = &peer.expires {
-                    table["expires"] = value(e.as_str());
-                }
-                if let Some(d) = &peer.delegation {
-                    table["delegation"] = value(d.as_str());
-                }
-                if !peer.signing_keys.is_empty() {
-                    let arr: Array = peer.signing_keys.iter().map(|k| k.as_str()).collect();
-                    table["signing_keys"] = value(arr);
-                }
-                if !peer.host_pins.is_empty() {
-                    let hp = table
-                        .entry("host_pins")
-                        .or_insert(Item::Table(Table::new()))
-                        .as_table_like_mut()
-                        .ok_or_else(|| EditError::Syntax {
-                            path: path.display().to_string(),
-                            message: format!(
-                                "peer \"{}\": host_pins is not a table",
-                                peer.server_name
-                            ),
-                        })?;
-                    for (h, list) in &peer.host_pins {
-                        let arr = hp
-                            .entry(h)
-                            .or_insert(value(Array::new()))
-                            .as_array_mut()
-                            .ok_or_else(|| EditError::Syntax {
-                                path: path.display().to_string(),
-                                message: format!(
-                                    "peer \"{}\": host_pins.\"{h}\" is not an array",
-                                    peer.server_name
-                                ),
-                            })?;
-                        for p in list {
-                            let s = p.to_string();
-                            if !arr.iter().any(|v| v.as_str() == Some(s.as_str())) {
-                                arr.push(s);
-                                added += 1;
-                            }
-                        }
-                    }
-                }
-                AddOutcome::Extended(added)
-            }
+            Some(table) => AddOutcome::Extended(extend_table(path, table, peer)?),
             None => {
                 aot.push(new_table(peer));
                 AddOutcome::Added
@@ -176,6 +106,85 @@ pub fn add_peer(path: &Path, peer: &NewPeer) -> Result<AddOutcome, EditError> {
         };
         Ok((doc.to_string(), outcome))
     })
+}
+
+/// Merges `peer` into its existing table: new pins appended (comments and
+/// order kept), the given options set. Returns how many pins were added.
+fn extend_table(path: &Path, table: &mut Table, peer: &NewPeer) -> Result<usize, EditError> {
+    let not = |what: &str| syntax(path, format!("peer \"{}\": {what}", peer.server_name));
+    let pins = table
+        .entry("pins")
+        .or_insert(value(Array::new()))
+        .as_array_mut()
+        .ok_or_else(|| not("pins is not an array"))?;
+    let mut added = merge_pins(pins, &peer.pins);
+    one_per_line(pins);
+    if let Some(t) = peer.trust {
+        table["trust"] = value(t.to_string());
+    }
+    if let Some(m) = peer.mode {
+        table["mode"] = value(m.to_string());
+    }
+    set_options(table, peer, None);
+    if !peer.host_pins.is_empty() {
+        let hp = table
+            .entry("host_pins")
+            .or_insert(Item::Table(Table::new()))
+            .as_table_like_mut()
+            .ok_or_else(|| not("host_pins is not a table"))?;
+        for (h, list) in &peer.host_pins {
+            let arr = hp
+                .entry(h)
+                .or_insert(value(Array::new()))
+                .as_array_mut()
+                .ok_or_else(|| not(&format!("host_pins.\"{h}\" is not an array")))?;
+            added += merge_pins(arr, list);
+        }
+    }
+    Ok(added)
+}
+
+/// Appends the pins `arr` lacks; returns how many.
+fn merge_pins(arr: &mut Array, pins: &[crate::pins::Pin]) -> usize {
+    let mut added = 0;
+    for p in pins {
+        let s = p.to_string();
+        if !arr.iter().any(|v| v.as_str() == Some(s.as_str())) {
+            arr.push(s);
+            added += 1;
+        }
+    }
+    added
+}
+
+/// Lays a list of two or more pins out one per line, so a diff of the
+/// file shows which pin changed.
+fn one_per_line(pins: &mut Array) {
+    if pins.len() > 1 {
+        for v in pins.iter_mut() {
+            v.decor_mut().set_prefix("\n  ");
+        }
+        pins.set_trailing("\n");
+        pins.set_trailing_comma(true);
+    }
+}
+
+/// The optional keys a new or extended entry carries when given (`note`
+/// only on a new entry: an existing entry keeps its own).
+fn set_options(t: &mut Table, peer: &NewPeer, note: Option<&str>) {
+    if let Some(e) = &peer.expires {
+        t["expires"] = value(e.as_str());
+    }
+    if let Some(n) = note {
+        t["note"] = value(n);
+    }
+    if let Some(d) = &peer.delegation {
+        t["delegation"] = value(d.as_str());
+    }
+    if !peer.signing_keys.is_empty() {
+        let arr: Array = peer.signing_keys.iter().map(|k| k.as_str()).collect();
+        t["signing_keys"] = value(arr);
+    }
 }
 
 fn new_table(peer: &NewPeer) -> Table {
@@ -187,29 +196,11 @@ fn new_table(peer: &NewPeer) -> Table {
         t["hosts"] = value(arr);
     }
     let mut pins: Array = peer.pins.iter().map(|p| p.to_string()).collect();
-    if pins.len() > 1 {
-        for v in pins.iter_mut() {
-            v.decor_mut().set_prefix("\n  ");
-        }
-        pins.set_trailing("\n");
-        pins.set_trailing_comma(true);
-    }
+    one_per_line(&mut pins);
     t["pins"] = value(pins);
     t["trust"] = value(peer.trust.unwrap_or(Trust::Webpki).to_string());
     t["mode"] = value(peer.mode.unwrap_or(Mode::Enforce).to_string());
-    if let Some(e) = &peer.expires {
-        t["expires"] = value(e.as_str());
-    }
-    if let Some(n) = &peer.note {
-        t["note"] = value(n.as_str());
-    }
-    if let Some(d) = &peer.delegation {
-        t["delegation"] = value(d.as_str());
-    }
-    if !peer.signing_keys.is_empty() {
-        let arr: Array = peer.signing_keys.iter().map(|k| k.as_str()).collect();
-        t["signing_keys"] = value(arr);
-    }
+    set_options(&mut t, peer, peer.note.as_deref());
     if !peer.host_pins.is_empty() {
         let mut hp = toml_edit::InlineTable::new();
         for (h, list) in &peer.host_pins {
@@ -224,12 +215,7 @@ fn new_table(peer: &NewPeer) -> Table {
 /// Removes the peer with this server name.
 pub fn remove_peer(path: &Path, server_name: &str) -> Result<(), EditError> {
     edit_locked(path, |text| {
-        let mut doc: DocumentMut =
-            text.parse()
-                .map_err(|e: toml_edit::TomlError| EditError::Syntax {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+        let mut doc = parse_doc(path, text)?;
         let not_found = || EditError::NotFound {
             path: path.display().to_string(),
             server_name: server_name.to_string(),

@@ -166,6 +166,25 @@ impl ServerCertVerifier for Capture {
     }
 }
 
+/// A client config with the crate's TLS policy and `verifier`.
+fn client_config(
+    target: &Target,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<rustls::ClientConfig, ProbeError> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ProbeError::Handshake {
+                host: target.connect_host.clone(),
+                port: target.port,
+                message: e.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
 /// Connects, captures the served chain (the peer must prove possession of
 /// the leaf key), and describes it for an operator choosing what to pin.
 pub async fn capture(
@@ -178,16 +197,7 @@ pub async fn capture(
         algs: *core.algorithms(),
         chain: Mutex::new(Vec::new()),
     });
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProbeError::Handshake {
-            host: target.connect_host.clone(),
-            port: target.port,
-            message: e.to_string(),
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(capture.clone())
-        .with_no_client_auth();
+    let config = client_config(target, capture.clone())?;
     let tcp = dial(target, timeout).await?;
     let peer_addr = tcp.peer_addr().map_err(|e| ProbeError::Connect {
         host: target.connect_host.clone(),
@@ -299,16 +309,7 @@ pub async fn check(
             peer_addr,
         },
     ));
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProbeError::Handshake {
-            host: target.connect_host.clone(),
-            port: target.port,
-            message: e.to_string(),
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+    let config = client_config(target, verifier.clone())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let res = tokio::time::timeout(timeout, connector.connect(name, tcp)).await;
     let (error, leaf_not_after) = match res {

@@ -75,17 +75,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tokio runtime (`workers` threads, else one per core), or the exit
+/// code after saying why it could not start.
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("fedpin: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
 fn demo() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(Some(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fedpin: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let report = match rt.block_on(fedpin::demo::run()) {
         Ok(r) => r,
@@ -155,15 +161,9 @@ fn run(path: &std::path::Path, drain: std::time::Duration) -> ExitCode {
     for w in prepared.warnings() {
         tracing::warn!(target: "fedpin::pins", "{w}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fedpin: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let daemon = match fedpin::daemon::Daemon::start_prepared(prepared).await {

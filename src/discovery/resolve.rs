@@ -64,6 +64,30 @@ pub struct Resolved {
     pub well_known: Option<WellKnown>,
 }
 
+impl Resolved {
+    /// Dial `host:port` itself, with `host` as the TLS name.
+    pub fn direct(name: &ServerName, host: &str, port: u16, via: ResolvedVia) -> Self {
+        Resolved {
+            server_name: name.clone(),
+            tls_name: host.to_owned(),
+            connect_host: host.to_owned(),
+            port,
+            via,
+            well_known: None,
+        }
+    }
+
+    /// Dial the SRV target found for `record`, with `tls_name` as the TLS
+    /// name (the name the SRV record was looked up for, not the target).
+    fn srv(name: &ServerName, tls_name: &str, record: String, target: SrvTarget) -> Self {
+        Resolved {
+            connect_host: target.target,
+            port: target.port,
+            ..Resolved::direct(name, tls_name, 0, ResolvedVia::Srv { record })
+        }
+    }
+}
+
 /// Knobs for [`resolve`].
 #[derive(Clone)]
 pub struct DiscoveryOptions {
@@ -196,26 +220,22 @@ pub async fn resolve_via(
 ) -> Result<Resolved, DiscoveryError> {
     let host = match &name.host {
         Host::Ip(ip) => {
-            return Ok(Resolved {
-                server_name: name.clone(),
-                tls_name: ip.to_string(),
-                connect_host: ip.to_string(),
-                port: name.port.unwrap_or(DEFAULT_FEDERATION_PORT),
-                via: ResolvedVia::IpLiteral,
-                well_known: None,
-            })
+            return Ok(Resolved::direct(
+                name,
+                &ip.to_string(),
+                name.port.unwrap_or(DEFAULT_FEDERATION_PORT),
+                ResolvedVia::IpLiteral,
+            ))
         }
         Host::Dns(host) => host,
     };
     if let Some(port) = name.port {
-        return Ok(Resolved {
-            server_name: name.clone(),
-            tls_name: host.clone(),
-            connect_host: host.clone(),
+        return Ok(Resolved::direct(
+            name,
+            host,
             port,
-            via: ResolvedVia::ExplicitPort,
-            well_known: None,
-        });
+            ResolvedVia::ExplicitPort,
+        ));
     }
 
     let mut srv = SrvBackend::new(opts);
@@ -234,23 +254,14 @@ pub async fn resolve_via(
                 "no usable well-known document; trying SRV"
             );
             if let Some((record, target)) = srv.lookup_chain(host).await? {
-                return Ok(Resolved {
-                    server_name: name.clone(),
-                    tls_name: host.clone(),
-                    connect_host: target.target,
-                    port: target.port,
-                    via: ResolvedVia::Srv { record },
-                    well_known: None,
-                });
+                return Ok(Resolved::srv(name, host, record, target));
             }
-            Ok(Resolved {
-                server_name: name.clone(),
-                tls_name: host.clone(),
-                connect_host: host.clone(),
-                port: DEFAULT_FEDERATION_PORT,
-                via: ResolvedVia::DefaultPort,
-                well_known: None,
-            })
+            Ok(Resolved::direct(
+                name,
+                host,
+                DEFAULT_FEDERATION_PORT,
+                ResolvedVia::DefaultPort,
+            ))
         }
     }
 }
@@ -267,24 +278,11 @@ pub(super) async fn resolve_delegated(
     let host = delegated.host.to_string();
     if matches!(delegated.host, Host::Dns(_)) && delegated.port.is_none() {
         if let Some((record, target)) = srv.lookup_chain(&host).await? {
-            return Ok(Resolved {
-                server_name: name.clone(),
-                tls_name: host,
-                connect_host: target.target,
-                port: target.port,
-                via: ResolvedVia::Srv { record },
-                well_known: None,
-            });
+            return Ok(Resolved::srv(name, &host, record, target));
         }
     }
-    Ok(Resolved {
-        server_name: name.clone(),
-        tls_name: host.clone(),
-        connect_host: host,
-        port: delegated.port.unwrap_or(DEFAULT_FEDERATION_PORT),
-        via,
-        well_known: None,
-    })
+    let port = delegated.port.unwrap_or(DEFAULT_FEDERATION_PORT);
+    Ok(Resolved::direct(name, &host, port, via))
 }
 
 /// The SRV backend, created on first use so that names decided without DNS

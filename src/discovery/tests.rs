@@ -606,14 +606,15 @@ async fn well_known_delegation_with_port() {
     assert_eq!(
         r,
         Resolved {
-            server_name: dns(WK_HOST, None),
-            tls_name: "matrix.wk.fedpin.test".into(),
-            connect_host: "matrix.wk.fedpin.test".into(),
-            port: 8449,
-            via: ResolvedVia::WellKnown {
-                delegated: "matrix.wk.fedpin.test:8449".into()
-            },
             well_known: r.well_known.clone(),
+            ..Resolved::direct(
+                &dns(WK_HOST, None),
+                "matrix.wk.fedpin.test",
+                8449,
+                ResolvedVia::WellKnown {
+                    delegated: "matrix.wk.fedpin.test:8449".into()
+                }
+            )
         }
     );
     assert!(
@@ -711,14 +712,15 @@ async fn well_known_delegation_falls_back_to_legacy_srv_then_8448() {
     assert_eq!(
         r,
         Resolved {
-            server_name: dns(WK_HOST, None),
-            tls_name: "deleg.fedpin.test".into(),
-            connect_host: "deleg.fedpin.test".into(),
-            port: 8448,
-            via: ResolvedVia::WellKnown {
-                delegated: "deleg.fedpin.test".into()
-            },
             well_known: r.well_known.clone(),
+            ..Resolved::direct(
+                &dns(WK_HOST, None),
+                "deleg.fedpin.test",
+                8448,
+                ResolvedVia::WellKnown {
+                    delegated: "deleg.fedpin.test".into()
+                }
+            )
         }
     );
 }
@@ -752,14 +754,7 @@ async fn no_well_known_and_no_srv_gives_8448() {
     let r = resolve(&sn(WK_HOST), &o).await.unwrap();
     assert_eq!(
         r,
-        Resolved {
-            server_name: dns(WK_HOST, None),
-            tls_name: WK_HOST.into(),
-            connect_host: WK_HOST.into(),
-            port: 8448,
-            via: ResolvedVia::DefaultPort,
-            well_known: None,
-        }
+        Resolved::direct(&dns(WK_HOST, None), WK_HOST, 8448, ResolvedVia::DefaultPort)
     );
     assert_eq!(stub.calls(), vec![fed(WK_HOST), legacy(WK_HOST)]);
     let err = fetch_well_known(WK_HOST, &o).await.unwrap_err().to_string();

@@ -91,21 +91,39 @@ impl Page {
     /// `<time datetime="…">2026-12-02 08:31:05 UTC</time> (3 min ago)`.
     fn time(&mut self, t: OffsetDateTime, now: OffsetDateTime) {
         let t = t.to_offset(UtcOffset::UTC);
-        self.raw("<time datetime=\"");
-        self.text(machine_time(t));
-        self.raw("\">");
-        self.text(format_args!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
+        let shown = format_args!(
+            "{} {:02}:{:02}:{:02} UTC",
+            day(t),
             t.hour(),
             t.minute(),
             t.second()
-        ));
-        self.raw("</time> <span class=\"ago\">(");
+        );
+        self.time_element(t, shown);
+        self.raw(" <span class=\"ago\">(");
         self.text(ago(now - t));
         self.raw(")</span>");
+    }
+
+    /// A handshake result (inside an open `data-result="` attribute): its
+    /// label, the badge in words, and when.
+    fn result(&mut self, l: &LastHandshake, now: OffsetDateTime) {
+        let (words, badge) = result_badge(l.result);
+        self.text(l.result.as_str());
+        self.raw("\"><span class=\"");
+        self.raw(badge);
+        self.raw("\">");
+        self.raw(words);
+        self.raw("</span> ");
+        self.time(l.at, now);
+    }
+
+    /// `<time datetime="…">shown</time>` for a UTC time.
+    fn time_element(&mut self, t: OffsetDateTime, shown: impl fmt::Display) {
+        self.raw("<time datetime=\"");
+        self.text(machine_time(t));
+        self.raw("\">");
+        self.text(shown);
+        self.raw("</time>");
     }
 
     /// A date with the whole days left until it (or since it passed).
@@ -128,16 +146,8 @@ impl Page {
             self.text(format_args!("{days} d"));
         }
         let t = t.to_offset(UtcOffset::UTC);
-        self.raw("</span> <time datetime=\"");
-        self.text(machine_time(t));
-        self.raw("\">");
-        self.text(format_args!(
-            "{:04}-{:02}-{:02}",
-            t.year(),
-            u8::from(t.month()),
-            t.day()
-        ));
-        self.raw("</time>");
+        self.raw("</span> ");
+        self.time_element(t, day(t));
     }
 
     /// One `<tr>` of a two-column key/value table.
@@ -148,6 +158,11 @@ impl Page {
         self.text(value);
         self.raw("</td></tr>");
     }
+}
+
+/// `YYYY-MM-DD` of a UTC time.
+fn day(t: OffsetDateTime) -> String {
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
 }
 
 /// A `datetime` attribute value: UTC, whole seconds (HTML allows at most
@@ -410,15 +425,8 @@ fn last_cell(p: &mut Page, class: &'static str, last: Option<&LastHandshake>, no
     p.raw(class);
     match last {
         Some(l) => {
-            let (words, badge) = result_badge(l.result);
             p.raw("\" data-result=\"");
-            p.text(l.result.as_str());
-            p.raw("\"><span class=\"");
-            p.raw(badge);
-            p.raw("\">");
-            p.raw(words);
-            p.raw("</span> ");
-            p.time(l.at, now);
+            p.result(l, now);
             p.raw("<br><span class=\"host\">as ");
             p.text(&l.host);
             p.raw("</span></td>");
@@ -515,19 +523,12 @@ fn unpinned_section(
     }
     p.raw("<table>\n<thead><tr><th scope=\"col\">Host</th><th scope=\"col\">Direction</th><th scope=\"col\">Last handshake</th></tr></thead>\n<tbody>\n");
     for (dir, l) in rows {
-        let (words, badge) = result_badge(l.result);
         p.raw("<tr><td>");
         p.text(&l.host);
         p.raw("</td><td>");
         p.raw(dir);
         p.raw("</td><td data-result=\"");
-        p.text(l.result.as_str());
-        p.raw("\"><span class=\"");
-        p.raw(badge);
-        p.raw("\">");
-        p.raw(words);
-        p.raw("</span> ");
-        p.time(l.at, now);
+        p.result(&l, now);
         p.raw("</td></tr>\n");
     }
     p.raw("</tbody>\n</table>\n</section>\n");

@@ -34,29 +34,16 @@ pub struct CaFiles {
     pub key: PathBuf,
 }
 
-/// Creates a P-256 interception CA in `dir` (`fedpin-ca.pem`, `fedpin-ca.key`).
-pub fn init_ca(dir: &Path) -> Result<CaFiles, CaError> {
-    let io = |p: &Path| {
-        let path = p.display().to_string();
-        move |source| CaError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let cert_path = dir.join("fedpin-ca.pem");
-    let key_path = dir.join("fedpin-ca.key");
-    for p in [&cert_path, &key_path] {
-        if p.exists() {
-            return Err(CaError::Exists(p.display().to_string()));
-        }
-    }
+/// A P-256 interception CA named `common_name`: may sign end-entity
+/// certificates only (path length 0), valid from an hour ago for ten years.
+pub fn generate(common_name: &str) -> Result<(rcgen::Certificate, KeyPair), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CaError::Generate(e.to_string()))?;
     let mut params = CertificateParams::new(Vec::<String>::new())
         .map_err(|e| CaError::Generate(e.to_string()))?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("fedpin interception CA ({host})"),
-    );
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params
         .distinguished_name
         .push(DnType::OrganizationName, "fedpin");
@@ -72,6 +59,25 @@ pub fn init_ca(dir: &Path) -> Result<CaFiles, CaError> {
     let cert = params
         .self_signed(&key)
         .map_err(|e| CaError::Generate(e.to_string()))?;
+    Ok((cert, key))
+}
+
+/// Creates a P-256 interception CA in `dir` (`fedpin-ca.pem`, `fedpin-ca.key`).
+pub fn init_ca(dir: &Path) -> Result<CaFiles, CaError> {
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| CaError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let cert_path = dir.join("fedpin-ca.pem");
+    let key_path = dir.join("fedpin-ca.key");
+    for p in [&cert_path, &key_path] {
+        if p.exists() {
+            return Err(CaError::Exists(p.display().to_string()));
+        }
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let (cert, key) = generate(&format!("fedpin interception CA ({host})"))?;
 
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);

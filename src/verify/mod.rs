@@ -186,6 +186,22 @@ impl VerifierCore {
         now: UnixTime,
         usage: Usage,
     ) -> Result<(), webpki::Error> {
+        self.validate(name, ee, intermediates, now, usage, None)
+            .map(|_| ())
+    }
+
+    /// webpki's validation of `ee` for `name` (when given) and `usage`;
+    /// `on_path`, when given, must also accept the path (webpki then tries
+    /// the other paths).
+    fn validate<'p>(
+        &'p self,
+        name: Option<&ServerName<'_>>,
+        ee: &'p webpki::EndEntityCert<'p>,
+        intermediates: &'p [CertificateDer<'p>],
+        now: UnixTime,
+        usage: Usage,
+        on_path: Option<PathCheck<'_>>,
+    ) -> Result<webpki::VerifiedPath<'p>, webpki::Error> {
         if let Some(name) = name {
             ee.verify_is_valid_for_subject_name(name)?;
         }
@@ -196,9 +212,8 @@ impl VerifierCore {
             now,
             usage.key_usage(),
             None,
-            None,
+            on_path,
         )
-        .map(|_| ())
     }
 
     /// Plain Web PKI validation of a served chain, returning the pins of the
@@ -217,18 +232,7 @@ impl VerifierCore {
             Ok(ee) => ee,
             Err(e) => return (Err(format!("{e:?}")), Vec::new()),
         };
-        if let Err(e) = ee.verify_is_valid_for_subject_name(name) {
-            return (Err(format!("{e:?}")), Vec::new());
-        }
-        match ee.verify_for_usage(
-            self.algs.all,
-            &self.anchors,
-            rest,
-            now,
-            usage.key_usage(),
-            None,
-            None,
-        ) {
+        match self.validate(Some(name), &ee, rest, now, usage, None) {
             Ok(path) => {
                 let mut pins = vec![leaf_pin_of(&ee)];
                 pins.extend(
@@ -248,18 +252,10 @@ impl VerifierCore {
     /// path that validated (end entity, an intermediate used, or the anchor).
     fn pinned_path_check(
         &self,
-        name: Option<&ServerName<'_>>,
         ee: &webpki::EndEntityCert<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-        usage: Usage,
+        p: &Presented<'_>,
         peer: &Peer,
     ) -> PathOutcome {
-        if let Some(name) = name {
-            if let Err(e) = ee.verify_is_valid_for_subject_name(name) {
-                return PathOutcome::Invalid(e);
-            }
-        }
         // webpki calls this only for a path that fully validated (signatures,
         // validity, EKU, name constraints), so "called at all" means Web PKI
         // alone would accept the chain: no second validation is needed to
@@ -274,15 +270,7 @@ impl VerifierCore {
                 Err(webpki::Error::UnknownIssuer)
             }
         };
-        match ee.verify_for_usage(
-            self.algs.all,
-            &self.anchors,
-            intermediates,
-            now,
-            usage.key_usage(),
-            None,
-            Some(&on_path),
-        ) {
+        match self.validate(p.name, ee, p.intermediates, p.now, p.usage, Some(&on_path)) {
             Ok(_) => PathOutcome::Pinned,
             Err(_) if validated.get() => PathOutcome::ValidUnpinned,
             Err(e) => PathOutcome::Invalid(e),
@@ -362,7 +350,7 @@ impl VerifierCore {
         // Web-PKI-valid chain without a pinned key is the CA-compromise signature.
         let webpki = match peer.trust {
             Trust::Webpki => {
-                match self.pinned_path_check(p.name, ee, p.intermediates, p.now, p.usage, peer) {
+                match self.pinned_path_check(ee, p, peer) {
                     // A pinned path validated, so Web PKI accepts the chain.
                     PathOutcome::Pinned if expired => return expired_pins(pins, peer, Ok(())),
                     PathOutcome::Pinned => {
@@ -420,6 +408,9 @@ impl VerifierCore {
         }
     }
 }
+
+/// An extra check webpki runs on each path that validated.
+type PathCheck<'f> = &'f dyn Fn(&webpki::VerifiedPath<'_>) -> Result<(), webpki::Error>;
 
 /// What validating a chain with the pin callback found.
 enum PathOutcome {
