@@ -248,17 +248,20 @@ fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -271,8 +274,8 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
     }
 }
 
@@ -544,12 +547,17 @@ impl InboundProxy {
         // slot for it for the connection's whole life (boxed up front, even
         // when empty), and `handle`'s future is several kB. Boxed here, an
         // idle kept-alive connection holds a pointer, not that slot.
+        // The client's address as text, once per connection: it goes into
+        // X-Forwarded-For and the access log of every request.
+        let ip = HeaderValue::from_str(&client.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let names = cert_names.clone();
+            let ip = ip.clone();
             let busy = Waiting::enter(&w);
             Box::pin(async move {
-                let resp = this.handle(req, client, names).await;
+                let resp = this.handle(req, client, &ip, names).await;
                 drop(busy);
                 Ok::<_, Infallible>(resp)
             })
@@ -869,12 +877,13 @@ impl InboundProxy {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        ip: &HeaderValue,
         cert_names: Option<Arc<ClientIdentity>>,
     ) -> Response<Body> {
         let start = Instant::now();
         let method = req.method().clone();
         let template = crate::proxy::access_log::template(req.uri().path());
-        let (resp, origin) = self.route(req, client, cert_names).await;
+        let (resp, origin) = self.route(req, client, ip, cert_names).await;
         let status = resp.status();
         let class = match status.as_u16() {
             _ if resp.extensions().get::<BadSignature>().is_some() => 5,
@@ -890,20 +899,20 @@ impl InboundProxy {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // No parent span: the line already names the client, and
-        // serialising the connection's span into every access-log line
-        // cost about a tenth of the request (callgrind).
+        // No parent span: the line already names the client. (The JSON
+        // log's access layer also leaves out the current span, see
+        // `src/bin/fedpin.rs`.)
         tracing::info!(
             target: "fedpin::access",
             parent: None,
             direction = "inbound",
-            method = %method,
+            method = %method.as_str(),
             path = %template,
             origin = origin.as_deref().unwrap_or("-"),
             status = status.as_u16(),
             bytes = bytes,
             latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-            client = %client.ip(),
+            client = %ip.to_str().unwrap_or("-"),
             "request"
         );
         resp
@@ -913,21 +922,30 @@ impl InboundProxy {
         &self,
         req: Request<Incoming>,
         client: SocketAddr,
+        ip: &HeaderValue,
         cert_names: Option<Arc<ClientIdentity>>,
     ) -> (Response<Body>, Option<String>) {
         let x = match self.screen(&req, client) {
             Ok(Origin::Named(x)) => x,
             Ok(Origin::None) => {
                 let req = streamed(req, self.settings.max_body);
-                return (self.forward(req, client).await, None);
+                return (self.forward(req, ip).await, None);
             }
             Err(refused) => return refused,
         };
         let origin_name = Some(x.origin.clone());
         // The request signature, verified before any origin rule (SPEC 4.12).
-        let (req, verified) = match self.authenticate(req, &x, client).await {
-            Ok(r) => r,
-            Err(r) => return (r, origin_name),
+        // Its future (body buffering, key fetches over TLS) is many kB and
+        // boxed: unboxed, every request's future would carry it, and hyper
+        // moves that whole future into place once per request (callgrind:
+        // ~10 % of a kept-alive request's instructions were that memcpy).
+        let (req, verified) = if self.settings.verify_signatures == SignatureMode::Off {
+            (streamed(req, self.settings.max_body), false)
+        } else {
+            match Box::pin(self.authenticate(req, &x, client)).await {
+                Ok(r) => r,
+                Err(r) => return (r, origin_name),
+            }
         };
         if let Some(id) = &cert_names {
             if let Err(r) = self.bind_client_certificate(id, &x) {
@@ -945,7 +963,7 @@ impl InboundProxy {
         if let Err(r) = self.check_origin(&x.origin, &rate_key) {
             return (r, origin_name);
         }
-        (self.forward(req, client).await, origin_name)
+        (self.forward(req, ip).await, origin_name)
     }
 
     /// The checks that need only the request head: an unambiguous federation
@@ -994,8 +1012,8 @@ impl InboundProxy {
         Ok(origin)
     }
 
-    /// Verifies the request signature per `verify_signatures` (the body is
-    /// buffered, up to `max_body`, for it). Returns the request to forward
+    /// Verifies the request signature (`verify_signatures` is `report` or
+    /// `enforce`; the body is buffered, up to `max_body`, for it). Returns the request to forward
     /// and whether its origin proved who it is; in enforce mode a bad
     /// signature is refused here.
     async fn authenticate(
@@ -1005,9 +1023,6 @@ impl InboundProxy {
         client: SocketAddr,
     ) -> Result<(Request<Body>, bool), Response<Body>> {
         let mode = self.settings.verify_signatures;
-        if mode == SignatureMode::Off {
-            return Ok((streamed(req, self.settings.max_body), false));
-        }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.settings.max_body as usize)
             .collect()
@@ -1092,7 +1107,9 @@ impl InboundProxy {
         ))
     }
 
-    async fn forward(&self, req: Request<Body>, client: SocketAddr) -> Response<Body> {
+    /// Sends the request to the homeserver; `ip` is the client's address
+    /// (X-Forwarded-For).
+    async fn forward(&self, req: Request<Body>, ip: &HeaderValue) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -1132,13 +1149,10 @@ impl InboundProxy {
         // fedpin is the internet edge: whatever X-Forwarded-For a peer sent is
         // replaced, because Synapse believes the leftmost entry and a peer
         // must not choose the address the homeserver logs and rate-limits.
-        parts.headers.remove("x-forwarded-for");
-        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
+        parts.headers.insert(X_FORWARDED_FOR, ip.clone());
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         parts.uri = uri;
         parts.version = hyper::Version::HTTP_11;
         let req = Request::from_parts(parts, body);
