@@ -25,7 +25,9 @@
 //!   server settings), one full rustls client handshake to 127.0.0.1:PORT
 //!   (SNI HOST, Web PKI against CA.pem, resumption off), then relays bytes
 //!   both ways until either side ends. No pin check, no minting, no limits,
-//!   no log. Prints `new_tunnels floor listening on ADDR`.
+//!   no log. Prints `new_tunnels floor listening on ADDR`. With `--resume`
+//!   its client side resumes sessions (rustls' default in-memory store): the
+//!   least an intercepting proxy with upstream resumption does.
 //!
 //! Every network step is bounded by `--step-secs` (default 30). Loopback
 //! use only.
@@ -125,6 +127,9 @@ enum Mode {
         /// Bound on each connection's setup, seconds.
         #[arg(long, default_value_t = 30)]
         step_secs: u64,
+        /// Resume upstream sessions (the client side).
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -142,14 +147,17 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
     Ok(roots)
 }
 
-/// A TLS client config trusting only `ca`, ALPN `http/1.1`, no resumption.
-fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, Error> {
+/// A TLS client config trusting only `ca`, ALPN `http/1.1`, resumption
+/// off unless `resume`.
+fn client_config(ca: &Path, resume: bool) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = Resumption::disabled();
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
@@ -247,7 +255,7 @@ async fn client(
         .rsplit_once(':')
         .map(|(h, _)| h.to_string())
         .ok_or("--target must be host:port")?;
-    let tls = TlsConnector::from(client_config(&ca)?);
+    let tls = TlsConnector::from(client_config(&ca, false)?);
     let step = Duration::from_secs(step_secs);
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -389,9 +397,10 @@ async fn floor(
     ca: PathBuf,
     listen: SocketAddr,
     step_secs: u64,
+    resume: bool,
 ) -> Result<(), Error> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(&cert, &key)?));
-    let connector = TlsConnector::from(client_config(&ca)?);
+    let connector = TlsConnector::from(client_config(&ca, resume)?);
     let step = Duration::from_secs(step_secs);
     let failures = Arc::new(AtomicU64::new(0));
     let listener = TcpListener::bind(listen).await?;
@@ -451,7 +460,8 @@ fn main() -> Result<(), Error> {
                 ca,
                 listen,
                 step_secs,
-            } => floor(cert, key, ca, listen, step_secs).await,
+                resume,
+            } => floor(cert, key, ca, listen, step_secs, resume).await,
         }
     })
 }

@@ -34,6 +34,8 @@
 #        fedpin -> peer with tickets     (upstream resumption possible)
 #        fedpin -> peer without tickets  (upstream resumption prevented)
 #        floor  -> peer without tickets
+#        floor --resume -> peer with tickets (reference: the bare relay with
+#                          upstream resumption, its own leaf for that name)
 #   6. proves what happened rather than assuming it, per phase: the peer
 #      reports its own handshake kind on every answer (`x-tls-handshake:
 #      full|resumed`, tallied by the client), and fedpin's /metrics gives
@@ -140,7 +142,8 @@ log "minting a test CA and P-256 certificates for $PEER_T, $PEER_N and the floor
     mint_server_cert peer-t "$PEER_T" "${keyargs[@]}"
     mint_server_cert peer-n "$PEER_N" "${keyargs[@]}"
     mint_server_cert floor "$PEER_N" "${keyargs[@]}"
-    chmod 644 ca.pem peer-t.pem peer-n.pem floor.pem
+    mint_server_cert floor-r "$PEER_T" "${keyargs[@]}"
+    chmod 644 ca.pem peer-t.pem peer-n.pem floor.pem floor-r.pem
 ) || die "openssl could not mint the certificates"
 spki_pin() { # cert.pem
     openssl x509 -in "$1" -pubkey -noout | openssl pkey -pubin -outform der |
@@ -166,7 +169,9 @@ PN_PID=$STARTED_PID PN_PORT=${STARTED_ADDR##*:}
 log "peer with tickets $PEER_T on 127.0.0.1:$PT_PORT (pid $PT_PID); without: $PEER_N on 127.0.0.1:$PN_PORT (pid $PN_PID)"
 start_bg floor "listening on" "$TUNNELS" floor --cert "$TMP/floor.pem" --key "$TMP/floor.key" --ca "$TMP/ca.pem"
 FLOOR_PID=$STARTED_PID FLOOR_ADDR=$STARTED_ADDR
-log "floor on $FLOOR_ADDR (pid $FLOOR_PID)"
+start_bg floor-r "listening on" "$TUNNELS" floor --resume --cert "$TMP/floor-r.pem" --key "$TMP/floor-r.key" --ca "$TMP/ca.pem"
+FLOOR_R_PID=$STARTED_PID FLOOR_R_ADDR=$STARTED_ADDR
+log "floor on $FLOOR_ADDR (pid $FLOOR_PID); floor with upstream resumption on $FLOOR_R_ADDR (pid $FLOOR_R_PID)"
 
 write_pins() { # note
     cat >"$TMP/fp/pins.tmp" <<EOF
@@ -271,6 +276,7 @@ for r in $(seq 1 "$ROUNDS"); do
     phase "$r" tickets "$FEDPIN_PID" "$FEDPIN_ADDR" "$PEER_T:$PT_PORT" "$TMP/fp/ca/fedpin-ca.pem" "$PT_PID"
     phase "$r" notickets "$FEDPIN_PID" "$FEDPIN_ADDR" "$PEER_N:$PN_PORT" "$TMP/fp/ca/fedpin-ca.pem" "$PN_PID"
     phase "$r" floor "$FLOOR_PID" "$FLOOR_ADDR" "$PEER_N:$PN_PORT" "$TMP/ca.pem" "$PN_PID"
+    phase "$r" floor-resumed "$FLOOR_R_PID" "$FLOOR_R_ADDR" "$PEER_T:$PT_PORT" "$TMP/ca.pem" "$PT_PID"
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$((SECONDS - START))
@@ -330,6 +336,8 @@ FL_CPU=$(per_tunnel floor 4)
 T_RES=$(sum tickets 6)
 NT_RES=$(sum notickets 6)
 FL_RES=$(sum floor 6)
+FR_CPU=$(per_tunnel floor-resumed 4)
+FR_RES=$(sum floor-resumed 6)
 T_N=$(sum tickets 3)
 # fedpin's own view: handshakes that ran no pin check = resumed.
 T_FRES=$(($(sum tickets 8) - $(sum tickets 9)))
@@ -363,8 +371,12 @@ mkdir -p "$OUT_DIR"
     row "fedpin, peer issues tickets" tickets "$T_FRES"
     row "fedpin, peer issues no tickets" notickets "$NT_FRES"
     row "floor (2 full rustls handshakes)" floor "-"
+    row "floor, upstream resumed (reference)" floor-resumed "-"
     echo
     echo "  CPU/tun and peer CPU in microseconds per tunnel; the peer's own CPU shows what resumption saves it."
+    echo "  floor, upstream resumed: the same bare relay with its client side resuming (new_tunnels floor --resume, the"
+    echo "  ticket-issuing peer): the least an intercepting proxy with upstream resumption does; fedpin with resumption"
+    echo "  is $(ratio "$T_CPU" "$FR_CPU")x it (what fedpin adds to a bare relay: CONNECT handling, egress and pin rules, minting, metrics)."
     echo "  first tunnels (round 1 warm-up, one at a time, peer with tickets): $WARM_FULL full, $WARM_RESUMED resumed."
     echo "  reload: $RELOAD_LINE."
     echo
@@ -372,6 +384,7 @@ mkdir -p "$OUT_DIR"
     echo "summary: fedpin with resumption $T_CPU us CPU per new tunnel = $(ratio "$T_CPU" "$FL_CPU")x the floor ($FL_CPU us);"
     echo "         without (peer issues no tickets) $NT_CPU us = $(ratio "$NT_CPU" "$FL_CPU")x; resumption saves $(awk -v a="$NT_CPU" -v b="$T_CPU" 'BEGIN{printf "%.1f", a - b}') us per tunnel ($(ratio "$T_CPU" "$NT_CPU")x)."
     echo "         upstream handshakes resumed: $T_RES of $T_N (peer), $T_FRES (fedpin) with tickets; $NT_RES / $NT_FRES without; floor $FL_RES."
+    echo "         a bare relay with upstream resumption: $FR_CPU us = $(ratio "$FR_CPU" "$FL_CPU")x the floor (resumed $FR_RES)."
     echo "fedpin ERROR log lines during the run: $fedpin_errors. Measuring took ${ELAPSED}s."
 } | tee "$REPORT"
 log "report: $REPORT"
