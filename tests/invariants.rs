@@ -112,6 +112,15 @@ fn trusted_and_untrusted() -> (Ca, Ca, (Arc<VerifierCore>, AlertHub)) {
     (trusted, untrusted, core)
 }
 
+/// A CA trusted by a fresh verifier core, and a server of one of its leaves
+/// for "unlisted.fedpin.test".
+async fn unlisted_server() -> (Ca, (Arc<VerifierCore>, AlertHub), SocketAddr) {
+    let ca = root("CA");
+    let l = leaf(&ca, &["unlisted.fedpin.test"]);
+    let core = core(&[&ca.cert]);
+    (ca, core, serve_leaf(&l).await)
+}
+
 /// Connects to `addr` as HOST: greeted, and accepted on `basis`.
 async fn assert_basis(
     core: &Arc<VerifierCore>,
@@ -371,10 +380,7 @@ async fn inv5_report_mode_allows_only_webpki_valid_mismatch() {
 /// Invariant 6: hosts without an entry follow policy.unpinned.
 #[tokio::test]
 async fn inv6_unpinned_policy_webpki_and_deny() {
-    let ca = root("CA");
-    let l = leaf(&ca, &["unlisted.fedpin.test"]);
-    let (core, hub) = core(&[&ca.cert]);
-    let addr = serve_leaf(&l).await;
+    let (ca, (core, hub), addr) = unlisted_server().await;
     let other_pin = pin(&leaf(&ca, &[HOST]).cert).to_string();
 
     let webpki = pinset(&peer_toml(
@@ -1023,10 +1029,7 @@ fn f4_hosts_without_the_server_name_host_leaves_it_unpinned() {
 /// `server_name` is a who-and-where field; the TLS name is the best known).
 #[tokio::test]
 async fn f5_unpinned_alerts_name_the_server() {
-    let ca = root("CA");
-    let l = leaf(&ca, &["unlisted.fedpin.test"]);
-    let (core, hub) = core(&[&ca.cert]);
-    let addr = serve_leaf(&l).await;
+    let (_, (core, hub), addr) = unlisted_server().await;
     let deny = pinset("version = 1\n[policy]\nunpinned = \"deny\"\n");
     let _ = connect(&core, &deny, addr, "unlisted.fedpin.test").await;
     let a = [only_alert(&hub)];
