@@ -6,9 +6,38 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// A finished command's exit code, stdout and stderr, for a failure message.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The real `fedpin` binary.
+pub fn fedpin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedpin"))
+}
+
+/// `fedpin ca init --dir DIR`, run to the end.
+pub fn ca_init(dir: &Path) -> Output {
+    fedpin()
+        .args(["ca", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// `fedpin CMD --config CFG` (e.g. `check-config`, `run`), run to the end.
+pub fn with_config(cmd: &str, cfg: &Path) -> Output {
+    fedpin().args([cmd, "--config"]).arg(cfg).output().unwrap()
+}
 
 /// How long `fedpin run` may take to print its listening lines.
 pub const STARTUP: Duration = Duration::from_secs(30);
@@ -136,16 +165,8 @@ pub fn daemon_files(
     root: &super::Ca,
     edge: &super::Leaf,
 ) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    let init = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args(["ca", "init", "--dir"])
-        .arg(dir.join("ca"))
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "fedpin ca init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let init = ca_init(&dir.join("ca"));
+    assert!(init.status.success(), "fedpin ca init: {}", describe(&init));
     let fedpin_ca = fedpin::tls::load_certs(&dir.join("ca/fedpin-ca.pem")).unwrap();
     std::fs::write(
         dir.join("roots.pem"),
