@@ -334,10 +334,7 @@ async fn start(opts: Opts) -> Env {
         pins.clone(),
         core,
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(listener, rx));
+    let (addr, tx) = net::spawn_server(|l, rx| proxy.clone().serve(l, rx)).await;
     Env {
         proxy,
         addr,
@@ -2515,11 +2512,8 @@ async fn b_side() -> World {
         pins_for(A, &a_client.cert),
         core,
     ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b_inbound = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    tokio::spawn(inbound.serve(l, rx));
+    let (b_inbound, stop) = net::spawn_server(|l, rx| inbound.serve(l, rx)).await;
+    std::mem::forget(stop);
     World {
         public,
         b_server,
@@ -2550,11 +2544,8 @@ async fn a_outbound(w: &World, client: &Leaf) -> (SocketAddr, CertificateDer<'st
         Arc::new(upstream),
         Arc::new(minter),
     ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    tokio::spawn(proxy.serve(l, rx));
+    let (addr, stop) = net::spawn_server(|l, rx| proxy.serve(l, rx)).await;
+    std::mem::forget(stop);
     (addr, ica.der)
 }
 
@@ -2683,11 +2674,8 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
         Arc::new(PinStore::fixed(set, hub.clone())),
         core,
     ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    tokio::spawn(inbound.serve(l, rx));
+    let (addr, stop) = net::spawn_server(|l, rx| inbound.serve(l, rx)).await;
+    std::mem::forget(stop);
 
     async fn request(
         addr: SocketAddr,

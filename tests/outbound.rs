@@ -99,10 +99,7 @@ async fn start_proxy_with(
     let ica = interception_ca();
     let minter = Arc::new(LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 64).unwrap());
     let proxy = Arc::new(OutboundProxy::new(settings, upstream, minter));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(listener, rx));
+    let (addr, tx) = net::spawn_server(|l, rx| proxy.clone().serve(l, rx)).await;
     Env {
         proxy,
         addr,

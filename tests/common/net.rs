@@ -22,6 +22,20 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Leaf;
 
+/// Binds 127.0.0.1:0 and spawns `serve(listener, shutdown)` (a proxy's
+/// `serve`); returns the address and the sender that shuts it down.
+pub async fn spawn_server<F, Fut>(serve: F) -> (SocketAddr, tokio::sync::watch::Sender<bool>)
+where
+    F: FnOnce(TcpListener, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(listener, rx));
+    (addr, tx)
+}
+
 /// A server config presenting `leaf` (alone), offering `alpn`.
 pub fn server_config(leaf: &Leaf, alpn: &[&[u8]]) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
