@@ -60,13 +60,9 @@ impl Origin {
     }
 }
 
-/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
-pub async fn origin(ca: &Ca, seed: u8) -> Origin {
-    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
-    let cert = leaf(ca, &[ORIGIN_HOST]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let name = format!("{ORIGIN_HOST}:{port}");
+/// The key document of server `name` with key `ed25519:k` = `kp`,
+/// self-signed, valid for an hour.
+pub fn key_doc(name: &str, kp: &Ed25519KeyPair) -> serde_json::Value {
     let until = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -79,7 +75,19 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
         "old_verify_keys": {},
     });
     let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
-    doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
+    let sig = b64(kp.sign(text.as_bytes()).as_ref());
+    doc["signatures"] = serde_json::json!({ name: { "ed25519:k": sig } });
+    doc
+}
+
+/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
+pub async fn origin(ca: &Ca, seed: u8) -> Origin {
+    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+    let cert = leaf(ca, &[ORIGIN_HOST]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = format!("{ORIGIN_HOST}:{port}");
+    let doc = key_doc(&name, &kp);
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
     let key_requests = Arc::new(AtomicUsize::new(0));
     let counter = key_requests.clone();
