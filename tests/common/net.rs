@@ -169,6 +169,45 @@ where
     addr
 }
 
+/// A bodiless GET of `path` with the Host `authority`.
+pub fn get_request(path: &str, authority: &str) -> Request<http_body_util::Empty<Bytes>> {
+    Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// An error with its sources, ": "-separated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A response's status, its `x-fedpin-alert` header and its whole body as text.
+pub async fn status_alert_body(
+    resp: Response<Incoming>,
+) -> Result<(u16, Option<String>, String), String> {
+    let status = resp.status().as_u16();
+    let alert = resp
+        .headers()
+        .get("x-fedpin-alert")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("response body: {}", error_chain(&e)))?
+        .to_bytes();
+    Ok((status, alert, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// A response's status and its whole body as text.
 pub async fn status_and_body(resp: Response<Incoming>) -> Result<(u16, String), String> {
     let status = resp.status().as_u16();
