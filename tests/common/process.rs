@@ -250,6 +250,48 @@ pub fn keep_or_pass(dir: tempfile::TempDir, keep: bool, problems: &[String], wha
     assert!(problems.is_empty(), "{what} failed:\n  {all}");
 }
 
+/// A `fedpin run` with one proxy listener and the admin listener, and the
+/// directory it runs in.
+pub struct ProxyAndAdmin {
+    pub child: Reaped,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// `fedpin run --config CFG` ([`fedpin_run`]) in `dir`, once it listens
+/// as the `proxy` kind ("inbound", "outbound") and as admin.
+pub fn run_proxy_and_admin(dir: tempfile::TempDir, cfg: &Path, proxy: &str) -> ProxyAndAdmin {
+    let (child, addrs, _) = spawn_listening(fedpin_run(cfg, &[]), &[proxy, "admin"]);
+    ProxyAndAdmin {
+        child,
+        proxy: addrs[0],
+        admin: addrs[1],
+        dir,
+    }
+}
+
+/// A new temporary directory for [`outbound_config`]: an interception CA
+/// in `ca/` (`fedpin::tls::ca::init_ca`), `roots.pem` and `pins.toml`.
+pub fn outbound_dir(roots_pem: &str, pins: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
+    std::fs::write(d.join("roots.pem"), roots_pem).unwrap();
+    std::fs::write(d.join("pins.toml"), pins).unwrap();
+    dir
+}
+
+/// [`outbound_config`] for a directory from [`outbound_dir`]: trusting
+/// `roots.pem`, then `rest`, then an admin listener on 127.0.0.1:0.
+pub fn outbound_admin_config(dir: &Path, rest: &str) -> PathBuf {
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    outbound_config(
+        dir,
+        &format!("extra_roots = \"roots.pem\"\n{rest}\n{admin}"),
+    )
+}
+
 /// Writes `DIR/fedpin.toml`: the pin file `pins.toml`, an `[outbound]`
 /// proxy on 127.0.0.1:0 with the interception CA in `DIR/ca` (made by
 /// `fedpin::tls::ca::init_ca`), then `rest` (more outbound keys, sections).
