@@ -230,9 +230,7 @@ async fn upstream(handler: Handler) -> Upstream {
                         })
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                net::serve_http1(tcp, svc).await;
             });
         }
     });

@@ -23,7 +23,6 @@ use fedpin::tls::UpstreamTls;
 use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -118,9 +117,7 @@ async fn notary(ca: &Ca, seed: u8) -> Notary {
                         )))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                common::net::serve_http1(tls, svc).await;
             });
         }
     });

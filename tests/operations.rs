@@ -10,7 +10,6 @@ use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::sinks::{CommandSink, HttpTarget, MatrixSink, WebhookSink};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -261,11 +260,7 @@ async fn receiver(ca: &common::Ca, statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Se
                 async move {
                     let method = req.method().to_string();
                     let path = req.uri().path().to_string();
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
+                    let auth = net::header_text(req.headers(), "authorization");
                     let body = req
                         .into_body()
                         .collect()
@@ -291,9 +286,7 @@ async fn receiver(ca: &common::Ca, statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Se
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            net::serve_http1(tls, svc).await;
         }
     })
     .await;

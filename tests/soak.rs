@@ -353,9 +353,7 @@ async fn homeserver(live: Arc<AtomicUsize>) -> SocketAddr {
                     };
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                net::serve_http1(tcp, svc).await;
                 live.fetch_sub(1, Ordering::SeqCst);
             });
         }

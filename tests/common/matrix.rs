@@ -10,7 +10,6 @@ use bytes::Bytes;
 use fedpin::matrix::signing::SignedRequest;
 use http_body_util::Full;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use std::net::SocketAddr;
 
@@ -105,9 +104,7 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            super::net::serve_http1(tls, svc).await;
         }
     });
     Origin {

@@ -160,9 +160,7 @@ where
                     let answer = handler(req);
                     async move { Ok::<_, Infallible>(answer.await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                serve_http1(tcp, svc).await;
             });
         }
     });
@@ -194,11 +192,7 @@ pub async fn status_alert_body(
     resp: Response<Incoming>,
 ) -> Result<(u16, Option<String>, String), String> {
     let status = resp.status().as_u16();
-    let alert = resp
-        .headers()
-        .get("x-fedpin-alert")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let alert = header_text(resp.headers(), "x-fedpin-alert");
     let body = resp
         .into_body()
         .collect()
@@ -243,6 +237,27 @@ where
             .serve_connection(io, svc)
             .await;
     }
+}
+
+/// Serves HTTP/1.1 on `io` with `svc` until the connection ends.
+pub async fn serve_http1<I, S, B>(io: I, svc: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+/// The header `name` of `headers` as text, when it is there and is text.
+pub fn header_text(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Writes `GET path` for `host` with `Connection: close` on `io` and reads
