@@ -90,22 +90,13 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
     let key_requests = Arc::new(AtomicUsize::new(0));
     let counter = key_requests.clone();
-    super::net::serve_tls_on(listener, super::net::acceptor(&cert, &[]), move |tls| {
-        let body = body.clone();
-        let counter = counter.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = body.clone();
-                let counter = counter.clone();
-                async move {
-                    if req.uri().path() == "/_matrix/key/v2/server" {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                }
-            });
-            super::net::serve_http1(tls, svc).await;
+    let acceptor = super::net::acceptor(&cert, &[]);
+    super::net::serve_https_on(listener, acceptor, move |req| {
+        if req.uri().path() == "/_matrix/key/v2/server" {
+            counter.fetch_add(1, Ordering::SeqCst);
         }
+        let body = body.clone();
+        async move { hyper::Response::new(Full::new(body)) }
     });
     Origin {
         name,

@@ -132,6 +132,36 @@ where
     });
 }
 
+/// [`serve_tls_on`] answering every HTTP/1.1 request with `handler`.
+pub fn serve_https_on<F, Fut>(listener: TcpListener, acceptor: TlsAcceptor, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_tls_on(listener, acceptor, move |tls| {
+        let handler = handler.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answer = handler(req);
+                async move { Ok::<_, Infallible>(answer.await) }
+            });
+            serve_http1(tls, svc).await;
+        }
+    });
+}
+
+/// [`serve_https_on`] on 127.0.0.1:0; its address.
+pub async fn serve_https<F, Fut>(acceptor: TlsAcceptor, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve_https_on(listener, acceptor, handler);
+    addr
+}
+
 /// Starts a TLS server on 127.0.0.1:0 with `config`. Each connection that
 /// completes the handshake gets "hello\n" and is closed.
 pub async fn serve_hello(config: rustls::ServerConfig) -> SocketAddr {
