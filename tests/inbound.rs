@@ -2553,14 +2553,17 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let cert = p.self_signed(&key).unwrap();
-        (cert.der().clone(), key)
+        common::Leaf {
+            cert: cert.der().clone(),
+            key,
+        }
     };
-    let (pinned_cert, pinned_key) = nameless("peer without a name");
-    let (other_cert, other_key) = nameless("someone else");
+    let pinned = nameless("peer without a name");
+    let other = nameless("someone else");
     let hub = AlertHub::new();
     let mut set = PinSet::parse(&format!(
         "version = 1\n[policy]\nunpinned = \"webpki\"\n[[peer]]\nserver_name = \"n.fedpin.test\"\npins = [\"{}\"]\ntrust = \"pin-only\"\n",
-        common::pin(&pinned_cert)
+        common::pin(&pinned.cert)
     ))
     .unwrap();
     set.generation = 1;
@@ -2583,26 +2586,12 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
     async fn request(
         addr: SocketAddr,
         ca: &CertificateDer<'static>,
-        cert: &CertificateDer<'static>,
-        key: &rcgen::KeyPair,
+        client: &common::Leaf,
         origin: &str,
     ) -> Result<u16, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                vec![cert.clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(
-                    rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
-                ),
-            )
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = net::client_config_as(&[ca], &[b"http/1.1"], Some(client));
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ServerName::try_from(B).unwrap(), tcp)
             .await
             .map_err(|e| e.to_string())?;
@@ -2615,7 +2604,7 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
             .as_u16())
     }
 
-    let as_pinned = |origin| request(addr, &public.cert, &pinned_cert, &pinned_key, origin);
+    let as_pinned = |origin| request(addr, &public.cert, &pinned, origin);
     assert_eq!(as_pinned("n.fedpin.test").await, Ok(200), "n.fedpin.test");
     assert_eq!(
         as_pinned("n.fedpin.test:8448").await,
@@ -2630,7 +2619,7 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
     );
     // A nameless key pinned for nobody: the handshake (or the first request) fails.
     assert!(!matches!(
-        request(addr, &public.cert, &other_cert, &other_key, "n.fedpin.test").await,
+        request(addr, &public.cert, &other, "n.fedpin.test").await,
         Ok(200)
     ));
     assert!(

@@ -268,15 +268,7 @@ struct Ctx {
 }
 
 fn connector(root: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(net::client_config(&[root], &[b"http/1.1"]))
 }
 
 /// `fut` within [`STEP`]; running longer is an error.

@@ -336,29 +336,16 @@ async fn serve_peer_conn(
 /// The homeserver's plain-HTTP federation listener; `live` counts its open
 /// connections (fedpin's pooled upstream connections, for the fd figures).
 async fn homeserver(live: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let live = live.clone();
-            tokio::spawn(async move {
-                live.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let resp = if req.uri().path() == VERSION_PATH {
-                        Response::new(Full::new(Bytes::from_static(HS_BODY.as_bytes())))
-                    } else {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        r
-                    };
-                    Ok::<_, Infallible>(resp)
-                });
-                net::serve_http1(tcp, svc).await;
-                live.fetch_sub(1, Ordering::SeqCst);
-            });
+    net::plain_http_counted(live, |req| async move {
+        if req.uri().path() == VERSION_PATH {
+            Response::new(Full::new(Bytes::from_static(HS_BODY.as_bytes())))
+        } else {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
         }
-    });
-    addr
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------

@@ -180,17 +180,33 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    plain_http_counted(Arc::default(), handler).await
+}
+
+/// [`plain_http`] counting its open connections in `live`.
+pub async fn plain_http_counted<F, Fut>(
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    handler: F,
+) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    use std::sync::atomic::Ordering::SeqCst;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let handler = handler.clone();
+            let live = live.clone();
             tokio::spawn(async move {
+                live.fetch_add(1, SeqCst);
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let answer = handler(req);
                     async move { Ok::<_, Infallible>(answer.await) }
                 });
                 serve_http1(tcp, svc).await;
+                live.fetch_sub(1, SeqCst);
             });
         }
     });
