@@ -1,9 +1,17 @@
 //! The `fedpin` binary: demo, check-config (every example config), ca init, run.
 
-use std::process::Command;
+mod common;
 
-fn fedpin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fedpin"))
+use common::process::{ca_init, describe, fedpin, with_config};
+use std::os::unix::fs::PermissionsExt;
+
+/// `fedpin ca init` into `ca/` of a new temporary directory: the
+/// directory, `ca/` and what the command did.
+fn ca_in_tempdir() -> (tempfile::TempDir, std::path::PathBuf, std::process::Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let out = ca_init(&ca);
+    (dir, ca, out)
 }
 
 #[test]
@@ -49,27 +57,14 @@ fn example_configs_pass_check_config() {
         std::fs::copy(root.join("pins/pins.toml"), case.join("pins/pins.toml")).unwrap();
         let cfg = examples.join(path.file_name().unwrap());
         std::fs::copy(&path, &cfg).unwrap();
-        let init = fedpin()
-            .args(["ca", "init", "--dir"])
-            .arg(examples.join("ca"))
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let out = fedpin()
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
+        let init = ca_init(&examples.join("ca"));
+        assert!(init.status.success(), "{}", describe(&init));
+        let out = with_config("check-config", &cfg);
+        let path = path.display();
         assert!(
             out.status.success(),
-            "{} failed check-config:\n{}{}",
-            path.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "{path} failed check-config:\n{}",
+            describe(&out)
         );
         checked += 1;
     }
@@ -81,11 +76,7 @@ fn check_config_locates_errors_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fedpin.toml");
     std::fs::write(&cfg, "pins = \"pins.toml\"\n[outbound]\nlisten = \"not an address\"\nca_cert = \"missing.pem\"\nca_key = \"missing.key\"\n").unwrap();
-    let out = fedpin()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -103,25 +94,14 @@ fn check_config_locates_errors_and_exits_64() {
         "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"sha256/x\"]\n",
     )
     .unwrap();
-    let out = fedpin()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &cfg);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 4"));
 }
 
 #[test]
 fn ca_init_writes_0600_key_and_refuses_to_overwrite() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    let out = fedpin()
-        .args(["ca", "init", "--dir"])
-        .arg(&ca)
-        .output()
-        .unwrap();
+    let (_dir, ca, out) = ca_in_tempdir();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("federation_custom_ca_list"), "{stdout}");
@@ -135,27 +115,15 @@ fn ca_init_writes_0600_key_and_refuses_to_overwrite() {
     let pem = std::fs::read(ca.join("fedpin-ca.pem")).unwrap();
     let items = fedpin::verify::pins_of_pem_or_der(&pem).unwrap();
     assert_eq!(items.len(), 1);
-    let again = fedpin()
-        .args(["ca", "init", "--dir"])
-        .arg(&ca)
-        .output()
-        .unwrap();
+    let again = ca_init(&ca);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 }
 
 #[test]
 fn run_refuses_a_group_readable_ca_key() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    assert!(fedpin()
-        .args(["ca", "init", "--dir"])
-        .arg(&ca)
-        .output()
-        .unwrap()
-        .status
-        .success());
+    let (dir, ca, out) = ca_in_tempdir();
+    assert!(out.status.success());
     std::fs::set_permissions(
         ca.join("fedpin-ca.key"),
         std::fs::Permissions::from_mode(0o640),
@@ -164,11 +132,7 @@ fn run_refuses_a_group_readable_ca_key() {
     std::fs::write(dir.path().join("pins.toml"), "version = 1\n").unwrap();
     let cfg = dir.path().join("fedpin.toml");
     std::fs::write(&cfg, "pins = \"pins.toml\"\n[outbound]\nlisten = \"127.0.0.1:0\"\nca_cert = \"ca/fedpin-ca.pem\"\nca_key = \"ca/fedpin-ca.key\"\n").unwrap();
-    let out = fedpin()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = with_config("run", &cfg);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
@@ -185,11 +149,7 @@ fn check_config_refuses_alert_urls_that_only_look_like_loopback() {
     let cfg = dir.path().join("fedpin.toml");
     let check = |alerts: &str| {
         std::fs::write(&cfg, format!("pins = \"pins.toml\"\n[alerts]\n{alerts}")).unwrap();
-        fedpin()
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap()
+        with_config("check-config", &cfg)
     };
     let webhook = |u: &str| format!("webhook = \"{u}\"\n");
     let matrix = |u: &str| {

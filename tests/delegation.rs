@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{connect, process};
 use common::{leaf, net, pem, root, Leaf};
 use rustls::pki_types::CertificateDer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const SERVER: &str = "deleg.fedpin.test";
 const FED: &str = "fed.deleg.fedpin.test";
@@ -29,12 +29,13 @@ async fn https(cert: &Leaf, status: &'static str, body: Arc<Mutex<String>>) -> S
     net::serve_tls(net::acceptor(cert, &[]), move |mut tls| {
         let body = body.clone();
         async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 2048];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tls.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // The request head, line by line up to the empty line.
+            let mut head = tokio::io::BufReader::new(&mut tls);
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                if !matches!(head.read_line(&mut line).await, Ok(n) if n > 0) {
+                    return;
                 }
             }
             let b = body.lock().unwrap().clone();
@@ -231,12 +232,19 @@ async fn wait_alert(fp: &Fedpin, event: &str) -> Vec<serde_json::Value> {
     fp.alerts(event)
 }
 
+/// fedpin with the front at `front`, and the well-known it answers now,
+/// asserted to come with `status`: fedpin and the body.
+async fn well_known_via(w: &World, front: SocketAddr, status: u16) -> (Fedpin, String) {
+    let fp = run_fedpin(w, front);
+    let (got, body) = well_known_now(w, &fp).await;
+    assert_eq!(got, status, "{body}");
+    (fp, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn genuine_delegation_passes_through_the_watching_tunnel() {
     let w = enrolled().await;
-    let fp = run_fedpin(&w, w.front_addr);
-    let (status, body) = well_known_now(&w, &fp).await;
-    assert_eq!(status, 200, "{body}");
+    let (fp, body) = well_known_via(&w, w.front_addr, 200).await;
     assert!(
         body.contains(&format!("{FED}:{}", w.fed_addr.port())),
         "{body}"
@@ -257,9 +265,7 @@ async fn forged_well_known_through_a_ca_valid_certificate_is_blocked() {
         r#"{"m.server": "evil.fedpin.test:443"}"#.to_string(),
     ));
     let evil = https(&impostor, "200 OK", forged).await;
-    let fp = run_fedpin(&w, evil);
-    let (status, body) = well_known_now(&w, &fp).await;
-    assert_eq!(status, 502, "{body}");
+    let (fp, body) = well_known_via(&w, evil, 502).await;
     assert!(!body.contains("evil.fedpin.test"), "{body}");
     assert!(body.contains("pin_mismatch"), "{body}");
     let alerts = wait_alert(&fp, "pin_mismatch").await;
@@ -275,9 +281,7 @@ async fn forged_well_known_through_a_ca_valid_certificate_is_blocked() {
 async fn changed_delegation_on_the_genuine_key_raises_delegation_changed() {
     let w = enrolled().await;
     *w.front_body.lock().unwrap() = r#"{"m.server": "elsewhere.fedpin.test:8448"}"#.into();
-    let fp = run_fedpin(&w, w.front_addr);
-    let (status, body) = well_known_now(&w, &fp).await;
-    assert_eq!(status, 502, "{body}");
+    let (fp, body) = well_known_via(&w, w.front_addr, 502).await;
     assert!(body.contains("delegation_changed"), "{body}");
     assert!(!body.contains("\"m.server\""), "{body}");
     let alerts = wait_alert(&fp, "delegation_changed").await;

@@ -29,28 +29,20 @@ const SERVER: &str = "hs.fedpin.test";
 const STEP: Duration = Duration::from_secs(15);
 const VERSION: &str = "/_matrix/federation/v1/version";
 
-struct Fedpin {
-    _child: process::Reaped,
-    inbound: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+/// fedpin with its proxy listener (inbound) and admin listener.
+type Fedpin = process::ProxyAndAdmin;
 
 /// `fedpin run` with an outbound section (its egress policy and trust
 /// anchors are the key fetcher's) and an enforcing edge.
 fn run(ca: &Ca, upstream: SocketAddr, extra: &str) -> Fedpin {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = process::outbound_dir(&pem("CERTIFICATE", ca.cert.as_ref()), "version = 1\n");
     let d = dir.path();
-    fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
     let server = leaf(ca, &[SERVER]);
     server.write_pem(&d.join("cert.pem"), &d.join("key.pem"));
-    std::fs::write(d.join("roots.pem"), pem("CERTIFICATE", ca.cert.as_ref())).unwrap();
-    std::fs::write(d.join("pins.toml"), "version = 1\n").unwrap();
-    let cfg = process::outbound_config(
+    let cfg = process::outbound_admin_config(
         d,
         &format!(
-            r#"extra_roots = "roots.pem"
-resolve = {{ "{ORIGIN_HOST}" = "127.0.0.1", "ghost.fedpin.test" = "127.0.0.1" }}
+            r#"resolve = {{ "{ORIGIN_HOST}" = "127.0.0.1", "ghost.fedpin.test" = "127.0.0.1" }}
 {extra}
 
 [inbound]
@@ -63,29 +55,16 @@ verify_signatures = "enforce"
 deny_origins = ["denied.fedpin.test"]
 rate_per_origin = 1
 burst_per_origin = 5
-
-[admin]
-listen = "127.0.0.1:0"
 "#
         ),
     );
-    let (child, addrs, _) =
-        process::spawn_listening(process::fedpin_run(&cfg, &[]), &["inbound", "admin"]);
-    let [inbound, admin] = addrs[..] else {
-        unreachable!()
-    };
-    Fedpin {
-        _child: child,
-        inbound,
-        admin,
-        _dir: dir,
-    }
+    process::run_proxy_and_admin(dir, &cfg, "inbound")
 }
 
 /// One request over a new TLS connection from the loopback address `from`,
 /// with the given `Authorization` headers; the status.
 async fn send(fp: &Fedpin, ca: &Ca, from: &str, auths: &[&str]) -> u16 {
-    let mut sender = edge_sender(fp.inbound, &ca.cert, SERVER, Some(from)).await;
+    let mut sender = edge_sender(fp.proxy, &ca.cert, SERVER, Some(from)).await;
     let mut req = Request::get(VERSION).header(hyper::header::HOST, SERVER);
     for a in auths {
         req = req.header(hyper::header::AUTHORIZATION, *a);
@@ -159,7 +138,7 @@ async fn review_attacks_on_the_edge_fail_against_the_real_binary() {
     // 1,000 forged requests for an origin nobody answers for: ≤ 1 fetch.
     let before = metric(&fp, "fedpin_signing_key_fetches_total").await;
     let ghost = forged("ghost.fedpin.test:1");
-    let mut sender = edge_sender(fp.inbound, &ca.cert, SERVER, None).await;
+    let mut sender = edge_sender(fp.proxy, &ca.cert, SERVER, None).await;
     for i in 0..1000 {
         if let Err(e) = sender.ready().await {
             panic!("the edge closed the connection after {i} requests: {e}");

@@ -9,6 +9,7 @@
 mod common;
 
 use common::block_scalar;
+use common::process::{ca_init, describe, with_config};
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -55,15 +56,6 @@ fn skipped(what: &str) {
     eprintln!("SKIPPED (test passes without checking): {what}");
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// The words of the unit's (first, uncommented) `ExecStart=` line.
 fn exec_start(unit: &str) -> Vec<String> {
     unit.lines()
@@ -72,6 +64,18 @@ fn exec_start(unit: &str) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+/// The words of the ExecStart= line of the example `unit`, with the
+/// installed binary and file (`(installed, here)` each) replaced.
+fn exec_start_as(unit: &str, binary: (&str, &str), file: (&str, &str)) -> Vec<String> {
+    let words = exec_start(&read(&examples().join(unit)));
+    let here = |w: String| match w {
+        w if w == binary.0 => binary.1.to_string(),
+        w if w == file.0 => file.1.to_string(),
+        w => w,
+    };
+    words.into_iter().map(here).collect()
 }
 
 /// The unit with its active ExecStart= binaries replaced by the built ones
@@ -196,6 +200,17 @@ fn wrapper_path() -> PathBuf {
 }
 
 /// Runs the wrapper with `sh` (so a checkout without the x bit works).
+/// Runs the wrapper with `args` on `input`; asserts its exit `code` and
+/// that its stdout holds `says`.
+#[track_caller]
+fn wrapper_says(args: &[&str], input: &str, code: i32, says: &str) -> Output {
+    let out = run_wrapper(args, input, &[]);
+    assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(says), "{}", describe(&out));
+    out
+}
+
 fn run_wrapper(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut child = Command::new("sh")
         .arg(wrapper_path())
@@ -248,48 +263,32 @@ fn wrapper_judges_pinctl_json_from_stdin() {
         peer_json("a.example", "ok", Some(60), None),
         peer_json("b.example", "ok", Some(40), Some(200))
     );
-    let out = run_wrapper(&["--stdin"], &ok, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    wrapper_says(&["--stdin"], &ok, 0, "");
 
     let mismatch = format!(
         "[{}, {}]",
         peer_json("a.example", "ok", Some(60), None),
         peer_json("evil.example", "mismatch", None, None)
     );
-    let out = run_wrapper(&["--stdin"], &mismatch, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let out = wrapper_says(&["--stdin"], &mismatch, 1, "MISMATCH evil.example");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("MISMATCH evil.example"),
-        "{}",
-        describe(&out)
-    );
     assert!(!stdout.contains("a.example:"), "{}", describe(&out));
 
     let error = format!("[{}]", peer_json("gone.example", "error", None, None));
-    let out = run_wrapper(&["--stdin"], &error, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    wrapper_says(&["--stdin"], &error, 1, "");
 
     // Near expiry: the certificate (10 days) or the pins (3 days), against
     // the default threshold (14) and a given one.
     let cert_soon = format!("[{}]", peer_json("a.example", "ok", Some(10), None));
-    let out = run_wrapper(&["--stdin"], &cert_soon, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("EXPIRING a.example: certificate"),
-        "{}",
-        describe(&out)
+    wrapper_says(
+        &["--stdin"],
+        &cert_soon,
+        1,
+        "EXPIRING a.example: certificate",
     );
-    let out = run_wrapper(&["--stdin", "7"], &cert_soon, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    wrapper_says(&["--stdin", "7"], &cert_soon, 0, "");
     let pins_soon = format!("[{}]", peer_json("a.example", "ok", Some(80), Some(3)));
-    let out = run_wrapper(&["--stdin"], &pins_soon, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("EXPIRING a.example: pins"),
-        "{}",
-        describe(&out)
-    );
+    wrapper_says(&["--stdin"], &pins_soon, 1, "EXPIRING a.example: pins");
 
     // Not pinctl's JSON, or a bad argument: 2.
     for bad in ["", "not json", "{\"status\": \"ok\"}", "[1, 2]"] {
@@ -301,8 +300,7 @@ fn wrapper_judges_pinctl_json_from_stdin() {
             describe(&out)
         );
     }
-    let out = run_wrapper(&["--stdin", "soon"], "[]", &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    wrapper_says(&["--stdin", "soon"], "[]", 2, "");
 }
 
 /// The wrapper runs `pinctl --pins $FEDPIN_PINS verify --json` (found on
@@ -392,14 +390,12 @@ fn live_peer_checks(addr: SocketAddr, pin: &str) {
     write_file(&pins, &pin_file(&name, pin, None));
 
     // pinctl-verify.service's ExecStart=, with the built pinctl and this pin file.
-    let argv: Vec<String> = exec_start(&read(&examples().join("systemd/pinctl-verify.service")))
-        .into_iter()
-        .map(|a| match a.as_str() {
-            "/usr/local/bin/pinctl" => PINCTL.to_string(),
-            "/etc/fedpin/pins.toml" => pins_s.clone(),
-            _ => a,
-        })
-        .collect();
+    let unit = "systemd/pinctl-verify.service";
+    let argv = exec_start_as(
+        unit,
+        ("/usr/local/bin/pinctl", PINCTL),
+        ("/etc/fedpin/pins.toml", &pins_s),
+    );
     assert!(argv.contains(&"--json".to_string()), "{argv:?}");
     let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{argv:?}: {}", describe(&out));
@@ -469,22 +465,14 @@ fn kubernetes_configmaps_pass_check_config() {
     write_file(&d.join("fedpin.toml"), &config);
     write_file(&d.join("pins.toml"), &block_scalar(&yaml, "pins.toml"));
 
-    let init = Command::new(FEDPIN)
-        .args(["ca", "init", "--dir"])
-        .arg(d.join("ca"))
-        .output()
-        .unwrap();
+    let init = ca_init(&d.join("ca"));
     assert!(init.status.success(), "{}", describe(&init));
     let server =
         rcgen::generate_simple_self_signed(vec!["matrix.example.org".to_string()]).unwrap();
     write_file(&d.join("tls/tls.crt"), &server.cert.pem());
     write_file(&d.join("tls/tls.key"), &server.signing_key.serialize_pem());
 
-    let out = Command::new(FEDPIN)
-        .args(["check-config", "--config"])
-        .arg(d.join("fedpin.toml"))
-        .output()
-        .unwrap();
+    let out = with_config("check-config", &d.join("fedpin.toml"));
     assert!(out.status.success(), "{config}\n{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for want in [
@@ -533,14 +521,7 @@ fn prometheus_rules_are_well_formed() {
     for chunk in &chunks {
         let name = chunk.lines().next().unwrap().trim();
         assert!(names.insert(name), "alert {name} defined twice");
-        for field in [
-            "expr:",
-            "labels:",
-            "annotations:",
-            "summary:",
-            "description:",
-            "runbook:",
-        ] {
+        for field in "expr: labels: annotations: summary: description: runbook:".split(' ') {
             assert!(chunk.contains(field), "alert {name} has no {field}");
         }
         assert!(
@@ -609,11 +590,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 fn prometheus_rules_use_only_metrics_fedpin_exports() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let init = Command::new(FEDPIN)
-        .args(["ca", "init", "--dir"])
-        .arg(d.join("ca"))
-        .output()
-        .unwrap();
+    let init = ca_init(&d.join("ca"));
     assert!(init.status.success(), "{}", describe(&init));
     let server = rcgen::generate_simple_self_signed(vec!["hs.example".to_string()]).unwrap();
     write_file(&d.join("tls/cert.pem"), &server.cert.pem());
@@ -634,14 +611,12 @@ fn prometheus_rules_use_only_metrics_fedpin_exports() {
         ),
     );
     let config = d.join("fedpin.toml").display().to_string();
-    let argv: Vec<String> = exec_start(&read(&examples().join("systemd/fedpin.service")))
-        .into_iter()
-        .map(|a| match a.as_str() {
-            "/usr/local/bin/fedpin" => FEDPIN.to_string(),
-            "/etc/fedpin/fedpin.toml" => config.clone(),
-            _ => a,
-        })
-        .collect();
+    let unit = "systemd/fedpin.service";
+    let argv = exec_start_as(
+        unit,
+        ("/usr/local/bin/fedpin", FEDPIN),
+        ("/etc/fedpin/fedpin.toml", &config),
+    );
     let _fedpin = common::process::Reaped(
         Command::new(&argv[0])
             .args(&argv[1..])

@@ -44,23 +44,10 @@ fn killed_at_every_write_step_leaves_old_or_new_file() {
     {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pins.toml");
-        let out = pinctl(
-            &path,
-            &["add", "a.example", "--pin", &pin(1), "--pin", &pin(2)],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        with_one_peer(&path);
         let before = std::fs::read(&path).unwrap();
 
-        let out = pinctl(
-            &path,
-            &["add", "b.example", "--pin", &pin(3), "--pin", &pin(4)],
-            Some(step),
-        );
+        let out = add_two_pins(&path, "b.example", 3, Some(step));
         assert!(
             !out.status.success(),
             "{step}: the fault point must kill pinctl"
@@ -81,16 +68,9 @@ fn killed_at_every_write_step_leaves_old_or_new_file() {
             );
         }
         // The lock died with the process: the next write goes through.
-        let out = pinctl(
-            &path,
-            &["add", "c.example", "--pin", &pin(5), "--pin", &pin(6)],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{step}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = add_two_pins(&path, "c.example", 5, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{step}: {err}");
         assert!(PinSet::load(&path)
             .unwrap()
             .by_server_name("c.example")
@@ -166,17 +146,21 @@ fn refused_write_keeps_the_file(path: &Path, fault: Option<&str>, os_error: &str
     assert_eq!(leftovers(path.parent().unwrap()), Vec::<String>::new());
 }
 
-fn with_one_peer(path: &Path) {
-    let out = pinctl(
+/// `pinctl add NAME --pin pin(n) --pin pin(n + 1)` on `path`, with the fault
+/// point `fault`.
+fn add_two_pins(path: &Path, name: &str, n: u8, fault: Option<&str>) -> std::process::Output {
+    pinctl(
         path,
-        &["add", "a.example", "--pin", &pin(1), "--pin", &pin(2)],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        &["add", name, "--pin", &pin(n), "--pin", &pin(n + 1)],
+        fault,
+    )
+}
+
+/// `path` becomes a pin file with one peer, a.example (pins 1 and 2).
+fn with_one_peer(path: &Path) {
+    let out = add_two_pins(path, "a.example", 1, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
 }
 
 /// A small tmpfs mounted for one test, when this process may mount (root
@@ -212,45 +196,41 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn full_disk_gives_a_clear_error_and_an_intact_file() {
-    // Injected ENOSPC on the write step: runs on every machine.
+/// A refused pin-file write (`message`) leaves the file intact: first with
+/// `fault` injected (on every machine), then for real on a tmpfs of `size`
+/// that `spoil` makes fail, where the test may mount one.
+fn write_fault_keeps_the_file(fault: &str, message: &str, size: &str, spoil: impl FnOnce(&Tmpfs)) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pins.toml");
     with_one_peer(&path);
-    refused_write_keeps_the_file(&path, Some("write:enospc"), "No space left on device");
+    refused_write_keeps_the_file(&path, Some(fault), message);
 
-    // A real full file system, where the test may mount one.
-    let Some(fs) = Tmpfs::mount("64k") else {
-        eprintln!("cannot mount a tmpfs here: only the injected ENOSPC case ran");
+    let Some(fs) = Tmpfs::mount(size) else {
+        eprintln!("cannot mount a tmpfs here: only the injected {fault} case ran");
         return;
     };
     let path = fs.path().join("pins.toml");
     with_one_peer(&path);
-    {
+    spoil(&fs);
+    refused_write_keeps_the_file(&path, None, message);
+}
+
+#[test]
+fn full_disk_gives_a_clear_error_and_an_intact_file() {
+    // The real case fills the file system.
+    write_fault_keeps_the_file("write:enospc", "No space left on device", "64k", |fs| {
         use std::io::Write;
         let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
         let block = [0u8; 4096];
         while filler.write_all(&block).is_ok() {}
-    }
-    refused_write_keeps_the_file(&path, None, "No space left on device");
+    });
 }
 
 #[test]
 fn read_only_file_system_gives_a_clear_error_and_an_intact_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pins.toml");
-    with_one_peer(&path);
-    refused_write_keeps_the_file(&path, Some("create:erofs"), "Read-only file system");
-
-    let Some(fs) = Tmpfs::mount("1m") else {
-        eprintln!("cannot mount a tmpfs here: only the injected EROFS case ran");
-        return;
-    };
-    let path = fs.path().join("pins.toml");
-    with_one_peer(&path);
-    assert!(fs.remount_read_only(), "remount read-only");
-    refused_write_keeps_the_file(&path, None, "Read-only file system");
+    write_fault_keeps_the_file("create:erofs", "Read-only file system", "1m", |fs| {
+        assert!(fs.remount_read_only(), "remount read-only");
+    });
 }
 
 // ----------------------------------------------------------------------

@@ -230,9 +230,7 @@ async fn upstream(handler: Handler) -> Upstream {
                         })
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                net::serve_http1(tcp, svc).await;
             });
         }
     });
@@ -258,6 +256,71 @@ struct Opts {
     upstream: Option<hyper::Uri>,
     /// Mint a client leaf for PEER under the test CA and pin it (replaces `pins`).
     pin_peer: bool,
+}
+
+impl Opts {
+    /// The defaults with `handler`.
+    fn handler(handler: Handler) -> Self {
+        Opts::default().with_handler(handler)
+    }
+
+    /// The defaults with `edit` made to the settings.
+    fn settings(edit: impl FnOnce(&mut InboundSettings)) -> Self {
+        let mut opts = Opts::default();
+        edit(&mut opts.settings);
+        opts
+    }
+
+    /// The defaults with `edit` made to the edge rules.
+    fn rules(edit: impl FnOnce(&mut EdgeRules)) -> Self {
+        let mut opts = Opts::default();
+        edit(&mut opts.rules);
+        opts
+    }
+
+    fn with_handler(self, handler: Handler) -> Self {
+        Opts { handler, ..self }
+    }
+}
+
+/// An inbound alert `event` was raised naming the client at `local`.
+#[track_caller]
+fn assert_inbound_alert(hub: &AlertHub, event: AlertEvent, local: SocketAddr) {
+    let alerts = hub.recent();
+    let a = alerts
+        .iter()
+        .find(|a| a.event == event && a.direction == Direction::Inbound)
+        .unwrap_or_else(|| panic!("no inbound {event:?}: {alerts:?}"));
+    let peer = local.to_string();
+    assert_eq!(a.peer_addr.as_deref(), Some(peer.as_str()), "{a:?}");
+    assert_eq!(a.port, Some(local.port()), "{a:?}");
+}
+
+/// Waits (up to STEP) until no connection is open; whether that happened.
+async fn connections_drain(env: &Env) -> bool {
+    wait_until(STEP, || {
+        env.proxy.stats().connections.load(Ordering::SeqCst) == 0
+    })
+    .await
+}
+
+/// How many handshakes ended with `result` so far.
+fn handshakes(env: &Env, result: HandshakeResult) -> u64 {
+    env.proxy.stats().handshakes.get(result)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The defaults with a 1 s idle timeout (and a 10 s header timeout).
+fn idle_after_1s() -> Opts {
+    Opts::settings(|s| (s.idle_timeout, s.header_timeout) = (secs(1), secs(10)))
+}
+
+/// A rate limit of `per_second`, bursting to `burst`.
+fn rate(per_second: u32, burst: u32) -> Option<RateLimit> {
+    Some(RateLimit { per_second, burst })
 }
 
 impl Default for Opts {
@@ -334,10 +397,7 @@ async fn start(opts: Opts) -> Env {
         pins.clone(),
         core,
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(listener, rx));
+    let (addr, tx) = net::spawn_server(|l, rx| proxy.clone().serve(l, rx)).await;
     Env {
         proxy,
         addr,
@@ -744,11 +804,7 @@ async fn passthrough_is_byte_exact_strips_hop_by_hop_and_streams_both_ways() {
             Reply::Now(up_full(200, r#"{"upstream":"ok"}"#))
         }
     });
-    let env = start(Opts {
-        handler,
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::handler(handler)).await;
 
     let uri = "/_matrix/federation/v1/send/txn%2F1?x=%20y&ver=%21a%3Ab";
     let auth = r#"X-Matrix origin="a.example",destination="hs.fedpin.test",key="ed25519:1",sig="Zm9v+/YmFy==""#;
@@ -882,11 +938,7 @@ async fn content_length_bodies_and_statuses_pass_through() {
         r.headers_mut().insert("x-synapse", "yes".parse().unwrap());
         Reply::Now(r)
     });
-    let env = start(Opts {
-        handler,
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::handler(handler)).await;
     let body = Bytes::from(pattern(100_000));
     let mut req = fed_req(
         Method::POST,
@@ -957,14 +1009,7 @@ async fn conflicting_framing_cannot_smuggle_a_second_request() {
 
 #[tokio::test]
 async fn connection_limit_refuses_extra_connections_and_frees_slots() {
-    let env = start(Opts {
-        settings: InboundSettings {
-            max_connections: 1,
-            ..Opts::default().settings
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::settings(|s| s.max_connections = 1)).await;
     let (mut first, first_conn) = Sender::open(tls(&env, &[b"http/1.1"]).await).await;
     let r = first
         .send(get("/_matrix/key/v2/server", None))
@@ -983,16 +1028,7 @@ async fn connection_limit_refuses_extra_connections_and_frees_slots() {
     drop(first);
     first_conn.abort();
     let _ = first_conn.await;
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .connections
-            .load(Ordering::SeqCst)
-            == 0)
-        .await,
-        "the slot was not released"
-    );
+    assert!(connections_drain(&env).await, "the slot was not released");
     let r = call(&env, get("/_matrix/key/v2/server", None)).await;
     assert_eq!(r.status, StatusCode::OK);
 }
@@ -1174,14 +1210,7 @@ fn set(items: &[&str]) -> HashSet<String> {
 
 #[tokio::test]
 async fn deny_origins_refuse_with_403_and_a_rule_change_applies_without_restart() {
-    let env = start(Opts {
-        rules: EdgeRules {
-            deny_origins: set(&["spam.example"]),
-            ..EdgeRules::default()
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::rules(|r| r.deny_origins = set(&["spam.example"]))).await;
     let path = "/_matrix/federation/v1/send/1";
     for origin in ["spam.example", "spam.example:8448"] {
         let r = call(&env, fed_req(Method::PUT, path, Some(origin), "{}")).await;
@@ -1227,14 +1256,7 @@ async fn deny_origins_refuse_with_403_and_a_rule_change_applies_without_restart(
 /// the homeserver.
 #[tokio::test]
 async fn x_matrix_origin_hidden_from_the_edge_is_refused_before_the_rules() {
-    let env = start(Opts {
-        rules: EdgeRules {
-            deny_origins: set(&["spam.example"]),
-            ..EdgeRules::default()
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::rules(|r| r.deny_origins = set(&["spam.example"]))).await;
     let path = "/_matrix/federation/v1/send/1";
     let good = xmatrix("good.example");
     let spam = xmatrix("spam.example");
@@ -1285,14 +1307,7 @@ async fn x_matrix_origin_hidden_from_the_edge_is_refused_before_the_rules() {
 
 #[tokio::test]
 async fn allow_origins_serve_only_the_listed_servers() {
-    let env = start(Opts {
-        rules: EdgeRules {
-            allow_origins: set(&["friend.example"]),
-            ..EdgeRules::default()
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::rules(|r| r.allow_origins = set(&["friend.example"]))).await;
     let path = "/_matrix/federation/v1/version";
     for origin in ["friend.example", "friend.example:8448"] {
         let r = call(&env, get(path, Some(origin))).await;
@@ -1323,6 +1338,19 @@ async fn allow_origins_serve_only_the_listed_servers() {
 // ---------------------------------------------------------------------------
 
 /// Checks a 429: `Retry-After` whole seconds ≥ 1, JSON `retry_after_ms`.
+/// Counts `r` as served (200) or as limited (429, checked by
+/// [`assert_limited`]) in `(served, limited)`; any other status fails.
+fn tally(r: &HttpReply, (ok, limited): &mut (usize, usize)) {
+    match r.status.as_u16() {
+        200 => *ok += 1,
+        429 => {
+            assert_limited(r);
+            *limited += 1;
+        }
+        other => panic!("unexpected {other}: {}", r.text()),
+    }
+}
+
 fn assert_limited(r: &HttpReply) {
     r.assert_matrix_error(429, "M_LIMIT_EXCEEDED");
     let ra: u64 = r
@@ -1345,35 +1373,18 @@ fn assert_limited(r: &HttpReply) {
 
 #[tokio::test]
 async fn per_origin_rate_limit_answers_429_with_retry_after_and_spares_other_origins() {
-    let env = start(Opts {
-        rules: EdgeRules {
-            per_origin: Some(RateLimit {
-                per_second: 2,
-                burst: 3,
-            }),
-            ..EdgeRules::default()
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::rules(|r| r.per_origin = rate(2, 3))).await;
     let (mut s, _c) = Sender::open(tls(&env, &[b"http/1.1"]).await).await;
     let path = "/_matrix/federation/v1/send/1";
-    let mut ok = 0;
-    let mut limited = 0;
+    let mut counts = (0, 0);
     for _ in 0..10 {
         let r = s
             .send(fed_req(Method::PUT, path, Some("a.example"), "{}"))
             .await
             .unwrap();
-        match r.status.as_u16() {
-            200 => ok += 1,
-            429 => {
-                assert_limited(&r);
-                limited += 1;
-            }
-            other => panic!("unexpected {other}: {}", r.text()),
-        }
+        tally(&r, &mut counts);
     }
+    let (ok, limited) = counts;
     assert!(ok >= 3, "the burst of 3 is served ({ok} served)");
     assert!(
         limited >= 5,
@@ -1410,20 +1421,9 @@ async fn per_origin_rate_limit_answers_429_with_retry_after_and_spares_other_ori
 
 #[tokio::test]
 async fn per_ip_rate_limit_applies_across_origins_and_key_requests() {
-    let env = start(Opts {
-        rules: EdgeRules {
-            per_ip: Some(RateLimit {
-                per_second: 2,
-                burst: 3,
-            }),
-            ..EdgeRules::default()
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::rules(|r| r.per_ip = rate(2, 3))).await;
     let (mut s, _c) = Sender::open(tls(&env, &[b"http/1.1"]).await).await;
-    let mut ok = 0;
-    let mut limited = 0;
+    let mut counts = (0, 0);
     for i in 0..10 {
         // Different origins, and unauthenticated key requests: all one IP.
         let req = if i % 3 == 2 {
@@ -1434,16 +1434,9 @@ async fn per_ip_rate_limit_applies_across_origins_and_key_requests() {
                 Some(&format!("o{i}.example")),
             )
         };
-        let r = s.send(req).await.unwrap();
-        match r.status.as_u16() {
-            200 => ok += 1,
-            429 => {
-                assert_limited(&r);
-                limited += 1;
-            }
-            other => panic!("unexpected {other}: {}", r.text()),
-        }
+        tally(&s.send(req).await.unwrap(), &mut counts);
     }
+    let (ok, limited) = counts;
     assert!(ok >= 3 && limited >= 5, "{ok} served, {limited} limited");
     assert_eq!(env.up.started(), ok);
 }
@@ -1458,15 +1451,7 @@ async fn oversized_bodies_get_413() {
     let handler: Handler = Arc::new(|rec: &Recorded| {
         Reply::Now(up_full(200, format!(r#"{{"len":{}}}"#, rec.body.len())))
     });
-    let env = start(Opts {
-        settings: InboundSettings {
-            max_body: MAX,
-            ..Opts::default().settings
-        },
-        handler,
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::settings(|s| s.max_body = MAX).with_handler(handler)).await;
     let path = "/_matrix/federation/v1/send/big";
 
     // Declared too large: refused from the head alone, the body is never awaited.
@@ -1543,14 +1528,7 @@ async fn oversized_bodies_get_413() {
 /// A request head larger than max_header_bytes is refused, not forwarded.
 #[tokio::test]
 async fn oversized_request_heads_are_refused() {
-    let env = start(Opts {
-        settings: InboundSettings {
-            max_header_bytes: 16 * 1024,
-            ..Opts::default().settings
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::settings(|s| s.max_header_bytes = 16 * 1024)).await;
     let mut raw = Raw::new(tls(&env, &[b"http/1.1"]).await);
     let filler = "a".repeat(8 * 1024);
     let mut head = format!(
@@ -1580,14 +1558,9 @@ async fn oversized_request_heads_are_refused() {
 
 #[tokio::test]
 async fn slow_loris_head_is_cut_off_while_other_clients_are_served() {
-    let env = start(Opts {
-        settings: InboundSettings {
-            header_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(30),
-            ..Opts::default().settings
-        },
-        ..Opts::default()
-    })
+    let env = start(Opts::settings(|s| {
+        (s.header_timeout, s.idle_timeout) = (secs(1), secs(30))
+    }))
     .await;
     let mut loris = Raw::new(tls(&env, &[b"http/1.1"]).await);
     let began = Instant::now();
@@ -1642,14 +1615,7 @@ async fn slow_loris_head_is_cut_off_while_other_clients_are_served() {
 
 #[tokio::test]
 async fn silent_tls_clients_are_dropped_after_the_handshake_timeout() {
-    let env = start(Opts {
-        settings: InboundSettings {
-            handshake_timeout: Duration::from_secs(1),
-            ..Opts::default().settings
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::settings(|s| s.handshake_timeout = secs(1))).await;
     let mut tcp = TcpStream::connect(env.addr).await.unwrap();
     let began = Instant::now();
     let mut b = [0u8; 64];
@@ -1659,38 +1625,16 @@ async fn silent_tls_clients_are_dropped_after_the_handshake_timeout() {
         "a client that never starts TLS is still connected after 6 s"
     );
     assert!(began.elapsed() >= Duration::from_millis(900));
+    assert!(wait_until(STEP, || handshakes(&env, HandshakeResult::Timeout) == 1).await);
     assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .handshakes
-            .get(HandshakeResult::Timeout)
-            == 1)
-        .await
-    );
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .connections
-            .load(Ordering::SeqCst)
-            == 0)
-        .await,
+        connections_drain(&env).await,
         "the connection slot was not released"
     );
 }
 
 #[tokio::test]
 async fn idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
-    let env = start(Opts {
-        settings: InboundSettings {
-            idle_timeout: Duration::from_secs(1),
-            header_timeout: Duration::from_secs(10),
-            ..Opts::default().settings
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(idle_after_1s()).await;
     let mut raw = Raw::new(tls(&env, &[b"http/1.1"]).await);
     raw.send(format!("GET /_matrix/key/v2/server HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
         .await;
@@ -1703,15 +1647,7 @@ async fn idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
         closed >= Duration::from_millis(800),
         "closed too early: {closed:?}"
     );
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .connections
-            .load(Ordering::SeqCst)
-            == 0)
-        .await
-    );
+    assert!(connections_drain(&env).await);
 }
 
 /// A connection whose request is waiting for the homeserver (within
@@ -1720,15 +1656,10 @@ async fn idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
 async fn a_request_waiting_on_the_homeserver_is_not_cut_by_the_idle_timeout() {
     let handler: Handler =
         Arc::new(|_: &Recorded| Reply::After(Duration::from_secs(2), up_full(200, "{}")));
-    let env = start(Opts {
-        settings: InboundSettings {
-            idle_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            ..Opts::default().settings
-        },
-        handler,
-        ..Opts::default()
-    })
+    let env = start(
+        Opts::settings(|s| (s.idle_timeout, s.request_timeout) = (secs(1), secs(5)))
+            .with_handler(handler),
+    )
     .await;
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let (mut s, _c) = Sender::open(tls(&env, &[alpn]).await).await;
@@ -1746,15 +1677,7 @@ async fn a_request_waiting_on_the_homeserver_is_not_cut_by_the_idle_timeout() {
 
 #[tokio::test]
 async fn idle_h2_connection_is_closed_after_idle_timeout() {
-    let env = start(Opts {
-        settings: InboundSettings {
-            idle_timeout: Duration::from_secs(1),
-            header_timeout: Duration::from_secs(10),
-            ..Opts::default().settings
-        },
-        ..Opts::default()
-    })
-    .await;
+    let env = start(idle_after_1s()).await;
     let t = tls(&env, &[b"h2"]).await;
     assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut s, conn) = Sender::open(t).await;
@@ -1808,15 +1731,9 @@ async fn slow_homeserver_gives_504_json_after_request_timeout() {
             Reply::Now(up_full(200, r#"{"upstream":"ok"}"#))
         }
     });
-    let env = start(Opts {
-        settings: InboundSettings {
-            request_timeout: Duration::from_secs(1),
-            ..Opts::default().settings
-        },
-        handler,
-        ..Opts::default()
-    })
-    .await;
+    let env =
+        start(Opts::settings(|s| s.request_timeout = Duration::from_secs(1)).with_handler(handler))
+            .await;
     let (mut s, _c) = Sender::open(tls(&env, &[b"http/1.1"]).await).await;
     let began = Instant::now();
     let r = s
@@ -1985,11 +1902,7 @@ async fn h2_and_http1_clients_are_both_served_and_the_homeserver_gets_http1_with
     let handler: Handler = Arc::new(|rec: &Recorded| {
         Reply::Now(up_full(200, format!(r#"{{"len":{}}}"#, rec.body.len())))
     });
-    let env = start(Opts {
-        handler,
-        ..Opts::default()
-    })
-    .await;
+    let env = start(Opts::handler(handler)).await;
     let path = "/_matrix/federation/v1/query/profile?user_id=%40a%3Aa.example&field=displayname";
 
     // h2.
@@ -2120,19 +2033,11 @@ async fn mutual_tls_require_accepts_the_pinned_client_bound_to_its_origin() {
     assert_eq!(env.up.started(), 2);
 
     // Another key for the same name (CA-valid): refused at the handshake, with an inbound alert.
-    let before = env
-        .proxy
-        .stats()
-        .handshakes
-        .get(HandshakeResult::PinMismatch);
+    let before = handshakes(&env, HandshakeResult::PinMismatch);
     let r = try_call(env.addr, with(Some(&impostor)), get(path, Some(PEER))).await;
     assert!(r.is_err(), "an unpinned client key was served: {r:?}");
     assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .handshakes
-            .get(HandshakeResult::PinMismatch)
+        wait_until(STEP, || handshakes(&env, HandshakeResult::PinMismatch)
             > before)
         .await
     );
@@ -2267,34 +2172,20 @@ async fn access_log_shows_templated_paths_and_never_identifiers_tokens_or_bodies
             .unwrap()
     };
     let (mut s, _c) = Sender::open(tls(&env, &[b"http/1.1"]).await).await;
-    let r = s
-        .send(send(
-            Method::GET,
-            "/_matrix/federation/v1/make_join/!room:hs.example/@alice:hs.example?ver=10&ver=11",
-            "",
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    let r = s
-        .send(send(
-            Method::PUT,
-            "/_matrix/federation/v2/send_join/%21room%3Ahs.example/%24event-SECRET-ID",
-            r#"{"content":{"body":"SECRET-MESSAGE-CONTENT"},"access_token":"syt_SECRET_TOKEN"}"#,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::OK);
-    // A refused request is logged the same way.
-    let r = s
-        .send(send(
-            Method::GET,
-            "/_matrix/client/v3/rooms/!room:hs.example/messages",
-            "",
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let join = "/_matrix/federation/v1/make_join/!room:hs.example/@alice:hs.example?ver=10&ver=11";
+    let send_join = "/_matrix/federation/v2/send_join/%21room%3Ahs.example/%24event-SECRET-ID";
+    let secret =
+        r#"{"content":{"body":"SECRET-MESSAGE-CONTENT"},"access_token":"syt_SECRET_TOKEN"}"#;
+    let messages = "/_matrix/client/v3/rooms/!room:hs.example/messages";
+    for (method, path, body, status) in [
+        (Method::GET, join, "", StatusCode::OK),
+        (Method::PUT, send_join, secret, StatusCode::OK),
+        // A refused request is logged the same way.
+        (Method::GET, messages, "", StatusCode::NOT_FOUND),
+    ] {
+        let r = s.send(send(method, path, body)).await.unwrap();
+        assert_eq!(r.status, status);
+    }
 
     let logs = cap.text();
     let access: Vec<&str> = logs
@@ -2515,11 +2406,8 @@ async fn b_side() -> World {
         pins_for(A, &a_client.cert),
         core,
     ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let b_inbound = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    tokio::spawn(inbound.serve(l, rx));
+    let (b_inbound, stop) = net::spawn_server(|l, rx| inbound.serve(l, rx)).await;
+    std::mem::forget(stop);
     World {
         public,
         b_server,
@@ -2550,11 +2438,8 @@ async fn a_outbound(w: &World, client: &Leaf) -> (SocketAddr, CertificateDer<'st
         Arc::new(upstream),
         Arc::new(minter),
     ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    tokio::spawn(proxy.serve(l, rx));
+    let (addr, stop) = net::spawn_server(|l, rx| proxy.serve(l, rx)).await;
+    std::mem::forget(stop);
     (addr, ica.der)
 }
 
@@ -2583,19 +2468,28 @@ async fn try_send(
         .await
         .unwrap();
     let mut s = net::http1_client(tls).await.unwrap();
-    let req = Request::get("/_matrix/federation/v1/version")
-        .header("host", format!("{B}:{port}"))
-        .header(
-            "authorization",
-            format!("X-Matrix origin=\"{origin}\",destination=\"{B}\",key=\"ed25519:1\",sig=\"x\""),
-        )
+    let auth = format!(r#"X-Matrix origin="{origin}",destination="{B}",key="ed25519:1",sig="x""#);
+    let host = format!("{B}:{port}");
+    let resp = get_authorized(&mut s, "/_matrix/federation/v1/version", &host, auth).await?;
+    net::status_and_body(resp).await
+}
+
+/// GETs `path` on `s` with the `host` and `authorization` headers, within 10 s.
+async fn get_authorized(
+    s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+    host: &str,
+    auth: String,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let req = Request::get(path)
+        .header("host", host)
+        .header("authorization", auth)
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
+    tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
         .await
         .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    net::status_and_body(resp).await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -2659,14 +2553,17 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let cert = p.self_signed(&key).unwrap();
-        (cert.der().clone(), key)
+        common::Leaf {
+            cert: cert.der().clone(),
+            key,
+        }
     };
-    let (pinned_cert, pinned_key) = nameless("peer without a name");
-    let (other_cert, other_key) = nameless("someone else");
+    let pinned = nameless("peer without a name");
+    let other = nameless("someone else");
     let hub = AlertHub::new();
     let mut set = PinSet::parse(&format!(
         "version = 1\n[policy]\nunpinned = \"webpki\"\n[[peer]]\nserver_name = \"n.fedpin.test\"\npins = [\"{}\"]\ntrust = \"pin-only\"\n",
-        common::pin(&pinned_cert)
+        common::pin(&pinned.cert)
     ))
     .unwrap();
     set.generation = 1;
@@ -2683,91 +2580,46 @@ async fn nameless_client_certificate_is_bound_to_the_origin_entry() {
         Arc::new(PinStore::fixed(set, hub.clone())),
         core,
     ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(tx);
-    tokio::spawn(inbound.serve(l, rx));
+    let (addr, stop) = net::spawn_server(|l, rx| inbound.serve(l, rx)).await;
+    std::mem::forget(stop);
 
     async fn request(
         addr: SocketAddr,
         ca: &CertificateDer<'static>,
-        cert: &CertificateDer<'static>,
-        key: &rcgen::KeyPair,
+        client: &common::Leaf,
         origin: &str,
     ) -> Result<u16, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                vec![cert.clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(
-                    rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
-                ),
-            )
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = net::client_config_as(&[ca], &[b"http/1.1"], Some(client));
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ServerName::try_from(B).unwrap(), tcp)
             .await
             .map_err(|e| e.to_string())?;
         let mut s = net::http1_client(tls).await?;
-        let req = Request::get("/_matrix/federation/v1/query/profile")
-            .header("host", B)
-            .header(
-                "authorization",
-                format!("X-Matrix origin=\"{origin}\",key=\"ed25519:1\",sig=\"x\""),
-            )
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
-            .await
-            .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(resp.status().as_u16())
+        let auth = format!(r#"X-Matrix origin="{origin}",key="ed25519:1",sig="x""#);
+        let path = "/_matrix/federation/v1/query/profile";
+        Ok(get_authorized(&mut s, path, B, auth)
+            .await?
+            .status()
+            .as_u16())
     }
 
+    let as_pinned = |origin| request(addr, &public.cert, &pinned, origin);
+    assert_eq!(as_pinned("n.fedpin.test").await, Ok(200), "n.fedpin.test");
     assert_eq!(
-        request(
-            addr,
-            &public.cert,
-            &pinned_cert,
-            &pinned_key,
-            "n.fedpin.test"
-        )
-        .await,
-        Ok(200)
-    );
-    assert_eq!(
-        request(
-            addr,
-            &public.cert,
-            &pinned_cert,
-            &pinned_key,
-            "n.fedpin.test:8448"
-        )
-        .await,
-        Ok(200)
+        as_pinned("n.fedpin.test:8448").await,
+        Ok(200),
+        "n.fedpin.test:8448"
     );
     // The same key claiming an unpinned origin is not bound to it, even under unpinned = "webpki".
     assert_eq!(
-        request(
-            addr,
-            &public.cert,
-            &pinned_cert,
-            &pinned_key,
-            "other.fedpin.test"
-        )
-        .await,
-        Ok(401)
+        as_pinned("other.fedpin.test").await,
+        Ok(401),
+        "other.fedpin.test"
     );
     // A nameless key pinned for nobody: the handshake (or the first request) fails.
     assert!(!matches!(
-        request(addr, &public.cert, &other_cert, &other_key, "n.fedpin.test").await,
+        request(addr, &public.cert, &other, "n.fedpin.test").await,
         Ok(200)
     ));
     assert!(
@@ -2812,32 +2664,12 @@ async fn refused_client_certificate_alert_names_the_client_address() {
     // Another key for the pinned name A: pin_mismatch.
     let (local, res) = connect_as(leaf(&w.public, &[A])).await;
     assert!(res.is_err(), "an impostor client is refused: {res:?}");
-    let alerts = w.b_hub.recent();
-    let a = alerts
-        .iter()
-        .find(|a| a.event == AlertEvent::PinMismatch && a.direction == Direction::Inbound)
-        .unwrap_or_else(|| panic!("no inbound pin_mismatch: {alerts:?}"));
-    assert_eq!(
-        a.peer_addr.as_deref(),
-        Some(local.to_string().as_str()),
-        "{a:?}"
-    );
-    assert_eq!(a.port, Some(local.port()), "{a:?}");
+    assert_inbound_alert(&w.b_hub, AlertEvent::PinMismatch, local);
 
     // A name with no entry under unpinned = "deny": unpinned_denied.
     let (local, res) = connect_as(leaf(&w.public, &["stranger.fedpin.test"])).await;
     assert!(res.is_err(), "an unpinned client is refused: {res:?}");
-    let alerts = w.b_hub.recent();
-    let a = alerts
-        .iter()
-        .find(|a| a.event == AlertEvent::UnpinnedDenied && a.direction == Direction::Inbound)
-        .unwrap_or_else(|| panic!("no inbound unpinned_denied: {alerts:?}"));
-    assert_eq!(
-        a.peer_addr.as_deref(),
-        Some(local.to_string().as_str()),
-        "{a:?}"
-    );
-    assert_eq!(a.port, Some(local.port()), "{a:?}");
+    assert_inbound_alert(&w.b_hub, AlertEvent::UnpinnedDenied, local);
 
     // Each connection has its own verifier, yet the pinned client still
     // resumes its session on the next connection (same pin generation).

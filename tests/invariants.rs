@@ -4,9 +4,14 @@
 mod common;
 
 use common::*;
-use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::alert::AlertEvent::*;
+use fedpin::alert::{
+    Action, Action::*, Alert, AlertEvent, AlertHub, Direction, Severity, Severity::*,
+};
 use fedpin::pins::{Mode, PinSet};
-use fedpin::verify::{Basis, Outcome, PinnedClientVerifier, Presented, Refusal, Usage};
+use fedpin::verify::{
+    Basis, Outcome, PinnedClientVerifier, Presented, Refusal, Usage, Verdict, VerifierCore,
+};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
@@ -16,13 +21,170 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 const HOST: &str = "hs.fedpin.test";
+const PIN_ONLY: &str = "trust = \"pin-only\"";
+const REPORT: &str = "mode = \"report\"";
+const EXPIRED: &str = "expires = \"2020-01-01T00:00:00Z\"";
+const EXPIRED_WEBPKI: &str = "on_expired = \"webpki\"";
+const EXPIRED_DENY: &str = "on_expired = \"deny\"";
+const UNPINNED_WEBPKI: &str = "unpinned = \"webpki\"";
+const UNPINNED_DENY: &str = "unpinned = \"deny\"";
+
+/// A pin set with `policy` lines whose one peer, HOST, is pinned to the key
+/// of `cert`, with `extra` lines of that entry.
+fn pins_for(policy: &str, cert: &CertificateDer<'_>, extra: &str) -> Arc<PinSet> {
+    pins_at(policy, HOST, cert, extra)
+}
+
+/// [`pins_for`] for the peer `host`.
+fn pins_at(policy: &str, host: &str, cert: &CertificateDer<'_>, extra: &str) -> Arc<PinSet> {
+    pinset(&peer_toml(policy, host, &[pin(cert).to_string()], extra))
+}
+
+/// What the verifier core says of `cert` presented (alone) as a server
+/// certificate for `lookup` (and the TLS `name`, if any) at `now`.
+fn evaluate(
+    core: &VerifierCore,
+    pins: &Arc<PinSet>,
+    cert: &CertificateDer<'_>,
+    (lookup, name): (&str, Option<&ServerName<'_>>),
+    now: UnixTime,
+) -> Verdict {
+    let presented = Presented {
+        lookup,
+        name,
+        end_entity: cert,
+        intermediates: &[],
+        now,
+        usage: Usage::Server,
+    };
+    core.evaluate(pins, &presented)
+}
+
+/// A client verifier (client certificate required) for a pin file with
+/// `policy` lines and `peers` (server name, pinned certificate, extra lines).
+fn client_verifier(
+    core: Arc<VerifierCore>,
+    policy: &str,
+    peers: &[(&str, &CertificateDer<'_>, &str)],
+) -> PinnedClientVerifier {
+    let mut toml = format!("version = 1\n[policy]\n{policy}\n");
+    for (name, cert, extra) in peers {
+        let pin = pin(cert);
+        toml += &format!("[[peer]]\nserver_name = \"{name}\"\npins = [\"{pin}\"]\n{extra}\n");
+    }
+    PinnedClientVerifier::new(core, pinset(&toml), true)
+}
+
+/// Connects to `addr` as HOST and returns the greeting (or the error).
+async fn greeting(
+    core: &Arc<VerifierCore>,
+    pins: &Arc<PinSet>,
+    addr: SocketAddr,
+) -> Result<String, String> {
+    connect(core, pins, addr, HOST).await.result
+}
+
+/// The greeting of a server for `served` to a client that pins HOST to the
+/// key of `pinned` (with `policy` lines and `extra` lines of the entry).
+async fn served_pinned(
+    core: &Arc<VerifierCore>,
+    served: &Leaf,
+    pinned: &Leaf,
+    (policy, extra): (&str, &str),
+) -> Result<String, String> {
+    let pins = pins_for(policy, &pinned.cert, extra);
+    greeting(core, &pins, serve_leaf(served).await).await
+}
+
+/// A CA (named `cn`) trusted by a fresh verifier core, with two leaves
+/// for `name` (the pinned one and another).
+fn two_leaves(cn: &str, name: &str) -> (Ca, Leaf, Leaf, (Arc<VerifierCore>, AlertHub)) {
+    let ca = root(cn);
+    let (pinned, other) = (leaf(&ca, &[name]), leaf(&ca, &[name]));
+    let core = core(&[&ca.cert]);
+    (ca, pinned, other, core)
+}
+
+/// Two roots, "Trusted" and "Untrusted", and a verifier core trusting the first.
+fn trusted_and_untrusted() -> (Ca, Ca, (Arc<VerifierCore>, AlertHub)) {
+    let (trusted, untrusted) = (root("Trusted"), root("Untrusted"));
+    let core = core(&[&trusted.cert]);
+    (trusted, untrusted, core)
+}
+
+/// A CA trusted by a fresh verifier core, and a server of one of its leaves
+/// for "unlisted.fedpin.test".
+async fn unlisted_server() -> (Ca, (Arc<VerifierCore>, AlertHub), SocketAddr) {
+    let ca = root("CA");
+    let l = leaf(&ca, &["unlisted.fedpin.test"]);
+    let core = core(&[&ca.cert]);
+    (ca, core, serve_leaf(&l).await)
+}
+
+/// Connects to `addr` as HOST: greeted, and accepted on `basis`.
+async fn assert_basis(
+    core: &Arc<VerifierCore>,
+    pins: &Arc<PinSet>,
+    addr: SocketAddr,
+    basis: Basis,
+) {
+    let out = connect(core, pins, addr, HOST).await;
+    assert_eq!(out.result.as_deref(), Ok("hello\n"));
+    assert_eq!(out.record.unwrap().basis(), Some(basis));
+}
+
+/// Connects to `addr` as HOST and asserts the greeting.
+async fn assert_greets(core: &Arc<VerifierCore>, pins: &Arc<PinSet>, addr: SocketAddr) {
+    assert_eq!(greeting(core, pins, addr).await.as_deref(), Ok("hello\n"));
+}
+
+/// Invariant 4: a server (TLS 1.2 only if `tls12`) replaying `genuine`'s
+/// certificate, signing with `attacker_key`, is refused for a bad signature,
+/// under `trust = "webpki"` and `"pin-only"` alike.
+async fn assert_replays_fail(
+    core: &Arc<VerifierCore>,
+    genuine: &Leaf,
+    attacker_key: &PrivateKeyDer<'static>,
+    tls12: bool,
+) {
+    for trust in ["trust = \"webpki\"", PIN_ONLY] {
+        let pins = pins_for("", &genuine.cert, trust);
+        let (chain, key) = (vec![genuine.cert.clone()], attacker_key.clone_key());
+        let addr = match tls12 {
+            true => serve_tls12(chain, key).await,
+            false => serve(chain, key).await,
+        };
+        let out = connect(core, &pins, addr, HOST).await;
+        assert!(
+            out.result.is_err(),
+            "{trust} (TLS 1.2: {tls12}): replay must fail"
+        );
+        let rec = out.record.unwrap();
+        let refusal = rec.refusal();
+        let bad_signature = matches!(refusal, Some(Refusal::SignatureInvalid { .. }));
+        assert!(bad_signature, "{trust}: {rec:?}");
+    }
+}
+
+/// The one alert raised so far.
+#[track_caller]
+fn only_alert(hub: &AlertHub) -> Alert {
+    let a = alerts(hub);
+    assert_eq!(a.len(), 1, "{a:?}");
+    a.into_iter().next().unwrap()
+}
+
+/// The event, severity and action of an alert.
+fn summary(a: &Alert) -> (AlertEvent, Severity, Action) {
+    (a.event, a.severity, a.action)
+}
 
 /// Invariant 1: Web PKI with the configured roots plus extra anchors.
 #[tokio::test]
 async fn inv1_webpki_roots_plus_extra_anchors() {
     let ca = root("Private Federation CA");
     let l = leaf(&ca, &[HOST]);
-    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
+    let addr = serve_leaf(&l).await;
     let pins = pinset("version = 1\n");
 
     // With the private CA as an extra anchor: accepted (unpinned, policy webpki).
@@ -38,37 +200,30 @@ async fn inv1_webpki_roots_plus_extra_anchors() {
     );
     let out = connect(&mozilla, &pins, addr, HOST).await;
     assert!(out.result.is_err());
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].event, AlertEvent::ChainInvalid);
+    let a = [only_alert(&hub)];
+    assert_eq!(a[0].event, ChainInvalid);
     assert!(a[0].webpki.contains("UnknownIssuer"), "{}", a[0].webpki);
 }
 
 /// Invariant 2: a CA-valid impostor for a pinned host is rejected with a critical alert.
 #[tokio::test]
 async fn inv2_ca_valid_impostor_is_critical_pin_mismatch() {
-    let ca = root("Public CA");
-    let genuine = leaf(&ca, &[HOST]);
-    let impostor = leaf(&ca, &[HOST]);
-    let (core, hub) = core(&[&ca.cert]);
-    let pins = pinset(&peer_toml("", HOST, &[pin(&genuine.cert).to_string()], ""));
+    let (_, genuine, impostor, (core, hub)) = two_leaves("Public CA", HOST);
+    let pins = pins_for("", &genuine.cert, "");
 
-    let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
-    let out = connect(&core, &pins, good, HOST).await;
-    assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis(), Some(Basis::PinOnValidatedPath));
+    let good = serve_leaf(&genuine).await;
+    assert_basis(&core, &pins, good, Basis::PinOnValidatedPath).await;
     assert!(alerts(&hub).is_empty());
 
-    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
+    let bad = serve_leaf(&impostor).await;
     let out = connect(&core, &pins, bad, HOST).await;
     let err = out.result.unwrap_err();
     assert!(err.contains("pin check failed for hs.fedpin.test"), "{err}");
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
+    let a = [only_alert(&hub)];
     let a = &a[0];
-    assert_eq!(a.event, AlertEvent::PinMismatch);
-    assert_eq!(a.severity, Severity::Critical);
-    assert_eq!(a.action, Action::Blocked);
+    assert_eq!(a.event, PinMismatch);
+    assert_eq!(a.severity, Critical);
+    assert_eq!(a.action, Blocked);
     assert_eq!(a.direction, Direction::Outbound);
     assert_eq!(a.webpki, "valid");
     assert_eq!(a.host.as_deref(), Some(HOST));
@@ -94,12 +249,7 @@ async fn inv2_pinned_intermediate_off_the_validated_path_does_not_count() {
     let rogue_root = root("Compromised Root");
     let rogue_leaf = leaf(&rogue_root, &[HOST]);
     let (core, hub) = core(&[&genuine_root.cert, &rogue_root.cert]);
-    let pins = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&genuine_int.cert).to_string()],
-        "",
-    ));
+    let pins = pins_for("", &genuine_int.cert, "");
 
     // The genuine chain passes on the intermediate's pin.
     let good = serve(
@@ -107,10 +257,7 @@ async fn inv2_pinned_intermediate_off_the_validated_path_does_not_count() {
         genuine.key_der(),
     )
     .await;
-    assert_eq!(
-        connect(&core, &pins, good, HOST).await.result.as_deref(),
-        Ok("hello\n")
-    );
+    assert_greets(&core, &pins, good).await;
 
     // The attacker sends the pinned intermediate too, but it is not on the path that validates.
     let bad = serve(
@@ -120,10 +267,9 @@ async fn inv2_pinned_intermediate_off_the_validated_path_does_not_count() {
     .await;
     let out = connect(&core, &pins, bad, HOST).await;
     assert!(out.result.is_err());
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].event, AlertEvent::PinMismatch);
-    assert_eq!(a[0].severity, Severity::Critical);
+    let a = [only_alert(&hub)];
+    assert_eq!(a[0].event, PinMismatch);
+    assert_eq!(a[0].severity, Critical);
     assert_eq!(a[0].served_chain.len(), 2);
 }
 
@@ -147,33 +293,19 @@ async fn inv2_pin_on_anchor_or_leaf_of_validated_path_counts() {
 /// expired, wrong name) is rejected under trust = "webpki".
 #[tokio::test]
 async fn inv2_pinned_leaf_with_invalid_chain_is_rejected() {
-    let trusted = root("Trusted");
-    let untrusted = root("Untrusted");
-    let (core, hub) = core(&[&trusted.cert]);
-
-    let l = leaf(&untrusted, &[HOST]);
-    let pins = pinset(&peer_toml("", HOST, &[pin(&l.cert).to_string()], ""));
-    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
-    assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
-
+    let (trusted, untrusted, (core, hub)) = trusted_and_untrusted();
+    let unknown_ca = leaf(&untrusted, &[HOST]);
     let old = expired_leaf(&trusted, &[HOST]);
-    let pins_old = pinset(&peer_toml("", HOST, &[pin(&old.cert).to_string()], ""));
-    let addr = serve(vec![old.cert.clone()], old.key_der()).await;
-    assert!(connect(&core, &pins_old, addr, HOST).await.result.is_err());
-
     let other = leaf(&trusted, &["other.fedpin.test"]);
-    let pins_other = pinset(&peer_toml("", HOST, &[pin(&other.cert).to_string()], ""));
-    let addr = serve(vec![other.cert.clone()], other.key_der()).await;
-    assert!(connect(&core, &pins_other, addr, HOST)
-        .await
-        .result
-        .is_err());
+    for l in [&unknown_ca, &old, &other] {
+        assert!(served_pinned(&core, l, l, ("", "")).await.is_err());
+    }
 
     let a = alerts(&hub);
     assert_eq!(a.len(), 3);
     for a in &a {
-        assert_eq!(a.event, AlertEvent::ChainInvalid, "{}", a.reason);
-        assert_eq!(a.severity, Severity::Warning);
+        assert_eq!(a.event, ChainInvalid, "{}", a.reason);
+        assert_eq!(a.severity, Warning);
         assert_ne!(a.webpki, "valid");
     }
 }
@@ -183,13 +315,8 @@ async fn inv2_pinned_leaf_with_invalid_chain_is_rejected() {
 async fn inv3_pin_only_checks_leaf_key_alone() {
     let (core, hub) = core(&[]);
     let ss = self_signed(&["some-other-name.example"]);
-    let pins = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&ss.cert).to_string()],
-        "trust = \"pin-only\"",
-    ));
-    let addr = serve(vec![ss.cert.clone()], ss.key_der()).await;
+    let pins = pins_for("", &ss.cert, PIN_ONLY);
+    let addr = serve_leaf(&ss).await;
     let out = connect(&core, &pins, addr, HOST).await;
     assert_eq!(
         out.result.as_deref(),
@@ -200,46 +327,28 @@ async fn inv3_pin_only_checks_leaf_key_alone() {
 
     // The self-signed key changed: rejected.
     let changed = self_signed(&[HOST]);
-    let addr = serve(vec![changed.cert.clone()], changed.key_der()).await;
-    assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].event, AlertEvent::PinMismatch);
-    assert_eq!(a[0].action, Action::Blocked);
+    let addr = serve_leaf(&changed).await;
+    assert!(greeting(&core, &pins, addr).await.is_err());
+    let a = [only_alert(&hub)];
+    assert_eq!(a[0].event, PinMismatch);
+    assert_eq!(a[0].action, Blocked);
 
     // Other certificates the peer sends are ignored: the pinned cert as an extra does not count.
     let decoy = self_signed(&[HOST]);
     let addr = serve(vec![decoy.cert.clone(), ss.cert.clone()], decoy.key_der()).await;
-    assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
+    assert!(greeting(&core, &pins, addr).await.is_err());
 }
 
 /// Invariant 4: the handshake signature is always checked against the leaf key.
 #[tokio::test]
 async fn inv4_replayed_pinned_certificate_without_key_fails() {
-    let ca = root("CA");
-    let genuine = leaf(&ca, &[HOST]);
-    let attacker_key = leaf(&ca, &[HOST]).key_der();
-    let (core, hub) = core(&[&ca.cert]);
-    for trust in ["trust = \"webpki\"", "trust = \"pin-only\""] {
-        let pins = pinset(&peer_toml(
-            "",
-            HOST,
-            &[pin(&genuine.cert).to_string()],
-            trust,
-        ));
-        let addr = serve(vec![genuine.cert.clone()], attacker_key.clone_key()).await;
-        let out = connect(&core, &pins, addr, HOST).await;
-        assert!(out.result.is_err(), "{trust}: replay must fail");
-        let rec = out.record.unwrap();
-        assert!(
-            matches!(rec.refusal(), Some(Refusal::SignatureInvalid { .. })),
-            "{trust}: {rec:?}"
-        );
-    }
+    let (_, genuine, attacker, (core, hub)) = two_leaves("CA", HOST);
+    let attacker_key = attacker.key_der();
+    assert_replays_fail(&core, &genuine, &attacker_key, false).await;
     let a = alerts(&hub);
     assert_eq!(a.len(), 1, "identical replays merge within 60 s");
-    assert_eq!(a[0].event, AlertEvent::SignatureInvalid);
-    assert_eq!(a[0].severity, Severity::Critical);
+    assert_eq!(a[0].event, SignatureInvalid);
+    assert_eq!(a[0].severity, Critical);
 }
 
 /// Invariant 5: report mode lets a Web-PKI-valid mismatch through with an
@@ -252,46 +361,30 @@ async fn inv5_report_mode_allows_only_webpki_valid_mismatch() {
     let valid_other = leaf(&ca, &[HOST]);
     let invalid_other = leaf(&rogue, &[HOST]);
     let (core, hub) = core(&[&ca.cert]);
-    let pins = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&pinned.cert).to_string()],
-        "mode = \"report\"",
-    ));
+    let pins = pins_for("", &pinned.cert, REPORT);
 
-    let addr = serve(vec![valid_other.cert.clone()], valid_other.key_der()).await;
-    let out = connect(&core, &pins, addr, HOST).await;
-    assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis(), Some(Basis::ReportModeWebPki));
+    let addr = serve_leaf(&valid_other).await;
+    assert_basis(&core, &pins, addr, Basis::ReportModeWebPki).await;
 
-    let addr = serve(vec![invalid_other.cert.clone()], invalid_other.key_der()).await;
-    assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
+    let addr = serve_leaf(&invalid_other).await;
+    assert!(greeting(&core, &pins, addr).await.is_err());
 
     let a = alerts(&hub);
     assert_eq!(a.len(), 2);
-    assert_eq!(
-        (a[0].event, a[0].severity, a[0].action),
-        (AlertEvent::PinMismatch, Severity::Critical, Action::Allowed)
-    );
+    assert_eq!(summary(&a[0]), (PinMismatch, Critical, Allowed));
     assert_eq!(a[0].mode, Some(fedpin::pins::Mode::Report));
-    assert_eq!(
-        (a[1].event, a[1].action),
-        (AlertEvent::PinMismatch, Action::Blocked)
-    );
-    assert_eq!(a[1].severity, Severity::Warning);
+    assert_eq!((a[1].event, a[1].action), (PinMismatch, Blocked));
+    assert_eq!(a[1].severity, Warning);
 }
 
 /// Invariant 6: hosts without an entry follow policy.unpinned.
 #[tokio::test]
 async fn inv6_unpinned_policy_webpki_and_deny() {
-    let ca = root("CA");
-    let l = leaf(&ca, &["unlisted.fedpin.test"]);
-    let (core, hub) = core(&[&ca.cert]);
-    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
+    let (ca, (core, hub), addr) = unlisted_server().await;
     let other_pin = pin(&leaf(&ca, &[HOST]).cert).to_string();
 
     let webpki = pinset(&peer_toml(
-        "unpinned = \"webpki\"",
+        UNPINNED_WEBPKI,
         HOST,
         std::slice::from_ref(&other_pin),
         "",
@@ -305,15 +398,11 @@ async fn inv6_unpinned_policy_webpki_and_deny() {
     );
     assert!(alerts(&hub).is_empty());
 
-    let deny = pinset(&peer_toml("unpinned = \"deny\"", HOST, &[other_pin], ""));
+    let deny = pinset(&peer_toml(UNPINNED_DENY, HOST, &[other_pin], ""));
     let out = connect(&core, &deny, addr, "unlisted.fedpin.test").await;
     assert!(out.result.unwrap_err().contains("policy.unpinned"));
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(
-        (a[0].event, a[0].action),
-        (AlertEvent::UnpinnedDenied, Action::Blocked)
-    );
+    let a = [only_alert(&hub)];
+    assert_eq!((a[0].event, a[0].action), (UnpinnedDenied, Blocked));
     assert_eq!(a[0].webpki, "valid");
 }
 
@@ -321,56 +410,31 @@ async fn inv6_unpinned_policy_webpki_and_deny() {
 /// match; a mismatch is invariant 10's critical alert).
 #[tokio::test]
 async fn inv6_expired_pins_follow_on_expired() {
-    let ca = root("CA");
-    let pinned = leaf(&ca, &[HOST]);
-    let rotated = leaf(&ca, &[HOST]);
-    let (core, hub) = core(&[&ca.cert]);
-    let addr = serve(vec![pinned.cert.clone()], pinned.key_der()).await;
-    let expired = "expires = \"2020-01-01T00:00:00Z\"";
+    let (_, pinned, rotated, (core, hub)) = two_leaves("CA", HOST);
+    let addr = serve_leaf(&pinned).await;
+    let expired = EXPIRED;
 
-    let fallback = pinset(&peer_toml(
-        "on_expired = \"webpki\"",
-        HOST,
-        &[pin(&pinned.cert).to_string()],
-        expired,
-    ));
-    let out = connect(&core, &fallback, addr, HOST).await;
-    assert_eq!(out.result.as_deref(), Ok("hello\n"));
-    assert_eq!(out.record.unwrap().basis(), Some(Basis::ExpiredPinsWebPki));
+    let fallback = pins_for(EXPIRED_WEBPKI, &pinned.cert, expired);
+    assert_basis(&core, &fallback, addr, Basis::ExpiredPinsWebPki).await;
 
-    let deny = pinset(&peer_toml(
-        "on_expired = \"deny\"",
-        HOST,
-        &[pin(&pinned.cert).to_string()],
-        expired,
-    ));
-    assert!(connect(&core, &deny, addr, HOST).await.result.is_err());
+    let deny = pins_for(EXPIRED_DENY, &pinned.cert, expired);
+    assert!(greeting(&core, &deny, addr).await.is_err());
 
     // Not yet expired: enforced as usual (a rotated key is refused).
-    let future = pinset(&peer_toml(
-        "on_expired = \"webpki\"",
-        HOST,
-        &[pin(&pinned.cert).to_string()],
+    let future = pins_for(
+        EXPIRED_WEBPKI,
+        &pinned.cert,
         "expires = \"2999-01-01T00:00:00Z\"",
-    ));
-    let addr = serve(vec![rotated.cert.clone()], rotated.key_der()).await;
-    assert!(connect(&core, &future, addr, HOST).await.result.is_err());
+    );
+    let addr = serve_leaf(&rotated).await;
+    assert!(greeting(&core, &future, addr).await.is_err());
 
     let a = alerts(&hub);
     assert_eq!(a.len(), 3);
-    assert_eq!(
-        (a[0].event, a[0].action),
-        (AlertEvent::PinExpired, Action::Allowed)
-    );
+    assert_eq!((a[0].event, a[0].action), (PinExpired, Allowed));
     assert_eq!(a[0].expires.as_deref(), Some("2020-01-01T00:00:00Z"));
-    assert_eq!(
-        (a[1].event, a[1].action),
-        (AlertEvent::PinExpired, Action::Blocked)
-    );
-    assert_eq!(
-        (a[2].event, a[2].severity),
-        (AlertEvent::PinMismatch, Severity::Critical)
-    );
+    assert_eq!((a[1].event, a[1].action), (PinExpired, Blocked));
+    assert_eq!((a[2].event, a[2].severity), (PinMismatch, Critical));
 }
 
 /// Invariant 10: expired pins are still compared. A CA-valid certificate
@@ -384,62 +448,24 @@ async fn invariant_10_expired_pins_are_still_compared() {
     let ca = root("CA");
     let pinned = leaf(&ca, &[HOST]);
     let impostor = leaf(&ca, &[HOST]);
-    let good = serve(vec![pinned.cert.clone()], pinned.key_der()).await;
-    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
-    let expired = "expires = \"2020-01-01T00:00:00Z\"";
+    let good = serve_leaf(&pinned).await;
+    let bad = serve_leaf(&impostor).await;
+    let expired = EXPIRED;
     let pinned_pin = [pin(&pinned.cert).to_string()];
 
     // (on_expired, extra peer keys, server) -> accepted?, alert (event, severity, action)
+    let blocked = (PinMismatch, Critical, Blocked);
+    let allowed = (PinMismatch, Critical, Allowed);
+    let expired_ok = (PinExpired, Warning, Allowed);
+    let expired_no = (PinExpired, Warning, Blocked);
     let cases = [
-        (
-            "webpki",
-            "",
-            bad,
-            false,
-            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
-        ),
-        (
-            "webpki",
-            "trust = \"pin-only\"",
-            bad,
-            false,
-            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
-        ),
-        (
-            "webpki",
-            "mode = \"report\"",
-            bad,
-            true,
-            (AlertEvent::PinMismatch, Severity::Critical, Action::Allowed),
-        ),
-        (
-            "deny",
-            "",
-            bad,
-            false,
-            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
-        ),
-        (
-            "deny",
-            "mode = \"report\"",
-            bad,
-            false,
-            (AlertEvent::PinMismatch, Severity::Critical, Action::Blocked),
-        ),
-        (
-            "webpki",
-            "",
-            good,
-            true,
-            (AlertEvent::PinExpired, Severity::Warning, Action::Allowed),
-        ),
-        (
-            "deny",
-            "",
-            good,
-            false,
-            (AlertEvent::PinExpired, Severity::Warning, Action::Blocked),
-        ),
+        ("webpki", "", bad, false, blocked),
+        ("webpki", PIN_ONLY, bad, false, blocked),
+        ("webpki", REPORT, bad, true, allowed),
+        ("deny", "", bad, false, blocked),
+        ("deny", REPORT, bad, false, blocked),
+        ("webpki", "", good, true, expired_ok),
+        ("deny", "", good, false, expired_no),
     ];
     for (on_expired, extra, addr, accepted, want) in cases {
         let what = format!(
@@ -464,7 +490,7 @@ async fn invariant_10_expired_pins_are_still_compared() {
         }
         let a = alerts(&hub);
         assert_eq!(a.len(), 1, "{what}: {a:?}");
-        assert_eq!((a[0].event, a[0].severity, a[0].action), want, "{what}");
+        assert_eq!(summary(&a[0]), want, "{what}");
         assert_eq!(a[0].webpki, "valid", "{what}");
         assert_eq!(
             a[0].expires.as_deref(),
@@ -480,50 +506,20 @@ async fn inv7_fail_closed_on_unparseable_certificate() {
     let (core, hub) = core(&[]);
     let pins = pinset("version = 1\n[policy]\nunpinned = \"webpki\"\n");
     let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
-    let ev = core.evaluate(
-        &pins,
-        &Presented {
-            lookup: HOST,
-            name: None,
-            end_entity: &junk,
-            intermediates: &[],
-            now: UnixTime::now(),
-            usage: Usage::Server,
-        },
-    );
-    assert!(!ev.is_accept());
-    let ev = core.evaluate(
-        &pins,
-        &Presented {
-            lookup: HOST,
-            name: None,
-            end_entity: &CertificateDer::from(vec![]),
-            intermediates: &[],
-            now: UnixTime::now(),
-            usage: Usage::Server,
-        },
-    );
-    assert!(!ev.is_accept());
+    for cert in [&junk, &CertificateDer::from(vec![])] {
+        let ev = evaluate(&core, &pins, cert, (HOST, None), UnixTime::now());
+        assert!(!ev.is_accept());
+    }
 
     // Over real TLS: a server that sends garbage instead of a certificate.
     let k = self_signed(&[HOST]);
     let addr = serve(vec![junk.clone()], k.key_der()).await;
-    assert!(connect(&core, &pins, addr, HOST).await.result.is_err());
-    assert!(alerts(&hub)
-        .iter()
-        .any(|a| a.event == AlertEvent::VerifyError));
+    assert!(greeting(&core, &pins, addr).await.is_err());
+    assert!(alerts(&hub).iter().any(|a| a.event == VerifyError));
 
     // A pin-only peer whose pinned key signs the handshake but whose certificate is garbage: rejected too.
-    let pinned_junk = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&k.cert).to_string()],
-        "trust = \"pin-only\"",
-    ));
-    assert!(connect(&core, &pinned_junk, addr, HOST)
-        .await
-        .result
-        .is_err());
+    let pinned_junk = pins_for("", &k.cert, PIN_ONLY);
+    assert!(greeting(&core, &pinned_junk, addr).await.is_err());
 }
 
 /// Invariant 9: lookup work does not grow with the number of peers (hash
@@ -609,40 +605,23 @@ async fn inv6_webpki_fallbacks_check_the_host_name() {
     let ca = root("CA");
     let (core, hub) = core(&[&ca.cert]);
     let wrong_name = leaf(&ca, &["somebody-else.fedpin.test"]);
-    let addr = serve(vec![wrong_name.cert.clone()], wrong_name.key_der()).await;
+    let addr = serve_leaf(&wrong_name).await;
 
     let unpinned = pinset("version = 1\n[policy]\nunpinned = \"webpki\"\n");
-    let out = connect(&core, &unpinned, addr, HOST).await;
-    assert!(
-        out.result.is_err(),
-        "unpinned host, certificate for another name"
-    );
+    let out = greeting(&core, &unpinned, addr).await;
+    assert!(out.is_err(), "unpinned host, certificate for another name");
 
-    let expired = pinset(&peer_toml(
-        "on_expired = \"webpki\"",
-        HOST,
-        &[pin(&wrong_name.cert).to_string()],
-        "expires = \"2020-01-01T00:00:00Z\"",
-    ));
-    let out = connect(&core, &expired, addr, HOST).await;
-    assert!(
-        out.result.is_err(),
-        "expired pins, certificate for another name"
-    );
+    let expired = pins_for(EXPIRED_WEBPKI, &wrong_name.cert, EXPIRED);
+    let out = greeting(&core, &expired, addr).await;
+    assert!(out.is_err(), "expired pins, certificate for another name");
 
     let a = alerts(&hub);
     assert_eq!(a.len(), 2, "{a:?}");
-    assert_eq!(
-        (a[0].event, a[0].action),
-        (AlertEvent::ChainInvalid, Action::Blocked)
-    );
-    assert_eq!(
-        (a[1].event, a[1].action),
-        (AlertEvent::PinExpired, Action::Blocked)
-    );
+    assert_eq!((a[0].event, a[0].action), (ChainInvalid, Blocked));
+    assert_eq!((a[1].event, a[1].action), (PinExpired, Blocked));
     for a in &a {
         assert_ne!(a.webpki, "valid");
-        assert_eq!(a.severity, Severity::Warning);
+        assert_eq!(a.severity, Warning);
     }
 }
 
@@ -656,21 +635,12 @@ async fn inv5_report_mode_needs_webpki_valid_for_the_name() {
     let pinned = leaf(&ca, &[HOST]);
     let wrong_name = leaf(&ca, &["somebody-else.fedpin.test"]);
     let (core, hub) = core(&[&ca.cert]);
-    let pins = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&pinned.cert).to_string()],
-        "mode = \"report\"",
-    ));
-    let addr = serve(vec![wrong_name.cert.clone()], wrong_name.key_der()).await;
+    let pins = pins_for("", &pinned.cert, REPORT);
+    let addr = serve_leaf(&wrong_name).await;
     let out = connect(&core, &pins, addr, HOST).await;
     assert!(out.result.is_err());
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(
-        (a[0].event, a[0].severity, a[0].action),
-        (AlertEvent::PinMismatch, Severity::Warning, Action::Blocked)
-    );
+    let a = [only_alert(&hub)];
+    assert_eq!(summary(&a[0]), (PinMismatch, Warning, Blocked));
 }
 
 /// Invariant 6: expired pins under `on_expired = "webpki"` fall back to Web
@@ -678,28 +648,13 @@ async fn inv5_report_mode_needs_webpki_valid_for_the_name() {
 /// expired branch accepting on `ExpiredPolicy::Webpki` whatever Web PKI says.
 #[tokio::test]
 async fn inv6_expired_pins_webpki_fallback_refuses_invalid_chain() {
-    let trusted = root("Trusted");
-    let untrusted = root("Untrusted");
-    let (core, hub) = core(&[&trusted.cert]);
+    let (_, untrusted, (core, hub)) = trusted_and_untrusted();
     let l = leaf(&untrusted, &[HOST]);
-    let pins = pinset(&peer_toml(
-        "on_expired = \"webpki\"",
-        HOST,
-        &[pin(&l.cert).to_string()],
-        "expires = \"2020-01-01T00:00:00Z\"",
-    ));
-    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
-    let out = connect(&core, &pins, addr, HOST).await;
-    assert!(
-        out.result.is_err(),
-        "expired pins + untrusted chain must be refused"
-    );
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(
-        (a[0].event, a[0].action),
-        (AlertEvent::PinExpired, Action::Blocked)
-    );
+    let out = served_pinned(&core, &l, &l, (EXPIRED_WEBPKI, EXPIRED)).await;
+    let msg = "expired pins + untrusted chain must be refused";
+    assert!(out.is_err(), "{msg}");
+    let a = [only_alert(&hub)];
+    assert_eq!((a[0].event, a[0].action), (PinExpired, Blocked));
 }
 
 /// Invariant 6 (expired pins): `expires` is an instant; its UTC offset
@@ -711,29 +666,16 @@ fn inv6_pin_expiry_honours_the_utc_offset() {
     let ca = root("CA");
     let l = leaf(&ca, &[HOST]);
     let (core, _hub) = core(&[&ca.cert]);
-    let pins = pinset(&peer_toml(
-        "on_expired = \"deny\"",
-        HOST,
-        &[pin(&l.cert).to_string()],
+    let pins = pins_for(
+        EXPIRED_DENY,
+        &l.cert,
         "expires = \"2030-01-01T00:00:00+02:00\"",
-    ));
+    );
     let name = ServerName::try_from(HOST).unwrap();
-    let eval = |now: UnixTime| {
-        core.evaluate(
-            &pins,
-            &Presented {
-                lookup: HOST,
-                name: Some(&name),
-                end_entity: &l.cert,
-                intermediates: &[],
-                now,
-                usage: Usage::Server,
-            },
-        )
-    };
+    let eval = |now: UnixTime| evaluate(&core, &pins, &l.cert, (HOST, Some(&name)), now);
     let after = eval(at("2029-12-31T23:00:00Z"));
     match &after.outcome {
-        Outcome::Reject(r) => assert_eq!(r.event(), AlertEvent::PinExpired),
+        Outcome::Reject(r) => assert_eq!(r.event(), PinExpired),
         v => panic!("one hour after expiry the pins must count as expired: {v:?}"),
     }
     let before = eval(at("2029-12-31T21:00:00Z"));
@@ -753,28 +695,12 @@ async fn inv3_pin_only_refuses_ca_valid_leaf_with_unpinned_key() {
     let (core, hub) = core(&[&ca.cert]);
     let pinned = self_signed(&[HOST]);
     let ca_valid = leaf(&ca, &[HOST]);
-    let pins = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&pinned.cert).to_string()],
-        "trust = \"pin-only\"",
-    ));
-    let addr = serve(vec![ca_valid.cert.clone()], ca_valid.key_der()).await;
-    let out = connect(&core, &pins, addr, HOST).await;
-    assert!(
-        out.result.is_err(),
-        "a CA-valid but unpinned leaf is not enough"
-    );
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
+    let out = served_pinned(&core, &ca_valid, &pinned, ("", PIN_ONLY)).await;
+    assert!(out.is_err(), "a CA-valid but unpinned leaf is not enough");
+    let a = [only_alert(&hub)];
     assert_eq!(
         (a[0].event, a[0].severity, a[0].action, a[0].webpki.as_str()),
-        (
-            AlertEvent::PinMismatch,
-            Severity::Critical,
-            Action::Blocked,
-            "valid"
-        )
+        (PinMismatch, Critical, Blocked, "valid")
     );
 }
 
@@ -784,40 +710,20 @@ async fn inv3_pin_only_refuses_ca_valid_leaf_with_unpinned_key() {
 /// tests only ever negotiate TLS 1.3).
 #[tokio::test]
 async fn inv4_tls12_replayed_pinned_certificate_without_key_fails() {
-    let ca = root("CA");
-    let genuine = leaf(&ca, &[HOST]);
-    let attacker_key = leaf(&ca, &[HOST]).key_der();
-    let (core, hub) = core(&[&ca.cert]);
+    let (_, genuine, attacker, (core, hub)) = two_leaves("CA", HOST);
+    let attacker_key = attacker.key_der();
 
     // Control: the genuine key over TLS 1.2 is accepted.
-    let pins = pinset(&peer_toml("", HOST, &[pin(&genuine.cert).to_string()], ""));
+    let pins = pins_for("", &genuine.cert, "");
     let good = serve_tls12(vec![genuine.cert.clone()], genuine.key_der()).await;
-    assert_eq!(
-        connect(&core, &pins, good, HOST).await.result.as_deref(),
-        Ok("hello\n")
-    );
+    assert_greets(&core, &pins, good).await;
 
-    for trust in ["trust = \"webpki\"", "trust = \"pin-only\""] {
-        let pins = pinset(&peer_toml(
-            "",
-            HOST,
-            &[pin(&genuine.cert).to_string()],
-            trust,
-        ));
-        let addr = serve_tls12(vec![genuine.cert.clone()], attacker_key.clone_key()).await;
-        let out = connect(&core, &pins, addr, HOST).await;
-        assert!(out.result.is_err(), "{trust}: TLS 1.2 replay must fail");
-        let rec = out.record.unwrap();
-        assert!(
-            matches!(rec.refusal(), Some(Refusal::SignatureInvalid { .. })),
-            "{trust}: {rec:?}"
-        );
-    }
+    assert_replays_fail(&core, &genuine, &attacker_key, true).await;
     let a = alerts(&hub);
     assert!(!a.is_empty());
     assert!(a
         .iter()
-        .all(|a| a.event == AlertEvent::SignatureInvalid && a.severity == Severity::Critical));
+        .all(|a| a.event == SignatureInvalid && a.severity == Critical));
 }
 
 /// Invariant 2 for IP-literal peers: a peer reached by IP address is looked
@@ -833,28 +739,24 @@ async fn inv2_ip_literal_peer_is_pinned() {
     let impostor = leaf(&ca, &[ip]);
     let (core, hub) = core(&[&ca.cert]);
     let pins = pinset(&peer_toml(
-        "unpinned = \"webpki\"",
+        UNPINNED_WEBPKI,
         "127.0.0.1:8448",
         &[pin(&genuine.cert).to_string()],
         "",
     ));
-    let good = serve(vec![genuine.cert.clone()], genuine.key_der()).await;
+    let good = serve_leaf(&genuine).await;
     let out = connect(&core, &pins, good, ip).await;
     assert_eq!(out.result.as_deref(), Ok("hello\n"));
     assert_eq!(out.record.unwrap().basis(), Some(Basis::PinOnValidatedPath));
 
-    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
+    let bad = serve_leaf(&impostor).await;
     let out = connect(&core, &pins, bad, ip).await;
     assert!(
         out.result.is_err(),
         "CA-valid impostor for a pinned IP peer"
     );
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(
-        (a[0].event, a[0].severity),
-        (AlertEvent::PinMismatch, Severity::Critical)
-    );
+    let a = [only_alert(&hub)];
+    assert_eq!((a[0].event, a[0].severity), (PinMismatch, Critical));
     assert_eq!(a[0].host.as_deref(), Some(ip));
 }
 
@@ -867,30 +769,18 @@ async fn inv2_server_chain_must_validate_for_server_auth() {
     let ca = root("CA");
     let (core, hub) = core(&[&ca.cert]);
     let client_only = leaf_with_eku(&ca, &[HOST], ExtendedKeyUsagePurpose::ClientAuth);
-    let pins = pinset(&peer_toml(
-        "",
-        HOST,
-        &[pin(&client_only.cert).to_string()],
-        "",
-    ));
-    let addr = serve(vec![client_only.cert.clone()], client_only.key_der()).await;
-    let out = connect(&core, &pins, addr, HOST).await;
+    let out = served_pinned(&core, &client_only, &client_only, ("", "")).await;
     assert!(
-        out.result.is_err(),
+        out.is_err(),
         "a clientAuth-only certificate is not a server certificate"
     );
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].event, AlertEvent::ChainInvalid);
+    let a = [only_alert(&hub)];
+    assert_eq!(a[0].event, ChainInvalid);
 
     // Control: the same thing with serverAuth is accepted.
     let server = leaf_with_eku(&ca, &[HOST], ExtendedKeyUsagePurpose::ServerAuth);
-    let pins = pinset(&peer_toml("", HOST, &[pin(&server.cert).to_string()], ""));
-    let addr = serve(vec![server.cert.clone()], server.key_der()).await;
-    assert_eq!(
-        connect(&core, &pins, addr, HOST).await.result.as_deref(),
-        Ok("hello\n")
-    );
+    let out = served_pinned(&core, &server, &server, ("", "")).await;
+    assert_eq!(out.as_deref(), Ok("hello\n"));
 }
 
 /// Invariant 2: the pin entry is found whatever the case of the TLS name and
@@ -900,17 +790,9 @@ async fn inv2_server_chain_must_validate_for_server_auth() {
 /// the verifier sees the name; the spellings stay here as a guard).
 #[tokio::test]
 async fn inv2_pin_lookup_ignores_case_and_trailing_dot() {
-    let ca = root("CA");
-    let genuine = leaf(&ca, &[HOST]);
-    let impostor = leaf(&ca, &[HOST]);
-    let (core, hub) = core(&[&ca.cert]);
-    let pins = pinset(&peer_toml(
-        "unpinned = \"webpki\"",
-        HOST,
-        &[pin(&genuine.cert).to_string()],
-        "",
-    ));
-    let bad = serve(vec![impostor.cert.clone()], impostor.key_der()).await;
+    let (_, genuine, impostor, (core, hub)) = two_leaves("CA", HOST);
+    let pins = pins_for(UNPINNED_WEBPKI, &genuine.cert, "");
+    let bad = serve_leaf(&impostor).await;
     for spelled in ["HS.Fedpin.TEST", "hs.fedpin.test.", "Hs.FEDPIN.test."] {
         let out = connect(&core, &pins, bad, spelled).await;
         assert!(out.result.is_err(), "{spelled}: impostor must be refused");
@@ -919,10 +801,7 @@ async fn inv2_pin_lookup_ignores_case_and_trailing_dot() {
     }
     let a = alerts(&hub);
     assert_eq!(a.len(), 1, "same host, same leaf: merged ({a:?})");
-    assert_eq!(
-        (a[0].event, a[0].severity),
-        (AlertEvent::PinMismatch, Severity::Critical)
-    );
+    assert_eq!((a[0].event, a[0].severity), (PinMismatch, Critical));
 }
 
 /// Invariant 6 for client certificates (inbound mutual TLS): a client
@@ -936,27 +815,20 @@ fn inv6_client_cannot_pick_unpinned_policy_by_san_order() {
     let genuine = leaf(&ca, &["peer.fedpin.test"]);
     let sneaky = leaf(&ca, &["unlisted.fedpin.test", "peer.fedpin.test"]);
     let (core, _hub) = core(&[&ca.cert]);
-    let mut set = PinSet::parse(&peer_toml(
-        "unpinned = \"webpki\"",
-        "peer.fedpin.test",
-        &[pin(&genuine.cert).to_string()],
-        "",
-    ))
-    .unwrap();
-    set.generation = 1;
-    let v = PinnedClientVerifier::new(core, Arc::new(set), true);
+    let peer = [("peer.fedpin.test", &genuine.cert, "")];
+    let v = client_verifier(core, UNPINNED_WEBPKI, &peer);
     let ev = v.evaluate(&genuine.cert, &[], UnixTime::now());
     assert!(ev.is_accept(), "{:?}", ev);
     let ev = v.evaluate(&sneaky.cert, &[], UnixTime::now());
     match &ev.outcome {
-        Outcome::Reject(r) => assert_eq!(r.event(), AlertEvent::PinMismatch),
+        Outcome::Reject(r) => assert_eq!(r.event(), PinMismatch),
         v => panic!("a client naming a pinned peer must meet its pins: {v:?}"),
     }
     assert_eq!(ev.host, "peer.fedpin.test");
     let alert = ev
         .alert(v.pins(), &sneaky.cert, &[], v.context())
         .expect("alert");
-    assert_eq!(alert.severity, Severity::Critical);
+    assert_eq!(alert.severity, Critical);
 }
 
 /// Invariant 4 for client certificates: a client that replays a pinned
@@ -979,22 +851,9 @@ async fn inv4_client_replaying_pinned_certificate_without_key_fails() {
     let genuine = leaf(&ca, &["peer.fedpin.test"]);
     let attacker = leaf(&ca, &["peer.fedpin.test"]);
     let (core, _hub) = core(&[&ca.cert]);
-    let mut set = PinSet::parse(&peer_toml(
-        "unpinned = \"deny\"",
-        "peer.fedpin.test",
-        &[pin(&genuine.cert).to_string()],
-        "",
-    ))
-    .unwrap();
-    set.generation = 1;
-    let verifier = Arc::new(PinnedClientVerifier::new(core, Arc::new(set), true));
-    let config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server.cert.clone()], server.key_der())
-        .unwrap();
-    let addr = net::serve_hello(config).await;
+    let peer = [("peer.fedpin.test", &genuine.cert, "")];
+    let verifier = Arc::new(client_verifier(core, UNPINNED_DENY, &peer));
+    let addr = mtls_server(verifier, &server).await;
 
     let provider = fedpin::tls::provider();
     let client = |key: PrivateKeyDer<'static>| {
@@ -1010,24 +869,12 @@ async fn inv4_client_replaying_pinned_certificate_without_key_fails() {
                 .with_client_cert_resolver(Arc::new(Replay(ck))),
         )
     };
-    async fn talk(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from("inbound.fedpin.test").unwrap(), tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut s = String::new();
-        tls.read_to_string(&mut s)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(s)
-    }
     assert_eq!(
-        talk(client(genuine.key_der()), addr).await.as_deref(),
+        mtls_talk(client(genuine.key_der()), addr).await.as_deref(),
         Ok("hello\n"),
         "control: the genuine key is accepted"
     );
-    let replay = talk(client(attacker.key_der()), addr).await;
+    let replay = mtls_talk(client(attacker.key_der()), addr).await;
     assert_ne!(
         replay.as_deref(),
         Ok("hello\n"),
@@ -1055,16 +902,13 @@ fn f1_ipv6_host_in_non_canonical_form_is_unpinned() {
         pin(&genuine.cert)
     ));
     let name = ServerName::try_from("::1").unwrap();
-    let ev = core.evaluate(
+    let lookup = fedpin::verify::lookup_key(&name);
+    let ev = evaluate(
+        &core,
         &pins,
-        &Presented {
-            lookup: &fedpin::verify::lookup_key(&name),
-            name: Some(&name),
-            end_entity: &impostor.cert,
-            intermediates: &[],
-            now: UnixTime::now(),
-            usage: Usage::Server,
-        },
+        &impostor.cert,
+        (&lookup, Some(&name)),
+        UnixTime::now(),
     );
     assert!(
         !ev.is_accept(),
@@ -1081,7 +925,7 @@ fn f1_ipv6_host_in_non_canonical_form_is_unpinned() {
 fn f2_critical_alert_is_not_merged_into_a_warning() {
     let hub = AlertHub::new();
     let mk = |severity: Severity, webpki: &str| Alert {
-        event: AlertEvent::PinMismatch,
+        event: PinMismatch,
         severity,
         time: Alert::now_string(),
         direction: Direction::Outbound,
@@ -1090,7 +934,7 @@ fn f2_critical_alert_is_not_merged_into_a_warning() {
         port: Some(8448),
         peer_addr: Some("192.0.2.1:8448".into()),
         mode: Some(Mode::Enforce),
-        action: Action::Blocked,
+        action: Blocked,
         webpki: webpki.into(),
         served_chain: vec![fedpin::alert::ServedCert {
             subject: "CN=x".into(),
@@ -1104,13 +948,13 @@ fn f2_critical_alert_is_not_merged_into_a_warning() {
         reason: "x".into(),
         repeats: 1,
     };
-    hub.raise(mk(Severity::Warning, "CertExpired"));
-    hub.raise(mk(Severity::Critical, "valid"));
-    hub.raise(mk(Severity::Warning, "CertExpired"));
+    hub.raise(mk(Warning, "CertExpired"));
+    hub.raise(mk(Critical, "valid"));
+    hub.raise(mk(Warning, "CertExpired"));
     hub.flush_all();
     let a = hub.recent();
     assert!(
-        a.iter().any(|a| a.severity == Severity::Critical),
+        a.iter().any(|a| a.severity == Critical),
         "no critical record was ever emitted: {:?}",
         a.iter()
             .map(|a| (a.severity, a.repeats))
@@ -1128,23 +972,10 @@ fn f3a_client_san_order_picks_the_weakest_pinned_entry() {
     let enforced_key = leaf(&ca, &["enforced.fedpin.test"]);
     let report_key = leaf(&ca, &["report.fedpin.test"]);
     let attacker = leaf(&ca, &["report.fedpin.test", "enforced.fedpin.test"]);
-    let (core, _hub) = core(&[&ca.cert]);
-    let mut set = PinSet::parse(&format!(
-        "version = 1\n[policy]\nunpinned = \"deny\"\n\
-         [[peer]]\nserver_name = \"enforced.fedpin.test\"\npins = [\"{}\"]\n\
-         [[peer]]\nserver_name = \"report.fedpin.test\"\npins = [\"{}\"]\nmode = \"report\"\n",
-        pin(&enforced_key.cert),
-        pin(&report_key.cert)
-    ))
-    .unwrap();
-    set.generation = 1;
-    let v = PinnedClientVerifier::new(core, Arc::new(set), true);
-    let ev = v.evaluate(&attacker.cert, &[], UnixTime::now());
-    assert!(
-        !ev.is_accept(),
-        "certificate naming enforced.fedpin.test accepted via the report-mode entry: {:?}",
-        ev
-    );
+    let enforced = ("enforced.fedpin.test", &enforced_key.cert, "");
+    let report = ("report.fedpin.test", &report_key.cert, REPORT);
+    let msg = "certificate naming enforced.fedpin.test accepted via the report-mode entry";
+    assert_client_refused(&ca, [enforced, report], &attacker.cert, msg);
 }
 
 /// F3b: same with a pin-only peer: its own self-signed key, plus a victim's
@@ -1154,23 +985,27 @@ fn f3b_pin_only_client_can_also_claim_a_victims_name() {
     let ca = root("CA");
     let victim = leaf(&ca, &["victim.fedpin.test"]);
     let p = self_signed(&["pinonly.fedpin.test", "victim.fedpin.test"]);
+    let peers = [
+        ("victim.fedpin.test", &victim.cert, ""),
+        ("pinonly.fedpin.test", &p.cert, PIN_ONLY),
+    ];
+    let msg = "a certificate that names victim.fedpin.test must meet the victim's pins";
+    assert_client_refused(&ca, peers, &p.cert, msg);
+}
+
+/// Under `unpinned = "deny"` with `peers` (issued by `ca`), the client
+/// certificate `presented` is refused (F3).
+#[track_caller]
+fn assert_client_refused(
+    ca: &Ca,
+    peers: [(&str, &CertificateDer<'_>, &str); 2],
+    presented: &CertificateDer<'_>,
+    msg: &str,
+) {
     let (core, _hub) = core(&[&ca.cert]);
-    let mut set = PinSet::parse(&format!(
-        "version = 1\n[policy]\nunpinned = \"deny\"\n\
-         [[peer]]\nserver_name = \"victim.fedpin.test\"\npins = [\"{}\"]\n\
-         [[peer]]\nserver_name = \"pinonly.fedpin.test\"\npins = [\"{}\"]\ntrust = \"pin-only\"\n",
-        pin(&victim.cert),
-        pin(&p.cert)
-    ))
-    .unwrap();
-    set.generation = 1;
-    let v = PinnedClientVerifier::new(core, Arc::new(set), true);
-    let ev = v.evaluate(&p.cert, &[], UnixTime::now());
-    assert!(
-        !ev.is_accept(),
-        "a certificate that names victim.fedpin.test must meet the victim's pins: {:?}",
-        ev
-    );
+    let v = client_verifier(core, UNPINNED_DENY, &peers);
+    let ev = v.evaluate(presented, &[], UnixTime::now());
+    assert!(!ev.is_accept(), "{msg}: {ev:?}");
 }
 
 /// F4: with `hosts` given, the server name's own host is not looked up; a
@@ -1194,14 +1029,10 @@ fn f4_hosts_without_the_server_name_host_leaves_it_unpinned() {
 /// `server_name` is a who-and-where field; the TLS name is the best known).
 #[tokio::test]
 async fn f5_unpinned_alerts_name_the_server() {
-    let ca = root("CA");
-    let l = leaf(&ca, &["unlisted.fedpin.test"]);
-    let (core, hub) = core(&[&ca.cert]);
-    let addr = serve(vec![l.cert.clone()], l.key_der()).await;
+    let (_, (core, hub), addr) = unlisted_server().await;
     let deny = pinset("version = 1\n[policy]\nunpinned = \"deny\"\n");
     let _ = connect(&core, &deny, addr, "unlisted.fedpin.test").await;
-    let a = alerts(&hub);
-    assert_eq!(a.len(), 1);
+    let a = [only_alert(&hub)];
     assert_eq!(a[0].server_name.as_deref(), Some("unlisted.fedpin.test"));
 }
 
@@ -1225,7 +1056,11 @@ async fn mtls_client(
     ca: &Ca,
     client: Option<&Leaf>,
 ) -> Result<String, String> {
-    let config = net::client_config_as(&[&ca.cert], &[], client);
+    mtls_talk(net::client_config_as(&[&ca.cert], &[], client), addr).await
+}
+
+/// Greets the mutual-TLS server at `addr` as "inbound.fedpin.test" with `config`.
+async fn mtls_talk(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("inbound.fedpin.test").unwrap(), tcp)
@@ -1272,8 +1107,8 @@ async fn client_verifier_accepts_pinned_client_and_refuses_another() {
 
     let a = hub.recent();
     assert_eq!(a.len(), 2, "{a:?}");
-    assert_eq!(a[0].event, AlertEvent::PinMismatch);
+    assert_eq!(a[0].event, PinMismatch);
     assert_eq!(a[0].direction, Direction::Inbound);
     assert_eq!(a[0].pin_generation, 3);
-    assert_eq!(a[1].event, AlertEvent::UnpinnedDenied);
+    assert_eq!(a[1].event, UnpinnedDenied);
 }

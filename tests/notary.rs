@@ -23,7 +23,6 @@ use fedpin::tls::UpstreamTls;
 use fedpin::verify::VerifierCore;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -41,6 +40,17 @@ struct Notary {
 }
 
 impl Notary {
+    /// The notary's next answer: `doc`, vouched for with its key.
+    fn will_vouch(&self, doc: &Value) {
+        self.answer.lock().unwrap().push(self.vouch(doc));
+    }
+
+    /// How often it was queried, and how often `o`'s own key server was.
+    fn queries_and_dials(&self, o: &Origin) -> (usize, usize) {
+        let queries = self.queries.load(Ordering::SeqCst);
+        (queries, o.key_requests.load(Ordering::SeqCst))
+    }
+
     fn key_server(&self, seed: u8) -> KeyServer {
         let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
         KeyServer {
@@ -107,9 +117,7 @@ async fn notary(ca: &Ca, seed: u8) -> Notary {
                         )))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                common::net::serve_http1(tls, svc).await;
             });
         }
     });
@@ -122,22 +130,34 @@ async fn notary(ca: &Ca, seed: u8) -> Notary {
     }
 }
 
+/// A CA, an origin (key seed 1) and a notary (key seed 7) with leaves from it.
+async fn origin_and_notary() -> (Ca, Origin, Notary) {
+    let ca = root("fedpin notary test CA");
+    let o = origin(&ca, 1).await;
+    let n = notary(&ca, 7).await;
+    (ca, o, n)
+}
+
+/// `keys` yields the origin's real key `ed25519:k`.
+async fn assert_real_key(keys: &KeyFetcher, o: &Origin) {
+    let k = keys.key(&o.name, "ed25519:k").await.unwrap();
+    assert_eq!(&k.key[..], o.kp.public_key().as_ref());
+}
+
+/// An origin, a notary vouching (key 7) for `doc` of it, and a fetcher with
+/// an empty pin file that trusts the notary's key `seed`; asserts that the
+/// fetcher yields the origin's real key.
+async fn real_key_with_notary(doc: fn(&Origin) -> Value, seed: u8) -> (Origin, Notary, KeyFetcher) {
+    let (ca, o, n) = origin_and_notary().await;
+    n.will_vouch(&doc(&o));
+    let keys = fetcher(&ca, "version = 1\n", vec![n.key_server(seed)]);
+    assert_real_key(&keys, &o).await;
+    (o, n, keys)
+}
+
 /// The key document of `o`, self-signed, valid for an hour.
 fn key_doc(o: &Origin) -> Value {
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 3_600_000;
-    let mut doc = serde_json::json!({
-        "server_name": o.name,
-        "valid_until_ts": until,
-        "verify_keys": { "ed25519:k": { "key": b64(o.kp.public_key().as_ref()) } },
-        "old_verify_keys": {},
-    });
-    let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
-    doc["signatures"] = serde_json::json!({ o.name.clone(): { "ed25519:k": b64(o.kp.sign(text.as_bytes()).as_ref()) } });
-    doc
+    common::matrix::key_doc(&o.name, &o.kp)
 }
 
 /// A well-formed key document for `o`'s name, self-signed by a key `o`
@@ -205,21 +225,10 @@ async fn served_leaf(ca: &Ca, name: &str) -> rustls::pki_types::CertificateDer<'
 
 #[tokio::test]
 async fn keys_vouched_for_by_a_configured_notary_are_used_without_dialling_the_origin() {
-    let ca = root("fedpin notary test CA");
-    let o = origin(&ca, 1).await;
-    let n = notary(&ca, 7).await;
-    n.answer.lock().unwrap().push(n.vouch(&key_doc(&o)));
-    let keys = fetcher(&ca, "version = 1\n", vec![n.key_server(7)]);
-
-    let k = keys.key(&o.name, "ed25519:k").await.unwrap();
-    assert_eq!(&k.key[..], o.kp.public_key().as_ref());
-    assert_eq!(n.queries.load(Ordering::SeqCst), 1);
+    let (o, n, keys) = real_key_with_notary(key_doc, 7).await;
+    let dialled = "(notary queries, origin dials): the origin was dialled";
+    assert_eq!(n.queries_and_dials(&o), (1, 0), "{dialled}");
     assert_eq!(*n.asked.lock().unwrap(), vec![o.name.clone()]);
-    assert_eq!(
-        o.key_requests.load(Ordering::SeqCst),
-        0,
-        "the origin was dialled"
-    );
     // Cached: no second query.
     keys.key(&o.name, "ed25519:k").await.unwrap();
     assert_eq!(n.queries.load(Ordering::SeqCst), 1);
@@ -227,27 +236,17 @@ async fn keys_vouched_for_by_a_configured_notary_are_used_without_dialling_the_o
 
 #[tokio::test]
 async fn a_notary_answer_signed_by_an_unconfigured_key_falls_back_to_the_origin() {
-    let ca = root("fedpin notary test CA");
-    let o = origin(&ca, 1).await;
-    let n = notary(&ca, 7).await;
     // A well-formed document for the origin, self-signed by a key the
     // origin never had, vouched by the notary's key 7 while the config
-    // names key 8.
-    n.answer.lock().unwrap().push(n.vouch(&made_up_doc(&o)));
-    let keys = fetcher(&ca, "version = 1\n", vec![n.key_server(8)]);
-
-    // Refused from the notary; the origin itself answers with its real key.
-    let k = keys.key(&o.name, "ed25519:k").await.unwrap();
-    assert_eq!(&k.key[..], o.kp.public_key().as_ref());
-    assert_eq!(n.queries.load(Ordering::SeqCst), 1);
-    assert_eq!(o.key_requests.load(Ordering::SeqCst), 1);
+    // names key 8. Refused from the notary; the origin itself answers with
+    // its real key.
+    let (o, n, _keys) = real_key_with_notary(made_up_doc, 8).await;
+    assert_eq!(n.queries_and_dials(&o), (1, 1));
 }
 
 #[tokio::test]
 async fn a_document_the_origin_did_not_sign_is_refused_even_when_vouched() {
-    let ca = root("fedpin notary test CA");
-    let o = origin(&ca, 1).await;
-    let n = notary(&ca, 7).await;
+    let (ca, o, n) = origin_and_notary().await;
     // The notary makes up a key for the origin and signs the document with
     // it: self-signed by the made-up key, so only the origin's own keys
     // (which it does not hold) would make it genuine.
@@ -269,7 +268,7 @@ async fn a_document_the_origin_did_not_sign_is_refused_even_when_vouched() {
     // ... and lists the origin's real key under the signing key's ID: the
     // self-signature no longer matches the published key.
     doc["verify_keys"]["ed25519:k"]["key"] = b64(real.as_ref()).into();
-    n.answer.lock().unwrap().push(n.vouch(&doc));
+    n.will_vouch(&doc);
     let keys = fetcher(&ca, "version = 1\n", vec![n.key_server(7)]);
     match keys.key(&ghost, "ed25519:k").await {
         Err(KeyError::Fetch { reason, .. }) => {
@@ -289,12 +288,10 @@ async fn a_document_the_origin_did_not_sign_is_refused_even_when_vouched() {
 
 #[tokio::test]
 async fn a_pinned_origin_is_asked_directly_whatever_the_notary_says() {
-    let ca = root("fedpin notary test CA");
-    let o = origin(&ca, 1).await;
-    let n = notary(&ca, 7).await;
+    let (ca, o, n) = origin_and_notary().await;
     // A compromised notary vouches, with its configured key, for a key the
     // origin never had (a well-formed, self-signed document).
-    n.answer.lock().unwrap().push(n.vouch(&made_up_doc(&o)));
+    n.will_vouch(&made_up_doc(&o));
     // The origin's TLS key is pinned: its own key server, over pinned TLS,
     // is the only source.
     let tls = served_leaf(&ca, &o.name).await;
@@ -304,8 +301,7 @@ async fn a_pinned_origin_is_asked_directly_whatever_the_notary_says() {
         pin(&tls)
     );
     let keys = fetcher(&ca, &pins, vec![n.key_server(7)]);
-    let k = keys.key(&o.name, "ed25519:k").await.unwrap();
-    assert_eq!(&k.key[..], o.kp.public_key().as_ref());
+    assert_real_key(&keys, &o).await;
     assert_eq!(
         n.queries.load(Ordering::SeqCst),
         0,

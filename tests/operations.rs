@@ -10,7 +10,6 @@ use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::sinks::{CommandSink, HttpTarget, MatrixSink, WebhookSink};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -251,49 +250,36 @@ async fn receiver(ca: &common::Ca, statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Se
     let seen = Arc::new(Mutex::new(Vec::new()));
     let statuses = Arc::new(Mutex::new(statuses));
     let s2 = seen.clone();
-    let addr = net::serve_tls(net::acceptor(&server, &[]), move |tls| {
+    let addr = net::serve_https(net::acceptor(&server, &[]), move |req| {
         let seen = s2.clone();
         let statuses = statuses.clone();
         async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let seen = seen.clone();
-                let statuses = statuses.clone();
-                async move {
-                    let method = req.method().to_string();
-                    let path = req.uri().path().to_string();
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    seen.lock().unwrap().push(Seen {
-                        method,
-                        path,
-                        auth,
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    });
-                    let code = {
-                        let mut st = statuses.lock().unwrap();
-                        if st.is_empty() {
-                            200
-                        } else {
-                            st.remove(0)
-                        }
-                    };
-                    let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
-                    *r.status_mut() = StatusCode::from_u16(code).unwrap();
-                    Ok::<_, std::convert::Infallible>(r)
-                }
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            let auth = net::header_text(req.headers(), "authorization");
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            seen.lock().unwrap().push(Seen {
+                method,
+                path,
+                auth,
+                body: String::from_utf8_lossy(&body).into_owned(),
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let code = {
+                let mut st = statuses.lock().unwrap();
+                if st.is_empty() {
+                    200
+                } else {
+                    st.remove(0)
+                }
+            };
+            let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+            r
         }
     })
     .await;

@@ -99,10 +99,7 @@ async fn start_proxy_with(
     let ica = interception_ca();
     let minter = Arc::new(LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 64).unwrap());
     let proxy = Arc::new(OutboundProxy::new(settings, upstream, minter));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(listener, rx));
+    let (addr, tx) = net::spawn_server(|l, rx| proxy.clone().serve(l, rx)).await;
     Env {
         proxy,
         addr,
@@ -197,6 +194,29 @@ async fn tunnel(env: &Env, target: &str, name: &str, alpn: &[&[u8]]) -> TlsStrea
         .unwrap_or_else(|e| panic!("inner TLS to {name} through the proxy failed: {e}"))
 }
 
+/// [`tunnel`] to HOST on `port`.
+async fn tunnel_to(env: &Env, port: u16, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    tunnel(env, &format!("{HOST}:{port}"), HOST, alpn).await
+}
+
+/// GET `path` of HOST over HTTP/1.1 in the inner TLS on the tunnel `tcp`
+/// (the proxy's interception CA `ica`).
+async fn get_inside(tcp: TcpStream, ica: &CertificateDer<'static>, path: &str) -> HttpReply {
+    let tls = inner_tls(tcp, ica, HOST, &[b"http/1.1"]).await.unwrap();
+    get(tls, HOST, path).await
+}
+
+/// A bare CONNECT request head for `target`.
+fn connect_head(target: &str) -> String {
+    format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")
+}
+
+/// Waits (up to STEP) until no tunnel is open; whether that happened.
+async fn tunnels_drain(env: &Env) -> bool {
+    let open = || env.proxy.stats().active_tunnels.load(Ordering::SeqCst);
+    wait_until(STEP, || open() == 0).await
+}
+
 /// One HTTP response as the homeserver saw it.
 #[derive(Debug)]
 struct HttpReply {
@@ -280,6 +300,24 @@ impl World {
     fn pins(&self) -> String {
         pins_toml(&[(HOST, &self.genuine.cert)])
     }
+
+    /// An HTTP/1.1 upstream serving the genuine leaf ("genuine").
+    async fn genuine_http1(&self) -> Upstream {
+        upstream(&self.genuine, "genuine", &[b"http/1.1"]).await
+    }
+
+    /// An HTTP/1.1 upstream serving the impostor leaf ("impostor").
+    async fn impostor_http1(&self) -> Upstream {
+        upstream(&self.impostor, "impostor", &[b"http/1.1"]).await
+    }
+}
+
+/// A fresh [`world`] and a proxy pinning HOST to its genuine key, with the
+/// test settings.
+async fn proxy_for_world() -> (World, Env) {
+    let w = world();
+    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    (w, env)
 }
 
 // ---------------------------------------------------------------------------
@@ -288,11 +326,10 @@ impl World {
 
 #[tokio::test]
 async fn genuine_pinned_peer_passes_with_a_minted_leaf_for_the_sni_name() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
 
-    let tls = tunnel(&env, &format!("{HOST}:{}", up.port()), HOST, &[b"http/1.1"]).await;
+    let tls = tunnel_to(&env, up.port(), &[b"http/1.1"]).await;
 
     // The leaf the homeserver sees: minted for the SNI name, issued by the
     // interception CA (the handshake already proved the chain: the client
@@ -345,17 +382,10 @@ async fn genuine_pinned_peer_passes_with_a_minted_leaf_for_the_sni_name() {
 
 #[tokio::test]
 async fn ca_valid_impostor_gets_502_naming_the_pin_failure_and_a_critical_alert() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+    let (w, env) = proxy_for_world().await;
+    let bad = w.impostor_http1().await;
 
-    let tls = tunnel(
-        &env,
-        &format!("{HOST}:{}", bad.port()),
-        HOST,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = tunnel_to(&env, bad.port(), &[b"http/1.1"]).await;
     let r = get(tls, HOST, "/_matrix/federation/v1/send/1").await;
 
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
@@ -402,17 +432,10 @@ async fn ca_valid_impostor_gets_502_naming_the_pin_failure_and_a_critical_alert(
 
 #[tokio::test]
 async fn alpn_h2_is_negotiated_on_both_legs() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let (w, env) = proxy_for_world().await;
     let up = upstream(&w.genuine, "genuine", &[b"h2", b"http/1.1"]).await;
 
-    let tls = tunnel(
-        &env,
-        &format!("{HOST}:{}", up.port()),
-        HOST,
-        &[b"h2", b"http/1.1"],
-    )
-    .await;
+    let tls = tunnel_to(&env, up.port(), &[b"h2", b"http/1.1"]).await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(&b"h2"[..]),
@@ -431,17 +454,10 @@ async fn alpn_h2_is_negotiated_on_both_legs() {
 
 #[tokio::test]
 async fn alpn_follows_the_peer_when_it_only_speaks_http1() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
 
-    let tls = tunnel(
-        &env,
-        &format!("{HOST}:{}", up.port()),
-        HOST,
-        &[b"h2", b"http/1.1"],
-    )
-    .await;
+    let tls = tunnel_to(&env, up.port(), &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let r = get(tls, HOST, "/").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
@@ -450,11 +466,10 @@ async fn alpn_follows_the_peer_when_it_only_speaks_http1() {
 
 #[tokio::test]
 async fn impostor_502_comes_back_over_h2_to_an_h2_only_client() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let (w, env) = proxy_for_world().await;
     let bad = upstream(&w.impostor, "impostor", &[b"h2", b"http/1.1"]).await;
 
-    let tls = tunnel(&env, &format!("{HOST}:{}", bad.port()), HOST, &[b"h2"]).await;
+    let tls = tunnel_to(&env, bad.port(), &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
     assert_eq!(r.version, hyper::Version::HTTP_2);
@@ -526,7 +541,7 @@ async fn connect_refusals_and_malformed_requests() {
     // Bounds the wait on a head that never completes (blank lines only).
     settings.handshake_timeout = Duration::from_secs(2);
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
 
     // deny_destinations (case-insensitive).
     let (r, _) = connect(env.addr, &format!("Blocked.Fedpin.Test:{}", up.port()), "").await;
@@ -585,16 +600,7 @@ async fn connect_refusals_and_malformed_requests() {
         assert_eq!(r.status, 431, "{r:?}");
     }
     assert_serves(&env, &up).await;
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .active_tunnels
-            .load(Ordering::SeqCst)
-            == 0)
-        .await,
-        "tunnels left open"
-    );
+    assert!(tunnels_drain(&env).await, "tunnels left open");
 }
 
 #[tokio::test]
@@ -603,7 +609,7 @@ async fn allowed_ports_refuses_other_ports() {
     let mut settings = test_settings();
     settings.allowed_ports = Some(vec![8448]);
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     let (r, _) = connect(env.addr, &format!("{HOST}:{}", up.port()), "").await;
     assert_eq!(r.status, 403, "{r:?}");
     assert!(r.body.contains("allowed_ports"), "{}", r.body);
@@ -617,7 +623,7 @@ async fn default_egress_policy_refuses_loopback() {
     let mut settings = test_settings();
     settings.egress = EgressPolicy::new(vec![], vec![]);
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
 
     // Through a name that resolves to 127.0.0.1, and as an IP literal.
     for target in [format!("{HOST}:{}", up.port()), up.addr.to_string()] {
@@ -637,9 +643,8 @@ async fn default_egress_policy_refuses_loopback() {
 /// tunnel to it; only an entry for the IPv6 range does).
 #[tokio::test]
 async fn ipv6_forms_embedding_a_refused_ipv4_address_get_403() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
     let port = up.port();
     let targets = [
         format!("[64:ff9b::7f00:1]:{port}"),
@@ -669,9 +674,8 @@ async fn ipv6_forms_embedding_a_refused_ipv4_address_get_403() {
 
 #[tokio::test]
 async fn plaintext_inside_the_tunnel_closes_it_cleanly() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
 
     let (r, mut tcp) = connect(env.addr, &format!("{HOST}:{}", up.port()), "").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -686,16 +690,7 @@ async fn plaintext_inside_the_tunnel_closes_it_cleanly() {
         "plaintext was relayed: {rest:?}"
     );
     assert_eq!(up.seen().len(), 0, "nothing was dialled upstream");
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .active_tunnels
-            .load(Ordering::SeqCst)
-            == 0)
-        .await,
-        "the tunnel was not released"
-    );
+    assert!(tunnels_drain(&env).await, "the tunnel was not released");
     assert_serves(&env, &up).await;
 }
 
@@ -710,7 +705,7 @@ async fn proxy_authorization_basic() {
     let mut settings = test_settings();
     settings.proxy_auth = Some("synapse:s3cret".into());
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     let target = format!("{HOST}:{}", up.port());
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
 
@@ -737,10 +732,7 @@ async fn proxy_authorization_basic() {
     let right = format!("Proxy-Authorization: Basic {}\r\n", b64("synapse:s3cret"));
     let (r, tcp) = connect(env.addr, &target, &right).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let tls = inner_tls(tcp, &env.ica.der, HOST, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let r = get(tls, HOST, "/").await;
+    let r = get_inside(tcp, &env.ica.der, "/").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
 
@@ -754,18 +746,14 @@ async fn tunnel_cap_answers_503_and_frees_the_slot_on_close() {
     let mut settings = test_settings();
     settings.max_tunnels = 1;
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     let target = format!("{HOST}:{}", up.port());
 
     // Hold one established tunnel open (TLS up, nothing sent).
     let held = tunnel(&env, &target, HOST, &[b"http/1.1"]).await;
     assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::SeqCst), 1);
 
-    let (r, _) = send_raw(
-        env.addr,
-        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
-    )
-    .await;
+    let (r, _) = send_raw(env.addr, connect_head(&target).as_bytes()).await;
     let r = r.expect("a reply while over capacity");
     assert_eq!(r.status, 503, "a second tunnel while one is open: {r:?}");
     assert!(r.header("retry-after").is_some(), "{r:?}");
@@ -775,11 +763,7 @@ async fn tunnel_cap_answers_503_and_frees_the_slot_on_close() {
     drop(held);
     let start = Instant::now();
     let served = loop {
-        let (r, tcp) = send_raw(
-            env.addr,
-            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
-        )
-        .await;
+        let (r, tcp) = send_raw(env.addr, connect_head(&target).as_bytes()).await;
         let r = r.expect("a reply");
         if r.status == 200 {
             break Some(tcp);
@@ -791,10 +775,7 @@ async fn tunnel_cap_answers_503_and_frees_the_slot_on_close() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let tcp = served.expect("the slot was not freed after the first tunnel closed");
-    let tls = inner_tls(tcp, &env.ica.der, HOST, &[b"http/1.1"])
-        .await
-        .unwrap();
-    let r = get(tls, HOST, "/").await;
+    let r = get_inside(tcp, &env.ica.der, "/").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
 
@@ -804,9 +785,8 @@ async fn tunnel_cap_answers_503_and_frees_the_slot_on_close() {
 
 #[tokio::test]
 async fn upstream_down_gets_502_and_upstream_sessions_resume() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
 
     // A port nothing listens on.
     let closed = {
@@ -864,9 +844,9 @@ async fn idle_tunnel_is_closed_but_a_busy_one_is_not() {
     let mut settings = test_settings();
     settings.idle_timeout = Duration::from_secs(1);
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
 
-    let tls = tunnel(&env, &format!("{HOST}:{}", up.port()), HOST, &[b"http/1.1"]).await;
+    let tls = tunnel_to(&env, up.port(), &[b"http/1.1"]).await;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -895,15 +875,7 @@ async fn idle_tunnel_is_closed_but_a_busy_one_is_not() {
         took >= Duration::from_millis(500),
         "closed too early: {took:?}"
     );
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .active_tunnels
-            .load(Ordering::SeqCst)
-            == 0)
-        .await
-    );
+    assert!(tunnels_drain(&env).await);
     assert!(up.requests.load(Ordering::SeqCst) >= 5);
 }
 
@@ -923,11 +895,10 @@ async fn echo_after_eof(cert: &Leaf) -> SocketAddr {
 
 #[tokio::test]
 async fn half_close_propagates_both_ways() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
+    let (w, env) = proxy_for_world().await;
     let addr = echo_after_eof(&w.genuine).await;
 
-    let mut tls = tunnel(&env, &format!("{HOST}:{}", addr.port()), HOST, &[]).await;
+    let mut tls = tunnel_to(&env, addr.port(), &[]).await;
     tls.write_all(b"ping ping").await.unwrap();
     // close_notify + FIN on our write side; our read side stays open.
     tls.shutdown().await.unwrap();
@@ -939,15 +910,7 @@ async fn half_close_propagates_both_ways() {
     .await
     .expect("a clean close after the answer");
     assert_eq!(answer, "got 9 bytes after EOF\n");
-    assert!(
-        wait_until(STEP, || env
-            .proxy
-            .stats()
-            .active_tunnels
-            .load(Ordering::SeqCst)
-            == 0)
-        .await
-    );
+    assert!(tunnels_drain(&env).await);
 }
 
 // ---------------------------------------------------------------------------
@@ -984,11 +947,10 @@ async fn daemon_runs_the_outbound_proxy_from_config() {
     let (proxy, addr) = daemon.outbound.clone().expect("outbound listener");
     let ica = fedpin::tls::load_certs(&dir.path().join("ca/fedpin-ca.pem")).unwrap();
 
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     let (r, tcp) = connect(addr, &format!("{HOST}:{}", up.port()), "").await;
     assert_eq!(r.status, 200, "{r:?}");
-    let tls = inner_tls(tcp, &ica[0], HOST, &[b"http/1.1"]).await.unwrap();
-    let r = get(tls, HOST, "/_matrix/federation/v1/version").await;
+    let r = get_inside(tcp, &ica[0], "/_matrix/federation/v1/version").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(
         r.body,
@@ -997,11 +959,10 @@ async fn daemon_runs_the_outbound_proxy_from_config() {
     assert_eq!(proxy.stats().handshakes.get(HandshakeResult::Ok), 1);
 
     // The same daemon blocks a CA-valid impostor for the pinned name.
-    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+    let bad = w.impostor_http1().await;
     let (r, tcp) = connect(addr, &format!("{HOST}:{}", bad.port()), "").await;
     assert_eq!(r.status, 200, "{r:?}");
-    let tls = inner_tls(tcp, &ica[0], HOST, &[b"http/1.1"]).await.unwrap();
-    let r = get(tls, HOST, "/").await;
+    let r = get_inside(tcp, &ica[0], "/").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
     assert!(daemon
         .alerts
@@ -1050,7 +1011,7 @@ async fn deny_destinations_applies_to_the_sni_name_too() {
     let mut settings = test_settings();
     settings.deny_destinations.insert(HOST.to_string());
     let env = start_proxy(&w.public, &w.pins(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     // CONNECT to an address literal, SNI = the denied name.
     let tls = tunnel(
         &env,
@@ -1160,7 +1121,7 @@ async fn hot_reload_changes_the_outcome_mid_run() {
         .watch(Duration::from_millis(20), Duration::from_secs(30))
         .unwrap();
     let env = start_proxy_with(&w.public, store.clone(), hub, test_settings()).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     let target = format!("{HOST}:{}", up.port());
 
     let r = get(tunnel(&env, &target, HOST, &[b"http/1.1"]).await, HOST, "/").await;
@@ -1188,16 +1149,9 @@ async fn hot_reload_changes_the_outcome_mid_run() {
 /// body, so the reason is also in the HTTP/1 reason phrase.
 #[tokio::test]
 async fn blocked_peer_reason_is_in_the_status_line() {
-    let w = world();
-    let env = start_proxy(&w.public, &w.pins(), test_settings()).await;
-    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
-    let mut tls = tunnel(
-        &env,
-        &format!("{HOST}:{}", bad.port()),
-        HOST,
-        &[b"http/1.1"],
-    )
-    .await;
+    let (w, env) = proxy_for_world().await;
+    let bad = w.impostor_http1().await;
+    let mut tls = tunnel_to(&env, bad.port(), &[b"http/1.1"]).await;
     tls.write_all(
         format!("GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
     )
@@ -1234,7 +1188,7 @@ async fn admin_metrics_count_a_mismatch_and_healthz_checks_files() {
     let admin = daemon.admin.expect("admin listener");
     let ica = fedpin::tls::load_certs(&dir.path().join("ca/fedpin-ca.pem")).unwrap();
 
-    let bad = upstream(&w.impostor, "impostor", &[b"http/1.1"]).await;
+    let bad = w.impostor_http1().await;
     let (r, tcp) = connect(addr, &format!("{HOST}:{}", bad.port()), "").await;
     assert_eq!(r.status, 200);
     let tls = inner_tls(tcp, &ica[0], HOST, &[b"http/1.1"]).await.unwrap();
@@ -1420,7 +1374,7 @@ async fn inv13_reload_that_revokes_a_key_ends_open_tunnels() {
         .resolve
         .insert(other_name.into(), "127.0.0.1".parse().unwrap());
     let env = start_proxy_with(&w.public, store.clone(), hub.clone(), settings).await;
-    let up = upstream(&w.genuine, "genuine", &[b"http/1.1"]).await;
+    let up = w.genuine_http1().await;
     let up2 = upstream(&other, "genuine", &[b"http/1.1"]).await;
 
     // Two kept-alive tunnels, each answering.

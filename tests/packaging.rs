@@ -27,9 +27,13 @@
 //! the real package.
 #![cfg(unix)]
 
+mod common;
+
+use common::process::{ca_init, describe, with_config};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -46,15 +50,6 @@ fn repo() -> PathBuf {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 // ------------------------------------------------------------------ man pages
@@ -504,11 +499,7 @@ fn shipped_config_and_pin_file_pass_their_checks() {
     std::fs::copy(repo().join("debian/etc/pins.toml"), d.join("pins.toml")).unwrap();
 
     // Before the first start there is no CA: check-config names both files.
-    let before = Command::new(FEDPIN)
-        .args(["check-config", "--config"])
-        .arg(d.join("fedpin.toml"))
-        .output()
-        .unwrap();
+    let before = with_config("check-config", &d.join("fedpin.toml"));
     let text = String::from_utf8_lossy(&before.stderr);
     assert_eq!(before.status.code(), Some(64), "{}", describe(&before));
     assert!(
@@ -518,17 +509,9 @@ fn shipped_config_and_pin_file_pass_their_checks() {
     );
 
     // What fedpin-ca.service runs at the first start.
-    let init = Command::new(FEDPIN)
-        .args(["ca", "init", "--dir"])
-        .arg(d.join("ca"))
-        .output()
-        .unwrap();
+    let init = ca_init(&d.join("ca"));
     assert!(init.status.success(), "{}", describe(&init));
-    let check = Command::new(FEDPIN)
-        .args(["check-config", "--config"])
-        .arg(d.join("fedpin.toml"))
-        .output()
-        .unwrap();
+    let check = with_config("check-config", &d.join("fedpin.toml"));
     let summary = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{}", describe(&check));
     assert!(
@@ -555,11 +538,7 @@ fn shipped_config_and_pin_file_pass_their_checks() {
 
     // A second `ca init` (a second "first start") never replaces the CA.
     let key = std::fs::read(d.join("ca/fedpin-ca.key")).unwrap();
-    let again = Command::new(FEDPIN)
-        .args(["ca", "init", "--dir"])
-        .arg(d.join("ca"))
-        .output()
-        .unwrap();
+    let again = ca_init(&d.join("ca"));
     assert!(!again.status.success(), "{}", describe(&again));
     assert!(std::fs::read(d.join("ca/fedpin-ca.key")).unwrap() == key);
 }

@@ -41,6 +41,47 @@ impl Run {
     fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
+
+    /// Asserts of each of `needles` that `text` (standard `stream`) holds
+    /// it (`want`) or not.
+    #[track_caller]
+    fn holds(&self, stream: &str, text: &str, needles: &[&str], want: bool) -> &Self {
+        for needle in needles {
+            let verb = if want { "lacks" } else { "has" };
+            let msg = format!("std{stream} {verb} {needle:?}\n{}", self.describe());
+            assert_eq!(text.contains(needle), want, "{msg}");
+        }
+        self
+    }
+
+    #[track_caller]
+    fn stdout_has(&self, needles: &[&str]) -> &Self {
+        self.holds("out", &self.stdout, needles, true)
+    }
+
+    #[track_caller]
+    fn stdout_lacks(&self, needles: &[&str]) -> &Self {
+        self.holds("out", &self.stdout, needles, false)
+    }
+
+    #[track_caller]
+    fn stderr_has(&self, needles: &[&str]) -> &Self {
+        self.holds("err", &self.stderr, needles, true)
+    }
+
+    /// Asserts that standard output is empty.
+    #[track_caller]
+    fn no_stdout(&self) -> &Self {
+        assert!(self.stdout.is_empty(), "{}", self.describe());
+        self
+    }
+
+    /// Standard output parsed as JSON.
+    #[track_caller]
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e})\n{}", self.describe()))
+    }
 }
 
 /// Runs the real `pinctl` with `args`, feeding `stdin` (closed when `None`),
@@ -180,6 +221,44 @@ impl Fixture {
         let addr = serve(vec![l.cert.clone()], l.key_der()).await;
         (addr, l.cert)
     }
+
+    /// `pinctl --pins <the fixture's pin file>` with the words of `cmd`
+    /// (split at white space), standard input closed.
+    async fn run(&self, cmd: &str) -> Run {
+        self.run_fed(cmd, &[], None).await
+    }
+
+    /// [`Fixture::run`] with `tail` after the words of `cmd`, as they are
+    /// (paths, arguments with spaces), feeding `stdin`.
+    async fn run_fed(&self, cmd: &str, tail: &[&str], stdin: Option<&[u8]>) -> Run {
+        pinctl(&argv(self.pins(), cmd, tail), stdin).await
+    }
+
+    /// `add NAME --connect ADDR --yes --roots <the fixture's CA>`.
+    async fn add_live(&self, name: &str, connect: &str) -> Run {
+        let cmd = format!("add {name} --connect {connect} --yes --roots");
+        self.run_fed(&cmd, &[self.ca()], None).await
+    }
+
+    /// `verify NAME --connect ADDR`, then `extra`, then `--roots <the fixture's CA>`.
+    async fn verify(&self, name: &str, connect: &str, extra: &str) -> Run {
+        let cmd = format!("verify {name} --connect {connect} {extra} --roots");
+        self.run_fed(&cmd, &[self.ca()], None).await
+    }
+}
+
+/// `--pins PINS`, the words of `cmd` (split at white space), then `tail`
+/// as it is (paths, arguments with spaces).
+fn argv<'a>(pins: &'a str, cmd: &'a str, tail: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--pins", pins];
+    args.extend(cmd.split_whitespace());
+    args.extend_from_slice(tail);
+    args
+}
+
+/// The server name `localhost:PORT` and the `--connect` address of `addr`.
+fn target(addr: std::net::SocketAddr) -> (String, String) {
+    (format!("localhost:{}", addr.port()), addr.to_string())
 }
 
 /// `pinctl check` on a pin file `name`, written with `text` in the fixture's directory.
@@ -206,18 +285,13 @@ async fn hash_pem_with_two_certs_stdin_public_key_der() {
     run.expect_code(0);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", run.describe());
-    assert!(
-        lines[0].starts_with(&spki_pin(&l.cert)),
-        "{}",
-        run.describe()
-    );
-    assert!(lines[0].contains("localhost"), "{}", run.describe());
-    assert!(
-        lines[1].starts_with(&spki_pin(&fx.root.cert)),
-        "{}",
-        run.describe()
-    );
-    assert!(lines[1].contains("pinctl test root"), "{}", run.describe());
+    for (line, cert, name) in [
+        (lines[0], &l.cert, "localhost"),
+        (lines[1], &fx.root.cert, "pinctl test root"),
+    ] {
+        assert!(line.starts_with(&spki_pin(cert)), "{}", run.describe());
+        assert!(line.contains(name), "{}", run.describe());
+    }
     assert_eq!(pin(&l.cert).to_string(), spki_pin(&l.cert));
 
     // `-` reads standard input.
@@ -226,28 +300,19 @@ async fn hash_pem_with_two_certs_stdin_public_key_der() {
     from_stdin.expect_code(0);
     assert_eq!(from_stdin.stdout, run.stdout, "{}", from_stdin.describe());
 
-    // A PEM PUBLIC KEY (serialised by rcgen, not taken from the certificate).
+    // A PEM PUBLIC KEY (serialised by rcgen, not taken from the certificate),
+    // then one DER certificate: one line each, the leaf's pin.
     let pk = fx.dir.path().join("key.pub.pem");
     std::fs::write(&pk, l.key.public_key_pem()).unwrap();
-    let run = pinctl(&["hash", s(&pk)], None).await;
-    run.expect_code(0);
-    assert_eq!(run.stdout.lines().count(), 1, "{}", run.describe());
-    assert!(
-        run.stdout.starts_with(&spki_pin(&l.cert)),
-        "{}",
-        run.describe()
-    );
-
-    // One DER certificate.
     let der = fx.dir.path().join("leaf.der");
     std::fs::write(&der, l.cert.as_ref()).unwrap();
-    let run = pinctl(&["hash", s(&der)], None).await;
-    run.expect_code(0);
-    assert!(
-        run.stdout.starts_with(&spki_pin(&l.cert)),
-        "{}",
-        run.describe()
-    );
+    for file in [&pk, &der] {
+        let run = pinctl(&["hash", s(file)], None).await;
+        run.expect_code(0);
+        assert_eq!(run.stdout.lines().count(), 1, "{}", run.describe());
+        let leaf_pin = spki_pin(&l.cert);
+        assert!(run.stdout.starts_with(&leaf_pin), "{}", run.describe());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -255,55 +320,33 @@ async fn hash_rejects_garbage_private_keys_and_missing_files() {
     let fx = Fixture::new();
     let garbage = fx.dir.path().join("garbage.txt");
     std::fs::write(&garbage, "this is not a certificate\n").unwrap();
+    let not_cert = "no certificate or public key";
     let run = pinctl(&["hash", s(&garbage)], None).await;
-    run.expect_code(64);
-    assert!(run.stdout.is_empty(), "{}", run.describe());
-    assert!(
-        run.stderr.contains("garbage.txt") && run.stderr.contains("no certificate or public key"),
-        "{}",
-        run.describe()
-    );
+    run.expect_code(64)
+        .no_stdout()
+        .stderr_has(&["garbage.txt", not_cert]);
 
     let run = pinctl(&["hash", "-"], Some(b"\x00\x01\x02 junk")).await;
-    run.expect_code(64);
-    assert!(
-        run.stderr.contains("no certificate or public key"),
-        "{}",
-        run.describe()
-    );
+    run.expect_code(64).stderr_has(&[not_cert]);
 
     // A private key is refused, never hashed or echoed.
     let l = leaf(&fx.root, &["localhost"]);
     let key = fx.dir.path().join("key.pem");
     std::fs::write(&key, l.key.serialize_pem()).unwrap();
     let run = pinctl(&["hash", s(&key)], None).await;
-    run.expect_code(64);
-    assert!(run.stderr.contains("PRIVATE KEY"), "{}", run.describe());
-    assert!(run.stdout.is_empty(), "{}", run.describe());
+    run.expect_code(64).stderr_has(&["PRIVATE KEY"]).no_stdout();
 
     // A broken certificate block names the item.
     let broken = fx.dir.path().join("broken.pem");
-    std::fs::write(
-        &broken,
-        format!(
-            "{}{}",
-            cert_pem(&[&l.cert]),
-            pem("CERTIFICATE", b"not der at all")
-        ),
-    )
-    .unwrap();
+    let text = cert_pem(&[&l.cert]) + &pem("CERTIFICATE", b"not der at all");
+    std::fs::write(&broken, text).unwrap();
     let run = pinctl(&["hash", s(&broken)], None).await;
-    run.expect_code(64);
-    assert!(run.stderr.contains("item 2"), "{}", run.describe());
+    run.expect_code(64).stderr_has(&["item 2"]);
 
     let missing = fx.dir.path().join("missing.pem");
     let run = pinctl(&["hash", s(&missing)], None).await;
-    run.expect_code(64);
-    assert!(
-        run.stderr.contains("missing.pem") && run.stderr.contains("cannot read"),
-        "{}",
-        run.describe()
-    );
+    run.expect_code(64)
+        .stderr_has(&["missing.pem", "cannot read"]);
 }
 
 // ---------------------------------------------------------------- add
@@ -312,28 +355,12 @@ async fn hash_rejects_garbage_private_keys_and_missing_files() {
 async fn add_connect_yes_pins_the_leaf_and_shows_the_chain() {
     let fx = Fixture::new();
     let (addr, leaf_cert) = fx.genuine().await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--yes",
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await;
+    let (name, connect) = target(addr);
+    let run = fx.add_live(&name, &connect).await;
     run.expect_code(0);
 
     // The served chain, with subject, issuer, expiry and pin of each entry.
-    let out = &run.stdout;
-    for needle in [
+    run.stdout_has(&[
         "subject:",
         "issuer:",
         "not after:",
@@ -342,15 +369,8 @@ async fn add_connect_yes_pins_the_leaf_and_shows_the_chain() {
         &spki_pin(&leaf_cert),
         &spki_pin(&fx.root.cert),
         "Web PKI: valid",
-    ] {
-        assert!(
-            out.contains(needle),
-            "missing {needle:?}\n{}",
-            run.describe()
-        );
-    }
-    assert!(out.contains("added"), "{}", run.describe());
-    assert!(out.contains("single pin"), "{}", run.describe());
+    ]);
+    run.stdout_has(&["added", "single pin"]);
 
     let set = fx.load();
     assert_eq!(set.len(), 1);
@@ -360,10 +380,8 @@ async fn add_connect_yes_pins_the_leaf_and_shows_the_chain() {
     assert_eq!(p.mode, Mode::Enforce);
     assert_eq!(p.hosts, vec!["localhost".to_string()]);
     assert!(set.lookup("localhost").is_some());
-    assert!(
-        p.note.as_deref().unwrap_or_default().contains("pinctl"),
-        "{p:?}"
-    );
+    let note = p.note.as_deref().unwrap_or_default();
+    assert!(note.contains("pinctl"), "{p:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -376,24 +394,8 @@ async fn add_keeps_comments_of_an_existing_file() {
     );
     std::fs::write(&fx.pins, &original).unwrap();
     let (addr, leaf_cert) = fx.genuine().await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
-    pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--yes",
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await
-    .expect_code(0);
+    let (name, connect) = target(addr);
+    fx.add_live(&name, &connect).await.expect_code(0);
     let text = fx.text();
     for comment in [
         "# Pins for our federation -- reviewed by ops",
@@ -411,79 +413,38 @@ async fn add_keeps_comments_of_an_existing_file() {
     );
     let set = fx.load();
     assert_eq!(set.len(), 2);
-    assert_eq!(
-        set.policy.on_expired,
-        fedpin::pins::ExpiredPolicy::Deny,
-        "{text}"
-    );
-    assert_eq!(
-        set.by_server_name("other.example").unwrap().pins.len(),
-        2,
-        "{text}"
-    );
-    assert_eq!(
-        set.by_server_name(&name).unwrap().pins,
-        vec![pin(&leaf_cert)]
-    );
+    let on_expired = set.policy.on_expired;
+    assert_eq!(on_expired, fedpin::pins::ExpiredPolicy::Deny, "{text}");
+    let other_pins = set.by_server_name("other.example").unwrap().pins.len();
+    assert_eq!(other_pins, 2, "{text}");
+    let added = &set.by_server_name(&name).unwrap().pins;
+    assert_eq!(added, &vec![pin(&leaf_cert)]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn add_with_pin_and_from_cert() {
     let fx = Fixture::new();
     let (p1, p2) = (a_pin(1), a_pin(2));
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "a.example",
-            "--pin",
-            &p1,
-            "--pin",
-            &p2,
-            "--mode",
-            "report",
-            "--expires",
-            "2031-02-03",
-            "--note",
-            "from the ops ticket",
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(0);
-    assert!(!run.stdout.contains("single pin"), "{}", run.describe());
+    let cmd = format!("add a.example --pin {p1} --pin {p2} --mode report --expires 2031-02-03");
+    let run = fx
+        .run_fed(&cmd, &["--note", "from the ops ticket"], None)
+        .await;
+    run.expect_code(0).stdout_lacks(&["single pin"]);
     let set = fx.load();
     let a = set.by_server_name("a.example").unwrap();
-    assert_eq!(
-        a.pins,
-        vec![p1.parse::<Pin>().unwrap(), p2.parse().unwrap()]
-    );
+    let want: Vec<Pin> = vec![p1.parse().unwrap(), p2.parse().unwrap()];
+    assert_eq!(a.pins, want);
     assert_eq!(a.mode, Mode::Report);
     assert_eq!(a.note.as_deref(), Some("from the ops ticket"));
-    assert_eq!(
-        a.expires.unwrap(),
-        time::macros::datetime!(2031-02-03 00:00 UTC)
-    );
+    let expires = time::macros::datetime!(2031-02-03 00:00 UTC);
+    assert_eq!(a.expires.unwrap(), expires);
 
     // Adding to an existing peer extends its pins (no duplicate entry).
     let p3 = a_pin(3);
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "A.example",
-            "--pin",
-            &p3,
-            "--pin",
-            &p1,
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("already listed"), "{}", run.describe());
+    let run = fx
+        .run(&format!("add A.example --pin {p3} --pin {p1}"))
+        .await;
+    run.expect_code(0).stdout_has(&["already listed"]);
     let set = fx.load();
     assert_eq!(set.len(), 1);
     assert_eq!(set.by_server_name("a.example").unwrap().pins.len(), 3);
@@ -495,73 +456,33 @@ async fn add_with_pin_and_from_cert() {
     let pubkey = fx.dir.path().join("next.pub.pem");
     let next = rcgen::KeyPair::generate().unwrap();
     std::fs::write(&pubkey, next.public_key_pem()).unwrap();
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "b.example:8448",
-            "--from-cert",
-            s(&bundle),
-            "--from-cert",
-            s(&pubkey),
-            "--trust",
-            "webpki",
-        ],
-        None,
-    )
-    .await;
+    let tail = ["--from-cert", s(&bundle), "--from-cert", s(&pubkey)];
+    let run = fx
+        .run_fed("add b.example:8448 --trust webpki", &tail, None)
+        .await;
     run.expect_code(0);
     let set = fx.load();
     let b = set.by_server_name("b.example:8448").unwrap();
     assert_eq!(b.pins.len(), 2, "{:?}", b.pins);
     assert_eq!(b.pins[0], pin(&l.cert));
-    assert_eq!(
-        b.pins[1],
-        Pin::of_spki(&rcgen::PublicKeyData::subject_public_key_info(&next))
-    );
+    let next_spki = rcgen::PublicKeyData::subject_public_key_info(&next);
+    assert_eq!(b.pins[1], Pin::of_spki(&next_spki));
     assert_eq!(b.hosts, vec!["b.example".to_string()]);
 
     // Bad input is refused and nothing is written.
     let before = fx.text();
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "c.example",
-            "--pin",
-            "sha256/nope",
-        ],
-        None,
-    )
-    .await;
+    let run = fx.run("add c.example --pin sha256/nope").await;
     assert_ne!(run.code, Some(0), "{}", run.describe());
-    assert!(run.stderr.contains("sha256/nope"), "{}", run.describe());
+    run.stderr_has(&["sha256/nope"]);
     let garbage = fx.dir.path().join("garbage.pem");
     std::fs::write(&garbage, "nothing here").unwrap();
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "c.example",
-            "--from-cert",
-            s(&garbage),
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(64);
-    assert!(run.stderr.contains("garbage.pem"), "{}", run.describe());
+    let run = fx
+        .run_fed("add c.example --from-cert", &[s(&garbage)], None)
+        .await;
+    run.expect_code(64).stderr_has(&["garbage.pem"]);
     // A host clash with an existing peer is not written either.
-    let run = pinctl(
-        &["--pins", fx.pins(), "add", "b.example", "--pin", &p1],
-        None,
-    )
-    .await;
-    run.expect_code(64);
-    assert!(run.stderr.contains("b.example"), "{}", run.describe());
+    let run = fx.run(&format!("add b.example --pin {p1}")).await;
+    run.expect_code(64).stderr_has(&["b.example"]);
     assert_eq!(fx.text(), before, "a refused add changed the file");
 }
 
@@ -577,24 +498,16 @@ async fn add_from_cert_with_a_full_chain_pins_only_the_leaf() {
     let chain = fx.dir.path().join("fullchain.pem");
     std::fs::write(&chain, cert_pem(&[&l.cert, &inter.cert, &fx.root.cert])).unwrap();
 
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "d.example",
-            "--from-cert",
-            s(&chain),
-        ],
-        None,
-    )
-    .await;
+    let run = fx
+        .run_fed("add d.example --from-cert", &[s(&chain)], None)
+        .await;
     run.expect_code(0);
     let set = fx.load();
     let d = set.by_server_name("d.example").unwrap();
+    let only_leaf = vec![pin(&l.cert)];
     assert_eq!(
         d.pins,
-        vec![pin(&l.cert)],
+        only_leaf,
         "only the leaf is pinned\n{}",
         run.describe()
     );
@@ -617,33 +530,19 @@ async fn add_from_cert_with_a_full_chain_pins_only_the_leaf() {
     ] {
         let line = line_of(&spki_pin(cert));
         assert!(line.contains("not pinned"), "{line}");
-        assert!(run.stdout.contains(cn), "{}", run.describe());
+        run.stdout_has(&[cn]);
     }
-    assert!(run.stdout.contains("--from-cert-all"), "{}", run.describe());
+    run.stdout_has(&["--from-cert-all"]);
 
     // The explicit choice pins every certificate of the file.
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "e.example",
-            "--from-cert",
-            s(&chain),
-            "--from-cert-all",
-        ],
-        None,
-    )
-    .await;
+    let tail = [s(&chain), "--from-cert-all"];
+    let run = fx.run_fed("add e.example --from-cert", &tail, None).await;
     run.expect_code(0);
     let set = fx.load();
-    assert_eq!(
-        set.by_server_name("e.example").unwrap().pins,
-        vec![pin(&l.cert), pin(&inter.cert), pin(&fx.root.cert)],
-        "{}",
-        run.describe()
-    );
-    assert!(!run.stdout.contains("not pinned"), "{}", run.describe());
+    let all = vec![pin(&l.cert), pin(&inter.cert), pin(&fx.root.cert)];
+    let e = &set.by_server_name("e.example").unwrap().pins;
+    assert_eq!(e, &all, "{}", run.describe());
+    run.stdout_lacks(&["not pinned"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -651,62 +550,25 @@ async fn add_self_signed_needs_pin_only() {
     let fx = Fixture::new();
     let ss = self_signed(&["localhost"]);
     let addr = serve(vec![ss.cert.clone()], ss.key_der()).await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
+    let (name, connect) = target(addr);
 
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--yes",
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(64);
-    assert!(run.stderr.contains("pin-only"), "{}", run.describe());
-    assert!(run.stdout.contains("NOT valid"), "{}", run.describe());
-    assert!(
-        !fx.pins.exists(),
-        "a refused add wrote the file:\n{}",
-        fx.text()
-    );
+    let run = fx.add_live(&name, &connect).await;
+    run.expect_code(64)
+        .stderr_has(&["pin-only"])
+        .stdout_has(&["NOT valid"]);
+    let wrote = fx.pins.exists();
+    assert!(!wrote, "a refused add wrote the file:\n{}", fx.text());
 
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--yes",
-            "--trust",
-            "pin-only",
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(0);
+    let cmd = format!("add {name} --connect {connect} --yes --trust pin-only");
+    fx.run(&cmd).await.expect_code(0);
     let set = fx.load();
     let p = set.by_server_name(&name).unwrap();
     assert_eq!(p.trust, Trust::PinOnly);
     assert_eq!(p.pins, vec![pin(&ss.cert)]);
 
     // The pin just written passes a live check.
-    let run = pinctl(
-        &["--pins", fx.pins(), "verify", &name, "--connect", &connect],
-        None,
-    )
-    .await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("OK"), "{}", run.describe());
+    let run = fx.run(&format!("verify {name} --connect {connect}")).await;
+    run.expect_code(0).stdout_has(&["OK"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -715,46 +577,30 @@ async fn add_interactive_choice_pins_the_intermediate() {
     let inter = intermediate(&fx.root, "pinctl test intermediate");
     let l = leaf(&inter, &["localhost"]);
     let addr = serve(vec![l.cert.clone(), inter.cert.clone()], l.key_der()).await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
-    let args = [
-        "--pins",
-        fx.pins(),
-        "add",
-        &name,
-        "--connect",
-        &connect,
-        "--roots",
-        fx.ca(),
-    ];
+    let (name, connect) = target(addr);
+    let cmd = format!("add {name} --connect {connect} --roots");
+    let roots = [fx.ca()];
+    let choose = |answer: &'static [u8]| fx.run_fed(&cmd, &roots, Some(answer));
 
     // No answer (stdin closed) and no --yes: a usage error, nothing written.
-    let run = pinctl(&args, Some(b"")).await;
-    run.expect_code(2);
-    assert!(run.stderr.contains("--yes"), "{}", run.describe());
+    let run = choose(b"").await;
+    run.expect_code(2).stderr_has(&["--yes"]);
     assert!(!fx.pins.exists());
 
     // Out of range: refused.
-    let run = pinctl(&args, Some(b"7\n")).await;
+    let run = choose(b"7\n").await;
     run.expect_code(2);
     assert!(!fx.pins.exists());
 
-    let run = pinctl(&args, Some(b"2\n")).await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("Pin which"), "{}", run.describe());
-    for needle in [
+    let run = choose(b"2\n").await;
+    run.expect_code(0).stdout_has(&["Pin which"]);
+    run.stdout_has(&[
         "[1] leaf",
         "[2] intermediate",
         "CN=pinctl test intermediate",
         &spki_pin(&l.cert),
         &spki_pin(&inter.cert),
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "missing {needle:?}\n{}",
-            run.describe()
-        );
-    }
+    ]);
     let set = fx.load();
     let p = set.by_server_name(&name).unwrap();
     assert_eq!(p.pins, vec![pin(&inter.cert)], "{}", fx.text());
@@ -762,45 +608,16 @@ async fn add_interactive_choice_pins_the_intermediate() {
     // The intermediate pin survives a leaf rotation under the same intermediate.
     let l2 = leaf(&inter, &["localhost"]);
     let addr2 = serve(vec![l2.cert.clone(), inter.cert.clone()], l2.key_der()).await;
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &addr2.to_string(),
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await;
+    let run = fx.verify(&name, &addr2.to_string(), "").await;
     run.expect_code(0);
 
     // Several choices, including the trust anchor that was not sent.
     let second = fx.dir.path().join("second.toml");
-    let run = pinctl(
-        &[
-            "--pins",
-            s(&second),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--roots",
-            fx.ca(),
-        ],
-        Some(b"1, 3\n"),
-    )
-    .await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("trust anchor"), "{}", run.describe());
+    let run = pinctl(&argv(s(&second), &cmd, &[fx.ca()]), Some(b"1, 3\n")).await;
+    run.expect_code(0).stdout_has(&["trust anchor"]);
     let set = PinSet::load(&second).unwrap();
-    assert_eq!(
-        set.by_server_name(&name).unwrap().pins,
-        vec![pin(&l.cert), pin(&fx.root.cert)]
-    );
+    let both = vec![pin(&l.cert), pin(&fx.root.cert)];
+    assert_eq!(set.by_server_name(&name).unwrap().pins, both);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -810,29 +627,12 @@ async fn add_refuses_a_sent_certificate_that_is_not_on_the_validated_path() {
     // An unrelated CA certificate rides along; the leaf chains to the root directly.
     let stray = root("stray ca");
     let addr = serve(vec![l.cert.clone(), stray.cert.clone()], l.key_der()).await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--roots",
-            fx.ca(),
-        ],
-        Some(b"2\n"),
-    )
-    .await;
+    let (name, connect) = target(addr);
+    let cmd = format!("add {name} --connect {connect} --roots");
+    let run = fx.run_fed(&cmd, &[fx.ca()], Some(b"2\n")).await;
     run.expect_code(2);
-    assert!(
-        run.stdout.contains("[2] sent, not on the validated path"),
-        "{}",
-        run.describe()
-    );
-    assert!(run.stderr.contains("never match"), "{}", run.describe());
+    run.stdout_has(&["[2] sent, not on the validated path"]);
+    run.stderr_has(&["never match"]);
     assert!(!fx.pins.exists(), "{}", fx.text());
 }
 
@@ -841,12 +641,8 @@ async fn pins_option_after_the_subcommand_and_from_the_environment() {
     let fx = Fixture::new();
     let p1 = a_pin(1);
     // The global --pins after the subcommand (and next to add's own --pin).
-    pinctl(
-        &["add", "a.example", "--pin", &p1, "--pins", fx.pins()],
-        None,
-    )
-    .await
-    .expect_code(0);
+    let args = ["add", "a.example", "--pin", &p1, "--pins", fx.pins()];
+    pinctl(&args, None).await.expect_code(0);
     assert_eq!(fx.load().len(), 1);
     let args = vec!["list".to_string(), "--json".to_string()];
     let pins = fx.pins().to_string();
@@ -856,7 +652,7 @@ async fn pins_option_after_the_subcommand_and_from_the_environment() {
     .await
     .unwrap();
     run.expect_code(0);
-    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let v = run.json();
     assert_eq!(v["peers"][0]["server_name"], "a.example", "{v}");
 }
 
@@ -866,83 +662,24 @@ async fn pins_option_after_the_subcommand_and_from_the_environment() {
 async fn verify_genuine_ok_impostor_mismatch_and_json() {
     let fx = Fixture::new();
     let (addr, _) = fx.genuine().await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
-    pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--connect",
-            &connect,
-            "--yes",
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await
-    .expect_code(0);
+    let (name, connect) = target(addr);
+    fx.add_live(&name, &connect).await.expect_code(0);
 
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &connect,
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("OK"), "{}", run.describe());
-    assert!(run.stdout.contains(&name), "{}", run.describe());
+    let run = fx.verify(&name, &connect, "").await;
+    run.expect_code(0).stdout_has(&["OK", &name]);
 
     // A CA-valid impostor: another leaf for the same name from the same CA.
     let (impostor, _) = fx.genuine().await;
     let imp = impostor.to_string();
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &imp,
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(1);
-    assert!(run.stdout.contains("MISMATCH"), "{}", run.describe());
-    assert!(!run.stdout.contains("OK "), "{}", run.describe());
+    let run = fx.verify(&name, &imp, "").await;
+    run.expect_code(1)
+        .stdout_has(&["MISMATCH"])
+        .stdout_lacks(&["OK "]);
 
     // JSON, both ways.
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &connect,
-            "--roots",
-            fx.ca(),
-            "--json",
-        ],
-        None,
-    )
-    .await;
+    let run = fx.verify(&name, &connect, "--json").await;
     run.expect_code(0);
-    let v: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e})\n{}", run.describe()));
+    let v = run.json();
     let arr = v.as_array().expect("array");
     assert_eq!(arr.len(), 1);
     assert_eq!(arr[0]["status"], "ok", "{v}");
@@ -950,67 +687,28 @@ async fn verify_genuine_ok_impostor_mismatch_and_json() {
     assert!(arr[0]["cert_days_left"].as_i64().unwrap() > 0, "{v}");
     assert!(arr[0].get("pins_days_left").is_some(), "{v}");
 
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &imp,
-            "--roots",
-            fx.ca(),
-            "--json",
-        ],
-        None,
-    )
-    .await;
+    let run = fx.verify(&name, &imp, "--json").await;
     run.expect_code(1);
-    let v: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e})\n{}", run.describe()));
+    let v = run.json();
     assert_eq!(v[0]["status"], "mismatch", "{v}");
-    assert!(
-        !v[0]["detail"].as_str().unwrap_or_default().is_empty(),
-        "{v}"
-    );
+    let detail = v[0]["detail"].as_str().unwrap_or_default();
+    assert!(!detail.is_empty(), "{v}");
 
     // Without the CA the genuine peer does not validate: not OK either.
-    let run = pinctl(
-        &["--pins", fx.pins(), "verify", &name, "--connect", &connect],
-        None,
-    )
-    .await;
-    run.expect_code(1);
-    assert!(!run.stdout.contains("OK "), "{}", run.describe());
+    let run = fx.run(&format!("verify {name} --connect {connect}")).await;
+    run.expect_code(1).stdout_lacks(&["OK "]);
 
     // A dead port is an error, not a pass.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &dead.to_string(),
-            "--roots",
-            fx.ca(),
-            "--timeout",
-            "5",
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(1);
-    assert!(run.stdout.contains("ERROR"), "{}", run.describe());
+    let run = fx.verify(&name, &dead.to_string(), "--timeout 5").await;
+    run.expect_code(1).stdout_has(&["ERROR"]);
 
     // An unknown server name.
-    let run = pinctl(&["--pins", fx.pins(), "verify", "nobody.example"], None).await;
-    run.expect_code(1);
-    assert!(run.stderr.contains("nobody.example"), "{}", run.describe());
+    let run = fx.run("verify nobody.example").await;
+    run.expect_code(1).stderr_has(&["nobody.example"]);
 }
 
 // ---------------------------------------------------------------- remove, list
@@ -1018,47 +716,18 @@ async fn verify_genuine_ok_impostor_mismatch_and_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn remove_and_list() {
     let fx = Fixture::new();
-    let run = pinctl(&["--pins", fx.pins(), "list"], None).await;
-    run.expect_code(64);
-    assert!(run.stderr.contains("pins.toml"), "{}", run.describe());
+    let run = fx.run("list").await;
+    run.expect_code(64).stderr_has(&["pins.toml"]);
 
     let (p1, p2, p3) = (a_pin(1), a_pin(2), a_pin(3));
-    pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "a.example",
-            "--pin",
-            &p1,
-            "--pin",
-            &p2,
-        ],
-        None,
-    )
-    .await
-    .expect_code(0);
-    pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            "b.example:8448",
-            "--pin",
-            &p3,
-            "--trust",
-            "pin-only",
-            "--expires",
-            "2030-01-01T00:00:00Z",
-        ],
-        None,
-    )
-    .await
-    .expect_code(0);
+    let add_a = format!("add a.example --pin {p1} --pin {p2}");
+    fx.run(&add_a).await.expect_code(0);
+    let add_b = format!("add b.example:8448 --pin {p3} --trust pin-only");
+    let expiry = ["--expires", "2030-01-01T00:00:00Z"];
+    fx.run_fed(&add_b, &expiry, None).await.expect_code(0);
 
-    let run = pinctl(&["--pins", fx.pins(), "list"], None).await;
-    run.expect_code(0);
-    for needle in [
+    let run = fx.run("list").await;
+    run.expect_code(0).stdout_has(&[
         "a.example",
         "b.example:8448",
         &p1,
@@ -1067,18 +736,11 @@ async fn remove_and_list() {
         "trust=pin-only",
         "mode=enforce",
         "expires=2030-01-01T00:00:00Z",
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "missing {needle:?}\n{}",
-            run.describe()
-        );
-    }
+    ]);
 
-    let run = pinctl(&["--pins", fx.pins(), "list", "--json"], None).await;
+    let run = fx.run("list --json").await;
     run.expect_code(0);
-    let v: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e})\n{}", run.describe()));
+    let v = run.json();
     assert_eq!(v["policy"]["unpinned"], "webpki", "{v}");
     let peers = v["peers"].as_array().expect("peers array");
     assert_eq!(peers.len(), 2, "{v}");
@@ -1091,29 +753,25 @@ async fn remove_and_list() {
     assert_eq!(peers[1]["mode"], "enforce");
     assert_eq!(peers[1]["expires"], "2030-01-01T00:00:00Z");
 
-    let run = pinctl(&["--pins", fx.pins(), "remove", "A.EXAMPLE"], None).await;
-    run.expect_code(0);
+    fx.run("remove A.EXAMPLE").await.expect_code(0);
     let set = fx.load();
     assert_eq!(set.len(), 1);
     assert!(set.by_server_name("a.example").is_none());
     assert!(set.by_server_name("b.example:8448").is_some());
 
     let before = fx.text();
-    let run = pinctl(&["--pins", fx.pins(), "remove", "a.example"], None).await;
-    run.expect_code(1);
-    assert!(run.stderr.contains("a.example"), "{}", run.describe());
+    let run = fx.run("remove a.example").await;
+    run.expect_code(1).stderr_has(&["a.example"]);
     assert_eq!(fx.text(), before);
 
-    pinctl(&["--pins", fx.pins(), "remove", "b.example:8448"], None)
+    fx.run("remove b.example:8448").await.expect_code(0);
+    fx.run("list")
         .await
-        .expect_code(0);
-    let run = pinctl(&["--pins", fx.pins(), "list"], None).await;
+        .expect_code(0)
+        .stdout_has(&["no peers"]);
+    let run = fx.run("list --json").await;
     run.expect_code(0);
-    assert!(run.stdout.contains("no peers"), "{}", run.describe());
-    let run = pinctl(&["--pins", fx.pins(), "list", "--json"], None).await;
-    run.expect_code(0);
-    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(v["peers"], serde_json::json!([]));
+    assert_eq!(run.json()["peers"], serde_json::json!([]));
 }
 
 // ---------------------------------------------------------------- check
@@ -1122,73 +780,54 @@ async fn remove_and_list() {
 async fn check_valid_warns_on_single_pin_and_broken_names_the_line() {
     let fx = Fixture::new();
     let p1 = a_pin(1);
-    pinctl(
-        &["--pins", fx.pins(), "add", "a.example", "--pin", &p1],
-        None,
-    )
-    .await
-    .expect_code(0);
-    let run = pinctl(&["--pins", fx.pins(), "check"], None).await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("warning"), "{}", run.describe());
-    assert!(run.stdout.contains("single pin"), "{}", run.describe());
-    assert!(run.stdout.contains("a.example"), "{}", run.describe());
+    fx.run(&format!("add a.example --pin {p1}"))
+        .await
+        .expect_code(0);
+    let run = fx.run("check").await;
+    run.expect_code(0)
+        .stdout_has(&["warning", "single pin", "a.example"]);
 
     // Two pins: no warning.
     let p2 = a_pin(2);
-    pinctl(
-        &["--pins", fx.pins(), "add", "a.example", "--pin", &p2],
-        None,
-    )
-    .await
-    .expect_code(0);
-    let run = pinctl(&["--pins", fx.pins(), "check"], None).await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("0 warning"), "{}", run.describe());
+    fx.run(&format!("add a.example --pin {p2}"))
+        .await
+        .expect_code(0);
+    fx.run("check")
+        .await
+        .expect_code(0)
+        .stdout_has(&["0 warning"]);
 
-    // Broken: a malformed pin on line 5.
-    let run = check_file(
-        &fx,
-        "broken.toml",
-        &format!(
-            "version = 1\n\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"sha256/short\"]\n"
+    // Broken: a malformed pin on line 5; an unknown key on line 6; a host
+    // listed under two peers (lines 8 and 3).
+    let peer_a = format!("[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"{p2}\"]\n");
+    let broken = [
+        (
+            "broken.toml",
+            format!("version = 1\n\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"sha256/short\"]\n"),
+            &["line 5", "sha256/short"][..],
         ),
-    )
-    .await;
-    run.expect_code(1);
-    assert!(run.all().contains("line 5"), "{}", run.describe());
-    assert!(run.all().contains("sha256/short"), "{}", run.describe());
-
-    // Broken: an unknown key on line 6, and a host listed under two peers.
-    let run = check_file(
-        &fx,
-        "broken2.toml",
-        &format!(
-            "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"{p2}\"]\n[[peer]]\nsrever_name = \"b.example\"\n"
+        (
+            "broken2.toml",
+            format!("version = 1\n{peer_a}[[peer]]\nsrever_name = \"b.example\"\n"),
+            &["line 6"][..],
         ),
-    )
-    .await;
-    run.expect_code(1);
-    assert!(run.all().contains("line 6"), "{}", run.describe());
-
-    let run = check_file(
-        &fx,
-        "dup.toml",
-        &format!(
-            "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"{p1}\", \"{p2}\"]\n\n[[peer]]\nserver_name = \"b.example\"\nhosts = [\"a.example\"]\npins = [\"{p1}\", \"{p2}\"]\n"
+        (
+            "dup.toml",
+            format!("version = 1\n{peer_a}\n[[peer]]\nserver_name = \"b.example\"\nhosts = [\"a.example\"]\npins = [\"{p1}\", \"{p2}\"]\n"),
+            &["line 8", "line 3"][..],
         ),
-    )
-    .await;
-    run.expect_code(1);
-    assert!(run.all().contains("line 8"), "{}", run.describe());
-    assert!(run.all().contains("line 3"), "{}", run.describe());
+    ];
+    for (name, text, needles) in &broken {
+        let run = check_file(&fx, name, text).await;
+        run.expect_code(1);
+        for needle in *needles {
+            assert!(run.all().contains(needle), "{}", run.describe());
+        }
+    }
 
     // A missing file is an error, not an empty pass.
-    let run = pinctl(
-        &["--pins", s(&fx.dir.path().join("nope.toml")), "check"],
-        None,
-    )
-    .await;
+    let missing = fx.dir.path().join("nope.toml");
+    let run = pinctl(&["--pins", s(&missing), "check"], None).await;
     assert_ne!(run.code, Some(0), "{}", run.describe());
 }
 
@@ -1200,8 +839,7 @@ async fn committed_example_pin_file_passes_check() {
         return;
     }
     let run = pinctl(&["--pins", s(&example), "check"], None).await;
-    run.expect_code(0);
-    assert!(run.stdout.contains("ok"), "{}", run.describe());
+    run.expect_code(0).stdout_has(&["ok"]);
 }
 
 // ---------------------------------------------------------------- usage
@@ -1216,82 +854,24 @@ async fn usage_errors_exit_2() {
     )
     .unwrap();
     let before = fx.text();
-    let cases: Vec<Vec<&str>> = vec![
-        vec!["frobnicate"],
-        vec![],
-        vec!["hash"],
-        vec!["--pins", fx.pins(), "list", "--bogus"],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "localhost",
-            "--connect",
-            "nope",
-            "--yes",
-        ],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "localhost",
-            "--connect",
-            "127.0.0.1:0",
-            "--yes",
-        ],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "localhost",
-            "--connect",
-            "127.0.0.1:http",
-            "--yes",
-        ],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "localhost",
-            "--connect",
-            ":8448",
-            "--yes",
-        ],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "x.example",
-            "--pin",
-            &p1,
-            "--trust",
-            "sometimes",
-        ],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "x.example",
-            "--pin",
-            &p1,
-            "--mode",
-            "loud",
-        ],
-        vec![
-            "--pins",
-            fx.pins(),
-            "add",
-            "x.example",
-            "--pin",
-            &p1,
-            "--expires",
-            "soon",
-        ],
-        vec!["--pins", fx.pins(), "add", "x.example", "--pin", "md5/abc"],
-        vec!["--pins", fx.pins(), "add", "bad name!", "--pin", &p1],
-        vec!["--pins", fx.pins(), "verify", "--connect", "127.0.0.1:1"],
-        vec!["--pins", fx.pins(), "verify", "--timeout", "x"],
+    // Without and with `--pins <the pin file>` in front.
+    let bare: [&[&str]; 3] = [&["frobnicate"], &[], &["hash"]];
+    let with_pins = [
+        "list --bogus",
+        "add localhost --connect nope --yes",
+        "add localhost --connect 127.0.0.1:0 --yes",
+        "add localhost --connect 127.0.0.1:http --yes",
+        "add localhost --connect :8448 --yes",
+        &format!("add x.example --pin {p1} --trust sometimes"),
+        &format!("add x.example --pin {p1} --mode loud"),
+        &format!("add x.example --pin {p1} --expires soon"),
+        "add x.example --pin md5/abc",
+        "verify --connect 127.0.0.1:1",
+        "verify --timeout x",
     ];
+    let mut cases: Vec<Vec<&str>> = bare.iter().map(|a| a.to_vec()).collect();
+    cases.extend(with_pins.iter().map(|cmd| argv(fx.pins(), cmd, &[])));
+    cases.push(argv(fx.pins(), "add", &["bad name!", "--pin", &p1]));
     for args in cases {
         let run = pinctl(&args, None).await;
         assert_eq!(run.code, Some(2), "pinctl {args:?}\n{}", run.describe());
@@ -1299,7 +879,6 @@ async fn usage_errors_exit_2() {
     }
     assert_eq!(fx.text(), before, "a usage error changed the pin file");
 }
-
 // ---------------------------------------------------------------- concurrency
 
 #[test]
@@ -1313,11 +892,11 @@ fn concurrent_adds_all_land() {
                 let pins = fx.pins().to_string();
                 let (pa, pb) = (a_pin(i as u8), a_pin(100 + i as u8));
                 scope.spawn(move || {
-                    let args: Vec<String> =
-                        ["--pins", &pins, "add", &name, "--pin", &pa, "--pin", &pb]
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect();
+                    let cmd = format!("add {name} --pin {pa} --pin {pb}");
+                    let args: Vec<String> = argv(&pins, &cmd, &[])
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
                     (name, pinctl_blocking(&args, None))
                 })
             })
@@ -1354,40 +933,11 @@ fn concurrent_adds_all_land() {
 async fn verify_reports_a_report_mode_mismatch() {
     let fx = Fixture::new();
     let (addr, _) = fx.genuine().await;
-    let name = format!("localhost:{}", addr.port());
-    let connect = addr.to_string();
-    pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "add",
-            &name,
-            "--pin",
-            &a_pin(7),
-            "--mode",
-            "report",
-        ],
-        None,
-    )
-    .await
-    .expect_code(0);
-    let run = pinctl(
-        &[
-            "--pins",
-            fx.pins(),
-            "verify",
-            &name,
-            "--connect",
-            &connect,
-            "--roots",
-            fx.ca(),
-        ],
-        None,
-    )
-    .await;
-    run.expect_code(1);
-    assert!(run.stdout.contains("MISMATCH"), "{}", run.describe());
-    assert!(run.stdout.contains("report"), "{}", run.describe());
+    let (name, connect) = target(addr);
+    let add = format!("add {name} --pin {} --mode report", a_pin(7));
+    fx.run(&add).await.expect_code(0);
+    let run = fx.verify(&name, &connect, "").await;
+    run.expect_code(1).stdout_has(&["MISMATCH", "report"]);
 }
 
 /// Invariant 10 through `pinctl verify`: a peer whose pins have expired
@@ -1409,38 +959,12 @@ async fn verify_compares_expired_pins_and_reports_an_impostor() {
             ),
         )
         .unwrap();
-        let verify = |addr: std::net::SocketAddr| {
-            let connect = addr.to_string();
-            let name = name.clone();
-            let pins = fx.pins().to_string();
-            let ca = fx.ca().to_string();
-            async move {
-                pinctl(
-                    &[
-                        "--pins",
-                        &pins,
-                        "verify",
-                        &name,
-                        "--connect",
-                        &connect,
-                        "--roots",
-                        &ca,
-                    ],
-                    None,
-                )
-                .await
-            }
-        };
-        let run = verify(genuine).await;
-        run.expect_code(0);
-        assert!(run.stdout.starts_with("OK"), "{mode}: {}", run.describe());
-        let run = verify(impostor).await;
-        run.expect_code(1);
-        assert!(
-            run.stdout.starts_with("MISMATCH"),
-            "{mode}: {}",
-            run.describe()
-        );
+        for (addr, code, verdict) in [(genuine, 0, "OK"), (impostor, 1, "MISMATCH")] {
+            let run = fx.verify(&name, &addr.to_string(), "").await;
+            run.expect_code(code);
+            let starts = run.stdout.starts_with(verdict);
+            assert!(starts, "{mode}: {}", run.describe());
+        }
     }
 }
 
@@ -1456,48 +980,31 @@ async fn broken_pin_file_is_bad_input_for_list_and_verify_and_a_finding_for_chec
         "version = 1\n\n[[peer]]\nserver_name = \"a.example\"\npins = [\"sha256/short\"]\n",
     )
     .unwrap();
-    for args in [
-        vec!["--pins", fx.pins(), "list"],
-        vec!["--pins", fx.pins(), "list", "--json"],
-        vec!["--pins", fx.pins(), "verify"],
-        vec!["--pins", fx.pins(), "verify", "a.example"],
-    ] {
-        let run = pinctl(&args, None).await;
-        run.expect_code(64);
-        assert!(run.stdout.is_empty(), "{args:?}: {}", run.describe());
-        assert!(
-            run.stderr.contains("line 5") && run.stderr.contains("sha256/short"),
-            "{args:?}: {}",
-            run.describe()
-        );
-    }
-    let run = pinctl(&["--pins", fx.pins(), "check"], None).await;
-    run.expect_code(1);
-    assert!(run.stderr.is_empty(), "{}", run.describe());
-    assert!(
-        run.stdout.contains("error") && run.stdout.contains("line 5"),
-        "{}",
-        run.describe()
-    );
-
-    let missing = fx.dir.path().join("missing.toml");
-    for cmd in ["check", "list", "verify"] {
-        let run = pinctl(&["--pins", s(&missing), cmd], None).await;
+    for cmd in ["list", "list --json", "verify", "verify a.example"] {
+        let run = fx.run(cmd).await;
         run.expect_code(64);
         assert!(run.stdout.is_empty(), "{cmd}: {}", run.describe());
         assert!(
-            run.stderr.contains("missing.toml"),
+            run.stderr.contains("line 5") && run.stderr.contains("sha256/short"),
             "{cmd}: {}",
             run.describe()
         );
     }
+    let run = fx.run("check").await;
+    run.expect_code(1);
+    assert!(run.stderr.is_empty(), "{}", run.describe());
+    run.stdout_has(&["error", "line 5"]);
+
+    let missing = fx.dir.path().join("missing.toml");
+    for cmd in ["check", "list", "verify"] {
+        let run = pinctl(&argv(s(&missing), cmd, &[]), None).await;
+        run.expect_code(64);
+        assert!(run.stdout.is_empty(), "{cmd}: {}", run.describe());
+        let named = run.stderr.contains("missing.toml");
+        assert!(named, "{cmd}: {}", run.describe());
+    }
 
     // The convention is in the help text.
     let run = pinctl(&["--help"], None).await;
-    run.expect_code(0);
-    assert!(
-        run.stdout.contains("64") && run.stdout.contains("stderr"),
-        "{}",
-        run.describe()
-    );
+    run.expect_code(0).stdout_has(&["64", "stderr"]);
 }

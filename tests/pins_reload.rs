@@ -174,6 +174,14 @@ impl Fixture {
         store
     }
 
+    /// The pin store of the fixture's file, watched, and upstream TLS with it.
+    fn watched(&self) -> (Arc<PinStore>, UpstreamTls, fedpin::pin_store::WatchHandle) {
+        let store = self.open();
+        let tls = self.upstream_tls(&store);
+        let watch = store.watch(DEBOUNCE, POLL).unwrap();
+        (store, tls, watch)
+    }
+
     fn upstream_tls(&self, store: &Arc<PinStore>) -> UpstreamTls {
         UpstreamTls::new(self.core.clone(), store.clone(), fedpin::tls::provider())
     }
@@ -289,9 +297,7 @@ async fn inv8_broken_file_keeps_previous_set() {
 #[tokio::test]
 async fn inv8_rename_replace_is_picked_up_by_watcher() {
     let f = Fixture::new().await;
-    let store = f.open();
-    let tls = f.upstream_tls(&store);
-    let _watch = store.watch(DEBOUNCE, POLL).unwrap();
+    let (store, tls, _watch) = f.watched();
     f.old_pins_enforced(&tls, 1).await;
 
     // Rotate: the impostor's key becomes the pinned one.
@@ -376,9 +382,7 @@ async fn inv8_symlink_swap_is_picked_up() {
 #[tokio::test]
 async fn inv8_deleted_file_keeps_set() {
     let f = Fixture::new().await;
-    let store = f.open();
-    let tls = f.upstream_tls(&store);
-    let _watch = store.watch(DEBOUNCE, POLL).unwrap();
+    let (store, tls, _watch) = f.watched();
     let genuine = pin(&f.genuine.cert);
 
     std::fs::remove_file(&f.path).unwrap();

@@ -35,24 +35,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, pin, root, Leaf};
-use http_body_util::{BodyExt, Empty, Full};
+use common::{leaf, net, pin, process, root, Leaf};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 const GENUINE: &str = "genuine.scale.test";
 const IMPOSTOR: &str = "impostor.scale.test";
@@ -78,144 +77,34 @@ const MAX_ITERATIONS: u64 = 100_000;
 
 /// A TLS HTTP/1.1 server answering every request 200 "{label}\n".
 async fn peer(leaf: &Leaf, label: &'static str) -> SocketAddr {
-    let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.cert.clone()], leaf.key_der())
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(Ok(tls)) = tokio::time::timeout(STEP, acceptor.accept(tcp)).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                        format!("{label}\n"),
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    net::serve_tls(net::acceptor(leaf, &[b"http/1.1"]), move |tls| async move {
+        let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+            let body = Bytes::from(format!("{label}\n"));
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+        });
+        net::serve_http_by_alpn(tls, svc).await;
+    })
+    .await
 }
 
 /// The homeserver's plain-HTTP federation listener.
 async fn homeserver() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        HS_BODY.as_bytes(),
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    net::plain_http(|_req| async {
+        Response::new(Full::new(Bytes::from_static(HS_BODY.as_bytes())))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
 // The fedpin child process
 // ---------------------------------------------------------------------------
 
-struct Fedpin {
-    child: Child,
-    outbound: SocketAddr,
-    inbound: SocketAddr,
-    admin: SocketAddr,
-}
+type Fedpin = process::Daemon;
 
-impl Drop for Fedpin {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `fedpin run` (JSON log to `log`); waits for its three listeners.
+/// Starts `fedpin run --config cfg` (JSON log to `log`, drain 5 s); waits
+/// for its outbound, inbound and admin listeners.
 fn start_fedpin(cfg: &Path, log: &Path) -> Fedpin {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--drain-secs",
-            "5",
-            "--config",
-        ])
-        .arg(cfg)
-        .env("FEDPIN_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut outbound, mut inbound) = (None, None);
-    while outbound.is_none() || inbound.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "fedpin did not print its listening lines within 60 s; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
-        let addr = || line.rsplit(' ').next().and_then(|a| a.parse().ok());
-        if line.starts_with("fedpin: outbound listening on ") {
-            outbound = addr();
-        } else if line.starts_with("fedpin: inbound listening on ") {
-            inbound = addr();
-        }
-    }
-    let admin = loop {
-        let found = std::fs::read_to_string(log).ok().and_then(|text| {
-            text.lines()
-                .filter(|l| l.contains("admin listener"))
-                .find_map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                    v["fields"]["listen"].as_str()?.parse().ok()
-                })
-        });
-        if let Some(a) = found {
-            break a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no admin listener line in fedpin's log"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Fedpin {
-        child,
-        outbound: outbound.unwrap(),
-        inbound: inbound.unwrap(),
-        admin,
-    }
+    process::start_daemon(cfg, log, 5, Duration::from_secs(60))
 }
 
 /// fedpin's CPU time (user + system), in clock ticks.
@@ -379,15 +268,16 @@ struct Ctx {
 }
 
 fn connector(root: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(fedpin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(net::client_config(&[root], &[b"http/1.1"]))
+}
+
+/// `fut` within [`STEP`]; running longer is an error.
+async fn within_step<T>(
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no outcome in {STEP:?}")))
 }
 
 /// One GET over `io`: (status, x-fedpin-alert, body).
@@ -399,27 +289,12 @@ where
         .await
         .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
     tokio::spawn(conn);
-    let req = Request::get(VERSION_PATH)
-        .header(hyper::header::HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let req = net::get_request(VERSION_PATH, authority);
     let resp = send
         .send_request(req)
         .await
         .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let alert = resp
-        .headers()
-        .get("x-fedpin-alert")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok((status, alert, String::from_utf8_lossy(&body).into_owned()))
+    net::status_alert_body(resp).await
 }
 
 /// CONNECT host:port through fedpin, TLS inside (trusting fedpin's CA), one GET.
@@ -459,63 +334,60 @@ async fn tunnel(ctx: &Ctx, host: &str, port: u16) -> Result<(u16, Option<String>
     get(tls, host).await
 }
 
+/// Waits while the workers are paused; counts the turn in `i`, or says
+/// (false) that the workers must stop.
+async fn next_turn(ctx: &Ctx, i: &mut u64) -> bool {
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) || *i >= MAX_ITERATIONS * 10 {
+            return false;
+        }
+        if ctx.running.load(Ordering::Relaxed) {
+            *i += 1;
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn tunnel_worker(ctx: Arc<Ctx>, id: u64) {
     let mut i = 0u64;
-    while !ctx.stop.load(Ordering::Relaxed) && i < MAX_ITERATIONS * 10 {
-        if !ctx.running.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        i += 1;
+    while next_turn(&ctx, &mut i).await {
         let t = &ctx.tally;
         if (i + id).is_multiple_of(8) {
-            match tokio::time::timeout(STEP, tunnel(&ctx, IMPOSTOR, ctx.impostor_port)).await {
-                Ok(Ok((s, _, body))) if (200..300).contains(&s) => t.fail(
+            match within_step(tunnel(&ctx, IMPOSTOR, ctx.impostor_port)).await {
+                Ok((s, _, body)) if (200..300).contains(&s) => t.fail(
                     &t.impostor_accepted,
                     format!("impostor accepted: {s} {body:?}"),
                 ),
-                Ok(Ok((502, Some(alert), _))) if alert == "pin_mismatch" => {
+                Ok((502, Some(alert), _)) if alert == "pin_mismatch" => {
                     t.impostor_blocked.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Ok((s, alert, body))) => t.fail(
+                Ok((s, alert, body)) => t.fail(
                     &t.impostor_other,
                     format!("impostor: {s} {alert:?} {body:?}"),
                 ),
-                Ok(Err(e)) => t.fail(&t.impostor_other, format!("impostor: {e}")),
-                Err(_) => t.fail(
-                    &t.impostor_other,
-                    format!("impostor: no outcome in {STEP:?}"),
-                ),
+                Err(e) => t.fail(&t.impostor_other, format!("impostor: {e}")),
             }
             continue;
         }
-        match tokio::time::timeout(STEP, tunnel(&ctx, GENUINE, ctx.genuine_port)).await {
-            Ok(Ok((200, _, body))) if body == "genuine\n" => {
+        let what = format!("tunnel to {GENUINE}");
+        match within_step(tunnel(&ctx, GENUINE, ctx.genuine_port)).await {
+            Ok((200, _, body)) if body == "genuine\n" => {
                 t.tunnel_ok.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Ok((s, alert, body))) => t.fail(
-                &t.tunnel_failed,
-                format!("tunnel to {GENUINE}: {s} {alert:?} {body:?}"),
-            ),
-            Ok(Err(e)) => t.fail(&t.tunnel_failed, format!("tunnel to {GENUINE}: {e}")),
-            Err(_) => t.fail(
-                &t.tunnel_failed,
-                format!("tunnel to {GENUINE}: no outcome in {STEP:?}"),
-            ),
+            Ok((s, alert, body)) => {
+                t.fail(&t.tunnel_failed, format!("{what}: {s} {alert:?} {body:?}"))
+            }
+            Err(e) => t.fail(&t.tunnel_failed, format!("{what}: {e}")),
         }
     }
 }
 
 async fn inbound_worker(ctx: Arc<Ctx>) {
     let mut i = 0u64;
-    while !ctx.stop.load(Ordering::Relaxed) && i < MAX_ITERATIONS * 10 {
-        if !ctx.running.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        i += 1;
+    while next_turn(&ctx, &mut i).await {
         let t = &ctx.tally;
-        let r = tokio::time::timeout(STEP, async {
+        let r = within_step(async {
             let tcp = TcpStream::connect(ctx.inbound)
                 .await
                 .map_err(|e| format!("connecting to the edge: {e}"))?;
@@ -528,15 +400,11 @@ async fn inbound_worker(ctx: Arc<Ctx>) {
         })
         .await;
         match r {
-            Ok(Ok((200, _, body))) if body == HS_BODY => {
+            Ok((200, _, body)) if body == HS_BODY => {
                 t.inbound_ok.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Ok((s, _, body))) => t.fail(&t.inbound_failed, format!("inbound: {s} {body:?}")),
-            Ok(Err(e)) => t.fail(&t.inbound_failed, format!("inbound: {e}")),
-            Err(_) => t.fail(
-                &t.inbound_failed,
-                format!("inbound: no outcome in {STEP:?}"),
-            ),
+            Ok((s, _, body)) => t.fail(&t.inbound_failed, format!("inbound: {s} {body:?}")),
+            Err(e) => t.fail(&t.inbound_failed, format!("inbound: {e}")),
         }
     }
 }
@@ -644,20 +512,8 @@ async fn reload_at_scale() {
     let fedpin_ca = common::process::daemon_files(&d, &ca, &edge);
     let pins_path: PathBuf = d.join("pins/pins.toml");
     replace_file(&pins_path, &keys.file(0, 10));
-    let cfg = d.join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "pins = \"pins/pins.toml\"\n\n\
-             [outbound]\nlisten = \"127.0.0.1:0\"\nca_cert = \"ca/fedpin-ca.pem\"\nca_key = \"ca/fedpin-ca.key\"\n\
-             extra_roots = \"roots.pem\"\nallow_ips = [\"127.0.0.0/8\"]\n\
-             resolve = {{ \"{GENUINE}\" = \"127.0.0.1\", \"{IMPOSTOR}\" = \"127.0.0.1\" }}\n\
-             connect_timeout_secs = 5\nhandshake_timeout_secs = 15\n\n\
-             [inbound]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nupstream = \"http://{hs_addr}\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
+    let outbound = "connect_timeout_secs = 5\nhandshake_timeout_secs = 15\n";
+    let cfg = process::daemon_config(&d, &[GENUINE, IMPOSTOR], outbound, hs_addr, "");
     let mut fedpin = start_fedpin(&cfg, &d.join("fedpin.log"));
     let pid = fedpin.child.id();
 
@@ -851,13 +707,5 @@ async fn reload_at_scale() {
             "fedpin alive at end={alive}, exit on SIGTERM={exit:?}"
         ));
     }
-    if keep || !problems.is_empty() {
-        let kept = dir.keep();
-        println!("kept {} (fedpin.toml, pins/, fedpin.log)", kept.display());
-    }
-    assert!(
-        problems.is_empty(),
-        "reload at scale failed:\n  {}",
-        problems.join("\n  ")
-    );
+    process::keep_or_pass(dir, keep, &problems, "reload at scale");
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::matrix::{
-    b64, edge_sender, get_with_auth, homeserver, origin, status_of_send, ORIGIN_HOST,
+    b64, edge_sender, get_with_auth, homeserver, origin, status_of_send, Origin, ORIGIN_HOST,
 };
 use common::{leaf, net, pem, root, Ca};
 use fedpin::alert::{AlertEvent, AlertHub, Severity};
@@ -106,10 +106,7 @@ async fn edge(
     let proxy = Arc::new(
         InboundProxy::new(inbound, rules, certs, store, core).with_key_fetcher(keys.clone()),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(listener, rx));
+    let (addr, tx) = net::spawn_server(|l, rx| proxy.clone().serve(l, rx)).await;
     Edge {
         addr,
         ca,
@@ -148,6 +145,18 @@ async fn send(edge: &Edge, from: &str, method: &str, uri: &str, auth: &str, body
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
     status_of_send(&mut sender, req).await
+}
+
+const VERSION: &str = "/_matrix/federation/v1/version";
+
+/// `GET` [`VERSION`] through `edge` from the address `from`, with `auth`.
+async fn get_version(edge: &Edge, from: &str, auth: &str) -> u16 {
+    send(edge, from, "GET", VERSION, auth, "").await
+}
+
+/// The X-Matrix header of origin `o` for `GET` [`VERSION`], signed with `key_id`.
+fn sign_version(o: &Origin, key_id: &str) -> String {
+    o.sign("GET", VERSION, b"", key_id, SERVER)
 }
 
 const TXN: &str = "/_matrix/federation/v1/send/txn1";
@@ -270,37 +279,15 @@ async fn forged_flood_for_a_victim_leaves_its_signed_requests_served() {
             b64(&[7; 64])
         );
         for _ in 0..20 {
-            let s = send(
-                &e,
-                "127.0.0.2",
-                "GET",
-                "/_matrix/federation/v1/version",
-                &forged,
-                "",
-            )
-            .await;
+            let s = get_version(&e, "127.0.0.2", &forged).await;
             assert!(
                 s == 401 || s == 429 || (mode == SignatureMode::Report && s == 200),
                 "{s}"
             );
         }
-        let good = victim.sign(
-            "GET",
-            "/_matrix/federation/v1/version",
-            b"",
-            "ed25519:k",
-            SERVER,
-        );
+        let good = sign_version(&victim, "ed25519:k");
         for i in 0..5 {
-            let s = send(
-                &e,
-                "127.0.0.1",
-                "GET",
-                "/_matrix/federation/v1/version",
-                &good,
-                "",
-            )
-            .await;
+            let s = get_version(&e, "127.0.0.1", &good).await;
             assert_eq!(s, 200, "{mode:?}: signed request {i} of the victim");
         }
     }
@@ -325,47 +312,13 @@ async fn a_request_signed_with_an_unpinned_key_is_refused_with_a_critical_alert(
     )
     .await;
     // The pinned key verifies without any fetch.
-    let good = o.sign(
-        "GET",
-        "/_matrix/federation/v1/version",
-        b"",
-        "ed25519:k",
-        SERVER,
-    );
-    assert_eq!(
-        send(
-            &e,
-            "127.0.0.1",
-            "GET",
-            "/_matrix/federation/v1/version",
-            &good,
-            ""
-        )
-        .await,
-        200
-    );
+    let good = sign_version(&o, "ed25519:k");
+    assert_eq!(get_version(&e, "127.0.0.1", &good).await, 200);
     assert_eq!(e.keys.fetches(), 0);
     // A validly made signature with another key ID (e.g. a key the peer's
     // server now publishes, or an attacker's): refused and alerted.
-    let other = o.sign(
-        "GET",
-        "/_matrix/federation/v1/version",
-        b"",
-        "ed25519:new",
-        SERVER,
-    );
-    assert_eq!(
-        send(
-            &e,
-            "127.0.0.1",
-            "GET",
-            "/_matrix/federation/v1/version",
-            &other,
-            ""
-        )
-        .await,
-        401
-    );
+    let other = sign_version(&o, "ed25519:new");
+    assert_eq!(get_version(&e, "127.0.0.1", &other).await, 401);
     assert_eq!(e.seen.load(Ordering::SeqCst), 1);
     let alerts = e.hub.recent();
     let a = alerts
@@ -407,15 +360,7 @@ async fn origins_naming_special_addresses_cause_no_dial() {
             r#"X-Matrix origin="{origin}",destination="{SERVER}",key="ed25519:k",sig="{}""#,
             b64(&[7; 64])
         );
-        let s = send(
-            &e,
-            "127.0.0.1",
-            "GET",
-            "/_matrix/federation/v1/version",
-            &auth,
-            "",
-        )
-        .await;
+        let s = get_version(&e, "127.0.0.1", &auth).await;
         assert_eq!(s, 401, "{origin}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -39,14 +39,14 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{leaf, net, pin, process, root, Leaf};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -127,14 +127,7 @@ fn seed() -> u64 {
 
 /// An error with its whole `source()` chain (hyper's Display alone is terse).
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    net::error_chain(e)
 }
 
 fn utc_now() -> String {
@@ -204,6 +197,12 @@ impl Tally {
         }
     }
 
+    /// Counts an outcome in `counter` and notes `reason` under `category`.
+    fn count(&self, counter: &AtomicU64, category: &'static str, reason: String) {
+        bump(counter);
+        self.note(category, reason);
+    }
+
     fn note(&self, category: &'static str, reason: String) {
         let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
         let list = r.entry(category).or_default();
@@ -223,6 +222,28 @@ impl Tally {
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+/// Whether each of `replies` is a 200 with `body`; how many there were.
+fn all_ok(replies: &[Reply], body: &str) -> Result<usize, String> {
+    match replies.iter().find(|r| r.status != 200 || r.body != body) {
+        Some(r) => Err(format!("unexpected reply: {r}")),
+        None => Ok(replies.len()),
+    }
+}
+
+/// One GET through a tunnel to `(host, port)`, within [`STEP`] (`what` on a timeout).
+async fn one_through(
+    ctx: &Ctx,
+    what: &str,
+    (host, port): (&str, u16),
+    h2: bool,
+) -> Result<Reply, String> {
+    bounded(what, async {
+        let mut replies = through_tunnel(ctx, host, port, h2, 1).await?;
+        Ok(replies.remove(0))
+    })
+    .await
 }
 
 fn bump(c: &AtomicU64) {
@@ -315,126 +336,28 @@ async fn serve_peer_conn(
 /// The homeserver's plain-HTTP federation listener; `live` counts its open
 /// connections (fedpin's pooled upstream connections, for the fd figures).
 async fn homeserver(live: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let live = live.clone();
-            tokio::spawn(async move {
-                live.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let resp = if req.uri().path() == VERSION_PATH {
-                        Response::new(Full::new(Bytes::from_static(HS_BODY.as_bytes())))
-                    } else {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        r
-                    };
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-                live.fetch_sub(1, Ordering::SeqCst);
-            });
+    net::plain_http_counted(live, |req| async move {
+        if req.uri().path() == VERSION_PATH {
+            Response::new(Full::new(Bytes::from_static(HS_BODY.as_bytes())))
+        } else {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
         }
-    });
-    addr
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
 // The fedpin child process
 // ---------------------------------------------------------------------------
 
-struct Fedpin {
-    child: process::Reaped,
-    outbound: SocketAddr,
-    inbound: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
+type Fedpin = process::Daemon;
 
-impl Fedpin {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-/// The admin listener's address, from fedpin's JSON log ("admin listener" line).
-fn admin_addr_in(log: &Path) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .filter(|l| l.contains("admin listener"))
-        .find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            let listen = v["fields"]["listen"]
-                .as_str()
-                .or_else(|| v["listen"].as_str())?;
-            listen.parse().ok()
-        })
-}
-
-/// Starts `fedpin run --config cfg` (JSON log to `log`); waits for its
-/// outbound, inbound and admin listeners.
+/// Starts `fedpin run --config cfg` (JSON log to `log`, drain 10 s); waits
+/// for its outbound, inbound and admin listeners.
 fn start_fedpin(cfg: &Path, log: &Path) -> Fedpin {
-    let log_file = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fedpin"))
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--drain-secs",
-            "10",
-            "--config",
-        ])
-        .arg(cfg)
-        .env("FEDPIN_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .unwrap();
-    // Keeps draining stdout for the child's whole life.
-    let rx = process::stdout_lines(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut outbound, mut inbound) = (None, None);
-    while outbound.is_none() || inbound.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "fedpin did not print its listening lines within 30 s; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
-        let addr = || -> SocketAddr {
-            line.rsplit(' ')
-                .next()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no address in {line:?}"))
-        };
-        if line.starts_with("fedpin: outbound listening on ") {
-            outbound = Some(addr());
-        } else if line.starts_with("fedpin: inbound listening on ") {
-            inbound = Some(addr());
-        }
-    }
-    let admin = loop {
-        if let Some(a) = admin_addr_in(log) {
-            break a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no admin listener line in fedpin's log"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Fedpin {
-        child: process::Reaped(child),
-        outbound: outbound.unwrap(),
-        inbound: inbound.unwrap(),
-        admin,
-        log: log.to_path_buf(),
-    }
+    process::start_daemon(cfg, log, 10, Duration::from_secs(30))
 }
 
 /// (VmRSS, VmHWM) in kB.
@@ -671,10 +594,7 @@ async fn open_revocable(
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::get(VERSION_PATH)
-        .header(hyper::header::HOST, REVOKED)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let req = net::get_request(VERSION_PATH, REVOKED);
     let r = reply(
         send.send_request(req)
             .await
@@ -867,22 +787,11 @@ async fn tls_to(
 }
 
 async fn reply(resp: Response<Incoming>) -> Result<Reply, String> {
-    let status = resp.status().as_u16();
-    let alert = resp
-        .headers()
-        .get("x-fedpin-alert")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("response body: {}", chain(&e)))?
-        .to_bytes();
+    let (status, alert, body) = net::status_alert_body(resp).await?;
     Ok(Reply {
         status,
         alert,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
     })
 }
 
@@ -921,10 +830,7 @@ where
                     chain(&e)
                 )
             })?;
-            let req = Request::get(VERSION_PATH)
-                .header(hyper::header::HOST, authority)
-                .body(Empty::<Bytes>::new())
-                .unwrap();
+            let req = net::get_request(VERSION_PATH, authority);
             let resp = send
                 .send_request(req)
                 .await
@@ -955,12 +861,7 @@ async fn genuine_tunnel(ctx: &Ctx, rng: &mut Rng) {
     let n = 1 + rng.below(3) as usize;
     let r = bounded("genuine tunnel", async {
         let replies = through_tunnel(ctx, GENUINE, ctx.genuine_port, h2, n).await?;
-        for r in &replies {
-            if r.status != 200 || r.body != "genuine\n" {
-                return Err(format!("unexpected reply: {r}"));
-            }
-        }
-        Ok(replies.len())
+        all_ok(&replies, "genuine\n")
     })
     .await;
     let t = &ctx.tally;
@@ -975,28 +876,17 @@ async fn genuine_tunnel(ctx: &Ctx, rng: &mut Rng) {
 /// The impostor: must get 502 with x-fedpin-alert: pin_mismatch.
 async fn impostor_tunnel(ctx: &Ctx, rng: &mut Rng) {
     let h2 = rng.one_in(4);
-    let r = bounded("impostor tunnel", async {
-        let mut replies = through_tunnel(ctx, IMPOSTOR, ctx.impostor_port, h2, 1).await?;
-        Ok(replies.remove(0))
-    })
-    .await;
+    let r = one_through(ctx, "impostor tunnel", (IMPOSTOR, ctx.impostor_port), h2).await;
     let t = &ctx.tally;
     match r {
         Ok(rep) if (200..300).contains(&rep.status) => {
-            bump(&t.impostor_accepted);
-            t.note("impostor_accepted", rep.to_string());
+            t.count(&t.impostor_accepted, "impostor_accepted", rep.to_string())
         }
         Ok(rep) if rep.status == 502 && rep.alert.as_deref() == Some("pin_mismatch") => {
             bump(&t.impostor_blocked)
         }
-        Ok(rep) => {
-            bump(&t.impostor_other);
-            t.note("impostor_other", rep.to_string());
-        }
-        Err(e) => {
-            bump(&t.impostor_other);
-            t.note("impostor_other", e);
-        }
+        Ok(rep) => t.count(&t.impostor_other, "impostor_other", rep.to_string()),
+        Err(e) => t.count(&t.impostor_other, "impostor_other", e),
     }
 }
 
@@ -1072,37 +962,20 @@ async fn troubled_upstream(ctx: &Ctx, rng: &mut Rng) {
     let h2 = rng.one_in(4);
     let t = &ctx.tally;
     if rng.one_in(2) {
-        let r = bounded("slow peer", async {
-            let mut replies = through_tunnel(ctx, SLOW, ctx.slow_port, h2, 1).await?;
-            Ok(replies.remove(0))
-        })
-        .await;
+        let r = one_through(ctx, "slow peer", (SLOW, ctx.slow_port), h2).await;
         match r {
             Ok(rep) if rep.status == 200 && rep.body == "slow\n" => bump(&t.slow_ok),
-            Ok(rep) => {
-                bump(&t.slow_failed);
-                t.note("slow_failed", rep.to_string());
-            }
-            Err(e) => {
-                bump(&t.slow_failed);
-                t.note("slow_failed", e);
-            }
+            Ok(rep) => t.count(&t.slow_failed, "slow_failed", rep.to_string()),
+            Err(e) => t.count(&t.slow_failed, "slow_failed", e),
         }
     } else {
-        let r = bounded("flaky peer", async {
-            let mut replies = through_tunnel(ctx, FLAKY, ctx.flaky_port, h2, 1).await?;
-            Ok(replies.remove(0))
-        })
-        .await;
+        let r = one_through(ctx, "flaky peer", (FLAKY, ctx.flaky_port), h2).await;
         match r {
             Ok(rep) if rep.status == 200 && rep.body == "flaky\n" => bump(&t.flaky_served),
             Ok(rep) if rep.status == 502 && rep.alert.as_deref() == Some("none") => {
                 bump(&t.flaky_refused)
             }
-            Ok(rep) => {
-                bump(&t.flaky_odd);
-                t.note("flaky_odd", rep.to_string());
-            }
+            Ok(rep) => t.count(&t.flaky_odd, "flaky_odd", rep.to_string()),
             // The peer reset after the handshake: the tunnel is cut.
             Err(_) => bump(&t.flaky_cut),
         }
@@ -1140,12 +1013,7 @@ async fn inbound_legit(ctx: &Ctx, rng: &mut Rng) {
         let edge = if h2 { &ctx.edge_h2 } else { &ctx.edge_h1 };
         let tls = tls_to(edge, tcp, SERVER).await?;
         let replies = requests(tls, h2, SERVER_HOST, n).await?;
-        for r in &replies {
-            if r.status != 200 || r.body != HS_BODY {
-                return Err(format!("unexpected reply: {r}"));
-            }
-        }
-        Ok(replies.len())
+        all_ok(&replies, HS_BODY)
     })
     .await;
     let t = &ctx.tally;
@@ -1346,21 +1214,11 @@ async fn soak_under_churn() {
     let fedpin_ca = process::daemon_files(&d, &ca, &edge);
     let pins_path = d.join("pins/pins.toml");
     replace_file(&pins_path, keys.valid(0).as_bytes());
-    let cfg = d.join("fedpin.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "pins = \"pins/pins.toml\"\n\n\
-             [outbound]\nlisten = \"127.0.0.1:0\"\nca_cert = \"ca/fedpin-ca.pem\"\nca_key = \"ca/fedpin-ca.key\"\n\
-             extra_roots = \"roots.pem\"\nallow_ips = [\"127.0.0.0/8\"]\n\
-             resolve = {{ \"{GENUINE}\" = \"127.0.0.1\", \"{IMPOSTOR}\" = \"127.0.0.1\", \"{SLOW}\" = \"127.0.0.1\", \"{FLAKY}\" = \"127.0.0.1\", \"{REVOKED}\" = \"127.0.0.1\" }}\n\
-             connect_timeout_secs = 5\nhandshake_timeout_secs = 10\nidle_timeout_secs = 30\n\n\
-             [inbound]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nupstream = \"http://{hs_addr}\"\n\
-             header_timeout_secs = 10\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
+    let names = [GENUINE, IMPOSTOR, SLOW, FLAKY, REVOKED];
+    let outbound =
+        "connect_timeout_secs = 5\nhandshake_timeout_secs = 10\nidle_timeout_secs = 30\n";
+    let inbound = "header_timeout_secs = 10\n";
+    let cfg = process::daemon_config(&d, &names, outbound, hs_addr, inbound);
 
     let mut daemon = start_fedpin(&cfg, &d.join("fedpin.log"));
     let pid = daemon.pid();
@@ -1716,13 +1574,5 @@ async fn soak_under_churn() {
             }
         }
     }
-    if keep || !problems.is_empty() {
-        let kept = dir.keep();
-        println!("kept {} (fedpin.toml, pins/, fedpin.log)", kept.display());
-    }
-    assert!(
-        problems.is_empty(),
-        "soak failed:\n  {}",
-        problems.join("\n  ")
-    );
+    process::keep_or_pass(dir, keep, &problems, "soak");
 }

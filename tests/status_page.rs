@@ -37,43 +37,22 @@ const VICTIM: &str = "victim.fedpin.test";
 const STEP: Duration = Duration::from_secs(20);
 const MARKUP: &str = "<script>alert(1)</script>";
 
-struct Fedpin {
-    _child: process::Reaped,
-    outbound: SocketAddr,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-}
+/// fedpin with its proxy listener (outbound) and admin listener.
+type Fedpin = process::ProxyAndAdmin;
 
 fn run(pins: &str, roots_pem: &str, genuine: SocketAddr, impostor: SocketAddr) -> Fedpin {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = process::outbound_dir(roots_pem, pins);
     let d = dir.path();
-    fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
-    std::fs::write(d.join("roots.pem"), roots_pem).unwrap();
-    std::fs::write(d.join("pins.toml"), pins).unwrap();
-    let cfg = process::outbound_config(
+    let cfg = process::outbound_admin_config(
         d,
         &format!(
-            r#"extra_roots = "roots.pem"
-allow_ips = ["127.0.0.0/8"]
+            r#"allow_ips = ["127.0.0.0/8"]
 resolve = {{ "{GENUINE}" = "127.0.0.1", "{VICTIM}" = "127.0.0.1" }}
 connect_to = {{ "{GENUINE}:8448" = "{genuine}", "{VICTIM}:8448" = "{impostor}" }}
-
-[admin]
-listen = "127.0.0.1:0"
 "#
         ),
     );
-    let (child, addrs, _) =
-        process::spawn_listening(process::fedpin_run(&cfg, &[]), &["outbound", "admin"]);
-    let [outbound, admin] = addrs[..] else {
-        unreachable!()
-    };
-    Fedpin {
-        _child: child,
-        outbound,
-        admin,
-        dir,
-    }
+    process::run_proxy_and_admin(dir, &cfg, "outbound")
 }
 
 /// A leaf for `name` valid for a year, as a real peer's would be (rcgen's
@@ -96,12 +75,9 @@ fn leaf_for_a_year(ca: &Ca, name: &str) -> Leaf {
 async fn through(fp: &Fedpin, name: &str) -> String {
     let ica = fedpin::tls::load_certs(&fp.dir.path().join("ca/fedpin-ca.pem")).unwrap();
     let target = format!("{name}:8448");
-    let mut tls = tokio::time::timeout(
-        STEP,
-        connect::tunnel_tls(fp.outbound, &target, &ica[0], name),
-    )
-    .await
-    .unwrap();
+    let mut tls = tokio::time::timeout(STEP, connect::tunnel_tls(fp.proxy, &target, &ica[0], name))
+        .await
+        .unwrap();
     connect::get_what_arrives(&mut tls, name, "/_matrix/federation/v1/version", STEP).await
 }
 

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use fedpin::matrix::signing::SignedRequest;
 use http_body_util::Full;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use std::net::SocketAddr;
 
@@ -60,13 +59,9 @@ impl Origin {
     }
 }
 
-/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
-pub async fn origin(ca: &Ca, seed: u8) -> Origin {
-    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
-    let cert = leaf(ca, &[ORIGIN_HOST]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let name = format!("{ORIGIN_HOST}:{port}");
+/// The key document of server `name` with key `ed25519:k` = `kp`,
+/// self-signed, valid for an hour.
+pub fn key_doc(name: &str, kp: &Ed25519KeyPair) -> serde_json::Value {
     let until = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -79,28 +74,29 @@ pub async fn origin(ca: &Ca, seed: u8) -> Origin {
         "old_verify_keys": {},
     });
     let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
-    doc["signatures"] = serde_json::json!({ name.clone(): { "ed25519:k": b64(kp.sign(text.as_bytes()).as_ref()) } });
+    let sig = b64(kp.sign(text.as_bytes()).as_ref());
+    doc["signatures"] = serde_json::json!({ name: { "ed25519:k": sig } });
+    doc
+}
+
+/// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.
+pub async fn origin(ca: &Ca, seed: u8) -> Origin {
+    let kp = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+    let cert = leaf(ca, &[ORIGIN_HOST]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = format!("{ORIGIN_HOST}:{port}");
+    let doc = key_doc(&name, &kp);
     let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
     let key_requests = Arc::new(AtomicUsize::new(0));
     let counter = key_requests.clone();
-    super::net::serve_tls_on(listener, super::net::acceptor(&cert, &[]), move |tls| {
-        let body = body.clone();
-        let counter = counter.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = body.clone();
-                let counter = counter.clone();
-                async move {
-                    if req.uri().path() == "/_matrix/key/v2/server" {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+    let acceptor = super::net::acceptor(&cert, &[]);
+    super::net::serve_https_on(listener, acceptor, move |req| {
+        if req.uri().path() == "/_matrix/key/v2/server" {
+            counter.fetch_add(1, Ordering::SeqCst);
         }
+        let body = body.clone();
+        async move { hyper::Response::new(Full::new(body)) }
     });
     Origin {
         name,

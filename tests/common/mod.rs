@@ -209,6 +209,11 @@ pub async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'stat
     net::serve_hello(config).await
 }
 
+/// [`serve`] for a leaf with its own key.
+pub async fn serve_leaf(l: &Leaf) -> SocketAddr {
+    serve(vec![l.cert.clone()], l.key_der()).await
+}
+
 /// Runs `fut` within 10 s; a timeout panics naming `what`.
 pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     const STEP: std::time::Duration = std::time::Duration::from_secs(10);

@@ -22,6 +22,20 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Leaf;
 
+/// Binds 127.0.0.1:0 and spawns `serve(listener, shutdown)` (a proxy's
+/// `serve`); returns the address and the sender that shuts it down.
+pub async fn spawn_server<F, Fut>(serve: F) -> (SocketAddr, tokio::sync::watch::Sender<bool>)
+where
+    F: FnOnce(TcpListener, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(serve(listener, rx));
+    (addr, tx)
+}
+
 /// A server config presenting `leaf` (alone), offering `alpn`.
 pub fn server_config(leaf: &Leaf, alpn: &[&[u8]]) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
@@ -118,6 +132,36 @@ where
     });
 }
 
+/// [`serve_tls_on`] answering every HTTP/1.1 request with `handler`.
+pub fn serve_https_on<F, Fut>(listener: TcpListener, acceptor: TlsAcceptor, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_tls_on(listener, acceptor, move |tls| {
+        let handler = handler.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answer = handler(req);
+                async move { Ok::<_, Infallible>(answer.await) }
+            });
+            serve_http1(tls, svc).await;
+        }
+    });
+}
+
+/// [`serve_https_on`] on 127.0.0.1:0; its address.
+pub async fn serve_https<F, Fut>(acceptor: TlsAcceptor, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve_https_on(listener, acceptor, handler);
+    addr
+}
+
 /// Starts a TLS server on 127.0.0.1:0 with `config`. Each connection that
 /// completes the handshake gets "hello\n" and is closed.
 pub async fn serve_hello(config: rustls::ServerConfig) -> SocketAddr {
@@ -136,23 +180,72 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    plain_http_counted(Arc::default(), handler).await
+}
+
+/// [`plain_http`] counting its open connections in `live`.
+pub async fn plain_http_counted<F, Fut>(
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    handler: F,
+) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    use std::sync::atomic::Ordering::SeqCst;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let handler = handler.clone();
+            let live = live.clone();
             tokio::spawn(async move {
+                live.fetch_add(1, SeqCst);
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let answer = handler(req);
                     async move { Ok::<_, Infallible>(answer.await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                serve_http1(tcp, svc).await;
+                live.fetch_sub(1, SeqCst);
             });
         }
     });
     addr
+}
+
+/// A bodiless GET of `path` with the Host `authority`.
+pub fn get_request(path: &str, authority: &str) -> Request<http_body_util::Empty<Bytes>> {
+    Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// An error with its sources, ": "-separated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A response's status, its `x-fedpin-alert` header and its whole body as text.
+pub async fn status_alert_body(
+    resp: Response<Incoming>,
+) -> Result<(u16, Option<String>, String), String> {
+    let status = resp.status().as_u16();
+    let alert = header_text(resp.headers(), "x-fedpin-alert");
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("response body: {}", error_chain(&e)))?
+        .to_bytes();
+    Ok((status, alert, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A response's status and its whole body as text.
@@ -190,6 +283,27 @@ where
             .serve_connection(io, svc)
             .await;
     }
+}
+
+/// Serves HTTP/1.1 on `io` with `svc` until the connection ends.
+pub async fn serve_http1<I, S, B>(io: I, svc: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+/// The header `name` of `headers` as text, when it is there and is text.
+pub fn header_text(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Writes `GET path` for `host` with `Connection: close` on `io` and reads

@@ -39,7 +39,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
+# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca,
+# mint_server_cert, start_upstream, start_fedpin, nginx_prepare, nginx_main,
+# nginx_http_common, start_nginx
 # shellcheck source=tests/load/lib.sh
 source "$ROOT/tests/load/lib.sh"
 
@@ -120,11 +122,7 @@ esac
 # --------------------------------------------------------------------------
 # 4. the stand-in upstream
 # --------------------------------------------------------------------------
-"$UPSTREAM_BIN" 127.0.0.1:0 >"$TMP/upstream.out" 2>"$LOGS/upstream.err" &
-UP_PID=$!
-PIDS+=("$UP_PID")
-UP_ADDR=$(wait_line "$TMP/upstream.out" "listening on") || die "stand-in upstream did not start"
-UP_PORT=${UP_ADDR##*:}
+start_upstream
 log "stand-in upstream on 127.0.0.1:$UP_PORT (pid $UP_PID)"
 
 # --------------------------------------------------------------------------
@@ -152,12 +150,8 @@ header_timeout_secs = 30
 request_timeout_secs = 60
 idle_timeout_secs = 300
 EOF
-"$FEDPIN" check-config --config "$TMP/fedpin.toml" >"$TMP/check-config.log" 2>&1 ||
-    { cat "$TMP/check-config.log" >&2; die "fedpin check-config refused the config"; }
-"$FEDPIN" run --config "$TMP/fedpin.toml" >"$TMP/fedpin.out" 2>"$FEDPIN_LOG_DIR/fedpin.log" &
-FEDPIN_PID=$!
-PIDS+=("$FEDPIN_PID")
-FEDPIN_ADDR=$(wait_line "$TMP/fedpin.out" "inbound listening on") || die "fedpin did not start"
+start_fedpin "$TMP/fedpin.toml" inbound "$TMP/fedpin.out" "$FEDPIN_LOG_DIR/fedpin.log"
+FEDPIN_PID=$STARTED_PID FEDPIN_ADDR=$STARTED_ADDR
 FEDPIN_PORT=${FEDPIN_ADDR##*:}
 log "fedpin inbound on 127.0.0.1:$FEDPIN_PORT (pid $FEDPIN_PID, FEDPIN_LOG=$FEDPIN_LOG, log in $FEDPIN_LOG_DIR)"
 
@@ -187,40 +181,24 @@ EOF
 awk -v name="$HOSTNAME_" '/^upstream = / { print "server_name = \"" name "\""; print "verify_signatures = \"enforce\"" } { print }' \
     "$TMP/fedpin.toml" >"$TMP/verify/fedpin.toml"
 grep -q '^verify_signatures = "enforce"' "$TMP/verify/fedpin.toml" || die "could not write the verifying config"
-"$FEDPIN" check-config --config "$TMP/verify/fedpin.toml" >"$TMP/check-config-verify.log" 2>&1 ||
-    { cat "$TMP/check-config-verify.log" >&2; die "fedpin check-config refused the verifying config"; }
-"$FEDPIN" run --config "$TMP/verify/fedpin.toml" >"$TMP/fedpin-verify.out" 2>"$FEDPIN_LOG_DIR/fedpin-verify.log" &
-FEDPIN_V_PID=$!
-PIDS+=("$FEDPIN_V_PID")
-FEDPIN_V_ADDR=$(wait_line "$TMP/fedpin-verify.out" "inbound listening on") || die "the verifying fedpin did not start"
+start_fedpin "$TMP/verify/fedpin.toml" inbound "$TMP/fedpin-verify.out" "$FEDPIN_LOG_DIR/fedpin-verify.log"
+FEDPIN_V_PID=$STARTED_PID FEDPIN_V_ADDR=$STARTED_ADDR
 FEDPIN_V_PORT=${FEDPIN_V_ADDR##*:}
 log "fedpin inbound verifying signatures on 127.0.0.1:$FEDPIN_V_PORT (pid $FEDPIN_V_PID)"
 
 # --------------------------------------------------------------------------
 # 5b. nginx, own prefix, not the system service
 # --------------------------------------------------------------------------
-NGINX_PORT=$(free_port) || die "no free port for nginx"
-mkdir -p "$TMP/nginx"
-user_line=""
-[[ $(id -u) == 0 ]] && user_line="user root;"
+nginx_prepare
 # The proxy part follows Synapse's reverse-proxy guide (proxy_pass without a
 # URI, so the request URI passes unchanged), plus an upstream keep-alive pool.
 cat >"$TMP/nginx.conf" <<EOF
-$user_line
-worker_processes 2;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $LOGS/nginx-error.log warn;
+$(nginx_main 2)
 events { worker_connections 8192; }
 http {
     log_format bench '\$remote_addr "\$request" \$status \$body_bytes_sent reused=\$ssl_session_reused \$ssl_protocol \$ssl_cipher';
     access_log $LOGS/nginx-access.log bench;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
+$(nginx_http_common)
     keepalive_timeout 300s;
     upstream homeserver {
         server 127.0.0.1:$UP_PORT;
@@ -249,16 +227,7 @@ http {
     }
 }
 EOF
-"$NGINX" -t -q -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" 2>"$TMP/nginx-t.log" ||
-    { cat "$TMP/nginx-t.log" >&2; die "nginx -t refused the config"; }
-"$NGINX" -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null && break
-    sleep 0.1
-done
-(exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null || die "nginx did not start"
+start_nginx "$NGINX_PORT" "$TMP/nginx.conf" "$TMP/nginx.out"
 log "nginx on 127.0.0.1:$NGINX_PORT (master pid $NGINX_PID, worker_processes 2)"
 
 # --------------------------------------------------------------------------

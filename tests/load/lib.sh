@@ -128,3 +128,74 @@ mint_server_cert() {
     openssl x509 -req -in "$f.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
         -days 2 -extfile "$f.ext" -out "$f.pem" 2>/dev/null
 }
+
+# Checks the fedpin config $1 (check-config's output beside $3, as
+# $3.check), runs `fedpin run` on it (stdout to $3, stderr to $4) and waits
+# up to $5 s (default 15) for its "$2 listening on" line: sets STARTED_PID
+# (also added to PIDS) and STARTED_ADDR. Uses $FEDPIN and the caller's die.
+start_fedpin() { # config kind stdout-file log-file [seconds]
+    local cfg=$1 kind=$2 out=$3 err=$4
+    "$FEDPIN" check-config --config "$cfg" >"$out.check" 2>&1 ||
+        die "fedpin check-config refused $cfg: $(cat "$out.check")"
+    "$FEDPIN" run --config "$cfg" >"$out" 2>"$err" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_ADDR=$(wait_line "$out" "$kind listening on" "${5:-15}") || die "fedpin ($cfg) did not start"
+}
+
+# Starts the stand-in homeserver $UPSTREAM_BIN on 127.0.0.1:0 (its output in
+# $TMP/upstream.out and $LOGS/upstream.err): sets UP_PID (also added to
+# PIDS), UP_ADDR and UP_PORT.
+start_upstream() {
+    "$UPSTREAM_BIN" 127.0.0.1:0 >"$TMP/upstream.out" 2>"$LOGS/upstream.err" &
+    UP_PID=$!
+    PIDS+=("$UP_PID")
+    UP_ADDR=$(wait_line "$TMP/upstream.out" "listening on") || die "stand-in homeserver did not start"
+    UP_PORT=${UP_ADDR##*:}
+}
+
+# Picks NGINX_PORT (see free_port) and makes nginx's prefix, $TMP/nginx.
+nginx_prepare() {
+    NGINX_PORT=$(free_port) || die "no free port for nginx"
+    mkdir -p "$TMP/nginx"
+}
+
+# The main-context lines of an nginx config with $1 worker processes, in
+# the foreground, its pid and error log under $TMP and $LOGS (and as root,
+# its workers root too).
+nginx_main() {
+    if [[ $(id -u) == 0 ]]; then echo "user root;"; fi
+    echo "worker_processes $1;"
+    echo "daemon off;"
+    echo "pid $TMP/nginx/nginx.pid;"
+    echo "error_log $LOGS/nginx-error.log warn;"
+}
+
+# The lines of an nginx `http` block that keep nginx's temporary files
+# under $TMP/nginx and keep client connections alive as long as a load
+# run needs.
+nginx_http_common() {
+    local d
+    for d in client_body proxy fastcgi uwsgi scgi; do
+        echo "    ${d}_temp_path $TMP/nginx/$d;"
+    done
+    echo "    keepalive_requests 1000000;"
+}
+
+# Checks the nginx config $2 (prefix $TMP/nginx/, errors to
+# $LOGS/nginx-error.log), starts nginx on it (output to $3) and waits up to
+# 10 s for 127.0.0.1:$1: sets NGINX_PID (also added to PIDS). Uses $NGINX
+# and the caller's die.
+start_nginx() { # port config output-file
+    local port=$1 conf=$2 out=$3
+    "$NGINX" -t -q -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$conf" 2>"$TMP/nginx-t.log" ||
+        { cat "$TMP/nginx-t.log" >&2; die "nginx -t refused the config"; }
+    "$NGINX" -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$conf" >"$out" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || die "nginx did not start"
+}

@@ -45,7 +45,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
+# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca,
+# mint_server_cert, start_upstream, start_fedpin, nginx_prepare, nginx_main,
+# nginx_http_common, start_nginx
 # shellcheck source=tests/load/lib.sh
 source "$ROOT/tests/load/lib.sh"
 
@@ -149,9 +151,7 @@ CA_PIN="sha256/$(spki_pin "$TMP/ca.pem")"
 # --------------------------------------------------------------------------
 # 5. servers
 # --------------------------------------------------------------------------
-"$UPSTREAM_BIN" 127.0.0.1:0 >"$TMP/upstream.out" 2>"$LOGS/upstream.err" &
-PIDS+=($!)
-UP_ADDR=$(wait_line "$TMP/upstream.out" "listening on") || die "stand-in homeserver did not start"
+start_upstream
 log "stand-in homeserver on $UP_ADDR"
 
 "$IDLE" peer --cert "$TMP/peer.pem" --key "$TMP/peer.key" >"$TMP/peer.out" 2>"$LOGS/peer.err" &
@@ -202,42 +202,24 @@ resolve = { "$PEER_NAME" = "127.0.0.1" }
 max_tunnels = $((N + 100))
 idle_timeout_secs = 3600
 EOF
-start_fedpin() { # dir kind -> sets STARTED_PID, STARTED_ADDR
-    local dir=$1 kind=$2
-    "$FEDPIN" check-config --config "$dir/fedpin.toml" >"$LOGS/check-$kind.log" 2>&1 ||
-        die "fedpin check-config refused the $kind config: $(cat "$LOGS/check-$kind.log")"
-    FEDPIN_LOG=warn "$FEDPIN" run --config "$dir/fedpin.toml" >"$TMP/fedpin-$kind.out" 2>"$LOGS/fedpin-$kind.log" &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    STARTED_ADDR=$(wait_line "$TMP/fedpin-$kind.out" "$kind listening on" 30) || die "fedpin ($kind) did not start"
+start_fedpin_in() { # dir kind -> sets STARTED_PID, STARTED_ADDR
+    FEDPIN_LOG=warn start_fedpin "$1/fedpin.toml" "$2" "$TMP/fedpin-$2.out" "$LOGS/fedpin-$2.log" 30
 }
-start_fedpin "$TMP/in" inbound
+start_fedpin_in "$TMP/in" inbound
 FIN_PID=$STARTED_PID FIN_ADDR=$STARTED_ADDR
 log "fedpin inbound on $FIN_ADDR (pid $FIN_PID)"
-start_fedpin "$TMP/out" outbound
+start_fedpin_in "$TMP/out" outbound
 FOUT_PID=$STARTED_PID FOUT_ADDR=$STARTED_ADDR
 log "fedpin outbound on $FOUT_ADDR (pid $FOUT_PID)"
 
-NGINX_PORT=$(free_port) || die "no free port for nginx"
-mkdir -p "$TMP/nginx"
-user_line=""
-[[ $(id -u) == 0 ]] && user_line="user root;"
+nginx_prepare
 cat >"$TMP/nginx.conf" <<EOF
-$user_line
-worker_processes 1;
+$(nginx_main 1)
 worker_rlimit_nofile $FD_LIMIT;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $LOGS/nginx-error.log warn;
 events { worker_connections $((2 * N + 256)); }
 http {
     access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
+$(nginx_http_common)
     keepalive_timeout 3600s;
     upstream homeserver {
         server $UP_ADDR;
@@ -258,16 +240,7 @@ http {
     }
 }
 EOF
-"$NGINX" -t -q -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" 2>"$TMP/nginx-t.log" ||
-    { cat "$TMP/nginx-t.log" >&2; die "nginx -t refused the config"; }
-"$NGINX" -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" >"$LOGS/nginx.out" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null && break
-    sleep 0.1
-done
-(exec 3<>"/dev/tcp/127.0.0.1/$NGINX_PORT") 2>/dev/null || die "nginx did not start"
+start_nginx "$NGINX_PORT" "$TMP/nginx.conf" "$LOGS/nginx.out"
 log "nginx on 127.0.0.1:$NGINX_PORT (master pid $NGINX_PID, worker_processes 1)"
 
 # --------------------------------------------------------------------------
