@@ -24,19 +24,16 @@
 //! Every network step is bounded by `--step-secs` (default 30); openings run
 //! `--parallel` at a time (default 32). Loopback use only.
 
-use std::convert::Infallible;
+#[path = "support/tls_peer.rs"]
+mod tls_peer;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -324,40 +321,18 @@ async fn peer(cert: PathBuf, key: PathBuf, listen: SocketAddr) -> Result<(), Err
             fedpin::tls::load_key(&key)?,
         )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(listen).await?;
     say(&format!(
         "idle_conns peer listening on {}",
         listener.local_addr()?
     ));
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("idle_conns peer: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                    b"{\"server\":{\"name\":\"idle_conns peer\"}}",
-                ))))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
-    }
+    tls_peer::serve(
+        listener,
+        TlsAcceptor::from(Arc::new(config)),
+        "idle_conns peer",
+    )
+    .await;
+    Ok(())
 }
 
 fn main() -> Result<(), Error> {

@@ -32,7 +32,9 @@
 //! Every network step is bounded by `--step-secs` (default 30). Loopback
 //! use only.
 
-use std::convert::Infallible;
+#[path = "support/tls_peer.rs"]
+mod tls_peer;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,16 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
-use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -315,48 +310,18 @@ async fn peer(
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         }
     }
-    let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(listen).await?;
     say(&format!(
         "new_tunnels peer listening on {}",
         listener.local_addr()?
     ));
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("new_tunnels peer: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let kind = match tls.get_ref().1.handshake_kind() {
-                Some(HandshakeKind::Resumed) => "resumed",
-                _ => "full",
-            };
-            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-                let mut resp = Response::new(Full::new(Bytes::from_static(
-                    b"{\"server\":{\"name\":\"new_tunnels peer\"}}",
-                )));
-                let h = resp.headers_mut();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                h.insert("x-tls-handshake", HeaderValue::from_static(kind));
-                Ok::<_, Infallible>(resp)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
-    }
+    tls_peer::serve(
+        listener,
+        TlsAcceptor::from(Arc::new(config)),
+        "new_tunnels peer",
+    )
+    .await;
+    Ok(())
 }
 
 /// One floor connection: CONNECT, server handshake, client handshake, relay.

@@ -395,8 +395,18 @@ fn write(value: &Json, out: &mut String) {
 }
 
 fn write_string(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
+    // Writing to a String cannot fail.
+    let _ = escape(s, out);
+    out.push('"');
+}
+
+/// Writes `s` with the escapes a JSON string needs (without the quotes):
+/// quotation mark and reverse solidus, `\n \r \t \b \f`, and `\u00XX` for the other control
+/// characters; everything else as it is (canonical JSON keeps non-ASCII
+/// characters unescaped). Also used by the JSON access log.
+pub(crate) fn escape<W: std::fmt::Write + ?Sized>(s: &str, out: &mut W) -> std::fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     // Copies runs of characters that need no escape at once; every escaped
     // character is ASCII, so each run ends on a character boundary.
     let mut run = 0;
@@ -412,18 +422,17 @@ fn write_string(s: &str, out: &mut String) {
             0x00..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&s[run..i]);
+        out.write_str(&s[run..i])?;
         if escaped.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            out.write_str("\\u00")?;
+            out.write_char(char::from(HEX[usize::from(b >> 4)]))?;
+            out.write_char(char::from(HEX[usize::from(b & 0xf)]))?;
         } else {
-            out.push_str(escaped);
+            out.write_str(escaped)?;
         }
         run = i + 1;
     }
-    out.push_str(&s[run..]);
-    out.push('"');
+    out.write_str(&s[run..])
 }
 
 /// Python's `repr(float)`: the shortest digits that round-trip, in fixed

@@ -111,8 +111,8 @@ pub fn template(path: &str) -> String {
 /// Written straight into the line buffer. tracing-subscriber's own JSON
 /// format goes through serde_json and re-checks the UTF-8 of every piece it
 /// writes; at one line per request that was about a fifth of a kept-alive
-/// request's instructions (callgrind). Strings are escaped as JSON requires
-/// (RFC 8259: quotation mark, reverse solidus and control characters).
+/// request's instructions (callgrind). Strings are escaped as JSON requires,
+/// by the canonical-JSON escaper.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JsonLine;
 
@@ -219,26 +219,7 @@ struct Escaped<'w, W: fmt::Write + ?Sized>(&'w mut W);
 
 impl<W: fmt::Write + ?Sized> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut plain = 0;
-        for (i, b) in s.bytes().enumerate() {
-            let esc = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if esc.is_empty() {
-                write!(self.0, "\\u{b:04x}")?;
-            } else {
-                self.0.write_str(esc)?;
-            }
-            plain = i + 1;
-        }
-        self.0.write_str(&s[plain..])
+        crate::matrix::canonical_json::escape(s, self.0)
     }
 }
 

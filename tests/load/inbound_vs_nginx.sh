@@ -398,9 +398,11 @@ run_stime() { # target server_pid port
     t1=$(cpu_ticks "$pid")
     # "N connections in T real seconds, B bytes read per connection" (T is whole
     # seconds, so the rate uses the wall time measured here).
-    n=$(cat "$RAW/stime-${target}"-*.txt | awk '/connections in .* real seconds/{n+=$1} END{print n+0}')
+    # awk reads the files itself: `cat | awk '…exit'` can die of SIGPIPE
+    # under pipefail.
+    n=$(awk '/connections in .* real seconds/{n+=$1} END{print n+0}' "$RAW/stime-${target}"-*.txt)
     local bytes rate cpu
-    bytes=$(cat "$RAW/stime-${target}"-*.txt | awk '/real seconds/{print $7; exit}')
+    bytes=$(awk '/real seconds/{print $7; exit}' "$RAW/stime-${target}"-*.txt)
     rate=$(awk -v n="$n" -v a="$w0" -v b="$w1" 'BEGIN{printf "%.1f", n / (b - a)}')
     cpu=$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$CLK_TCK" \
         'BEGIN{ if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }')

@@ -1,0 +1,57 @@
+//! A TLS stand-in peer for the load examples (`idle_conns`, `new_tunnels`):
+//! accepts TLS on a listener forever and answers every HTTP/1.1 request on a
+//! kept-alive connection with a small JSON body.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::HandshakeKind;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Serves `listener` until the process ends. The body names `who`; every
+/// answer carries `x-tls-handshake: full|resumed`, how this connection's
+/// handshake went, so a client can count resumptions.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, who: &'static str) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("{who}: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let kind = match tls.get_ref().1.handshake_kind() {
+                Some(HandshakeKind::Resumed) => "resumed",
+                _ => "full",
+            };
+            let body = Bytes::from(format!("{{\"server\":{{\"name\":\"{who}\"}}}}"));
+            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let mut resp = Response::new(Full::new(body.clone()));
+                let h = resp.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                h.insert("x-tls-handshake", HeaderValue::from_static(kind));
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
