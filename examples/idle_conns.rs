@@ -24,8 +24,8 @@
 //! Every network step is bounded by `--step-secs` (default 30); openings run
 //! `--parallel` at a time (default 32). Loopback use only.
 
-#[path = "support/tls_peer.rs"]
-mod tls_peer;
+#[path = "support/load.rs"]
+mod load;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -140,26 +140,6 @@ fn connector(ca: &Path) -> Result<TlsConnector, Error> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Reads one response head byte by byte (nothing after it is consumed).
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<String, Error> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await? == 0 {
-            return Err(format!(
-                "closed after {:?}",
-                String::from_utf8_lossy(&head).trim_end()
-            )
-            .into());
-        }
-        head.push(b[0]);
-        if head.len() > 16 * 1024 {
-            return Err("response head over 16 KiB".into());
-        }
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
 /// One keep-alive GET; the status (the body, by Content-Length, is read and dropped).
 async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
@@ -171,7 +151,7 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     s.flush().await?;
-    let head = read_head(s).await?;
+    let head = load::read_head(s).await?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -215,7 +195,7 @@ async fn open(
                 format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
             )
             .await?;
-            let head = read_head(&mut tcp).await?;
+            let head = load::read_head(&mut tcp).await?;
             if head.split_whitespace().nth(1) != Some("200") {
                 return Err(
                     format!("CONNECT {authority}: {}", head.lines().next().unwrap_or("")).into(),
@@ -326,7 +306,7 @@ async fn peer(cert: PathBuf, key: PathBuf, listen: SocketAddr) -> Result<(), Err
         "idle_conns peer listening on {}",
         listener.local_addr()?
     ));
-    tls_peer::serve(
+    load::serve(
         listener,
         TlsAcceptor::from(Arc::new(config)),
         "idle_conns peer",

@@ -32,8 +32,8 @@
 //! Every network step is bounded by `--step-secs` (default 30). Loopback
 //! use only.
 
-#[path = "support/tls_peer.rs"]
-mod tls_peer;
+#[path = "support/load.rs"]
+mod load;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -166,26 +166,6 @@ fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Error>
     Ok(config)
 }
 
-/// Reads one HTTP head byte by byte (nothing after it is consumed).
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<String, Error> {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await? == 0 {
-            return Err(format!(
-                "closed after {:?}",
-                String::from_utf8_lossy(&head).trim_end()
-            )
-            .into());
-        }
-        head.push(b[0]);
-        if head.len() > 16 * 1024 {
-            return Err("head over 16 KiB".into());
-        }
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -205,7 +185,7 @@ async fn tunnel(
     tcp.set_nodelay(true)?;
     tcp.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
         .await?;
-    let head = read_head(&mut tcp).await?;
+    let head = load::read_head(&mut tcp).await?;
     if head.split_whitespace().nth(1) != Some("200") {
         return Err(format!("CONNECT {authority}: {}", head.lines().next().unwrap_or("")).into());
     }
@@ -220,7 +200,7 @@ async fn tunnel(
     )
     .await?;
     s.flush().await?;
-    let head = read_head(&mut s).await?;
+    let head = load::read_head(&mut s).await?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
     if status != "200" {
         return Err(format!("GET {path}: {}", head.lines().next().unwrap_or("")).into());
@@ -315,7 +295,7 @@ async fn peer(
         "new_tunnels peer listening on {}",
         listener.local_addr()?
     ));
-    tls_peer::serve(
+    load::serve(
         listener,
         TlsAcceptor::from(Arc::new(config)),
         "new_tunnels peer",
@@ -332,7 +312,7 @@ async fn floor_conn(
     step: Duration,
 ) -> Result<(), Error> {
     let (mut down, mut up) = tokio::time::timeout(step, async {
-        let head = read_head(&mut tcp).await?;
+        let head = load::read_head(&mut tcp).await?;
         let mut words = head.split_whitespace();
         let target = match (words.next(), words.next()) {
             (Some("CONNECT"), Some(t)) => t.to_string(),

@@ -1,6 +1,6 @@
-//! A TLS stand-in peer for the load examples (`idle_conns`, `new_tunnels`):
-//! accepts TLS on a listener forever and answers every HTTP/1.1 request on a
-//! kept-alive connection with a small JSON body.
+//! Shared by the load examples (`idle_conns`, `new_tunnels`): a TLS
+//! stand-in peer that answers every HTTP/1.1 request on a kept-alive
+//! connection with a small JSON body, and reading an HTTP head by hand.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::HandshakeKind;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -54,4 +55,26 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, who: &'static s
                 .await;
         });
     }
+}
+
+/// Reads one HTTP head byte by byte (nothing after it is consumed).
+pub async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            return Err(format!(
+                "closed after {:?}",
+                String::from_utf8_lossy(&head).trim_end()
+            )
+            .into());
+        }
+        head.push(b[0]);
+        if head.len() > 16 * 1024 {
+            return Err("head over 16 KiB".into());
+        }
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
