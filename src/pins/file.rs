@@ -615,7 +615,7 @@ impl<'l> Builder<'l> {
             self.warn_own_host_missing(i, own, &hosts, rp.host_pins.as_ref(), sn_span.start);
         }
         for (h, span) in &hosts {
-            self.err_if_host_taken(h, span.clone(), key("hosts"));
+            self.err_if_host_taken(h, span.clone(), || key("hosts"));
         }
         let pins = self.pins(i, rp.pins, &server_name);
         let expires = self.expires(i, rp.expires);
@@ -726,13 +726,14 @@ impl<'l> Builder<'l> {
     }
 
     /// One host belongs to one entry: a second entry for it would make the
-    /// lookup depend on file order.
-    fn err_if_host_taken(&mut self, host: &str, span: Span, key: String) {
+    /// lookup depend on file order. (`key` is formatted only for an error:
+    /// this runs for every host of every peer on each reload.)
+    fn err_if_host_taken(&mut self, host: &str, span: Span, key: impl FnOnce() -> String) {
         if let Some(prev) = self.by_host.get(host) {
             let prev_line = slot_line(&self.peers, &self.host_views, *prev);
             self.err(
                 span,
-                key,
+                key(),
                 format!("host \"{host}\" is already listed under the peer at line {prev_line}"),
             );
         }
@@ -873,7 +874,7 @@ impl<'l> Builder<'l> {
                 );
                 continue;
             }
-            self.err_if_host_taken(&name, span.clone(), hkey.clone());
+            self.err_if_host_taken(&name, span.clone(), || hkey.clone());
             let raw = list.into_inner();
             if raw.is_empty() {
                 self.err(span, hkey.clone(), "a host needs at least one pin".into());
