@@ -1272,10 +1272,14 @@ fn ambiguous_path(path: &str) -> Option<&'static str> {
     {
         return Some("an encoded '\\' or '.' in the request path is not allowed");
     }
-    let dot_segment = path
-        .split('/')
-        .flat_map(|seg| seg.split("%2F").flat_map(|s| s.split("%2f")))
-        .any(|seg| seg == "." || seg == "..");
+    // A dot segment needs a '.': most federation paths have none, and the
+    // split below (a substring search per segment) was about 5 % of a
+    // kept-alive request's instructions (callgrind).
+    let dot_segment = path.contains('.')
+        && path
+            .split('/')
+            .flat_map(|seg| seg.split("%2F").flat_map(|s| s.split("%2f")))
+            .any(|seg| seg == "." || seg == "..");
     if dot_segment {
         return Some("'.' and '..' segments in the request path are not allowed");
     }
