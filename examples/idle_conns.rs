@@ -27,7 +27,6 @@
 #[path = "support/load.rs"]
 mod load;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +35,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -119,12 +118,6 @@ enum Dest {
 /// One established connection and what the GET needs.
 struct Conn {
     tls: TlsStream<TcpStream>,
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 fn connector(ca: &Path) -> Result<TlsConnector, Error> {
@@ -242,7 +235,7 @@ async fn client(dest: Dest, name: String, authority: String, a: ClientArgs) -> R
     while let Some(r) = tasks.join_next().await {
         conns.push(r??);
     }
-    say(&format!("ready {}", conns.len()));
+    load::say(&format!("ready {}", conns.len()));
 
     // Hold, idle, until told (or the bound passes).
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -254,7 +247,7 @@ async fn client(dest: Dest, name: String, authority: String, a: ClientArgs) -> R
     let cmd = tokio::time::timeout(Duration::from_secs(a.hold_secs), rx).await;
     let check = matches!(&cmd, Ok(Ok(line)) if line.trim() == "check");
     if !check {
-        say(&format!("done {} (no check)", conns.len()));
+        load::say(&format!("done {} (no check)", conns.len()));
         return Ok(());
     }
     let total = conns.len();
@@ -285,7 +278,7 @@ async fn client(dest: Dest, name: String, authority: String, a: ClientArgs) -> R
             }
         }
     }
-    say(&format!("alive {alive} of {total}"));
+    load::say(&format!("alive {alive} of {total}"));
     if let Some(e) = first_error {
         eprintln!("idle_conns: first failure: {e}");
     }
@@ -301,18 +294,12 @@ async fn peer(cert: PathBuf, key: PathBuf, listen: SocketAddr) -> Result<(), Err
             fedpin::tls::load_key(&key)?,
         )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let listener = TcpListener::bind(listen).await?;
-    say(&format!(
-        "idle_conns peer listening on {}",
-        listener.local_addr()?
-    ));
     load::serve(
-        listener,
+        listen,
         TlsAcceptor::from(Arc::new(config)),
         "idle_conns peer",
     )
-    .await;
-    Ok(())
+    .await
 }
 
 fn main() -> Result<(), Error> {

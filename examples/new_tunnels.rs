@@ -35,7 +35,6 @@
 #[path = "support/load.rs"]
 mod load;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +45,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -126,12 +125,6 @@ enum Mode {
         #[arg(long)]
         resume: bool,
     },
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 fn roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
@@ -269,7 +262,7 @@ async fn client(
     if let Some(e) = first_error {
         eprintln!("new_tunnels: first failure: {e}");
     }
-    say(&format!(
+    load::say(&format!(
         "done ok={ok} full={full} resumed={resumed} failed={failed} secs={:.3}",
         started.elapsed().as_secs_f64()
     ));
@@ -290,18 +283,12 @@ async fn peer(
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         }
     }
-    let listener = TcpListener::bind(listen).await?;
-    say(&format!(
-        "new_tunnels peer listening on {}",
-        listener.local_addr()?
-    ));
     load::serve(
-        listener,
+        listen,
         TlsAcceptor::from(Arc::new(config)),
         "new_tunnels peer",
     )
-    .await;
-    Ok(())
+    .await
 }
 
 /// One floor connection: CONNECT, server handshake, client handshake, relay.
@@ -348,21 +335,7 @@ async fn floor(
     let connector = TlsConnector::from(client_config(&ca, resume)?);
     let step = Duration::from_secs(step_secs);
     let failures = Arc::new(AtomicU64::new(0));
-    let listener = TcpListener::bind(listen).await?;
-    say(&format!(
-        "new_tunnels floor listening on {}",
-        listener.local_addr()?
-    ));
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("new_tunnels floor: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    load::accept_forever(listen, "new_tunnels floor", move |tcp| {
         let (acceptor, connector, failures) =
             (acceptor.clone(), connector.clone(), failures.clone());
         tokio::spawn(async move {
@@ -373,7 +346,8 @@ async fn floor(
                 }
             }
         });
-    }
+    })
+    .await
 }
 
 fn main() -> Result<(), Error> {

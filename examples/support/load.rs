@@ -1,8 +1,11 @@
 //! Shared by the load examples (`idle_conns`, `new_tunnels`): a TLS
 //! stand-in peer that answers every HTTP/1.1 request on a kept-alive
-//! connection with a small JSON body, and reading an HTTP head by hand.
+//! connection with a small JSON body, the listen-and-accept loop, a line
+//! to stdout, and reading an HTTP head by hand.
 
 use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,25 +16,52 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-/// Serves `listener` until the process ends. The body names `who`; every
-/// answer carries `x-tls-handshake: full|resumed`, how this connection's
-/// handshake went, so a client can count resumptions.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, who: &'static str) {
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// One line on stdout, flushed (the load scripts wait for these lines).
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Binds `listen`, says "`who` listening on ADDR", and hands every accepted
+/// connection (Nagle off) to `each` until the process ends.
+pub async fn accept_forever(
+    listen: SocketAddr,
+    who: &'static str,
+    mut each: impl FnMut(TcpStream),
+) -> Result<(), Error> {
+    let listener = TcpListener::bind(listen).await?;
+    say(&format!("{who} listening on {}", listener.local_addr()?));
     loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(a) => a,
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                each(tcp);
+            }
             Err(e) => {
                 eprintln!("{who}: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+/// Serves on `listen` until the process ends. The body names `who`; every
+/// answer carries `x-tls-handshake: full|resumed`, how this connection's
+/// handshake went, so a client can count resumptions.
+pub async fn serve(
+    listen: SocketAddr,
+    acceptor: TlsAcceptor,
+    who: &'static str,
+) -> Result<(), Error> {
+    accept_forever(listen, who, move |tcp| {
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await
             else {
@@ -54,13 +84,12 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, who: &'static s
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 /// Reads one HTTP head byte by byte (nothing after it is consumed).
-pub async fn read_head<S: AsyncRead + Unpin>(
-    s: &mut S,
-) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<String, Error> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

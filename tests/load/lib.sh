@@ -38,6 +38,20 @@ target_dir() {
     echo "${d:-$ROOT/target}"
 }
 
+# Builds the cargo targets in $@ with the $PROFILE profile (release or
+# debug), unless SKIP_BUILD=1. Uses the caller's log and die.
+build_profile() {
+    local flags=()
+    case $PROFILE in
+    release) flags=(--release) ;;
+    debug) ;;
+    *) die "PROFILE must be release or debug" ;;
+    esac
+    [[ "${SKIP_BUILD:-0}" == 1 ]] && return 0
+    log "cargo build --locked ${flags[*]} $*"
+    cargo build --locked "${flags[@]}" "$@"
+}
+
 # Installs the missing tools named in $@ from Debian (nginx as nginx-light,
 # else nginx), never letting the package start a system nginx on port 80.
 # Uses the caller's log and die.

@@ -65,19 +65,12 @@ log() { printf '[memory] %s\n' "$*" >&2; }
 die() { printf '[memory] FAILED: %s\n' "$*" >&2; exit 1; }
 
 [[ $N =~ ^[0-9]+$ ]] && ((N >= 1 && N <= 100000)) || die "N must be 1..100000"
-case $PROFILE in
-release) build_flags=(--release) ;;
-debug) build_flags=() ;;
-*) die "PROFILE must be release or debug" ;;
-esac
+[[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE must be release or debug"
 
 # --------------------------------------------------------------------------
 # 1. build
 # --------------------------------------------------------------------------
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "cargo build --locked ${build_flags[*]} --bin fedpin --example idle_conns --example stand_in_upstream"
-    cargo build --locked "${build_flags[@]}" --bin fedpin --example idle_conns --example stand_in_upstream
-fi
+build_profile --bin fedpin --example idle_conns --example stand_in_upstream
 BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/idle_conns.rs 2>/dev/null || echo ' + uncommitted changes')"
 TARGET_DIR=$(target_dir)
 FEDPIN="$TARGET_DIR/$PROFILE/fedpin"

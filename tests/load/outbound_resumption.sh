@@ -90,19 +90,12 @@ die() { printf '[resumption] FAILED: %s\n' "$*" >&2; exit 1; }
 [[ $ROUNDS =~ ^[0-9]+$ ]] && ((ROUNDS >= 1 && ROUNDS <= 100)) || die "ROUNDS must be 1..100"
 [[ $WARM =~ ^[0-9]+$ ]] && ((WARM >= 2 && WARM <= 10000)) || die "WARM must be 2..10000"
 [[ $PARALLEL =~ ^[0-9]+$ ]] && ((PARALLEL >= 1 && PARALLEL <= 1000)) || die "PARALLEL must be 1..1000"
-case $PROFILE in
-release) build_flags=(--release) ;;
-debug) build_flags=() ;;
-*) die "PROFILE must be release or debug" ;;
-esac
+[[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE must be release or debug"
 
 # --------------------------------------------------------------------------
 # 1. build
 # --------------------------------------------------------------------------
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "cargo build --locked ${build_flags[*]} --bin fedpin --example new_tunnels"
-    cargo build --locked "${build_flags[@]}" --bin fedpin --example new_tunnels
-fi
+build_profile --bin fedpin --example new_tunnels
 BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/new_tunnels.rs 2>/dev/null || echo ' + uncommitted changes')"
 TARGET_DIR=$(target_dir)
 FEDPIN="$TARGET_DIR/$PROFILE/fedpin"
