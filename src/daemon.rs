@@ -181,25 +181,17 @@ impl Daemon {
 
     /// Open tunnels and inbound connections.
     pub fn open_connections(&self) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
         let tunnels = self
             .outbound
             .as_ref()
-            .map(|(p, _)| {
-                p.stats()
-                    .active_tunnels
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .unwrap_or(0);
-        let conns = self
-            .inbound
-            .as_ref()
-            .map(|(p, _)| {
-                p.stats()
-                    .connections
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .unwrap_or(0);
-        tunnels + conns
+            .map(|(p, _)| &p.stats().active_tunnels);
+        let conns = self.inbound.as_ref().map(|(p, _)| &p.stats().connections);
+        [tunnels, conns]
+            .into_iter()
+            .flatten()
+            .map(|n| n.load(Relaxed))
+            .sum()
     }
 
     /// After [`Daemon::stop`]: waits until no tunnel or connection is open, or

@@ -272,39 +272,25 @@ mod tests {
     fn embedded_ipv4_is_found_in_each_form() {
         let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let e = |s: &str| embedded_ipv4(s.parse().unwrap());
-        assert_eq!(
-            e("::ffff:10.0.0.1"),
-            Some((Embedding::Mapped, vec![v4("10.0.0.1")]))
-        );
-        assert_eq!(
-            e("::127.0.0.1"),
-            Some((Embedding::Compatible, vec![v4("127.0.0.1")]))
-        );
-        assert_eq!(e("::2"), Some((Embedding::Compatible, vec![v4("0.0.0.2")])));
-        assert_eq!(
-            e("64:ff9b::7f00:1"),
-            Some((Embedding::Nat64, vec![v4("127.0.0.1")]))
-        );
-        assert_eq!(
-            e("64:ff9b::808:808"),
-            Some((Embedding::Nat64, vec![v4("8.8.8.8")]))
-        );
-        assert_eq!(
-            e("2002:7f00:1::"),
-            Some((Embedding::SixToFour, vec![v4("127.0.0.1")]))
-        );
-        assert_eq!(
-            e("2002:c0a8:101:5::1"),
-            Some((Embedding::SixToFour, vec![v4("192.168.1.1")]))
-        );
-        // RFC 4380's example: server 65.54.227.120, client 192.0.2.45.
-        assert_eq!(
-            e("2001:0:4136:e378:8000:63bf:3fff:fdd2"),
-            Some((
+        let cases: &[(&str, Embedding, &[&str])] = &[
+            ("::ffff:10.0.0.1", Embedding::Mapped, &["10.0.0.1"]),
+            ("::127.0.0.1", Embedding::Compatible, &["127.0.0.1"]),
+            ("::2", Embedding::Compatible, &["0.0.0.2"]),
+            ("64:ff9b::7f00:1", Embedding::Nat64, &["127.0.0.1"]),
+            ("64:ff9b::808:808", Embedding::Nat64, &["8.8.8.8"]),
+            ("2002:7f00:1::", Embedding::SixToFour, &["127.0.0.1"]),
+            ("2002:c0a8:101:5::1", Embedding::SixToFour, &["192.168.1.1"]),
+            // RFC 4380's example: server 65.54.227.120, client 192.0.2.45.
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
                 Embedding::Teredo,
-                vec![v4("65.54.227.120"), v4("192.0.2.45")]
-            ))
-        );
+                &["65.54.227.120", "192.0.2.45"],
+            ),
+        ];
+        for (v6, how, v4s) in cases {
+            let want = v4s.iter().map(|s| v4(s)).collect();
+            assert_eq!(e(v6), Some((*how, want)), "{v6}");
+        }
         for plain in [
             "::",
             "::1",

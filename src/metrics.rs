@@ -219,3 +219,25 @@ mod tests {
         assert_eq!(p.get(CheckMode::Enforce, CheckResult::Mismatch), 0);
     }
 }
+
+/// A latency histogram in seconds: `BUCKETS` exponential buckets from 1 ms,
+/// each twice the last. A type of its own so the stats structs that hold one
+/// can derive `Default`.
+#[derive(Debug)]
+pub struct Seconds<const BUCKETS: u16>(prometheus_client::metrics::histogram::Histogram);
+
+impl<const BUCKETS: u16> Default for Seconds<BUCKETS> {
+    fn default() -> Self {
+        Seconds(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, BUCKETS),
+        ))
+    }
+}
+
+impl<const BUCKETS: u16> std::ops::Deref for Seconds<BUCKETS> {
+    type Target = prometheus_client::metrics::histogram::Histogram;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}

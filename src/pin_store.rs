@@ -278,13 +278,10 @@ impl PinStore {
                 snap = next;
                 rounds += 1;
                 if rounds >= SETTLE_ROUNDS {
-                    tracing::warn!(
-                        target: "fedpin::pins",
-                        path = %self.path.display(),
-                        generation = self.current.load().generation,
-                        "pin file is still being written; not loaded yet, the last pin set stays"
+                    return self.kept(
+                        ReloadOutcome::Unsettled,
+                        "pin file is still being written; not loaded yet, the last pin set stays",
                     );
-                    return ReloadOutcome::Unsettled;
                 }
             }
             if snap.hash == self.current.load().content_hash {
@@ -319,16 +316,25 @@ impl PinStore {
         }
     }
 
+    /// A reload that kept the last pin set without an error (the file is
+    /// missing or still being written): a warning, and `outcome`.
+    fn kept(&self, outcome: ReloadOutcome, why: &'static str) -> ReloadOutcome {
+        tracing::warn!(
+            target: "fedpin::pins",
+            path = %self.path.display(),
+            generation = self.current.load().generation,
+            "{why}"
+        );
+        outcome
+    }
+
     /// The outcome of a reload that could not open or read the file.
     fn unreadable(&self, e: std::io::Error) -> ReloadOutcome {
         if e.kind() == std::io::ErrorKind::NotFound {
-            tracing::warn!(
-                target: "fedpin::pins",
-                path = %self.path.display(),
-                generation = self.current.load().generation,
-                "pin file is missing; keeping the last pin set"
+            return self.kept(
+                ReloadOutcome::Missing,
+                "pin file is missing; keeping the last pin set",
             );
-            return ReloadOutcome::Missing;
         }
         let err = PinFileError {
             path: Some(self.path.display().to_string()),

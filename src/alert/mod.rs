@@ -654,21 +654,22 @@ impl AlertHub {
     fn emit(&self, alert: Alert) {
         self.inner.counters.emitted.fetch_add(1, Ordering::Relaxed);
         let json = alert.to_json();
+        // tracing needs the level as a constant at each call site.
+        macro_rules! log_alert {
+            ($level:expr, $severity:literal) => {
+                tracing::event!(
+                    target: "fedpin::alert",
+                    $level,
+                    event = alert.event.as_str(),
+                    severity = $severity,
+                    alert = %json,
+                    "{}", alert.reason
+                )
+            };
+        }
         match alert.severity {
-            Severity::Critical => tracing::error!(
-                target: "fedpin::alert",
-                event = alert.event.as_str(),
-                severity = "critical",
-                alert = %json,
-                "{}", alert.reason
-            ),
-            Severity::Warning => tracing::warn!(
-                target: "fedpin::alert",
-                event = alert.event.as_str(),
-                severity = "warning",
-                alert = %json,
-                "{}", alert.reason
-            ),
+            Severity::Critical => log_alert!(tracing::Level::ERROR, "critical"),
+            Severity::Warning => log_alert!(tracing::Level::WARN, "warning"),
         }
         let shared = Arc::new(alert);
         {

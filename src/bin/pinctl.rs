@@ -15,6 +15,7 @@ use fedpin::pinctl::enrol::{self, EnrolEvent, EnrolRequest, EnrolUi, Enrolment, 
 use fedpin::pinctl::error::PinctlError;
 use fedpin::pinctl::inspect::{self, Lint};
 use fedpin::pinctl::live::{LiveChecker, PeerCheck, VerifyRequest, VerifyStatus};
+use fedpin::pinctl::target::Reach;
 use fedpin::pinfile_edit::{self, AddOutcome, EditError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -46,12 +47,12 @@ fn main() -> ExitCode {
         Cmd::Remove { server_name } => remove(path, &server_name),
         #[rustfmt::skip]
         Cmd::Add { server_name, pins, from_cert, from_cert_all, connect, connect_to, trust, mode, expires, roots, yes, no_signing_keys, note } => {
-            let req = EnrolRequest { server_name, pins, from_cert, from_cert_all, connect, connect_to, trust: trust.map(Into::into), mode: mode.map(Into::into), expires, roots, yes, no_signing_keys, note };
+            let req = EnrolRequest { server_name, pins, from_cert, from_cert_all, reach: Reach { roots, connect, connect_to }, trust: trust.map(Into::into), mode: mode.map(Into::into), expires, yes, no_signing_keys, note };
             runtime().and_then(|rt| rt.block_on(add(path, &req)))
         }
         #[rustfmt::skip]
         Cmd::Verify { server_names, roots, connect, connect_to, json, timeout } => {
-            let req = VerifyRequest { server_names, roots, connect, connect_to, timeout: Duration::from_secs(timeout.max(1)) };
+            let req = VerifyRequest { server_names, reach: Reach { roots, connect, connect_to }, timeout: Duration::from_secs(timeout.max(1)) };
             runtime().and_then(|rt| rt.block_on(verify(path, &req, json)))
         }
     };

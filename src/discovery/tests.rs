@@ -603,19 +603,10 @@ async fn well_known_delegation_with_port() {
     let r = resolve(&sn(WK_HOST), &opts(&pki, addr, &stub))
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        Resolved {
-            well_known: r.well_known.clone(),
-            ..Resolved::direct(
-                &dns(WK_HOST, None),
-                "matrix.wk.fedpin.test",
-                8449,
-                ResolvedVia::WellKnown {
-                    delegated: "matrix.wk.fedpin.test:8449".into()
-                }
-            )
-        }
+    assert_delegated_direct(
+        &r,
+        ("matrix.wk.fedpin.test", 8449),
+        "matrix.wk.fedpin.test:8449",
     );
     assert!(
         stub.calls().is_empty(),
@@ -709,20 +700,20 @@ async fn well_known_delegation_falls_back_to_legacy_srv_then_8448() {
     let r = resolve(&sn(WK_HOST), &opts(&pki, addr, &stub))
         .await
         .unwrap();
-    assert_eq!(
-        r,
-        Resolved {
-            well_known: r.well_known.clone(),
-            ..Resolved::direct(
-                &dns(WK_HOST, None),
-                "deleg.fedpin.test",
-                8448,
-                ResolvedVia::WellKnown {
-                    delegated: "deleg.fedpin.test".into()
-                }
-            )
-        }
-    );
+    assert_delegated_direct(&r, ("deleg.fedpin.test", 8448), "deleg.fedpin.test");
+}
+
+/// `r` is WK_HOST delegated by its well-known document (`m.server` =
+/// `delegated`) straight to `host:port`, with no SRV record used.
+fn assert_delegated_direct(r: &Resolved, (host, port): (&str, u16), delegated: &str) {
+    let via = ResolvedVia::WellKnown {
+        delegated: delegated.into(),
+    };
+    let want = Resolved {
+        well_known: r.well_known.clone(),
+        ..Resolved::direct(&dns(WK_HOST, None), host, port, via)
+    };
+    assert_eq!(r, &want);
 }
 
 #[tokio::test]

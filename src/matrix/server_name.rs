@@ -143,20 +143,37 @@ pub(crate) fn parse_server_name(input: &str) -> Result<ServerName, String> {
     })
 }
 
+/// `Ok` when `text` is not empty and every character is `allowed`; else the
+/// message for an empty text, or the one `bad` writes for the first
+/// character that is not allowed.
+fn only(
+    text: &str,
+    allowed: impl Fn(char) -> bool,
+    empty: &str,
+    bad: impl FnOnce(char) -> String,
+) -> Result<(), String> {
+    if text.is_empty() {
+        return Err(empty.to_owned());
+    }
+    match text.chars().find(|c| !allowed(*c)) {
+        Some(c) => Err(bad(c)),
+        None => Ok(()),
+    }
+}
+
 /// Parses the text between `[` and `]`.
 pub(crate) fn parse_ipv6_literal(inner: &str) -> Result<Ipv6Addr, String> {
-    if inner.is_empty() {
-        return Err("the IPv6 literal between the brackets is empty".to_owned());
-    }
-    if let Some(bad) = inner
-        .chars()
-        .find(|c| !(c.is_ascii_hexdigit() || *c == ':' || *c == '.'))
-    {
-        return Err(format!(
-            "invalid character {bad:?} in IPv6 literal {inner:?} \
-             (allowed: hex digits, ':' and '.'; zone identifiers are not allowed)"
-        ));
-    }
+    only(
+        inner,
+        |c| c.is_ascii_hexdigit() || c == ':' || c == '.',
+        "the IPv6 literal between the brackets is empty",
+        |bad| {
+            format!(
+                "invalid character {bad:?} in IPv6 literal {inner:?} \
+                 (allowed: hex digits, ':' and '.'; zone identifiers are not allowed)"
+            )
+        },
+    )?;
     Ipv6Addr::from_str(inner).map_err(|_| format!("{inner:?} is not a valid IPv6 address"))
 }
 
@@ -176,17 +193,14 @@ pub(crate) fn parse_port(port: &str) -> Result<u16, String> {
 
 /// Parses an unbracketed host: IPv4 dotted quad or DNS name.
 pub(crate) fn parse_host(host: &str) -> Result<Host, String> {
-    if host.is_empty() {
-        return Err("the host part is empty".to_owned());
-    }
-    if let Some(bad) = host
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
-    {
-        return Err(format!(
-            "invalid character {bad:?} in host {host:?} (allowed: letters, digits, '-' and '.')"
-        ));
-    }
+    only(
+        host,
+        |c| c.is_ascii_alphanumeric() || c == '-' || c == '.',
+        "the host part is empty",
+        |bad| {
+            format!("invalid character {bad:?} in host {host:?} (allowed: letters, digits, '-' and '.')")
+        },
+    )?;
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Ipv4Addr::from_str(host)
             .map(|ip| Host::Ip(IpAddr::V4(ip)))

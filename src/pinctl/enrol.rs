@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::error::PinctlError;
-use super::target::{parse_connect_to, Network};
+use super::target::{Network, Reach};
 use crate::cli::pinctl::{ModeArg, TrustArg};
 use crate::discovery::{WellKnown, WellKnownHop};
 use crate::pinfile_edit::{self, AddOutcome};
@@ -58,18 +58,14 @@ pub struct EnrolRequest {
     pub from_cert: Vec<PathBuf>,
     /// Pin every certificate of those files, not only the first.
     pub from_cert_all: bool,
-    /// Connect here instead of discovering (`HOST:PORT`).
-    pub connect: Option<String>,
-    /// `--connect-to HOST:PORT:ADDR:PORT` rules.
-    pub connect_to: Vec<String>,
+    /// How to reach the peer (`--roots`, `--connect`, `--connect-to`).
+    pub reach: Reach,
     /// Trust mode to write.
     pub trust: Option<Trust>,
     /// Enforce or report.
     pub mode: Option<Mode>,
     /// Expiry, `YYYY-MM-DD` or RFC 3339.
     pub expires: Option<String>,
-    /// Extra trust anchors (PEM files).
-    pub roots: Vec<PathBuf>,
     /// Pin the leaf without asking.
     pub yes: bool,
     /// Do not read and record the peer's signing keys.
@@ -172,7 +168,8 @@ pub async fn enrol(req: &EnrolRequest, ui: &mut impl EnrolUi) -> Result<Enrolmen
     for f in &req.from_cert {
         pins.extend(cert_file_pins(f, req.from_cert_all, ui)?);
     }
-    let connect_to = parse_connect_to(&req.connect_to)?;
+    // A bad --connect-to is a usage error even when no connection is made.
+    req.reach.rules()?;
     let mut enrolment = Enrolment {
         entry: PeerEntry {
             server_name: req.server_name.clone(),
@@ -189,7 +186,7 @@ pub async fn enrol(req: &EnrolRequest, ui: &mut impl EnrolUi) -> Result<Enrolmen
     };
     let today = OffsetDateTime::now_utc().date();
     if enrolment.entry.pins.is_empty() {
-        let net = Network::new(&req.roots, connect_to)?;
+        let net = Network::new(&req.reach)?;
         enrol_live(req, &net, &default_host, &mut enrolment, ui).await?;
         if let (None, Some(addr), Some(via)) =
             (&enrolment.entry.note, enrolment.peer_addr, &enrolment.via)
@@ -292,9 +289,7 @@ async fn enrol_live(
     ui: &mut impl EnrolUi,
 ) -> Result<(), PinctlError> {
     let trust = req.trust.unwrap_or(Trust::Webpki);
-    let resolved = net
-        .resolve(&req.server_name, req.connect.as_deref())
-        .await?;
+    let resolved = net.resolve(&req.server_name).await?;
     let target = &resolved.target;
     ui.show(EnrolEvent::Connecting {
         target,

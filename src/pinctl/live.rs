@@ -5,7 +5,7 @@
 //! keys with the pinned ones.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::error::PinctlError;
 use super::signing;
-use super::target::{parse_connect_to, Network, Resolved};
+use super::target::{Network, Reach, Resolved};
 use crate::discovery::WellKnown;
 use crate::pins::{Peer, PinSet};
 use crate::probe::{self, Target};
@@ -24,12 +24,8 @@ use crate::verify::Basis;
 pub struct VerifyRequest {
     /// The peers to check (empty: every peer in the file).
     pub server_names: Vec<String>,
-    /// Extra trust anchors (PEM files).
-    pub roots: Vec<PathBuf>,
-    /// Connect here instead of discovering (`HOST:PORT`; one peer only).
-    pub connect: Option<String>,
-    /// `--connect-to HOST:PORT:ADDR:PORT` rules.
-    pub connect_to: Vec<String>,
+    /// How to reach them (`--roots`, `--connect`, `--connect-to`).
+    pub reach: Reach,
     /// Time allowed for each connection.
     pub timeout: Duration,
 }
@@ -128,16 +124,15 @@ pub struct LiveChecker {
     set: Arc<PinSet>,
     peers: Vec<Peer>,
     net: Network,
-    connect: Option<String>,
     timeout: Duration,
 }
 
 impl LiveChecker {
     /// Loads the pin file at `path` and prepares the run.
     pub fn new(path: &Path, req: &VerifyRequest) -> Result<Self, PinctlError> {
-        let connect_to = parse_connect_to(&req.connect_to)?;
+        req.reach.rules()?;
         let set = Arc::new(super::inspect::load(path)?);
-        if req.connect.is_some() && req.server_names.len() != 1 {
+        if req.reach.connect.is_some() && req.server_names.len() != 1 {
             return Err(PinctlError::Usage(
                 "--connect needs exactly one SERVER_NAME".into(),
             ));
@@ -156,8 +151,7 @@ impl LiveChecker {
         Ok(LiveChecker {
             set,
             peers,
-            net: Network::new(&req.roots, connect_to)?,
-            connect: req.connect.clone(),
+            net: Network::new(&req.reach)?,
             timeout: req.timeout,
         })
     }
@@ -169,11 +163,7 @@ impl LiveChecker {
 
     /// Checks one peer at `now`.
     pub async fn check(&self, peer: &Peer, now: OffsetDateTime) -> PeerCheck {
-        let f = match self
-            .net
-            .resolve(&peer.server_name, self.connect.as_deref())
-            .await
-        {
+        let f = match self.net.resolve(&peer.server_name).await {
             Err(e) => Finding::new(VerifyStatus::Error, e.to_string(), String::new()),
             Ok(r) => self.check_resolved(peer, r, now).await,
         };
@@ -189,7 +179,7 @@ impl LiveChecker {
     }
 
     async fn check_resolved(&self, peer: &Peer, r: Resolved, now: OffsetDateTime) -> Finding {
-        let discovered = self.connect.is_none();
+        let discovered = self.net.connect.is_none();
         let found = r.well_known.as_ref().map(|w| w.delegated.to_string());
         let front_failure = match (&r.well_known, discovered) {
             (Some(wk), true) => self.check_fronts(peer, wk).await,
@@ -337,7 +327,10 @@ mod tests {
         );
         let two = VerifyRequest {
             server_names: vec!["a.example".into(), "b.example".into()],
-            connect: Some("127.0.0.1:1".into()),
+            reach: Reach {
+                connect: Some("127.0.0.1:1".into()),
+                ..Reach::default()
+            },
             ..req
         };
         assert!(matches!(

@@ -14,6 +14,25 @@ use crate::pins::split_server_name;
 use crate::probe::Target;
 use crate::verify::VerifierCore;
 
+/// How `pinctl add` and `pinctl verify` reach peers: the `--roots`,
+/// `--connect` and `--connect-to` options, which both commands share.
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    /// Extra trust anchors (PEM files).
+    pub roots: Vec<PathBuf>,
+    /// Connect here instead of discovering (`HOST:PORT`; one peer only).
+    pub connect: Option<String>,
+    /// `--connect-to HOST:PORT:ADDR:PORT` rules.
+    pub connect_to: Vec<String>,
+}
+
+impl Reach {
+    /// The `--connect-to` rules, parsed (a usage error names the bad one).
+    pub fn rules(&self) -> Result<Vec<ConnectTo>, PinctlError> {
+        parse_connect_to(&self.connect_to)
+    }
+}
+
 /// The connection context of one `pinctl add` or `pinctl verify` run.
 pub struct Network {
     /// The proxy's verifier, trusting the Web PKI plus the extra roots.
@@ -22,6 +41,8 @@ pub struct Network {
     pub anchors: Vec<TrustAnchor<'static>>,
     /// The `--connect-to` rules.
     pub connect_to: Vec<ConnectTo>,
+    /// `--connect HOST:PORT`, when given: no discovery.
+    pub connect: Option<String>,
 }
 
 /// Where a server name's federation endpoint is, and how that was decided.
@@ -37,8 +58,9 @@ pub struct Resolved {
 
 impl Network {
     /// Reads the extra roots and builds the verifier.
-    pub fn new(roots: &[PathBuf], connect_to: Vec<ConnectTo>) -> Result<Self, PinctlError> {
-        let extra = read_roots(roots)?;
+    pub fn new(reach: &Reach) -> Result<Self, PinctlError> {
+        let connect_to = reach.rules()?;
+        let extra = read_roots(&reach.roots)?;
         let core = VerifierCore::new(&crate::tls::provider(), &extra, AlertHub::new())
             .map(Arc::new)
             .map_err(PinctlError::input)?;
@@ -54,18 +76,15 @@ impl Network {
             core,
             anchors,
             connect_to,
+            connect: reach.connect.clone(),
         })
     }
 
-    /// Finds the endpoint of `server_name`: `connect` (`HOST:PORT`) when
+    /// Finds the endpoint of `server_name`: `--connect` (`HOST:PORT`) when
     /// given, else Matrix discovery, with the `--connect-to` rules applied.
-    pub async fn resolve(
-        &self,
-        server_name: &str,
-        connect: Option<&str>,
-    ) -> Result<Resolved, PinctlError> {
+    pub async fn resolve(&self, server_name: &str) -> Result<Resolved, PinctlError> {
         let tls_host = split_server_name(server_name).map_err(PinctlError::Usage)?;
-        if let Some(c) = connect {
+        if let Some(c) = &self.connect {
             let (host, port) = parse_connect(c)?;
             return Ok(Resolved {
                 target: Target {

@@ -16,79 +16,71 @@ use toml::Spanned;
 
 use super::pin::Pin;
 
-/// What to do with a host that has no `[[peer]]` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnpinnedPolicy {
-    /// Accept the peer if Web PKI validates its chain for the name.
-    Webpki,
-    /// Refuse the peer.
-    Deny,
+/// A pin-file keyword: an enum whose variants are written as fixed words.
+/// Each word is given once, here: serde reads and writes it, `Display`
+/// prints it, so the file, alerts and `pinctl` output cannot disagree.
+macro_rules! keyword_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $word:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $word)] $v,)+
+        }
+
+        impl $name {
+            /// The word the pin file uses for this value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $word,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-/// What to do with a peer whose pins passed their `expires` date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExpiredPolicy {
-    /// Fall back to Web PKI validation (with a `pin_expired` alert).
-    Webpki,
-    /// Refuse the peer.
-    Deny,
-}
-
-/// How a peer's pins relate to Web PKI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trust {
-    /// The chain must validate for the name AND a pin must be on the validated path.
-    Webpki,
-    /// Only the leaf's key counts; name, expiry and chain are not required.
-    PinOnly,
-}
-
-/// Whether a pin mismatch blocks the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// A mismatch blocks the connection.
-    Enforce,
-    /// A mismatch alerts; the connection proceeds iff Web PKI validation passes.
-    Report,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Report => "report",
-        })
+keyword_enum! {
+    /// What to do with a host that has no `[[peer]]` entry.
+    UnpinnedPolicy {
+        /// Accept the peer if Web PKI validates its chain for the name.
+        Webpki = "webpki",
+        /// Refuse the peer.
+        Deny = "deny",
     }
 }
 
-impl fmt::Display for UnpinnedPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            UnpinnedPolicy::Webpki => "webpki",
-            UnpinnedPolicy::Deny => "deny",
-        })
+keyword_enum! {
+    /// What to do with a peer whose pins passed their `expires` date.
+    ExpiredPolicy {
+        /// Fall back to Web PKI validation (with a `pin_expired` alert).
+        Webpki = "webpki",
+        /// Refuse the peer.
+        Deny = "deny",
     }
 }
 
-impl fmt::Display for ExpiredPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ExpiredPolicy::Webpki => "webpki",
-            ExpiredPolicy::Deny => "deny",
-        })
+keyword_enum! {
+    /// How a peer's pins relate to Web PKI.
+    Trust {
+        /// The chain must validate for the name AND a pin must be on the validated path.
+        Webpki = "webpki",
+        /// Only the leaf's key counts; name, expiry and chain are not required.
+        PinOnly = "pin-only",
     }
 }
 
-impl fmt::Display for Trust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Trust::Webpki => "webpki",
-            Trust::PinOnly => "pin-only",
-        })
+keyword_enum! {
+    /// Whether a pin mismatch blocks the connection.
+    Mode {
+        /// A mismatch blocks the connection.
+        Enforce = "enforce",
+        /// A mismatch alerts; the connection proceeds iff Web PKI validation passes.
+        Report = "report",
     }
 }
 

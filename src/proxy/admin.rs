@@ -84,6 +84,15 @@ fn gauge(
     ConstGauge::new(v).encode(m)
 }
 
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &prometheus_client::metrics::histogram::Histogram,
+) -> Result<(), std::fmt::Error> {
+    h.encode(enc.encode_descriptor(name, help, None, MetricType::Histogram)?)
+}
+
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
@@ -216,44 +225,43 @@ fn encode_outbound(
     enc: &mut DescriptorEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
     let st = o.stats();
-    counter(
-        enc,
-        "fedpin_outbound_upstream_errors",
-        "Upstreams that could not be reached (no handshake took place)",
-        &[(&[], st.upstream_errors.load(Ordering::Relaxed))],
-    )?;
+    let totals = [
+        (
+            "fedpin_outbound_upstream_errors",
+            "Upstreams that could not be reached (no handshake took place)",
+            &st.upstream_errors,
+        ),
+        (
+            "fedpin_outbound_refused",
+            "CONNECTs refused by policy",
+            &st.refused,
+        ),
+        (
+            "fedpin_outbound_over_capacity",
+            "Clients turned away at the tunnel cap",
+            &st.over_capacity,
+        ),
+        (
+            "fedpin_outbound_revoked_tunnels",
+            "Open tunnels ended because a pin reload refused their upstream",
+            &st.revoked,
+        ),
+    ];
+    for (name, help, n) in totals {
+        counter(enc, name, help, &[(&[], n.load(Ordering::Relaxed))])?;
+    }
     gauge(
         enc,
         "fedpin_outbound_active_tunnels",
         "Tunnels open now",
         st.active_tunnels.load(Ordering::Relaxed) as i64,
     )?;
-    counter(
+    histogram(
         enc,
-        "fedpin_outbound_refused",
-        "CONNECTs refused by policy",
-        &[(&[], st.refused.load(Ordering::Relaxed))],
-    )?;
-    counter(
-        enc,
-        "fedpin_outbound_over_capacity",
-        "Clients turned away at the tunnel cap",
-        &[(&[], st.over_capacity.load(Ordering::Relaxed))],
-    )?;
-    counter(
-        enc,
-        "fedpin_outbound_revoked_tunnels",
-        "Open tunnels ended because a pin reload refused their upstream",
-        &[(&[], st.revoked.load(Ordering::Relaxed))],
-    )?;
-    let m = enc.encode_descriptor(
         "fedpin_outbound_upstream_handshake_seconds",
         "Upstream connect + pinned TLS handshake duration",
-        None,
-        MetricType::Histogram,
-    )?;
-    st.upstream_handshake_seconds.encode(m)?;
-    Ok(())
+        &st.upstream_handshake_seconds,
+    )
 }
 
 /// The inbound edge's counters.
@@ -283,13 +291,12 @@ fn encode_inbound(
     for (labels, v) in &rows {
         ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
     }
-    let m = enc.encode_descriptor(
+    histogram(
+        enc,
         "fedpin_inbound_upstream_seconds",
         "Time for the homeserver to answer a forwarded request (response head)",
-        None,
-        MetricType::Histogram,
+        &st.upstream_seconds,
     )?;
-    st.upstream_seconds.encode(m)?;
     counter(
         enc,
         "fedpin_inbound_revoked_connections",

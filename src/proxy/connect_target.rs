@@ -96,28 +96,35 @@ mod tests {
         })
     }
 
+    fn assert_targets(cases: &[(&str, &str, u16)]) {
+        for (input, host, port) in cases {
+            assert_eq!(target(input), ok(host, *port), "{input}");
+        }
+    }
+
     #[test]
     fn dns_names_are_lowercased_without_trailing_dot() {
-        assert_eq!(target("matrix.org:8448"), ok("matrix.org", 8448));
-        assert_eq!(target("Matrix.ORG.:443"), ok("matrix.org", 443));
-        assert_eq!(
-            target("under_score.example:1"),
-            ok("under_score.example", 1)
-        );
-        assert_eq!(target("0xcafe.example:1"), ok("0xcafe.example", 1));
-        assert_eq!(target("1.example:1"), ok("1.example", 1));
-        assert_eq!(target("https://hs.example:8448/"), ok("hs.example", 8448));
-        // Brackets around a name are dropped, as normalize_lookup always did.
-        assert_eq!(target("[HS.example]:8448"), ok("hs.example", 8448));
+        assert_targets(&[
+            ("matrix.org:8448", "matrix.org", 8448),
+            ("Matrix.ORG.:443", "matrix.org", 443),
+            ("under_score.example:1", "under_score.example", 1),
+            ("0xcafe.example:1", "0xcafe.example", 1),
+            ("1.example:1", "1.example", 1),
+            ("https://hs.example:8448/", "hs.example", 8448),
+            // Brackets around a name are dropped, as normalize_lookup always did.
+            ("[HS.example]:8448", "hs.example", 8448),
+        ]);
     }
 
     #[test]
     fn ip_literals_are_canonical() {
-        assert_eq!(target("[::1]:8448"), ok("::1", 8448));
-        assert_eq!(target("[0:0::1]:8448"), ok("::1", 8448));
-        assert_eq!(target("[2001:DB8::0:1]:443"), ok("2001:db8::1", 443));
-        assert_eq!(target("192.0.2.1:8448"), ok("192.0.2.1", 8448));
-        assert_eq!(target("192.0.2.1.:8448"), ok("192.0.2.1", 8448));
+        assert_targets(&[
+            ("[::1]:8448", "::1", 8448),
+            ("[0:0::1]:8448", "::1", 8448),
+            ("[2001:DB8::0:1]:443", "2001:db8::1", 443),
+            ("192.0.2.1:8448", "192.0.2.1", 8448),
+            ("192.0.2.1.:8448", "192.0.2.1", 8448),
+        ]);
     }
 
     #[test]

@@ -120,10 +120,10 @@ impl Default for InboundSettings {
 }
 
 /// The edge's counters and per-peer results (read by `/metrics` and the status page).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct InboundStats {
     /// Time for the homeserver to answer (response head), seconds.
-    pub upstream_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub upstream_seconds: crate::metrics::Seconds<16>,
     /// Open connections.
     pub connections: AtomicUsize,
     /// Requests by status class 2xx..5xx (index 0..=3), others index 4,
@@ -137,21 +137,6 @@ pub struct InboundStats {
     /// The last handshake result per peer that presented a client
     /// certificate (status page).
     pub peers: super::peer_results::PeerResults,
-}
-
-impl Default for InboundStats {
-    fn default() -> Self {
-        InboundStats {
-            upstream_seconds: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
-            ),
-            connections: AtomicUsize::new(0),
-            by_class: Default::default(),
-            handshakes: HandshakeCounters::default(),
-            revoked: AtomicU64::new(0),
-            peers: super::peer_results::PeerResults::default(),
-        }
-    }
 }
 
 struct Compiled {

@@ -88,10 +88,10 @@ impl Default for OutboundSettings {
 }
 
 /// Counters for the admin listener and tests.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct OutboundStats {
     /// Upstream connect + TLS handshake duration, seconds.
-    pub upstream_handshake_seconds: prometheus_client::metrics::histogram::Histogram,
+    pub upstream_handshake_seconds: crate::metrics::Seconds<14>,
     /// Tunnels open now.
     pub active_tunnels: AtomicUsize,
     /// Upstream TLS handshakes by result.
@@ -108,23 +108,6 @@ pub struct OutboundStats {
     pub revoked: AtomicU64,
     /// The last upstream handshake result per peer (status page).
     pub peers: super::peer_results::PeerResults,
-}
-
-impl Default for OutboundStats {
-    fn default() -> Self {
-        OutboundStats {
-            upstream_handshake_seconds: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
-            ),
-            active_tunnels: AtomicUsize::new(0),
-            handshakes: HandshakeCounters::default(),
-            upstream_errors: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            over_capacity: AtomicU64::new(0),
-            revoked: AtomicU64::new(0),
-            peers: super::peer_results::PeerResults::default(),
-        }
-    }
 }
 
 /// The outbound proxy.

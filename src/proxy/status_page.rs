@@ -27,7 +27,7 @@ use super::admin::AdminSources;
 use super::peer_results::{LastHandshake, PeerResults};
 use crate::alert::{Action, Alert, Direction, Severity};
 use crate::metrics::HandshakeResult;
-use crate::pins::{ExpiredPolicy, Mode, Trust, UnpinnedPolicy};
+use crate::pins::{ExpiredPolicy, Mode, UnpinnedPolicy};
 
 /// The latest alerts shown.
 pub const ALERT_ROWS: usize = 50;
@@ -368,10 +368,7 @@ fn peer_row(
         p.raw("</span>");
     }
     p.raw("</td><td>");
-    p.text(match peer.trust {
-        Trust::Webpki => "webpki",
-        Trust::PinOnly => "pin-only",
-    });
+    p.text(peer.trust.as_str());
     p.raw("</td><td>");
     match peer.mode {
         Mode::Enforce => p.raw("<span class=\"badge b-quiet\">enforce</span>"),

@@ -70,6 +70,7 @@ mod verifiers;
 pub use report::{handshake_result, RefusedByPins};
 pub use spki::{dns_sans, leaf_pin, pins_of_pem_or_der, spki_of_der, HashedItem, PemPinError};
 pub use verdict::{Accepted, Basis, Expiry, Outcome, Presented, Refusal, Usage, Verdict};
+pub(crate) use verifiers::signature_checks;
 pub use verifiers::{lookup_key, ConnState, PinnedClientVerifier, PinnedServerVerifier};
 
 /// Errors building a verifier.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 
 use super::report::rustls_error;
 use super::verdict::{Accepted, Basis, Outcome, Presented, Refusal, Usage, Verdict};
@@ -59,6 +59,51 @@ fn store(record: &Mutex<Option<Verdict>>, verdict: Verdict) {
     *record.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
 }
 
+/// A verifier's `Debug`: its name, the generation it enforces and one field
+/// of its own; never the pin set itself (which may hold 10,000 entries).
+fn debug_verifier(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    pins: &PinSet,
+    (field, value): (&str, &dyn fmt::Debug),
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field("generation", &pins.generation)
+        .field(field, value)
+        .finish_non_exhaustive()
+}
+
+/// The handshake-signature methods of a rustls certificate verifier, the same
+/// in every verifier of the crate: rustls's own checks (never ours) against
+/// the algorithms `$algs`, each result handed to `$then` (the pinned server
+/// verifier turns a failure into a reported verdict).
+macro_rules! signature_checks {
+    ($self:ident, $algs:expr, |$cert:ident, $r:ident| $then:expr) => {
+        $crate::verify::signature_checks!(@each $self, $algs, |$cert, $r| $then,
+            verify_tls12_signature, verify_tls13_signature);
+
+        fn supported_verify_schemes(&$self) -> Vec<rustls::SignatureScheme> {
+            $algs.supported_schemes()
+        }
+    };
+    // The TLS 1.2 and 1.3 methods differ only in which rustls check they call,
+    // and each calls the rustls function of its own name.
+    (@each $self:ident, $algs:expr, |$cert:ident, $r:ident| $then:expr, $($check:ident),+) => {
+        $(
+            fn $check(
+                &$self,
+                message: &[u8],
+                $cert: &rustls::pki_types::CertificateDer<'_>,
+                dss: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+                let $r = rustls::crypto::$check(message, $cert, dss, &$algs);
+                $then
+            }
+        )+
+    };
+}
+pub(crate) use signature_checks;
+
 /// A rustls server-certificate verifier that applies the pin rules of one
 /// pin-set generation and raises alerts with the connection's context: the
 /// [`ConnState`] of the enclosing [`ConnState::scope`] when there is one,
@@ -72,10 +117,7 @@ pub struct PinnedServerVerifier {
 
 impl fmt::Debug for PinnedServerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedServerVerifier")
-            .field("generation", &self.pins.generation)
-            .field("ctx", &self.ctx)
-            .finish_non_exhaustive()
+        debug_verifier(f, "PinnedServerVerifier", &self.pins, ("ctx", &self.ctx))
     }
 }
 
@@ -209,29 +251,8 @@ impl ServerCertVerifier for PinnedServerVerifier {
         self.with_state(|ctx, record| self.check_server(ctx, record, &presented))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let r = rustls::crypto::verify_tls12_signature(message, cert, dss, &self.core.algs);
-        self.signature_result(cert, r)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let r = rustls::crypto::verify_tls13_signature(message, cert, dss, &self.core.algs);
-        self.signature_result(cert, r)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.core.algs.supported_schemes()
-    }
+    signature_checks!(self, self.core.algs, |cert, r| self
+        .signature_result(cert, r));
 }
 
 /// A rustls client-certificate verifier (inbound mutual TLS) applying the same
@@ -248,10 +269,12 @@ pub struct PinnedClientVerifier {
 
 impl fmt::Debug for PinnedClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedClientVerifier")
-            .field("generation", &self.pins.generation)
-            .field("mandatory", &self.mandatory)
-            .finish_non_exhaustive()
+        debug_verifier(
+            f,
+            "PinnedClientVerifier",
+            &self.pins,
+            ("mandatory", &self.mandatory),
+        )
     }
 }
 
@@ -426,25 +449,5 @@ impl ClientCertVerifier for PinnedClientVerifier {
         result
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.core.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.core.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.core.algs.supported_schemes()
-    }
+    signature_checks!(self, self.core.algs, |_cert, r| r);
 }
