@@ -140,60 +140,62 @@ impl Parser<'_> {
         }
     }
 
+    /// The members of an object or the elements of an array, from its
+    /// opening bracket (at `self.i`) to `close`: `item` reads one member,
+    /// starting at its first non-blank byte.
+    fn items(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), CanonicalError>,
+    ) -> Result<(), CanonicalError> {
+        self.i += 1;
+        self.ws();
+        if self.eat(&[close]) {
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            item(self)?;
+            self.ws();
+            if self.eat(b",") {
+                continue;
+            }
+            if self.eat(&[close]) {
+                return Ok(());
+            }
+            return Err(self.err(&format!("expected ',' or '{}'", close as char)));
+        }
+    }
+
     fn value(&mut self, depth: usize) -> Result<Json, CanonicalError> {
         if depth > MAX_DEPTH {
             return Err(self.err("nesting too deep"));
         }
         match self.s.get(self.i) {
             Some(b'{') => {
-                self.i += 1;
                 let mut map = BTreeMap::new();
-                self.ws();
-                if self.eat(b"}") {
-                    return Ok(Json::Object(map));
-                }
-                loop {
-                    self.ws();
-                    if self.s.get(self.i) != Some(&b'"') {
-                        return Err(self.err("expected a string key"));
+                self.items(b'}', |p| {
+                    if p.s.get(p.i) != Some(&b'"') {
+                        return Err(p.err("expected a string key"));
                     }
-                    let k = self.string()?;
-                    self.ws();
-                    if !self.eat(b":") {
-                        return Err(self.err("expected ':'"));
+                    let k = p.string()?;
+                    p.ws();
+                    if !p.eat(b":") {
+                        return Err(p.err("expected ':'"));
                     }
-                    self.ws();
-                    let v = self.value(depth + 1)?;
-                    map.insert(k, v);
-                    self.ws();
-                    if self.eat(b",") {
-                        continue;
-                    }
-                    if self.eat(b"}") {
-                        return Ok(Json::Object(map));
-                    }
-                    return Err(self.err("expected ',' or '}'"));
-                }
+                    p.ws();
+                    map.insert(k, p.value(depth + 1)?);
+                    Ok(())
+                })?;
+                Ok(Json::Object(map))
             }
             Some(b'[') => {
-                self.i += 1;
                 let mut items = Vec::new();
-                self.ws();
-                if self.eat(b"]") {
-                    return Ok(Json::Array(items));
-                }
-                loop {
-                    self.ws();
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    if self.eat(b",") {
-                        continue;
-                    }
-                    if self.eat(b"]") {
-                        return Ok(Json::Array(items));
-                    }
-                    return Err(self.err("expected ',' or ']'"));
-                }
+                self.items(b']', |p| {
+                    items.push(p.value(depth + 1)?);
+                    Ok(())
+                })?;
+                Ok(Json::Array(items))
             }
             Some(b'"') => Ok(Json::Str(self.string()?)),
             Some(b'n') if self.eat(b"null") => Ok(Json::Null),

@@ -816,27 +816,38 @@ impl<'l> Builder<'l> {
         i: usize,
         list: Vec<Spanned<String>>,
     ) -> Vec<crate::matrix::signing::VerifyKey> {
-        let mut signing_keys = Vec::new();
-        for (j, k) in list.into_iter().enumerate() {
-            let parsed = k
-                .get_ref()
+        let key = format!("peer[{i}].signing_keys");
+        self.distinct(&key, "signing key", list, |text| {
+            let (id, b64) = text
                 .split_once('=')
-                .ok_or_else(|| "expected \"ed25519:KEYID=BASE64\"".to_owned())
-                .and_then(|(id, b64)| {
-                    crate::matrix::signing::VerifyKey::from_base64(id, b64)
-                        .map_err(|e| e.to_string())
-                });
-            match parsed {
-                Ok(key) if !signing_keys.contains(&key) => signing_keys.push(key),
+                .ok_or_else(|| "expected \"ed25519:KEYID=BASE64\"".to_owned())?;
+            crate::matrix::signing::VerifyKey::from_base64(id, b64).map_err(|e| e.to_string())
+        })
+    }
+
+    /// The items of the list at `key`, parsed, each distinct value once (a
+    /// repeat is dropped); an item that does not parse is an error at its
+    /// own span and index: `malformed WHAT "TEXT": WHY`.
+    fn distinct<T: PartialEq>(
+        &mut self,
+        key: &str,
+        what: &str,
+        list: Vec<Spanned<String>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        for (j, item) in list.into_iter().enumerate() {
+            match parse(item.get_ref()) {
+                Ok(v) if !out.contains(&v) => out.push(v),
                 Ok(_) => {}
                 Err(m) => self.err(
-                    k.span(),
-                    format!("peer[{i}].signing_keys[{j}]"),
-                    format!("malformed signing key \"{}\": {m}", k.get_ref()),
+                    item.span(),
+                    format!("{key}[{j}]"),
+                    format!("malformed {what} \"{}\": {m}", item.get_ref()),
                 ),
             }
         }
-        signing_keys
+        out
     }
 
     /// `host_pins`: per-host pins for hosts not in `hosts`, each host once
@@ -871,18 +882,9 @@ impl<'l> Builder<'l> {
             if raw.is_empty() {
                 self.err(span, hkey.clone(), "a host needs at least one pin".into());
             }
-            let mut these = Vec::new();
-            for (j, p) in raw.into_iter().enumerate() {
-                match p.get_ref().parse::<Pin>() {
-                    Ok(pin) if !these.contains(&pin) => these.push(pin),
-                    Ok(_) => {}
-                    Err(e) => self.err(
-                        p.span(),
-                        format!("{hkey}[{j}]"),
-                        format!("malformed pin \"{}\": {e}", p.get_ref()),
-                    ),
-                }
-            }
+            let these = self.distinct(&hkey, "pin", raw, |text| {
+                text.parse::<Pin>().map_err(|e| e.to_string())
+            });
             host_pins.push((name, these));
         }
         host_pins

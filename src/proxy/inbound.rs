@@ -457,23 +457,20 @@ impl InboundProxy {
     ) {
         let mut cleanup = tokio::time::interval(Duration::from_secs(60));
         loop {
+            let failed = |e: &std::io::Error| {
+                tracing::warn!(target: "fedpin::inbound", error = %e, "accept failed; refusing new connections briefly");
+            };
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = super::io::accept_or_stop(&listener, &mut shutdown, failed) => a,
                 _ = cleanup.tick() => {
                     let rules = self.rules.load();
                     if let Some(l) = &rules.per_origin { l.retain_recent(); }
                     if let Some(l) = &rules.per_ip { l.retain_recent(); }
                     continue;
                 }
-                _ = super::io::stopped(&mut shutdown) => return,
             };
-            let (tcp, client) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(target: "fedpin::inbound", error = %e, "accept failed; refusing new connections briefly");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let Some((tcp, client)) = accepted else {
+                return;
             };
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 tracing::warn!(target: "fedpin::inbound", client = %client, "connection limit reached; closing");

@@ -146,6 +146,29 @@ impl<S: Write + Unpin> Write for Activity<S> {
     }
 }
 
+/// The next accepted connection, or `None` once `shutdown` says stop. An
+/// accept error (EMFILE and friends) goes to `failed`, which logs it under
+/// the caller's target; after a 100 ms pause serving goes on. Cancel-safe.
+pub async fn accept_or_stop(
+    listener: &tokio::net::TcpListener,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    failed: impl Fn(&io::Error),
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(shutdown) => return None,
+        };
+        match accepted {
+            Ok(a) => return Some(a),
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Resolves once `rx` says "stop" (true). A dropped sender means "never
 /// stop": the future then stays pending instead of resolving at once.
 /// Cancel-safe, so it can sit in a `select!` loop.

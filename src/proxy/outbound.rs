@@ -310,18 +310,13 @@ impl OutboundProxy {
         };
         let _watcher = AbortOnDrop(watcher);
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = super::io::stopped(&mut shutdown) => return,
+            let failed = |e: &std::io::Error| {
+                tracing::warn!(target: "fedpin::outbound", error = %e, "accept failed; refusing new connections briefly");
             };
-            let (tcp, client) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: log, back off briefly, keep serving.
-                    tracing::warn!(target: "fedpin::outbound", error = %e, "accept failed; refusing new connections briefly");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let Some((tcp, client)) =
+                super::io::accept_or_stop(&listener, &mut shutdown, failed).await
+            else {
+                return;
             };
             let _ = tcp.set_nodelay(true);
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
