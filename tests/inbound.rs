@@ -1650,6 +1650,63 @@ async fn idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
     assert!(connections_drain(&env).await);
 }
 
+/// How many times the edge has parked an idle HTTP/1.1 connection.
+fn parked(env: &Env) -> u64 {
+    env.proxy.stats().parked.load(Ordering::SeqCst)
+}
+
+/// An idle HTTP/1.1 connection is parked (hyper's connection and buffers
+/// released, the TLS stream kept) and serves the client's next request on
+/// the same TLS stream, including a head whose first half hyper had read
+/// before parking.
+#[tokio::test]
+async fn parked_http1_connection_serves_the_next_request_on_the_same_stream() {
+    let env = start(Opts::settings(|s| s.idle_timeout = secs(30))).await;
+    let mut raw = Raw::new(tls(&env, &[b"http/1.1"]).await);
+    let req = format!("GET /_matrix/key/v2/server HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let (first, rest) = req.split_at(20);
+    for round in 1..=2 {
+        raw.send(req.as_bytes()).await;
+        let h = raw.head().await;
+        assert_eq!(h.status, 200, "round {round}");
+        raw.body(&h).await;
+        if round == 2 {
+            // Half of the next head before the quiet second: parked with
+            // those bytes in hyper's buffer.
+            raw.send(first.as_bytes()).await;
+        }
+        assert!(
+            wait_until(STEP, || parked(&env) == round).await,
+            "the idle connection was not parked (round {round})"
+        );
+    }
+    raw.send(rest.as_bytes()).await;
+    let h = raw.head().await;
+    assert_eq!(h.status, 200, "the head split around parking");
+    raw.body(&h).await;
+    // A head that stalls on a connection that has served nothing yet is
+    // left to hyper's header timeout, not parked.
+    raw.send(first.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    raw.send(rest.as_bytes()).await;
+    let h = raw.head().await;
+    assert_eq!(h.status, 200, "a stalled head on an unparked connection");
+    assert!(
+        h.headers
+            .iter()
+            .all(|(k, v)| !(k.eq_ignore_ascii_case("connection") && v == "close")),
+        "{:?}",
+        h.headers
+    );
+    raw.body(&h).await;
+    assert_eq!(
+        env.up.requests().len(),
+        4,
+        "each request reached the homeserver once"
+    );
+    assert_eq!(env.proxy.stats().connections.load(Ordering::SeqCst), 1);
+}
+
 /// A connection whose request is waiting for the homeserver (within
 /// request_timeout) is busy, not idle.
 #[tokio::test]
@@ -2299,6 +2356,17 @@ async fn a_dropped_shutdown_sender_neither_stops_nor_spins_the_edge() {
 /// client; requests on it stop being served.
 #[tokio::test]
 async fn inv13_reload_that_revokes_a_client_key_ends_its_open_connections() {
+    revoke_open_client_connection(false).await;
+}
+
+/// The same for a connection parked while idle (no hyper connection on it
+/// at the time of the reload).
+#[tokio::test]
+async fn inv13_reload_that_revokes_a_client_key_ends_its_parked_connections() {
+    revoke_open_client_connection(true).await;
+}
+
+async fn revoke_open_client_connection(parked_first: bool) {
     let (env, genuine) = start_mtls(ClientAuth::Require).await;
     let config = client_config(&env.ca.cert, &[b"http/1.1"], Some(&genuine));
     let tls = tls_with(env.addr, config).await.unwrap();
@@ -2307,6 +2375,12 @@ async fn inv13_reload_that_revokes_a_client_key_ends_its_open_connections() {
     let r = send.send_request(get(path, Some(PEER))).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let _ = r.into_body().collect().await;
+    if parked_first {
+        assert!(
+            wait_until(STEP, || parked(&env) == 1).await,
+            "the idle connection was not parked"
+        );
+    }
 
     // PEER's entry now pins another key.
     let other = leaf(&env.ca, &[PEER]);

@@ -299,6 +299,12 @@ fn encode_inbound(
     )?;
     counter(
         enc,
+        "fedpin_inbound_parked",
+        "Times an idle HTTP/1.1 connection was parked (hyper's buffers released, TLS kept)",
+        &[(&[], st.parked.load(Ordering::Relaxed))],
+    )?;
+    counter(
+        enc,
         "fedpin_inbound_revoked_connections",
         "Open connections ended because a pin reload refused their client certificate",
         &[(&[], st.revoked.load(Ordering::Relaxed))],

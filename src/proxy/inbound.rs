@@ -45,6 +45,7 @@ use crate::keys::{KeyError, KeyFetcher};
 use crate::matrix::signing::SignedRequest;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pin_store::PinStore;
+use crate::proxy::parking::{Prefixed, PARK_AFTER};
 use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{ConnState, PeerContext, PinnedClientVerifier, VerifierCore};
@@ -134,6 +135,9 @@ pub struct InboundStats {
     pub handshakes: HandshakeCounters,
     /// Connections ended because a reload revoked their client certificate.
     pub revoked: AtomicU64,
+    /// Times an idle HTTP/1.1 connection was parked: hyper's buffers given
+    /// back, the TLS stream kept ([`crate::proxy::parking`]).
+    pub parked: AtomicU64,
     /// The last handshake result per peer that presented a client
     /// certificate (status page).
     pub peers: super::peer_results::PeerResults,
@@ -505,9 +509,13 @@ impl InboundProxy {
         self: Arc<Self>,
         tcp: TcpStream,
         client: SocketAddr,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) {
-        let Some(tls) = self.accept_tls(tcp, client).await else {
+        // Boxed, like each hyper connection below: a task's future is as
+        // large as its largest state, and the handshake's (rustls' state
+        // machine, inline) would otherwise stay allocated for the life of
+        // every idle connection.
+        let Some(tls) = Box::pin(self.accept_tls(tcp, client)).await else {
             return;
         };
         let cert_names: Option<Arc<ClientIdentity>> =
@@ -519,23 +527,21 @@ impl InboundProxy {
                     addr: client,
                 }))
             });
-        // A client certificate is re-checked at every pin publish (SPEC 4.13).
-        let mut published = self.pins.subscribe();
-        let recheck = cert_names.clone();
         let this = self.clone();
         let waiting = Arc::new(Waiting::new());
         let w = waiting.clone();
-        // The request future is boxed: hyper's HTTP/1.1 dispatcher keeps a
-        // slot for it for the connection's whole life (boxed up front, even
-        // when empty), and `handle`'s future is several kB. Boxed here, an
-        // idle kept-alive connection holds a pointer, not that slot.
         // The client's address as text, once per connection: it goes into
         // X-Forwarded-For and the access log of every request.
         let ip = HeaderValue::from_str(&client.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        let names = cert_names.clone();
+        // The request future is boxed: hyper's HTTP/1.1 dispatcher keeps a
+        // slot for it for the connection's whole life (boxed up front, even
+        // when empty), and `handle`'s future is several kB. Boxed here, an
+        // idle kept-alive connection holds a pointer, not that slot.
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            let names = cert_names.clone();
+            let names = names.clone();
             let ip = ip.clone();
             let busy = Waiting::enter(&w);
             Box::pin(async move {
@@ -544,45 +550,184 @@ impl InboundProxy {
                 Ok::<_, Infallible>(resp)
             })
         });
-        let builder = self.http_builder();
+        // HTTP/2 over TLS is chosen by ALPN only (RFC 9113, section 3.3).
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        // The stream lives on the heap: the futures below move it between
+        // states, and inline it would be copied into several of their slots.
         let (io, last) = crate::proxy::io::Activity::new(TokioIo::new(tls));
-        let conn = builder.serve_connection(io, svc);
-        tokio::pin!(conn);
-        let idle = self.settings.idle_timeout;
-        let tick = (idle / 4).max(Duration::from_millis(50));
+        let io = Box::new(io);
+        let mut guard = Guard {
+            client,
+            stop,
+            // A client certificate is re-checked at every pin publish (SPEC 4.13).
+            published: self.pins.subscribe(),
+            recheck: cert_names,
+            waiting,
+            last,
+            idle: self.settings.idle_timeout,
+        };
+        if h2 {
+            // Boxed: larger than the HTTP/1.1 path, it would size every task.
+            Box::pin(self.serve_h2(io, svc, &mut guard)).await;
+        } else {
+            self.serve_h1(io, svc, &mut guard).await;
+        }
+    }
+
+    /// HTTP/2: one hyper connection for the connection's life.
+    async fn serve_h2<S>(&self, io: Io, svc: S, g: &mut Guard)
+    where
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<Body>,
+                Error = Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let builder = self.http_builder();
+        let mut conn = Box::pin(builder.serve_connection(io, svc));
         let mut draining = false;
         loop {
+            let tick = g.tick(None);
             tokio::select! {
                 // Shutdown: finish the requests in flight, then close.
-                _ = crate::proxy::io::stopped(&mut stop), if !draining => {
+                _ = crate::proxy::io::stopped(&mut g.stop), if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        tracing::debug!(target: "fedpin::inbound", client = %client, error = %e, "connection ended with an error");
+                        tracing::debug!(target: "fedpin::inbound", client = %g.client, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                Ok(()) = published.changed(), if recheck.is_some() => {
-                    if let Some(id) = &recheck {
-                        if !self.client_still_passes(id) {
-                            self.stats.revoked.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
+                Ok(()) = g.published.changed(), if g.recheck.is_some() => {
+                    if !self.still_passes(g) {
+                        return;
                     }
                 }
                 _ = tokio::time::sleep(tick) => {
-                    // Quiet on the wire, and no request waiting for the
-                    // homeserver (that wait is bounded by request_timeout).
-                    let settled = waiting.settled_for().is_some_and(|d| d >= idle);
-                    if settled && last.quiet_for() >= idle {
-                        tracing::debug!(target: "fedpin::inbound", client = %client, "idle connection closed");
+                    if g.idle_expired() {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// HTTP/1.1, parked when idle ([`crate::proxy::parking`]): hyper's
+    /// connection ends after [`PARK_AFTER`] of quiet, the TLS stream stays
+    /// open, and a new hyper connection serves it when the client sends
+    /// again.
+    async fn serve_h1<S>(&self, io: Io, mut svc: S, g: &mut Guard)
+    where
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<Body>,
+                Error = Infallible,
+            > + Unpin,
+        S::Future: Unpin,
+    {
+        let builder = self.h1_builder();
+        let mut io = Prefixed::new(io);
+        loop {
+            let mut conn = Box::new(builder.serve_connection(io, svc));
+            // hyper ends a connection cleanly on graceful shutdown only
+            // between requests: once one has been served on it. Before
+            // that (a head still arriving) it would answer with
+            // `Connection: close`, so such a connection is not parked.
+            let first = g.waiting.started.load(Ordering::Relaxed);
+            let mut parking = false;
+            let mut draining = false;
+            let ended = loop {
+                let tick = g.tick(Some(PARK_AFTER));
+                tokio::select! {
+                    _ = crate::proxy::io::stopped(&mut g.stop), if !draining => {
+                        draining = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                    Ok(()) = g.published.changed(), if g.recheck.is_some() => {
+                        if !self.still_passes(g) {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(tick) => {
+                        if g.idle_expired() {
+                            return;
+                        }
+                        let served = g.waiting.started.load(Ordering::Relaxed) > first;
+                        if served && !parking && !draining && g.quiet_for(PARK_AFTER) {
+                            parking = true;
+                            Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                    }
+                }
+            };
+            let parts = (*conn).into_parts();
+            (io, svc) = (parts.io, parts.service);
+            match ended {
+                Ok(()) if parking => {
+                    self.stats.parked.fetch_add(1, Ordering::Relaxed);
+                    io.unread(parts.read_buf);
+                }
+                // Finished by the client (`Connection: close`, end of
+                // stream), by shutdown, or by an error: close for real.
+                r => {
+                    if let Err(e) = r {
+                        tracing::debug!(target: "fedpin::inbound", client = %g.client, error = %e, "connection ended with an error");
+                    }
+                    crate::proxy::parking::shutdown(&mut io, Duration::from_secs(5)).await;
+                    return;
+                }
+            }
+            if !self.parked(&mut io, g).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits while a connection is parked; true when the client sent
+    /// something (serve it), false when the connection is to close.
+    async fn parked(&self, io: &mut Prefixed<Io>, g: &mut Guard) -> bool {
+        if io.has_prefix() {
+            return true;
+        }
+        loop {
+            let tick = g.tick(None);
+            let tls = io.get_mut().get_mut().inner_mut();
+            tokio::select! {
+                _ = crate::proxy::io::stopped(&mut g.stop) => {
+                    crate::proxy::parking::shutdown(io, Duration::from_secs(5)).await;
+                    return false;
+                }
+                r = crate::proxy::parking::readable(tls) => return r.is_ok(),
+                Ok(()) = g.published.changed(), if g.recheck.is_some() => {
+                    if !self.still_passes(g) {
+                        return false;
+                    }
+                }
+                _ = tokio::time::sleep(tick) => {
+                    if g.idle_expired() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a pin publish: whether the connection's client certificate
+    /// still passes (counted as revoked when not).
+    fn still_passes(&self, g: &Guard) -> bool {
+        let passes = g
+            .recheck
+            .as_ref()
+            .is_none_or(|id| self.client_still_passes(id));
+        if !passes {
+            self.stats.revoked.fetch_add(1, Ordering::Relaxed);
+        }
+        passes
     }
 
     /// The TLS handshake, with client certificates checked inside a
@@ -659,6 +804,16 @@ impl InboundProxy {
             .timer(TokioTimer::new())
             .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_concurrent_streams(128);
+        builder
+    }
+
+    /// hyper's HTTP/1.1 server settings (the same as [`Self::http_builder`]'s).
+    fn h1_builder(&self) -> hyper::server::conn::http1::Builder {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.settings.header_timeout)
+            .max_buf_size(self.settings.max_header_bytes.max(8192));
         builder
     }
 
@@ -1178,8 +1333,53 @@ impl InboundProxy {
 /// homeserver is working on them): the connection is busy, not idle, however
 /// quiet the wire is. Response bodies are not counted (a peer that stops
 /// reading one is idle).
+/// The TLS stream of an inbound connection, as hyper sees it.
+type Io = Box<crate::proxy::io::Activity<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>>;
+
+/// What ends a connection besides its own traffic: shutdown, a pin publish
+/// that refuses its client certificate, and the idle timeout.
+struct Guard {
+    client: SocketAddr,
+    stop: watch::Receiver<bool>,
+    published: watch::Receiver<u64>,
+    recheck: Option<Arc<ClientIdentity>>,
+    waiting: Arc<Waiting>,
+    last: crate::proxy::io::LastActivity,
+    idle: Duration,
+}
+
+impl Guard {
+    /// Quiet on the wire for `d`, and no request waiting for the homeserver
+    /// (that wait is bounded by request_timeout).
+    fn quiet_for(&self, d: Duration) -> bool {
+        let settled = self.waiting.settled_for().is_some_and(|s| s >= d);
+        settled && self.last.quiet_for() >= d
+    }
+
+    /// Idle for the idle timeout: the connection is closed.
+    fn idle_expired(&self) -> bool {
+        let expired = self.quiet_for(self.idle);
+        if expired {
+            tracing::debug!(target: "fedpin::inbound", client = %self.client, "idle connection closed");
+        }
+        expired
+    }
+
+    /// How long to sleep before the next idle check: a quarter of the idle
+    /// timeout, or until `park` of quiet would have passed.
+    fn tick(&self, park: Option<Duration>) -> Duration {
+        let mut tick = self.idle / 4;
+        if let Some(p) = park {
+            tick = tick.min(p.saturating_sub(self.last.quiet_for()));
+        }
+        tick.max(Duration::from_millis(50))
+    }
+}
+
 struct Waiting {
     count: AtomicUsize,
+    /// Requests started on the connection, ever.
+    started: AtomicU64,
     last_done: std::sync::Mutex<Instant>,
 }
 
@@ -1190,12 +1390,14 @@ impl Waiting {
     fn new() -> Self {
         Waiting {
             count: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             last_done: std::sync::Mutex::new(Instant::now()),
         }
     }
 
     fn enter(this: &Arc<Waiting>) -> WaitGuard {
         this.count.fetch_add(1, Ordering::SeqCst);
+        this.started.fetch_add(1, Ordering::Relaxed);
         WaitGuard(this.clone())
     }
 

@@ -58,6 +58,11 @@ impl<S> Activity<S> {
         (Self::sharing(inner, &last), last)
     }
 
+    /// The wrapped object.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Wraps `inner`, recording into an existing clock (both sides of a relay).
     pub fn sharing(inner: S, last: &LastActivity) -> Self {
         Activity {

@@ -7,6 +7,7 @@ pub mod connect_target;
 pub mod inbound;
 pub mod io;
 pub mod outbound;
+pub mod parking;
 pub mod peer_results;
 pub mod status_page;
 pub mod xmatrix;
