@@ -35,15 +35,8 @@
 #
 # Everything listens on 127.0.0.1 only; every load step is bounded in time.
 
-set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca,
-# mint_server_cert, start_upstream, start_fedpin, nginx_prepare, nginx_main,
-# nginx_http_common, start_nginx
 # shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" load inbound_vs_nginx
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -55,16 +48,11 @@ STIME_PROCS=${STIME_PROCS:-4}
 FEDPIN_LOG=${FEDPIN_LOG:-info}
 export FEDPIN_LOG
 
-OUT_DIR="$ROOT/target/load"
-REPORT="$OUT_DIR/inbound_vs_nginx.txt"
 RAW="$OUT_DIR/inbound_vs_nginx.raw"
 HOSTNAME_=bench.fedpin.test
 KEY_PATH=/_matrix/key/v2/server
 FED_PATH='/_matrix/federation/v1/query/profile?user_id=%40alice%3Abench.fedpin.test'
 XMATRIX='X-Matrix origin="a.example",key="ed25519:1",sig="x"'
-
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { printf '[load] FAILED: %s\n' "$*" >&2; exit 1; }
 
 # --------------------------------------------------------------------------
 # 1. build
@@ -92,14 +80,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # --------------------------------------------------------------------------
 # Process bookkeeping and cleanup
 # --------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/fedpin-load.XXXXXX)
-LOGS="$TMP/logs"
-mkdir -p "$LOGS"
+start_run
 FEDPIN_LOG_DIR=$LOGS
 [[ "${LOG_BESIDE_CONFIG:-0}" == 1 ]] && FEDPIN_LOG_DIR=$TMP
-PIDS=()
-trap 'cleanup "$TMP"/*.log' EXIT
-trap 'exit 130' INT TERM
 
 
 # --------------------------------------------------------------------------

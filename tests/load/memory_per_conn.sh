@@ -41,15 +41,8 @@
 #   SKIP_BUILD=1 (use the existing binaries) SKIP_INSTALL=1
 # Everything listens on 127.0.0.1 only; every step is bounded in time.
 
-set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca,
-# mint_server_cert, start_upstream, start_fedpin, nginx_prepare, nginx_main,
-# nginx_http_common, start_nginx
 # shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" memory memory_per_conn
 
 N=${N:-5000}
 SETTLE=${SETTLE:-3}
@@ -58,14 +51,8 @@ PROFILE=${PROFILE:-release}
 WARM=8
 HOSTNAME_=bench.fedpin.test
 PEER_NAME=peer.fedpin.test
-OUT_DIR="$ROOT/target/load"
-REPORT="$OUT_DIR/memory_per_conn.txt"
 
-log() { printf '[memory] %s\n' "$*" >&2; }
-die() { printf '[memory] FAILED: %s\n' "$*" >&2; exit 1; }
-
-[[ $N =~ ^[0-9]+$ ]] && ((N >= 1 && N <= 100000)) || die "N must be 1..100000"
-[[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE must be release or debug"
+int_knob N 1 100000
 
 # --------------------------------------------------------------------------
 # 1. build
@@ -101,12 +88,7 @@ log "descriptor limit (ulimit -n): $FD_LIMIT (needed $FD_NEED for N=$N)"
 # --------------------------------------------------------------------------
 # Process bookkeeping and cleanup
 # --------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/fedpin-memory.XXXXXX)
-LOGS="$TMP/logs"
-mkdir -p "$LOGS"
-PIDS=()
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_run
 
 
 # VmRSS in kB of the given processes and their children, summed.
