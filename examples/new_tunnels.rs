@@ -352,11 +352,7 @@ async fn floor(
 
 fn main() -> Result<(), Error> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    load::run(async move {
         match cli.mode {
             Mode::Client {
                 proxy,
