@@ -5,14 +5,15 @@
 //!   a replaying TLS server and a pinned client, `bounded`, `wait_until`;
 //! * [`net`]: TLS server and client configs, stand-in servers (TLS upstreams
 //!   and receivers, plain-HTTP homeservers), HTTP/1.1 clients;
-//! * [`connect`]: the raw CONNECT client for the outbound proxy;
+//! * [`connect`]: the raw CONNECT client for the outbound proxy, and its
+//!   loopback settings;
 //! * [`process`]: running the real binaries (`fedpin run` config head,
 //!   command, stdout lines, listening addresses, reaping);
 //! * [`matrix`]: a Matrix origin (signing key, key server), the stand-in
 //!   homeserver for signature tests, and a sender to the edge.
 //!
 //! Each crate includes this module and uses part of it, hence
-//! `allow(dead_code)`.
+//! `allow(dead_code)`; so do the benches (`#[path]`).
 #![allow(dead_code)]
 
 pub mod connect;
@@ -57,7 +58,8 @@ impl Leaf {
     }
 }
 
-fn ca_params(cn: &str) -> CertificateParams {
+/// Parameters of a CA certificate named `cn` (no path length limit).
+pub fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
