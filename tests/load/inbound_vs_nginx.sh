@@ -63,13 +63,12 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request
 fi
 # What was built (the working tree may change while the measurement runs).
-BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/')"
-TARGET_DIR=$(target_dir)
-FEDPIN="$TARGET_DIR/release/fedpin"
-UPSTREAM_BIN="$TARGET_DIR/release/examples/stand_in_upstream"
-SIGN_BIN="$TARGET_DIR/release/examples/sign_request"
-[[ -x "$FEDPIN" && -x "$UPSTREAM_BIN" && -x "$SIGN_BIN" ]] ||
-    die "release binaries missing ($FEDPIN, $UPSTREAM_BIN, $SIGN_BIN)"
+PROFILE=release
+measured_build
+FEDPIN=$BUILD_DIR/fedpin
+UPSTREAM_BIN=$BUILD_DIR/examples/stand_in_upstream
+SIGN_BIN=$BUILD_DIR/examples/sign_request
+need_binaries "$FEDPIN" "$UPSTREAM_BIN" "$SIGN_BIN"
 
 # --------------------------------------------------------------------------
 # 2. tools

@@ -89,6 +89,42 @@ build_profile() {
     cargo build --locked "${flags[@]}" "$@"
 }
 
+# What a run measures, after its build: BUILT, HEAD's short hash with
+# " + uncommitted changes" when src/, Cargo.toml, Cargo.lock or a file in $@
+# differs from it; BUILD_DIR, the directory of the $PROFILE build's binaries.
+measured_build() {
+    BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock "$@" 2>/dev/null || echo ' + uncommitted changes')"
+    BUILD_DIR=$(target_dir)/$PROFILE
+}
+
+# Dies unless every path in $@ is an executable file.
+need_binaries() {
+    local b
+    for b in "$@"; do
+        [[ -x $b ]] || die "binary missing: $b ($PROFILE build)"
+    done
+}
+
+# A fedpin config's pin-file line and the [outbound] section of a load run,
+# up to the caller's own keys: the interception CA that `fedpin ca init`
+# made in ca/, the run's CA (ca.pem) trusted for the peers, loopback
+# egress, and each name in $@ resolved to 127.0.0.1.
+outbound_config() {
+    local resolve
+    resolve=$(printf ', "%s" = "127.0.0.1"' "$@")
+    cat <<EOF
+pins = "pins.toml"
+
+[outbound]
+listen = "127.0.0.1:0"
+ca_cert = "ca/fedpin-ca.pem"
+ca_key = "ca/fedpin-ca.key"
+extra_roots = "ca.pem"
+allow_ips = ["127.0.0.0/8"]
+resolve = { ${resolve#, } }
+EOF
+}
+
 # Installs the missing tools named in $@ from Debian (nginx as nginx-light,
 # else nginx), never letting the package start a system nginx on port 80.
 install_tools() {

@@ -58,13 +58,11 @@ int_knob N 1 100000
 # 1. build
 # --------------------------------------------------------------------------
 build_profile --bin fedpin --example idle_conns --example stand_in_upstream
-BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/idle_conns.rs 2>/dev/null || echo ' + uncommitted changes')"
-TARGET_DIR=$(target_dir)
-FEDPIN="$TARGET_DIR/$PROFILE/fedpin"
-IDLE="$TARGET_DIR/$PROFILE/examples/idle_conns"
-UPSTREAM_BIN="$TARGET_DIR/$PROFILE/examples/stand_in_upstream"
-[[ -x "$FEDPIN" && -x "$IDLE" && -x "$UPSTREAM_BIN" ]] ||
-    die "binaries missing ($FEDPIN, $IDLE, $UPSTREAM_BIN)"
+measured_build examples/idle_conns.rs
+FEDPIN=$BUILD_DIR/fedpin
+IDLE=$BUILD_DIR/examples/idle_conns
+UPSTREAM_BIN=$BUILD_DIR/examples/stand_in_upstream
+need_binaries "$FEDPIN" "$IDLE" "$UPSTREAM_BIN"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -165,15 +163,7 @@ EOF
 "$FEDPIN" ca init --dir "$TMP/out/ca" >"$LOGS/ca-init.log" 2>&1 || die "fedpin ca init failed"
 cp "$TMP/pins.toml" "$TMP/ca.pem" "$TMP/out/"
 cat >"$TMP/out/fedpin.toml" <<EOF
-pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "ca.pem"
-allow_ips = ["127.0.0.0/8"]
-resolve = { "$PEER_NAME" = "127.0.0.1" }
+$(outbound_config "$PEER_NAME")
 max_tunnels = $((N + 100))
 idle_timeout_secs = 3600
 EOF

@@ -85,11 +85,10 @@ int_knob PARALLEL 1 1000
 # 1. build
 # --------------------------------------------------------------------------
 build_profile --bin fedpin --example new_tunnels
-BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/new_tunnels.rs 2>/dev/null || echo ' + uncommitted changes')"
-TARGET_DIR=$(target_dir)
-FEDPIN="$TARGET_DIR/$PROFILE/fedpin"
-TUNNELS="$TARGET_DIR/$PROFILE/examples/new_tunnels"
-[[ -x "$FEDPIN" && -x "$TUNNELS" ]] || die "binaries missing ($FEDPIN, $TUNNELS)"
+measured_build examples/new_tunnels.rs
+FEDPIN=$BUILD_DIR/fedpin
+TUNNELS=$BUILD_DIR/examples/new_tunnels
+need_binaries "$FEDPIN" "$TUNNELS"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -177,15 +176,7 @@ write_pins "tests/load/outbound_resumption.sh, generation 1"
 cp "$TMP/ca.pem" "$TMP/fp/"
 "$FEDPIN" ca init --dir "$TMP/fp/ca" >"$LOGS/ca-init.log" 2>&1 || die "fedpin ca init failed"
 cat >"$TMP/fp/fedpin.toml" <<EOF
-pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "ca.pem"
-allow_ips = ["127.0.0.0/8"]
-resolve = { "$PEER_T" = "127.0.0.1", "$PEER_N" = "127.0.0.1" }
+$(outbound_config "$PEER_T" "$PEER_N")
 
 [admin]
 listen = "127.0.0.1:0"
