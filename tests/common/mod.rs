@@ -303,6 +303,21 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     s
 }
 
+/// The whole number in the environment variable `key` (`default` when unset
+/// or not a number), clamped to 1..=`max`: a knob of the long-running tests.
+pub fn env_knob(key: &str, default: u64, max: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+        .clamp(1, max)
+}
+
+/// Whether the environment variable `key` is `1` (e.g. keep a run's files).
+pub fn env_flag(key: &str) -> bool {
+    std::env::var(key).is_ok_and(|v| v == "1")
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
 pub async fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
