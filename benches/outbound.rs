@@ -10,6 +10,10 @@
 //!
 //! Run: `cargo bench --bench outbound`.
 
+// The PKI, TLS and proxy-settings helpers of the integration tests (tests/common).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,19 +24,16 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use fedpin::alert::AlertHub;
-use fedpin::egress::EgressPolicy;
 use fedpin::pin_store::PinStore;
 use fedpin::pins::PinSet;
-use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
+use fedpin::proxy::outbound::OutboundProxy;
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;
-use fedpin::verify::VerifierCore;
 
 const HOST: &str = "bench.fedpin.test";
 
@@ -44,45 +45,17 @@ struct Setup {
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-fn ca(
-    cn: &str,
-) -> (
-    CertificateDer<'static>,
-    Issuer<'static, KeyPair>,
-    String,
-    String,
-) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    let (pem, key_pem) = (cert.pem(), key.serialize_pem());
-    (cert.der().clone(), Issuer::new(p, key), pem, key_pem)
-}
-
 async fn setup() -> Setup {
-    let (public_ca, public_issuer, _, _) = ca("bench public CA");
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![HOST.to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &public_issuer)
-        .unwrap();
-    let leaf_der = leaf.der().clone();
+    let public = common::root("bench public CA");
+    let leaf = common::leaf(&public, &[HOST]);
+    let leaf_der = leaf.cert.clone();
 
     // Upstream: HTTP/1.1 over TLS, kept alive.
     let mut sc = rustls::ServerConfig::builder_with_provider(fedpin::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf_der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
+        .with_single_cert(vec![leaf_der.clone()], leaf.key_der())
         .unwrap();
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
@@ -111,34 +84,23 @@ async fn setup() -> Setup {
 
     // fedpin outbound in front, pinning the leaf.
     let hub = AlertHub::new();
-    let pin = fedpin::verify::spki_of_der(leaf_der.as_ref()).unwrap();
+    let pin = common::pin(&leaf_der);
     let set = PinSet::parse(&format!(
         "version = 1\n[[peer]]\nserver_name = \"{HOST}\"\npins = [\"{pin}\"]\n"
     ))
     .unwrap();
-    let core = Arc::new(
-        VerifierCore::with_only_anchors(
-            &fedpin::tls::provider(),
-            std::slice::from_ref(&public_ca),
-            hub.clone(),
-        )
-        .unwrap(),
-    );
     let tls = Arc::new(UpstreamTls::new(
-        core,
+        common::net::only_anchor(&public.cert, &hub),
         Arc::new(PinStore::fixed(set, hub)),
         fedpin::tls::provider(),
     ));
-    let (icept_ca, _, icept_pem, icept_key) = ca("bench interception CA");
-    let minter = Arc::new(LeafMinter::from_pem(&icept_pem, &icept_key, 16).unwrap());
-    let mut settings = OutboundSettings {
-        egress: EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
-        ..OutboundSettings::default()
-    };
-    settings
-        .resolve
-        .insert(HOST.into(), "127.0.0.1".parse().unwrap());
-    let proxy = Arc::new(OutboundProxy::new(settings, tls, minter));
+    let icept = common::interception_ca();
+    let minter = Arc::new(LeafMinter::from_pem(&icept.cert_pem, &icept.key_pem, 16).unwrap());
+    let proxy = Arc::new(OutboundProxy::new(
+        common::connect::loopback_settings(&[HOST]),
+        tls,
+        minter,
+    ));
     let pl = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = pl.local_addr().unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -146,8 +108,8 @@ async fn setup() -> Setup {
     Setup {
         upstream,
         proxy: proxy_addr,
-        public_ca,
-        icept_ca,
+        public_ca: public.cert,
+        icept_ca: icept.der,
         _stop: stop,
     }
 }

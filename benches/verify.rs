@@ -36,21 +36,23 @@
 //! RSA intermediate, RSA leaf, PKCS#1 v1.5 SHA-256 certificate signatures, RSA-PSS
 //! handshake signature) from the test-only keys in `benches/fixtures/`.
 
+// The PKI helpers of the integration tests (tests/common).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{ca_params, pin};
 use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use fedpin::alert::AlertHub;
 use fedpin::pins::{Pin, PinSet};
 use fedpin::verify::{
     Basis, ConnState, PeerContext, PinnedServerVerifier, Presented, Usage, VerifierCore,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
@@ -104,18 +106,6 @@ struct Chain {
     leaf_key: PrivateKeyDer<'static>,
 }
 
-fn ca_params(cn: &str) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p
-}
-
 fn chain(alg: Alg) -> Chain {
     let root_key = alg.key("root");
     let root_params = ca_params("fedpin bench root");
@@ -145,10 +135,6 @@ fn chain(alg: Alg) -> Chain {
         leaf: leaf.der().clone(),
         leaf_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
     }
-}
-
-fn pin_of(cert: &CertificateDer<'_>) -> Pin {
-    fedpin::verify::spki_of_der(cert.as_ref()).expect("bench cert parses")
 }
 
 /// A pin that matches nothing (a backup pin, or a decoy peer's pin).
@@ -241,9 +227,9 @@ impl Fixture {
 
         Fixture {
             alg,
-            pins_leaf: handshake_pins(pin_of(&chain.leaf), "webpki"),
-            pins_anchor: handshake_pins(pin_of(&chain.root), "webpki"),
-            pins_pin_only: handshake_pins(pin_of(&chain.leaf), "pin-only"),
+            pins_leaf: handshake_pins(pin(&chain.leaf), "webpki"),
+            pins_anchor: handshake_pins(pin(&chain.root), "webpki"),
+            pins_pin_only: handshake_pins(pin(&chain.leaf), "pin-only"),
             chain,
             provider,
             server: Arc::new(server),

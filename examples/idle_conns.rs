@@ -304,11 +304,7 @@ async fn peer(cert: PathBuf, key: PathBuf, listen: SocketAddr) -> Result<(), Err
 
 fn main() -> Result<(), Error> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    load::run(async move {
         match cli.mode {
             Mode::Tls {
                 connect,

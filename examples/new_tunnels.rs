@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,65 +66,74 @@ enum Tickets {
 #[derive(Subcommand)]
 enum Mode {
     /// N new tunnels through a CONNECT proxy, one GET each.
-    Client {
-        /// The proxy's address.
-        #[arg(long)]
-        proxy: SocketAddr,
-        /// The peer, `host:port`, as the CONNECT target (HOST is the TLS name).
-        #[arg(long)]
-        target: String,
-        /// PEM file of the CA the client trusts (only it).
-        #[arg(long)]
-        ca: PathBuf,
-        /// Tunnels to open.
-        #[arg(short = 'n', long, default_value_t = 1000)]
-        n: usize,
-        /// Tunnels open at once.
-        #[arg(long, default_value_t = 4)]
-        parallel: usize,
-        /// Request path of the GET.
-        #[arg(long, default_value = "/_matrix/federation/v1/version")]
-        path: String,
-        /// Bound on each tunnel (CONNECT, handshake, GET), seconds.
-        #[arg(long, default_value_t = 30)]
-        step_secs: u64,
-    },
+    Client(ClientArgs),
     /// The stand-in TLS peer.
-    Peer {
-        /// Certificate chain, PEM.
-        #[arg(long)]
-        cert: PathBuf,
-        /// Private key, PEM.
-        #[arg(long)]
-        key: PathBuf,
-        /// Issue TLS 1.3 tickets (and resume them), or not.
-        #[arg(long, value_enum)]
-        tickets: Tickets,
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-    },
+    Peer(PeerArgs),
     /// The floor: a bare rustls relay, two full handshakes per connection.
-    Floor {
-        /// Certificate chain presented to the client, PEM.
-        #[arg(long)]
-        cert: PathBuf,
-        /// Its private key, PEM.
-        #[arg(long)]
-        key: PathBuf,
-        /// PEM file of the CA the peer's certificate must chain to.
-        #[arg(long)]
-        ca: PathBuf,
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// Bound on each connection's setup, seconds.
-        #[arg(long, default_value_t = 30)]
-        step_secs: u64,
-        /// Resume upstream sessions (the client side).
-        #[arg(long)]
-        resume: bool,
-    },
+    Floor(FloorArgs),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The proxy's address.
+    #[arg(long)]
+    proxy: SocketAddr,
+    /// The peer, `host:port`, as the CONNECT target (HOST is the TLS name).
+    #[arg(long)]
+    target: String,
+    /// PEM file of the CA the client trusts (only it).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Tunnels to open.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    n: usize,
+    /// Tunnels open at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Request path of the GET.
+    #[arg(long, default_value = "/_matrix/federation/v1/version")]
+    path: String,
+    /// Bound on each tunnel (CONNECT, handshake, GET), seconds.
+    #[arg(long, default_value_t = 30)]
+    step_secs: u64,
+}
+
+#[derive(Args)]
+struct PeerArgs {
+    /// Certificate chain, PEM.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Private key, PEM.
+    #[arg(long)]
+    key: PathBuf,
+    /// Issue TLS 1.3 tickets (and resume them), or not.
+    #[arg(long, value_enum)]
+    tickets: Tickets,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// Certificate chain presented to the client, PEM.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its private key, PEM.
+    #[arg(long)]
+    key: PathBuf,
+    /// PEM file of the CA the peer's certificate must chain to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Bound on each connection's setup, seconds.
+    #[arg(long, default_value_t = 30)]
+    step_secs: u64,
+    /// Resume upstream sessions (the client side).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
@@ -211,13 +220,15 @@ async fn tunnel(
 }
 
 async fn client(
-    proxy: SocketAddr,
-    target: String,
-    ca: PathBuf,
-    n: usize,
-    parallel: usize,
-    path: String,
-    step_secs: u64,
+    ClientArgs {
+        proxy,
+        target,
+        ca,
+        n,
+        parallel,
+        path,
+        step_secs,
+    }: ClientArgs,
 ) -> Result<(), Error> {
     let host = target
         .rsplit_once(':')
@@ -270,10 +281,12 @@ async fn client(
 }
 
 async fn peer(
-    cert: PathBuf,
-    key: PathBuf,
-    tickets: Tickets,
-    listen: SocketAddr,
+    PeerArgs {
+        cert,
+        key,
+        tickets,
+        listen,
+    }: PeerArgs,
 ) -> Result<(), Error> {
     let mut config = server_config(&cert, &key)?;
     match tickets {
@@ -324,12 +337,14 @@ async fn floor_conn(
 }
 
 async fn floor(
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-    listen: SocketAddr,
-    step_secs: u64,
-    resume: bool,
+    FloorArgs {
+        cert,
+        key,
+        ca,
+        listen,
+        step_secs,
+        resume,
+    }: FloorArgs,
 ) -> Result<(), Error> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(&cert, &key)?));
     let connector = TlsConnector::from(client_config(&ca, resume)?);
@@ -351,36 +366,11 @@ async fn floor(
 }
 
 fn main() -> Result<(), Error> {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        match cli.mode {
-            Mode::Client {
-                proxy,
-                target,
-                ca,
-                n,
-                parallel,
-                path,
-                step_secs,
-            } => client(proxy, target, ca, n, parallel, path, step_secs).await,
-            Mode::Peer {
-                cert,
-                key,
-                tickets,
-                listen,
-            } => peer(cert, key, tickets, listen).await,
-            Mode::Floor {
-                cert,
-                key,
-                ca,
-                listen,
-                step_secs,
-                resume,
-            } => floor(cert, key, ca, listen, step_secs, resume).await,
+    load::run(async move {
+        match Cli::parse().mode {
+            Mode::Client(args) => client(args).await,
+            Mode::Peer(args) => peer(args).await,
+            Mode::Floor(args) => floor(args).await,
         }
     })
 }

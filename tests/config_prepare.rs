@@ -123,15 +123,44 @@ struct Case {
     build: Box<dyn Fn(&Path) -> PathBuf>,
 }
 
-fn full_with(edit: impl Fn(&Path, &mut String) + 'static) -> Box<dyn Fn(&Path) -> PathBuf> {
-    Box::new(move |d: &Path| {
+impl Case {
+    /// A config both commands must accept, made by `build`.
+    fn accepted(name: &'static str, build: impl Fn(&Path) -> PathBuf + 'static) -> Case {
+        Case {
+            name,
+            accept: true,
+            names: &[],
+            build: Box::new(build),
+        }
+    }
+
+    /// The material and [`FULL`], with `edit` applied to them: both commands
+    /// must refuse it, check-config's errors naming `names`.
+    fn refused(
+        name: &'static str,
+        names: &'static [&'static str],
+        edit: impl Fn(&Path, &mut String) + 'static,
+    ) -> Case {
+        Case {
+            name,
+            accept: false,
+            names,
+            build: Box::new(full_with(edit)),
+        }
+    }
+}
+
+/// Writes the material and [`FULL`] with `edit` applied (to the directory
+/// and to the config text); returns the config's path.
+fn full_with(edit: impl Fn(&Path, &mut String)) -> impl Fn(&Path) -> PathBuf {
+    move |d: &Path| {
         material(d);
         let mut text = FULL.to_string();
         edit(d, &mut text);
         let cfg = d.join("fedpin.toml");
         write(&cfg, &text);
         cfg
-    })
+    }
 }
 
 fn set(text: &mut String, from: &str, to: &str) {
@@ -139,29 +168,50 @@ fn set(text: &mut String, from: &str, to: &str) {
     *text = text.replacen(from, to, 1);
 }
 
+/// The edit that replaces the config's first `from` with `to`.
+fn setting(from: &'static str, to: &'static str) -> impl Fn(&Path, &mut String) {
+    move |_, t| set(t, from, to)
+}
+
+/// The edit that writes `contents` to the material's file `rel`.
+fn file(rel: &'static str, contents: impl AsRef<str> + 'static) -> impl Fn(&Path, &mut String) {
+    move |d, _| write(&d.join(rel), contents.as_ref())
+}
+
+/// The edit that writes `contents` to a new file `rel` and points the
+/// config's `key` (whose value is `was`) at it.
+fn new_file(
+    key: &'static str,
+    was: &'static str,
+    rel: &'static str,
+    contents: &'static str,
+) -> impl Fn(&Path, &mut String) {
+    move |d, t| {
+        write(&d.join(rel), contents);
+        set(
+            t,
+            &format!("{key} = \"{was}\""),
+            &format!("{key} = \"{rel}\""),
+        );
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "examples/fedpin.toml",
-            accept: true,
-            names: &[],
-            build: Box::new(|d| {
-                material(d);
-                let ex = d.join("examples");
-                fedpin::tls::ca::init_ca(&ex.join("ca")).unwrap();
-                std::fs::create_dir_all(d.join("pins")).unwrap();
-                std::fs::copy(root().join("pins/pins.toml"), d.join("pins/pins.toml")).unwrap();
-                let text = std::fs::read_to_string(root().join("examples/fedpin.toml")).unwrap();
-                let cfg = ex.join("fedpin.toml");
-                write(&cfg, &loopback_listens(&text));
-                cfg
-            }),
-        },
-        Case {
-            name: "examples/kubernetes/fedpin.yaml (fedpin.toml, pins.toml)",
-            accept: true,
-            names: &[],
-            build: Box::new(|d| {
+        Case::accepted("examples/fedpin.toml", |d| {
+            material(d);
+            let ex = d.join("examples");
+            fedpin::tls::ca::init_ca(&ex.join("ca")).unwrap();
+            std::fs::create_dir_all(d.join("pins")).unwrap();
+            std::fs::copy(root().join("pins/pins.toml"), d.join("pins/pins.toml")).unwrap();
+            let text = std::fs::read_to_string(root().join("examples/fedpin.toml")).unwrap();
+            let cfg = ex.join("fedpin.toml");
+            write(&cfg, &loopback_listens(&text));
+            cfg
+        }),
+        Case::accepted(
+            "examples/kubernetes/fedpin.yaml (fedpin.toml, pins.toml)",
+            |d| {
                 let yaml = std::fs::read_to_string(root().join("examples/kubernetes/fedpin.yaml"))
                     .unwrap();
                 fedpin::tls::ca::init_ca(&d.join("ca")).unwrap();
@@ -175,57 +225,43 @@ fn cases() -> Vec<Case> {
                 let cfg = d.join("fedpin.toml");
                 write(&cfg, &loopback_listens(&text));
                 cfg
-            }),
-        },
-        Case {
-            name: "tests/e2e/fedpin.toml.tmpl (placeholders filled)",
-            accept: true,
-            names: &[],
-            build: Box::new(|d| {
-                material(d);
-                let (cert, key) = leaf_pem("hs1.fedpin.test");
-                write(&d.join("tls/server.pem"), &cert);
-                write(&d.join("tls/server.key"), &key);
-                std::fs::copy(root().join("tests/e2e/pins.toml.tmpl"), d.join("pins.toml"))
-                    .unwrap();
-                let text = std::fs::read_to_string(root().join("tests/e2e/fedpin.toml.tmpl"))
-                    .unwrap()
-                    .replace("@PROXY_PORT@", "0")
-                    .replace("@FED_PORT@", "0")
-                    .replace("@ADMIN_PORT@", "0")
-                    .replace("@SYNAPSE_FED_PORT@", "8008")
-                    .replace("@PUBLIC_CA@", &d.join("roots.pem").display().to_string())
-                    .replace("@DENY_ORIGINS@", "[\"spam.example\"]")
-                    .replace("@SERVER_NAME@", "hs1.fedpin.test");
-                assert!(!text.contains('@'), "unfilled placeholder:\n{text}");
-                let cfg = d.join("fedpin.toml");
-                write(&cfg, &text);
-                cfg
-            }),
-        },
-        Case {
-            name: "everything configured",
-            accept: true,
-            names: &[],
-            build: full_with(|_, _| {}),
-        },
-        Case {
-            name: "garbage inbound cert (a readable file that is not a certificate)",
-            accept: false,
-            names: &["inbound.cert", "tls/cert.pem"],
-            build: full_with(|d, _| write(&d.join("tls/cert.pem"), "not a certificate\n")),
-        },
-        Case {
-            name: "inbound key does not match the certificate",
-            accept: false,
-            names: &["inbound.key", "tls/key.pem"],
-            build: full_with(|d, _| write(&d.join("tls/key.pem"), &leaf_pem("other").1)),
-        },
-        Case {
-            name: "unreadable inbound key",
-            accept: false,
-            names: &["inbound.key", "tls/key.pem"],
-            build: full_with(|d, _| {
+            },
+        ),
+        Case::accepted("tests/e2e/fedpin.toml.tmpl (placeholders filled)", |d| {
+            material(d);
+            let (cert, key) = leaf_pem("hs1.fedpin.test");
+            write(&d.join("tls/server.pem"), &cert);
+            write(&d.join("tls/server.key"), &key);
+            std::fs::copy(root().join("tests/e2e/pins.toml.tmpl"), d.join("pins.toml")).unwrap();
+            let text = std::fs::read_to_string(root().join("tests/e2e/fedpin.toml.tmpl"))
+                .unwrap()
+                .replace("@PROXY_PORT@", "0")
+                .replace("@FED_PORT@", "0")
+                .replace("@ADMIN_PORT@", "0")
+                .replace("@SYNAPSE_FED_PORT@", "8008")
+                .replace("@PUBLIC_CA@", &d.join("roots.pem").display().to_string())
+                .replace("@DENY_ORIGINS@", "[\"spam.example\"]")
+                .replace("@SERVER_NAME@", "hs1.fedpin.test");
+            assert!(!text.contains('@'), "unfilled placeholder:\n{text}");
+            let cfg = d.join("fedpin.toml");
+            write(&cfg, &text);
+            cfg
+        }),
+        Case::accepted("everything configured", full_with(|_, _| {})),
+        Case::refused(
+            "garbage inbound cert (a readable file that is not a certificate)",
+            &["inbound.cert", "tls/cert.pem"],
+            file("tls/cert.pem", "not a certificate\n"),
+        ),
+        Case::refused(
+            "inbound key does not match the certificate",
+            &["inbound.key", "tls/key.pem"],
+            file("tls/key.pem", leaf_pem("other").1),
+        ),
+        Case::refused(
+            "unreadable inbound key",
+            &["inbound.key", "tls/key.pem"],
+            |d, _| {
                 let key = d.join("tls/key.pem");
                 chmod(&key, 0o000);
                 if std::fs::read(&key).is_ok() {
@@ -233,123 +269,90 @@ fn cases() -> Vec<Case> {
                     std::fs::remove_file(&key).unwrap();
                     std::fs::create_dir(&key).unwrap();
                 }
-            }),
-        },
-        Case {
-            name: "inbound key file missing",
-            accept: false,
-            names: &["inbound.key", "tls/missing.pem"],
-            build: full_with(|_, t| set(t, "key = \"tls/key.pem\"", "key = \"tls/missing.pem\"")),
-        },
-        Case {
-            name: "CA key with mode 0644",
-            accept: false,
-            names: &["outbound.ca_key", "fedpin-ca.key", "chmod"],
-            build: full_with(|d, _| chmod(&d.join("ca/fedpin-ca.key"), 0o644)),
-        },
-        Case {
-            name: "garbage CA certificate",
-            accept: false,
-            names: &["outbound.ca_cert", "fedpin-ca.pem"],
-            build: full_with(|d, _| write(&d.join("ca/fedpin-ca.pem"), "garbage\n")),
-        },
-        Case {
-            name: "CA key of another CA",
-            accept: false,
-            names: &["outbound.ca_key", "fedpin-ca.key"],
-            build: full_with(|d, _| {
+            },
+        ),
+        Case::refused(
+            "inbound key file missing",
+            &["inbound.key", "tls/missing.pem"],
+            setting("key = \"tls/key.pem\"", "key = \"tls/missing.pem\""),
+        ),
+        Case::refused(
+            "CA key with mode 0644",
+            &["outbound.ca_key", "fedpin-ca.key", "chmod"],
+            |d, _| chmod(&d.join("ca/fedpin-ca.key"), 0o644),
+        ),
+        Case::refused(
+            "garbage CA certificate",
+            &["outbound.ca_cert", "fedpin-ca.pem"],
+            file("ca/fedpin-ca.pem", "garbage\n"),
+        ),
+        Case::refused(
+            "CA key of another CA",
+            &["outbound.ca_key", "fedpin-ca.key"],
+            |d, _| {
                 let key = d.join("ca/fedpin-ca.key");
                 write(&key, &ca_pem("another CA").1);
                 chmod(&key, 0o600);
-            }),
-        },
-        Case {
-            name: "empty extra_roots file",
-            accept: false,
-            names: &["outbound.extra_roots", "empty.pem"],
-            build: full_with(|d, t| {
-                write(&d.join("empty.pem"), "");
-                set(
-                    t,
-                    "extra_roots = \"roots.pem\"",
-                    "extra_roots = \"empty.pem\"",
-                );
-            }),
-        },
-        Case {
-            name: "garbage client_roots",
-            accept: false,
-            names: &["inbound.client_roots", "junk.pem"],
-            build: full_with(|d, t| {
-                write(
-                    &d.join("junk.pem"),
-                    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-                );
-                set(
-                    t,
-                    "client_roots = \"roots.pem\"",
-                    "client_roots = \"junk.pem\"",
-                );
-            }),
-        },
-        Case {
-            name: "outbound client_key does not match client_cert",
-            accept: false,
-            names: &["outbound.client_key", "tls/client.key"],
-            build: full_with(|d, _| write(&d.join("tls/client.key"), &leaf_pem("x").1)),
-        },
-        Case {
-            name: "missing pin file",
-            accept: false,
-            names: &["pins", "nope.toml"],
-            build: full_with(|_, t| set(t, "pins = \"pins.toml\"", "pins = \"nope.toml\"")),
-        },
-        Case {
-            name: "broken pin file",
-            accept: false,
-            names: &["pins", "pins.toml", "line 4"],
-            build: full_with(|d, _| {
-                write(
-                    &d.join("pins.toml"),
-                    "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"sha256/x\"]\n",
-                )
-            }),
-        },
-        Case {
-            name: "bad upstream URL",
-            accept: false,
-            names: &["inbound.upstream"],
-            build: full_with(|_, t| {
-                set(
-                    t,
-                    "upstream = \"http://127.0.0.1:9\"",
-                    "upstream = \"http://\"",
-                )
-            }),
-        },
-        Case {
-            name: "http:// webhook to a non-loopback host",
-            accept: false,
-            names: &["alerts.webhook"],
-            build: full_with(|_, t| {
-                set(
-                    t,
-                    "webhook = \"https://alerts.example/hook\"",
-                    "webhook = \"http://alerts.example/hook\"",
-                )
-            }),
-        },
-        Case {
-            name: "empty Matrix token file",
-            accept: false,
-            names: &["alerts.matrix_token_file", "matrix-token"],
-            build: full_with(|d, _| write(&d.join("matrix-token"), "\n")),
-        },
-        Case {
-            name: "two listeners on one address",
-            accept: false,
-            names: &["admin.listen", "inbound.listen"],
-            build: full_with(|_, t| {
+            },
+        ),
+        Case::refused(
+            "empty extra_roots file",
+            &["outbound.extra_roots", "empty.pem"],
+            new_file("extra_roots", "roots.pem", "empty.pem", ""),
+        ),
+        Case::refused(
+            "garbage client_roots",
+            &["inbound.client_roots", "junk.pem"],
+            new_file(
+                "client_roots",
+                "roots.pem",
+                "junk.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            ),
+        ),
+        Case::refused(
+            "outbound client_key does not match client_cert",
+            &["outbound.client_key", "tls/client.key"],
+            file("tls/client.key", leaf_pem("x").1),
+        ),
+        Case::refused(
+            "missing pin file",
+            &["pins", "nope.toml"],
+            setting("pins = \"pins.toml\"", "pins = \"nope.toml\""),
+        ),
+        Case::refused(
+            "broken pin file",
+            &["pins", "pins.toml", "line 4"],
+            file(
+                "pins.toml",
+                "version = 1\n[[peer]]\nserver_name = \"a.example\"\npins = [\"sha256/x\"]\n",
+            ),
+        ),
+        Case::refused(
+            "bad upstream URL",
+            &["inbound.upstream"],
+            setting(
+                "upstream = \"http://127.0.0.1:9\"",
+                "upstream = \"http://\"",
+            ),
+        ),
+        Case::refused(
+            "http:// webhook to a non-loopback host",
+            &["alerts.webhook"],
+            setting(
+                "webhook = \"https://alerts.example/hook\"",
+                "webhook = \"http://alerts.example/hook\"",
+            ),
+        ),
+        Case::refused(
+            "empty Matrix token file",
+            &["alerts.matrix_token_file", "matrix-token"],
+            file("matrix-token", "\n"),
+        ),
+        Case::refused(
+            "two listeners on one address",
+            &["admin.listen", "inbound.listen"],
+            |_, t| {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .unwrap()
                     .local_addr()
@@ -373,8 +376,8 @@ fn cases() -> Vec<Case> {
                     }
                 }
                 *t = out;
-            }),
-        },
+            },
+        ),
     ]
 }
 

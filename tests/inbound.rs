@@ -20,12 +20,11 @@ use bytes::Bytes;
 use common::{bounded, leaf, net, pem, root, wait_until, Ca, Leaf};
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction};
 use fedpin::config::ClientAuth;
-use fedpin::egress::EgressPolicy;
 use fedpin::metrics::HandshakeResult;
 use fedpin::pin_store::PinStore;
 use fedpin::pins::PinSet;
 use fedpin::proxy::inbound::{EdgeRules, InboundProxy, InboundSettings, RateLimit};
-use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
+use fedpin::proxy::outbound::OutboundProxy;
 use fedpin::tls::certs::CertStore;
 use fedpin::tls::mint::LeafMinter;
 use fedpin::tls::UpstreamTls;
@@ -2181,34 +2180,14 @@ async fn mutual_tls_request_serves_clients_without_a_certificate() {
 // 12. Access log discipline
 // ---------------------------------------------------------------------------
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// `#[tokio::test]` runs on a current-thread runtime, so every task the
 /// proxy spawns runs on this thread and logs into the thread's default subscriber.
 #[tokio::test]
 async fn access_log_shows_templated_paths_and_never_identifiers_tokens_or_bodies() {
-    let cap = Capture::default();
-    let w = cap.clone();
+    // The log goes to a file (a `Mutex<File>` is a `MakeWriter`), read back below.
+    let log = tempfile::NamedTempFile::new().unwrap();
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || w.clone())
+        .with_writer(Mutex::new(log.reopen().unwrap()))
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .finish();
@@ -2244,7 +2223,7 @@ async fn access_log_shows_templated_paths_and_never_identifiers_tokens_or_bodies
         assert_eq!(r.status, status);
     }
 
-    let logs = cap.text();
+    let logs = std::fs::read_to_string(log.path()).unwrap();
     let access: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("fedpin::access"))
@@ -2500,15 +2479,8 @@ async fn a_outbound(w: &World, client: &Leaf) -> (SocketAddr, CertificateDer<'st
         .with_client_auth(vec![client.cert.clone()], client.key_der());
     let ica = common::interception_ca();
     let minter = LeafMinter::from_pem(&ica.cert_pem, &ica.key_pem, 8).unwrap();
-    let mut settings = OutboundSettings {
-        egress: EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
-        ..OutboundSettings::default()
-    };
-    settings
-        .resolve
-        .insert(B.into(), "127.0.0.1".parse().unwrap());
     let proxy = Arc::new(OutboundProxy::new(
-        settings,
+        common::connect::loopback_settings(&[B]),
         Arc::new(upstream),
         Arc::new(minter),
     ));

@@ -63,13 +63,7 @@ impl Notary {
 
     /// `doc` with this notary's signature added (by `kp`, as `ed25519:n`).
     fn vouch(&self, doc: &Value) -> Value {
-        let mut stripped = doc.clone();
-        stripped.as_object_mut().unwrap().remove("signatures");
-        let text = fedpin::matrix::canonical_json::encode_value(&stripped).unwrap();
-        let mut out = doc.clone();
-        out["signatures"][&self.name] =
-            serde_json::json!({ "ed25519:n": b64(self.kp.sign(text.as_bytes()).as_ref()) });
-        out
+        common::matrix::signed(doc, &self.name, "ed25519:n", &self.kp)
     }
 }
 

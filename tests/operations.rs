@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use fedpin::alert::{Action, Alert, AlertEvent, AlertHub, Direction, Severity};
+use fedpin::alert::{Alert, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::sinks::{CommandSink, HttpTarget, MatrixSink, WebhookSink};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
@@ -286,25 +286,21 @@ async fn receiver(ca: &common::Ca, statuses: Vec<u16>) -> (u16, Arc<Mutex<Vec<Se
     (addr.port(), seen)
 }
 
+/// A critical outbound alert about `host` (port 8448, Web PKI valid, blocked,
+/// pin generation 1): [`Alert::local`] with the peer filled in.
 fn alert(event: AlertEvent, host: &str) -> Alert {
     Alert {
-        event,
         severity: Severity::Critical,
-        time: Alert::now_string(),
-        direction: Direction::Outbound,
         server_name: Some(host.into()),
         host: Some(host.into()),
         port: Some(8448),
-        peer_addr: None,
-        mode: None,
-        action: Action::Blocked,
         webpki: "valid".into(),
-        served_chain: vec![],
-        known_pins: vec![],
-        expires: None,
-        pin_generation: 1,
-        reason: format!("pin check failed for {host}"),
-        repeats: 1,
+        ..Alert::local(
+            event,
+            Direction::Outbound,
+            1,
+            format!("pin check failed for {host}"),
+        )
     }
 }
 

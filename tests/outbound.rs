@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,16 +59,10 @@ fn pins_toml(peers: &[(&str, &CertificateDer<'static>)]) -> String {
 
 /// Settings as the tests use them: loopback allowed, test names resolved to 127.0.0.1.
 fn test_settings() -> OutboundSettings {
-    let mut resolve = BTreeMap::new();
-    for name in [HOST, "down.fedpin.test", "blocked.fedpin.test"] {
-        resolve.insert(name.to_string(), "127.0.0.1".parse().unwrap());
-    }
     OutboundSettings {
-        resolve,
-        egress: EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
-        ..OutboundSettings::default()
+        ..common::connect::loopback_settings(&[HOST, "down.fedpin.test", "blocked.fedpin.test"])
     }
 }
 

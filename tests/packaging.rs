@@ -1,13 +1,10 @@
 //! What the Debian package ships, checked before it is built.
 //!
-//! Some shipped files are generated, and committed so that `cargo deb` works
-//! from a plain checkout:
+//! Some shipped files are generated, and committed so that they can be read
+//! and reviewed in the tree:
 //!
 //! * `man/*.1`: one page per command and subcommand of `fedpin` and
 //!   `pinctl`, from the clap definitions in `fedpin::cli` (clap_mangen);
-//! * `completions/*`: bash, zsh and fish completions, from the same
-//!   definitions (clap_complete, exactly what `fedpin completions SHELL`
-//!   prints);
 //! * `debian/fedpin*.service`, `debian/fedpin.pinctl-verify.timer`: the
 //!   package's systemd units, made from `examples/systemd/` (installed paths
 //!   under `/usr`, the by-hand install notes left out).
@@ -18,6 +15,14 @@
 //! them when `FEDPIN_REGENERATE=1` is set, so the writer and the check cannot
 //! drift apart; keeping it in a test (not a hidden subcommand) keeps
 //! clap_mangen out of the shipped binaries.
+//!
+//! The shell completions are generated too, but not committed: they are what
+//! `fedpin completions SHELL` and `pinctl completions SHELL` print, written
+//! to `target/completions/` by `debian/completions.sh` before `cargo deb`.
+//! [`binaries_print_loadable_completions`] checks that every binary prints,
+//! for bash, zsh and fish, what clap_complete makes of its definitions,
+//! naming every subcommand, in the files the package's assets list, and that
+//! the shells that are installed load them.
 //!
 //! The hand-written pages (`man/fedpin.toml.5`, `man/fedpin-pins.5`) and the
 //! generated ones must render without a groff warning, and the config and
@@ -204,25 +209,6 @@ fn man_pages(cmd: clap::Command, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
     page(cmd, out);
 }
 
-// ---------------------------------------------------------------- completions
-
-fn completions(out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-    for (bin, mut cmd) in [
-        ("fedpin", fedpin::cli::fedpin::Cli::command()),
-        ("pinctl", fedpin::cli::pinctl::Cli::command()),
-    ] {
-        for (shell, file) in [
-            (Shell::Bash, format!("{bin}.bash")),
-            (Shell::Zsh, format!("_{bin}")),
-            (Shell::Fish, format!("{bin}.fish")),
-        ] {
-            let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut cmd, bin, &mut buf);
-            out.insert(PathBuf::from(format!("completions/{file}")), buf);
-        }
-    }
-}
-
 // -------------------------------------------------------- the package's units
 
 /// The examples' units, the names cargo-deb expects for them in `debian/`
@@ -309,7 +295,6 @@ fn generated() -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     man_pages(fedpin::cli::fedpin::Cli::command(), &mut out);
     man_pages(fedpin::cli::pinctl::Cli::command(), &mut out);
-    completions(&mut out);
     units(&mut out);
     out
 }
@@ -320,7 +305,6 @@ fn leftovers(generated: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for (dir, looks_generated) in [
         ("man", (|n: &str| n.ends_with(".1")) as fn(&str) -> bool),
-        ("completions", |_: &str| true),
         ("debian", |n: &str| {
             n.starts_with("fedpin") && (n.ends_with(".service") || n.ends_with(".timer"))
         }),
@@ -380,24 +364,88 @@ fn generated_files_are_current() {
     );
 }
 
-/// The committed completions are exactly what the binaries print.
+// ---------------------------------------------------------------- completions
+
+/// Each binary's completions for bash, zsh and fish: what clap_complete
+/// makes of its definitions, naming every subcommand, under the names the
+/// package's assets give them (`target/completions/`, written by
+/// `debian/completions.sh`); then loaded by each shell that is installed
+/// (bash: `complete -p` knows the command; zsh, fish: a syntax check).
 #[test]
-fn completions_match_what_the_binaries_print() {
-    for (bin, exe) in [("fedpin", FEDPIN), ("pinctl", PINCTL)] {
+fn binaries_print_loadable_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let assets = read(&repo().join("Cargo.toml"));
+    let mut files: Vec<(Shell, &str, PathBuf)> = Vec::new();
+    for (bin, exe, mut cmd) in [
+        ("fedpin", FEDPIN, fedpin::cli::fedpin::Cli::command()),
+        ("pinctl", PINCTL, fedpin::cli::pinctl::Cli::command()),
+    ] {
+        let subcommands: Vec<String> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| s.get_name().to_string())
+            .collect();
+        assert!(
+            subcommands.iter().any(|s| s == "completions"),
+            "{subcommands:?}"
+        );
         for (shell, file) in [
-            ("bash", format!("{bin}.bash")),
-            ("zsh", format!("_{bin}")),
-            ("fish", format!("{bin}.fish")),
+            (Shell::Bash, format!("{bin}.bash")),
+            (Shell::Zsh, format!("_{bin}")),
+            (Shell::Fish, format!("{bin}.fish")),
         ] {
             let out = Command::new(exe)
-                .args(["completions", shell])
+                .args(["completions", &shell.to_string()])
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", describe(&out));
-            let committed = std::fs::read(repo().join("completions").join(&file)).unwrap();
+            let mut expected = Vec::new();
+            clap_complete::generate(shell, &mut cmd, bin, &mut expected);
             assert!(
-                out.stdout == committed,
-                "{bin} completions {shell} differs from completions/{file}; refresh with: {REGENERATE}"
+                out.stdout == expected,
+                "{bin} completions {shell} is not what clap_complete makes of fedpin::cli"
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            for sub in &subcommands {
+                assert!(
+                    text.contains(sub.as_str()),
+                    "{bin} completions {shell} lacks `{sub}`"
+                );
+            }
+            assert!(
+                assets.contains(&format!("\"target/completions/{file}\"")),
+                "Cargo.toml's deb assets do not ship target/completions/{file}"
+            );
+            let path = dir.path().join(&file);
+            std::fs::write(&path, text).unwrap();
+            files.push((shell, bin, path));
+        }
+    }
+    for (shell, check) in [
+        (Shell::Bash, "source \"$1\" && complete -p \"$2\""),
+        (Shell::Zsh, "zsh -n \"$1\""),
+        (Shell::Fish, "fish --no-execute \"$1\""),
+    ] {
+        let installed = Command::new(shell.to_string())
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            eprintln!("SKIPPED (test passes without loading them): {shell} is not installed; its completions were checked as text only");
+            continue;
+        }
+        for (_, bin, path) in files.iter().filter(|(s, _, _)| *s == shell) {
+            let out = Command::new("bash")
+                .args(["-c", check, "load"])
+                .arg(path)
+                .arg(bin)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{shell} does not load {}: {}",
+                path.display(),
+                describe(&out)
             );
         }
     }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, net, pin, process, root, Leaf};
+use common::{env_flag, env_knob, leaf, net, pin, process, root, Leaf};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -464,37 +464,22 @@ async fn phase(ctx: &Ctx, pid: u32, secs: u64) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reload at scale: run by .ci/run (FEDPIN_SCALE_RELOADS, default 100)"]
 async fn reload_at_scale() {
-    let env = |k: &str, default: u64, max: u64| -> u64 {
-        std::env::var(k)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(default)
-            .clamp(1, max)
-    };
-    let reloads = env("FEDPIN_SCALE_RELOADS", RELOADS, 10_000);
-    let phase_secs = env("FEDPIN_SCALE_PHASE_SECS", 5, 600);
-    let keep = std::env::var("FEDPIN_SCALE_KEEP").is_ok_and(|v| v == "1");
+    let reloads = env_knob("FEDPIN_SCALE_RELOADS", RELOADS, 10_000);
+    let phase_secs = env_knob("FEDPIN_SCALE_PHASE_SECS", 5, 600);
+    let keep = env_flag("FEDPIN_SCALE_KEEP");
     let wall = Instant::now();
     let hz = clock_ticks_per_sec();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
 
     let ca = root("fedpin reload-at-scale root");
-    let genuine = leaf(&ca, &[GENUINE]);
-    let impostor = leaf(&ca, &[IMPOSTOR]);
-    let edge = leaf(&ca, &[SERVER]);
-    let unrelated = [
-        leaf(&ca, &["unrelated-1.scale.test"]),
-        leaf(&ca, &["unrelated-2.scale.test"]),
-    ];
+    let [genuine, impostor, edge] = [GENUINE, IMPOSTOR, SERVER].map(|name| leaf(&ca, &[name]));
+    let unrelated = [1, 2].map(|i| leaf(&ca, &[&format!("unrelated-{i}.scale.test")]));
     let keys = Keys {
         genuine: pin(&genuine.cert).to_string(),
         root: pin(&ca.cert).to_string(),
         backup: pin(&leaf(&ca, &["backup.scale.test"]).cert).to_string(),
-        unrelated: [
-            pin(&unrelated[0].cert).to_string(),
-            pin(&unrelated[1].cert).to_string(),
-        ],
+        unrelated: unrelated.each_ref().map(|l| pin(&l.cert).to_string()),
     };
     // The contents are what they claim: valid, and of the right size.
     for (rev, peers) in [(0, 10), (1, PEERS), (2, PEERS), (3, PEERS)] {

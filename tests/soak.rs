@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{leaf, net, pin, process, root, Leaf};
+use common::{env_flag, env_knob, leaf, net, pin, process, root, Leaf};
 use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -175,16 +175,43 @@ struct Tally {
     reasons: Mutex<BTreeMap<&'static str, Vec<String>>>,
 }
 
+/// Where a legitimate round trip went: through a tunnel, or to the edge.
+#[derive(Clone, Copy)]
+enum Legit {
+    Tunnel,
+    Inbound,
+}
+
 impl Tally {
-    /// Counts one legitimate round trip: `k` requests served, or a failure
-    /// with its reason kept under `category`.
-    fn legit(
-        &self,
-        r: Result<usize, String>,
-        h2: bool,
-        (ok, requests, failed): (&AtomicU64, &AtomicU64, &AtomicU64),
-        category: &'static str,
-    ) {
+    /// The `(ok, requests, failed)` counters of `side`, and the category
+    /// its failures' reasons are kept under.
+    fn side(&self, side: Legit) -> (&AtomicU64, &AtomicU64, &AtomicU64, &'static str) {
+        match side {
+            Legit::Tunnel => (
+                &self.tunnel_ok,
+                &self.tunnel_requests,
+                &self.tunnel_failed,
+                "legit_tunnel",
+            ),
+            Legit::Inbound => (
+                &self.inbound_ok,
+                &self.inbound_requests,
+                &self.inbound_failed,
+                "legit_inbound",
+            ),
+        }
+    }
+
+    /// `ok=N failed=N requests=N` of `side`, for the report.
+    fn side_counts(&self, side: Legit) -> String {
+        let (ok, requests, failed, _) = self.side(side);
+        counts("ok failed requests", [ok, failed, requests])
+    }
+
+    /// Counts one legitimate round trip of `side`: `k` requests served, or a
+    /// failure with its reason kept.
+    fn legit(&self, r: Result<usize, String>, h2: bool, side: Legit) {
+        let (ok, requests, failed, category) = self.side(side);
         match r {
             Ok(k) => {
                 bump(ok);
@@ -222,6 +249,16 @@ impl Tally {
 
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+/// The counters as `name=value`, space-separated; `names` space-separated.
+fn counts<const N: usize>(names: &str, counters: [&AtomicU64; N]) -> String {
+    let parts: Vec<String> = names
+        .split(' ')
+        .zip(counters)
+        .map(|(n, c)| format!("{n}={}", get(c)))
+        .collect();
+    parts.join(" ")
 }
 
 /// Whether each of `replies` is a 200 with `body`; how many there were.
@@ -864,13 +901,7 @@ async fn genuine_tunnel(ctx: &Ctx, rng: &mut Rng) {
         all_ok(&replies, "genuine\n")
     })
     .await;
-    let t = &ctx.tally;
-    t.legit(
-        r,
-        h2,
-        (&t.tunnel_ok, &t.tunnel_requests, &t.tunnel_failed),
-        "legit_tunnel",
-    );
+    ctx.tally.legit(r, h2, Legit::Tunnel);
 }
 
 /// The impostor: must get 502 with x-fedpin-alert: pin_mismatch.
@@ -982,15 +1013,27 @@ async fn troubled_upstream(ctx: &Ctx, rng: &mut Rng) {
     }
 }
 
-async fn tunnel_worker(ctx: Arc<Ctx>, id: u64) {
-    let mut rng = Rng::new(seed() ^ (id << 40));
+/// One worker of `side`, until the deadline, a stop or [`MAX_ITERATIONS`]
+/// rounds. Each round: a client that walks away (1 in 5) or a legitimate
+/// round trip; through tunnels also an impostor (1 in 3) and a troubled
+/// upstream (1 in 6).
+async fn worker(ctx: Arc<Ctx>, id: u64, side: Legit) {
+    let salt = match side {
+        Legit::Tunnel => id << 40,
+        Legit::Inbound => (id << 48) ^ 0xabcd,
+    };
+    let mut rng = Rng::new(seed() ^ salt);
     let mut i = 0;
     while Instant::now() < ctx.deadline && !ctx.stop.load(Ordering::Relaxed) && i < MAX_ITERATIONS {
         i += 1;
-        if rng.one_in(5) {
-            tunnel_client_reset(&ctx, &mut rng).await;
-        } else {
-            genuine_tunnel(&ctx, &mut rng).await;
+        match (side, rng.one_in(5)) {
+            (Legit::Tunnel, true) => tunnel_client_reset(&ctx, &mut rng).await,
+            (Legit::Tunnel, false) => genuine_tunnel(&ctx, &mut rng).await,
+            (Legit::Inbound, true) => inbound_client_reset(&ctx, &mut rng).await,
+            (Legit::Inbound, false) => inbound_legit(&ctx, &mut rng).await,
+        }
+        if let Legit::Inbound = side {
+            continue;
         }
         if rng.one_in(3) {
             impostor_tunnel(&ctx, &mut rng).await;
@@ -1016,13 +1059,7 @@ async fn inbound_legit(ctx: &Ctx, rng: &mut Rng) {
         all_ok(&replies, HS_BODY)
     })
     .await;
-    let t = &ctx.tally;
-    t.legit(
-        r,
-        h2,
-        (&t.inbound_ok, &t.inbound_requests, &t.inbound_failed),
-        "legit_inbound",
-    );
+    ctx.tally.legit(r, h2, Legit::Inbound);
 }
 
 /// A client that walks away from the edge at a random point.
@@ -1073,19 +1110,6 @@ async fn inbound_client_reset(ctx: &Ctx, rng: &mut Rng) {
         bump(&ctx.tally.reset_anomalies);
         ctx.tally
             .note("reset_anomaly", format!("inbound variant {variant}: {e}"));
-    }
-}
-
-async fn inbound_worker(ctx: Arc<Ctx>, id: u64) {
-    let mut rng = Rng::new(seed() ^ (id << 48) ^ 0xabcd);
-    let mut i = 0;
-    while Instant::now() < ctx.deadline && !ctx.stop.load(Ordering::Relaxed) && i < MAX_ITERATIONS {
-        i += 1;
-        if rng.one_in(5) {
-            inbound_client_reset(&ctx, &mut rng).await;
-        } else {
-            inbound_legit(&ctx, &mut rng).await;
-        }
     }
 }
 
@@ -1142,29 +1166,17 @@ fn log_lines_naming(log: &Path, needle: &str, max: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "soak: run by .ci/run (FEDPIN_SOAK_SECS, default 20)"]
 async fn soak_under_churn() {
-    let secs: u64 = std::env::var("FEDPIN_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(20)
-        .clamp(1, 3600);
-    let keep = std::env::var("FEDPIN_SOAK_KEEP").is_ok_and(|v| v == "1");
+    let secs = env_knob("FEDPIN_SOAK_SECS", 20, 3600);
+    let keep = env_flag("FEDPIN_SOAK_KEEP");
     let wall = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
 
     // PKI: one root for every peer (the impostor's leaf is CA-valid too).
     let ca = root("fedpin soak root");
-    let genuine = leaf(&ca, &[GENUINE]);
-    let impostor = leaf(&ca, &[IMPOSTOR]);
-    let slow = leaf(&ca, &[SLOW]);
-    let flaky = leaf(&ca, &[FLAKY]);
-    let revoked = leaf(&ca, &[REVOKED]);
-    let edge = leaf(&ca, &[SERVER]);
-    let unrelated = [
-        leaf(&ca, &["unrelated-1.soak.test"]),
-        leaf(&ca, &["unrelated-2.soak.test"]),
-        leaf(&ca, &["unrelated-3.soak.test"]),
-    ];
+    let [genuine, impostor, slow, flaky, revoked, edge] =
+        [GENUINE, IMPOSTOR, SLOW, FLAKY, REVOKED, SERVER].map(|name| leaf(&ca, &[name]));
+    let unrelated = [1, 2, 3].map(|i| leaf(&ca, &[&format!("unrelated-{i}.soak.test")]));
     let keys = Arc::new(Keys {
         genuine: pin(&genuine.cert).to_string(),
         root: pin(&ca.cert).to_string(),
@@ -1172,11 +1184,7 @@ async fn soak_under_churn() {
         flaky: pin(&flaky.cert).to_string(),
         revoked: pin(&revoked.cert).to_string(),
         impostor_real: pin(&impostor.cert).to_string(),
-        unrelated: [
-            pin(&unrelated[0].cert).to_string(),
-            pin(&unrelated[1].cert).to_string(),
-            pin(&unrelated[2].cert).to_string(),
-        ],
+        unrelated: unrelated.each_ref().map(|l| pin(&l.cert).to_string()),
     });
     assert!(keys.genuine.starts_with("sha256/"), "{}", keys.genuine);
     // Every broken kind really is rejected, and every valid revision accepted.
@@ -1320,10 +1328,10 @@ async fn soak_under_churn() {
     };
     let mut workers = Vec::new();
     for i in 0..TUNNEL_WORKERS as u64 {
-        workers.push(tokio::spawn(tunnel_worker(ctx.clone(), i)));
+        workers.push(tokio::spawn(worker(ctx.clone(), i, Legit::Tunnel)));
     }
     for i in 0..INBOUND_WORKERS as u64 {
-        workers.push(tokio::spawn(inbound_worker(ctx.clone(), 1000 + i)));
+        workers.push(tokio::spawn(worker(ctx.clone(), 1000 + i, Legit::Inbound)));
     }
     // Every op is bounded by STEP, so the workers end by deadline + STEP.
     let join_limit = Duration::from_secs(secs) + STEP * 3;
@@ -1413,40 +1421,37 @@ async fn soak_under_churn() {
         get(&churn.broken)
     );
     println!(
-        "legit handshakes: ok={legit_ok} failed={legit_failed} (tunnels ok={} failed={} requests={}; inbound ok={} failed={} requests={})",
-        get(&t.tunnel_ok),
-        get(&t.tunnel_failed),
-        get(&t.tunnel_requests),
-        get(&t.inbound_ok),
-        get(&t.inbound_failed),
-        get(&t.inbound_requests)
+        "legit handshakes: ok={legit_ok} failed={legit_failed} (tunnels {}; inbound {})",
+        t.side_counts(Legit::Tunnel),
+        t.side_counts(Legit::Inbound),
     );
-    println!(
-        "revocation: {} rounds, open tunnels closed after their key was removed: {} of {}; new tunnels accepted after removal: {}; setup failures: {}",
+    let revocation = format!(
+        "{} rounds, open tunnels closed after their key was removed: {} of {}; new tunnels accepted after removal: {}; setup failures: {}",
         get(&churn.revoke_rounds),
         get(&churn.revoked_closed),
         get(&churn.revoked_open),
         get(&churn.revoked_reaccepted),
         get(&churn.revoked_setup_failed)
     );
+    println!("revocation: {revocation}");
     println!(
-        "impostor handshakes: blocked={} accepted={} other={}",
-        get(&t.impostor_blocked),
-        get(&t.impostor_accepted),
-        get(&t.impostor_other)
+        "impostor handshakes: {}",
+        counts(
+            "blocked accepted other",
+            [&t.impostor_blocked, &t.impostor_accepted, &t.impostor_other]
+        )
     );
     println!(
-        "client resets: {} (tunnel {}, inbound {}; failed before the reset point: {}), upstream resets/slow: {upstream_trouble} (slow ok={} failed={}; flaky served={} refused={} cut={} odd={})",
+        "client resets: {} (tunnel {}, inbound {}; failed before the reset point: {}), upstream resets/slow: {upstream_trouble} (slow {}; flaky {})",
         get(&t.tunnel_resets) + get(&t.inbound_resets),
         get(&t.tunnel_resets),
         get(&t.inbound_resets),
         get(&t.reset_anomalies),
-        get(&t.slow_ok),
-        get(&t.slow_failed),
-        get(&t.flaky_served),
-        get(&t.flaky_refused),
-        get(&t.flaky_cut),
-        get(&t.flaky_odd),
+        counts("ok failed", [&t.slow_ok, &t.slow_failed]),
+        counts(
+            "served refused cut odd",
+            [&t.flaky_served, &t.flaky_refused, &t.flaky_cut, &t.flaky_odd]
+        ),
     );
     println!(
         "rss kB: start={rss_start} peak={} (sampled {rss_peak_sampled}, VmHWM {hwm_end}) end={rss_end} after_quiet={rss_quiet} (VmHWM {hwm_quiet})",
@@ -1512,14 +1517,7 @@ async fn soak_under_churn() {
         || get(&churn.revoked_reaccepted) != 0
         || get(&churn.revoked_setup_failed) != 0
     {
-        problems.push(format!(
-            "revocation: {} rounds, closed {} of {} open tunnels, {} new tunnels accepted after removal, {} setup failures",
-            get(&churn.revoke_rounds),
-            get(&churn.revoked_closed),
-            get(&churn.revoked_open),
-            get(&churn.revoked_reaccepted),
-            get(&churn.revoked_setup_failed)
-        ));
+        problems.push(format!("revocation: {revocation}"));
     }
     if get(&t.impostor_other) != 0 {
         problems.push(format!(

@@ -1,9 +1,10 @@
-//! Shared by the load examples (`idle_conns`, `new_tunnels`): a TLS
-//! stand-in peer that answers every HTTP/1.1 request on a kept-alive
-//! connection with a small JSON body, the listen-and-accept loop, a line
-//! to stdout, and reading an HTTP head by hand.
+//! Shared by the load examples (`idle_conns`, `new_tunnels`): their
+//! runtime, a TLS stand-in peer that answers every HTTP/1.1 request on a
+//! kept-alive connection with a small JSON body, the listen-and-accept
+//! loop, a line to stdout, and reading an HTTP head by hand.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs `work` to its end on a multi-threaded runtime with two workers (the
+/// load examples share the machine's cores with what they measure).
+pub fn run(work: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
 
 /// One line on stdout, flushed (the load scripts wait for these lines).
 pub fn say(line: &str) {

@@ -1,14 +1,30 @@
 //! A raw CONNECT client for fedpin's outbound proxy, speaking bytes on TCP
-//! as a homeserver does before its inner TLS. Every read is bounded.
+//! as a homeserver does before its inner TLS. Every read is bounded. And the
+//! proxy's settings for a loopback test.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fedpin::egress::EgressPolicy;
+use fedpin::proxy::outbound::OutboundSettings;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::bounded;
+
+/// Outbound proxy settings for a loopback test: egress open to
+/// 127.0.0.0/8, each of `hosts` resolved to 127.0.0.1, the rest default.
+pub fn loopback_settings(hosts: &[&str]) -> OutboundSettings {
+    OutboundSettings {
+        resolve: hosts
+            .iter()
+            .map(|h| (h.to_string(), "127.0.0.1".parse().unwrap()))
+            .collect(),
+        egress: EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
+        ..OutboundSettings::default()
+    }
+}
 
 /// The proxy's answer to a CONNECT (or other request) head.
 #[derive(Debug)]

@@ -67,16 +67,31 @@ pub fn key_doc(name: &str, kp: &Ed25519KeyPair) -> serde_json::Value {
         .unwrap()
         .as_millis() as u64
         + 3_600_000;
-    let mut doc = serde_json::json!({
+    let doc = serde_json::json!({
         "server_name": name,
         "valid_until_ts": until,
         "verify_keys": { "ed25519:k": { "key": b64(kp.public_key().as_ref()) } },
         "old_verify_keys": {},
     });
-    let text = fedpin::matrix::canonical_json::encode_value(&doc).unwrap();
-    let sig = b64(kp.sign(text.as_bytes()).as_ref());
-    doc["signatures"] = serde_json::json!({ name: { "ed25519:k": sig } });
-    doc
+    signed(&doc, name, "ed25519:k", kp)
+}
+
+/// `doc` with a signature by `server`'s key `key_id` = `kp` added: over the
+/// canonical JSON of `doc` without its `signatures`, as Matrix signs JSON.
+pub fn signed(
+    doc: &serde_json::Value,
+    server: &str,
+    key_id: &str,
+    kp: &Ed25519KeyPair,
+) -> serde_json::Value {
+    let mut unsigned = doc.clone();
+    if let Some(o) = unsigned.as_object_mut() {
+        o.remove("signatures");
+    }
+    let text = fedpin::matrix::canonical_json::encode_value(&unsigned).unwrap();
+    let mut out = doc.clone();
+    out["signatures"][server][key_id] = b64(kp.sign(text.as_bytes()).as_ref()).into();
+    out
 }
 
 /// Serves `/_matrix/key/v2/server` for `name` with key `ed25519:k` from seed.

@@ -5,14 +5,15 @@
 //!   a replaying TLS server and a pinned client, `bounded`, `wait_until`;
 //! * [`net`]: TLS server and client configs, stand-in servers (TLS upstreams
 //!   and receivers, plain-HTTP homeservers), HTTP/1.1 clients;
-//! * [`connect`]: the raw CONNECT client for the outbound proxy;
+//! * [`connect`]: the raw CONNECT client for the outbound proxy, and its
+//!   loopback settings;
 //! * [`process`]: running the real binaries (`fedpin run` config head,
 //!   command, stdout lines, listening addresses, reaping);
 //! * [`matrix`]: a Matrix origin (signing key, key server), the stand-in
 //!   homeserver for signature tests, and a sender to the edge.
 //!
 //! Each crate includes this module and uses part of it, hence
-//! `allow(dead_code)`.
+//! `allow(dead_code)`; so do the benches (`#[path]`).
 #![allow(dead_code)]
 
 pub mod connect;
@@ -57,7 +58,8 @@ impl Leaf {
     }
 }
 
-fn ca_params(cn: &str) -> CertificateParams {
+/// Parameters of a CA certificate named `cn` (no path length limit).
+pub fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -299,6 +301,21 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     }
     s.push_str(&format!("-----END {label}-----\n"));
     s
+}
+
+/// The whole number in the environment variable `key` (`default` when unset
+/// or not a number), clamped to 1..=`max`: a knob of the long-running tests.
+pub fn env_knob(key: &str, default: u64, max: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+        .clamp(1, max)
+}
+
+/// Whether the environment variable `key` is `1` (e.g. keep a run's files).
+pub fn env_flag(key: &str) -> bool {
+    std::env::var(key).is_ok_and(|v| v == "1")
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.

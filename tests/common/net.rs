@@ -248,16 +248,11 @@ pub async fn status_alert_body(
     Ok((status, alert, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// A response's status and its whole body as text.
+/// A response's status and its whole body as text ([`status_alert_body`]
+/// without the header).
 pub async fn status_and_body(resp: Response<Incoming>) -> Result<(u16, String), String> {
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let (status, _, body) = status_alert_body(resp).await?;
+    Ok((status, body))
 }
 
 /// Serves HTTP on an accepted TLS connection with `svc`: h2 when ALPN chose

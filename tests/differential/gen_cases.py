@@ -49,6 +49,16 @@ def base(origin=O, key=K, sig=SIG, dest=D) -> str:
     return s + (f',destination="{dest}"' if dest is not None else "")
 
 
+BASE = base()
+# The parameters of Synapse's shape, one by one, and all of them after the
+# scheme: a case that changes one spells the others with these.
+OP = f'origin="{O}"'
+KP = f'key="{K}"'
+SP = f'sig="{SIG}"'
+DP = f'destination="{D}"'
+REST = BASE[len("X-Matrix "):]
+
+
 def enc(h) -> bytes:
     return h if isinstance(h, bytes) else h.encode("utf-8")
 
@@ -63,29 +73,29 @@ def crafted():
     P = f'key="{K}",sig="{SIG}"'  # key+sig tail reused below
     # ---- baseline -------------------------------------------------------------
     add("baseline: Synapse shape", base())
-    add("baseline: no destination", base(dest=None))
+    add("baseline: no destination", f'X-Matrix {OP},{P}')
     add("baseline: all unquoted", f"X-Matrix origin={O},key={K},sig={SIG},destination={D}")
     add("baseline: destination first", f'X-Matrix destination="{D}",origin="{O}",{P}')
     # ---- scheme spelling ----------------------------------------------------------
-    add("scheme lowercase x-matrix (Synapse ignores the header)", base().replace("X-Matrix", "x-matrix", 1))
-    add("scheme X-MATRIX", base().replace("X-Matrix", "X-MATRIX", 1))
-    add("scheme x-Matrix", base().replace("X-Matrix", "x-Matrix", 1))
-    add("scheme followed by tab", base().replace("X-Matrix ", "X-Matrix\t", 1))
-    add("scheme followed by two spaces", base().replace("X-Matrix ", "X-Matrix  ", 1))
+    add("scheme lowercase x-matrix (Synapse ignores the header)", f'x-matrix {REST}')
+    add("scheme X-MATRIX", f'X-MATRIX {REST}')
+    add("scheme x-Matrix", f'x-Matrix {REST}')
+    add("scheme followed by tab", f'X-Matrix\t{REST}')
+    add("scheme followed by two spaces", f'X-Matrix  {REST}')
     add("scheme followed by eight spaces", base().replace("X-Matrix ", "X-Matrix" + " " * 8, 1))
-    add("scheme followed by space then tab", base().replace("X-Matrix ", "X-Matrix \t", 1))
-    add("scheme followed by no space", base().replace("X-Matrix ", "X-Matrix", 1))
-    add("scheme followed by comma", base().replace("X-Matrix ", "X-Matrix,", 1))
-    add("scheme X-Matrix-Foo", base().replace("X-Matrix", "X-Matrix-Foo", 1))
-    add("scheme X-Matrix2", base().replace("X-Matrix", "X-Matrix2", 1))
+    add("scheme followed by space then tab", f'X-Matrix \t{REST}')
+    add("scheme followed by no space", f'X-Matrix{REST}')
+    add("scheme followed by comma", f'X-Matrix,{REST}')
+    add("scheme X-Matrix-Foo", f'X-Matrix-Foo {REST}')
+    add("scheme X-Matrix2", f'X-Matrix2 {REST}')
     add("scheme only", "X-Matrix")
     add("scheme and a space only", "X-Matrix ")
-    add("leading space before scheme", " " + base())
-    add("leading tab before scheme", "\t" + base())
-    add("UTF-8 BOM before scheme", "\ufeff" + base())
-    add("scheme with fullwidth X", base().replace("X-Matrix", "\uff38-Matrix", 1))
-    add("scheme X-Matrix: colon", base().replace("X-Matrix ", "X-Matrix: ", 1))
-    add("scheme repeated", base().replace("X-Matrix ", "X-Matrix X-Matrix ", 1))
+    add("leading space before scheme", f' {BASE}')
+    add("leading tab before scheme", f'\t{BASE}')
+    add("UTF-8 BOM before scheme", f'\ufeff{BASE}')
+    add("scheme with fullwidth X", f'\uff38-Matrix {REST}')
+    add("scheme X-Matrix: colon", f'X-Matrix: {REST}')
+    add("scheme repeated", f'X-Matrix X-Matrix {REST}')
     # ---- several Authorization headers ----------------------------------------------
     add("two identical X-Matrix headers", base(), base())
     add("two X-Matrix, different origins (Synapse: last origin)", base(origin="a.example"), base(origin="b.example"))
@@ -114,11 +124,11 @@ def crafted():
         f'X-Matrix origin="a.example",x="1,origin=b.example,y=2",{P}')
     add("quoted comma smuggles origin after key/sig",
         f'X-Matrix {P},origin="a.example",x="1,origin=b.example,y=2"')
-    add("comma inside quoted sig", base(sig="ab,cd"))
+    add("comma inside quoted sig", f'X-Matrix {OP},{KP},sig="ab,cd",{DP}')
     add("comma inside quoted key smuggles origin",
         f'X-Matrix origin="{O}",key="x,origin=evil.example,y=",sig="{SIG}"')
-    add("comma inside quoted origin", base(origin="a.example,b.example"))
-    add("comma inside quoted destination", base(dest="a.example,origin=evil.example"))
+    add("comma inside quoted origin", f'X-Matrix origin="a.example,b.example",{P},{DP}')
+    add("comma inside quoted destination", f'X-Matrix {OP},{P},destination="a.example,origin=evil.example"')
     add("quoted key=value inside unknown param",
         f'X-Matrix origin="{O}",note="key=ed25519:evil",{P}')
     add("quoted comma then spaces", f'X-Matrix origin="a.example",x="1 , origin=b.example , y=2",{P}')
@@ -139,49 +149,49 @@ def crafted():
     add("KELVIN SIGN key (lowers to 'key') only", f'X-Matrix origin="{O}",\u212aey="{K}",sig="{SIG}"')
     add("KELVIN SIGN key overrides key", f'X-Matrix origin="{O}",key="{K}",\u212aey="ed25519:evil",sig="{SIG}"')
     add("key overrides KELVIN SIGN key", f'X-Matrix origin="{O}",\u212aey="ed25519:evil",key="{K}",sig="{SIG}"')
-    add("KELVIN SIGN in value", base(key="ed25519:\u212a"))
+    add("KELVIN SIGN in value", f'X-Matrix {OP},key="ed25519:\u212a",{SP},{DP}')
     add("U+0130 in orİgin (lowers to i + U+0307)", f'X-Matrix or\u0130gin="evil.example",origin="{O}",{P}')
     add("U+0130 origin only", f'X-Matrix or\u0130gin="{O}",{P}')
     add("U+017F long s in sig (not lowered to s)", f'X-Matrix origin="{O}",key="{K}",\u017fig="{SIG}"')
     add("fullwidth origin key", f'X-Matrix \uff4frigin="{O}",{P}')
-    add("non-ASCII in sig value (valid UTF-8)", base(sig="ab\u00e9cd"))
-    add("non-ASCII origin (IDN U-label)", base(origin="b\u00fccher.example"))
-    add("punycode origin", base(origin="xn--bcher-kva.example"))
-    add("fullwidth dot in origin", base(origin="matrix\uff0eorg"))
-    add("Arabic-Indic digits as port (Python int() accepts)", base(origin="matrix.org:\u0668\u0664\u0664\u0668"))
-    add("zero-width space in origin", base(origin="matrix\u200b.org"))
+    add("non-ASCII in sig value (valid UTF-8)", f'X-Matrix {OP},{KP},sig="ab\u00e9cd",{DP}')
+    add("non-ASCII origin (IDN U-label)", f'X-Matrix origin="b\u00fccher.example",{P},{DP}')
+    add("punycode origin", f'X-Matrix origin="xn--bcher-kva.example",{P},{DP}')
+    add("fullwidth dot in origin", f'X-Matrix origin="matrix\uff0eorg",{P},{DP}')
+    add("Arabic-Indic digits as port (Python int() accepts)", f'X-Matrix origin="matrix.org:\u0668\u0664\u0664\u0668",{P},{DP}')
+    add("zero-width space in origin", f'X-Matrix origin="matrix\u200b.org",{P},{DP}')
     # ---- bytes that are not UTF-8, controls -------------------------------------------
     add("0xff byte in sig", enc(base(sig="ab")).replace(b'sig="ab"', b'sig="a\xffb"'))
     add("Latin-1 e-acute byte in sig", enc(base(sig="ab")).replace(b'sig="ab"', b'sig="a\xe9b"'))
     add("overlong UTF-8 dot in origin", enc(base(origin="matrixQorg")).replace(b"Q", b"\xc0\xae"))
     add("UTF-8 encoded surrogate in sig", enc(base(sig="ab")).replace(b'sig="ab"', b'sig="a\xed\xa0\x80b"'))
     add("truncated UTF-8 at end", enc(base()) + b"\xe2\x82")
-    add("NUL in sig", base(sig="ab\x00cd"))
-    add("NUL at end", base() + "\x00")
-    add("NUL in origin", base(origin="matrix.org\x00evil.example"))
-    add("SOH in key", base(key="ed25519:\x01"))
-    add("DEL in sig", base(sig="ab\x7fcd"))
-    add("ESC in destination", base(dest="fedpin\x1b.example"))
+    add("NUL in sig", f'X-Matrix {OP},{KP},sig="ab\x00cd",{DP}')
+    add("NUL at end", f'{BASE}\x00')
+    add("NUL in origin", f'X-Matrix origin="matrix.org\x00evil.example",{P},{DP}')
+    add("SOH in key", f'X-Matrix {OP},key="ed25519:\x01",{SP},{DP}')
+    add("DEL in sig", f'X-Matrix {OP},{KP},sig="ab\x7fcd",{DP}')
+    add("ESC in destination", f'X-Matrix {OP},{P},destination="fedpin\x1b.example"')
     add("vertical tab before comma", f'X-Matrix origin="{O}"\x0b,{P}')
     add("form feed after origin value", f'X-Matrix origin={O}\x0c,{P}')
-    add("CR LF at end (Twisted turns CR/LF into a space or drops it)", base() + "\r\n")
-    add("LF inside origin", base(origin="matrix.org\nevil.example"))
-    add("CR inside sig", base(sig="ab\rcd"))
+    add("CR LF at end (Twisted turns CR/LF into a space or drops it)", f'{BASE}\r\n')
+    add("LF inside origin", f'X-Matrix origin="matrix.org\nevil.example",{P},{DP}')
+    add("CR inside sig", f'X-Matrix {OP},{KP},sig="ab\rcd",{DP}')
     add("obs-fold style LF SP inside value", f'X-Matrix origin="{O}",\n {P}')
-    add("tab inside quoted sig", base(sig="ab\tcd"))
+    add("tab inside quoted sig", f'X-Matrix {OP},{KP},sig="ab\tcd",{DP}')
     add("tab around comma", f'X-Matrix origin="{O}"\t,\tkey="{K}",sig="{SIG}"')
     add("NBSP around comma", f'X-Matrix origin="{O}"\u00a0,key="{K}",sig="{SIG}"')
     # ---- escapes ----------------------------------------------------------------------
-    add("escaped dot in origin", base(origin="matrix\\.org"))
-    add("escaped quote in key", base(key='ed25519:a\\"b'))
-    add("escaped backslash in sig", base(sig="ab\\\\cd"))
-    add("escaped comma in sig (split anyway)", base(sig="ab\\,cd"))
+    add("escaped dot in origin", f'X-Matrix origin="matrix\\.org",{P},{DP}')
+    add("escaped quote in key", f'X-Matrix {OP},key="ed25519:a\\"b",{SP},{DP}')
+    add("escaped backslash in sig", f'X-Matrix {OP},{KP},sig="ab\\\\cd",{DP}')
+    add("escaped comma in sig (split anyway)", f'X-Matrix {OP},{KP},sig="ab\\,cd",{DP}')
     add("escaped final quote: value ends with backslash-quote", f'X-Matrix origin="{O}",key="{K}",sig="{SIG}\\"')
     add("escaped backslash before closing quote", base(sig=SIG + "\\\\"))
     add("backslash in unquoted value", f"X-Matrix origin={O},key=ed25519:a\\b,sig={SIG}")
-    add("backslash-escaped letter in origin", base(origin="\\matrix.org"))
+    add("backslash-escaped letter in origin", f'X-Matrix origin="\\matrix.org",{P},{DP}')
     add("escaped origin smuggling via key", f'X-Matrix origin="{O}",key="a\\",origin=\\"evil.example",sig="{SIG}"')
-    add("escaped space in sig", base(sig="ab\\ cd"))
+    add("escaped space in sig", f'X-Matrix {OP},{KP},sig="ab\\ cd",{DP}')
     add("backslash at end of unquoted sig", f"X-Matrix origin={O},key={K},sig={SIG}\\")
     # ---- bad / odd quoting --------------------------------------------------------------
     add("missing closing quote on origin (Synapse drops last char)", f'X-Matrix {P},origin="{O}')
@@ -190,15 +200,15 @@ def crafted():
     add("missing closing quote on destination", f'X-Matrix origin="{O}",{P},destination="{D}')
     add("missing opening quote on sig", f'X-Matrix origin="{O}",key="{K}",sig={SIG}"')
     add("quote then junk after closing quote", f'X-Matrix origin="{O}",key="{K}",sig="{SIG}"x')
-    add("trailing space after last quoted value", base() + " ")
-    add("trailing spaces after last quoted value", base() + "   ")
-    add("trailing tab", base() + "\t")
+    add("trailing space after last quoted value", f'{BASE} ')
+    add("trailing spaces after last quoted value", f'{BASE}   ')
+    add("trailing tab", f'{BASE}\t')
     add("trailing space after unquoted value", f"X-Matrix origin={O},key={K},sig={SIG} ")
     add("value is a lone quote", base(dest=None).replace(f'sig="{SIG}"', 'sig="'))
-    add("value is two quotes (empty)", base(sig=""))
+    add("value is two quotes (empty)", f'X-Matrix {OP},{KP},sig="",{DP}')
     add("value is three quotes", base(dest=None).replace(f'sig="{SIG}"', 'sig="""'))
-    add("interior quote in sig", base(sig='ab"cd'))
-    add("interior quote in origin", base(origin='matrix"org'))
+    add("interior quote in sig", f'X-Matrix {OP},{KP},sig="ab"cd",{DP}')
+    add("interior quote in origin", f'X-Matrix origin="matrix"org",{P},{DP}')
     add("single-quoted origin", f"X-Matrix origin='{O}',{P}")
     add("origin quoted twice", f'X-Matrix origin=""{O}"",{P}')
     add("quote on left of key name", f'X-Matrix "origin"="{O}",{P}')
@@ -212,15 +222,15 @@ def crafted():
     add("only destination", f'X-Matrix destination="{D}"')
     add("empty sig unquoted", f'X-Matrix origin="{O}",key="{K}",sig=')
     add("empty key unquoted", f'X-Matrix origin="{O}",key=,sig="{SIG}"')
-    add("empty key quoted", base(key=""))
-    add("empty origin", base(origin=""))
-    add("empty destination quoted", base(dest=""))
+    add("empty key quoted", f'X-Matrix {OP},key="",{SP},{DP}')
+    add("empty origin", f'X-Matrix origin="",{P},{DP}')
+    add("empty destination quoted", f'X-Matrix {OP},{P},destination=""')
     add("empty destination unquoted", f'X-Matrix origin="{O}",{P},destination=')
     add("destination unquoted", f'X-Matrix origin="{O}",{P},destination={D}')
-    add("destination with port", base(dest="fedpin.example:8448"))
-    add("destination uppercase", base(dest="FEDPIN.EXAMPLE"))
-    add("destination not a server name (Synapse does not validate it)", base(dest="not a server name"))
-    add("destination IPv6", base(dest="[2001:db8::1]:8448"))
+    add("destination with port", f'X-Matrix {OP},{P},destination="fedpin.example:8448"')
+    add("destination uppercase", f'X-Matrix {OP},{P},destination="FEDPIN.EXAMPLE"')
+    add("destination not a server name (Synapse does not validate it)", f'X-Matrix {OP},{P},destination="not a server name"')
+    add("destination IPv6", f'X-Matrix {OP},{P},destination="[2001:db8::1]:8448"')
     add("empty parameter name", f'X-Matrix ="x",origin="{O}",{P}')
     # ---- whitespace around = and , ---------------------------------------------------------
     add("space before =", f'X-Matrix origin ="{O}",{P}')
@@ -232,24 +242,24 @@ def crafted():
     add("many spaces after comma", f'X-Matrix origin="{O}",      {P}')
     add("space inside key name", f'X-Matrix ori gin="{O}",{P}')
     add("space inside unquoted origin", f"X-Matrix origin=matrix .org,{P}")
-    add("space inside quoted sig", base(sig="ab cd"))
+    add("space inside quoted sig", f'X-Matrix {OP},{KP},sig="ab cd",{DP}')
     # ---- commas ---------------------------------------------------------------------------
-    add("trailing comma", base() + ",")
-    add("trailing comma and space", base() + ", ")
-    add("leading comma", base().replace("X-Matrix ", "X-Matrix ,", 1))
+    add("trailing comma", f'{BASE},')
+    add("trailing comma and space", f'{BASE}, ')
+    add("leading comma", f'X-Matrix ,{REST}')
     add("double comma", base().replace(",key=", ",,key=", 1))
     add("semicolon separators", base().replace(",", ";"))
     add("parameter without =", f'X-Matrix origin="{O}",flag,{P}')
-    add("parameter without = at end", base() + ",flag")
-    add("unknown parameter", base() + ',foo="bar"')
-    add("unknown parameter with empty value", base() + ",foo=")
+    add("parameter without = at end", f'{BASE},flag')
+    add("unknown parameter", f'{BASE},foo="bar"')
+    add("unknown parameter with empty value", f'{BASE},foo=')
     add("many unknown parameters", base() + "".join(f",p{i}={i}" for i in range(40)))
     # ---- = inside values ----------------------------------------------------------------------
     add("== before value", f'X-Matrix origin="{O}",key="{K}",sig=="{SIG}"')
     add("padded base64 sig", base(sig=SIG + "=="))
     add("unquoted padded sig", f"X-Matrix origin={O},key={K},sig={SIG}==")
     add("origin==value", f"X-Matrix origin=={O},{P}")
-    add("= inside quoted key", base(key="ed25519:a=b"))
+    add("= inside quoted key", f'X-Matrix {OP},key="ed25519:a=b",{SP},{DP}')
     add("key=value inside unquoted value", f"X-Matrix origin={O},key=ed25519:a=origin=evil.example,sig={SIG}")
     # ---- origin: server-name grammar -----------------------------------------------------------
     for o, why in [
@@ -279,12 +289,12 @@ def crafted():
         if why in ("uppercase", "trailing dot", "port", "IPv6 with port", "IPv6 non-canonical", "IPv6 unbracketed"):
             add(f"origin {why}, unquoted: {o}", f"X-Matrix origin={o},{P}")
     # ---- key / sig values ---------------------------------------------------------------------
-    add("key without algorithm", base(key="a_AbCd"))
-    add("key with other algorithm", base(key="curve25519:abc"))
-    add("key uppercase algorithm", base(key="ED25519:a_AbCd"))
-    add("key with colon only", base(key=":"))
+    add("key without algorithm", f'X-Matrix {OP},key="a_AbCd",{SP},{DP}')
+    add("key with other algorithm", f'X-Matrix {OP},key="curve25519:abc",{SP},{DP}')
+    add("key uppercase algorithm", f'X-Matrix {OP},key="ED25519:a_AbCd",{SP},{DP}')
+    add("key with colon only", f'X-Matrix {OP},key=":",{SP},{DP}')
     add("sig url-safe base64", base(sig=SIG.replace("+", "-").replace("/", "_")))
-    add("sig not base64", base(sig="!!!not base64!!!"))
+    add("sig not base64", f'X-Matrix {OP},{KP},sig="!!!not base64!!!",{DP}')
     add("sig of 10000 chars", base(sig="A" * 10000))
     add("origin of 5000 chars", base(origin="a" * 5000 + ".example"))
     add("header of 20000 bytes (unknown param)", base() + ",pad=" + "x" * 20000)
@@ -294,6 +304,29 @@ def crafted():
     add("old Synapse unquoted origin with port", f'X-Matrix origin=example.com:8448,key="{K}",sig="{SIG}"')
     add("old Synapse unquoted IPv6 origin", f'X-Matrix origin=[2001:db8::1]:8448,key="{K}",sig="{SIG}"')
     return c
+
+
+# The header shapes real writers produce, as (writer, str.format template
+# over origin, key, sig and dest); real() writes each for every origin, in
+# this order. The ruma shapes (token or quoted values, q() in real()) are
+# written once with each of two signatures, one with a '/' and one without.
+WRITERS_BEFORE_RUMA = [
+    ("synapse>=1.59 build_auth_headers", 'X-Matrix origin="{origin}",key="{key}",sig="{sig}",destination="{dest}"'),
+    ("synapse 1.58 (MSC3383, origin unquoted)", 'X-Matrix origin={origin},key="{key}",sig="{sig}",destination="{dest}"'),
+    ("synapse<1.58 (no destination, origin unquoted)", 'X-Matrix origin={origin},key="{key}",sig="{sig}"'),
+    ("gomatrixserverlib/dendrite fclient request.go", 'X-Matrix origin="{origin}",key="{key}",sig="{sig}",destination="{dest}"'),
+    ("gomatrixserverlib before MSC3383 (no destination)", 'X-Matrix origin="{origin}",key="{key}",sig="{sig}"'),
+]
+RUMA_WRITERS = [
+    ("ruma/conduwuit XMatrix Display (2024-06-22+)", "X-Matrix destination={dest},key={key},origin={origin},sig={sig}"),
+    ("ruma-server-util encode, token-or-quoted (230a90ef3)", "X-Matrix origin={origin},destination={dest},key={key},sig={sig}"),
+]
+WRITERS_AFTER_RUMA = [
+    ("ruma-server-util encode, all quoted (2022-06..2024-06)", 'X-Matrix origin="{origin}",destination="{dest}",key="{key}",sig="{sig}"'),
+    ("ruma-server-util encode, all quoted, no destination", 'X-Matrix origin="{origin}",key="{key}",sig="{sig}"'),
+    ("conduwuit send.rs 2024-05..07", 'X-Matrix origin="{origin}",destination="{dest}",key="{key}",sig="{sig}"'),
+    ("conduit send.rs before 2024-05 (no destination)", 'X-Matrix origin={origin},key="{key}",sig="{sig}"'),
+]
 
 
 def real():
@@ -308,34 +341,21 @@ def real():
         tchar = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
         return v if v and all(ch in tchar for ch in v) else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    def add(writer, template, origin, key, sig, dest, quote=lambda v: v):
+        values = {"origin": quote(origin), "key": quote(key), "sig": quote(sig), "dest": quote(dest)}
+        c.append(case(f"{writer}: {origin}", template.format(**values)))
+
     for i, origin in enumerate(origins):
         key = keys[i % len(keys)]
         dest = dests[i % len(dests)]
         sigs = [b64(64, rng), SIG_SLASH, SIG_NOSLASH]
-        sig = sigs[0]
-        c.append(case(f"synapse>=1.59 build_auth_headers: {origin}",
-                      f'X-Matrix origin="{origin}",key="{key}",sig="{sig}",destination="{dest}"'))
-        c.append(case(f"synapse 1.58 (MSC3383, origin unquoted): {origin}",
-                      f'X-Matrix origin={origin},key="{key}",sig="{sig}",destination="{dest}"'))
-        c.append(case(f"synapse<1.58 (no destination, origin unquoted): {origin}",
-                      f'X-Matrix origin={origin},key="{key}",sig="{sig}"'))
-        c.append(case(f"gomatrixserverlib/dendrite fclient request.go: {origin}",
-                      f'X-Matrix origin="{origin}",key="{key}",sig="{sig}",destination="{dest}"'))
-        c.append(case(f"gomatrixserverlib before MSC3383 (no destination): {origin}",
-                      f'X-Matrix origin="{origin}",key="{key}",sig="{sig}"'))
+        for writer, template in WRITERS_BEFORE_RUMA:
+            add(writer, template, origin, key, sigs[0], dest)
         for s in sigs[1:]:
-            c.append(case(f"ruma/conduwuit XMatrix Display (2024-06-22+): {origin}",
-                          f"X-Matrix destination={q(dest)},key={q(key)},origin={q(origin)},sig={q(s)}"))
-            c.append(case(f"ruma-server-util encode, token-or-quoted (230a90ef3): {origin}",
-                          f"X-Matrix origin={q(origin)},destination={q(dest)},key={q(key)},sig={q(s)}"))
-        c.append(case(f"ruma-server-util encode, all quoted (2022-06..2024-06): {origin}",
-                      f'X-Matrix origin="{origin}",destination="{dest}",key="{key}",sig="{sig}"'))
-        c.append(case(f"ruma-server-util encode, all quoted, no destination: {origin}",
-                      f'X-Matrix origin="{origin}",key="{key}",sig="{sig}"'))
-        c.append(case(f"conduwuit send.rs 2024-05..07: {origin}",
-                      f'X-Matrix origin="{origin}",destination="{dest}",key="{key}",sig="{sig}"'))
-        c.append(case(f"conduit send.rs before 2024-05 (no destination): {origin}",
-                      f'X-Matrix origin={origin},key="{key}",sig="{sig}"'))
+            for writer, template in RUMA_WRITERS:
+                add(writer, template, origin, key, s, dest, quote=q)
+        for writer, template in WRITERS_AFTER_RUMA:
+            add(writer, template, origin, key, sigs[0], dest)
     return c
 
 

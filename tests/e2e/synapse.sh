@@ -437,13 +437,21 @@ PHASE_T=$(now)
 CS1=http://127.0.0.1:$HS1_CS
 CS2=http://127.0.0.1:$HS2_CS
 cs() { timeout 120 "$VENV/bin/python" "$HERE/cs.py" "$@"; }
-for n in 1 2; do
-  user=$([[ $n == 1 ]] && echo alice || echo bob)
-  cs_var=HS${n}_CS
-  timeout 60 "$VENV/bin/register_new_matrix_user" -c "$RUN/hs$n/homeserver.yaml" -u "$user" -p "$PASSWORD" \
-    --no-admin "http://127.0.0.1:${!cs_var}" >"$RUN/hs$n/register.txt" 2>&1 ||
-    fail "register_new_matrix_user $user on hs$n failed: $(cat "$RUN/hs$n/register.txt")"
-done
+# late_message TOKEN CS BODY SECS ARRIVED NOT: prints ARRIVED if the user of
+# TOKEN on CS sees BODY in $ROOM within SECS s, else NOT (a message that was
+# held back may or may not arrive later; either is reported, neither fails).
+late_message() {
+  if TOKEN=$1 cs "$2" wait-message "$ROOM" "$3" "$4" >/dev/null 2>&1; then echo "$5"; else echo "$6"; fi
+}
+# register_user N USER --admin|--no-admin CS: registers USER (password
+# $PASSWORD) on hsN, whose client API is CS.
+register_user() {
+  timeout 60 "$VENV/bin/register_new_matrix_user" -c "$RUN/hs$1/homeserver.yaml" -u "$2" -p "$PASSWORD" \
+    "$3" "$4" >"$RUN/hs$1/register-$2.txt" 2>&1 ||
+    fail "register_new_matrix_user $2 on hs$1 failed: $(cat "$RUN/hs$1/register-$2.txt")"
+}
+register_user 1 alice --no-admin "$CS1"
+register_user 2 bob --no-admin "$CS2"
 ALICE_TOKEN=$(cs "$CS1" login alice "$PASSWORD") || fail "alice cannot log in on hs1"
 BOB_TOKEN=$(cs "$CS2" login bob "$PASSWORD") || fail "bob cannot log in on hs2"
 ALICE="@alice:$HS1_NAME"
@@ -583,9 +591,7 @@ grep -q "already listed: added 1 new pin" "$RUN/fp1/pinctl-reenrol.txt" ||
   fail "pinctl did not add the new key to the existing entry: $(cat "$RUN/fp1/pinctl-reenrol.txt")"
 reloaded_past() { (($("$PY" "$HERE/fedpin_log.py" generation "$RUN/fp1/fedpin.log") > GEN_BEFORE)); }
 wait_for 15 "fp1 to hot-reload the re-enrolled pin file" reloaded_past
-timeout 60 "$VENV/bin/register_new_matrix_user" -c "$RUN/hs1/homeserver.yaml" -u admin -p "$PASSWORD" \
-  --admin "$CS1" >"$RUN/hs1/register-admin.txt" 2>&1 ||
-  fail "register_new_matrix_user admin on hs1 failed: $(cat "$RUN/hs1/register-admin.txt")"
+register_user 1 admin --admin "$CS1"
 ADMIN_TOKEN=$(cs "$CS1" login admin "$PASSWORD") || fail "admin cannot log in on hs1"
 TOKEN=$ADMIN_TOKEN cs "$CS1" reset-destination "$HS2_NAME" || fail "the admin API could not reset hs1's back-off for $HS2_NAME"
 MSG4="hello again after the re-enrolment $NONCE"
@@ -595,11 +601,8 @@ TOKEN=$BOB_TOKEN cs "$CS2" wait-message "$ROOM" "$MSG4" 90 ||
 MSG3="bob answers $NONCE"
 TOKEN=$BOB_TOKEN cs "$CS2" send "$ROOM" "$MSG3" >/dev/null || fail "bob cannot send after the re-enrolment"
 TOKEN=$ALICE_TOKEN cs "$CS1" wait-message "$ROOM" "$MSG3" 60 || fail "alice did not receive bob's answer"
-if TOKEN=$BOB_TOKEN cs "$CS2" wait-message "$ROOM" "$MSG2" 10 2>/dev/null; then
-  late="the held-back message was delivered late (Synapse catch-up)"
-else
-  late="the held-back message was not (yet) delivered"
-fi
+late=$(late_message "$BOB_TOKEN" "$CS2" "$MSG2" 10 \
+  "the held-back message was delivered late (Synapse catch-up)" "the held-back message was not (yet) delivered")
 record "PASS  recovery: new key re-enrolled with pinctl, pin file hot-reloaded (no restart), back-off reset via the admin API, messages flow both ways; $late ($(($(now) - PHASE_T))s)"
 budget
 
@@ -655,9 +658,7 @@ reloads_before=$(edge_reloads)
 write_fedpin_config 1 '[]'
 wait_for 15 "fp1 to log \"edge rules reloaded\" after deny_origins was emptied" edge_reloaded_past "$reloads_before"
 [[ ${PIDS[fp1]} == "$FP1_PID" ]] && kill -0 "$FP1_PID" 2>/dev/null || fail "fp1 is not the same running process after the reloads"
-timeout 60 "$VENV/bin/register_new_matrix_user" -c "$RUN/hs2/homeserver.yaml" -u admin -p "$PASSWORD" \
-  --admin "$CS2" >"$RUN/hs2/register-admin.txt" 2>&1 ||
-  fail "register_new_matrix_user admin on hs2 failed: $(cat "$RUN/hs2/register-admin.txt")"
+register_user 2 admin --admin "$CS2"
 ADMIN2_TOKEN=$(cs "$CS2" login admin "$PASSWORD") || fail "admin cannot log in on hs2"
 # hs2 backs off hs1 after the 403s (Synapse backs off on any error for /send).
 TOKEN=$ADMIN2_TOKEN cs "$CS2" reset-destination "$HS1_NAME" || fail "the admin API could not reset hs2's back-off for $HS1_NAME"
@@ -669,11 +670,8 @@ ok200=$("$PY" "$HERE/fedpin_log.py" access "$RUN/fp1/fedpin.log" "$FP1_FROM" "$H
 ((ok200 > 0)) || fail "alice got bob's message but fp1's access log shows no 200 for $HS2_NAME since the window began"
 # The refused transaction is not retried by hs2 (a 4xx drops it); hs1 fetches the
 # gap (get_missing_events) when the next event refers to it.
-if TOKEN=$ALICE_TOKEN cs "$CS1" wait-message "$ROOM" "$MSG5" 15 2>/dev/null; then
-  late5="the message sent while denied arrived too (hs1 filled the gap)"
-else
-  late5="the message sent while denied did not arrive (yet)"
-fi
+late5=$(late_message "$ALICE_TOKEN" "$CS1" "$MSG5" 15 \
+  "the message sent while denied arrived too (hs1 filled the gap)" "the message sent while denied did not arrive (yet)")
 record "PASS  9b: entry removed (hot reload, same fp1 process), hs2's back-off reset via hs2's admin API: bob's next message reaches alice, $ok200 request(s) from $HS2_NAME answered 200 at the edge; $late5 ($(($(now) - PHASE_T))s edge-deny phase)"
 budget
 

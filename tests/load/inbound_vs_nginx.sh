@@ -35,15 +35,8 @@
 #
 # Everything listens on 127.0.0.1 only; every load step is bounded in time.
 
-set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca,
-# mint_server_cert, start_upstream, start_fedpin, nginx_prepare, nginx_main,
-# nginx_http_common, start_nginx
 # shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" load inbound_vs_nginx
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -55,16 +48,11 @@ STIME_PROCS=${STIME_PROCS:-4}
 FEDPIN_LOG=${FEDPIN_LOG:-info}
 export FEDPIN_LOG
 
-OUT_DIR="$ROOT/target/load"
-REPORT="$OUT_DIR/inbound_vs_nginx.txt"
 RAW="$OUT_DIR/inbound_vs_nginx.raw"
 HOSTNAME_=bench.fedpin.test
 KEY_PATH=/_matrix/key/v2/server
 FED_PATH='/_matrix/federation/v1/query/profile?user_id=%40alice%3Abench.fedpin.test'
 XMATRIX='X-Matrix origin="a.example",key="ed25519:1",sig="x"'
-
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { printf '[load] FAILED: %s\n' "$*" >&2; exit 1; }
 
 # --------------------------------------------------------------------------
 # 1. build
@@ -75,13 +63,12 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request
 fi
 # What was built (the working tree may change while the measurement runs).
-BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes in src/')"
-TARGET_DIR=$(target_dir)
-FEDPIN="$TARGET_DIR/release/fedpin"
-UPSTREAM_BIN="$TARGET_DIR/release/examples/stand_in_upstream"
-SIGN_BIN="$TARGET_DIR/release/examples/sign_request"
-[[ -x "$FEDPIN" && -x "$UPSTREAM_BIN" && -x "$SIGN_BIN" ]] ||
-    die "release binaries missing ($FEDPIN, $UPSTREAM_BIN, $SIGN_BIN)"
+PROFILE=release
+measured_build
+FEDPIN=$BUILD_DIR/fedpin
+UPSTREAM_BIN=$BUILD_DIR/examples/stand_in_upstream
+SIGN_BIN=$BUILD_DIR/examples/sign_request
+need_binaries "$FEDPIN" "$UPSTREAM_BIN" "$SIGN_BIN"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -92,14 +79,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # --------------------------------------------------------------------------
 # Process bookkeeping and cleanup
 # --------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/fedpin-load.XXXXXX)
-LOGS="$TMP/logs"
-mkdir -p "$LOGS"
+start_run
 FEDPIN_LOG_DIR=$LOGS
 [[ "${LOG_BESIDE_CONFIG:-0}" == 1 ]] && FEDPIN_LOG_DIR=$TMP
-PIDS=()
-trap 'cleanup "$TMP"/*.log' EXIT
-trap 'exit 130' INT TERM
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,42 @@
-# Shell helpers shared by the load scripts in tests/load/ (sourced, not run;
-# the functions that report use the caller's log and die).
+# Shell helpers shared by the load scripts in tests/load/ (sourced, not run),
+# and their common start. A script's first command sources it with the tag
+# of its log lines and the name of its report:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" TAG NAME
+#
+# which sets the shell options (set -euo pipefail), ROOT (the repository,
+# from then on the working directory), OUT_DIR ($ROOT/target/load) and
+# REPORT ($OUT_DIR/NAME.txt), and defines log and die ("[TAG] ..." on
+# stderr; die exits 1), which the functions below report with.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+LOAD_TAG=$1
+OUT_DIR=$ROOT/target/load
+REPORT=$OUT_DIR/$2.txt
+log() { printf '[%s] %s\n' "$LOAD_TAG" "$*" >&2; }
+die() {
+    printf '[%s] FAILED: %s\n' "$LOAD_TAG" "$*" >&2
+    exit 1
+}
+
+# Dies unless the variable named $1 holds a whole number from $2 to $3.
+int_knob() {
+    local v=${!1}
+    [[ $v =~ ^[0-9]+$ ]] && ((v >= $2 && v <= $3)) || die "$1 must be $2..$3"
+}
+
+# The run's scratch space and traps: TMP (a new directory under /tmp), LOGS
+# in it, PIDS empty; on EXIT cleanup (after a failure it shows $LOGS/* and
+# $TMP/*.log), on INT or TERM exit 130.
+start_run() {
+    TMP=$(mktemp -d "/tmp/fedpin-$LOAD_TAG.XXXXXX")
+    LOGS=$TMP/logs
+    mkdir -p "$LOGS"
+    PIDS=()
+    trap 'cleanup "$TMP"/*.log' EXIT
+    trap 'exit 130' INT TERM
+}
 
 # A port below the kernel's ephemeral range (so no outgoing connection of
 # this or another program holds it as its local end) that nothing listens on.
@@ -39,7 +76,7 @@ target_dir() {
 }
 
 # Builds the cargo targets in $@ with the $PROFILE profile (release or
-# debug), unless SKIP_BUILD=1. Uses the caller's log and die.
+# debug), unless SKIP_BUILD=1 (PROFILE is checked either way).
 build_profile() {
     local flags=()
     case $PROFILE in
@@ -52,9 +89,44 @@ build_profile() {
     cargo build --locked "${flags[@]}" "$@"
 }
 
+# What a run measures, after its build: BUILT, HEAD's short hash with
+# " + uncommitted changes" when src/, Cargo.toml, Cargo.lock or a file in $@
+# differs from it; BUILD_DIR, the directory of the $PROFILE build's binaries.
+measured_build() {
+    BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock "$@" 2>/dev/null || echo ' + uncommitted changes')"
+    BUILD_DIR=$(target_dir)/$PROFILE
+}
+
+# Dies unless every path in $@ is an executable file.
+need_binaries() {
+    local b
+    for b in "$@"; do
+        [[ -x $b ]] || die "binary missing: $b ($PROFILE build)"
+    done
+}
+
+# A fedpin config's pin-file line and the [outbound] section of a load run,
+# up to the caller's own keys: the interception CA that `fedpin ca init`
+# made in ca/, the run's CA (ca.pem) trusted for the peers, loopback
+# egress, and each name in $@ resolved to 127.0.0.1.
+outbound_config() {
+    local resolve
+    resolve=$(printf ', "%s" = "127.0.0.1"' "$@")
+    cat <<EOF
+pins = "pins.toml"
+
+[outbound]
+listen = "127.0.0.1:0"
+ca_cert = "ca/fedpin-ca.pem"
+ca_key = "ca/fedpin-ca.key"
+extra_roots = "ca.pem"
+allow_ips = ["127.0.0.0/8"]
+resolve = { ${resolve#, } }
+EOF
+}
+
 # Installs the missing tools named in $@ from Debian (nginx as nginx-light,
 # else nginx), never letting the package start a system nginx on port 80.
-# Uses the caller's log and die.
 install_tools() {
     local need=("$@") made_policy=0 pkgs
     [[ "${SKIP_INSTALL:-0}" == 1 ]] && die "missing tools: ${need[*]} (SKIP_INSTALL=1)"
@@ -146,7 +218,7 @@ mint_server_cert() {
 # Checks the fedpin config $1 (check-config's output beside $3, as
 # $3.check), runs `fedpin run` on it (stdout to $3, stderr to $4) and waits
 # up to $5 s (default 15) for its "$2 listening on" line: sets STARTED_PID
-# (also added to PIDS) and STARTED_ADDR. Uses $FEDPIN and the caller's die.
+# (also added to PIDS) and STARTED_ADDR. Uses $FEDPIN.
 start_fedpin() { # config kind stdout-file log-file [seconds]
     local cfg=$1 kind=$2 out=$3 err=$4
     "$FEDPIN" check-config --config "$cfg" >"$out.check" 2>&1 ||
@@ -198,8 +270,7 @@ nginx_http_common() {
 
 # Checks the nginx config $2 (prefix $TMP/nginx/, errors to
 # $LOGS/nginx-error.log), starts nginx on it (output to $3) and waits up to
-# 10 s for 127.0.0.1:$1: sets NGINX_PID (also added to PIDS). Uses $NGINX
-# and the caller's die.
+# 10 s for 127.0.0.1:$1: sets NGINX_PID (also added to PIDS). Uses $NGINX.
 start_nginx() { # port config output-file
     local port=$1 conf=$2 out=$3
     "$NGINX" -t -q -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$conf" 2>"$TMP/nginx-t.log" ||

@@ -41,15 +41,8 @@
 #   SKIP_BUILD=1 (use the existing binaries) SKIP_INSTALL=1
 # Everything listens on 127.0.0.1 only; every step is bounded in time.
 
-set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca,
-# mint_server_cert, start_upstream, start_fedpin, nginx_prepare, nginx_main,
-# nginx_http_common, start_nginx
 # shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" memory memory_per_conn
 
 N=${N:-5000}
 SETTLE=${SETTLE:-3}
@@ -58,26 +51,18 @@ PROFILE=${PROFILE:-release}
 WARM=8
 HOSTNAME_=bench.fedpin.test
 PEER_NAME=peer.fedpin.test
-OUT_DIR="$ROOT/target/load"
-REPORT="$OUT_DIR/memory_per_conn.txt"
 
-log() { printf '[memory] %s\n' "$*" >&2; }
-die() { printf '[memory] FAILED: %s\n' "$*" >&2; exit 1; }
-
-[[ $N =~ ^[0-9]+$ ]] && ((N >= 1 && N <= 100000)) || die "N must be 1..100000"
-[[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE must be release or debug"
+int_knob N 1 100000
 
 # --------------------------------------------------------------------------
 # 1. build
 # --------------------------------------------------------------------------
 build_profile --bin fedpin --example idle_conns --example stand_in_upstream
-BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/idle_conns.rs 2>/dev/null || echo ' + uncommitted changes')"
-TARGET_DIR=$(target_dir)
-FEDPIN="$TARGET_DIR/$PROFILE/fedpin"
-IDLE="$TARGET_DIR/$PROFILE/examples/idle_conns"
-UPSTREAM_BIN="$TARGET_DIR/$PROFILE/examples/stand_in_upstream"
-[[ -x "$FEDPIN" && -x "$IDLE" && -x "$UPSTREAM_BIN" ]] ||
-    die "binaries missing ($FEDPIN, $IDLE, $UPSTREAM_BIN)"
+measured_build examples/idle_conns.rs
+FEDPIN=$BUILD_DIR/fedpin
+IDLE=$BUILD_DIR/examples/idle_conns
+UPSTREAM_BIN=$BUILD_DIR/examples/stand_in_upstream
+need_binaries "$FEDPIN" "$IDLE" "$UPSTREAM_BIN"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -101,12 +86,7 @@ log "descriptor limit (ulimit -n): $FD_LIMIT (needed $FD_NEED for N=$N)"
 # --------------------------------------------------------------------------
 # Process bookkeeping and cleanup
 # --------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/fedpin-memory.XXXXXX)
-LOGS="$TMP/logs"
-mkdir -p "$LOGS"
-PIDS=()
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_run
 
 
 # VmRSS in kB of the given processes and their children, summed.
@@ -183,15 +163,7 @@ EOF
 "$FEDPIN" ca init --dir "$TMP/out/ca" >"$LOGS/ca-init.log" 2>&1 || die "fedpin ca init failed"
 cp "$TMP/pins.toml" "$TMP/ca.pem" "$TMP/out/"
 cat >"$TMP/out/fedpin.toml" <<EOF
-pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "ca.pem"
-allow_ips = ["127.0.0.0/8"]
-resolve = { "$PEER_NAME" = "127.0.0.1" }
+$(outbound_config "$PEER_NAME")
 max_tunnels = $((N + 100))
 idle_timeout_secs = 3600
 EOF

@@ -63,13 +63,8 @@
 #   own, not the watched config directory) SKIP_BUILD=1 SKIP_INSTALL=1
 # Everything listens on 127.0.0.1 only; every step is bounded in time.
 
-set -euo pipefail
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-# free_port, wait_line, target_dir, require_tools, cleanup, mint_ca, mint_server_cert
 # shellcheck source=tests/load/lib.sh
-source "$ROOT/tests/load/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" resumption outbound_resumption
 
 N=${N:-5000}
 ROUNDS=${ROUNDS:-3}
@@ -80,27 +75,20 @@ FEDPIN_LOG=${FEDPIN_LOG:-info}
 export FEDPIN_LOG
 PEER_T=peer-tickets.fedpin.test
 PEER_N=peer-notickets.fedpin.test
-OUT_DIR="$ROOT/target/load"
-REPORT="$OUT_DIR/outbound_resumption.txt"
 
-log() { printf '[resumption] %s\n' "$*" >&2; }
-die() { printf '[resumption] FAILED: %s\n' "$*" >&2; exit 1; }
-
-[[ $N =~ ^[0-9]+$ ]] && ((N >= 1 && N <= 1000000)) || die "N must be 1..1000000"
-[[ $ROUNDS =~ ^[0-9]+$ ]] && ((ROUNDS >= 1 && ROUNDS <= 100)) || die "ROUNDS must be 1..100"
-[[ $WARM =~ ^[0-9]+$ ]] && ((WARM >= 2 && WARM <= 10000)) || die "WARM must be 2..10000"
-[[ $PARALLEL =~ ^[0-9]+$ ]] && ((PARALLEL >= 1 && PARALLEL <= 1000)) || die "PARALLEL must be 1..1000"
-[[ $PROFILE == release || $PROFILE == debug ]] || die "PROFILE must be release or debug"
+int_knob N 1 1000000
+int_knob ROUNDS 1 100
+int_knob WARM 2 10000
+int_knob PARALLEL 1 1000
 
 # --------------------------------------------------------------------------
 # 1. build
 # --------------------------------------------------------------------------
 build_profile --bin fedpin --example new_tunnels
-BUILT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples/new_tunnels.rs 2>/dev/null || echo ' + uncommitted changes')"
-TARGET_DIR=$(target_dir)
-FEDPIN="$TARGET_DIR/$PROFILE/fedpin"
-TUNNELS="$TARGET_DIR/$PROFILE/examples/new_tunnels"
-[[ -x "$FEDPIN" && -x "$TUNNELS" ]] || die "binaries missing ($FEDPIN, $TUNNELS)"
+measured_build examples/new_tunnels.rs
+FEDPIN=$BUILD_DIR/fedpin
+TUNNELS=$BUILD_DIR/examples/new_tunnels
+need_binaries "$FEDPIN" "$TUNNELS"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -110,12 +98,7 @@ require_tools openssl curl
 # --------------------------------------------------------------------------
 # Process bookkeeping and cleanup
 # --------------------------------------------------------------------------
-TMP=$(mktemp -d /tmp/fedpin-resumption.XXXXXX)
-LOGS="$TMP/logs"
-mkdir -p "$LOGS"
-PIDS=()
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_run
 
 # CPU ticks (utime+stime, all threads) of one process.
 cpu_ticks() { # pid
@@ -193,15 +176,7 @@ write_pins "tests/load/outbound_resumption.sh, generation 1"
 cp "$TMP/ca.pem" "$TMP/fp/"
 "$FEDPIN" ca init --dir "$TMP/fp/ca" >"$LOGS/ca-init.log" 2>&1 || die "fedpin ca init failed"
 cat >"$TMP/fp/fedpin.toml" <<EOF
-pins = "pins.toml"
-
-[outbound]
-listen = "127.0.0.1:0"
-ca_cert = "ca/fedpin-ca.pem"
-ca_key = "ca/fedpin-ca.key"
-extra_roots = "ca.pem"
-allow_ips = ["127.0.0.0/8"]
-resolve = { "$PEER_T" = "127.0.0.1", "$PEER_N" = "127.0.0.1" }
+$(outbound_config "$PEER_T" "$PEER_N")
 
 [admin]
 listen = "127.0.0.1:0"

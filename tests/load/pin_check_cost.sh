@@ -15,15 +15,10 @@
 #
 # Writes target/load/pin_check_cost.txt. Installs valgrind if missing.
 
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
+# shellcheck source=tests/load/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" pin-cost pin_check_cost
 N=${N:-100}
-OUT_DIR=$ROOT/target/load
-REPORT=$OUT_DIR/pin_check_cost.txt
 mkdir -p "$OUT_DIR"
-log() { printf '[pin-cost] %s\n' "$*" >&2; }
-die() { printf '[pin-cost] FAILED: %s\n' "$*" >&2; exit 1; }
 
 if ! command -v valgrind >/dev/null 2>&1; then
     [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1 || die "valgrind missing"

@@ -56,7 +56,13 @@ if [[ -z $deb ]]; then
   fi
   say "$(cargo deb --version)"
   b0=$SECONDS
-  # A release build: the package CI installs is the one users install.
+  # A release build: the package CI installs is the one users install. The
+  # shell completions are generated from it first (not committed; the
+  # package's assets take them from target/completions/).
+  bash debian/completions.sh >/tmp/fedpin-cargo-deb.log 2>&1 || {
+    tail -n 40 /tmp/fedpin-cargo-deb.log >&2
+    fail "debian/completions.sh"
+  }
   deb=$(cargo deb --locked 2>/tmp/fedpin-cargo-deb.log | tail -n 1) || {
     tail -n 40 /tmp/fedpin-cargo-deb.log >&2
     fail "cargo deb"
@@ -210,6 +216,14 @@ say "man -l: ${#pages[@]} pages render without warnings"
 bash -c 'source /usr/share/bash-completion/completions/fedpin && source /usr/share/bash-completion/completions/pinctl &&
   complete -p fedpin && complete -p pinctl' >/dev/null || fail "bash completions do not load"
 say "bash completions load"
+for bin in fedpin pinctl; do
+  for pair in "bash:/usr/share/bash-completion/completions/$bin" "zsh:/usr/share/zsh/vendor-completions/_$bin" \
+    "fish:/usr/share/fish/vendor_completions.d/$bin.fish"; do
+    cmp -s "${pair#*:}" <("/usr/bin/$bin" completions "${pair%%:*}") ||
+      fail "${pair#*:} is not what /usr/bin/$bin completions ${pair%%:*} prints"
+  done
+done
+say "installed completions are what the installed binaries print"
 
 # ---------------------------------------------------------------- demo
 say "/usr/bin/fedpin demo"
