@@ -45,7 +45,7 @@ use crate::keys::{KeyError, KeyFetcher};
 use crate::matrix::signing::SignedRequest;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pin_store::PinStore;
-use crate::proxy::parking::{Prefixed, PARK_AFTER};
+use crate::proxy::parking::PARK_AFTER;
 use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{ConnState, PeerContext, PinnedClientVerifier, VerifierCore};
@@ -591,27 +591,21 @@ impl InboundProxy {
         loop {
             let tick = g.tick(None);
             tokio::select! {
-                // Shutdown: finish the requests in flight, then close.
-                _ = crate::proxy::io::stopped(&mut g.stop), if !draining => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(target: "fedpin::inbound", client = %g.client, error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                Ok(()) = g.published.changed(), if g.recheck.is_some() => {
-                    if !self.still_passes(g) {
-                        return;
+                wake = self.watch(g, draining, tick) => match wake {
+                    // Shutdown: finish the requests in flight, then close.
+                    Wake::Stop => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
                     }
-                }
-                _ = tokio::time::sleep(tick) => {
-                    if g.idle_expired() {
-                        return;
-                    }
-                }
+                    Wake::Close => return,
+                    Wake::Tick => {}
+                },
             }
         }
     }
@@ -620,7 +614,7 @@ impl InboundProxy {
     /// connection ends after [`PARK_AFTER`] of quiet, the TLS stream stays
     /// open, and a new hyper connection serves it when the client sends
     /// again.
-    async fn serve_h1<S>(&self, io: Io, mut svc: S, g: &mut Guard)
+    async fn serve_h1<S>(&self, mut io: Io, mut svc: S, g: &mut Guard)
     where
         S: hyper::service::Service<
                 Request<Incoming>,
@@ -630,7 +624,6 @@ impl InboundProxy {
         S::Future: Unpin,
     {
         let builder = self.h1_builder();
-        let mut io = Prefixed::new(io);
         loop {
             let mut conn = Box::new(builder.serve_connection(io, svc));
             // hyper ends a connection cleanly on graceful shutdown only
@@ -643,26 +636,21 @@ impl InboundProxy {
             let ended = loop {
                 let tick = g.tick(Some(PARK_AFTER));
                 tokio::select! {
-                    _ = crate::proxy::io::stopped(&mut g.stop), if !draining => {
-                        draining = true;
-                        Pin::new(&mut *conn).graceful_shutdown();
-                    }
                     r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-                    Ok(()) = g.published.changed(), if g.recheck.is_some() => {
-                        if !self.still_passes(g) {
-                            return;
-                        }
-                    }
-                    _ = tokio::time::sleep(tick) => {
-                        if g.idle_expired() {
-                            return;
-                        }
-                        let served = g.waiting.started.load(Ordering::Relaxed) > first;
-                        if served && !parking && !draining && g.quiet_for(PARK_AFTER) {
-                            parking = true;
+                    wake = self.watch(g, draining, tick) => match wake {
+                        Wake::Stop => {
+                            draining = true;
                             Pin::new(&mut *conn).graceful_shutdown();
                         }
-                    }
+                        Wake::Close => return,
+                        Wake::Tick => {
+                            let served = g.waiting.started.load(Ordering::Relaxed) > first;
+                            if served && !parking && !draining && g.quiet_for(PARK_AFTER) {
+                                parking = true;
+                                Pin::new(&mut *conn).graceful_shutdown();
+                            }
+                        }
+                    },
                 }
             };
             let parts = (*conn).into_parts();
@@ -690,28 +678,44 @@ impl InboundProxy {
 
     /// Waits while a connection is parked; true when the client sent
     /// something (serve it), false when the connection is to close.
-    async fn parked(&self, io: &mut Prefixed<Io>, g: &mut Guard) -> bool {
-        if io.has_prefix() {
+    async fn parked(&self, io: &mut Io, g: &mut Guard) -> bool {
+        if io.has_unread() {
             return true;
         }
         loop {
             let tick = g.tick(None);
-            let tls = io.get_mut().get_mut().inner_mut();
+            let tls = io.get_mut().inner_mut();
             tokio::select! {
-                _ = crate::proxy::io::stopped(&mut g.stop) => {
-                    crate::proxy::parking::shutdown(io, Duration::from_secs(5)).await;
-                    return false;
-                }
                 r = crate::proxy::parking::readable(tls) => return r.is_ok(),
+                wake = self.watch(g, false, tick) => match wake {
+                    Wake::Stop => {
+                        crate::proxy::parking::shutdown(io, Duration::from_secs(5)).await;
+                        return false;
+                    }
+                    Wake::Close => return false,
+                    Wake::Tick => {}
+                },
+            }
+        }
+    }
+
+    /// What, besides its own traffic, wakes a connection: shutdown (unless
+    /// it is already `draining`), a pin publish that refuses its client
+    /// certificate or the idle timeout (`Close`), or `tick` passing. A
+    /// publish that still accepts it is waited past. Cancel-safe.
+    async fn watch(&self, g: &mut Guard, draining: bool, tick: Duration) -> Wake {
+        let sleep = tokio::time::sleep(tick);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = crate::proxy::io::stopped(&mut g.stop), if !draining => return Wake::Stop,
                 Ok(()) = g.published.changed(), if g.recheck.is_some() => {
                     if !self.still_passes(g) {
-                        return false;
+                        return Wake::Close;
                     }
                 }
-                _ = tokio::time::sleep(tick) => {
-                    if g.idle_expired() {
-                        return false;
-                    }
+                _ = &mut sleep => {
+                    return if g.idle_expired() { Wake::Close } else { Wake::Tick };
                 }
             }
         }
@@ -1333,6 +1337,16 @@ impl InboundProxy {
 /// homeserver is working on them): the connection is busy, not idle, however
 /// quiet the wire is. Response bodies are not counted (a peer that stops
 /// reading one is idle).
+/// What woke a connection ([`InboundProxy::watch`]).
+enum Wake {
+    /// Shutdown: finish what is in flight, then close.
+    Stop,
+    /// Close now.
+    Close,
+    /// Time for the connection's own idle checks.
+    Tick,
+}
+
 /// The TLS stream of an inbound connection, as hyper sees it.
 type Io = Box<crate::proxy::io::Activity<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>>;
 

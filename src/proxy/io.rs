@@ -44,11 +44,15 @@ impl LastActivity {
     }
 }
 
-/// A hyper IO wrapper that records activity (for idle timeouts).
+/// A hyper IO wrapper that records activity (for idle timeouts), and can
+/// hand back bytes a reader took but did not use: what hyper had read but
+/// not parsed when its connection was parked ([`crate::proxy::parking`]),
+/// read again before the stream's own.
 #[derive(Debug)]
 pub struct Activity<S> {
     inner: S,
     last: LastActivity,
+    unread: bytes::Bytes,
 }
 
 impl<S> Activity<S> {
@@ -68,7 +72,26 @@ impl<S> Activity<S> {
         Activity {
             inner,
             last: last.clone(),
+            unread: bytes::Bytes::new(),
         }
+    }
+
+    /// Serves `read` before what was still waiting to be read again, then
+    /// the stream (hyper read a prefix of those bytes, then stopped).
+    pub fn unread(&mut self, read: bytes::Bytes) {
+        if read.is_empty() {
+            return;
+        }
+        self.unread = if self.unread.is_empty() {
+            read
+        } else {
+            [read, std::mem::take(&mut self.unread)].concat().into()
+        };
+    }
+
+    /// Whether bytes wait to be read again before the stream's own.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 }
 
@@ -107,8 +130,14 @@ impl<S: Read + Unpin> Read for Activity<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            bytes::Buf::advance(&mut self.unread, n);
+            return Poll::Ready(Ok(()));
+        }
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) {
             self.last.touch();

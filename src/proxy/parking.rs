@@ -13,16 +13,15 @@
 //! (`poll_without_shutdown` and `into_parts`), keeps the stream, and
 //! starts a new hyper connection on it when the client sends again. Bytes
 //! hyper had read but not yet parsed (a request head arriving just as the
-//! connection was parked) come back from `into_parts` and are served first
-//! by [`Prefixed`], so nothing the client sent is lost.
+//! connection was parked) come back from `into_parts` and are read again
+//! first ([`crate::proxy::io::Activity::unread`]), so nothing the client
+//! sent is lost.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::rt::Write;
 
 /// How long an HTTP/1.1 connection must be quiet (no bytes either way, no
 /// request waiting for the homeserver) before it is parked.
@@ -34,96 +33,6 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 /// hyper connection, about 26k instructions (callgrind), a quarter of such a
 /// request. Back-to-back requests never park.
 pub const PARK_AFTER: Duration = Duration::from_millis(100);
-
-/// An IO object with bytes to serve before its own: what hyper had read
-/// from it but not parsed when its connection was parked.
-#[derive(Debug)]
-pub struct Prefixed<I> {
-    prefix: Bytes,
-    inner: I,
-}
-
-impl<I> Prefixed<I> {
-    /// `inner`, nothing to serve first.
-    pub fn new(inner: I) -> Self {
-        Prefixed {
-            prefix: Bytes::new(),
-            inner,
-        }
-    }
-
-    /// Serves `read` (hyper's unparsed bytes) before what was still
-    /// waiting here, which hyper had not reached yet.
-    pub fn unread(&mut self, read: Bytes) {
-        if read.is_empty() {
-            return;
-        }
-        self.prefix = if self.prefix.is_empty() {
-            read
-        } else {
-            let mut both = Vec::with_capacity(read.len() + self.prefix.len());
-            both.extend_from_slice(&read);
-            both.extend_from_slice(&self.prefix);
-            Bytes::from(both)
-        };
-    }
-
-    /// Whether bytes wait here to be read before the inner object's.
-    pub fn has_prefix(&self) -> bool {
-        !self.prefix.is_empty()
-    }
-
-    /// The wrapped object.
-    pub fn get_mut(&mut self) -> &mut I {
-        &mut self.inner
-    }
-}
-
-impl<I: Read + Unpin> Read for Prefixed<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: Write + Unpin> Write for Prefixed<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-}
 
 /// Resolves when a parked TLS stream has something for hyper to read:
 /// plaintext rustls already holds (decrypted from records read with the
@@ -150,23 +59,24 @@ pub async fn shutdown<I: Write + Unpin>(io: &mut I, limit: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::proxy::io::Activity;
+    use bytes::Bytes;
     use hyper_util::rt::TokioIo;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
-    async fn prefix_bytes_come_first_then_the_stream() {
+    async fn unread_bytes_come_first_then_the_stream() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut p = Prefixed::new(TokioIo::new(a));
-        p.unread(Bytes::from_static(b"GET / HT"));
-        p.unread(Bytes::new());
-        assert!(p.has_prefix());
+        let (mut io, _) = Activity::new(TokioIo::new(a));
+        io.unread(Bytes::from_static(b"GET / HT"));
+        io.unread(Bytes::new());
+        assert!(io.has_unread());
         tokio::io::AsyncWriteExt::write_all(&mut b, b"TP/1.1\r\n")
             .await
             .unwrap();
         drop(b);
         let mut out = Vec::new();
-        TokioIo::new(p).read_to_end(&mut out).await.unwrap();
+        TokioIo::new(io).read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"GET / HTTP/1.1\r\n");
     }
 
@@ -174,11 +84,11 @@ mod tests {
     async fn a_second_unread_goes_before_what_was_left() {
         let (a, b) = tokio::io::duplex(64);
         drop(b);
-        let mut p = Prefixed::new(TokioIo::new(a));
-        p.unread(Bytes::from_static(b"world"));
-        p.unread(Bytes::from_static(b"hello "));
+        let (mut io, _) = Activity::new(TokioIo::new(a));
+        io.unread(Bytes::from_static(b"world"));
+        io.unread(Bytes::from_static(b"hello "));
         let mut out = Vec::new();
-        TokioIo::new(p).read_to_end(&mut out).await.unwrap();
+        TokioIo::new(io).read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"hello world");
     }
 }
