@@ -676,8 +676,10 @@ impl OutboundProxy {
                 return;
             }
         };
-        let down = match tokio::time::timeout(hs, Box::pin(start.into_stream(config))).await {
-            Ok(Ok(s)) => s,
+        // Both streams live on the heap: the relay's futures move them, and
+        // inline each move would keep a slot of its own in the task.
+        let down = match tokio::time::timeout(hs, Box::pin((*start).into_stream(config))).await {
+            Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) if is_disconnect(&e) => {
                 tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
                 return;
@@ -842,6 +844,13 @@ impl OutboundProxy {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Fixed(ck)));
         config.alpn_protocols = alpn;
+        // A config per tunnel: a session it stored or a ticket it sent could
+        // never be resumed (the next tunnel has a new config), so it stores
+        // and sends none. rustls' default, a 256-entry session cache and two
+        // TLS 1.3 tickets per handshake, cost each idle tunnel memory and
+        // each new one CPU for nothing.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 
@@ -904,7 +913,7 @@ impl OutboundProxy {
         match tokio::time::timeout(self.settings.load().handshake_timeout, fut).await {
             Ok(Ok(tls)) => {
                 let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-                Ok((tls, negotiated, connector.generation()))
+                Ok((Box::new(tls), negotiated, connector.generation()))
             }
             Ok(Err(e)) => {
                 let record = connector.record();
@@ -939,7 +948,7 @@ impl OutboundProxy {
     /// and a body naming the failed check, so the homeserver logs the reason.
     async fn explain<IO>(
         &self,
-        start: tokio_rustls::StartHandshake<IO>,
+        start: Box<tokio_rustls::StartHandshake<IO>>,
         tls_name: &str,
         offered: &[Vec<u8>],
         status: StatusCode,
@@ -960,7 +969,7 @@ impl OutboundProxy {
         };
         let Ok(Ok(stream)) = tokio::time::timeout(
             self.settings.load().handshake_timeout,
-            start.into_stream(config),
+            (*start).into_stream(config),
         )
         .await
         else {
@@ -1102,6 +1111,15 @@ trait PeerChain {
     fn peer_addr(&self) -> Option<SocketAddr>;
 }
 
+impl<T: PeerChain> PeerChain for Box<T> {
+    fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        (**self).chain()
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        (**self).peer_addr()
+    }
+}
+
 impl PeerChain for tokio_rustls::client::TlsStream<TcpStream> {
     fn chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
         self.get_ref()
@@ -1190,7 +1208,7 @@ impl Drop for AbortOnDrop {
 /// A dialled upstream: the TLS stream, the ALPN protocol it chose, and the
 /// pin generation that checked it.
 type Upstream = (
-    tokio_rustls::client::TlsStream<TcpStream>,
+    Box<tokio_rustls::client::TlsStream<TcpStream>>,
     Option<Vec<u8>>,
     u64,
 );
@@ -1198,7 +1216,7 @@ type Upstream = (
 /// A tunnel whose upstream passed the pin rules, waiting for the
 /// homeserver's side of the handshake.
 struct Established<'a, IO> {
-    start: tokio_rustls::StartHandshake<IO>,
+    start: Box<tokio_rustls::StartHandshake<IO>>,
     up: Upstream,
     tls_name: &'a str,
     dest: &'a Destination,
@@ -1210,12 +1228,12 @@ struct Established<'a, IO> {
 
 /// Reads the homeserver's ClientHello inside the tunnel (it names the peer
 /// and the protocols offered); `None`, logged, when none came in time.
-async fn client_hello<IO>(io: IO, within: Duration) -> Option<tokio_rustls::StartHandshake<IO>>
+async fn client_hello<IO>(io: IO, within: Duration) -> Option<Box<tokio_rustls::StartHandshake<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::time::timeout(within, LazyConfigAcceptor::new(Acceptor::default(), io)).await {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(s)) => Some(Box::new(s)),
         Ok(Err(e)) if is_disconnect(&e) => {
             tracing::debug!(target: "fedpin::outbound", error = %e, "the client left the tunnel before its ClientHello");
             None
@@ -1250,6 +1268,9 @@ impl rustls::server::ResolvesServerCert for Fixed {
     }
 }
 
+/// The relay's buffer each way, bytes.
+const RELAY_BUF: usize = 4096;
+
 /// Relays both ways until both sides have closed (half-close propagated) or
 /// nothing was read for `idle`.
 async fn relay<A, B>(a: A, b: B, idle: Duration)
@@ -1260,7 +1281,11 @@ where
     let last = super::io::LastActivity::new();
     let mut a = super::io::Activity::sharing(a, &last);
     let mut b = super::io::Activity::sharing(b, &last);
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    // 4 kB each way instead of tokio's 8 kB default: the buffers live as
+    // long as the tunnel, most of which is idle, and federation requests
+    // and answers are mostly smaller. A larger body costs more reads and
+    // TLS records of 4 kB (an nginx proxy buffer is one page too).
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUF, RELAY_BUF);
     tokio::pin!(copy);
     let tick = (idle / 4).max(Duration::from_millis(50));
     loop {
