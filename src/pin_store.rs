@@ -14,7 +14,7 @@
 //! or a peer missing from that half would fall back to `policy.unpinned` until
 //! the next reload. A reload that finds new content waits a settle interval
 //! ([`DEFAULT_SETTLE`]), reads the file it opened again, and loads only if
-//! its size, modification time and content hash are unchanged; otherwise it
+//! its size, modification time and content are unchanged; otherwise it
 //! reads again, and after a few rounds gives up until the next event or
 //! re-check ([`ReloadOutcome::Unsettled`]). The check follows the opened file,
 //! not the path: a file swapped in by rename was complete when it was
@@ -45,7 +45,7 @@ const NAMED_REMOVALS: usize = 20;
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
-    /// The file's content hash is unchanged; nothing swapped.
+    /// The file is byte for byte the one in force; nothing swapped.
     Unchanged,
     /// A new set is in force with this generation.
     Reloaded(u64),
@@ -71,7 +71,6 @@ pub struct ReloadRecord {
 /// One read of the opened pin file and what the file looked like around it.
 struct Snapshot {
     bytes: Vec<u8>,
-    hash: [u8; 32],
     /// The file did not change while it was read.
     steady: bool,
     len: u64,
@@ -82,16 +81,6 @@ impl Snapshot {
     /// Reads the whole of `file` (from its start): metadata, content,
     /// metadata again. A file that changed during the read is read as it is
     /// and never matches another snapshot.
-    fn take(file: &mut std::fs::File) -> std::io::Result<Snapshot> {
-        let mut snap = Self::read(file)?;
-        snap.hash = crate::pins::sha256(&snap.bytes);
-        Ok(snap)
-    }
-
-    /// [`Snapshot::take`] without the hash: the settle re-read compares its
-    /// bytes with the first read's instead (same outcome as comparing
-    /// hashes, without hashing the file again); it takes the first read's
-    /// hash when they are equal ([`Snapshot::settles`]).
     fn read(file: &mut std::fs::File) -> std::io::Result<Snapshot> {
         use std::io::{Read, Seek};
         let before = file.metadata()?;
@@ -104,27 +93,35 @@ impl Snapshot {
             && bytes.len() as u64 == after.len();
         Ok(Snapshot {
             bytes,
-            hash: [0; 32],
             steady,
             len: after.len(),
             modified: after.modified().ok(),
         })
     }
 
-    /// Whether `next`, a later unhashed read ([`Snapshot::read`]), saw the
-    /// same, unchanged file as this hashed one; if so it takes this one's
-    /// hash (its bytes are the same).
-    fn settles(&self, next: &mut Snapshot) -> bool {
-        let same = self.steady
+    /// Whether `next`, a later read, saw the same, unchanged file.
+    fn settles(&self, next: &Snapshot) -> bool {
+        self.steady
             && next.steady
             && self.len == next.len
             && self.modified == next.modified
-            && self.bytes == next.bytes;
-        if same {
-            next.hash = self.hash;
-        }
-        same
+            && self.bytes == next.bytes
     }
+}
+
+/// Drops a pin set that was replaced, on a thread of its own when this was
+/// its last holder: freeing a 10,000-peer set whose memory has gone cold
+/// in the cache took about as long as parsing the new one
+/// (`benches/reload.rs`), and nothing needs to wait for it. A set still
+/// held (a handshake in progress) is freed by its last holder.
+fn retire(set: Arc<PinSet>) {
+    if Arc::strong_count(&set) > 1 {
+        return;
+    }
+    // If no thread can be started, the closure, and the set, drop here.
+    let _ = std::thread::Builder::new()
+        .name("fedpin-pins-retire".into())
+        .spawn(move || drop(set));
 }
 
 /// The current pin set, swapped atomically on reload.
@@ -254,27 +251,26 @@ impl PinStore {
             Ok(f) => f,
             Err(e) => return self.unreadable(e),
         };
-        let mut snap = match Snapshot::take(&mut file) {
+        let mut snap = match Snapshot::read(&mut file) {
             Ok(s) => s,
             Err(e) => return self.unreadable(e),
         };
-        if snap.hash == self.current.load().content_hash {
+        if self.current.load().loaded_from(&snap.bytes) {
             return ReloadOutcome::Unchanged;
         }
         if !self.settle.is_zero() {
             let mut rounds = 0;
             loop {
                 std::thread::sleep(self.settle);
-                let mut next = match Snapshot::read(&mut file) {
+                let next = match Snapshot::read(&mut file) {
                     Ok(s) => s,
                     Err(e) => return self.unreadable(e),
                 };
-                if snap.settles(&mut next) {
+                if snap.settles(&next) {
                     snap = next;
                     break;
                 }
-                // Changed: hash it, the next round compares against it.
-                next.hash = crate::pins::sha256(&next.bytes);
+                // Changed: the next round compares against this read.
                 snap = next;
                 rounds += 1;
                 if rounds >= SETTLE_ROUNDS {
@@ -284,11 +280,11 @@ impl PinStore {
                     );
                 }
             }
-            if snap.hash == self.current.load().content_hash {
+            if self.current.load().loaded_from(&snap.bytes) {
                 return ReloadOutcome::Unchanged;
             }
         }
-        match PinSet::parse_bytes_hashed(&snap.bytes, snap.hash) {
+        match PinSet::parse_source(snap.bytes.into()) {
             Ok(mut set) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 set.generation = generation;
@@ -306,6 +302,7 @@ impl PinStore {
                 );
                 self.report_removed(&old, &new);
                 self.published.send_replace(generation);
+                retire(old);
                 ReloadOutcome::Reloaded(generation)
             }
             Err(mut e) => {

@@ -304,8 +304,11 @@ pub struct PinSet {
     by_pin: HashMap<Pin, Vec<Slot>>,
     /// Lint findings that do not make the file invalid (e.g. a peer with a single pin).
     pub warnings: Vec<Diagnostic>,
-    /// SHA-256 of the file's bytes.
-    pub content_hash: [u8; 32],
+    /// The file's bytes, as loaded: a reload compares what it reads with
+    /// them to tell an unchanged file (cheaper than hashing 1.4 MB).
+    source: bytes::Bytes,
+    /// SHA-256 of `source`, computed when first asked for (`/pins`).
+    hash: std::sync::OnceLock<[u8; 32]>,
     /// Reload generation (0 until a store assigns one).
     pub generation: u64,
 }
@@ -321,7 +324,8 @@ impl PinSet {
             by_server_name: HashMap::new(),
             by_pin: HashMap::new(),
             warnings: Vec::new(),
-            content_hash: [0; 32],
+            source: bytes::Bytes::new(),
+            hash: std::sync::OnceLock::new(),
             generation: 0,
         }
     }
@@ -345,13 +349,13 @@ impl PinSet {
 
     /// Validates pin-file bytes (must be UTF-8 TOML).
     pub fn parse_bytes(bytes: &[u8]) -> Result<Self, PinFileError> {
-        Self::parse_bytes_hashed(bytes, sha256(bytes))
+        Self::parse_source(bytes::Bytes::copy_from_slice(bytes))
     }
 
-    /// [`PinSet::parse_bytes`] for bytes whose SHA-256 the caller has
-    /// already computed (the store hashes every read to tell a changed file
-    /// from an unchanged one; a 10,000-peer file need not be hashed twice).
-    pub(crate) fn parse_bytes_hashed(bytes: &[u8], hash: [u8; 32]) -> Result<Self, PinFileError> {
+    /// [`PinSet::parse_bytes`] of bytes the set keeps as its source (the
+    /// store's read of the file, not copied).
+    pub(crate) fn parse_source(source: bytes::Bytes) -> Result<Self, PinFileError> {
+        let bytes = &source[..];
         let text = std::str::from_utf8(bytes).map_err(|e| {
             let line = bytes[..e.valid_up_to()]
                 .iter()
@@ -368,16 +372,16 @@ impl PinSet {
                 }],
             }
         })?;
-        Self::parse_hashed(text, hash)
+        Self::parse_text(text, source.clone())
     }
 
     /// Validates pin-file text.
     pub fn parse(text: &str) -> Result<Self, PinFileError> {
-        Self::parse_hashed(text, sha256(text.as_bytes()))
+        Self::parse_text(text, bytes::Bytes::copy_from_slice(text.as_bytes()))
     }
 
-    /// [`PinSet::parse`] with the text's SHA-256 given (`content_hash`).
-    fn parse_hashed(text: &str, hash: [u8; 32]) -> Result<Self, PinFileError> {
+    /// [`PinSet::parse`] of `text`, whose bytes are `source`.
+    fn parse_text(text: &str, source: bytes::Bytes) -> Result<Self, PinFileError> {
         let lines = LineIndex::new(text);
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| lines.locate(s.start)).unwrap_or((0, 0));
@@ -391,7 +395,7 @@ impl PinSet {
                 }],
             }
         })?;
-        Self::validate(raw, &lines, hash)
+        Self::validate(raw, &lines, source)
     }
 
     /// Validates typed peer entries (no file text) by the same rules as
@@ -421,7 +425,7 @@ impl PinSet {
             }),
             peer,
         };
-        match Self::validate(raw, &LineIndex::unlocated(), [0; 32]) {
+        match Self::validate(raw, &LineIndex::unlocated(), bytes::Bytes::new()) {
             Ok(set) if dups.is_empty() => Ok(set),
             Ok(_) => Err(PinFileError {
                 path: None,
@@ -435,7 +439,11 @@ impl PinSet {
     }
 
     /// The checks shared by [`PinSet::parse`] and [`PinSet::from_entries`].
-    fn validate(raw: RawFile, lines: &LineIndex, hash: [u8; 32]) -> Result<Self, PinFileError> {
+    fn validate(
+        raw: RawFile,
+        lines: &LineIndex,
+        source: bytes::Bytes,
+    ) -> Result<Self, PinFileError> {
         let mut b = Builder::new(lines, raw.peer.len());
         b.version(raw.version.as_ref());
         let policy = raw
@@ -448,7 +456,7 @@ impl PinSet {
         for (i, raw_peer) in raw.peer.into_iter().enumerate() {
             b.peer(i, raw_peer);
         }
-        b.finish(policy, hash)
+        b.finish(policy, source)
     }
 
     /// The peer entry that covers this TLS name (normalised first), with the
@@ -498,9 +506,19 @@ impl PinSet {
         self.peers.is_empty()
     }
 
+    /// SHA-256 of the file the set was loaded from.
+    pub fn content_hash(&self) -> [u8; 32] {
+        *self.hash.get_or_init(|| sha256(&self.source))
+    }
+
+    /// Whether `bytes` are exactly the file this set was loaded from.
+    pub fn loaded_from(&self, bytes: &[u8]) -> bool {
+        self.generation != 0 && self.source == bytes
+    }
+
     /// The content hash as lowercase hex.
     pub fn content_hash_hex(&self) -> String {
-        self.content_hash
+        self.content_hash()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
@@ -816,8 +834,8 @@ impl<'l> Builder<'l> {
         i: usize,
         list: Vec<Spanned<String>>,
     ) -> Vec<crate::matrix::signing::VerifyKey> {
-        let key = format!("peer[{i}].signing_keys");
-        self.distinct(&key, "signing key", list, |text| {
+        let key = |j: usize| format!("peer[{i}].signing_keys[{j}]");
+        self.distinct(key, "signing key", list, |text| {
             let (id, b64) = text
                 .split_once('=')
                 .ok_or_else(|| "expected \"ed25519:KEYID=BASE64\"".to_owned())?;
@@ -825,12 +843,12 @@ impl<'l> Builder<'l> {
         })
     }
 
-    /// The items of the list at `key`, parsed, each distinct value once (a
-    /// repeat is dropped); an item that does not parse is an error at its
-    /// own span and index: `malformed WHAT "TEXT": WHY`.
+    /// The items of a list, parsed, each distinct value once (a repeat is
+    /// dropped); an item that does not parse is an error at its own span and
+    /// key (`key(index)`, formatted only then): `malformed WHAT "TEXT": WHY`.
     fn distinct<T: PartialEq>(
         &mut self,
-        key: &str,
+        key: impl Fn(usize) -> String,
         what: &str,
         list: Vec<Spanned<String>>,
         parse: impl Fn(&str) -> Result<T, String>,
@@ -842,7 +860,7 @@ impl<'l> Builder<'l> {
                 Ok(_) => {}
                 Err(m) => self.err(
                     item.span(),
-                    format!("{key}[{j}]"),
+                    key(j),
                     format!("malformed {what} \"{}\": {m}", item.get_ref()),
                 ),
             }
@@ -882,7 +900,8 @@ impl<'l> Builder<'l> {
             if raw.is_empty() {
                 self.err(span, hkey.clone(), "a host needs at least one pin".into());
             }
-            let these = self.distinct(&hkey, "pin", raw, |text| {
+            let key = |j: usize| format!("{hkey}[{j}]");
+            let these = self.distinct(key, "pin", raw, |text| {
                 text.parse::<Pin>().map_err(|e| e.to_string())
             });
             host_pins.push((name, these));
@@ -913,7 +932,7 @@ impl<'l> Builder<'l> {
     }
 
     /// The set, or every error found, sorted by position.
-    fn finish(mut self, policy: Policy, hash: [u8; 32]) -> Result<PinSet, PinFileError> {
+    fn finish(mut self, policy: Policy, source: bytes::Bytes) -> Result<PinSet, PinFileError> {
         if !self.errors.is_empty() {
             self.errors.sort_by_key(|d| (d.line, d.column));
             return Err(PinFileError {
@@ -940,7 +959,8 @@ impl<'l> Builder<'l> {
             by_server_name: self.by_server_name,
             by_pin,
             warnings: self.warnings,
-            content_hash: hash,
+            source,
+            hash: std::sync::OnceLock::new(),
             generation: 0,
         })
     }
@@ -961,8 +981,8 @@ fn slot_line(peers: &[Peer], views: &[Peer], s: Slot) -> usize {
     .unwrap_or_default()
 }
 
-/// SHA-256 of `bytes` (the pin set's `content_hash`).
-pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+/// SHA-256 of `bytes` (the pin set's content hash).
+fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut h = [0u8; 32];
     h.copy_from_slice(d.as_ref());

@@ -27,7 +27,6 @@
 mod file;
 mod pin;
 
-pub(crate) use file::sha256;
 pub use file::{
     normalize_lookup, normalize_tls_name, split_server_name, Diagnostic, ExpiredPolicy, Mode, Peer,
     PeerEntry, PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
