@@ -585,7 +585,7 @@ impl InboundProxy {
             + 'static,
         S::Future: Send + 'static,
     {
-        let builder = self.http_builder();
+        let builder = self.h2_builder();
         let mut conn = Box::pin(builder.serve_connection(io, svc));
         let mut draining = false;
         loop {
@@ -791,33 +791,26 @@ impl InboundProxy {
         Some(tls)
     }
 
-    /// hyper's server settings: header time and size limits for HTTP/1.1,
-    /// header-list size and stream limits for h2. No server PINGs: their
-    /// acks are bytes on the wire and would keep an idle h2 connection alive
-    /// forever; the connection's idle check covers dead and silent peers for
-    /// both protocols.
-    fn http_builder(&self) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.settings.header_timeout)
-            .max_buf_size(self.settings.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
-            .max_concurrent_streams(128);
-        builder
-    }
-
-    /// hyper's HTTP/1.1 server settings (the same as [`Self::http_builder`]'s).
+    /// hyper's HTTP/1.1 server settings: header time and size limits.
     fn h1_builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_timeout)
             .max_buf_size(self.settings.max_header_bytes.max(8192));
+        builder
+    }
+
+    /// hyper's h2 server settings: header-list size and stream limits. No
+    /// server PINGs: their acks are bytes on the wire and would keep an idle
+    /// h2 connection alive forever; the connection's idle check covers dead
+    /// and silent peers for both protocols.
+    fn h2_builder(&self) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(self.settings.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(128);
         builder
     }
 
@@ -1333,10 +1326,6 @@ impl InboundProxy {
     }
 }
 
-/// Requests of one connection that are waiting for their response head (the
-/// homeserver is working on them): the connection is busy, not idle, however
-/// quiet the wire is. Response bodies are not counted (a peer that stops
-/// reading one is idle).
 /// What woke a connection ([`InboundProxy::watch`]).
 enum Wake {
     /// Shutdown: finish what is in flight, then close.
@@ -1390,6 +1379,10 @@ impl Guard {
     }
 }
 
+/// Requests of one connection that are waiting for their response head (the
+/// homeserver is working on them): the connection is busy, not idle, however
+/// quiet the wire is. Response bodies are not counted (a peer that stops
+/// reading one is idle).
 struct Waiting {
     count: AtomicUsize,
     /// Requests started on the connection, ever.
