@@ -9,5 +9,6 @@ pub mod io;
 pub mod outbound;
 pub mod parking;
 pub mod peer_results;
+pub mod relay;
 pub mod status_page;
 pub mod xmatrix;

@@ -1268,9 +1268,6 @@ impl rustls::server::ResolvesServerCert for Fixed {
     }
 }
 
-/// The relay's buffer each way, bytes.
-const RELAY_BUF: usize = 4096;
-
 /// Relays both ways until both sides have closed (half-close propagated) or
 /// nothing was read for `idle`.
 async fn relay<A, B>(a: A, b: B, idle: Duration)
@@ -1281,11 +1278,8 @@ where
     let last = super::io::LastActivity::new();
     let mut a = super::io::Activity::sharing(a, &last);
     let mut b = super::io::Activity::sharing(b, &last);
-    // 4 kB each way instead of tokio's 8 kB default: the buffers live as
-    // long as the tunnel, most of which is idle, and federation requests
-    // and answers are mostly smaller. A larger body costs more reads and
-    // TLS records of 4 kB (an nginx proxy buffer is one page too).
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, RELAY_BUF, RELAY_BUF);
+    // No buffer is held while the tunnel is idle (see super::relay).
+    let copy = super::relay::copy_bidirectional(&mut a, &mut b);
     tokio::pin!(copy);
     let tick = (idle / 4).max(Duration::from_millis(50));
     loop {
