@@ -186,6 +186,10 @@ fn bench_reload(c: &mut Criterion) {
     group.bench_function("parse", |b| {
         b.iter(|| PinSet::parse(black_box(&texts[0])).expect("parses"))
     });
+    // The baseline: the same parse on this thread only.
+    group.bench_function("parse_one_thread", |b| {
+        b.iter(|| PinSet::parse_on_threads(black_box(&texts[0]), 1).expect("parses"))
+    });
     group.bench_function("store_open", |b| {
         b.iter(|| PinStore::open(black_box(&path), AlertHub::new()).expect("opens"))
     });
@@ -337,7 +341,14 @@ fn summary(_: &mut Criterion) {
     };
     println!();
     println!("reload at scale ({PEERS} peers; medians of this run; target: a reload under 50 ms)");
-    println!("  PinSet::parse          {}", show(ms("parse"), "ms"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "  PinSet::parse          {}   (on up to {} threads; one thread: {}, ratio {})",
+        show(ms("parse"), "ms"),
+        cores.min(4),
+        show(ms("parse_one_thread"), "ms"),
+        ratio(ms("parse"), ms("parse_one_thread"))
+    );
     println!("  PinStore::open         {}", show(ms("store_open"), "ms"));
     println!(
         "  PinStore::reload       {}   (target < 50 ms)",

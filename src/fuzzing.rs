@@ -20,8 +20,20 @@ pub fn pin_string(data: &[u8]) {
 }
 
 /// A pin file that parses lists no host twice, and every host looks up to
-/// the peer that lists it; errors always carry a message.
+/// the peer that lists it; errors always carry a message. Parsed in pieces
+/// (as a large file is, on several threads) it gives what it gives whole.
 pub fn pin_file(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let seen = |r: Result<PinSet, crate::pins::PinFileError>| match r {
+            Ok(set) => format!("{:?} {:?} {:?}", set.policy, set.peers(), set.warnings),
+            Err(e) => e.to_string(),
+        };
+        let whole = seen(PinSet::parse_on_threads(text, 1));
+        for pieces in [2, 3] {
+            let split = seen(PinSet::parse_on_threads(text, pieces));
+            assert_eq!(split, whole, "{pieces} pieces differ from the whole");
+        }
+    }
     match PinSet::parse_bytes(data) {
         Ok(set) => {
             let mut seen = std::collections::HashSet::new();

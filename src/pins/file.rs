@@ -291,6 +291,97 @@ struct RawPeer {
     note: Option<String>,
 }
 
+/// A piece is at least this many bytes (a 10,000-peer file is 1.4 MB):
+/// below, starting threads costs more than it saves.
+const PIECE_MIN: usize = 128 * 1024;
+
+/// At most this many pieces, whatever the cores.
+const MAX_PIECES: usize = 4;
+
+/// A file with at least this many peers has them checked on several
+/// threads (as many as there are pieces at most).
+const CHECK_PARALLEL_MIN: usize = 1000;
+
+/// How many peers a parse gave.
+fn peer_count(parsed: &Parsed) -> usize {
+    parsed.file.peer.len() + parsed.more.iter().map(|(_, p)| p.len()).sum::<usize>()
+}
+
+/// A pin file's TOML, parsed whole or in pieces ([`super::pieces`]): the
+/// head and the first piece's peers in `file`, with spans into the whole
+/// text; the peers of each later piece with the offset their spans count
+/// from (where the piece starts).
+struct Parsed {
+    file: RawFile,
+    more: Vec<(usize, Vec<Spanned<RawPeer>>)>,
+}
+
+impl Parsed {
+    /// The whole text as one document: the parse that decides.
+    fn whole(text: &str, lines: &LineIndex) -> Result<Self, PinFileError> {
+        let file: RawFile = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| lines.locate(s.start)).unwrap_or((0, 0));
+            PinFileError {
+                path: None,
+                errors: vec![Diagnostic {
+                    line,
+                    column,
+                    key: String::new(),
+                    message: e.message().trim().to_string(),
+                }],
+            }
+        })?;
+        Ok(Parsed {
+            file,
+            more: Vec::new(),
+        })
+    }
+
+    /// The text cut at `[[peer]]` lines into up to `pieces` pieces and
+    /// parsed on as many threads, or `None` when it cannot be cut, or anything about the pieces
+    /// is not what the whole would give: then the whole is parsed.
+    ///
+    /// The pieces mean what the whole means when: the head before the first
+    /// `[[peer]]` line parses alone and gives no peer (so that line is a
+    /// real table header, not text in a multi-line string, and `peer` is an
+    /// array of tables from there on); every piece parses (so each cut is a
+    /// real header too: a cut inside a string or array leaves the piece
+    /// before it unterminated); and no later piece gives `version` or
+    /// `[policy]` (which the whole could reject as given twice).
+    fn in_pieces(text: &str, pieces: usize) -> Option<Self> {
+        if pieces < 2 {
+            return None;
+        }
+        let first = super::pieces::next_header(text, 0)?;
+        if first > text.len() / pieces {
+            return None;
+        }
+        let head: RawFile = toml::from_str(&text[..first]).ok()?;
+        if !head.peer.is_empty() {
+            return None;
+        }
+        let cuts = super::pieces::cuts(text, first, pieces);
+        if cuts.is_empty() {
+            return None;
+        }
+        let parsed = super::pieces::parse_each::<RawFile>(text, &cuts);
+        if parsed.len() != cuts.len() + 1 {
+            return None;
+        }
+        let mut parsed = parsed.into_iter();
+        let file = parsed.next()?.ok()?;
+        let mut more = Vec::with_capacity(cuts.len());
+        for (cut, piece) in cuts.into_iter().zip(parsed) {
+            let piece = piece.ok()?;
+            if piece.version.is_some() || piece.policy.is_some() {
+                return None;
+            }
+            more.push((cut, piece.peer));
+        }
+        Some(Parsed { file, more })
+    }
+}
+
 /// An immutable, validated pin set with O(1) lookup by TLS name.
 #[derive(Debug, Clone)]
 pub struct PinSet {
@@ -382,20 +473,43 @@ impl PinSet {
 
     /// [`PinSet::parse`] of `text`, whose bytes are `source`.
     fn parse_text(text: &str, source: bytes::Bytes) -> Result<Self, PinFileError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cores.min(MAX_PIECES);
+        let pieces = threads.min(text.len() / PIECE_MIN);
+        Self::parse_text_with(text, source, (pieces, threads), CHECK_PARALLEL_MIN)
+    }
+
+    /// [`PinSet::parse`] on up to `threads` threads whatever the text's
+    /// size: the text cut into that many pieces where it allows, and the
+    /// peers checked on as many threads. One is this thread only. (`parse`
+    /// itself uses up to one per core, at most 4, and only for a large
+    /// file: pieces of 128 kB or more, 1,000 peers or more to check.) The
+    /// result is the same whatever the number.
+    pub fn parse_on_threads(text: &str, threads: usize) -> Result<Self, PinFileError> {
+        let pieces = threads;
+        Self::parse_text_with(text, bytes::Bytes::new(), (pieces, threads), 1)
+    }
+
+    /// [`PinSet::parse_text`], parsed in up to `pieces` pieces where the
+    /// text allows (one: whole), its peers checked on up to `threads`
+    /// threads if there are at least `check_min` of them.
+    fn parse_text_with(
+        text: &str,
+        source: bytes::Bytes,
+        (pieces, threads): (usize, usize),
+        check_min: usize,
+    ) -> Result<Self, PinFileError> {
         let lines = LineIndex::new(text);
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| lines.locate(s.start)).unwrap_or((0, 0));
-            PinFileError {
-                path: None,
-                errors: vec![Diagnostic {
-                    line,
-                    column,
-                    key: String::new(),
-                    message: e.message().trim().to_string(),
-                }],
-            }
-        })?;
-        Self::validate(raw, &lines, source)
+        let parsed = match Parsed::in_pieces(text, pieces) {
+            Some(p) => p,
+            None => Parsed::whole(text, &lines)?,
+        };
+        let threads = if peer_count(&parsed) >= check_min {
+            threads
+        } else {
+            1
+        };
+        Self::validate(parsed, &lines, source, threads)
     }
 
     /// Validates typed peer entries (no file text) by the same rules as
@@ -425,7 +539,11 @@ impl PinSet {
             }),
             peer,
         };
-        match Self::validate(raw, &LineIndex::unlocated(), bytes::Bytes::new()) {
+        let parsed = Parsed {
+            file: raw,
+            more: Vec::new(),
+        };
+        match Self::validate(parsed, &LineIndex::unlocated(), bytes::Bytes::new(), 1) {
             Ok(set) if dups.is_empty() => Ok(set),
             Ok(_) => Err(PinFileError {
                 path: None,
@@ -439,12 +557,17 @@ impl PinSet {
     }
 
     /// The checks shared by [`PinSet::parse`] and [`PinSet::from_entries`].
+    /// Peers are checked on up to `threads` threads, then put together in
+    /// file order on this one.
     fn validate(
-        raw: RawFile,
+        parsed: Parsed,
         lines: &LineIndex,
         source: bytes::Bytes,
+        threads: usize,
     ) -> Result<Self, PinFileError> {
-        let mut b = Builder::new(lines, raw.peer.len());
+        let peers = peer_count(&parsed);
+        let Parsed { file: raw, more } = parsed;
+        let mut b = Builder::new(lines, peers);
         b.version(raw.version.as_ref());
         let policy = raw
             .policy
@@ -453,8 +576,35 @@ impl PinSet {
                 on_expired: p.on_expired.unwrap_or(ExpiredPolicy::Webpki),
             })
             .unwrap_or_default();
-        for (i, raw_peer) in raw.peer.into_iter().enumerate() {
-            b.peer(i, raw_peer);
+        let mut all = Vec::with_capacity(peers);
+        for (base, piece) in std::iter::once((0, raw.peer)).chain(more) {
+            all.extend(piece.into_iter().map(|p| (base, p)));
+        }
+        let per = peers.div_ceil(threads.max(1)).max(1);
+        let mut chunks = Vec::with_capacity(threads);
+        let mut all = all.into_iter();
+        for start in (0..peers).step_by(per) {
+            chunks.push((start, all.by_ref().take(per).collect::<Vec<_>>()));
+        }
+        let checked = super::pieces::on_threads(chunks, |(start, chunk)| {
+            chunk
+                .into_iter()
+                .enumerate()
+                .map(|(j, (base, raw))| PeerCheck::run(lines, base, start + j, raw))
+                .collect::<Vec<_>>()
+        })
+        .ok_or_else(|| PinFileError {
+            path: None,
+            errors: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: "internal error: a peer check gave no result; the file was not loaded"
+                    .into(),
+            }],
+        })?;
+        for c in checked.into_iter().flatten() {
+            b.add(c);
         }
         b.finish(policy, source)
     }
@@ -528,8 +678,10 @@ impl PinSet {
 /// Where a TLS name's pins live: a file entry, or one of its `host_pins`.
 type Span = std::ops::Range<usize>;
 
-/// Validates a pin file one peer at a time: collects located errors and
-/// warnings, and builds the lookup indexes of the [`PinSet`] it becomes.
+/// Puts a pin file's checked peers together, in file order: adds the
+/// findings of their own checks ([`PeerCheck`]), checks what only the
+/// whole file can tell (a server name or host listed twice), and builds the
+/// lookup indexes of the [`PinSet`] it becomes.
 struct Builder<'l> {
     lines: &'l LineIndex,
     errors: Vec<Diagnostic>,
@@ -566,16 +718,6 @@ impl<'l> Builder<'l> {
         });
     }
 
-    fn warn(&mut self, at: usize, key: String, message: String) {
-        let (line, column) = self.lines.locate(at);
-        self.warnings.push(Diagnostic {
-            line,
-            column,
-            key,
-            message,
-        });
-    }
-
     /// `version = 1` must be there: a later format must not be read as this one.
     fn version(&mut self, version: Option<&Spanned<i64>>) {
         match version {
@@ -596,8 +738,188 @@ impl<'l> Builder<'l> {
         }
     }
 
-    /// Checks one `[[peer]]` table and, if it is sound so far, indexes it.
-    fn peer(&mut self, i: usize, raw_peer: Spanned<RawPeer>) {
+    /// Adds a checked peer: its findings in the order its check made them,
+    /// each claim on a name checked against the peers before it; then
+    /// indexes it.
+    fn add(&mut self, c: Checked) {
+        for step in c.steps {
+            match step {
+                Step::Error(d) => self.errors.push(d),
+                Step::Warning(d) => self.warnings.push(d),
+                Step::ServerName((line, column)) => {
+                    if let Some(prev) = self.by_server_name.get(&c.sn_key) {
+                        let prev_line = self.peers.get(*prev).map(|p| p.line).unwrap_or_default();
+                        self.errors.push(Diagnostic {
+                            line,
+                            column,
+                            key: format!("peer[{}].server_name", c.i),
+                            message: format!(
+                                "server name \"{}\" is already listed at line {prev_line}",
+                                c.peer.server_name
+                            ),
+                        });
+                    }
+                }
+                Step::Host { host, at, key } => {
+                    // One host belongs to one entry: a second entry for it
+                    // would make the lookup depend on file order.
+                    if let Some(prev) = self.by_host.get(&host) {
+                        let prev_line = slot_line(&self.peers, &self.host_views, *prev);
+                        self.errors.push(Diagnostic {
+                            line: at.0,
+                            column: at.1,
+                            key: key.unwrap_or_else(|| format!("peer[{}].hosts", c.i)),
+                            message: format!(
+                                "host \"{host}\" is already listed under the peer at line {prev_line}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        self.insert(c.sn_key, c.peer);
+    }
+
+    /// Indexes a peer by server name and hosts (the first entry wins; a
+    /// clash is already an error) and adds a view per `host_pins` host.
+    fn insert(&mut self, sn_key: String, peer: Peer) {
+        let idx = self.peers.len();
+        self.by_server_name.entry(sn_key).or_insert(idx);
+        for h in &peer.hosts {
+            self.by_host.entry(h.clone()).or_insert(Slot::Main(idx));
+        }
+        for (h, these) in &peer.host_pins {
+            self.by_host
+                .entry(h.clone())
+                .or_insert(Slot::Host(self.host_views.len()));
+            self.host_views.push(Peer {
+                hosts: vec![h.clone()],
+                pins: these.clone(),
+                host_pins: Vec::new(),
+                ..peer.clone()
+            });
+        }
+        self.peers.push(peer);
+    }
+
+    /// The set, or every error found, sorted by position.
+    fn finish(mut self, policy: Policy, source: bytes::Bytes) -> Result<PinSet, PinFileError> {
+        if !self.errors.is_empty() {
+            self.errors.sort_by_key(|d| (d.line, d.column));
+            return Err(PinFileError {
+                path: None,
+                errors: self.errors,
+            });
+        }
+        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::with_capacity(2 * self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            for pin in &p.pins {
+                by_pin.entry(*pin).or_default().push(Slot::Main(i));
+            }
+        }
+        for (i, p) in self.host_views.iter().enumerate() {
+            for pin in &p.pins {
+                by_pin.entry(*pin).or_default().push(Slot::Host(i));
+            }
+        }
+        Ok(PinSet {
+            policy,
+            peers: self.peers,
+            host_views: self.host_views,
+            by_host: self.by_host,
+            by_server_name: self.by_server_name,
+            by_pin,
+            warnings: self.warnings,
+            source,
+            hash: std::sync::OnceLock::new(),
+            generation: 0,
+        })
+    }
+}
+
+/// One `[[peer]]` table checked on its own, as far as it can be without
+/// the rest of the file; [`Builder::add`] does the rest, in file order.
+/// Peers are checked on several threads in a large file.
+struct Checked {
+    /// The peer's index in the file.
+    i: usize,
+    /// Its server name, lowercased (the index key).
+    sn_key: String,
+    peer: Peer,
+    /// Findings and claims, in the order the checks made them.
+    steps: Vec<Step>,
+}
+
+/// A finding of a peer's own check, or a claim on a name that an earlier
+/// peer might hold already. Positions are (line, column).
+enum Step {
+    Error(Diagnostic),
+    Warning(Diagnostic),
+    /// The server name is this peer's alone.
+    ServerName((usize, usize)),
+    /// The host is this peer's alone; `key` is the key to name in an error
+    /// (`None`: `peer[i].hosts`, formatted only for an error).
+    Host {
+        host: String,
+        at: (usize, usize),
+        key: Option<String>,
+    },
+}
+
+/// The checks of one peer ([`Checked`]).
+struct PeerCheck<'l> {
+    lines: &'l LineIndex,
+    /// Where the peer's spans count from (the start of its piece, [`Parsed`]).
+    base: usize,
+    steps: Vec<Step>,
+}
+
+impl<'l> PeerCheck<'l> {
+    fn err(&mut self, span: Span, key: String, message: String) {
+        let (line, column) = self.lines.locate(self.base + span.start);
+        self.steps.push(Step::Error(Diagnostic {
+            line,
+            column,
+            key,
+            message,
+        }));
+    }
+
+    fn warn(&mut self, at: usize, key: String, message: String) {
+        let (line, column) = self.lines.locate(self.base + at);
+        self.steps.push(Step::Warning(Diagnostic {
+            line,
+            column,
+            key,
+            message,
+        }));
+    }
+
+    /// A host this peer claims, at `at` in its span.
+    fn claim(&mut self, host: String, at: usize, key: Option<String>) {
+        let at = self.lines.locate(self.base + at);
+        self.steps.push(Step::Host { host, at, key });
+    }
+
+    /// Checks `peer[i]`, whose spans count from `base`, on its own.
+    fn run(lines: &'l LineIndex, base: usize, i: usize, raw_peer: Spanned<RawPeer>) -> Checked {
+        let mut this = PeerCheck {
+            lines,
+            base,
+            steps: Vec::new(),
+        };
+        let (sn_key, peer) = this.peer(i, raw_peer);
+        Checked {
+            i,
+            sn_key,
+            peer,
+            steps: this.steps,
+        }
+    }
+
+    /// The checks of one `[[peer]]` table; its server name's key and the
+    /// peer it becomes.
+    fn peer(&mut self, i: usize, raw_peer: Spanned<RawPeer>) -> (String, Peer) {
         let peer_span = raw_peer.span();
         let rp = raw_peer.into_inner();
         let key = |k: &str| format!("peer[{i}].{k}");
@@ -611,21 +933,16 @@ impl<'l> Builder<'l> {
             }
         };
         let sn_key = server_name.to_ascii_lowercase();
-        if let Some(prev) = self.by_server_name.get(&sn_key) {
-            let prev_line: usize = self.peers.get(*prev).map(|p| p.line).unwrap_or_default();
-            self.err(
-                sn_span.clone(),
-                key("server_name"),
-                format!("server name \"{server_name}\" is already listed at line {prev_line}"),
-            );
-        }
+        self.steps.push(Step::ServerName(
+            self.lines.locate(self.base + sn_span.start),
+        ));
         let hosts = self.hosts(i, peer_span, rp.hosts, &default_host, &sn_span);
-        let line = self.lines.locate(sn_span.start).0;
+        let line = self.lines.locate(self.base + sn_span.start).0;
         if let Some(own) = &default_host {
             self.warn_own_host_missing(i, own, &hosts, rp.host_pins.as_ref(), sn_span.start);
         }
         for (h, span) in &hosts {
-            self.err_if_host_taken(h, span.clone(), || key("hosts"));
+            self.claim(h.clone(), span.start, None);
         }
         let pins = self.pins(i, rp.pins, &server_name);
         let expires = self.expires(i, rp.expires);
@@ -653,7 +970,7 @@ impl<'l> Builder<'l> {
                 );
             }
         }
-        self.insert(
+        (
             sn_key,
             Peer {
                 server_name,
@@ -668,7 +985,7 @@ impl<'l> Builder<'l> {
                 host_pins,
                 signing_keys,
             },
-        );
+        )
     }
 
     /// `hosts`, normalised, each once; the server name's own host when absent.
@@ -731,20 +1048,6 @@ impl<'l> Builder<'l> {
                 format!(
                     "hosts does not include \"{own}\": connections to that name are treated as unpinned (intended only when it delegates via .well-known)"
                 ),
-            );
-        }
-    }
-
-    /// One host belongs to one entry: a second entry for it would make the
-    /// lookup depend on file order. (`key` is formatted only for an error:
-    /// this runs for every host of every peer on each reload.)
-    fn err_if_host_taken(&mut self, host: &str, span: Span, key: impl FnOnce() -> String) {
-        if let Some(prev) = self.by_host.get(host) {
-            let prev_line = slot_line(&self.peers, &self.host_views, *prev);
-            self.err(
-                span,
-                key(),
-                format!("host \"{host}\" is already listed under the peer at line {prev_line}"),
             );
         }
     }
@@ -895,7 +1198,7 @@ impl<'l> Builder<'l> {
                 );
                 continue;
             }
-            self.err_if_host_taken(&name, span.clone(), || hkey.clone());
+            self.claim(name.clone(), span.start, Some(hkey.clone()));
             let raw = list.into_inner();
             if raw.is_empty() {
                 self.err(span, hkey.clone(), "a host needs at least one pin".into());
@@ -907,62 +1210,6 @@ impl<'l> Builder<'l> {
             host_pins.push((name, these));
         }
         host_pins
-    }
-
-    /// Indexes a peer by server name and hosts (the first entry wins; a
-    /// clash is already an error) and adds a view per `host_pins` host.
-    fn insert(&mut self, sn_key: String, peer: Peer) {
-        let idx = self.peers.len();
-        self.by_server_name.entry(sn_key).or_insert(idx);
-        for h in &peer.hosts {
-            self.by_host.entry(h.clone()).or_insert(Slot::Main(idx));
-        }
-        for (h, these) in &peer.host_pins {
-            self.by_host
-                .entry(h.clone())
-                .or_insert(Slot::Host(self.host_views.len()));
-            self.host_views.push(Peer {
-                hosts: vec![h.clone()],
-                pins: these.clone(),
-                host_pins: Vec::new(),
-                ..peer.clone()
-            });
-        }
-        self.peers.push(peer);
-    }
-
-    /// The set, or every error found, sorted by position.
-    fn finish(mut self, policy: Policy, source: bytes::Bytes) -> Result<PinSet, PinFileError> {
-        if !self.errors.is_empty() {
-            self.errors.sort_by_key(|d| (d.line, d.column));
-            return Err(PinFileError {
-                path: None,
-                errors: self.errors,
-            });
-        }
-        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::with_capacity(2 * self.peers.len());
-        for (i, p) in self.peers.iter().enumerate() {
-            for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(Slot::Main(i));
-            }
-        }
-        for (i, p) in self.host_views.iter().enumerate() {
-            for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(Slot::Host(i));
-            }
-        }
-        Ok(PinSet {
-            policy,
-            peers: self.peers,
-            host_views: self.host_views,
-            by_host: self.by_host,
-            by_server_name: self.by_server_name,
-            by_pin,
-            warnings: self.warnings,
-            source,
-            hash: std::sync::OnceLock::new(),
-            generation: 0,
-        })
     }
 }
 
@@ -1330,6 +1577,165 @@ trust = "pin-only"
                 .any(|w| w.message.contains("hosts does not include")),
             "{:?}",
             set.warnings
+        );
+    }
+
+    /// What a parse gave, comparable: the set's policy, peers, lookups and
+    /// warnings, or every error with its line.
+    fn outcome(r: Result<PinSet, PinFileError>) -> String {
+        match r {
+            Ok(set) => {
+                let hosts: Vec<_> = set
+                    .peers()
+                    .iter()
+                    .flat_map(|p| p.hosts.iter().chain(p.host_pins.iter().map(|(h, _)| h)))
+                    .map(|h| set.lookup(h).map(|p| (&p.server_name, &p.pins)))
+                    .collect();
+                format!(
+                    "ok {:?}\n{:?}\n{hosts:?}\n{:?}",
+                    set.policy,
+                    set.peers(),
+                    set.warnings
+                )
+            }
+            Err(e) => format!("error {e}"),
+        }
+    }
+
+    /// `n` peers, each with a few of the fields a real file has.
+    fn many_peers(n: usize, eol: &str, tricky_notes: bool) -> String {
+        let mut s = format!("version = 1{eol}{eol}[policy]{eol}unpinned = \"deny\"{eol}");
+        for i in 0..n {
+            s.push_str(&format!(
+                "{eol}[[peer]]{eol}server_name = \"p{i}.test\"{eol}pins = [\"{}\", \"{}\"]{eol}",
+                pin(i as u8),
+                pin(i as u8 ^ 0x80)
+            ));
+            if i % 3 == 0 {
+                s.push_str(&format!("hosts = [\"p{i}.test\", \"fed.p{i}.test\"]{eol}"));
+            }
+            if tricky_notes && i % 4 == 1 {
+                s.push_str(&format!(
+                    "note = \"\"\"{eol}[[peer]]{eol}not a header\"\"\"{eol}"
+                ));
+            }
+            if i % 5 == 2 {
+                s.push_str(&format!(
+                    "[peer.host_pins]{eol}\"wk.p{i}.test\" = [\"{}\"]{eol}",
+                    pin(200)
+                ));
+            }
+        }
+        s
+    }
+
+    /// The pieces ([`Parsed::in_pieces`]) give what the whole text gives,
+    /// for files that are fine, wrong in validation (lines must still be
+    /// right: spans in a later piece count from its start) or wrong in
+    /// TOML; and where the whole text decides alone (the pieces would
+    /// read it differently), the pieces step aside.
+    #[test]
+    fn parsing_in_pieces_gives_what_parsing_whole_gives() {
+        let good = many_peers(40, "\n", false);
+        let late = |from: &str, to: &str| {
+            let at = good.rfind(from).expect("pattern in the late part");
+            format!("{}{}", &good[..at], good[at..].replacen(from, to, 1))
+        };
+        // (text, whether the pieces are used: always, never, or it depends
+        // on where the cuts fall)
+        let cases: Vec<(String, Option<bool>)> = vec![
+            (good.clone(), Some(true)),
+            (many_peers(40, "\r\n", false), Some(true)),
+            // Notes with a `[[peer]]` line inside a string: a cut there
+            // leaves its piece unterminated, so the whole is parsed.
+            (many_peers(40, "\n", true), None),
+            // Validation errors in the last piece: same lines.
+            (
+                late("pins = [\"", "pins = [\"sha256/short\", \""),
+                Some(true),
+            ),
+            (
+                late("server_name = \"p39.test\"", "server_name = \"p2.test\""),
+                Some(true),
+            ),
+            (late("\"fed.p39.test\"", "\"p0.test\""), Some(true)),
+            // Two errors at one place (a host_pins host taken, with no pins):
+            // the order of the one check.
+            (
+                {
+                    let at = good.find("\"wk.p37.test\"").unwrap();
+                    let end = at + good[at..].find('\n').unwrap();
+                    format!("{}\"p0.test\" = []{}", &good[..at], &good[end..])
+                },
+                Some(true),
+            ),
+            // `[policy]` after the peers: fine for TOML, but only the whole knows.
+            (
+                format!(
+                    "version = 1\n{}\n[policy]\nunpinned = \"deny\"\n",
+                    &good[good.find("[[peer]]").unwrap()..]
+                ),
+                Some(false),
+            ),
+            // `[policy]` twice: a TOML error the pieces alone would not see.
+            (
+                format!("{good}\n[policy]\non_expired = \"deny\"\n"),
+                Some(false),
+            ),
+            // `peer` given as an inline array in the head: the later headers
+            // cannot extend it.
+            (
+                good.replacen(
+                    "[policy]",
+                    &format!(
+                        "peer = [{{ server_name = \"x.test\", pins = [\"{}\"] }}]\n[policy]",
+                        pin(1)
+                    ),
+                    1,
+                ),
+                Some(false),
+            ),
+            // The first header line inside a head string.
+            (
+                good.replacen(
+                    "version = 1",
+                    "version = 1\nx = \"\"\"\n[[peer]]\n\"\"\"",
+                    1,
+                ),
+                Some(false),
+            ),
+            // A TOML error in a late piece, and an unknown table.
+            (
+                late("server_name = \"p38.test\"", "server_name = \"p38.test"),
+                Some(false),
+            ),
+            (format!("{good}\n[extra]\na = 1\n"), Some(false)),
+        ];
+        for (k, (text, splits)) in cases.iter().enumerate() {
+            let whole = outcome(PinSet::parse_text_with(
+                text,
+                bytes::Bytes::new(),
+                (1, 1),
+                1,
+            ));
+            for pieces in 2..=5 {
+                if let Some(splits) = splits {
+                    assert_eq!(
+                        Parsed::in_pieces(text, pieces).is_some(),
+                        *splits,
+                        "case {k}, {pieces} pieces: used the pieces?"
+                    );
+                }
+                let split = outcome(PinSet::parse_on_threads(text, pieces));
+                assert_eq!(split, whole, "case {k}, {pieces} pieces");
+            }
+        }
+        assert!(outcome(PinSet::parse(&cases[0].0)).starts_with("ok"));
+        assert!(outcome(PinSet::parse(&cases[3].0)).contains("malformed pin"));
+        let tie = outcome(PinSet::parse(&cases[6].0));
+        assert!(
+            tie.contains("already listed") && tie.contains("at least one pin"),
+            "{tie}"
         );
     }
 }

@@ -25,6 +25,7 @@
 //!   vanishing from the file silently downgrades it to the unpinned policy.
 
 mod file;
+mod pieces;
 mod pin;
 
 pub use file::{
