@@ -25,11 +25,24 @@ pub fn pin_string(data: &[u8]) {
 pub fn pin_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let seen = |r: Result<PinSet, crate::pins::PinFileError>| match r {
-            Ok(set) => format!("{:?} {:?} {:?}", set.policy, set.peers(), set.warnings),
+            Ok(set) => {
+                let lookups: Vec<_> = set
+                    .peers()
+                    .iter()
+                    .flat_map(|p| p.hosts.iter().chain(p.host_pins.iter().map(|(h, _)| h)))
+                    .map(|h| set.lookup(h).map(|p| (&p.server_name, &p.pins)))
+                    .collect();
+                format!(
+                    "{:?} {:?} {:?} {lookups:?}",
+                    set.policy,
+                    set.peers(),
+                    set.warnings
+                )
+            }
             Err(e) => e.to_string(),
         };
         let whole = seen(PinSet::parse_on_threads(text, 1));
-        for pieces in [2, 3] {
+        for pieces in [2, 3, 5] {
             let split = seen(PinSet::parse_on_threads(text, pieces));
             assert_eq!(split, whole, "{pieces} pieces differ from the whole");
         }

@@ -1710,6 +1710,48 @@ trust = "pin-only"
                 Some(false),
             ),
             (format!("{good}\n[extra]\na = 1\n"), Some(false)),
+            // A BOM: the first piece's spans and a later piece's (base +
+            // span) must still give the same lines.
+            (
+                format!(
+                    "\u{feff}{}",
+                    late("pins = [\"", "pins = [\"sha256/short\", \"")
+                ),
+                Some(true),
+            ),
+            // Errors at a peer's own span (hosts = []), comment and blank
+            // lines before every header.
+            (
+                good.replace("\n[[peer]]\n", "\n# [[peer]]\n\n[[peer]]\n")
+                    .replace("hosts = [\"p", "hosts = [] # \"p"),
+                Some(true),
+            ),
+            // A TOML 1.1 inline table over several lines, late, with an error.
+            (
+                late(
+                    "pins = [\"",
+                    "host_pins = {\n\"nl.test\" = [\"sha256/short\"],\n}\npins = [\"",
+                ),
+                Some(true),
+            ),
+            // Fake peers (and a [policy]) in multi-line literal strings.
+            (
+                many_peers(40, "\n", true)
+                    .replace("\"\"\"", "'''")
+                    .replace(
+                        "[[peer]]\nnot a header",
+                        "[[peer]]\nserver_name = \"evil.test\"\n[policy]\nunpinned = \"webpki\"",
+                    ),
+                None,
+            ),
+            // An empty [policy] late: still given twice.
+            (format!("{good}\n[policy]\n"), Some(false)),
+            // A late array of tables under a peer, and a late [peer] table.
+            (
+                late("pins = [\"", "[[peer.x]]\n[peer.y]\npins = [\""),
+                Some(false),
+            ),
+            (format!("{good}\n[peer]\n"), Some(false)),
         ];
         for (k, (text, splits)) in cases.iter().enumerate() {
             let whole = outcome(PinSet::parse_text_with(

@@ -17,7 +17,12 @@ pub(super) const PEER_HEADER: &str = "[[peer]]";
 /// The start of the first line at or after `from` that reads exactly
 /// [`PEER_HEADER`] (a `\r\n` ending allowed).
 pub(super) fn next_header(text: &str, from: usize) -> Option<usize> {
+    // A cut's target may fall inside a multi-byte character: start at the
+    // next character.
     let mut at = from;
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
     loop {
         let start = if at == 0 && text.starts_with(PEER_HEADER) {
             0
@@ -149,6 +154,18 @@ mod tests {
         // Too few headers for the pieces asked for: fewer cuts, never a repeat.
         let small = "version = 1\n[[peer]]\na = 1\n[[peer]]\nb = 2\n";
         assert_eq!(cuts(small, 12, 8).len(), 1);
+    }
+
+    #[test]
+    fn a_cut_target_inside_a_multibyte_char_still_cuts() {
+        let text: String = std::iter::once("version = 1\n".to_string())
+            .chain((0..1000).map(|i| {
+                format!("[[peer]]\nserver_name = \"p{i}.test\"\nnote = \"日本語日本語\"\n")
+            }))
+            .collect();
+        let first = next_header(&text, 0).unwrap();
+        let got: Vec<usize> = (2..6).map(|n| cuts(&text, first, n).len()).collect();
+        assert_eq!(got, [1, 2, 3, 4]);
     }
 
     #[test]
