@@ -1736,12 +1736,10 @@ trust = "pin-only"
             ),
             // Fake peers (and a [policy]) in multi-line literal strings.
             (
-                many_peers(40, "\n", true)
-                    .replace("\"\"\"", "'''")
-                    .replace(
-                        "[[peer]]\nnot a header",
-                        "[[peer]]\nserver_name = \"evil.test\"\n[policy]\nunpinned = \"webpki\"",
-                    ),
+                many_peers(40, "\n", true).replace("\"\"\"", "'''").replace(
+                    "[[peer]]\nnot a header",
+                    "[[peer]]\nserver_name = \"evil.test\"\n[policy]\nunpinned = \"webpki\"",
+                ),
                 None,
             ),
             // An empty [policy] late: still given twice.

@@ -6,7 +6,6 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -129,8 +128,10 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
-        write!(writer, "\",\"level\":\"{}\",\"fields\":{{", meta.level())?;
+        write_timestamp(&mut writer, std::time::SystemTime::now())?;
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(meta.level().as_str())?;
+        writer.write_str("\",\"fields\":{")?;
         let mut fields = JsonFields {
             out: &mut writer,
             first: true,
@@ -176,11 +177,11 @@ impl Visit for JsonFields<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, |w| write!(w, "{value}"));
+        self.member(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, |w| write!(w, "{value}"));
+        self.member(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -207,6 +208,52 @@ impl Visit for JsonFields<'_, '_> {
     }
 }
 
+/// `now` as tracing-subscriber's `SystemTime` writes it (RFC 3339, UTC,
+/// microseconds: `2026-12-02T20:03:55.969155Z`). The part down to the
+/// second is formatted once a second per thread and kept: formatting the
+/// whole date each time was 2.4k instructions of every access-log line.
+fn write_timestamp(w: &mut impl fmt::Write, now: std::time::SystemTime) -> fmt::Result {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let t = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            cached.1.clear();
+            write!(
+                cached.1,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )?;
+            cached.0 = secs;
+        }
+        w.write_str(&cached.1)
+    })?;
+    let mut micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    w.write_char('.')?;
+    w.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)?;
+    w.write_char('Z')
+}
+
 /// `s` as a JSON string.
 fn write_json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
     w.write_char('"')?;
@@ -226,6 +273,37 @@ impl<W: fmt::Write + ?Sized> fmt::Write for Escaped<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::template;
+
+    /// The cached second and the written fraction give RFC 3339 that reads
+    /// back as the instant (to the microsecond), across second, day and
+    /// year boundaries and back again (the cache is per second, not only
+    /// forward).
+    #[test]
+    fn timestamps_read_back_as_the_instant() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let instants = [
+            (0, 0),
+            (1_700_000_000, 1),
+            (1_700_000_000, 999_999),
+            (1_700_000_001, 0),
+            (1_709_164_799, 500_000),
+            (1_709_164_800, 7),
+            (1_700_000_000, 42),
+            (4_102_444_799, 999_999),
+        ];
+        for (secs, micros) in instants {
+            let t = UNIX_EPOCH + Duration::new(secs, micros * 1000 + 999);
+            let mut out = String::new();
+            super::write_timestamp(&mut out, t).unwrap();
+            assert_eq!(out.len(), 27, "{out}");
+            let back =
+                time::OffsetDateTime::parse(&out, &time::format_description::well_known::Rfc3339)
+                    .unwrap();
+            let want = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap()
+                + time::Duration::microseconds(micros as i64);
+            assert_eq!(back, want, "{out}");
+        }
+    }
 
     /// A captured log: what `tracing_subscriber` wrote, line by line.
     #[derive(Clone, Default)]

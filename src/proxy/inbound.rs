@@ -253,6 +253,12 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Most requests and answers carry none (Connection among them): one
+    // look at the few names present is cheaper than nine removals, each of
+    // which hashes its name (callgrind: 2k instructions per request).
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -1033,7 +1039,8 @@ impl InboundProxy {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // No parent span: the line already names the client. (The JSON
+        // `%`: the text format prints these unquoted (operators grep for
+        // `path=/_matrix/…`). No parent span: the line already names the client. (The JSON
         // log's access layer also leaves out the current span, see
         // `src/bin/fedpin.rs`.)
         tracing::info!(
