@@ -1580,27 +1580,7 @@ trust = "pin-only"
         );
     }
 
-    /// What a parse gave, comparable: the set's policy, peers, lookups and
-    /// warnings, or every error with its line.
-    fn outcome(r: Result<PinSet, PinFileError>) -> String {
-        match r {
-            Ok(set) => {
-                let hosts: Vec<_> = set
-                    .peers()
-                    .iter()
-                    .flat_map(|p| p.hosts.iter().chain(p.host_pins.iter().map(|(h, _)| h)))
-                    .map(|h| set.lookup(h).map(|p| (&p.server_name, &p.pins)))
-                    .collect();
-                format!(
-                    "ok {:?}\n{:?}\n{hosts:?}\n{:?}",
-                    set.policy,
-                    set.peers(),
-                    set.warnings
-                )
-            }
-            Err(e) => format!("error {e}"),
-        }
-    }
+    use crate::fuzzing::parse_outcome as outcome;
 
     /// `n` peers, each with a few of the fields a real file has.
     fn many_peers(n: usize, eol: &str, tricky_notes: bool) -> String {

@@ -228,17 +228,9 @@ fn write_timestamp(w: &mut impl fmt::Write, now: std::time::SystemTime) -> fmt::
                 .ok()
                 .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            cached.1.clear();
-            write!(
-                cached.1,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )?;
+            // "YYYY-MM-DDTHH:MM:SSZ" without its Z: the fraction follows.
+            cached.1 = super::status_page::machine_time(t);
+            cached.1.pop();
             cached.0 = secs;
         }
         w.write_str(&cached.1)

@@ -167,7 +167,7 @@ fn day(t: OffsetDateTime) -> String {
 
 /// A `datetime` attribute value: UTC, whole seconds (HTML allows at most
 /// three fraction digits; RFC 3339 output may carry nine).
-fn machine_time(t: OffsetDateTime) -> String {
+pub(crate) fn machine_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
