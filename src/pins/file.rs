@@ -338,8 +338,9 @@ impl Parsed {
     }
 
     /// The text cut at `[[peer]]` lines into up to `pieces` pieces and
-    /// parsed on as many threads, or `None` when it cannot be cut, or anything about the pieces
-    /// is not what the whole would give: then the whole is parsed.
+    /// parsed on as many threads; `None` when it cannot be cut, or when
+    /// anything about the pieces is not what the whole would give: then
+    /// the whole is parsed.
     ///
     /// The pieces mean what the whole means when: the head before the first
     /// `[[peer]]` line parses alone and gives no peer (so that line is a
