@@ -24,9 +24,9 @@ pub fn pin_string(data: &[u8]) {
 /// (as a large file is, on several threads) it gives what it gives whole.
 pub fn pin_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let whole = parse_outcome(PinSet::parse_on_threads(text, 1));
+        let whole = crate::pins::parse_outcome(PinSet::parse_on_threads(text, 1));
         for pieces in [2, 3, 5] {
-            let split = parse_outcome(PinSet::parse_on_threads(text, pieces));
+            let split = crate::pins::parse_outcome(PinSet::parse_on_threads(text, pieces));
             assert_eq!(split, whole, "{pieces} pieces differ from the whole");
         }
     }
@@ -46,28 +46,6 @@ pub fn pin_file(data: &[u8]) {
             assert!(!e.errors.is_empty());
             assert!(e.errors.iter().all(|d| !d.message.is_empty()));
         }
-    }
-}
-
-/// What a pin-file parse gave, comparable: the policy, peers, warnings and
-/// the lookup of every host, or every error with its line and key.
-pub(crate) fn parse_outcome(r: Result<PinSet, crate::pins::PinFileError>) -> String {
-    match r {
-        Ok(set) => {
-            let lookups: Vec<_> = set
-                .peers()
-                .iter()
-                .flat_map(|p| p.hosts.iter().chain(p.host_pins.iter().map(|(h, _)| h)))
-                .map(|h| set.lookup(h).map(|p| (&p.server_name, &p.pins)))
-                .collect();
-            format!(
-                "ok {:?}\n{:?}\n{lookups:?}\n{:?}",
-                set.policy,
-                set.peers(),
-                set.warnings
-            )
-        }
-        Err(e) => format!("error {e}"),
     }
 }
 

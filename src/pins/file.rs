@@ -676,6 +676,29 @@ impl PinSet {
     }
 }
 
+/// What a pin-file parse gave, comparable (the fuzz check and the tests
+/// that pieces and whole agree): the policy, peers, warnings and
+/// the lookup of every host, or every error with its line and key.
+pub(crate) fn parse_outcome(r: Result<PinSet, PinFileError>) -> String {
+    match r {
+        Ok(set) => {
+            let lookups: Vec<_> = set
+                .peers()
+                .iter()
+                .flat_map(|p| p.hosts.iter().chain(p.host_pins.iter().map(|(h, _)| h)))
+                .map(|h| set.lookup(h).map(|p| (&p.server_name, &p.pins)))
+                .collect();
+            format!(
+                "ok {:?}\n{:?}\n{lookups:?}\n{:?}",
+                set.policy,
+                set.peers(),
+                set.warnings
+            )
+        }
+        Err(e) => format!("error {e}"),
+    }
+}
+
 /// Where a TLS name's pins live: a file entry, or one of its `host_pins`.
 type Span = std::ops::Range<usize>;
 
@@ -1581,7 +1604,7 @@ trust = "pin-only"
         );
     }
 
-    use crate::fuzzing::parse_outcome as outcome;
+    use super::parse_outcome as outcome;
 
     /// `n` peers, each with a few of the fields a real file has.
     fn many_peers(n: usize, eol: &str, tricky_notes: bool) -> String {
@@ -1610,13 +1633,9 @@ trust = "pin-only"
         s
     }
 
-    /// The pieces ([`Parsed::in_pieces`]) give what the whole text gives,
-    /// for files that are fine, wrong in validation (lines must still be
-    /// right: spans in a later piece count from its start) or wrong in
-    /// TOML; and where the whole text decides alone (the pieces would
-    /// read it differently), the pieces step aside.
-    #[test]
-    fn parsing_in_pieces_gives_what_parsing_whole_gives() {
+    /// The texts of the pieces-vs-whole test, with whether the pieces are
+    /// used (always, never, or it depends on where the cuts fall).
+    fn piece_cases() -> Vec<(String, Option<bool>)> {
         let good = many_peers(40, "\n", false);
         let late = |from: &str, to: &str| {
             let at = good.rfind(from).expect("pattern in the late part");
@@ -1624,7 +1643,7 @@ trust = "pin-only"
         };
         // (text, whether the pieces are used: always, never, or it depends
         // on where the cuts fall)
-        let cases: Vec<(String, Option<bool>)> = vec![
+        vec![
             (good.clone(), Some(true)),
             (many_peers(40, "\r\n", false), Some(true)),
             // Notes with a `[[peer]]` line inside a string: a cut there
@@ -1731,7 +1750,17 @@ trust = "pin-only"
                 Some(false),
             ),
             (format!("{good}\n[peer]\n"), Some(false)),
-        ];
+        ]
+    }
+
+    /// The pieces ([`Parsed::in_pieces`]) give what the whole text gives,
+    /// for files that are fine, wrong in validation (lines must still be
+    /// right: spans in a later piece count from its start) or wrong in
+    /// TOML; and where the whole text decides alone (the pieces would
+    /// read it differently), the pieces step aside.
+    #[test]
+    fn parsing_in_pieces_gives_what_parsing_whole_gives() {
+        let cases = piece_cases();
         for (k, (text, splits)) in cases.iter().enumerate() {
             let whole = outcome(PinSet::parse_text_with(
                 text,

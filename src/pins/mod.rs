@@ -28,6 +28,7 @@ mod file;
 mod pieces;
 mod pin;
 
+pub(crate) use file::parse_outcome;
 pub use file::{
     normalize_lookup, normalize_tls_name, split_server_name, Diagnostic, ExpiredPolicy, Mode, Peer,
     PeerEntry, PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
