@@ -487,8 +487,7 @@ impl PinSet {
     /// file: pieces of 128 kB or more, 1,000 peers or more to check.) The
     /// result is the same whatever the number.
     pub fn parse_on_threads(text: &str, threads: usize) -> Result<Self, PinFileError> {
-        let pieces = threads;
-        Self::parse_text_with(text, bytes::Bytes::new(), (pieces, threads), 1)
+        Self::parse_text_with(text, bytes::Bytes::new(), (threads, threads), 1)
     }
 
     /// [`PinSet::parse_text`], parsed in up to `pieces` pieces where the
