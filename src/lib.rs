@@ -37,6 +37,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The global allocator: mimalloc. A reload of a large pin file and the
+/// per-request proxying path are allocation-heavy (TOML values, hyper's
+/// header maps); glibc's malloc was a third of a reload's CPU (issue 13).
+/// Declared here so the binaries, tests and benches all measure the same
+/// allocator; the `mimalloc` feature (default) turns it off for the fuzz
+/// crate, whose sanitizer wants to see every allocation.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod alert;
 pub mod cli;
 pub mod config;

@@ -33,8 +33,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -46,6 +44,7 @@ use crate::matrix::signing::SignedRequest;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pin_store::PinStore;
 use crate::proxy::parking::PARK_AFTER;
+use crate::proxy::upstream::{PoolSettings, Upstream};
 use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{ConnState, PeerContext, PinnedClientVerifier, VerifierCore};
@@ -184,7 +183,7 @@ pub struct InboundProxy {
     pins: Arc<PinStore>,
     core: Arc<VerifierCore>,
     configs: ArcSwapOption<GenConfig>,
-    client: Client<HttpConnector, Body>,
+    client: Upstream,
     slots: Arc<Semaphore>,
     stats: InboundStats,
     keys: Option<Arc<KeyFetcher>>,
@@ -301,13 +300,7 @@ impl InboundProxy {
         pins: Arc<PinStore>,
         core: Arc<VerifierCore>,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(http);
+        let client = Upstream::new(&settings.upstream, PoolSettings::default());
         let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         InboundProxy {
             settings,
@@ -1252,32 +1245,14 @@ impl InboundProxy {
     /// (X-Forwarded-For).
     async fn forward(&self, req: Request<Body>, ip: &HeaderValue) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let upstream = &self.settings.upstream;
-        let uri = match hyper::Uri::builder()
-            .scheme(upstream.scheme_str().unwrap_or("http"))
-            .authority(
-                upstream
-                    .authority()
-                    .map(|a| a.as_str())
-                    .unwrap_or("127.0.0.1:8008"),
-            )
-            .path_and_query(pq.as_str())
-            .build()
-        {
-            Ok(u) => u,
-            Err(_) => {
-                return matrix_error(
-                    StatusCode::BAD_REQUEST,
-                    "M_UNRECOGNIZED",
-                    "malformed request URI",
-                )
-            }
-        };
+        // Origin form: the connection is to the homeserver already.
+        let uri = hyper::Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+        );
         // HTTP/2 carries the host in :authority; the homeserver gets it as Host.
         if !parts.headers.contains_key(hyper::header::HOST) {
             if let Some(a) = parts.uri.authority() {
@@ -1299,7 +1274,7 @@ impl InboundProxy {
         let req = Request::from_parts(parts, body);
         let asked = Instant::now();
         let answer =
-            tokio::time::timeout(self.settings.request_timeout, self.client.request(req)).await;
+            tokio::time::timeout(self.settings.request_timeout, self.client.send(req)).await;
         self.stats
             .upstream_seconds
             .observe(asked.elapsed().as_secs_f64());
@@ -1310,7 +1285,7 @@ impl InboundProxy {
                 "the homeserver did not answer in time",
             ),
             Ok(Err(e)) => {
-                if is_length_limit(&e) {
+                if e.is_length_limit() {
                     return matrix_error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "M_TOO_LARGE",
@@ -1482,17 +1457,6 @@ fn ambiguous_path(path: &str) -> Option<&'static str> {
         return Some("'.' and '..' segments in the request path are not allowed");
     }
     None
-}
-
-fn is_length_limit(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 fn limited(wait: Duration) -> Response<Body> {

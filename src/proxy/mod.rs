@@ -11,4 +11,5 @@ pub mod parking;
 pub mod peer_results;
 pub mod relay;
 pub mod status_page;
+pub mod upstream;
 pub mod xmatrix;
