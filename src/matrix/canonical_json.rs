@@ -409,6 +409,11 @@ fn write_string(s: &str, out: &mut String) {
 /// characters unescaped). Also used by the JSON access log.
 pub(crate) fn escape<W: std::fmt::Write + ?Sized>(s: &str, out: &mut W) -> std::fmt::Result {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Most strings (access-log fields, keys) need no escape: one pass to
+    // find out, one write.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return out.write_str(s);
+    }
     // Copies runs of characters that need no escape at once; every escaped
     // character is ASCII, so each run ends on a character boundary.
     let mut run = 0;

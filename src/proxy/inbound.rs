@@ -892,30 +892,32 @@ impl InboundProxy {
     #[allow(clippy::result_large_err)]
     fn check_origin(&self, origin: &str, rate_key: &str) -> Result<(), Response<Body>> {
         let rules = self.rules.load();
-        {
+        let (deny, allow) = (&rules.rules.deny_origins, &rules.rules.allow_origins);
+        // The lists name servers or their hosts; no lists, nothing to split.
+        if !deny.is_empty() || !allow.is_empty() {
             let o = origin;
             let host = crate::pins::split_server_name(o).unwrap_or_default();
             let listed = |set: &HashSet<String>| set.contains(o) || set.contains(&host);
-            if listed(&rules.rules.deny_origins) {
+            if listed(deny) {
                 return Err(matrix_error(
                     StatusCode::FORBIDDEN,
                     "M_FORBIDDEN",
                     "origin refused by this server's edge policy",
                 ));
             }
-            if !rules.rules.allow_origins.is_empty() && !listed(&rules.rules.allow_origins) {
+            if !allow.is_empty() && !listed(allow) {
                 return Err(matrix_error(
                     StatusCode::FORBIDDEN,
                     "M_FORBIDDEN",
                     "origin not allowed by this server's edge policy",
                 ));
             }
-            if let Some(l) = &rules.per_origin {
-                if let Err(not_until) = l.check_key(&rate_key.to_owned()) {
-                    return Err(limited(
-                        not_until.wait_time_from(DefaultClock::default().now()),
-                    ));
-                }
+        }
+        if let Some(l) = &rules.per_origin {
+            if let Err(not_until) = l.check_key(&rate_key.to_owned()) {
+                return Err(limited(
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                ));
             }
         }
         Ok(())

@@ -149,11 +149,13 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
             return Err(XMatrixError::Malformed("invalid parameter name"));
         }
         let value = unquote(raw)?;
-        let slot = match name.to_ascii_lowercase().as_str() {
-            "origin" => &mut origin,
-            "destination" => &mut destination,
-            "key" => &mut key,
-            "sig" => &mut sig,
+        // Names are ASCII (checked above): an ASCII case-insensitive
+        // comparison is Python's `str.lower()` equality here.
+        let slot = match name {
+            _ if name.eq_ignore_ascii_case("origin") => &mut origin,
+            _ if name.eq_ignore_ascii_case("destination") => &mut destination,
+            _ if name.eq_ignore_ascii_case("key") => &mut key,
+            _ if name.eq_ignore_ascii_case("sig") => &mut sig,
             _ => {
                 // Ignored by Synapse too, but a repeat of an unknown name is
                 // as ambiguous to other readers as a repeat of a known one.
@@ -180,11 +182,10 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
     // The Matrix server-name grammar, strictly, written canonically: the
     // origin keys edge rules and rate limits, and Synapse uses the bytes as
     // sent, so only a name whose canonical text is those bytes is accepted.
-    let canonical = origin
+    let parsed = origin
         .parse::<crate::discovery::ServerName>()
-        .map_err(|_| XMatrixError::BadOrigin)?
-        .to_string();
-    if canonical != origin {
+        .map_err(|_| XMatrixError::BadOrigin)?;
+    if !writes_as(&parsed, origin) {
         return Err(XMatrixError::BadOrigin);
     }
     Ok(XMatrix {
@@ -193,6 +194,25 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
         key: key.to_owned(),
         sig: sig.to_owned(),
     })
+}
+
+/// Whether `value`'s `Display` text is exactly `text` (compared as it is
+/// written, without building the string).
+fn writes_as(value: &impl std::fmt::Display, text: &str) -> bool {
+    struct Expect<'t>(&'t str);
+    impl std::fmt::Write for Expect<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match self.0.strip_prefix(s) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                None => Err(std::fmt::Error),
+            }
+        }
+    }
+    let mut expect = Expect(text);
+    std::fmt::write(&mut expect, format_args!("{value}")).is_ok() && expect.0.is_empty()
 }
 
 /// One parameter value: a bare token, or a token between double quotes.
