@@ -19,9 +19,11 @@
 //!   on the next connection, as hyper-util did; one that was sent is never
 //!   sent twice;
 //! * at most `max_idle` connections wait (the oldest goes first), and none
-//!   is reused after `idle_timeout`.
+//!   is reused after `idle_timeout`; a task runs while any wait, closing
+//!   them once they are that old.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -113,6 +115,9 @@ struct Idle {
     conns: Mutex<Vec<IdleConn>>,
     max: usize,
     timeout: Duration,
+    /// Whether a reaper task is running (read and written under `conns`'
+    /// lock, so a connection put back is never left without one).
+    reaping: AtomicBool,
 }
 
 impl Idle {
@@ -129,7 +134,7 @@ impl Idle {
     }
 
     /// Keeps `sender` for the next request, if it can take one.
-    fn put(&self, sender: SendRequest<Body>) {
+    fn put(self: &Arc<Self>, sender: SendRequest<Body>) {
         if !sender.is_ready() {
             return;
         }
@@ -149,7 +154,37 @@ impl Idle {
         }
         if self.max > 0 {
             conns.push(IdleConn { sender, since: now });
+            if !self.reaping.swap(true, Ordering::Relaxed) {
+                self.start_reaper();
+            }
         }
+    }
+
+    /// Closes idle connections once they are too old, while there are any,
+    /// so that a quiet edge does not hold its homeserver's sockets open.
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.reaping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let idle = Arc::downgrade(self);
+        let every = self.timeout.max(Duration::from_millis(10));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(idle) = idle.upgrade() else { return };
+                let now = Instant::now();
+                let mut conns = idle.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                let expired =
+                    conns.partition_point(|c| now.duration_since(c.since) >= idle.timeout);
+                conns.drain(..expired);
+                conns.retain(|c| !c.sender.is_closed());
+                if conns.is_empty() {
+                    idle.reaping.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
     }
 
     fn len(&self) -> usize {
@@ -192,6 +227,7 @@ impl Upstream {
                 conns: Mutex::new(Vec::with_capacity(settings.max_idle.min(1024))),
                 max: settings.max_idle,
                 timeout: settings.idle_timeout,
+                reaping: AtomicBool::new(false),
             }),
             connect_timeout: settings.connect_timeout,
         }
@@ -353,14 +389,16 @@ mod tests {
     /// A homeserver stand-in: answers `/chunked` with a chunked body,
     /// `/big` with 1 MiB, `/close` with `Connection: close`, and anything
     /// else with `ok`. Counts the connections it accepted.
-    async fn homeserver() -> (hyper::Uri, Arc<AtomicUsize>) {
+    async fn homeserver() -> (hyper::Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, ended) = (accepted.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let ended = ended.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
                         let body: BoxBody<Bytes, Infallible> = match req.uri().path() {
@@ -378,10 +416,12 @@ mod tests {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        (format!("http://{addr}").parse().expect("uri"), accepted)
+        let uri = format!("http://{addr}").parse().expect("uri");
+        (uri, accepted, closed)
     }
 
     /// A body of unknown length (sent chunked), popped from the end.
@@ -425,7 +465,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_in_turn_reuse_one_connection_fixed_length_or_chunked() {
-        let (uri, accepted) = homeserver().await;
+        let (uri, accepted, _) = homeserver().await;
         let up = Upstream::new(&uri, PoolSettings::default());
         for i in 0..6 {
             let (path, want): (&str, &[u8]) = if i % 2 == 0 {
@@ -441,7 +481,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_not_read_to_its_end_closes_its_connection() {
-        let (uri, accepted) = homeserver().await;
+        let (uri, accepted, _) = homeserver().await;
         let up = Upstream::new(&uri, PoolSettings::default());
         let resp = up.send(get("/big")).await.expect("response");
         let mut body = resp.into_body();
@@ -455,7 +495,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connection_close_and_the_idle_timeout_are_kept() {
-        let (uri, accepted) = homeserver().await;
+        let (uri, accepted, _) = homeserver().await;
         let settings = PoolSettings {
             idle_timeout: Duration::from_millis(150),
             ..PoolSettings::default()
@@ -475,8 +515,42 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_pool_closes_its_connections_after_the_idle_timeout() {
+        let (uri, accepted, closed) = homeserver().await;
+        let settings = PoolSettings {
+            idle_timeout: Duration::from_millis(100),
+            ..PoolSettings::default()
+        };
+        let up = Upstream::new(&uri, settings);
+        assert_eq!(fetch(&up, "/a", true).await.as_ref(), b"ok");
+        assert_eq!(up.idle_connections(), 1);
+        for _ in 0..300 {
+            if closed.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(up.idle_connections(), 0, "reaped");
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            1,
+            "the homeserver saw it close"
+        );
+        // And the pool still works, with a reaper again.
+        assert_eq!(fetch(&up, "/a", true).await.as_ref(), b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        for _ in 0..300 {
+            if closed.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_more_than_max_idle_wait() {
-        let (uri, accepted) = homeserver().await;
+        let (uri, accepted, _) = homeserver().await;
         let settings = PoolSettings {
             max_idle: 2,
             ..PoolSettings::default()
