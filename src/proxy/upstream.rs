@@ -20,7 +20,8 @@
 //!   sent twice;
 //! * at most `max_idle` connections wait (the oldest goes first), and none
 //!   is reused after `idle_timeout`; a task runs while any wait, closing
-//!   them once they are that old.
+//!   them once they are that old (hyper-util's pool, as the edge built it,
+//!   had no such timer: a quiet edge kept its idle connections open).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,28 +136,23 @@ impl Idle {
 
     /// Keeps `sender` for the next request, if it can take one.
     fn put(self: &Arc<Self>, sender: SendRequest<Body>) {
-        if !sender.is_ready() {
+        if self.max == 0 || !sender.is_ready() {
             return;
         }
-        let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        // Oldest first: the expired ones are a prefix.
+        // Taken under the lock, so the stack stays oldest first and the
+        // expired ones are a prefix.
+        let now = Instant::now();
         let expired = conns.partition_point(|c| now.duration_since(c.since) >= self.timeout);
-        if expired > 0 {
-            conns.drain(..expired);
-        }
+        conns.drain(..expired);
         if conns.len() >= self.max {
             conns.retain(|c| !c.sender.is_closed());
-            if conns.len() >= self.max {
-                let extra = conns.len() + 1 - self.max;
-                conns.drain(..extra);
-            }
+            let extra = (conns.len() + 1).saturating_sub(self.max).min(conns.len());
+            conns.drain(..extra);
         }
-        if self.max > 0 {
-            conns.push(IdleConn { sender, since: now });
-            if !self.reaping.swap(true, Ordering::Relaxed) {
-                self.start_reaper();
-            }
+        conns.push(IdleConn { sender, since: now });
+        if !self.reaping.swap(true, Ordering::Relaxed) {
+            self.start_reaper();
         }
     }
 
@@ -170,6 +166,9 @@ impl Idle {
         let idle = Arc::downgrade(self);
         let every = self.timeout.max(Duration::from_millis(10));
         rt.spawn(async move {
+            // Clears the flag however the task ends (also when its runtime
+            // shuts down mid-sleep), so a later put starts a new reaper.
+            let mut running = Reaping(idle.clone());
             loop {
                 tokio::time::sleep(every).await;
                 let Some(idle) = idle.upgrade() else { return };
@@ -180,7 +179,10 @@ impl Idle {
                 conns.drain(..expired);
                 conns.retain(|c| !c.sender.is_closed());
                 if conns.is_empty() {
+                    // Cleared under the same lock a put takes: a connection
+                    // put back after this starts a new reaper.
                     idle.reaping.store(false, Ordering::Relaxed);
+                    running.0 = std::sync::Weak::new();
                     return;
                 }
             }
@@ -192,6 +194,19 @@ impl Idle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// Held by the reaper task: clears [`Idle::reaping`] (under the lock) if
+/// the task is dropped before it ends by itself (its runtime shut down).
+struct Reaping(std::sync::Weak<Idle>);
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if let Some(idle) = self.0.upgrade() {
+            let _conns = idle.conns.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.reaping.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -209,19 +224,22 @@ pub struct Upstream {
 impl Upstream {
     /// A client for `uri` (`http://host[:port]`; port 80 when left out).
     pub fn new(uri: &hyper::Uri, settings: PoolSettings) -> Self {
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or("127.0.0.1:8008");
-        let host = uri.host().unwrap_or("127.0.0.1");
-        let host = host
+        let written = uri.host().unwrap_or("127.0.0.1");
+        let host = written
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+            .unwrap_or(written);
+        let port = uri.port_u16().unwrap_or(80);
+        // As hyper-util wrote it: the host, and the port unless it is 80;
+        // never user information from the URL.
+        let authority = match port {
+            80 => written.to_string(),
+            p => format!("{written}:{p}"),
+        };
         Upstream {
             host: host.to_string(),
-            port: uri.port_u16().unwrap_or(80),
-            authority: HeaderValue::from_str(authority)
+            port,
+            authority: HeaderValue::from_str(&authority)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             idle: Arc::new(Idle {
                 conns: Mutex::new(Vec::with_capacity(settings.max_idle.min(1024))),
@@ -580,6 +598,157 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(up.idle_connections(), 2);
+    }
+
+    /// Waits (bounded) until `n` connections are idle.
+    async fn idle_reaches(up: &Upstream, n: usize) -> usize {
+        for _ in 0..400 {
+            if up.idle_connections() == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        up.idle_connections()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_dropped_at_its_end_without_the_final_poll_goes_back() {
+        // As hyper's server does: it writes frames until is_end_stream()
+        // and drops the body without polling for the closing None.
+        let (uri, accepted, _) = homeserver().await;
+        let up = Upstream::new(&uri, PoolSettings::default());
+        for path in ["/a", "/chunked"] {
+            let mut body = up.send(get(path)).await.expect("response").into_body();
+            let mut got = Vec::new();
+            let mut none_read = false;
+            for _ in 0..10 {
+                if body.is_end_stream() {
+                    break;
+                }
+                match body.frame().await {
+                    Some(f) => got.extend_from_slice(&f.expect("frame").into_data().expect("data")),
+                    None => {
+                        none_read = true;
+                        break;
+                    }
+                }
+            }
+            assert!(!got.is_empty(), "{path}");
+            if path == "/a" {
+                // The case under test: a fixed-length body is at its end
+                // with its last data frame, before any closing None.
+                assert!(!none_read, "ended by is_end_stream()");
+            }
+            drop(body);
+            assert_eq!(idle_reaches(&up, 1).await, 1, "{path} went back");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A raw homeserver on one connection: answers each request head with
+    /// `answers` in turn (then closes), and returns the heads it read.
+    async fn scripted(
+        answers: Vec<&'static [u8]>,
+    ) -> (hyper::Uri, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut heads = Vec::new();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            for answer in answers {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut chunk).await.expect("read");
+                    if n == 0 {
+                        return heads;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("end") + 4;
+                heads.push(String::from_utf8_lossy(&buf[..end]).into_owned());
+                buf.drain(..end);
+                s.write_all(answer).await.expect("write");
+            }
+            heads
+        });
+        let uri = format!("http://{addr}").parse().expect("uri");
+        (uri, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn head_and_no_content_responses_give_their_connection_back_unread() {
+        let (uri, task) = scripted(vec![
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ])
+        .await;
+        let up = Upstream::new(&uri, PoolSettings::default());
+        let resp = up.send(get("/a")).await.expect("204");
+        assert_eq!(resp.status(), 204);
+        drop(resp);
+        assert_eq!(idle_reaches(&up, 1).await, 1, "back after 204");
+        let head = Request::head("/a")
+            .body(Empty::new().map_err(|e| match e {}).boxed())
+            .expect("request");
+        let resp = up.send(head).await.expect("HEAD");
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+        assert_eq!(idle_reaches(&up, 1).await, 1, "back after HEAD");
+        assert_eq!(fetch(&up, "/a", false).await.as_ref(), b"ok");
+        let heads = task.await.expect("server task");
+        assert_eq!(heads.len(), 3, "all three on one connection: {heads:?}");
+        assert!(heads[1].starts_with("HEAD /a "), "{heads:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_was_sent_is_never_sent_again() {
+        // The homeserver answers one request, reads the second and closes
+        // without answering: the second fails; it is not retried.
+        let (uri, task) =
+            scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", b""]).await;
+        let up = Upstream::new(&uri, PoolSettings::default());
+        assert_eq!(fetch(&up, "/a", true).await.as_ref(), b"ok");
+        assert_eq!(up.idle_connections(), 1);
+        let err = up.send(get("/b")).await.expect_err("closed unanswered");
+        assert!(matches!(err, UpstreamError::Http(_)), "{err:?}");
+        let heads = task.await.expect("server task");
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        // Only one listener accept ever happened (the task accepted once
+        // and has ended), and the pool holds nothing broken.
+        assert_eq!(up.idle_connections(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_cut_short_is_an_error_and_its_connection_is_not_kept() {
+        let (uri, task) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"]).await;
+        let up = Upstream::new(&uri, PoolSettings::default());
+        let resp = up.send(get("/a")).await.expect("head");
+        assert_eq!(resp.status(), 200);
+        let collected = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("ends within 10 s");
+        assert!(collected.is_err(), "3 of 10 bytes then close is an error");
+        assert_eq!(task.await.expect("server task").len(), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(up.idle_connections(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_idle_zero_keeps_no_connection() {
+        let (uri, accepted, _) = homeserver().await;
+        let settings = PoolSettings {
+            max_idle: 0,
+            ..PoolSettings::default()
+        };
+        let up = Upstream::new(&uri, settings);
+        for _ in 0..3 {
+            assert_eq!(fetch(&up, "/a", false).await.as_ref(), b"ok");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(up.idle_connections(), 0);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
