@@ -12,7 +12,9 @@
 //!   - `store_open`: `PinStore::open` of the file on disk (read, parse),
 //!     what the daemon does at start;
 //!   - `store_reload`: `PinStore::reload` after the file on disk was replaced
-//!     (write + rename, outside the timing) by the other of two revisions:
+//!     (write + rename, outside the timing) by the other of two revisions
+//!     (they differ in a comment and the first peer's note, as after an
+//!     edit of one peer: the other sections are reused, not parsed):
 //!     open, read, the byte comparison with the set in force, the settle
 //!     re-read, parse, publish (`ArcSwap`
 //!     swap, generation, `watch` send), the removed-peers diff against the
@@ -22,6 +24,9 @@
 //!     reload). The settle interval is 1 ns
 //!     here: a running daemon sleeps 300 ms there (waiting, not working), the
 //!     second read and compare are measured.
+//!   - `store_reload_all_changed`: the same with revisions that differ in
+//!     every peer's section (a comment in each), so the whole file is
+//!     parsed: the worst case, and the baseline of `store_reload`.
 //!
 //!   Target (issue 13): a reload under 50 ms.
 //! * `lookup_per_handshake`: the pin work of one upstream handshake at 10 and
@@ -76,8 +81,10 @@ fn signing_key(n: u64) -> String {
 
 /// A pin file with `n` peers (`peer{i}.example.org`) plus, first, `HOST`
 /// pinned to `host_pin` (`pin-only`). `revision` goes into a comment and the
-/// first peer's note, so two revisions differ in content but not in peers.
-fn pin_file(n: usize, host_pin: &Pin, revision: u64) -> String {
+/// first peer's note, so two revisions differ in content but not in peers;
+/// with `every`, also into a comment in every peer's section, so no
+/// section of one revision is byte for byte one of the other.
+fn pin_file(n: usize, host_pin: &Pin, revision: u64, every: bool) -> String {
     let mut s = String::with_capacity(n * 200 + 1024);
     s.push_str(&format!(
         "# fedpin pin file, generated for benches/reload.rs, revision {revision}\n\
@@ -90,6 +97,9 @@ fn pin_file(n: usize, host_pin: &Pin, revision: u64) -> String {
         let name = format!("peer{i}.example.org");
         s.push('\n');
         s.push_str("[[peer]]\n");
+        if every {
+            s.push_str(&format!("# revision {revision}\n"));
+        }
         if i % 10 == 1 {
             s.push_str(&format!("server_name = \"{name}:8448\"\n"));
         } else {
@@ -157,7 +167,14 @@ fn replace_file(path: &Path, text: &str) {
 
 fn bench_reload(c: &mut Criterion) {
     let (_, host_pin) = bench_cert();
-    let texts = [pin_file(PEERS, &host_pin, 1), pin_file(PEERS, &host_pin, 2)];
+    let texts = [
+        pin_file(PEERS, &host_pin, 1, false),
+        pin_file(PEERS, &host_pin, 2, false),
+    ];
+    let rewritten = [
+        pin_file(PEERS, &host_pin, 1, true),
+        pin_file(PEERS, &host_pin, 2, true),
+    ];
     let set = PinSet::parse(&texts[0]).unwrap_or_else(|e| panic!("generated pin file: {e}"));
     assert_eq!(set.len(), PEERS);
     // Lint warnings only where `hosts` leaves out the server name's own host
@@ -213,6 +230,29 @@ fn bench_reload(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The same, but every section of the file changed: all of it parsed.
+    let path_all = dir.path().join("pins-all.toml");
+    replace_file(&path_all, &rewritten[0]);
+    let store_all = PinStore::open(&path_all, AlertHub::new())
+        .expect("opens")
+        .with_settle(Duration::from_nanos(1));
+    let mut next = 1usize;
+    group.bench_function("store_reload_all_changed", |b| {
+        b.iter_batched(
+            || {
+                replace_file(&path_all, &rewritten[next % 2]);
+                next += 1;
+            },
+            |()| {
+                let outcome = store_all.reload();
+                assert!(
+                    matches!(outcome, ReloadOutcome::Reloaded(_)),
+                    "reload: {outcome:?}"
+                );
+            },
+            BatchSize::PerIteration,
+        )
+    });
     group.bench_function("drop_cold", |b| {
         b.iter_batched(
             || {
@@ -225,8 +265,15 @@ fn bench_reload(c: &mut Criterion) {
         )
     });
     group.finish();
-    let (ok, failed) = store.reload_counts();
-    assert!(ok > 0 && failed == 0, "reloads ok={ok} failed={failed}");
+    for s in [&store, &store_all] {
+        let (ok, failed) = s.reload_counts();
+        assert!(ok > 0 && failed == 0, "reloads ok={ok} failed={failed}");
+    }
+    // What each reload reused: all but the first peer's section, or none.
+    let (sections, reused) = store.current().sections_reused().expect("in sections");
+    assert_eq!((sections, reused), (PEERS, PEERS - 1));
+    let (_, reused) = store_all.current().sections_reused().expect("in sections");
+    assert_eq!(reused, 0);
 }
 
 fn bench_lookup(c: &mut Criterion) {
@@ -240,7 +287,7 @@ fn bench_lookup(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
     for n in [10usize, PEERS] {
-        let set = Arc::new(PinSet::parse(&pin_file(n, &host_pin, 1)).expect("parses"));
+        let set = Arc::new(PinSet::parse(&pin_file(n, &host_pin, 1, false)).expect("parses"));
         assert_eq!(set.len(), n);
         let queries: Vec<String> = vec![
             HOST.to_string(),
@@ -351,8 +398,13 @@ fn summary(_: &mut Criterion) {
     );
     println!("  PinStore::open         {}", show(ms("store_open"), "ms"));
     println!(
-        "  PinStore::reload       {}   (target < 50 ms)",
+        "  PinStore::reload       {}   (target < 50 ms; one peer's section edited, the rest reused)",
         show(ms("store_reload"), "ms")
+    );
+    println!(
+        "  PinStore::reload       {}   (every section changed: all parsed; ratio {})",
+        show(ms("store_reload_all_changed"), "ms"),
+        ratio(ms("store_reload"), ms("store_reload_all_changed"))
     );
     println!(
         "  drop of the old set    {}   (on its own thread, after the publish)",

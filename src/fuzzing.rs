@@ -20,8 +20,9 @@ pub fn pin_string(data: &[u8]) {
 }
 
 /// A pin file that parses lists no host twice, and every host looks up to
-/// the peer that lists it; errors always carry a message. Parsed in pieces
-/// (as a large file is, on several threads) it gives what it gives whole.
+/// the peer that lists it; errors always carry a message. Parsed in
+/// sections (as a large file is, on several threads) it gives what it gives
+/// whole, and so does a reload that reuses a prior set's sections.
 pub fn pin_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let whole = crate::pins::parse_outcome(PinSet::parse_on_threads(text, 1));
@@ -29,6 +30,7 @@ pub fn pin_file(data: &[u8]) {
             let split = crate::pins::parse_outcome(PinSet::parse_on_threads(text, pieces));
             assert_eq!(split, whole, "{pieces} pieces differ from the whole");
         }
+        reload_after(text, &whole);
     }
     match PinSet::parse_bytes(data) {
         Ok(set) => {
@@ -45,6 +47,39 @@ pub fn pin_file(data: &[u8]) {
         Err(e) => {
             assert!(!e.errors.is_empty());
             assert!(e.errors.iter().all(|d| !d.message.is_empty()));
+        }
+    }
+}
+
+/// A reload reuses the sections of the set before it whose bytes are
+/// unchanged: after a set of `text`, `text` and texts made from it (a
+/// section dropped, the end cut off, a blank line added) give what a first
+/// load of each gives; and `text` after each of them gives `whole`.
+fn reload_after(text: &str, whole: &str) {
+    let first = text.find("\n[[peer]]").map(|i| i + 1);
+    let second = first.and_then(|f| text[f + 1..].find("\n[[peer]]").map(|i| f + 2 + i));
+    let mut half = text.len() / 2;
+    while !text.is_char_boundary(half) {
+        half -= 1;
+    }
+    let mut others = vec![format!("{text}\n"), text[..half].to_string()];
+    if let (Some(a), Some(b)) = (first, second) {
+        others.push(format!("{}{}", &text[..a], &text[b..]));
+    }
+    if let Ok(prior) = PinSet::parse_on_threads(text, 2) {
+        let again = crate::pins::parse_outcome(PinSet::parse_after_on_threads(text, &prior, 2));
+        assert_eq!(again, whole, "a reload of the same text differs");
+        for other in &others {
+            let fresh = crate::pins::parse_outcome(PinSet::parse_on_threads(other, 1));
+            let after =
+                crate::pins::parse_outcome(PinSet::parse_after_on_threads(other, &prior, 2));
+            assert_eq!(after, fresh, "a reload after another text differs");
+        }
+    }
+    for other in &others {
+        if let Ok(prior) = PinSet::parse_on_threads(other, 2) {
+            let after = crate::pins::parse_outcome(PinSet::parse_after_on_threads(text, &prior, 2));
+            assert_eq!(after, whole, "a reload after another text differs");
         }
     }
 }

@@ -284,11 +284,15 @@ impl PinStore {
                 return ReloadOutcome::Unchanged;
             }
         }
-        match PinSet::parse_source(snap.bytes.into()) {
+        // The sections of the file that the current set parsed already
+        // are not parsed again (a large file edited in one place).
+        let parsed = PinSet::parse_source_after(snap.bytes.into(), Some(&self.current.load()));
+        match parsed {
             Ok(mut set) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 set.generation = generation;
                 let peers = set.len();
+                let (sections, sections_reused) = set.sections_reused().unwrap_or((0, 0));
                 let new = Arc::new(set);
                 let old = self.current.swap(new.clone());
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +302,8 @@ impl PinStore {
                     path = %self.path.display(),
                     generation,
                     peers,
+                    sections,
+                    sections_reused,
                     "pin file reloaded"
                 );
                 self.report_removed(&old, &new);

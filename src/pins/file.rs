@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
@@ -269,6 +270,18 @@ struct RawFile {
     peer: Vec<Spanned<RawPeer>>,
 }
 
+/// The head of a pin file parsed alone (the text before its first
+/// `[[peer]]` line): `peer` must not be there at all, not even as an
+/// empty array (the later headers could not extend it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHead {
+    version: Option<Spanned<i64>>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+    peer: Option<serde::de::IgnoredAny>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -291,32 +304,43 @@ struct RawPeer {
     note: Option<String>,
 }
 
-/// A piece is at least this many bytes (a 10,000-peer file is 1.4 MB):
-/// below, starting threads costs more than it saves.
+/// A file this large (a 10,000-peer file is over a megabyte) is parsed
+/// in sections on several threads; below, starting threads costs more
+/// than it saves. (Each thread's share is at least this much.)
 const PIECE_MIN: usize = 128 * 1024;
 
-/// At most this many pieces, whatever the cores.
+/// At most this many threads, whatever the cores.
 const MAX_PIECES: usize = 4;
 
 /// A file with at least this many peers has them checked on several
-/// threads (as many as there are pieces at most).
+/// threads (as many as there are pieces at most); the same for the
+/// sections a reload has to parse.
 const CHECK_PARALLEL_MIN: usize = 1000;
 
-/// How many peers a parse gave.
-fn peer_count(parsed: &Parsed) -> usize {
-    parsed.file.peer.len() + parsed.more.iter().map(|(_, p)| p.len()).sum::<usize>()
-}
+/// The `[[peer]]` peers of one section (or of the whole file), spans
+/// counting from its start.
+type PeerList = Vec<Spanned<RawPeer>>;
 
-/// A pin file's TOML, parsed whole or in pieces ([`super::pieces`]): the
-/// head and the first piece's peers in `file`, with spans into the whole
-/// text; the peers of each later piece with the offset their spans count
-/// from (where the piece starts).
+/// What a pin file's sections parsed to ([`super::pieces::Sections`]).
+type ParsedSections = super::pieces::Sections<PeerList>;
+
+/// A pin file's TOML, parsed whole or in sections: the head's `version`
+/// and `[policy]`, and the peers in groups (one per section, or one for
+/// the whole file), each with the offset its spans count from.
 struct Parsed {
-    file: RawFile,
-    more: Vec<(usize, Vec<Spanned<RawPeer>>)>,
+    version: Option<Spanned<i64>>,
+    policy: Option<RawPolicy>,
+    groups: Vec<(usize, Arc<PeerList>)>,
+    /// The sections, for the next reload (when parsed in sections).
+    sections: Option<ParsedSections>,
 }
 
 impl Parsed {
+    /// How many peers.
+    fn peer_count(&self) -> usize {
+        self.groups.iter().map(|(_, g)| g.len()).sum()
+    }
+
     /// The whole text as one document: the parse that decides.
     fn whole(text: &str, lines: &LineIndex) -> Result<Self, PinFileError> {
         let file: RawFile = toml::from_str(text).map_err(|e| {
@@ -332,54 +356,90 @@ impl Parsed {
             }
         })?;
         Ok(Parsed {
-            file,
-            more: Vec::new(),
+            version: file.version,
+            policy: file.policy,
+            groups: vec![(0, Arc::new(file.peer))],
+            sections: None,
         })
     }
 
-    /// The text cut at `[[peer]]` lines into up to `pieces` pieces and
-    /// parsed on as many threads; `None` when it cannot be cut, or when
-    /// anything about the pieces is not what the whole would give: then
-    /// the whole is parsed.
+    /// The text cut at every `[[peer]]` line ([`super::pieces`]), each
+    /// section parsed alone on up to `threads` threads, or taken from
+    /// `prior` when its bytes are the same; `None` when the text cannot be
+    /// cut, or when anything about the sections is not what the whole
+    /// would give: then the whole is parsed. `text` is `keep`'s bytes,
+    /// kept with the sections for the next reload.
     ///
-    /// The pieces mean what the whole means when: the head before the first
-    /// `[[peer]]` line parses alone and gives no peer (so that line is a
-    /// real table header, not text in a multi-line string, and `peer` is an
-    /// array of tables from there on); every piece parses (so each cut is a
-    /// real header too: a cut inside a string or array leaves the piece
-    /// before it unterminated); and no later piece gives `version` or
-    /// `[policy]` (which the whole could reject as given twice).
-    fn in_pieces(text: &str, pieces: usize) -> Option<Self> {
-        if pieces < 2 {
-            return None;
-        }
+    /// The sections mean what the whole means when: the head before the
+    /// first `[[peer]]` line parses alone and has no `peer` (so that line
+    /// is a real table header, not text in a multi-line string, and `peer`
+    /// is an array of tables from there on); every section parses alone
+    /// (so each cut is a real header too: a cut inside a string or array
+    /// leaves the section before it unterminated); and no section gives
+    /// `version` or `[policy]` (which the whole could reject as given
+    /// twice). A section taken from `prior` parsed alone before, from the
+    /// same bytes.
+    fn in_sections(
+        text: &str,
+        threads: usize,
+        prior: Option<&ParsedSections>,
+        keep: bytes::Bytes,
+    ) -> Option<Self> {
         let first = super::pieces::next_header(text, 0)?;
-        if first > text.len() / pieces {
+        let head: RawHead = toml::from_str(&text[..first]).ok()?;
+        if head.peer.is_some() {
             return None;
         }
-        let head: RawFile = toml::from_str(&text[..first]).ok()?;
-        if !head.peer.is_empty() {
-            return None;
+        let ranges = super::pieces::section_ranges(text, first);
+        let bytes = text.as_bytes();
+        let hashes: Vec<u64> = ranges
+            .iter()
+            .map(|r| super::pieces::section_hash(&bytes[r.clone()]))
+            .collect();
+        let mut parsed: Vec<Option<Arc<PeerList>>> = ranges
+            .iter()
+            .zip(&hashes)
+            .map(|(r, h)| prior.and_then(|p| p.get(*h, &bytes[r.clone()])).cloned())
+            .collect();
+        let todo: Vec<usize> = (0..ranges.len()).filter(|k| parsed[*k].is_none()).collect();
+        let reused = ranges.len() - todo.len();
+        let threads = if todo.len() >= CHECK_PARALLEL_MIN {
+            threads.max(1)
+        } else {
+            1
+        };
+        let per = todo.len().div_ceil(threads).max(1);
+        let chunks: Vec<&[usize]> = todo.chunks(per).collect();
+        let fresh = super::pieces::on_threads(chunks, |chunk| {
+            chunk
+                .iter()
+                .map(|k| {
+                    let doc: RawFile = toml::from_str(&text[ranges.get(*k)?.clone()]).ok()?;
+                    let alone = doc.version.is_none() && doc.policy.is_none();
+                    alone.then(|| (*k, Arc::new(doc.peer)))
+                })
+                .collect::<Option<Vec<_>>>()
+        })?;
+        for (k, peers) in fresh
+            .into_iter()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+        {
+            *parsed.get_mut(k)? = Some(peers);
         }
-        let cuts = super::pieces::cuts(text, first, pieces);
-        if cuts.is_empty() {
-            return None;
-        }
-        let parsed = super::pieces::parse_each::<RawFile>(text, &cuts);
-        if parsed.len() != cuts.len() + 1 {
-            return None;
-        }
-        let mut parsed = parsed.into_iter();
-        let file = parsed.next()?.ok()?;
-        let mut more = Vec::with_capacity(cuts.len());
-        for (cut, piece) in cuts.into_iter().zip(parsed) {
-            let piece = piece.ok()?;
-            if piece.version.is_some() || piece.policy.is_some() {
-                return None;
-            }
-            more.push((cut, piece.peer));
-        }
-        Some(Parsed { file, more })
+        let parsed: Vec<Arc<PeerList>> = parsed.into_iter().collect::<Option<_>>()?;
+        let groups = ranges
+            .iter()
+            .map(|r| r.start)
+            .zip(parsed.iter().cloned())
+            .collect();
+        Some(Parsed {
+            version: head.version,
+            policy: head.policy,
+            groups,
+            sections: Some(ParsedSections::new(keep, ranges, &hashes, parsed, reused)),
+        })
     }
 }
 
@@ -401,6 +461,9 @@ pub struct PinSet {
     source: bytes::Bytes,
     /// SHA-256 of `source`, computed when first asked for (`/pins`).
     hash: std::sync::OnceLock<[u8; 32]>,
+    /// What the file's sections parsed to (a large file), for the next
+    /// reload to reuse ([`PinSet::parse_source_after`]).
+    sections: Option<Arc<ParsedSections>>,
     /// Reload generation (0 until a store assigns one).
     pub generation: u64,
 }
@@ -418,6 +481,7 @@ impl PinSet {
             warnings: Vec::new(),
             source: bytes::Bytes::new(),
             hash: std::sync::OnceLock::new(),
+            sections: None,
             generation: 0,
         }
     }
@@ -447,6 +511,16 @@ impl PinSet {
     /// [`PinSet::parse_bytes`] of bytes the set keeps as its source (the
     /// store's read of the file, not copied).
     pub(crate) fn parse_source(source: bytes::Bytes) -> Result<Self, PinFileError> {
+        Self::parse_source_after(source, None)
+    }
+
+    /// [`PinSet::parse_source`] for a reload after `prior`: the sections
+    /// of the file whose text `prior` parsed already are not parsed again
+    /// (each peer is still checked, and the set built, as on a first load).
+    pub(crate) fn parse_source_after(
+        source: bytes::Bytes,
+        prior: Option<&PinSet>,
+    ) -> Result<Self, PinFileError> {
         let bytes = &source[..];
         let text = std::str::from_utf8(bytes).map_err(|e| {
             let line = bytes[..e.valid_up_to()]
@@ -464,20 +538,25 @@ impl PinSet {
                 }],
             }
         })?;
-        Self::parse_text(text, source.clone())
+        Self::parse_text(text, source.clone(), prior)
     }
 
     /// Validates pin-file text.
     pub fn parse(text: &str) -> Result<Self, PinFileError> {
-        Self::parse_text(text, bytes::Bytes::copy_from_slice(text.as_bytes()))
+        Self::parse_text(text, bytes::Bytes::copy_from_slice(text.as_bytes()), None)
     }
 
-    /// [`PinSet::parse`] of `text`, whose bytes are `source`.
-    fn parse_text(text: &str, source: bytes::Bytes) -> Result<Self, PinFileError> {
+    /// [`PinSet::parse`] of `text`, whose bytes are `source`, after `prior`.
+    fn parse_text(
+        text: &str,
+        source: bytes::Bytes,
+        prior: Option<&PinSet>,
+    ) -> Result<Self, PinFileError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cores.min(MAX_PIECES);
         let pieces = threads.min(text.len() / PIECE_MIN);
-        Self::parse_text_with(text, source, (pieces, threads), CHECK_PARALLEL_MIN)
+        let prior = prior.and_then(|p| p.sections.as_deref());
+        Self::parse_text_with(text, source, (pieces, threads), CHECK_PARALLEL_MIN, prior)
     }
 
     /// [`PinSet::parse`] on up to `threads` threads whatever the text's
@@ -487,24 +566,50 @@ impl PinSet {
     /// file: pieces of 128 kB or more, 1,000 peers or more to check.) The
     /// result is the same whatever the number.
     pub fn parse_on_threads(text: &str, threads: usize) -> Result<Self, PinFileError> {
-        Self::parse_text_with(text, bytes::Bytes::new(), (threads, threads), 1)
+        Self::parse_text_with(text, bytes::Bytes::new(), (threads, threads), 1, None)
     }
 
-    /// [`PinSet::parse_text`], parsed in up to `pieces` pieces where the
-    /// text allows (one: whole), its peers checked on up to `threads`
-    /// threads if there are at least `check_min` of them.
+    /// [`PinSet::parse_on_threads`] with `threads` of at least 2, reusing
+    /// the sections `prior` parsed: what a reload does, for the tests and
+    /// the fuzz check that it gives what a first load gives.
+    pub fn parse_after_on_threads(
+        text: &str,
+        prior: &PinSet,
+        threads: usize,
+    ) -> Result<Self, PinFileError> {
+        let prior = prior.sections.as_deref();
+        Self::parse_text_with(text, bytes::Bytes::new(), (threads, threads), 1, prior)
+    }
+
+    /// [`PinSet::parse_text`], parsed in sections on up to `pieces`
+    /// threads where the text allows (one, and no `prior`: whole), its
+    /// peers checked on up to `threads` threads if there are at least
+    /// `check_min` of them. The sections `prior` parsed are reused.
     fn parse_text_with(
         text: &str,
         source: bytes::Bytes,
         (pieces, threads): (usize, usize),
         check_min: usize,
+        prior: Option<&ParsedSections>,
     ) -> Result<Self, PinFileError> {
         let lines = LineIndex::new(text);
-        let parsed = match Parsed::in_pieces(text, pieces) {
+        let sectioned = if pieces >= 2 || prior.is_some() {
+            // The sections keep the file's bytes (the source, or a copy of
+            // text that came without one).
+            let keep = if source.len() == text.len() {
+                source.clone()
+            } else {
+                bytes::Bytes::copy_from_slice(text.as_bytes())
+            };
+            Parsed::in_sections(text, pieces, prior, keep)
+        } else {
+            None
+        };
+        let parsed = match sectioned {
             Some(p) => p,
             None => Parsed::whole(text, &lines)?,
         };
-        let threads = if peer_count(&parsed) >= check_min {
+        let threads = if parsed.peer_count() >= check_min {
             threads
         } else {
             1
@@ -531,17 +636,14 @@ impl PinSet {
             }
             peer.push(Spanned::new(0..0, raw));
         }
-        let raw = RawFile {
+        let parsed = Parsed {
             version: Some(Spanned::new(0..0, 1)),
             policy: Some(RawPolicy {
                 unpinned: Some(policy.unpinned),
                 on_expired: Some(policy.on_expired),
             }),
-            peer,
-        };
-        let parsed = Parsed {
-            file: raw,
-            more: Vec::new(),
+            groups: vec![(0, Arc::new(peer))],
+            sections: None,
         };
         match Self::validate(parsed, &LineIndex::unlocated(), bytes::Bytes::new(), 1) {
             Ok(set) if dups.is_empty() => Ok(set),
@@ -565,32 +667,34 @@ impl PinSet {
         source: bytes::Bytes,
         threads: usize,
     ) -> Result<Self, PinFileError> {
-        let peers = peer_count(&parsed);
-        let Parsed { file: raw, more } = parsed;
+        let peers = parsed.peer_count();
         let mut b = Builder::new(lines, peers);
-        b.version(raw.version.as_ref());
-        let policy = raw
+        b.version(parsed.version.as_ref());
+        let policy = parsed
             .policy
             .map(|p| Policy {
                 unpinned: p.unpinned.unwrap_or(UnpinnedPolicy::Webpki),
                 on_expired: p.on_expired.unwrap_or(ExpiredPolicy::Webpki),
             })
             .unwrap_or_default();
-        let mut all = Vec::with_capacity(peers);
-        for (base, piece) in std::iter::once((0, raw.peer)).chain(more) {
-            all.extend(piece.into_iter().map(|p| (base, p)));
-        }
+        /// A peer and the offset its spans count from.
+        type Located<'a> = (usize, &'a Spanned<RawPeer>);
+        let all: Vec<Located> = parsed
+            .groups
+            .iter()
+            .flat_map(|(base, group)| group.iter().map(move |p| (*base, p)))
+            .collect();
         let per = peers.div_ceil(threads.max(1)).max(1);
-        let mut chunks = Vec::with_capacity(threads);
-        let mut all = all.into_iter();
-        for start in (0..peers).step_by(per) {
-            chunks.push((start, all.by_ref().take(per).collect::<Vec<_>>()));
-        }
+        let chunks: Vec<(usize, &[Located])> = all
+            .chunks(per)
+            .enumerate()
+            .map(|(k, chunk)| (k * per, chunk))
+            .collect();
         let checked = super::pieces::on_threads(chunks, |(start, chunk)| {
             chunk
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(j, (base, raw))| PeerCheck::run(lines, base, start + j, raw))
+                .map(|(j, (base, raw))| PeerCheck::run(lines, *base, start + j, raw))
                 .collect::<Vec<_>>()
         })
         .ok_or_else(|| PinFileError {
@@ -606,7 +710,9 @@ impl PinSet {
         for c in checked.into_iter().flatten() {
             b.add(c);
         }
-        b.finish(policy, source)
+        let mut set = b.finish(policy, source)?;
+        set.sections = parsed.sections.map(Arc::new);
+        Ok(set)
     }
 
     /// The peer entry that covers this TLS name (normalised first), with the
@@ -654,6 +760,13 @@ impl PinSet {
     /// Whether the set has no peers.
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
+    }
+
+    /// For a file parsed in sections (a large one): how many `[[peer]]`
+    /// sections it has, and how many of them this parse took unchanged
+    /// from the set before it instead of parsing them.
+    pub fn sections_reused(&self) -> Option<(usize, usize)> {
+        self.sections.as_ref().map(|s| s.counts())
     }
 
     /// SHA-256 of the file the set was loaded from.
@@ -855,6 +968,7 @@ impl<'l> Builder<'l> {
             warnings: self.warnings,
             source,
             hash: std::sync::OnceLock::new(),
+            sections: None,
             generation: 0,
         })
     }
@@ -925,7 +1039,7 @@ impl<'l> PeerCheck<'l> {
     }
 
     /// Checks `peer[i]`, whose spans count from `base`, on its own.
-    fn run(lines: &'l LineIndex, base: usize, i: usize, raw_peer: Spanned<RawPeer>) -> Checked {
+    fn run(lines: &'l LineIndex, base: usize, i: usize, raw_peer: &Spanned<RawPeer>) -> Checked {
         let mut this = PeerCheck {
             lines,
             base,
@@ -942,12 +1056,12 @@ impl<'l> PeerCheck<'l> {
 
     /// The checks of one `[[peer]]` table; its server name's key and the
     /// peer it becomes.
-    fn peer(&mut self, i: usize, raw_peer: Spanned<RawPeer>) -> (String, Peer) {
+    fn peer(&mut self, i: usize, raw_peer: &Spanned<RawPeer>) -> (String, Peer) {
         let peer_span = raw_peer.span();
-        let rp = raw_peer.into_inner();
+        let rp = raw_peer.get_ref();
         let key = |k: &str| format!("peer[{i}].{k}");
         let sn_span = rp.server_name.span();
-        let server_name = rp.server_name.into_inner();
+        let server_name = rp.server_name.get_ref().clone();
         let default_host = match split_server_name(&server_name) {
             Ok(host) => Some(host),
             Err(msg) => {
@@ -959,7 +1073,7 @@ impl<'l> PeerCheck<'l> {
         self.steps.push(Step::ServerName(
             self.lines.locate(self.base + sn_span.start),
         ));
-        let hosts = self.hosts(i, peer_span, rp.hosts, &default_host, &sn_span);
+        let hosts = self.hosts(i, peer_span, rp.hosts.as_deref(), &default_host, &sn_span);
         let line = self.lines.locate(self.base + sn_span.start).0;
         if let Some(own) = &default_host {
             self.warn_own_host_missing(i, own, &hosts, rp.host_pins.as_ref(), sn_span.start);
@@ -967,11 +1081,14 @@ impl<'l> PeerCheck<'l> {
         for (h, span) in &hosts {
             self.claim(h.clone(), span.start, None);
         }
-        let pins = self.pins(i, rp.pins, &server_name);
-        let expires = self.expires(i, rp.expires);
-        let delegation = self.delegation(i, rp.delegation);
-        let signing_keys = self.signing_keys(i, rp.signing_keys.unwrap_or_default());
-        let host_pins = self.host_pins(i, rp.host_pins.unwrap_or_default(), &hosts);
+        let pins = self.pins(i, &rp.pins, &server_name);
+        let expires = self.expires(i, rp.expires.as_ref());
+        let delegation = self.delegation(i, rp.delegation.as_ref());
+        let signing_keys = self.signing_keys(i, rp.signing_keys.as_deref().unwrap_or_default());
+        let host_pins = match &rp.host_pins {
+            Some(map) => self.host_pins(i, map, &hosts),
+            None => Vec::new(),
+        };
         if let (Some(d), Some(own)) = (&delegation, &default_host) {
             let covered = |h: &str| {
                 hosts.iter().any(|(x, _)| x == h) || host_pins.iter().any(|(x, _)| x == h)
@@ -1002,7 +1119,7 @@ impl<'l> PeerCheck<'l> {
                 trust: rp.trust.unwrap_or(Trust::Webpki),
                 mode: rp.mode.unwrap_or(Mode::Enforce),
                 expires,
-                note: rp.note,
+                note: rp.note.clone(),
                 line,
                 delegation,
                 host_pins,
@@ -1016,7 +1133,7 @@ impl<'l> PeerCheck<'l> {
         &mut self,
         i: usize,
         peer_span: Span,
-        list: Option<Vec<Spanned<String>>>,
+        list: Option<&[Spanned<String>]>,
         default_host: &Option<String>,
         sn_span: &Span,
     ) -> Vec<(String, Span)> {
@@ -1034,7 +1151,7 @@ impl<'l> PeerCheck<'l> {
                 "hosts must not be empty (omit it to use the server name)".into(),
             );
         }
-        for (j, h) in list.into_iter().enumerate() {
+        for (j, h) in list.iter().enumerate() {
             let span = h.span();
             match normalize_tls_name(h.get_ref()) {
                 Ok(n) if hosts.iter().any(|(h, _)| *h == n) => self.err(
@@ -1080,11 +1197,11 @@ impl<'l> PeerCheck<'l> {
     fn pins(
         &mut self,
         i: usize,
-        list: Spanned<Vec<Spanned<String>>>,
+        list: &Spanned<Vec<Spanned<String>>>,
         server_name: &str,
     ) -> Vec<Pin> {
         let pins_span = list.span();
-        let raw_pins = list.into_inner();
+        let raw_pins = list.get_ref();
         if raw_pins.is_empty() {
             self.err(
                 pins_span.clone(),
@@ -1093,7 +1210,7 @@ impl<'l> PeerCheck<'l> {
             );
         }
         let mut pins = Vec::new();
-        for (j, p) in raw_pins.into_iter().enumerate() {
+        for (j, p) in raw_pins.iter().enumerate() {
             match p.get_ref().parse::<Pin>() {
                 Ok(pin) if pins.contains(&pin) => self.warn(
                     p.span().start,
@@ -1121,7 +1238,7 @@ impl<'l> PeerCheck<'l> {
     }
 
     /// `expires`: an RFC 3339 date.
-    fn expires(&mut self, i: usize, expires: Option<Spanned<String>>) -> Option<OffsetDateTime> {
+    fn expires(&mut self, i: usize, expires: Option<&Spanned<String>>) -> Option<OffsetDateTime> {
         let e = expires?;
         match OffsetDateTime::parse(e.get_ref(), &Rfc3339) {
             Ok(t) => Some(t),
@@ -1140,7 +1257,7 @@ impl<'l> PeerCheck<'l> {
     }
 
     /// `delegation`: a Matrix server name, kept in canonical form.
-    fn delegation(&mut self, i: usize, delegation: Option<Spanned<String>>) -> Option<String> {
+    fn delegation(&mut self, i: usize, delegation: Option<&Spanned<String>>) -> Option<String> {
         let d = delegation?;
         match d
             .get_ref()
@@ -1158,7 +1275,7 @@ impl<'l> PeerCheck<'l> {
     fn signing_keys(
         &mut self,
         i: usize,
-        list: Vec<Spanned<String>>,
+        list: &[Spanned<String>],
     ) -> Vec<crate::matrix::signing::VerifyKey> {
         let key = |j: usize| format!("peer[{i}].signing_keys[{j}]");
         self.distinct(key, "signing key", list, |text| {
@@ -1176,11 +1293,11 @@ impl<'l> PeerCheck<'l> {
         &mut self,
         key: impl Fn(usize) -> String,
         what: &str,
-        list: Vec<Spanned<String>>,
+        list: &[Spanned<String>],
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Vec<T> {
         let mut out = Vec::new();
-        for (j, item) in list.into_iter().enumerate() {
+        for (j, item) in list.iter().enumerate() {
             match parse(item.get_ref()) {
                 Ok(v) if !out.contains(&v) => out.push(v),
                 Ok(_) => {}
@@ -1199,14 +1316,14 @@ impl<'l> PeerCheck<'l> {
     fn host_pins(
         &mut self,
         i: usize,
-        map: std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+        map: &std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
         hosts: &[(String, Span)],
     ) -> Vec<(String, Vec<Pin>)> {
         let mut host_pins: Vec<(String, Vec<Pin>)> = Vec::new();
         for (h, list) in map {
             let span = list.span();
             let hkey = format!("peer[{i}].host_pins.\"{h}\"");
-            let name = match normalize_tls_name(&h) {
+            let name = match normalize_tls_name(h) {
                 Ok(n) => n,
                 Err(m) => {
                     self.err(span, hkey, m);
@@ -1222,7 +1339,7 @@ impl<'l> PeerCheck<'l> {
                 continue;
             }
             self.claim(name.clone(), span.start, Some(hkey.clone()));
-            let raw = list.into_inner();
+            let raw = list.get_ref();
             if raw.is_empty() {
                 self.err(span, hkey.clone(), "a host needs at least one pin".into());
             }
@@ -1646,8 +1763,8 @@ trust = "pin-only"
             (good.clone(), Some(true)),
             (many_peers(40, "\r\n", false), Some(true)),
             // Notes with a `[[peer]]` line inside a string: a cut there
-            // leaves its piece unterminated, so the whole is parsed.
-            (many_peers(40, "\n", true), None),
+            // leaves its section unterminated, so the whole is parsed.
+            (many_peers(40, "\n", true), Some(false)),
             // Validation errors in the last piece: same lines.
             (
                 late("pins = [\"", "pins = [\"sha256/short\", \""),
@@ -1739,7 +1856,7 @@ trust = "pin-only"
                     "[[peer]]\nnot a header",
                     "[[peer]]\nserver_name = \"evil.test\"\n[policy]\nunpinned = \"webpki\"",
                 ),
-                None,
+                Some(false),
             ),
             // An empty [policy] late: still given twice.
             (format!("{good}\n[policy]\n"), Some(false)),
@@ -1752,13 +1869,13 @@ trust = "pin-only"
         ]
     }
 
-    /// The pieces ([`Parsed::in_pieces`]) give what the whole text gives,
-    /// for files that are fine, wrong in validation (lines must still be
-    /// right: spans in a later piece count from its start) or wrong in
-    /// TOML; and where the whole text decides alone (the pieces would
-    /// read it differently), the pieces step aside.
+    /// The sections ([`Parsed::in_sections`]) give what the whole text
+    /// gives, for files that are fine, wrong in validation (lines must
+    /// still be right: spans in a section count from its start) or wrong
+    /// in TOML; and where the whole text decides alone (the sections would
+    /// read it differently), the sections step aside.
     #[test]
-    fn parsing_in_pieces_gives_what_parsing_whole_gives() {
+    fn parsing_in_sections_gives_what_parsing_whole_gives() {
         let cases = piece_cases();
         for (k, (text, splits)) in cases.iter().enumerate() {
             let whole = outcome(PinSet::parse_text_with(
@@ -1766,17 +1883,19 @@ trust = "pin-only"
                 bytes::Bytes::new(),
                 (1, 1),
                 1,
+                None,
             ));
             for pieces in 2..=5 {
                 if let Some(splits) = splits {
+                    let used = Parsed::in_sections(text, pieces, None, bytes::Bytes::new());
                     assert_eq!(
-                        Parsed::in_pieces(text, pieces).is_some(),
+                        used.is_some(),
                         *splits,
-                        "case {k}, {pieces} pieces: used the pieces?"
+                        "case {k}, {pieces} threads: used the sections?"
                     );
                 }
                 let split = outcome(PinSet::parse_on_threads(text, pieces));
-                assert_eq!(split, whole, "case {k}, {pieces} pieces");
+                assert_eq!(split, whole, "case {k}, {pieces} threads");
             }
         }
         assert!(outcome(PinSet::parse(&cases[0].0)).starts_with("ok"));
@@ -1786,5 +1905,85 @@ trust = "pin-only"
             tie.contains("already listed") && tie.contains("at least one pin"),
             "{tie}"
         );
+    }
+
+    /// A reload after a set parsed in sections parses only the sections
+    /// whose bytes changed, and gives what a first load of the new text
+    /// gives: for every case above (fine, wrong in validation, wrong in
+    /// TOML, or read whole), after a prior set of another text and after
+    /// one of the same text.
+    #[test]
+    fn a_reload_reuses_unchanged_sections_and_gives_what_a_first_load_gives() {
+        let good = many_peers(40, "\n", false);
+        let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
+        assert_eq!(prior.sections_reused(), Some((40, 0)));
+        for (k, (text, _)) in piece_cases().iter().enumerate() {
+            let whole = outcome(PinSet::parse_on_threads(text, 1));
+            let after = outcome(PinSet::parse_after_on_threads(text, &prior, 2));
+            assert_eq!(after, whole, "case {k} after the good file");
+            if let Ok(itself) = PinSet::parse_on_threads(text, 2) {
+                let again = PinSet::parse_after_on_threads(text, &itself, 3);
+                if let (Some((n, 0)), Ok(set)) = (itself.sections_reused(), &again) {
+                    assert_eq!(set.sections_reused(), Some((n, n)), "case {k}");
+                }
+                assert_eq!(outcome(again), whole, "case {k} after itself");
+            }
+        }
+    }
+
+    /// Sections that moved (a peer removed, one added in the middle, CRLF
+    /// only in one place) are reused at their new place: lines, indexes
+    /// in keys, and diagnostics are those of the new text.
+    #[test]
+    fn reused_sections_take_their_new_place() {
+        let good = many_peers(40, "\n", false);
+        let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
+        let start = good.find("[[peer]]").unwrap();
+        let second = start + 1 + good[start + 1..].find("[[peer]]").unwrap();
+        let added = format!(
+            "[[peer]]\nserver_name = \"new.test\"\npins = [\"{}\"]\n\n",
+            pin(77)
+        );
+        let mid = good.find("[[peer]]\nserver_name = \"p20.test\"").unwrap();
+        let mid_end = mid + 1 + good[mid + 1..].find("[[peer]]").unwrap();
+        let edits = [
+            // The first peer removed: every later line moves up.
+            (format!("{}{}", &good[..start], &good[second..]), 39, 39),
+            // A peer added in the middle (a single pin: a warning, located).
+            (format!("{}{added}{}", &good[..mid], &good[mid..]), 41, 40),
+            // The same peer again at the end: an error naming both lines.
+            (format!("{good}\n{}", &good[mid..mid_end]), 0, 0),
+        ];
+        for (k, (text, sections, reused)) in edits.iter().enumerate() {
+            let whole = outcome(PinSet::parse_on_threads(text, 1));
+            let after = PinSet::parse_after_on_threads(text, &prior, 2);
+            if *sections > 0 {
+                let set = after.as_ref().expect("parses");
+                assert_eq!(
+                    set.sections_reused(),
+                    Some((*sections, *reused)),
+                    "edit {k}"
+                );
+            }
+            assert_eq!(outcome(after), whole, "edit {k}");
+        }
+        let added_warning = outcome(PinSet::parse_after_on_threads(&edits[1].0, &prior, 2));
+        assert!(added_warning.contains("single pin"), "{added_warning}");
+        let twice = outcome(PinSet::parse_after_on_threads(&edits[2].0, &prior, 2));
+        assert!(twice.contains("already listed at line"), "{twice}");
+    }
+
+    /// `peer` in the head, even as an empty array, makes the whole text
+    /// invalid (the headers cannot extend it): the sections must not
+    /// accept it.
+    #[test]
+    fn a_peer_key_in_the_head_is_read_whole() {
+        let good = many_peers(10, "\n", false);
+        let text = good.replacen("[policy]", "peer = []\n[policy]", 1);
+        assert!(Parsed::in_sections(&text, 2, None, bytes::Bytes::new()).is_none());
+        let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
+        let after = outcome(PinSet::parse_after_on_threads(&text, &prior, 2));
+        assert!(after.starts_with("error"), "{after}");
+        assert_eq!(after, outcome(PinSet::parse_on_threads(&text, 1)));
     }
 }

@@ -1,15 +1,20 @@
-//! Parsing a large pin file in pieces, one thread per piece.
+//! Parsing a large pin file in sections, on several threads, and
+//! reparsing only what changed.
 //!
-//! A 10,000-peer file is 1.4 MB of TOML, and the TOML parser was two
-//! thirds of a reload (`benches/reload.rs`). The file is a head (`version`,
-//! `[policy]`) and then `[[peer]]` tables, each of which means the same
-//! parsed alone as in the whole file: so the text is cut at `[[peer]]`
-//! lines and the pieces are parsed at once. [`crate::pins::PinSet`] takes
-//! the pieces only when every one of them parsed and kept to the shape
-//! that makes the cut harmless; otherwise it parses the whole text, which
-//! alone decides what is accepted and what each error says.
+//! A 10,000-peer file is over a megabyte of TOML, and the TOML parser is
+//! more than half of a reload (`benches/reload.rs`). The file is a head
+//! (`version`, `[policy]`) and then `[[peer]]` tables, each of which means
+//! the same parsed alone as in the whole file: so the text is cut at every
+//! `[[peer]]` line, the sections are parsed on up to one thread per core,
+//! and a reload parses only the sections whose text is not byte for byte
+//! one the previous set parsed ([`Sections`]). [`crate::pins::PinSet`]
+//! takes the sections only when every one of them parsed and kept to the
+//! shape that makes the cut harmless; otherwise it parses the whole text,
+//! which alone decides what is accepted and what each error says.
 
-use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// The line that opens a peer's table.
 pub(super) const PEER_HEADER: &str = "[[peer]]";
@@ -37,36 +42,98 @@ pub(super) fn next_header(text: &str, from: usize) -> Option<usize> {
     }
 }
 
-/// Where to cut `text` into up to `pieces` pieces of about equal size: the
-/// starts of `[[peer]]` lines after `first`, the first peer's (so every
-/// piece after the first starts with a peer header, and the first holds
-/// the head and at least one peer). Empty when no cut is worth making.
-pub(super) fn cuts(text: &str, first: usize, pieces: usize) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::with_capacity(pieces.saturating_sub(1));
-    for k in 1..pieces {
-        let target = text.len() / pieces * k;
-        let from = target.max(out.last().map_or(first, |c| *c) + 1);
-        match next_header(text, from) {
-            Some(c) => out.push(c),
-            None => break,
-        }
-    }
-    out
+/// The `[[peer]]` sections of `text` from `first` (a header line's
+/// start, [`next_header`]) on: each from its header line to the next one,
+/// the last to the end.
+pub(super) fn section_ranges(text: &str, first: usize) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let after = first + 1;
+    let headers = bytes.get(after..).into_iter().flat_map(|rest| {
+        memchr::memmem::find_iter(rest, b"\n[[peer]]")
+            .map(move |i| after + i + 1)
+            .filter(|&start| {
+                let rest = &bytes[start + PEER_HEADER.len()..];
+                rest.is_empty() || rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+            })
+    });
+    let starts: Vec<usize> = std::iter::once(first).chain(headers).collect();
+    let ends = starts
+        .iter()
+        .skip(1)
+        .copied()
+        .chain(std::iter::once(text.len()));
+    starts
+        .iter()
+        .copied()
+        .zip(ends)
+        .map(|(a, b)| a..b)
+        .collect()
 }
 
-/// Parses each piece of `text` between the cuts (the first from the start,
-/// the last to the end) as a TOML document of its own, each on a thread
-/// ([`on_threads`]); in order (empty if a result went missing).
-pub(super) fn parse_each<T>(text: &str, cuts: &[usize]) -> Vec<Result<T, toml::de::Error>>
-where
-    T: DeserializeOwned + Send,
-{
-    let pieces: Vec<&str> = std::iter::once(0)
-        .chain(cuts.iter().copied())
-        .zip(cuts.iter().copied().chain(std::iter::once(text.len())))
-        .map(|(a, b)| &text[a..b])
-        .collect();
-    on_threads(pieces, |piece| toml::from_str::<T>(piece)).unwrap_or_default()
+/// A section's text, hashed (a reload looks its sections up by this; a
+/// lookup compares the bytes too, so the hash needs to be fast, not
+/// unguessable).
+pub(super) fn section_hash(section: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed_f00d).hash_one(section)
+}
+
+/// The sections of the text a pin set was parsed from, each with what
+/// parsing it alone gave (`T`), kept so that the next reload parses only
+/// the sections whose text changed: a section of the same bytes parses to
+/// the same result, its spans counting from its own start wherever it now
+/// is. A 10,000-peer file edited in one place reloads without parsing the
+/// other 9,999 peers' TOML (validation and indexes still run for all).
+pub(super) struct Sections<T> {
+    text: bytes::Bytes,
+    ranges: Vec<Range<usize>>,
+    parsed: Vec<Arc<T>>,
+    /// A section's index by the hash of its text (any one of equal texts).
+    by_hash: HashMap<u64, usize>,
+    /// How many were taken from the previous set's sections, not parsed.
+    reused: usize,
+}
+
+impl<T> Sections<T> {
+    /// The sections of `text` at `ranges`, their hashes and parses (all
+    /// three in the same order), `reused` of them not parsed this time.
+    pub(super) fn new(
+        text: bytes::Bytes,
+        ranges: Vec<Range<usize>>,
+        hashes: &[u64],
+        parsed: Vec<Arc<T>>,
+        reused: usize,
+    ) -> Self {
+        let by_hash = hashes.iter().enumerate().map(|(k, h)| (*h, k)).collect();
+        Sections {
+            text,
+            ranges,
+            parsed,
+            by_hash,
+            reused,
+        }
+    }
+
+    /// What the section of exactly these bytes (with this hash) parsed to.
+    pub(super) fn get(&self, hash: u64, section: &[u8]) -> Option<&Arc<T>> {
+        let k = *self.by_hash.get(&hash)?;
+        let range = self.ranges.get(k)?;
+        let same = self.text.get(range.clone()) == Some(section);
+        same.then(|| self.parsed.get(k)).flatten()
+    }
+
+    /// How many sections, and how many of them were reused.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.ranges.len(), self.reused)
+    }
+}
+
+impl<T> std::fmt::Debug for Sections<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sections")
+            .field("sections", &self.ranges.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `f` of each item, the first on this thread and each other on a thread
@@ -138,34 +205,42 @@ mod tests {
     }
 
     #[test]
-    fn cuts_are_increasing_headers_after_the_first_peer() {
-        let text: String = std::iter::once("version = 1\n".to_string())
-            .chain((0..100).map(|i| format!("[[peer]]\nserver_name = \"p{i}.test\"\n")))
+    fn sections_run_from_each_header_line_to_the_next() {
+        let text = "version = 1\n[[peer]]\na = 1\n  [[peer]]\n[[peer]]\r\nb = 2\n[[peer]]";
+        let first = next_header(text, 0).unwrap();
+        let got: Vec<&str> = section_ranges(text, first)
+            .into_iter()
+            .map(|r| &text[r])
             .collect();
-        let first = next_header(&text, 0).unwrap();
-        for n in 2..6 {
-            let c = cuts(&text, first, n);
-            assert_eq!(c.len(), n - 1, "{n} pieces");
-            assert!(c.windows(2).all(|w| w[0] < w[1]));
-            assert!(c
-                .iter()
-                .all(|&x| x > first && text[x..].starts_with("[[peer]]\n")));
-        }
-        // Too few headers for the pieces asked for: fewer cuts, never a repeat.
-        let small = "version = 1\n[[peer]]\na = 1\n[[peer]]\nb = 2\n";
-        assert_eq!(cuts(small, 12, 8).len(), 1);
+        assert_eq!(
+            got,
+            [
+                "[[peer]]\na = 1\n  [[peer]]\n",
+                "[[peer]]\r\nb = 2\n",
+                "[[peer]]"
+            ]
+        );
+        // A multi-byte character right after a header.
+        let text = "[[peer]]\nn = \"日本\"\n[[peer]]\n";
+        assert_eq!(section_ranges(text, 0), [0..22, 22..31]);
     }
 
     #[test]
-    fn a_cut_target_inside_a_multibyte_char_still_cuts() {
-        let text: String = std::iter::once("version = 1\n".to_string())
-            .chain((0..1000).map(|i| {
-                format!("[[peer]]\nserver_name = \"p{i}.test\"\nnote = \"日本語日本語\"\n")
-            }))
+    fn a_section_is_found_only_by_its_exact_bytes() {
+        let text = "[[peer]]\na = 1\n[[peer]]\nb = 2\n";
+        let ranges = section_ranges(text, 0);
+        let hashes: Vec<u64> = ranges
+            .iter()
+            .map(|r| section_hash(&text.as_bytes()[r.clone()]))
             .collect();
-        let first = next_header(&text, 0).unwrap();
-        let got: Vec<usize> = (2..6).map(|n| cuts(&text, first, n).len()).collect();
-        assert_eq!(got, [1, 2, 3, 4]);
+        let parsed = vec![Arc::new('a'), Arc::new('b')];
+        let s = Sections::new(bytes::Bytes::from(text), ranges, &hashes, parsed, 0);
+        assert_eq!(s.counts(), (2, 0));
+        let b = b"[[peer]]\nb = 2\n";
+        assert_eq!(s.get(section_hash(b), b).map(|c| **c), Some('b'));
+        // Other bytes under a hash that is there (a collision) miss.
+        assert_eq!(s.get(section_hash(b), b"[[peer]]\nb = 3\n"), None);
+        assert_eq!(s.get(section_hash(b"x"), b"x"), None);
     }
 
     #[test]
@@ -177,22 +252,5 @@ mod tests {
             on_threads(many, |x| x * 10),
             Some((0..7).map(|x| x * 10).collect())
         );
-    }
-
-    #[test]
-    fn pieces_parse_in_order() {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            peer: Vec<toml::Value>,
-        }
-        let text = "[[peer]]\nn = 0\n[[peer]]\nn = 1\n[[peer]]\nn = 2\n";
-        let c = cuts(text, 0, 3);
-        let parsed = parse_each::<Doc>(text, &c);
-        let ns: Vec<i64> = parsed
-            .into_iter()
-            .flat_map(|d| d.unwrap().peer)
-            .map(|p| p["n"].as_integer().unwrap())
-            .collect();
-        assert_eq!(ns, [0, 1, 2]);
     }
 }
