@@ -9,6 +9,9 @@
 //!   `signing_keys` on some: what `pinctl add` writes).
 //!   - `parse`: `PinSet::parse` of the text (TOML, every validation rule,
 //!     the indexes) — the work of a reload;
+//!   - `parse_after_one_edit`: the parse of a reload after an edit of one
+//!     peer (the other revision, after a set of this one: its unchanged
+//!     sections taken, every peer still indexed), without the file system;
 //!   - `store_open`: `PinStore::open` of the file on disk (read, parse),
 //!     what the daemon does at start;
 //!   - `store_reload`: `PinStore::reload` after the file on disk was replaced
@@ -207,6 +210,16 @@ fn bench_reload(c: &mut Criterion) {
     group.bench_function("parse_one_thread", |b| {
         b.iter(|| PinSet::parse_on_threads(black_box(&texts[0]), 1).expect("parses"))
     });
+    // A reload's parse alone (no file system): the other revision after
+    // a set of this one, on up to one thread per core as `parse`.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let before = PinSet::parse(&texts[0]).expect("parses");
+    group.bench_function("parse_after_one_edit", |b| {
+        b.iter(|| {
+            PinSet::parse_after_on_threads(black_box(&texts[1]), &before, threads).expect("parses")
+        })
+    });
+    drop(before);
     group.bench_function("store_open", |b| {
         b.iter(|| PinStore::open(black_box(&path), AlertHub::new()).expect("opens"))
     });
@@ -269,9 +282,17 @@ fn bench_reload(c: &mut Criterion) {
         let (ok, failed) = s.reload_counts();
         assert!(ok > 0 && failed == 0, "reloads ok={ok} failed={failed}");
     }
-    // What each reload reused: all but the first peer's section, or none.
-    let (sections, reused) = store.current().sections_reused().expect("in sections");
-    assert_eq!((sections, reused), (PEERS, PEERS - 1));
+    // What each reload took from the set before: every section but the
+    // first peer's and those whose check warns (checked again, so that the
+    // warning is located in the new text); with every section changed, none.
+    let set = store.current();
+    let (sections, reused) = set.sections_reused().expect("in sections");
+    assert_eq!(sections, PEERS);
+    assert_eq!(
+        reused,
+        PEERS - 1 - set.warnings.len(),
+        "one warning per warned peer"
+    );
     let (_, reused) = store_all.current().sections_reused().expect("in sections");
     assert_eq!(reused, 0);
 }
@@ -395,6 +416,11 @@ fn summary(_: &mut Criterion) {
         cores.min(4),
         show(ms("parse_one_thread"), "ms"),
         ratio(ms("parse"), ms("parse_one_thread"))
+    );
+    println!(
+        "  parse after one edit   {}   (the sections of the set before reused; ratio to parse {})",
+        show(ms("parse_after_one_edit"), "ms"),
+        ratio(ms("parse_after_one_edit"), ms("parse"))
     );
     println!("  PinStore::open         {}", show(ms("store_open"), "ms"));
     println!(

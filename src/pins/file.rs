@@ -4,7 +4,12 @@
 //! `deny_unknown_fields` and spans, then [`PinSet::parse`] validates them into
 //! an immutable [`PinSet`] or returns every error with its line and key.
 
-use std::collections::HashMap;
+/// The pin set's indexes: a name or pin to its entry. Keys come from the
+/// operator's pin file, so there is no flooding to resist; foldhash (with
+/// a per-process random seed) instead of SipHash, which was a sixth of the
+/// instructions of a reload that reuses its sections, and is on every
+/// handshake's lookup.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -321,24 +326,68 @@ const CHECK_PARALLEL_MIN: usize = 1000;
 /// counting from its start.
 type PeerList = Vec<Spanned<RawPeer>>;
 
-/// What a pin file's sections parsed to ([`super::pieces::Sections`]).
-type ParsedSections = super::pieces::Sections<PeerList>;
+/// What a section of the text a set was parsed from gave, for a reload to
+/// take instead of parsing and checking it again: the index of its one
+/// peer in the set, and the line its header is on. `None` for a section
+/// that is not taken (more than one peer, or its check had something to
+/// say: a reload checks it again, so every finding is located in the new
+/// text).
+#[derive(Debug, Clone, Copy)]
+struct SectionPeer {
+    peer: usize,
+    start_line: usize,
+}
+
+/// A pin file's sections ([`super::pieces::Sections`]).
+type ParsedSections = super::pieces::Sections<Option<SectionPeer>>;
+
+/// The peers of a section (or of the whole file) as parsed, or one taken
+/// from the set before.
+enum Group {
+    /// Parsed from the text, spans counting from `base`.
+    Parsed { base: usize, peers: PeerList },
+    /// The peer of an unchanged section, its line moved to where the
+    /// section is now.
+    Reused(Box<Peer>),
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        match self {
+            Group::Parsed { peers, .. } => peers.len(),
+            Group::Reused(_) => 1,
+        }
+    }
+}
+
+/// Where a text's sections are: what a set parsed in sections keeps
+/// ([`ParsedSections`]) once its peers are checked.
+struct Layout {
+    /// The text's bytes.
+    keep: bytes::Bytes,
+    ranges: Vec<std::ops::Range<usize>>,
+    hashes: Vec<u64>,
+    /// The line of each section's header.
+    start_lines: Vec<usize>,
+    /// How many sections were taken from the set before.
+    reused: usize,
+}
 
 /// A pin file's TOML, parsed whole or in sections: the head's `version`
 /// and `[policy]`, and the peers in groups (one per section, or one for
-/// the whole file), each with the offset its spans count from.
+/// the whole file).
 struct Parsed {
     version: Option<Spanned<i64>>,
     policy: Option<RawPolicy>,
-    groups: Vec<(usize, Arc<PeerList>)>,
-    /// The sections, for the next reload (when parsed in sections).
-    sections: Option<ParsedSections>,
+    groups: Vec<Group>,
+    /// Where the sections are (when parsed in sections; a group each).
+    layout: Option<Layout>,
 }
 
 impl Parsed {
     /// How many peers.
     fn peer_count(&self) -> usize {
-        self.groups.iter().map(|(_, g)| g.len()).sum()
+        self.groups.iter().map(Group::len).sum()
     }
 
     /// The whole text as one document: the parse that decides.
@@ -358,17 +407,20 @@ impl Parsed {
         Ok(Parsed {
             version: file.version,
             policy: file.policy,
-            groups: vec![(0, Arc::new(file.peer))],
-            sections: None,
+            groups: vec![Group::Parsed {
+                base: 0,
+                peers: file.peer,
+            }],
+            layout: None,
         })
     }
 
     /// The text cut at every `[[peer]]` line ([`super::pieces`]), each
-    /// section parsed alone on up to `threads` threads, or taken from
-    /// `prior` when its bytes are the same; `None` when the text cannot be
-    /// cut, or when anything about the sections is not what the whole
-    /// would give: then the whole is parsed. `text` is `keep`'s bytes,
-    /// kept with the sections for the next reload.
+    /// section parsed alone on up to `threads` threads, or, when its bytes
+    /// are those of a section of `prior` that can be taken, its peer taken
+    /// from `prior`; `None` when the text cannot be cut, or when anything
+    /// about the sections is not what the whole would give: then the whole
+    /// is parsed. `text` is `keep`'s bytes, kept for the next reload.
     ///
     /// The sections mean what the whole means when: the head before the
     /// first `[[peer]]` line parses alone and has no `peer` (so that line
@@ -378,11 +430,14 @@ impl Parsed {
     /// leaves the section before it unterminated); and no section gives
     /// `version` or `[policy]` (which the whole could reject as given
     /// twice). A section taken from `prior` parsed alone before, from the
-    /// same bytes.
+    /// same bytes, to one peer whose check found nothing to report: what
+    /// the check gives depends on the section's text alone, but for the
+    /// peer's line, which moves with the section.
     fn in_sections(
         text: &str,
+        lines: &LineIndex,
         threads: usize,
-        prior: Option<&ParsedSections>,
+        prior: Option<&PinSet>,
         keep: bytes::Bytes,
     ) -> Option<Self> {
         let first = super::pieces::next_header(text, 0)?;
@@ -396,12 +451,23 @@ impl Parsed {
             .iter()
             .map(|r| super::pieces::section_hash(&bytes[r.clone()]))
             .collect();
-        let mut parsed: Vec<Option<Arc<PeerList>>> = ranges
-            .iter()
-            .zip(&hashes)
-            .map(|(r, h)| prior.and_then(|p| p.get(*h, &bytes[r.clone()])).cloned())
-            .collect();
-        let todo: Vec<usize> = (0..ranges.len()).filter(|k| parsed[*k].is_none()).collect();
+        let start_lines: Vec<usize> = ranges.iter().map(|r| lines.locate(r.start).0).collect();
+        let taken = |k: usize| -> Option<Group> {
+            let prior = prior?;
+            let range = ranges.get(k)?.clone();
+            let at = (*prior
+                .sections
+                .as_ref()?
+                .get(*hashes.get(k)?, &bytes[range])?)?;
+            let old = prior.peers.get(at.peer)?;
+            let line = old.line.checked_sub(at.start_line)? + *start_lines.get(k)?;
+            Some(Group::Reused(Box::new(Peer {
+                line,
+                ..old.clone()
+            })))
+        };
+        let mut groups: Vec<Option<Group>> = (0..ranges.len()).map(taken).collect();
+        let todo: Vec<usize> = (0..ranges.len()).filter(|k| groups[*k].is_none()).collect();
         let reused = ranges.len() - todo.len();
         let threads = if todo.len() >= CHECK_PARALLEL_MIN {
             threads.max(1)
@@ -414,31 +480,37 @@ impl Parsed {
             chunk
                 .iter()
                 .map(|k| {
-                    let doc: RawFile = toml::from_str(&text[ranges.get(*k)?.clone()]).ok()?;
+                    let range = ranges.get(*k)?.clone();
+                    let base = range.start;
+                    let doc: RawFile = toml::from_str(&text[range]).ok()?;
                     let alone = doc.version.is_none() && doc.policy.is_none();
-                    alone.then(|| (*k, Arc::new(doc.peer)))
+                    let group = Group::Parsed {
+                        base,
+                        peers: doc.peer,
+                    };
+                    alone.then_some((*k, group))
                 })
                 .collect::<Option<Vec<_>>>()
         })?;
-        for (k, peers) in fresh
+        for (k, group) in fresh
             .into_iter()
             .collect::<Option<Vec<_>>>()?
             .into_iter()
             .flatten()
         {
-            *parsed.get_mut(k)? = Some(peers);
+            *groups.get_mut(k)? = Some(group);
         }
-        let parsed: Vec<Arc<PeerList>> = parsed.into_iter().collect::<Option<_>>()?;
-        let groups = ranges
-            .iter()
-            .map(|r| r.start)
-            .zip(parsed.iter().cloned())
-            .collect();
         Some(Parsed {
             version: head.version,
             policy: head.policy,
-            groups,
-            sections: Some(ParsedSections::new(keep, ranges, &hashes, parsed, reused)),
+            groups: groups.into_iter().collect::<Option<_>>()?,
+            layout: Some(Layout {
+                keep,
+                ranges,
+                hashes,
+                start_lines,
+                reused,
+            }),
         })
     }
 }
@@ -451,9 +523,9 @@ pub struct PinSet {
     peers: Vec<Peer>,
     /// One record per `host_pins` host: the peer with that host's pins.
     host_views: Vec<Peer>,
-    by_host: HashMap<String, Slot>,
-    by_server_name: HashMap<String, usize>,
-    by_pin: HashMap<Pin, Vec<Slot>>,
+    by_host: Map<String, Slot>,
+    by_server_name: Map<String, usize>,
+    by_pin: Map<Pin, Vec<Slot>>,
     /// Lint findings that do not make the file invalid (e.g. a peer with a single pin).
     pub warnings: Vec<Diagnostic>,
     /// The file's bytes, as loaded: a reload compares what it reads with
@@ -475,9 +547,9 @@ impl PinSet {
             policy,
             peers: Vec::new(),
             host_views: Vec::new(),
-            by_host: HashMap::new(),
-            by_server_name: HashMap::new(),
-            by_pin: HashMap::new(),
+            by_host: Map::default(),
+            by_server_name: Map::default(),
+            by_pin: Map::default(),
             warnings: Vec::new(),
             source: bytes::Bytes::new(),
             hash: std::sync::OnceLock::new(),
@@ -555,7 +627,6 @@ impl PinSet {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cores.min(MAX_PIECES);
         let pieces = threads.min(text.len() / PIECE_MIN);
-        let prior = prior.and_then(|p| p.sections.as_deref());
         Self::parse_text_with(text, source, (pieces, threads), CHECK_PARALLEL_MIN, prior)
     }
 
@@ -577,8 +648,13 @@ impl PinSet {
         prior: &PinSet,
         threads: usize,
     ) -> Result<Self, PinFileError> {
-        let prior = prior.sections.as_deref();
-        Self::parse_text_with(text, bytes::Bytes::new(), (threads, threads), 1, prior)
+        Self::parse_text_with(
+            text,
+            bytes::Bytes::new(),
+            (threads, threads),
+            1,
+            Some(prior),
+        )
     }
 
     /// [`PinSet::parse_text`], parsed in sections on up to `pieces`
@@ -590,7 +666,7 @@ impl PinSet {
         source: bytes::Bytes,
         (pieces, threads): (usize, usize),
         check_min: usize,
-        prior: Option<&ParsedSections>,
+        prior: Option<&PinSet>,
     ) -> Result<Self, PinFileError> {
         let lines = LineIndex::new(text);
         let sectioned = if pieces >= 2 || prior.is_some() {
@@ -601,7 +677,7 @@ impl PinSet {
             } else {
                 bytes::Bytes::copy_from_slice(text.as_bytes())
             };
-            Parsed::in_sections(text, pieces, prior, keep)
+            Parsed::in_sections(text, &lines, pieces, prior, keep)
         } else {
             None
         };
@@ -614,7 +690,16 @@ impl PinSet {
         } else {
             1
         };
-        Self::validate(parsed, &lines, source, threads)
+        let reused = parsed.layout.as_ref().is_some_and(|l| l.reused > 0);
+        match Self::validate(parsed, &lines, source.clone(), threads) {
+            // Taken peers carry no positions for findings about them: a
+            // file with errors is parsed and checked afresh, so that every
+            // error is what a first load of it says.
+            Err(_) if reused => {
+                Self::parse_text_with(text, source, (pieces, threads), check_min, None)
+            }
+            done => done,
+        }
     }
 
     /// Validates typed peer entries (no file text) by the same rules as
@@ -642,8 +727,11 @@ impl PinSet {
                 unpinned: Some(policy.unpinned),
                 on_expired: Some(policy.on_expired),
             }),
-            groups: vec![(0, Arc::new(peer))],
-            sections: None,
+            groups: vec![Group::Parsed {
+                base: 0,
+                peers: peer,
+            }],
+            layout: None,
         };
         match Self::validate(parsed, &LineIndex::unlocated(), bytes::Bytes::new(), 1) {
             Ok(set) if dups.is_empty() => Ok(set),
@@ -677,24 +765,39 @@ impl PinSet {
                 on_expired: p.on_expired.unwrap_or(ExpiredPolicy::Webpki),
             })
             .unwrap_or_default();
-        /// A peer and the offset its spans count from.
-        type Located<'a> = (usize, &'a Spanned<RawPeer>);
-        let all: Vec<Located> = parsed
-            .groups
-            .iter()
-            .flat_map(|(base, group)| group.iter().map(move |p| (*base, p)))
-            .collect();
+        /// A peer to check (and the offset its spans count from), or one
+        /// taken from the set before.
+        // Each item is built once and moved once, into its thread's chunk:
+        // boxing the raw peers would cost an allocation each.
+        #[allow(clippy::large_enum_variant)]
+        enum Item {
+            Check(usize, Spanned<RawPeer>),
+            Taken(Box<Peer>),
+        }
+        let sizes: Vec<usize> = parsed.groups.iter().map(Group::len).collect();
+        let mut all = Vec::with_capacity(peers);
+        for group in parsed.groups {
+            match group {
+                Group::Parsed { base, peers } => {
+                    all.extend(peers.into_iter().map(|p| Item::Check(base, p)))
+                }
+                Group::Reused(peer) => all.push(Item::Taken(peer)),
+            }
+        }
         let per = peers.div_ceil(threads.max(1)).max(1);
-        let chunks: Vec<(usize, &[Located])> = all
-            .chunks(per)
-            .enumerate()
-            .map(|(k, chunk)| (k * per, chunk))
-            .collect();
+        let mut chunks = Vec::with_capacity(threads);
+        let mut all = all.into_iter();
+        for start in (0..peers).step_by(per) {
+            chunks.push((start, all.by_ref().take(per).collect::<Vec<_>>()));
+        }
         let checked = super::pieces::on_threads(chunks, |(start, chunk)| {
             chunk
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(j, (base, raw))| PeerCheck::run(lines, *base, start + j, raw))
+                .map(|(j, item)| match item {
+                    Item::Check(base, raw) => PeerCheck::run(lines, base, start + j, &raw),
+                    Item::Taken(peer) => Checked::taken(start + j, *peer),
+                })
                 .collect::<Vec<_>>()
         })
         .ok_or_else(|| PinFileError {
@@ -707,11 +810,35 @@ impl PinSet {
                     .into(),
             }],
         })?;
-        for c in checked.into_iter().flatten() {
+        let checked: Vec<Checked> = checked.into_iter().flatten().collect();
+        // What each section gave, for the next reload: its one peer, when
+        // the check of it had nothing to say.
+        let mut takeable = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for n in sizes {
+            let quiet = checked.get(at).filter(|c| n == 1 && c.is_quiet());
+            takeable.push(quiet.map(|c| c.i));
+            at += n;
+        }
+        for c in checked {
             b.add(c);
         }
         let mut set = b.finish(policy, source)?;
-        set.sections = parsed.sections.map(Arc::new);
+        set.sections = parsed.layout.map(|l| {
+            let entries = takeable
+                .into_iter()
+                .zip(&l.start_lines)
+                .map(|(peer, line)| {
+                    peer.map(|peer| SectionPeer {
+                        peer,
+                        start_line: *line,
+                    })
+                })
+                .collect();
+            Arc::new(ParsedSections::new(
+                l.keep, l.ranges, &l.hashes, entries, l.reused,
+            ))
+        });
         Ok(set)
     }
 
@@ -825,8 +952,8 @@ struct Builder<'l> {
     peers: Vec<Peer>,
     /// One record per `host_pins` host: the peer with that host's pins.
     host_views: Vec<Peer>,
-    by_host: HashMap<String, Slot>,
-    by_server_name: HashMap<String, usize>,
+    by_host: Map<String, Slot>,
+    by_server_name: Map<String, usize>,
 }
 
 impl<'l> Builder<'l> {
@@ -839,8 +966,8 @@ impl<'l> Builder<'l> {
             warnings: Vec::new(),
             peers: Vec::with_capacity(n_peers),
             host_views: Vec::new(),
-            by_host: HashMap::with_capacity(n_peers + n_peers / 2),
-            by_server_name: HashMap::with_capacity(n_peers),
+            by_host: Map::with_capacity_and_hasher(n_peers + n_peers / 2, Default::default()),
+            by_server_name: Map::with_capacity_and_hasher(n_peers, Default::default()),
         }
     }
 
@@ -947,7 +1074,8 @@ impl<'l> Builder<'l> {
                 errors: self.errors,
             });
         }
-        let mut by_pin: HashMap<Pin, Vec<Slot>> = HashMap::with_capacity(2 * self.peers.len());
+        let mut by_pin: Map<Pin, Vec<Slot>> =
+            Map::with_capacity_and_hasher(2 * self.peers.len(), Default::default());
         for (i, p) in self.peers.iter().enumerate() {
             for pin in &p.pins {
                 by_pin.entry(*pin).or_default().push(Slot::Main(i));
@@ -985,6 +1113,43 @@ struct Checked {
     peer: Peer,
     /// Findings and claims, in the order the checks made them.
     steps: Vec<Step>,
+}
+
+impl Checked {
+    /// `peer[i]` as taken from the set before, its section unchanged: the
+    /// check of it then had nothing to report, so it has only its claims
+    /// (positions unknown; a file with an error is checked afresh).
+    fn taken(i: usize, peer: Peer) -> Checked {
+        let mut steps = Vec::with_capacity(1 + peer.hosts.len() + peer.host_pins.len());
+        steps.push(Step::ServerName((0, 0)));
+        for h in &peer.hosts {
+            steps.push(Step::Host {
+                host: h.clone(),
+                at: (0, 0),
+                key: None,
+            });
+        }
+        for (h, _) in &peer.host_pins {
+            steps.push(Step::Host {
+                host: h.clone(),
+                at: (0, 0),
+                key: Some(format!("peer[{i}].host_pins.\"{h}\"")),
+            });
+        }
+        Checked {
+            i,
+            sn_key: peer.server_name.to_ascii_lowercase(),
+            peer,
+            steps,
+        }
+    }
+
+    /// Whether the check found nothing to report (claims only).
+    fn is_quiet(&self) -> bool {
+        self.steps
+            .iter()
+            .all(|s| matches!(s, Step::ServerName(_) | Step::Host { .. }))
+    }
 }
 
 /// A finding of a peer's own check, or a claim on a name that an earlier
@@ -1887,7 +2052,13 @@ trust = "pin-only"
             ));
             for pieces in 2..=5 {
                 if let Some(splits) = splits {
-                    let used = Parsed::in_sections(text, pieces, None, bytes::Bytes::new());
+                    let used = Parsed::in_sections(
+                        text,
+                        &LineIndex::new(text),
+                        pieces,
+                        None,
+                        bytes::Bytes::new(),
+                    );
                     assert_eq!(
                         used.is_some(),
                         *splits,
@@ -1973,6 +2144,52 @@ trust = "pin-only"
         assert!(twice.contains("already listed at line"), "{twice}");
     }
 
+    /// Only a section whose check had nothing to say, with one peer, is
+    /// taken: one with a warning is checked again (its warning located in
+    /// the new text), and so is one holding two peers (an indented header).
+    #[test]
+    fn sections_with_findings_or_two_peers_are_checked_again() {
+        let good = many_peers(30, "\n", false);
+        let single = format!("pins = [\"{}\"]\n", pin(9));
+        let warned = good.replacen(
+            "server_name = \"p20.test\"\n",
+            &format!("server_name = \"p20.test\"\n{single}# "),
+            1,
+        );
+        let p25 = warned.find("[[peer]]\nserver_name = \"p25.test\"").unwrap();
+        let two = format!(
+            "{}  [[peer]]\nserver_name = \"two.test\"\npins = [\"{}\", \"{}\"]\n{}",
+            &warned[..p25],
+            pin(30),
+            pin(31),
+            &warned[p25..]
+        );
+        let prior = PinSet::parse_on_threads(&two, 2).expect("parses");
+        assert_eq!(prior.warnings.len(), 1, "{:?}", prior.warnings);
+        // A peer added at the top: every section moves down three lines.
+        let first = two.find("[[peer]]").unwrap();
+        let moved = format!(
+            "{}[[peer]]\nserver_name = \"top.test\"\npins = [\"{}\", \"{}\"]\n{}",
+            &two[..first],
+            pin(40),
+            pin(41),
+            &two[first..]
+        );
+        let after = PinSet::parse_after_on_threads(&moved, &prior, 2).expect("parses");
+        // 31 sections: the new one, the warned one and the one with two
+        // peers are parsed; the other 28 taken.
+        assert_eq!(after.sections_reused(), Some((31, 28)));
+        let fresh = PinSet::parse_on_threads(&moved, 1).expect("parses");
+        assert_eq!(after.warnings, fresh.warnings);
+        assert_eq!(
+            after.warnings[0].line,
+            prior.warnings[0].line + 3,
+            "{:?}",
+            after.warnings
+        );
+        assert_eq!(outcome(Ok(after)), outcome(Ok(fresh)));
+    }
+
     /// `peer` in the head, even as an empty array, makes the whole text
     /// invalid (the headers cannot extend it): the sections must not
     /// accept it.
@@ -1980,7 +2197,10 @@ trust = "pin-only"
     fn a_peer_key_in_the_head_is_read_whole() {
         let good = many_peers(10, "\n", false);
         let text = good.replacen("[policy]", "peer = []\n[policy]", 1);
-        assert!(Parsed::in_sections(&text, 2, None, bytes::Bytes::new()).is_none());
+        assert!(
+            Parsed::in_sections(&text, &LineIndex::new(&text), 2, None, bytes::Bytes::new())
+                .is_none()
+        );
         let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
         let after = outcome(PinSet::parse_after_on_threads(&text, &prior, 2));
         assert!(after.starts_with("error"), "{after}");

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
 
 /// The line that opens a peer's table.
 pub(super) const PEER_HEADER: &str = "[[peer]]";
@@ -79,15 +78,15 @@ pub(super) fn section_hash(section: &[u8]) -> u64 {
 }
 
 /// The sections of the text a pin set was parsed from, each with what
-/// parsing it alone gave (`T`), kept so that the next reload parses only
-/// the sections whose text changed: a section of the same bytes parses to
-/// the same result, its spans counting from its own start wherever it now
-/// is. A 10,000-peer file edited in one place reloads without parsing the
-/// other 9,999 peers' TOML (validation and indexes still run for all).
+/// parsing and checking it alone gave (`T`), kept so that the next reload
+/// parses and checks only the sections whose text changed: a section of
+/// the same bytes gives the same, wherever it now is. A 10,000-peer file
+/// edited in one place reloads without parsing the other 9,999 peers (the
+/// whole-file checks and the indexes still run for all).
 pub(super) struct Sections<T> {
     text: bytes::Bytes,
     ranges: Vec<Range<usize>>,
-    parsed: Vec<Arc<T>>,
+    parsed: Vec<T>,
     /// A section's index by the hash of its text (any one of equal texts).
     by_hash: HashMap<u64, usize>,
     /// How many were taken from the previous set's sections, not parsed.
@@ -101,7 +100,7 @@ impl<T> Sections<T> {
         text: bytes::Bytes,
         ranges: Vec<Range<usize>>,
         hashes: &[u64],
-        parsed: Vec<Arc<T>>,
+        parsed: Vec<T>,
         reused: usize,
     ) -> Self {
         let by_hash = hashes.iter().enumerate().map(|(k, h)| (*h, k)).collect();
@@ -115,7 +114,7 @@ impl<T> Sections<T> {
     }
 
     /// What the section of exactly these bytes (with this hash) parsed to.
-    pub(super) fn get(&self, hash: u64, section: &[u8]) -> Option<&Arc<T>> {
+    pub(super) fn get(&self, hash: u64, section: &[u8]) -> Option<&T> {
         let k = *self.by_hash.get(&hash)?;
         let range = self.ranges.get(k)?;
         let same = self.text.get(range.clone()) == Some(section);
@@ -233,11 +232,11 @@ mod tests {
             .iter()
             .map(|r| section_hash(&text.as_bytes()[r.clone()]))
             .collect();
-        let parsed = vec![Arc::new('a'), Arc::new('b')];
+        let parsed = vec!['a', 'b'];
         let s = Sections::new(bytes::Bytes::from(text), ranges, &hashes, parsed, 0);
         assert_eq!(s.counts(), (2, 0));
         let b = b"[[peer]]\nb = 2\n";
-        assert_eq!(s.get(section_hash(b), b).map(|c| **c), Some('b'));
+        assert_eq!(s.get(section_hash(b), b).copied(), Some('b'));
         // Other bytes under a hash that is there (a collision) miss.
         assert_eq!(s.get(section_hash(b), b"[[peer]]\nb = 3\n"), None);
         assert_eq!(s.get(section_hash(b"x"), b"x"), None);
