@@ -53,33 +53,73 @@ pub fn pin_file(data: &[u8]) {
 
 /// A reload reuses the sections of the set before it whose bytes are
 /// unchanged: after a set of `text`, `text` and texts made from it (a
-/// section dropped, the end cut off, a blank line added) give what a first
-/// load of each gives; and `text` after each of them gives `whole`.
+/// blank line first, so every section moves; the first section dropped,
+/// repeated at the end, or swapped with the second; the end cut off; a
+/// newline added at the end) give what a first load of each gives; so does
+/// `text` after each of them, and after a reload of each after `text` (a
+/// set built from taken sections). Both through the threads entry and the
+/// one the store uses.
 fn reload_after(text: &str, whole: &str) {
+    let outcome = crate::pins::parse_outcome;
     let first = text.find("\n[[peer]]").map(|i| i + 1);
     let second = first.and_then(|f| text[f + 1..].find("\n[[peer]]").map(|i| f + 2 + i));
     let mut half = text.len() / 2;
     while !text.is_char_boundary(half) {
         half -= 1;
     }
-    let mut others = vec![format!("{text}\n"), text[..half].to_string()];
+    let mut others = vec![
+        format!("\n{text}"),
+        format!("{text}\n"),
+        text[..half].to_string(),
+    ];
     if let (Some(a), Some(b)) = (first, second) {
-        others.push(format!("{}{}", &text[..a], &text[b..]));
+        let (head, one, rest) = (&text[..a], &text[a..b], &text[b..]);
+        others.push(format!("{head}{rest}"));
+        others.push(format!("{text}\n{one}"));
+        if let Some(c) = rest[1..].find("\n[[peer]]").map(|i| i + 2) {
+            others.push(format!("{head}{}{one}{}", &rest[..c], &rest[c..]));
+        }
     }
+    let source = |t: &str| bytes::Bytes::copy_from_slice(t.as_bytes());
+    let after = |t: &str, prior: &PinSet| {
+        let threads = outcome(PinSet::parse_after_on_threads(t, prior, 2));
+        let store = outcome(PinSet::parse_source_after(source(t), Some(prior)));
+        assert_eq!(
+            threads, store,
+            "the store's reload differs from the threads'"
+        );
+        store
+    };
     if let Ok(prior) = PinSet::parse_on_threads(text, 2) {
-        let again = crate::pins::parse_outcome(PinSet::parse_after_on_threads(text, &prior, 2));
-        assert_eq!(again, whole, "a reload of the same text differs");
+        assert_eq!(
+            after(text, &prior),
+            whole,
+            "a reload of the same text differs"
+        );
         for other in &others {
-            let fresh = crate::pins::parse_outcome(PinSet::parse_on_threads(other, 1));
-            let after =
-                crate::pins::parse_outcome(PinSet::parse_after_on_threads(other, &prior, 2));
-            assert_eq!(after, fresh, "a reload after another text differs");
+            let fresh = outcome(PinSet::parse_on_threads(other, 1));
+            assert_eq!(
+                after(other, &prior),
+                fresh,
+                "a reload after another text differs"
+            );
         }
     }
     for other in &others {
         if let Ok(prior) = PinSet::parse_on_threads(other, 2) {
-            let after = crate::pins::parse_outcome(PinSet::parse_after_on_threads(text, &prior, 2));
-            assert_eq!(after, whole, "a reload after another text differs");
+            assert_eq!(
+                after(text, &prior),
+                whole,
+                "a reload after another text differs"
+            );
+            if let Ok(chained) = PinSet::parse_after_on_threads(other, &prior, 2) {
+                assert_eq!(after(text, &chained), whole, "a second reload differs");
+            }
+            if let Ok(back) = PinSet::parse_after_on_threads(text, &prior, 2) {
+                if let Ok(again) = PinSet::parse_after_on_threads(other, &back, 2) {
+                    assert_eq!(after(text, &again), whole, "a third reload differs");
+                }
+            }
         }
     }
 }

@@ -286,7 +286,7 @@ impl PinStore {
         }
         // The sections of the file that the current set parsed already
         // are not parsed again (a large file edited in one place).
-        let parsed = PinSet::parse_source_after(snap.bytes.into(), Some(&self.current.load()));
+        let parsed = PinSet::parse_source_after(snap.bytes.into(), Some(&self.current.load_full()));
         match parsed {
             Ok(mut set) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);

@@ -671,8 +671,9 @@ impl PinSet {
         let lines = LineIndex::new(text);
         let sectioned = if pieces >= 2 || prior.is_some() {
             // The sections keep the file's bytes (the source, or a copy of
-            // text that came without one).
-            let keep = if source.len() == text.len() {
+            // text that came without one): the bytes the next reload
+            // compares its sections with must be the ones parsed here.
+            let keep = if source.as_ref() == text.as_bytes() {
                 source.clone()
             } else {
                 bytes::Bytes::copy_from_slice(text.as_bytes())
@@ -2142,6 +2143,43 @@ trust = "pin-only"
         assert!(added_warning.contains("single pin"), "{added_warning}");
         let twice = outcome(PinSet::parse_after_on_threads(&edits[2].0, &prior, 2));
         assert!(twice.contains("already listed at line"), "{twice}");
+    }
+
+    /// From the second reload on, the set before was itself built from
+    /// taken sections: a chain of reloads (A, then B after A, then A after
+    /// that, then B again) gives at each step what a first load gives,
+    /// and keeps taking the unchanged sections.
+    #[test]
+    fn reloads_after_reloads_stay_exact() {
+        let a = many_peers(40, "\n", false);
+        let first = a.find("[[peer]]").unwrap();
+        // B: a peer added at the top (every line moves), one removed late.
+        let late = a.find("[[peer]]\nserver_name = \"p30.test\"").unwrap();
+        let late_end = late + 1 + a[late + 1..].find("[[peer]]").unwrap();
+        let b = format!(
+            "{}[[peer]]\nserver_name = \"top.test\"\npins = [\"{}\", \"{}\"]\n\n{}{}",
+            &a[..first],
+            pin(40),
+            pin(41),
+            &a[first..late],
+            &a[late_end..]
+        );
+        let source = |t: &str| bytes::Bytes::copy_from_slice(t.as_bytes());
+        let mut set = PinSet::parse_source(source(&a)).expect("a parses");
+        for (step, text) in [&b, &a, &b, &a].into_iter().enumerate() {
+            let next = PinSet::parse_source_after(source(text), Some(&set)).expect("parses");
+            assert_eq!(
+                outcome(Ok(next.clone())),
+                outcome(PinSet::parse_on_threads(text, 1)),
+                "step {step}"
+            );
+            let (sections, reused) = next.sections_reused().expect("in sections");
+            // A first load of a file this small is parsed whole and keeps
+            // no sections; every reload after it takes all but one.
+            let want = if step == 0 { 0 } else { sections - 1 };
+            assert_eq!(reused, want, "step {step}: all but the added peer");
+            set = next;
+        }
     }
 
     /// Only a section whose check had nothing to say, with one peer, is
