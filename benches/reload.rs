@@ -168,6 +168,38 @@ fn replace_file(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename pin file");
 }
 
+/// `PinStore::reload` of `path`, replaced (outside the timing) by each of
+/// `revisions` in turn; the store, for what it reused.
+fn bench_store_reload(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    path: &Path,
+    revisions: &[String; 2],
+) -> PinStore {
+    replace_file(path, &revisions[0]);
+    let store = PinStore::open(path, AlertHub::new())
+        .expect("opens")
+        .with_settle(Duration::from_nanos(1));
+    let mut next = 1usize;
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                replace_file(path, &revisions[next % 2]);
+                next += 1;
+            },
+            |()| {
+                let outcome = store.reload();
+                assert!(
+                    matches!(outcome, ReloadOutcome::Reloaded(_)),
+                    "reload: {outcome:?}"
+                );
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    store
+}
+
 fn bench_reload(c: &mut Criterion) {
     let (_, host_pin) = bench_cert();
     let texts = [
@@ -223,49 +255,15 @@ fn bench_reload(c: &mut Criterion) {
     group.bench_function("store_open", |b| {
         b.iter(|| PinStore::open(black_box(&path), AlertHub::new()).expect("opens"))
     });
-    let store = PinStore::open(&path, AlertHub::new())
-        .expect("opens")
-        .with_settle(Duration::from_nanos(1));
-    let mut next = 1usize;
-    group.bench_function("store_reload", |b| {
-        b.iter_batched(
-            || {
-                replace_file(&path, &texts[next % 2]);
-                next += 1;
-            },
-            |()| {
-                let outcome = store.reload();
-                assert!(
-                    matches!(outcome, ReloadOutcome::Reloaded(_)),
-                    "reload: {outcome:?}"
-                );
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    let store = bench_store_reload(&mut group, "store_reload", &path, &texts);
     // The same, but every section of the file changed: all of it parsed.
     let path_all = dir.path().join("pins-all.toml");
-    replace_file(&path_all, &rewritten[0]);
-    let store_all = PinStore::open(&path_all, AlertHub::new())
-        .expect("opens")
-        .with_settle(Duration::from_nanos(1));
-    let mut next = 1usize;
-    group.bench_function("store_reload_all_changed", |b| {
-        b.iter_batched(
-            || {
-                replace_file(&path_all, &rewritten[next % 2]);
-                next += 1;
-            },
-            |()| {
-                let outcome = store_all.reload();
-                assert!(
-                    matches!(outcome, ReloadOutcome::Reloaded(_)),
-                    "reload: {outcome:?}"
-                );
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    let store_all = bench_store_reload(
+        &mut group,
+        "store_reload_all_changed",
+        &path_all,
+        &rewritten,
+    );
     group.bench_function("drop_cold", |b| {
         b.iter_batched(
             || {

@@ -2182,6 +2182,18 @@ trust = "pin-only"
         }
     }
 
+    /// `text` with a peer `name` (pins `pin(a)`, `pin(b)`) inserted at
+    /// `at`, under the header line `header`.
+    fn peer_at(text: &str, at: usize, header: &str, name: &str, (a, b): (u8, u8)) -> String {
+        format!(
+            "{}{header}\nserver_name = \"{name}\"\npins = [\"{}\", \"{}\"]\n{}",
+            &text[..at],
+            pin(a),
+            pin(b),
+            &text[at..]
+        )
+    }
+
     /// Only a section whose check had nothing to say, with one peer, is
     /// taken: one with a warning is checked again (its warning located in
     /// the new text), and so is one holding two peers (an indented header).
@@ -2195,24 +2207,12 @@ trust = "pin-only"
             1,
         );
         let p25 = warned.find("[[peer]]\nserver_name = \"p25.test\"").unwrap();
-        let two = format!(
-            "{}  [[peer]]\nserver_name = \"two.test\"\npins = [\"{}\", \"{}\"]\n{}",
-            &warned[..p25],
-            pin(30),
-            pin(31),
-            &warned[p25..]
-        );
+        let two = peer_at(&warned, p25, "  [[peer]]", "two.test", (30, 31));
         let prior = PinSet::parse_on_threads(&two, 2).expect("parses");
         assert_eq!(prior.warnings.len(), 1, "{:?}", prior.warnings);
         // A peer added at the top: every section moves down three lines.
         let first = two.find("[[peer]]").unwrap();
-        let moved = format!(
-            "{}[[peer]]\nserver_name = \"top.test\"\npins = [\"{}\", \"{}\"]\n{}",
-            &two[..first],
-            pin(40),
-            pin(41),
-            &two[first..]
-        );
+        let moved = peer_at(&two, first, "[[peer]]", "top.test", (40, 41));
         let after = PinSet::parse_after_on_threads(&moved, &prior, 2).expect("parses");
         // 31 sections: the new one, the warned one and the one with two
         // peers are parsed; the other 28 taken.

@@ -591,13 +591,7 @@ mod tests {
             assert_eq!(b.collect().await.expect("body").to_bytes().as_ref(), b"ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
-        for _ in 0..400 {
-            if up.idle_connections() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(up.idle_connections(), 2);
+        assert_eq!(idle_reaches(&up, 2).await, 2);
     }
 
     /// Waits (bounded) until `n` connections are idle.
