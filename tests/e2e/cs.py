@@ -159,9 +159,18 @@ def main(argv):
         return 1
     elif cmd == "reset-destination":
         # Synapse admin API: clear the federation back-off for a destination.
+        # Synapse answers 400 when the destination is not backing off at all
+        # (retry_last_ts is 0): a 4xx other than 401/429 from the peer is not a
+        # back-off reason, so whether one was recorded depends on timing. That
+        # is the state a reset wants, so it counts as done.
         (dest,) = args
-        call(base, "POST", f"/_synapse/admin/v1/federation/destinations/{q(dest)}/reset_connection",
-             {}, token())
+        try:
+            call(base, "POST", f"/_synapse/admin/v1/federation/destinations/{q(dest)}/reset_connection",
+                 {}, token())
+        except HttpError as e:
+            if e.status != 400 or "does not need to be reset" not in e.body:
+                raise
+            print(f"cs.py: {dest} was not backing off; nothing to reset", file=sys.stderr)
     else:
         sys.exit(f"cs.py: unknown command {cmd}")
     return 0
