@@ -71,6 +71,7 @@ struct RawOutbound {
     connect_timeout_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    upstream_keepalive_secs: Option<u64>,
     client_cert: Option<Spanned<String>>,
     client_key: Option<Spanned<String>>,
 }
@@ -188,6 +189,10 @@ pub struct Outbound {
     pub handshake_timeout: std::time::Duration,
     /// Idle tunnel timeout.
     pub idle_timeout: std::time::Duration,
+    /// How long a pinned upstream connection is kept for a later tunnel to
+    /// the same peer once its tunnel ended (zero: never; tunnels then relay
+    /// bytes and are not read as HTTP).
+    pub upstream_keepalive: std::time::Duration,
     /// Client certificate presented upstream (mutual pinned TLS).
     pub client_cert: Option<PathBuf>,
     /// Its key.
@@ -563,6 +568,10 @@ impl Ctx<'_> {
             connect_timeout: secs(o.connect_timeout_secs, 10),
             handshake_timeout: secs(o.handshake_timeout_secs, 15),
             idle_timeout: secs(o.idle_timeout_secs, 300),
+            // Zero is meaningful here: no connection is kept.
+            upstream_keepalive: std::time::Duration::from_secs(
+                o.upstream_keepalive_secs.unwrap_or(30),
+            ),
             client_cert,
             client_key,
         }

@@ -229,6 +229,7 @@ fn outbound_settings(o: &crate::config::Outbound) -> OutboundSettings {
         connect_timeout: o.connect_timeout,
         handshake_timeout: o.handshake_timeout,
         idle_timeout: o.idle_timeout,
+        upstream_keepalive: o.upstream_keepalive,
         ..OutboundSettings::default()
     }
 }

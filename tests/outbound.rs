@@ -21,7 +21,7 @@ use common::{bounded, interception_ca, leaf, net, root, wait_until, Ca, Intercep
 use fedpin::alert::{Action, AlertEvent, AlertHub, Direction, Severity};
 use fedpin::egress::EgressPolicy;
 use fedpin::metrics::{CheckMode, CheckResult, HandshakeResult};
-use fedpin::pin_store::PinStore;
+use fedpin::pin_store::{PinStore, ReloadOutcome};
 use fedpin::pins::PinSet;
 use fedpin::proxy::outbound::{OutboundProxy, OutboundSettings};
 use fedpin::tls::mint::LeafMinter;
@@ -206,6 +206,11 @@ fn connect_head(target: &str) -> String {
 }
 
 /// Waits (up to STEP) until no tunnel is open; whether that happened.
+/// Waits (bounded) until `n` upstream connections are kept.
+async fn kept_reaches(env: &Env, n: usize) -> bool {
+    wait_until(STEP, || env.proxy.kept_connections() == n).await
+}
+
 async fn tunnels_drain(env: &Env) -> bool {
     let open = || env.proxy.stats().active_tunnels.load(Ordering::SeqCst);
     wait_until(STEP, || open() == 0).await
@@ -781,6 +786,12 @@ async fn tunnel_cap_answers_503_and_frees_the_slot_on_close() {
 async fn upstream_down_gets_502_and_upstream_sessions_resume() {
     let (w, env) = proxy_for_world().await;
     let up = w.genuine_http1().await;
+    // Resumption is what this is about: no upstream connection is kept
+    // between tunnels (kept_upstream_connection_serves_the_next_tunnel).
+    env.proxy.set_settings(OutboundSettings {
+        upstream_keepalive: Duration::ZERO,
+        ..test_settings()
+    });
 
     // A port nothing listens on.
     let closed = {
@@ -1453,4 +1464,161 @@ async fn inv13_reload_that_revokes_a_key_ends_open_tunnels() {
     assert_eq!(alert.event, AlertEvent::PinMismatch);
     assert_eq!(alert.severity, Severity::Critical);
     assert_eq!(alert.host.as_deref(), Some(HOST));
+}
+
+// ---------------------------------------------------------------------------
+// Upstream connections kept between tunnels (issue 13, item 4)
+// ---------------------------------------------------------------------------
+
+/// One request with `Connection: close` (as the load client sends), written
+/// and read as raw bytes: the status line and body of the answer.
+async fn get_closing(mut tls: TlsStream<TcpStream>, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    bounded("the answer", tls.read_to_string(&mut answer))
+        .await
+        .expect("an answer, then a clean close");
+    answer
+}
+
+/// A proxy over a pin file on disk, reloaded by hand (`store.reload()`).
+async fn proxy_over_file(w: &World) -> (Env, Arc<PinStore>, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pins.toml");
+    std::fs::write(&path, w.pins()).unwrap();
+    let hub = AlertHub::new();
+    let store = Arc::new(PinStore::open(&path, hub.clone()).unwrap());
+    let env = start_proxy_with(&w.public, store.clone(), hub, test_settings()).await;
+    (env, store, path, dir)
+}
+
+#[tokio::test]
+async fn kept_upstream_connection_serves_the_next_tunnel() {
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+
+    let first = get_closing(tunnel(&env, &target, HOST, &[]).await, "/one").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("genuine: GET /one over HTTP/1.1"), "{first}");
+    // The homeserver's `Connection: close` ended its tunnel, not the
+    // upstream connection: that one waits for the next tunnel.
+    assert!(
+        kept_reaches(&env, 1).await,
+        "the upstream connection was not kept"
+    );
+
+    let second = get_closing(tunnel(&env, &target, HOST, &[b"http/1.1"]).await, "/two").await;
+    assert!(
+        second.contains("genuine: GET /two over HTTP/1.1"),
+        "{second}"
+    );
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "one upstream TLS connection for both tunnels"
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+    let stats = env.proxy.stats();
+    assert_eq!(stats.upstream_reused.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.handshakes.get(HandshakeResult::Ok), 1);
+    assert!(kept_reaches(&env, 1).await);
+
+    // Two tunnels at once: the second finds none kept and dials its own.
+    let a = tunnel(&env, &target, HOST, &[]).await;
+    let b = tunnel(&env, &target, HOST, &[]).await;
+    assert!(get_closing(a, "/a").await.contains("GET /a"));
+    assert!(get_closing(b, "/b").await.contains("GET /b"));
+    assert_eq!(up.seen().len(), 2);
+    assert!(kept_reaches(&env, 2).await);
+}
+
+#[tokio::test]
+async fn a_reload_closes_kept_connections_and_the_next_tunnel_is_checked_again() {
+    let w = world();
+    let (env, store, path, _dir) = proxy_over_file(&w).await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+
+    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(kept_reaches(&env, 1).await);
+
+    // The same pins, a new generation: the kept connection goes, and the
+    // next tunnel makes a full, pin-checked handshake (not even resumed).
+    std::fs::write(&path, format!("{}\n# edited\n", w.pins())).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::Reloaded(2)));
+    assert!(kept_reaches(&env, 0).await, "a reload must empty the pool");
+    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let kinds: Vec<_> = up.seen().iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![Some(HandshakeKind::Full), Some(HandshakeKind::Full)]
+    );
+    assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 0);
+    assert!(kept_reaches(&env, 1).await);
+
+    // A reload that no longer accepts the genuine key: the kept connection
+    // is not reused; the next tunnel is refused by the new set.
+    std::fs::write(&path, pins_toml(&[(HOST, &w.impostor.cert)])).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::Reloaded(3)));
+    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
+    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.contains("alert: pin_mismatch"), "{r}");
+    assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 0);
+    assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_kept_connection_is_not_taken_once_the_pool_is_stale() {
+    // The pool refuses an older generation by itself, even before the
+    // proxy's reload watcher has emptied it.
+    let w = world();
+    let (env, store, path, _dir) = proxy_over_file(&w).await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(kept_reaches(&env, 1).await);
+    std::fs::write(&path, format!("{}\n# edited\n", w.pins())).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::Reloaded(2)));
+    // No wait for the watcher here.
+    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 0);
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn keepalive_zero_keeps_nothing_and_h2_tunnels_relay_bytes() {
+    let w = world();
+    let env = start_proxy(
+        &w.public,
+        &w.pins(),
+        OutboundSettings {
+            upstream_keepalive: Duration::ZERO,
+            ..test_settings()
+        },
+    )
+    .await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+    for _ in 0..2 {
+        let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert!(tunnels_drain(&env).await);
+    assert_eq!(env.proxy.kept_connections(), 0);
+    assert_eq!(up.seen().len(), 2);
+
+    // With the default, an h2 tunnel is relayed as bytes: nothing is kept.
+    let (w, env) = proxy_for_world().await;
+    let up = upstream(&w.genuine, "genuine", &[b"h2", b"http/1.1"]).await;
+    let tls = tunnel_to(&env, up.port(), &[b"h2", b"http/1.1"]).await;
+    let r = get(tls, HOST, "/").await;
+    assert_eq!(r.version, hyper::Version::HTTP_2);
+    assert!(tunnels_drain(&env).await);
+    assert_eq!(env.proxy.kept_connections(), 0);
 }

@@ -242,6 +242,11 @@ fn encode_outbound(
             &st.over_capacity,
         ),
         (
+            "fedpin_outbound_upstream_reused",
+            "Tunnels that took a kept pinned upstream connection (no upstream handshake)",
+            &st.upstream_reused,
+        ),
+        (
             "fedpin_outbound_revoked_tunnels",
             "Open tunnels ended because a pin reload refused their upstream",
             &st.revoked,

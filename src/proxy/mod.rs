@@ -6,6 +6,7 @@ pub mod admin;
 pub mod connect_target;
 pub mod inbound;
 pub mod io;
+pub mod kept;
 pub mod outbound;
 pub mod parking;
 pub mod peer_results;

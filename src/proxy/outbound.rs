@@ -41,6 +41,11 @@ use crate::tls::mint::LeafMinter;
 use crate::tls::UpstreamTls;
 use crate::verify::{PeerContext, Refusal};
 
+use super::kept::{Kept, Key};
+use http::HttpTunnel;
+
+mod http;
+
 /// Outbound listener settings (validated config).
 #[derive(Debug, Clone)]
 pub struct OutboundSettings {
@@ -67,6 +72,10 @@ pub struct OutboundSettings {
     pub handshake_timeout: Duration,
     /// Close a tunnel with no traffic for this long.
     pub idle_timeout: Duration,
+    /// Keep a pinned upstream connection this long after its tunnel ended,
+    /// for the next tunnel to the same peer (see [`super::kept`]). Zero:
+    /// never, and tunnels relay bytes instead of reading HTTP/1.1.
+    pub upstream_keepalive: Duration,
 }
 
 impl Default for OutboundSettings {
@@ -83,6 +92,7 @@ impl Default for OutboundSettings {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(300),
+            upstream_keepalive: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +116,8 @@ pub struct OutboundStats {
     /// Open tunnels closed because a reload revoked what their upstream
     /// presented (SPEC 4.13).
     pub revoked: AtomicU64,
+    /// Tunnels that took a kept upstream connection (no upstream handshake).
+    pub upstream_reused: AtomicU64,
     /// The last upstream handshake result per peer (status page).
     pub peers: super::peer_results::PeerResults,
 }
@@ -120,6 +132,8 @@ pub struct OutboundProxy {
     stats: OutboundStats,
     open: Arc<std::sync::Mutex<std::collections::HashMap<u64, OpenTunnel>>>,
     next_id: AtomicU64,
+    /// Pinned upstream connections kept between tunnels.
+    kept: Kept,
 }
 
 /// An established tunnel, kept so a reload can re-check what its upstream
@@ -167,6 +181,17 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     r
 }
 
+/// Upstream connections kept per peer (TLS name, CONNECT host and port):
+/// Synapse opens a few tunnels to a busy peer at once.
+const KEPT_PER_PEER: usize = 8;
+/// Upstream connections kept in all.
+const KEPT_TOTAL: usize = 256;
+/// How long an ended tunnel's upstream connection may take to be ready for
+/// a request (its last response read to the end) before it is closed
+/// instead of kept.
+const KEPT_READY_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
 struct Destination {
     host: String,
     port: u16,
@@ -190,6 +215,7 @@ impl OutboundProxy {
             stats: OutboundStats::default(),
             open: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
             next_id: AtomicU64::new(1),
+            kept: Kept::new(KEPT_PER_PEER, KEPT_TOTAL),
         }
     }
 
@@ -199,9 +225,9 @@ impl OutboundProxy {
         chain: Vec<rustls::pki_types::CertificateDer<'static>>,
         ctx: PeerContext,
         generation: u64,
+        revoke: Arc<tokio::sync::Notify>,
     ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let revoke = Arc::new(tokio::sync::Notify::new());
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             OpenTunnel {
@@ -280,12 +306,19 @@ impl OutboundProxy {
     /// is fixed at start (the slot count is not resized).
     pub fn set_settings(&self, settings: OutboundSettings) {
         self.settings.store(Arc::new(settings));
+        // Kept connections were dialled under the old egress rules.
+        self.kept.clear();
         tracing::info!(target: "fedpin::outbound", "outbound settings reloaded");
     }
 
     /// The proxy's counters and per-peer results (read by `/metrics` and the status page).
     pub fn stats(&self) -> &OutboundStats {
         &self.stats
+    }
+
+    /// Pinned upstream connections kept for later tunnels now.
+    pub fn kept_connections(&self) -> usize {
+        self.kept.len()
     }
 
     /// The verifier core applying the pin rules to upstreams.
@@ -303,8 +336,24 @@ impl OutboundProxy {
         let watcher = {
             let this = self.clone();
             tokio::spawn(async move {
-                while published.changed().await.is_ok() {
-                    this.recheck_open_tunnels();
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        changed = published.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            // Checked under the old set: never reused
+                            // (take() also refuses them by generation).
+                            this.kept.clear();
+                            this.recheck_open_tunnels();
+                        }
+                        _ = tick.tick() => {
+                            let keep = this.settings.load().upstream_keepalive;
+                            this.kept.reap(keep, this.upstream.store().current().generation);
+                        }
+                    }
                 }
             })
         };
@@ -533,7 +582,7 @@ impl OutboundProxy {
         Response::new(Full::new(Bytes::new()))
     }
 
-    async fn tunnel<IO>(&self, io: IO, dest: Destination, client: SocketAddr)
+    async fn tunnel<IO>(self: &Arc<Self>, io: IO, dest: Destination, client: SocketAddr)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -566,7 +615,14 @@ impl OutboundProxy {
         // A pinned peer's well-known front: this tunnel is read as HTTP so
         // the delegation it answers can be checked (SPEC 4.11).
         let watch = self.delegation_watch(&tls_name, dest.port);
-        let offered = if watch.is_some() {
+        // Read as HTTP/1.1 when the homeserver speaks it (it offers no h2),
+        // so that the upstream connection can be kept for the next tunnel
+        // (super::kept).
+        let http = watch.is_none()
+            && !self.settings.load().upstream_keepalive.is_zero()
+            && !alpn.iter().any(|p| p.as_slice() == b"h2")
+            && (alpn.is_empty() || alpn.iter().any(|p| p.as_slice() == b"http/1.1"));
+        let offered: Vec<Vec<u8>> = if watch.is_some() {
             alpn.iter()
                 .filter(|p| p.as_slice() == b"http/1.1")
                 .cloned()
@@ -574,12 +630,29 @@ impl OutboundProxy {
         } else {
             alpn.clone()
         };
+        if http {
+            let key = Key {
+                tls_name: tls_name.clone(),
+                host: dest.host.clone(),
+                port: dest.port,
+            };
+            let generation = self.upstream.store().current().generation;
+            let keep = self.settings.load().upstream_keepalive;
+            if let Some(link) = self.kept.take(&key, generation, &dest.addrs, keep) {
+                self.stats.upstream_reused.fetch_add(1, Ordering::Relaxed);
+                tracing::Span::current().record("pins_generation", generation);
+                let revoke = Arc::new(tokio::sync::Notify::new());
+                let t = HttpTunnel::new(self, tls_name, dest, offered, client, revoke);
+                Box::pin(self.http_established(start, link, t)).await;
+                return;
+            }
+        }
         let dial_started = Instant::now();
         // The handshake-phase futures are boxed (here, the inner handshake
         // and the refusal below): the task's own future then only has to
         // hold the relay phase, and an idle tunnel keeps a smaller task
         // (14.7 kB of task per tunnel before; issue 13 item 3).
-        let upstream = Box::pin(self.dial(&dest, &tls_name, offered)).await;
+        let upstream = Box::pin(self.dial(&dest, &tls_name, offered.clone())).await;
         self.stats
             .upstream_handshake_seconds
             .observe(dial_started.elapsed().as_secs_f64());
@@ -593,45 +666,61 @@ impl OutboundProxy {
                     client,
                     watch,
                     hs,
+                    http: http.then_some(offered),
                 };
                 self.relay_established(tunnel).await
             }
             Err(failure) => {
-                match failure.handshake {
-                    Some(result) => {
-                        self.stats.handshakes.add(result);
-                        self.stats.peers.record(
-                            &self.upstream.store().current(),
-                            &tls_name,
-                            result,
-                            &[],
-                        );
-                    }
-                    None => {
-                        self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let status = if failure.handshake == Some(HandshakeResult::Timeout) {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                tracing::warn!(
-                    target: "fedpin::outbound",
-                    tls_name = %tls_name,
-                    reason = %failure.message,
-                    "upstream refused; answering the homeserver with {status}"
-                );
+                let status = self.count_failure(&tls_name, &failure);
                 Box::pin(self.explain(start, &tls_name, &alpn, status, failure)).await;
             }
         }
+    }
+
+    /// Counts a dial that passed the pin rules (metrics, status page).
+    fn count_ok(&self, tls_name: &str, chain: Vec<rustls::pki_types::CertificateDer<'static>>) {
+        self.stats.handshakes.add(HandshakeResult::Ok);
+        self.stats.peers.record(
+            &self.upstream.store().current(),
+            tls_name,
+            HandshakeResult::Ok,
+            &chain,
+        );
+    }
+
+    /// Counts and logs a failed dial; gives the status the homeserver is
+    /// answered with.
+    fn count_failure(&self, tls_name: &str, failure: &DialFailure) -> StatusCode {
+        match failure.handshake {
+            Some(result) => {
+                self.stats.handshakes.add(result);
+                self.stats
+                    .peers
+                    .record(&self.upstream.store().current(), tls_name, result, &[]);
+            }
+            None => {
+                self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let status = if failure.handshake == Some(HandshakeResult::Timeout) {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        tracing::warn!(
+            target: "fedpin::outbound",
+            tls_name = %tls_name,
+            reason = %failure.message,
+            "upstream refused; answering the homeserver with {status}"
+        );
+        status
     }
 
     /// A tunnel whose upstream passed the pin rules: registers it for
     /// revocation, completes the homeserver's handshake with a minted
     /// certificate, and relays until either side ends, the idle timeout, or
     /// a pin reload that no longer accepts the upstream.
-    async fn relay_established<IO>(&self, t: Established<'_, IO>)
+    async fn relay_established<IO>(self: &Arc<Self>, t: Established<'_, IO>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -643,16 +732,11 @@ impl OutboundProxy {
             client,
             watch,
             hs,
+            http,
         } = t;
         tracing::Span::current().record("pins_generation", generation);
-        self.stats.handshakes.add(HandshakeResult::Ok);
         let chain = up.chain();
-        self.stats.peers.record(
-            &self.upstream.store().current(),
-            tls_name,
-            HandshakeResult::Ok,
-            &chain,
-        );
+        self.count_ok(tls_name, chain.clone());
         let registered = self.register(
             tls_name,
             chain,
@@ -663,38 +747,31 @@ impl OutboundProxy {
                 peer_addr: up.peer_addr(),
             },
             generation,
+            Arc::new(tokio::sync::Notify::new()),
         );
         // A reload may have landed during the handshake.
         if generation < self.upstream.store().current().generation {
             self.recheck_open_tunnels();
         }
+        let h2 = negotiated.as_deref() == Some(b"h2");
         let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
-        let config = match self.inner_config(tls_name, inner_alpn) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(target: "fedpin::outbound", error = %e, "cannot mint the inner certificate");
-                return;
-            }
-        };
-        // Both streams live on the heap: the relay's futures move them, and
-        // inline each move would keep a slot of its own in the task.
-        let down = match tokio::time::timeout(hs, Box::pin((*start).into_stream(config))).await {
-            Ok(Ok(s)) => Box::new(s),
-            Ok(Err(e)) if is_disconnect(&e) => {
-                tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(target: "fedpin::outbound", error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(target: "fedpin::outbound", "inner handshake timed out");
-                return;
-            }
+        let Some(down) = self.inner_handshake(start, tls_name, inner_alpn, hs).await else {
+            return;
         };
         tracing::debug!(target: "fedpin::outbound", tls_name = %tls_name, client_addr = %client, "tunnel established");
         let revoked = registered.revoke.clone();
+        if let (Some(offered), false, None) = (http, h2, &watch) {
+            let t = HttpTunnel::new(
+                self,
+                tls_name.to_string(),
+                dest.clone(),
+                offered,
+                client,
+                revoked,
+            );
+            Box::pin(self.http_or_relay(down, up, generation, registered, t)).await;
+            return;
+        }
         tokio::select! {
             _ = async {
                 match watch {
@@ -707,6 +784,44 @@ impl OutboundProxy {
             }
         }
         drop(registered);
+    }
+
+    /// Completes the homeserver's handshake with a leaf minted for
+    /// `tls_name`, offering `alpn`; `None`, logged, when it fails.
+    async fn inner_handshake<IO>(
+        &self,
+        start: Box<tokio_rustls::StartHandshake<IO>>,
+        tls_name: &str,
+        alpn: Vec<Vec<u8>>,
+        hs: Duration,
+    ) -> Option<Box<tokio_rustls::server::TlsStream<IO>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = match self.inner_config(tls_name, alpn) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target: "fedpin::outbound", error = %e, "cannot mint the inner certificate");
+                return None;
+            }
+        };
+        // The stream lives on the heap: the relay's futures move it, and
+        // inline each move would keep a slot of its own in the task.
+        match tokio::time::timeout(hs, Box::pin((*start).into_stream(config))).await {
+            Ok(Ok(s)) => Some(Box::new(s)),
+            Ok(Err(e)) if is_disconnect(&e) => {
+                tracing::debug!(target: "fedpin::outbound", error = %e, "the homeserver left during the inner handshake");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "fedpin::outbound", error = %e, "inner handshake with the homeserver failed (does it trust fedpin's CA?)");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(target: "fedpin::outbound", "inner handshake timed out");
+                None
+            }
+        }
     }
 
     /// The delegation a tunnel to `tls_name:port` must keep to, when that
@@ -975,27 +1090,9 @@ impl OutboundProxy {
         else {
             return;
         };
-        let body = format!(
-            "fedpin refused the federation connection to {tls_name}: {}{}\n",
-            failure.message,
-            failure
-                .alert
-                .map(|a| format!(" (alert: {a})"))
-                .unwrap_or_default()
-        );
-        let alert = failure.alert.unwrap_or("none");
-        // Synapse logs the status line of a failed federation request but never
-        // its body, so the reason also goes into the HTTP/1 reason phrase.
-        let phrase = reason_phrase(tls_name, &failure);
+        let tls_name = tls_name.to_string();
         let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-            let mut r = text(status, body.clone());
-            r.headers_mut().insert(
-                "x-fedpin-alert",
-                hyper::header::HeaderValue::from_static(alert),
-            );
-            if let Some(p) = &phrase {
-                r.extensions_mut().insert(p.clone());
-            }
+            let r = refusal(&tls_name, status, &failure);
             async move { Ok::<_, Infallible>(r) }
         });
         let io = TokioIo::new(stream);
@@ -1027,6 +1124,30 @@ fn is_disconnect(e: &std::io::Error) -> bool {
 
 /// "fedpin refused NAME: REASON (alert: EVENT)" as an HTTP/1 reason phrase:
 /// printable ASCII only, at most 300 bytes.
+/// The answer to a request whose upstream was refused: `status`, a body
+/// naming the failed check and the alert raised, the alert in
+/// `x-fedpin-alert`, and the reason in the status line too (Synapse logs
+/// the status line of a failed federation request, never its body).
+fn refusal(tls_name: &str, status: StatusCode, failure: &DialFailure) -> Response<Body> {
+    let body = format!(
+        "fedpin refused the federation connection to {tls_name}: {}{}\n",
+        failure.message,
+        failure
+            .alert
+            .map(|a| format!(" (alert: {a})"))
+            .unwrap_or_default()
+    );
+    let mut r = text(status, body);
+    r.headers_mut().insert(
+        "x-fedpin-alert",
+        hyper::header::HeaderValue::from_static(failure.alert.unwrap_or("none")),
+    );
+    if let Some(p) = reason_phrase(tls_name, failure) {
+        r.extensions_mut().insert(p);
+    }
+    r
+}
+
 fn reason_phrase(tls_name: &str, failure: &DialFailure) -> Option<hyper::ext::ReasonPhrase> {
     let mut s = format!("fedpin refused {tls_name}: {}", failure.message);
     if let Some(a) = failure.alert {
@@ -1205,13 +1326,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// fedpin's TLS connection to a peer.
+type UpTls = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// A dialled upstream: the TLS stream, the ALPN protocol it chose, and the
 /// pin generation that checked it.
-type Upstream = (
-    Box<tokio_rustls::client::TlsStream<TcpStream>>,
-    Option<Vec<u8>>,
-    u64,
-);
+type Upstream = (Box<UpTls>, Option<Vec<u8>>, u64);
 
 /// A tunnel whose upstream passed the pin rules, waiting for the
 /// homeserver's side of the handshake.
@@ -1224,6 +1344,8 @@ struct Established<'a, IO> {
     watch: Option<DelegationWatch>,
     /// The handshake timeout the tunnel started with.
     hs: Duration,
+    /// When the tunnel may be read as HTTP/1.1: the ALPN offered upstream.
+    http: Option<Vec<Vec<u8>>>,
 }
 
 /// Reads the homeserver's ClientHello inside the tunnel (it names the peer

@@ -1,0 +1,445 @@
+//! Tunnels read as HTTP/1.1, so their pinned upstream connection can be kept
+//! for the next tunnel to the same peer ([`crate::proxy::kept`]).
+//!
+//! The homeserver's requests are read by hyper's server and sent on over
+//! the tunnel's upstream connection by hyper's client, one at a time, as
+//! they came (method, target, headers, body), except the hop-by-hop headers
+//! (RFC 9110 section 7.6.1): `Connection` is the homeserver's business with
+//! fedpin, so a homeserver closing after each request does not make the
+//! peer close too. When the upstream connection closes between requests
+//! (its keep-alive timeout), the next request dials again, pin-checked, as
+//! the first did; a request already sent is never sent twice.
+//!
+//! Whether a tunnel is HTTP is read from its first bytes, not assumed: a
+//! homeserver offering h2, or sending anything but an HTTP/1.x request line
+//! first (or letting the peer speak first), gets the byte relay as before.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, CONNECTION};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{
+    text, Destination, OutboundProxy, PeerChain, Registered, UpTls, Upstream, KEPT_READY_WAIT,
+};
+use crate::alert::Direction;
+use crate::proxy::kept::{Key, Link};
+use crate::verify::PeerContext;
+
+/// What a response to the homeserver carries: the peer's body, or fedpin's.
+type Answer = Response<Either<Incoming, Full<Bytes>>>;
+
+/// One HTTP tunnel: where its requests go and the connection they go over.
+pub(super) struct HttpTunnel {
+    proxy: Arc<OutboundProxy>,
+    tls_name: String,
+    dest: Destination,
+    /// The ALPN offered upstream (`http/1.1` or nothing).
+    offered: Vec<Vec<u8>>,
+    client: std::net::SocketAddr,
+    /// The upstream connection between requests, with its registration for
+    /// re-checks on reload. `None` while a request is on it, or once it
+    /// failed.
+    link: Mutex<Option<(Link, Registered)>>,
+    /// Fired by a reload that refuses what the upstream presented.
+    revoke: Arc<tokio::sync::Notify>,
+    /// Requests waiting for their response head (the tunnel is not idle).
+    in_flight: AtomicUsize,
+}
+
+impl HttpTunnel {
+    pub(super) fn new(
+        proxy: &Arc<OutboundProxy>,
+        tls_name: String,
+        dest: Destination,
+        offered: Vec<Vec<u8>>,
+        client: std::net::SocketAddr,
+        revoke: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        HttpTunnel {
+            proxy: proxy.clone(),
+            tls_name,
+            dest,
+            offered,
+            client,
+            link: Mutex::new(None),
+            revoke,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn key(&self) -> Key {
+        Key {
+            tls_name: self.tls_name.clone(),
+            host: self.dest.host.clone(),
+            port: self.dest.port,
+        }
+    }
+
+    /// Starts HTTP/1.1 on a dialled, pin-checked upstream connection.
+    pub(super) async fn link(&self, up: Upstream) -> Result<Link, hyper::Error> {
+        let (tls, _, generation) = up;
+        Self::link_over(tls, generation).await
+    }
+
+    async fn link_over(tls: Box<UpTls>, generation: u64) -> Result<Link, hyper::Error> {
+        let chain = PeerChain::chain(&tls);
+        let peer_addr = tls.peer_addr();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(target: "fedpin::outbound", error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Link {
+            sender,
+            chain,
+            peer_addr,
+            generation,
+        })
+    }
+
+    /// Registers `link`'s chain for re-checks on reload.
+    fn register(&self, link: &Link) -> Registered {
+        self.proxy.register(
+            &self.tls_name,
+            link.chain.clone(),
+            PeerContext {
+                direction: Some(Direction::Outbound),
+                server_name: None,
+                port: Some(self.dest.port),
+                peer_addr: link.peer_addr,
+            },
+            link.generation,
+            self.revoke.clone(),
+        )
+    }
+
+    /// A new upstream connection for a request whose tunnel lost its own:
+    /// dialled and pin-checked like a tunnel's first.
+    async fn redial(&self) -> Result<(Link, Registered), Answer> {
+        let dialled = Box::pin(
+            self.proxy
+                .dial(&self.dest, &self.tls_name, self.offered.clone()),
+        )
+        .await;
+        match dialled {
+            Ok(up) => {
+                self.proxy.count_ok(&self.tls_name, PeerChain::chain(&up.0));
+                match self.link(up).await {
+                    Ok(link) => {
+                        let registered = self.register(&link);
+                        Ok((link, registered))
+                    }
+                    Err(e) => Err(text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("fedpin: HTTP/1.1 with {} failed: {e}\n", self.tls_name),
+                    )
+                    .map(Either::Right)),
+                }
+            }
+            Err(failure) => {
+                let status = self.proxy.count_failure(&self.tls_name, &failure);
+                Err(super::refusal(&self.tls_name, status, &failure).map(Either::Right))
+            }
+        }
+    }
+
+    /// Sends one request of the homeserver's on and gives the answer.
+    async fn forward(&self, mut req: Request<Incoming>) -> Answer {
+        if req.method() == Method::CONNECT {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "fedpin: CONNECT inside a tunnel is not proxied\n",
+            )
+            .map(Either::Right);
+        }
+        strip_hop_by_hop(req.headers_mut());
+        let hs = self.proxy.settings.load().handshake_timeout;
+        // At most twice: on the tunnel's connection, then once on a new one
+        // if the request could not be sent on it (it had closed).
+        loop {
+            let held = self
+                .link
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let fresh = held.is_none();
+            let (mut link, registered) = match held {
+                Some(l) => l,
+                None => match self.redial().await {
+                    Ok(l) => l,
+                    Err(answer) => return answer,
+                },
+            };
+            let ready = tokio::time::timeout(hs, link.sender.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                if fresh {
+                    return self.failed("the new connection was not ready");
+                }
+                continue;
+            }
+            match link.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    *self.link.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((link, registered));
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    return Response::from_parts(parts, Either::Left(body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return self.failed(&e.into_error().to_string()),
+                },
+            }
+        }
+    }
+
+    fn failed(&self, why: &str) -> Answer {
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("fedpin: the request to {} failed: {why}\n", self.tls_name),
+        )
+        .map(Either::Right)
+    }
+}
+
+/// Removes the headers that concern one connection only: `Connection` and
+/// those it names, and the fixed hop-by-hop set. Message framing
+/// (`Content-Length`, `Transfer-Encoding`) stays: hyper read the body by it
+/// and writes it on by it.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != hyper::header::TRANSFER_ENCODING && name != hyper::header::CONTENT_LENGTH {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+impl OutboundProxy {
+    /// A tunnel that took a kept upstream connection: registers it for
+    /// re-checks on reload, completes the homeserver's handshake, and
+    /// serves its requests if it speaks HTTP/1.1 (a kept connection can
+    /// carry nothing else; the tunnel is closed otherwise).
+    pub(super) async fn http_established<IO>(
+        self: &Arc<Self>,
+        start: Box<tokio_rustls::StartHandshake<IO>>,
+        link: Link,
+        t: HttpTunnel,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let generation = link.generation;
+        let registered = t.register(&link);
+        *t.link.lock().unwrap_or_else(PoisonError::into_inner) = Some((link, registered));
+        // A reload may have landed since the upstream was checked.
+        if generation < self.upstream.store().current().generation {
+            self.recheck_open_tunnels();
+        }
+        // The homeserver's ALPN: HTTP/1.1 when it offered it.
+        let alpn = t.offered.clone();
+        let hs = self.settings.load().handshake_timeout;
+        let Some(mut down) = self.inner_handshake(start, &t.tls_name, alpn, hs).await else {
+            return;
+        };
+        tracing::debug!(target: "fedpin::outbound", tls_name = %t.tls_name, client_addr = %t.client, "tunnel established on a kept upstream connection");
+        let mut first = [0u8; FIRST_READ];
+        let idle = self.settings.load().idle_timeout;
+        let n = tokio::select! {
+            r = down.read(&mut first) => r.unwrap_or(0),
+            _ = t.revoke.notified() => 0,
+            _ = tokio::time::sleep(idle) => 0,
+        };
+        if !looks_like_http(&first[..n]) {
+            tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "the homeserver did not send an HTTP/1.x request on a tunnel with a kept upstream connection; closing it");
+            return;
+        }
+        let last = crate::proxy::io::LastActivity::new();
+        let mut io = crate::proxy::io::Activity::sharing(TokioIo::new(down), &last);
+        io.unread(Bytes::copy_from_slice(&first[..n]));
+        self.serve_http(io, last, Arc::new(t)).await;
+    }
+
+    /// A tunnel with a just-dialled, pin-checked upstream and the
+    /// homeserver's handshake done: read as HTTP/1.1 if the homeserver's
+    /// first bytes are a request line, relayed as bytes otherwise.
+    pub(super) async fn http_or_relay<IO>(
+        self: &Arc<Self>,
+        mut down: Box<tokio_rustls::server::TlsStream<IO>>,
+        mut up: Box<UpTls>,
+        generation: u64,
+        registered: Registered,
+        t: HttpTunnel,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let revoked = t.revoke.clone();
+        let idle = self.settings.load().idle_timeout;
+        let (mut from_down, mut from_up) = ([0u8; FIRST_READ], [0u8; FIRST_READ]);
+        let first = tokio::select! {
+            r = down.read(&mut from_down) => First::Down(r.unwrap_or(0)),
+            r = up.read(&mut from_up) => First::Up(r.unwrap_or(0)),
+            _ = revoked.notified() => {
+                tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+                return;
+            }
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!(target: "fedpin::outbound", "tunnel idle; closing");
+                return;
+            }
+        };
+        let prefix = match first {
+            First::Down(n) if looks_like_http(&from_down[..n]) => {
+                let link = match HttpTunnel::link_over(up, generation).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(target: "fedpin::outbound", error = %e, "HTTP/1.1 with the upstream failed");
+                        return;
+                    }
+                };
+                *t.link.lock().unwrap_or_else(PoisonError::into_inner) = Some((link, registered));
+                let last = crate::proxy::io::LastActivity::new();
+                let mut io = crate::proxy::io::Activity::sharing(TokioIo::new(down), &last);
+                io.unread(Bytes::copy_from_slice(&from_down[..n]));
+                self.serve_http(io, last, Arc::new(t)).await;
+                return;
+            }
+            First::Down(n) => up.write_all(&from_down[..n]).await,
+            First::Up(n) => down.write_all(&from_up[..n]).await,
+        };
+        if prefix.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = super::relay(down, up, idle) => {}
+            _ = revoked.notified() => {
+                tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+            }
+        }
+        drop(registered);
+    }
+
+    /// Serves the homeserver's requests over the tunnel's upstream
+    /// connection until the homeserver closes, the tunnel idles out, or a
+    /// reload refuses the upstream; then keeps the upstream connection if
+    /// it can take a request.
+    async fn serve_http<S>(
+        self: &Arc<Self>,
+        io: crate::proxy::io::Activity<TokioIo<S>>,
+        last: crate::proxy::io::LastActivity,
+        t: Arc<HttpTunnel>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = {
+            let t = t.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let t = t.clone();
+                async move {
+                    t.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let answer = t.forward(req).await;
+                    t.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(answer)
+                }
+            })
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(self.settings.load().max_header_bytes.max(8192))
+            // A homeserver may end its side after its request and still
+            // read the answer, as through the byte relay.
+            .half_close(true)
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let idle = self.settings.load().idle_timeout;
+        let tick = (idle / 4).max(Duration::from_millis(50));
+        let revoked = t.revoke.clone();
+        let ended_well = loop {
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(target: "fedpin::outbound", error = %e, "tunnel closed with an error");
+                    }
+                    break true;
+                }
+                _ = revoked.notified() => {
+                    tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+                    break false;
+                }
+                _ = tokio::time::sleep(tick) => {
+                    if last.quiet_for() >= idle && t.in_flight.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(target: "fedpin::outbound", "tunnel idle; closing");
+                        break true;
+                    }
+                }
+            }
+        };
+        drop(conn);
+        let held = t.link.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let (true, Some((link, registered))) = (ended_well, held) {
+            drop(registered);
+            self.keep(t.key(), link).await;
+        }
+    }
+
+    /// Keeps `link` for a later tunnel, once it is ready for a request (its
+    /// last response read to the end), if its pin generation is still the
+    /// one in force.
+    async fn keep(&self, key: Key, mut link: Link) {
+        let keep = self.settings.load().upstream_keepalive;
+        if keep.is_zero() || link.sender.is_closed() {
+            return;
+        }
+        if !link.sender.is_ready() {
+            match tokio::time::timeout(KEPT_READY_WAIT, link.sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        let generation = self.upstream.store().current().generation;
+        self.kept.put(key, link, generation);
+    }
+}
+
+/// Bytes read to tell HTTP from anything else: enough for any method.
+const FIRST_READ: usize = 32;
+
+/// Which side spoke first in a new tunnel, and how many bytes.
+enum First {
+    Down(usize),
+    Up(usize),
+}
+
+/// Whether `bytes` start like an HTTP/1.x request line: a method token
+/// (upper-case letters) and a space. Anything else, including a start too
+/// short to tell, is relayed as bytes.
+fn looks_like_http(bytes: &[u8]) -> bool {
+    let Some(space) = bytes.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    (1..=16).contains(&space) && bytes[..space].iter().all(u8::is_ascii_uppercase)
+}
