@@ -916,6 +916,8 @@ async fn half_close_propagates_both_ways() {
     .expect("a clean close after the answer");
     assert_eq!(answer, "got 9 bytes after EOF\n");
     assert!(tunnels_drain(&env).await);
+    // Not HTTP: relayed as bytes, its upstream connection not kept.
+    assert_eq!(env.proxy.kept_connections(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -1621,4 +1623,96 @@ async fn keepalive_zero_keeps_nothing_and_h2_tunnels_relay_bytes() {
     assert_eq!(r.version, hyper::Version::HTTP_2);
     assert!(tunnels_drain(&env).await);
     assert_eq!(env.proxy.kept_connections(), 0);
+}
+
+/// A peer that answers one request per connection, then closes it
+/// (`Connection: close`), and counts its connections.
+async fn one_request_peer(w: &World) -> (SocketAddr, Arc<AtomicUsize>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let addr = net::serve_tls(net::acceptor(&w.genuine, &[b"http/1.1"]), move |tls| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let svc =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let body = format!("once: {}\n", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        }
+    })
+    .await;
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn a_request_after_the_peer_closed_goes_on_a_new_pinned_connection() {
+    let (w, env) = proxy_for_world().await;
+    let (addr, conns) = one_request_peer(&w).await;
+    let tls = tunnel_to(&env, addr.port(), &[b"http/1.1"]).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 through the tunnel");
+    tokio::spawn(conn);
+    for path in ["/first", "/second", "/third"] {
+        bounded("ready", send.ready())
+            .await
+            .expect("the tunnel stays open");
+        let req = Request::get(path)
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = bounded("answer", send.send_request(req))
+            .await
+            .expect("an answer");
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        // The peer's `Connection: close` is not passed on: the homeserver's
+        // connection stays, and the next request dials again.
+        assert!(resp.headers().get(hyper::header::CONNECTION).is_none());
+        let body = bounded("body", resp.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, format!("once: {path}\n").as_bytes());
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        3,
+        "one upstream connection per request"
+    );
+    // Each was dialled and pin-checked.
+    assert_eq!(env.proxy.stats().handshakes.get(HandshakeResult::Ok), 3);
+    assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_method_split_over_records_is_still_read_as_http() {
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+    for _ in 0..2 {
+        let mut tls = tunnel(&env, &target, HOST, &[]).await;
+        // One TLS record per write, and the proxy reads between them.
+        for part in [
+            "G",
+            "E",
+            "T /split HTTP/1.1\r\n",
+            "Host: x\r\nConnection: close\r\n\r\n",
+        ] {
+            tls.write_all(part.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut answer = String::new();
+        bounded("answer", tls.read_to_string(&mut answer))
+            .await
+            .unwrap();
+        assert!(answer.contains("genuine: GET /split"), "{answer}");
+        assert!(kept_reaches(&env, 1).await);
+    }
+    assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 1);
+    assert_eq!(up.seen().len(), 1);
 }

@@ -150,7 +150,9 @@ FLOOR_R_PID=$STARTED_PID FLOOR_R_ADDR=$STARTED_ADDR
 log "floor on $FLOOR_ADDR (pid $FLOOR_PID); floor with upstream resumption on $FLOOR_R_ADDR (pid $FLOOR_R_PID)"
 
 write_pins() { # note
-    cat >"$TMP/fp/pins.tmp" <<EOF
+    local d
+    for d in fp fpk; do
+        cat >"$TMP/$d/pins.tmp" <<EOF
 version = 1
 
 [policy]
@@ -169,42 +171,55 @@ hosts = ["$PEER_N"]
 pins = ["sha256/$(spki_pin "$TMP/peer-n.pem")", "$CA_PIN"]
 note = "$1"
 EOF
-    mv "$TMP/fp/pins.tmp" "$TMP/fp/pins.toml"
+        mv "$TMP/$d/pins.tmp" "$TMP/$d/pins.toml"
+    done
 }
-mkdir -p "$TMP/fp"
+mkdir -p "$TMP/fp" "$TMP/fpk"
 write_pins "tests/load/outbound_resumption.sh, generation 1"
-cp "$TMP/ca.pem" "$TMP/fp/"
-"$FEDPIN" ca init --dir "$TMP/fp/ca" >"$LOGS/ca-init.log" 2>&1 || die "fedpin ca init failed"
-cat >"$TMP/fp/fedpin.toml" <<EOF
+# Two fedpin processes with the same pins: fp keeps no upstream connection
+# between tunnels (upstream_keepalive_secs = 0: every tunnel dials, and
+# resumes when the peer issues tickets), fpk keeps them (the default, 30 s).
+start_fedpin() { # dir keepalive-secs -> STARTED_PID STARTED_ADDR STARTED_ADMIN
+    local d=$TMP/$1
+    cp "$TMP/ca.pem" "$d/"
+    "$FEDPIN" ca init --dir "$d/ca" >"$LOGS/ca-init-$1.log" 2>&1 || die "fedpin ca init failed"
+    cat >"$d/fedpin.toml" <<EOF
 $(outbound_config "$PEER_T" "$PEER_N")
+upstream_keepalive_secs = $2
 
 [admin]
 listen = "127.0.0.1:0"
 EOF
-"$FEDPIN" check-config --config "$TMP/fp/fedpin.toml" >"$LOGS/check-config.log" 2>&1 ||
-    die "fedpin check-config refused the config: $(cat "$LOGS/check-config.log")"
-"$FEDPIN" run --config "$TMP/fp/fedpin.toml" >"$TMP/fedpin.out" 2>"$LOGS/fedpin.log" &
-FEDPIN_PID=$!
-PIDS+=("$FEDPIN_PID")
-FEDPIN_ADDR=$(wait_line "$TMP/fedpin.out" "outbound listening on" 30) || die "fedpin did not start"
-ADMIN_ADDR=$(wait_line "$TMP/fedpin.out" "admin listening on" 30) || die "fedpin's admin listener did not start"
-log "fedpin outbound on $FEDPIN_ADDR, admin on $ADMIN_ADDR (pid $FEDPIN_PID, FEDPIN_LOG=$FEDPIN_LOG)"
+    "$FEDPIN" check-config --config "$d/fedpin.toml" >"$LOGS/check-config-$1.log" 2>&1 ||
+        die "fedpin check-config refused the config: $(cat "$LOGS/check-config-$1.log")"
+    "$FEDPIN" run --config "$d/fedpin.toml" >"$TMP/$1.out" 2>"$LOGS/$1.log" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_ADDR=$(wait_line "$TMP/$1.out" "outbound listening on" 30) || die "fedpin ($1) did not start"
+    STARTED_ADMIN=$(wait_line "$TMP/$1.out" "admin listening on" 30) || die "fedpin's ($1) admin listener did not start"
+}
+start_fedpin fp 0
+FEDPIN_PID=$STARTED_PID FEDPIN_ADDR=$STARTED_ADDR ADMIN_ADDR=$STARTED_ADMIN
+start_fedpin fpk 30
+FPK_PID=$STARTED_PID FPK_ADDR=$STARTED_ADDR FPK_ADMIN=$STARTED_ADMIN
+log "fedpin (no kept connections) outbound on $FEDPIN_ADDR, admin on $ADMIN_ADDR (pid $FEDPIN_PID); fedpin (kept, the default) on $FPK_ADDR, admin on $FPK_ADMIN (pid $FPK_PID); FEDPIN_LOG=$FEDPIN_LOG"
 
-# fedpin's counters: "handshakes_ok pin_checks generation" (outbound).
-counters() {
+# fedpin's counters: "handshakes_ok pin_checks generation reused" (outbound).
+counters() { # [admin address, default fp's]
     local m
-    m=$(curl -fsS --max-time 10 "http://$ADMIN_ADDR/metrics") || die "cannot read fedpin's /metrics"
+    m=$(curl -fsS --max-time 10 "http://${1:-$ADMIN_ADDR}/metrics") || die "cannot read fedpin's /metrics"
     awk '
         /^fedpin_handshakes_total\{/ && /direction="outbound"/ && /result="ok"/ { hs += $NF }
         /^fedpin_pin_checks_total\{/ && /direction="outbound"/ { pc += $NF }
         /^fedpin_pin_generation / { g = $NF }
-        END { printf "%d %d %d\n", hs, pc, g }' <<<"$m"
+        /^fedpin_outbound_upstream_reused_total / { ru = $NF }
+        END { printf "%d %d %d %d\n", hs, pc, g, ru }' <<<"$m"
 }
 
 # --------------------------------------------------------------------------
 # 5. measurements
 # --------------------------------------------------------------------------
-RESULTS="$TMP/results.tsv" # round target n ticks full resumed failed fedpin_hs fedpin_checks secs peer_ticks
+RESULTS="$TMP/results.tsv" # round target n ticks full resumed failed fedpin_hs fedpin_checks secs peer_ticks reused
 : >"$RESULTS"
 # run_client out-file proxy target ca n parallel: "ok full resumed failed secs"
 run_client() {
@@ -213,28 +228,28 @@ run_client() {
         -n "$n" --parallel "$par" >"$out" 2>"$out.err" || die "new_tunnels client failed: $(cat "$out.err")"
     sed -n 's/^done ok=\([0-9]*\) full=\([0-9]*\) resumed=\([0-9]*\) failed=\([0-9]*\) secs=\([0-9.]*\)$/\1 \2 \3 \4 \5/p' "$out"
 }
-# phase round name pid proxy target ca peer_pid
+# phase round name pid proxy target ca peer_pid [admin]
 phase() {
-    local round=$1 name=$2 pid=$3 proxy=$4 target=$5 ca=$6 peer_pid=$7
+    local round=$1 name=$2 pid=$3 proxy=$4 target=$5 ca=$6 peer_pid=$7 admin=${8:-$ADMIN_ADDR}
     local w t0 t1 p0 p1 c0 c1 r
     w=$(run_client "$TMP/warm-$name-$round" "$proxy" "$target" "$ca" "$WARM" 1)
     read -r w_ok _ _ w_failed _ <<<"$w"
     ((w_ok == WARM && w_failed == 0)) || die "warm-up $name: $w ($(cat "$TMP/warm-$name-$round.err"))"
-    c0=$(counters)
+    c0=$(counters "$admin")
     t0=$(cpu_ticks "$pid")
     p0=$(cpu_ticks "$peer_pid")
     r=$(run_client "$TMP/client-$name-$round" "$proxy" "$target" "$ca" "$N" "$PARALLEL")
     t1=$(cpu_ticks "$pid")
     p1=$(cpu_ticks "$peer_pid")
-    c1=$(counters)
-    local ok full resumed failed secs hs0 pc0 hs1 pc1
+    c1=$(counters "$admin")
+    local ok full resumed failed secs hs0 pc0 hs1 pc1 ru0 ru1
     read -r ok full resumed failed secs <<<"$r"
-    read -r hs0 pc0 _ <<<"$c0"
-    read -r hs1 pc1 _ <<<"$c1"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$ok" $((t1 - t0)) \
-        "$full" "$resumed" "$failed" $((hs1 - hs0)) $((pc1 - pc0)) "$secs" $((p1 - p0)) >>"$RESULTS"
+    read -r hs0 pc0 _ ru0 <<<"$c0"
+    read -r hs1 pc1 _ ru1 <<<"$c1"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$ok" $((t1 - t0)) \
+        "$full" "$resumed" "$failed" $((hs1 - hs0)) $((pc1 - pc0)) "$secs" $((p1 - p0)) $((ru1 - ru0)) >>"$RESULTS"
     log "round $round $name: $ok tunnels in ${secs}s, $(awk -v d=$((t1 - t0)) -v n="$ok" -v hz="$CLK_TCK" \
-        'BEGIN{ if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }') us CPU/tunnel; peer: $full full, $resumed resumed; failed $failed; fedpin handshakes $((hs1 - hs0)), pin checks $((pc1 - pc0))"
+        'BEGIN{ if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }') us CPU/tunnel; peer: $full full, $resumed resumed; failed $failed; fedpin handshakes $((hs1 - hs0)), pin checks $((pc1 - pc0)), kept connections taken $((ru1 - ru0))"
     ((failed == 0)) || die "$name: $failed of $N tunnels failed: $(cat "$TMP/client-$name-$round.err")"
 }
 START=$SECONDS
@@ -245,6 +260,7 @@ for r in $(seq 1 "$ROUNDS"); do
     phase "$r" notickets "$FEDPIN_PID" "$FEDPIN_ADDR" "$PEER_N:$PN_PORT" "$TMP/fp/ca/fedpin-ca.pem" "$PN_PID"
     phase "$r" floor "$FLOOR_PID" "$FLOOR_ADDR" "$PEER_N:$PN_PORT" "$TMP/ca.pem" "$PN_PID"
     phase "$r" floor-resumed "$FLOOR_R_PID" "$FLOOR_R_ADDR" "$PEER_T:$PT_PORT" "$TMP/ca.pem" "$PT_PID"
+    phase "$r" kept "$FPK_PID" "$FPK_ADDR" "$PEER_N:$PN_PORT" "$TMP/fpk/ca/fedpin-ca.pem" "$PN_PID" "$FPK_ADMIN"
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$((SECONDS - START))
@@ -257,8 +273,9 @@ read -r _ WARM_FULL WARM_RESUMED _ _ < <(sed -n 's/^done ok=\([0-9]*\) full=\([0
 # 7. reload: the next tunnel after a new generation is full and pin-checked
 # --------------------------------------------------------------------------
 read -r _ _ GEN_BEFORE <<<"$(counters)"
+read -r _ _ KGEN_BEFORE _ <<<"$(counters "$FPK_ADMIN")"
 write_pins "tests/load/outbound_resumption.sh, generation 2"
-kill -HUP "$FEDPIN_PID"
+kill -HUP "$FEDPIN_PID" "$FPK_PID"
 GEN_AFTER=$GEN_BEFORE
 for _ in $(seq 1 100); do
     read -r _ _ GEN_AFTER <<<"$(counters)"
@@ -280,7 +297,30 @@ log "reload: $RELOAD_LINE"
     die "after a reload the first upstream handshake was not a full, pin-checked one: $RELOAD_LINE"
 ((rn_ok == RELOAD_N - 1)) || die "tunnels after the reload failed: $rn"
 
-fedpin_errors=$(grep -c '"level":"ERROR"' "$LOGS/fedpin.log" || true)
+# The same for kept connections: the first tunnel after the reload takes
+# none (the pool was emptied) and runs the pin rules; the next ones take
+# the connection it left.
+KGEN_AFTER=$KGEN_BEFORE
+for _ in $(seq 1 100); do
+    read -r _ _ KGEN_AFTER _ <<<"$(counters "$FPK_ADMIN")"
+    ((KGEN_AFTER > KGEN_BEFORE)) && break
+    sleep 0.1
+done
+((KGEN_AFTER > KGEN_BEFORE)) || die "fedpin (kept) did not load the rewritten pin file (generation $KGEN_BEFORE)"
+read -r _ KPC0 _ KRU0 <<<"$(counters "$FPK_ADMIN")"
+k1=$(run_client "$TMP/kreload-1" "$FPK_ADDR" "$PEER_N:$PN_PORT" "$TMP/fpk/ca/fedpin-ca.pem" 1 1)
+read -r _ KPC1 _ KRU1 <<<"$(counters "$FPK_ADMIN")"
+kn=$(run_client "$TMP/kreload-n" "$FPK_ADDR" "$PEER_N:$PN_PORT" "$TMP/fpk/ca/fedpin-ca.pem" $((RELOAD_N - 1)) 1)
+read -r _ KPC2 _ KRU2 <<<"$(counters "$FPK_ADMIN")"
+read -r k1_ok _ _ _ _ <<<"$k1"
+read -r kn_ok _ _ _ _ <<<"$kn"
+KRELOAD_LINE="generation $KGEN_BEFORE -> $KGEN_AFTER: first tunnel after it: kept connections taken +$((KRU1 - KRU0)), pin checks +$((KPC1 - KPC0)); next $((RELOAD_N - 1)): kept taken +$((KRU2 - KRU1)), pin checks +$((KPC2 - KPC1))"
+log "reload (kept connections): $KRELOAD_LINE"
+((k1_ok == 1 && KRU1 == KRU0 && KPC1 - KPC0 == 1)) ||
+    die "after a reload the first tunnel took a kept connection or ran no pin check: $KRELOAD_LINE"
+((kn_ok == RELOAD_N - 1 && KRU2 > KRU1)) || die "tunnels after the reload did not take the kept connection: $KRELOAD_LINE"
+
+fedpin_errors=$(cat "$LOGS/fp.log" "$LOGS/fpk.log" | grep -c '"level":"ERROR"' || true)
 
 # --------------------------------------------------------------------------
 # 8. report
@@ -307,6 +347,10 @@ FL_RES=$(sum floor 6)
 FR_CPU=$(per_tunnel floor-resumed 4)
 FR_RES=$(sum floor-resumed 6)
 T_N=$(sum tickets 3)
+K_CPU=$(per_tunnel kept 4)
+K_N=$(sum kept 3)
+K_REUSED=$(sum kept 12)
+K_HS=$(sum kept 8)
 # fedpin's own view: handshakes that ran no pin check = resumed.
 T_FRES=$(($(sum tickets 8) - $(sum tickets 9)))
 NT_FRES=$(($(sum notickets 8) - $(sum notickets 9)))
@@ -340,6 +384,7 @@ mkdir -p "$OUT_DIR"
     row "fedpin, peer issues no tickets" notickets "$NT_FRES"
     row "floor (2 full rustls handshakes)" floor "-"
     row "floor, upstream resumed (reference)" floor-resumed "-"
+    row "fedpin, kept upstream connections" kept "-"
     echo
     echo "  CPU/tun and peer CPU in microseconds per tunnel; the peer's own CPU shows what resumption saves it."
     echo "  floor, upstream resumed: the same bare relay with its client side resuming (new_tunnels floor --resume, the"
@@ -347,12 +392,17 @@ mkdir -p "$OUT_DIR"
     echo "  is $(ratio "$T_CPU" "$FR_CPU")x it (what fedpin adds to a bare relay: CONNECT handling, egress and pin rules, minting, metrics)."
     echo "  first tunnels (round 1 warm-up, one at a time, peer with tickets): $WARM_FULL full, $WARM_RESUMED resumed."
     echo "  reload: $RELOAD_LINE."
+    echo "  fedpin, kept upstream connections: the default (upstream_keepalive_secs = 30), peer issues no tickets: a tunnel"
+    echo "  takes the pinned HTTP/1.1 connection an ended tunnel left (same name, same pin generation) and makes no upstream"
+    echo "  handshake; $K_REUSED of $K_N tunnels took one, $K_HS upstream handshakes. The other fedpin rows run with"
+    echo "  upstream_keepalive_secs = 0. Reload: $KRELOAD_LINE."
     echo
     echo "target (issue 13): fedpin with resumption <= 0.6x the floor."
     echo "summary: fedpin with resumption $T_CPU us CPU per new tunnel = $(ratio "$T_CPU" "$FL_CPU")x the floor ($FL_CPU us);"
     echo "         without (peer issues no tickets) $NT_CPU us = $(ratio "$NT_CPU" "$FL_CPU")x; resumption saves $(awk -v a="$NT_CPU" -v b="$T_CPU" 'BEGIN{printf "%.1f", a - b}') us per tunnel ($(ratio "$T_CPU" "$NT_CPU")x)."
     echo "         upstream handshakes resumed: $T_RES of $T_N (peer), $T_FRES (fedpin) with tickets; $NT_RES / $NT_FRES without; floor $FL_RES."
     echo "         a bare relay with upstream resumption: $FR_CPU us = $(ratio "$FR_CPU" "$FL_CPU")x the floor (resumed $FR_RES)."
+    echo "         fedpin with kept upstream connections (the default): $K_CPU us = $(ratio "$K_CPU" "$FL_CPU")x the floor ($K_REUSED of $K_N tunnels took one)."
     echo "fedpin ERROR log lines during the run: $fedpin_errors. Measuring took ${ELAPSED}s."
 } | tee "$REPORT"
 log "report: $REPORT"
@@ -361,4 +411,5 @@ log "report: $REPORT"
 ((T_RES > 0 && T_FRES > 0)) || die "no upstream session resumed with a peer that issues tickets (peer: $T_RES, fedpin: $T_FRES)"
 ((NT_RES == 0 && NT_FRES == 0)) || die "sessions resumed with a peer that issues no tickets (peer: $NT_RES, fedpin: $NT_FRES)"
 ((FL_RES == 0)) || die "the floor resumed $FL_RES upstream sessions"
+((K_REUSED > 0 && K_HS < K_N)) || die "fedpin kept no upstream connection for later tunnels (taken: $K_REUSED, handshakes: $K_HS of $K_N)"
 ((T_RES == T_FRES)) || log "NOTE: the peer counted $T_RES resumed handshakes, fedpin $T_FRES"

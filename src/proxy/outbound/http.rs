@@ -137,6 +137,10 @@ impl HttpTunnel {
                 match self.link(up).await {
                     Ok(link) => {
                         let registered = self.register(&link);
+                        // A reload may have landed during the handshake.
+                        if link.generation < self.proxy.upstream.store().current().generation {
+                            self.proxy.recheck_open_tunnels();
+                        }
                         Ok((link, registered))
                     }
                     Err(e) => Err(text(
@@ -270,11 +274,12 @@ impl OutboundProxy {
         tracing::debug!(target: "fedpin::outbound", tls_name = %t.tls_name, client_addr = %t.client, "tunnel established on a kept upstream connection");
         let mut first = [0u8; FIRST_READ];
         let idle = self.settings.load().idle_timeout;
-        let n = tokio::select! {
-            r = down.read(&mut first) => r.unwrap_or(0),
-            _ = t.revoke.notified() => 0,
-            _ = tokio::time::sleep(idle) => 0,
-        };
+        let mut n = 0;
+        tokio::select! {
+            _ = read_method(&mut down, &mut first, &mut n) => {}
+            _ = t.revoke.notified() => return,
+            _ = tokio::time::sleep(idle) => return,
+        }
         if !looks_like_http(&first[..n]) {
             tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "the homeserver did not send an HTTP/1.x request on a tunnel with a kept upstream connection; closing it");
             return;
@@ -312,6 +317,15 @@ impl OutboundProxy {
                 tracing::debug!(target: "fedpin::outbound", "tunnel idle; closing");
                 return;
             }
+        };
+        // A method split over several reads is read whole before deciding.
+        let first = match first {
+            First::Down(mut n) if n > 0 => {
+                let more = read_method(&mut down, &mut from_down, &mut n);
+                let _ = tokio::time::timeout(self.settings.load().handshake_timeout, more).await;
+                First::Down(n)
+            }
+            other => other,
         };
         let prefix = match first {
             First::Down(n) if looks_like_http(&from_down[..n]) => {
@@ -374,7 +388,9 @@ impl OutboundProxy {
             // read the answer, as through the byte relay.
             .half_close(true)
             .serve_connection(io, svc);
-        tokio::pin!(conn);
+        // Boxed, so that it can be dropped (closing the homeserver's side)
+        // before the upstream connection is kept.
+        let mut conn = Box::pin(conn);
         let idle = self.settings.load().idle_timeout;
         let tick = (idle / 4).max(Duration::from_millis(50));
         let revoked = t.revoke.clone();
@@ -427,6 +443,19 @@ impl OutboundProxy {
 
 /// Bytes read to tell HTTP from anything else: enough for any method.
 const FIRST_READ: usize = 32;
+
+/// Reads into `buf` (holding `*n` bytes already) until what it holds tells
+/// an HTTP/1.x method from anything else: a byte that is not an upper-case
+/// letter, a full buffer, or the end of the stream. `*n` counts the bytes
+/// held after every read, so a caller that gives up waiting loses none.
+async fn read_method<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8; FIRST_READ], n: &mut usize) {
+    while *n < buf.len() && buf[..*n].iter().all(u8::is_ascii_uppercase) {
+        match r.read(&mut buf[*n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(got) => *n += got,
+        }
+    }
+}
 
 /// Which side spoke first in a new tunnel, and how many bytes.
 enum First {
