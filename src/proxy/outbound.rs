@@ -7,7 +7,10 @@
 //! with the same SNI and ALPN through [`PinnedServerVerifier`], and only then
 //! complete the inner handshake with a leaf minted for that name (and the
 //! ALPN the peer chose). Then relay bytes until either side closes or the
-//! tunnel is idle. A peer that fails the pin rules still gets an inner
+//! tunnel is idle; or, when the homeserver's first bytes are an HTTP/1.x
+//! request line, serve its requests over the upstream connection and keep
+//! that connection for the next tunnel to the same peer (`outbound/http.rs`,
+//! [`super::kept`]). A peer that fails the pin rules still gets an inner
 //! handshake so that the homeserver receives an HTTP 502 whose body names the
 //! failed check and the alert raised, instead of a bare reset.
 //!

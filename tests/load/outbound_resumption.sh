@@ -49,6 +49,15 @@
 #      peer must be a full, pin-checked handshake (the peer says `full`, the
 #      pin-check counter moves), the ones after it resume again. The run
 #      fails otherwise (tests/pins_reload.rs checks the same in-process).
+#   7b. a second fedpin process with kept upstream connections on (the
+#      default, upstream_keepalive_secs = 30; the first runs with 0 so that
+#      every tunnel dials) is measured in each round as `kept`, against the
+#      peer without tickets: a tunnel takes the pinned connection an ended
+#      tunnel left and makes no upstream handshake. Proven by its /metrics
+#      (fedpin_outbound_upstream_reused_total, handshakes < tunnels); after
+#      the reload its first tunnel takes none and runs the pin rules, and
+#      the next ones take the connection that one left. The run fails
+#      otherwise.
 #   8. writes a table to target/load/outbound_resumption.txt: CPU per new
 #      tunnel for the three targets, ratios to the floor, resumed counts;
 #      stops everything it started (trap), whatever happens
