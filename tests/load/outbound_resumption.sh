@@ -281,13 +281,13 @@ read -r _ WARM_FULL WARM_RESUMED _ _ < <(sed -n 's/^done ok=\([0-9]*\) full=\([0
 # --------------------------------------------------------------------------
 # 7. reload: the next tunnel after a new generation is full and pin-checked
 # --------------------------------------------------------------------------
-read -r _ _ GEN_BEFORE <<<"$(counters)"
+read -r _ _ GEN_BEFORE _ <<<"$(counters)"
 read -r _ _ KGEN_BEFORE _ <<<"$(counters "$FPK_ADMIN")"
 write_pins "tests/load/outbound_resumption.sh, generation 2"
 kill -HUP "$FEDPIN_PID" "$FPK_PID"
 GEN_AFTER=$GEN_BEFORE
 for _ in $(seq 1 100); do
-    read -r _ _ GEN_AFTER <<<"$(counters)"
+    read -r _ _ GEN_AFTER _ <<<"$(counters)"
     ((GEN_AFTER > GEN_BEFORE)) && break
     sleep 0.1
 done
