@@ -32,6 +32,7 @@ use super::{
 };
 use crate::alert::Direction;
 use crate::proxy::kept::{Key, Link};
+use crate::proxy::parking::PARK_AFTER;
 use crate::verify::PeerContext;
 
 /// What a response to the homeserver carries: the peer's body, or fedpin's.
@@ -49,10 +50,16 @@ pub(super) struct HttpTunnel {
     /// re-checks on reload. `None` while a request is on it, or once it
     /// failed.
     link: Mutex<Option<(Link, Registered)>>,
+    /// While parked: the registration of the last upstream connection
+    /// used, so that a reload refusing what that peer presented still ends
+    /// the tunnel (SPEC 4.13), as it would have with the connection held.
+    standing: Mutex<Option<Registered>>,
     /// Fired by a reload that refuses what the upstream presented.
     revoke: Arc<tokio::sync::Notify>,
     /// Requests waiting for their response head (the tunnel is not idle).
     in_flight: AtomicUsize,
+    /// Requests served so far.
+    served: AtomicUsize,
 }
 
 impl HttpTunnel {
@@ -71,8 +78,10 @@ impl HttpTunnel {
             offered,
             client,
             link: Mutex::new(None),
+            standing: Mutex::new(None),
             revoke,
             in_flight: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
         }
     }
 
@@ -107,8 +116,10 @@ impl HttpTunnel {
         })
     }
 
-    /// Registers `link`'s chain for re-checks on reload.
+    /// Registers `link`'s chain for re-checks on reload (replacing the
+    /// registration a parked tunnel kept).
     fn register(&self, link: &Link) -> Registered {
+        *self.standing.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.proxy.register(
             &self.tls_name,
             link.chain.clone(),
@@ -121,6 +132,23 @@ impl HttpTunnel {
             link.generation,
             self.revoke.clone(),
         )
+    }
+
+    /// A kept connection to the tunnel's peer, checked under the pin set in
+    /// force, registered for re-checks on reload.
+    fn take_kept(&self) -> Option<(Link, Registered)> {
+        let generation = self.proxy.upstream.store().current().generation;
+        let keep = self.proxy.settings.load().upstream_keepalive;
+        let link = self
+            .proxy
+            .kept
+            .take(&self.key(), generation, &self.dest.addrs, keep)?;
+        self.proxy
+            .stats
+            .upstream_reused
+            .fetch_add(1, Ordering::Relaxed);
+        let registered = self.register(&link);
+        Some((link, registered))
     }
 
     /// A new upstream connection for a request whose tunnel lost its own:
@@ -176,6 +204,7 @@ impl HttpTunnel {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
+            let held = held.or_else(|| self.take_kept());
             let fresh = held.is_none();
             let (mut link, registered) = match held {
                 Some(l) => l,
@@ -358,66 +387,116 @@ impl OutboundProxy {
         drop(registered);
     }
 
-    /// Serves the homeserver's requests over the tunnel's upstream
-    /// connection until the homeserver closes, the tunnel idles out, or a
-    /// reload refuses the upstream; then keeps the upstream connection if
-    /// it can take a request.
+    /// Serves the homeserver's requests until it closes, the tunnel idles
+    /// out, or a reload refuses the upstream in use. Parked when quiet
+    /// ([`crate::proxy::parking`]): after [`PARK_AFTER`] without traffic
+    /// hyper's connection ends (its buffers freed), the upstream connection
+    /// goes back to the pool for any tunnel to that peer, and the tunnel
+    /// holds only the homeserver's TLS stream until it sends again. An
+    /// ended tunnel's upstream connection is kept the same way.
     async fn serve_http<S>(
         self: &Arc<Self>,
-        io: crate::proxy::io::Activity<TokioIo<S>>,
+        mut io: crate::proxy::io::Activity<TokioIo<S>>,
         last: crate::proxy::io::LastActivity,
         t: Arc<HttpTunnel>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let svc = {
-            let t = t.clone();
-            hyper::service::service_fn(move |req: Request<Incoming>| {
-                let t = t.clone();
-                async move {
-                    t.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let answer = t.forward(req).await;
-                    t.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    Ok::<_, Infallible>(answer)
-                }
-            })
-        };
-        let conn = hyper::server::conn::http1::Builder::new()
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
             .max_buf_size(self.settings.load().max_header_bytes.max(8192))
             // A homeserver may end its side after its request and still
             // read the answer, as through the byte relay.
-            .half_close(true)
-            .serve_connection(io, svc);
-        // Boxed, so that it can be dropped (closing the homeserver's side)
-        // before the upstream connection is kept.
-        let mut conn = Box::pin(conn);
+            .half_close(true);
         let idle = self.settings.load().idle_timeout;
-        let tick = (idle / 4).max(Duration::from_millis(50));
-        let revoked = t.revoke.clone();
-        let ended_well = loop {
-            tokio::select! {
-                r = &mut conn => {
+        loop {
+            let svc = {
+                let t = t.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let t = t.clone();
+                    // Boxed: hyper takes a connection apart (to park it)
+                    // only when its service's futures are Unpin.
+                    Box::pin(async move {
+                        t.in_flight.fetch_add(1, Ordering::Relaxed);
+                        t.served.fetch_add(1, Ordering::Relaxed);
+                        let answer = t.forward(req).await;
+                        t.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        Ok::<_, Infallible>(answer)
+                    })
+                })
+            };
+            let served_before = t.served.load(Ordering::Relaxed);
+            // Boxed: dropped or taken apart before the next one starts.
+            let mut conn = Box::new(builder.serve_connection(io, svc));
+            let mut parking = false;
+            let tick = PARK_AFTER.min(idle / 4).max(Duration::from_millis(10));
+            let ended = loop {
+                tokio::select! {
+                    r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                    _ = t.revoke.notified() => {
+                        tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel ended: its upstream no longer passes the pin rules");
+                        return;
+                    }
+                    _ = tokio::time::sleep(tick) => {
+                        let busy = t.in_flight.load(Ordering::Relaxed) > 0;
+                        if !busy && last.quiet_for() >= idle {
+                            tracing::debug!(target: "fedpin::outbound", "tunnel idle; closing");
+                            self.keep_held(&t).await;
+                            return;
+                        }
+                        // Only once a request was served on this hyper
+                        // connection: before that, a graceful end would
+                        // answer a head still arriving with a close.
+                        let served = t.served.load(Ordering::Relaxed) > served_before;
+                        if served && !busy && !parking && last.quiet_for() >= PARK_AFTER {
+                            parking = true;
+                            Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                    }
+                }
+            };
+            let parts = (*conn).into_parts();
+            io = parts.io;
+            self.keep_held(&t).await;
+            match ended {
+                Ok(()) if parking => io.unread(parts.read_buf),
+                // Ended by the homeserver (`Connection: close`, end of
+                // stream) or by an error: close.
+                r => {
                     if let Err(e) = r {
                         tracing::debug!(target: "fedpin::outbound", error = %e, "tunnel closed with an error");
                     }
-                    break true;
-                }
-                _ = revoked.notified() => {
-                    tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel ended: its upstream no longer passes the pin rules");
-                    break false;
-                }
-                _ = tokio::time::sleep(tick) => {
-                    if last.quiet_for() >= idle && t.in_flight.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(target: "fedpin::outbound", "tunnel idle; closing");
-                        break true;
-                    }
+                    crate::proxy::parking::shutdown(&mut io, Duration::from_secs(5)).await;
+                    return;
                 }
             }
-        };
-        drop(conn);
+            // Parked: wait for the homeserver's next bytes.
+            let mut first = [0u8; FIRST_READ];
+            let mut n = 0;
+            let left = idle.saturating_sub(last.quiet_for());
+            let mut reader = TokioIo::new(&mut io);
+            let woke = tokio::select! {
+                _ = read_method(&mut reader, &mut first, &mut n) => n > 0,
+                _ = tokio::time::sleep(left) => false,
+                _ = t.revoke.notified() => {
+                    tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "parked tunnel ended: the upstream it last used no longer passes the pin rules");
+                    false
+                }
+            };
+            if !woke {
+                return;
+            }
+            io.unread(Bytes::copy_from_slice(&first[..n]));
+        }
+    }
+
+    /// Keeps the tunnel's upstream connection, if it holds one that is not
+    /// busy, for any tunnel to that peer; the tunnel stays registered with
+    /// what that peer presented.
+    async fn keep_held(&self, t: &HttpTunnel) {
         let held = t.link.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let (true, Some((link, registered))) = (ended_well, held) {
-            drop(registered);
+        if let Some((link, registered)) = held {
+            *t.standing.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered);
             self.keep(t.key(), link).await;
         }
     }
