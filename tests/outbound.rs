@@ -1716,3 +1716,51 @@ async fn a_method_split_over_records_is_still_read_as_http() {
     assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 1);
     assert_eq!(up.seen().len(), 1);
 }
+
+#[tokio::test]
+async fn a_quiet_tunnel_parks_and_lends_its_upstream_connection() {
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+    async fn ask(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, path: &str) {
+        bounded("ready", send.ready())
+            .await
+            .expect("the tunnel is open");
+        let req = Request::get(path)
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = bounded("answer", send.send_request(req))
+            .await
+            .expect("an answer");
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let body = bounded("body", resp.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(body.starts_with(format!("genuine: GET {path}").as_bytes()));
+    }
+    let mut a = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
+        .await
+        .unwrap();
+    ask(&mut a, "/a1").await;
+    // A quiet, kept-alive tunnel parks: its upstream connection is kept
+    // for any tunnel to the peer, the tunnel stays open.
+    assert!(kept_reaches(&env, 1).await, "the quiet tunnel did not park");
+    let mut b = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
+        .await
+        .unwrap();
+    ask(&mut b, "/b1").await;
+    assert!(kept_reaches(&env, 1).await);
+    ask(&mut a, "/a2").await;
+    assert!(kept_reaches(&env, 1).await);
+    ask(&mut b, "/b2").await;
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "one upstream connection served both tunnels"
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 3);
+    assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::SeqCst), 2);
+}

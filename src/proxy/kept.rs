@@ -38,7 +38,7 @@ pub struct Link {
     /// Sends requests over it (its connection task runs on its own).
     pub sender: SendRequest<Incoming>,
     /// The chain the peer presented, for re-checks on reload.
-    pub chain: Vec<CertificateDer<'static>>,
+    pub chain: std::sync::Arc<[CertificateDer<'static>]>,
     /// Where it is connected (`None`: unknown, never kept).
     pub peer_addr: Option<SocketAddr>,
     /// The pin generation that checked it.
@@ -240,7 +240,7 @@ mod tests {
         sender.ready().await.expect("ready");
         Link {
             sender,
-            chain: Vec::new(),
+            chain: Vec::new().into(),
             peer_addr: Some(addr),
             generation,
         }

@@ -143,7 +143,8 @@ pub struct OutboundProxy {
 /// presented (no network needed) and end it when the new set refuses it.
 struct OpenTunnel {
     tls_name: String,
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Shared with the tunnel's kept connection (not copied per tunnel).
+    chain: Arc<[rustls::pki_types::CertificateDer<'static>]>,
     ctx: PeerContext,
     /// The pin generation it was last checked under.
     generation: u64,
@@ -225,7 +226,7 @@ impl OutboundProxy {
     fn register(
         &self,
         tls_name: &str,
-        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        chain: Arc<[rustls::pki_types::CertificateDer<'static>]>,
         ctx: PeerContext,
         generation: u64,
         revoke: Arc<tokio::sync::Notify>,
@@ -681,13 +682,13 @@ impl OutboundProxy {
     }
 
     /// Counts a dial that passed the pin rules (metrics, status page).
-    fn count_ok(&self, tls_name: &str, chain: Vec<rustls::pki_types::CertificateDer<'static>>) {
+    fn count_ok(&self, tls_name: &str, chain: &[rustls::pki_types::CertificateDer<'static>]) {
         self.stats.handshakes.add(HandshakeResult::Ok);
         self.stats.peers.record(
             &self.upstream.store().current(),
             tls_name,
             HandshakeResult::Ok,
-            &chain,
+            chain,
         );
     }
 
@@ -739,10 +740,10 @@ impl OutboundProxy {
         } = t;
         tracing::Span::current().record("pins_generation", generation);
         let chain = up.chain();
-        self.count_ok(tls_name, chain.clone());
+        self.count_ok(tls_name, &chain);
         let registered = self.register(
             tls_name,
-            chain,
+            chain.into(),
             PeerContext {
                 direction: Some(Direction::Outbound),
                 server_name: None,

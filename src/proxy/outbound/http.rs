@@ -100,7 +100,7 @@ impl HttpTunnel {
     }
 
     async fn link_over(tls: Box<UpTls>, generation: u64) -> Result<Link, hyper::Error> {
-        let chain = PeerChain::chain(&tls);
+        let chain = PeerChain::chain(&tls).into();
         let peer_addr = tls.peer_addr();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
@@ -161,7 +161,8 @@ impl HttpTunnel {
         .await;
         match dialled {
             Ok(up) => {
-                self.proxy.count_ok(&self.tls_name, PeerChain::chain(&up.0));
+                self.proxy
+                    .count_ok(&self.tls_name, &PeerChain::chain(&up.0));
                 match self.link(up).await {
                     Ok(link) => {
                         let registered = self.register(&link);
