@@ -243,8 +243,13 @@ fn encode_outbound(
         ),
         (
             "fedpin_outbound_upstream_reused",
-            "Tunnels that took a kept pinned upstream connection (no upstream handshake)",
+            "Kept pinned upstream connections taken by a tunnel (no upstream handshake)",
             &st.upstream_reused,
+        ),
+        (
+            "fedpin_outbound_http_tunnels",
+            "Tunnels read as HTTP/1.1, whose upstream connections can be kept",
+            &st.http_tunnels,
         ),
         (
             "fedpin_outbound_revoked_tunnels",

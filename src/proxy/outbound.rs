@@ -119,8 +119,11 @@ pub struct OutboundStats {
     /// Open tunnels closed because a reload revoked what their upstream
     /// presented (SPEC 4.13).
     pub revoked: AtomicU64,
-    /// Tunnels that took a kept upstream connection (no upstream handshake).
+    /// Kept upstream connections taken, by a new tunnel or by a parked one
+    /// that sent again (no upstream handshake).
     pub upstream_reused: AtomicU64,
+    /// Tunnels read as HTTP/1.1 (their upstream connection can be kept).
+    pub http_tunnels: AtomicU64,
     /// The last upstream handshake result per peer (status page).
     pub peers: super::peer_results::PeerResults,
 }

@@ -506,7 +506,14 @@ fi
 record "PASS  request signatures enforced on both edges: genuine federation verified (0 bad signatures; fp1 with hs2's pinned signing_keys, fp2 with hs1's keys fetched over pinned TLS), a forged request in $HS1_NAME's name got 401 at hs2's edge and never reached hs2 ($(($(now) - PHASE_T))s)"
 grep -q ' PUT /_matrix/federation/v1/send/{param} ' <<<"$access2" ||
   fail "fp2's access log has no templated /send path for $HS1_NAME: $access2"
-record "PASS  check 1: invite, join and message federate both ways through fedpin (outbound: fp1 $t1 / fp2 $t2 tunnels, 0 alerts; inbound: fp1 $in1 / fp2 $in2 requests answered 200, paths templated) ($(($(now) - PHASE_T))s)"
+# Synapse speaks HTTP/1.1 in its tunnels (no ALPN): fedpin reads them as
+# HTTP and keeps the pinned upstream connections between them.
+http_tunnels() {
+  curl -sS --noproxy '*' --max-time 5 "http://127.0.0.1:$((BASE + 50 + $1))/metrics" |
+    awk '/^fedpin_outbound_http_tunnels_total / {h = $2} /^fedpin_outbound_upstream_reused_total / {r = $2}
+         END {printf "%d/%d", h, r}'
+}
+record "PASS  check 1: invite, join and message federate both ways through fedpin (outbound: fp1 $t1 / fp2 $t2 tunnels, 0 alerts, read as HTTP/kept connections taken: fp1 $(http_tunnels 1), fp2 $(http_tunnels 2); inbound: fp1 $in1 / fp2 $in2 requests answered 200, paths templated) ($(($(now) - PHASE_T))s)"
 budget
 
 # ---- 7. attack: hs2's public federation port (fp2 inbound) answers with the impostor certificate

@@ -403,6 +403,8 @@ impl OutboundProxy {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.stats.http_tunnels.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel read as HTTP/1.1");
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .max_buf_size(self.settings.load().max_header_bytes.max(8192))
