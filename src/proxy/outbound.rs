@@ -594,7 +594,9 @@ impl OutboundProxy {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let hs = self.settings.load().handshake_timeout;
-        let Some(start) = client_hello(io, hs).await else {
+        // Boxed: rustls's Acceptor is a whole connection state, and inline it
+        // would size the task for as long as the tunnel lives (issue 13 item 3).
+        let Some(start) = Box::pin(client_hello(io, hs)).await else {
             return;
         };
         let hello = start.client_hello();
