@@ -546,11 +546,69 @@ enum First {
 }
 
 /// Whether `bytes` start like an HTTP/1.x request line: a method token
-/// (upper-case letters) and a space. Anything else, including a start too
-/// short to tell, is relayed as bytes.
+/// (upper-case letters) and a space, other than the HTTP/2 preface's `PRI`.
+/// Anything else, including a start too short to tell, is relayed as bytes.
 fn looks_like_http(bytes: &[u8]) -> bool {
     let Some(space) = bytes.iter().position(|b| *b == b' ') else {
         return false;
     };
-    (1..=16).contains(&space) && bytes[..space].iter().all(u8::is_ascii_uppercase)
+    // `PRI` opens the HTTP/2 connection preface (h2 without ALPN): relayed.
+    (1..=16).contains(&space)
+        && bytes[..space].iter().all(u8::is_ascii_uppercase)
+        && &bytes[..space] != b"PRI"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_line_is_told_from_anything_else() {
+        for yes in [
+            &b"GET / HTTP/1.1"[..],
+            b"PUT /x",
+            b"OPTIONS * HTTP/1.1",
+            b"PROPFIND /",
+        ] {
+            assert!(looks_like_http(yes), "{:?}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b""[..],
+            b"GET",                              // too short to tell: relayed
+            b" GET /",                           // no method
+            b"get / HTTP/1.1",                   // methods are case-sensitive
+            b"\x16\x03\x01\x02",                 // a TLS record
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", // h2 prior knowledge
+            b"SSH-2.0-OpenSSH",
+            b"ABCDEFGHIJKLMNOPQ /", // longer than any method
+        ] {
+            assert!(!looks_like_http(no), "{:?}", String::from_utf8_lossy(no));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_method_is_read_across_short_reads() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; FIRST_READ];
+            let mut n = 0;
+            read_method(&mut b, &mut buf, &mut n).await;
+            buf[..n].to_vec()
+        });
+        for part in [&b"P"[..], b"U", b"T /send HTTP/1.1\r\n"] {
+            tokio::io::AsyncWriteExt::write_all(&mut a, part)
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        let got = reader.await.unwrap();
+        assert!(looks_like_http(&got), "{:?}", String::from_utf8_lossy(&got));
+        // A stream that ends first gives what it had.
+        let (a, mut b) = tokio::io::duplex(64);
+        drop(a);
+        let mut buf = [0u8; FIRST_READ];
+        let mut n = 0;
+        read_method(&mut b, &mut buf, &mut n).await;
+        assert_eq!(n, 0);
+    }
 }
