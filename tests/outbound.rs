@@ -1764,3 +1764,80 @@ async fn a_quiet_tunnel_parks_and_lends_its_upstream_connection() {
     assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 3);
     assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_gets_the_idle_timeout() {
+    let w = world();
+    let env = start_proxy(
+        &w.public,
+        &w.pins(),
+        OutboundSettings {
+            idle_timeout: Duration::from_millis(600),
+            ..test_settings()
+        },
+    )
+    .await;
+    // Reads the request, then says nothing and keeps the connection open.
+    let addr = net::serve_tls(
+        net::acceptor(&w.genuine, &[b"http/1.1"]),
+        |mut tls| async move {
+            let mut buf = [0u8; 1024];
+            let _ = tls.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        },
+    )
+    .await;
+    let tls = tunnel_to(&env, addr.port(), &[b"http/1.1"]).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1 through the tunnel");
+    tokio::spawn(conn);
+    let req = Request::get("/silent")
+        .header(hyper::header::HOST, HOST)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = bounded("an answer from fedpin", send.send_request(req))
+        .await
+        .expect("fedpin answers for the silent peer");
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(tunnels_drain(&env).await, "the tunnel was not closed");
+    assert_eq!(env.proxy.kept_connections(), 0);
+}
+
+#[tokio::test]
+async fn a_parked_tunnel_meets_a_new_deny_list_on_its_next_request() {
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+    let mut send = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        Request::get(path)
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let r = bounded("first", send.send_request(get("/first")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.into_body().collect().await;
+    assert!(kept_reaches(&env, 1).await, "the tunnel did not park");
+    // The operator denies the peer: the parked tunnel's next request is
+    // refused (not sent on the kept connection), and the tunnel closes.
+    let mut denied = test_settings();
+    denied.deny_destinations.insert(HOST.to_string());
+    env.proxy.set_settings(denied);
+    bounded("ready", send.ready()).await.unwrap();
+    let r = bounded("second", send.send_request(get("/second")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        1,
+        "the denied request reached the peer"
+    );
+    assert!(tunnels_drain(&env).await, "the tunnel was not closed");
+}

@@ -95,6 +95,9 @@ impl<S> Activity<S> {
     }
 }
 
+/// Reads the stream only: bytes handed back with [`Activity::unread`] are
+/// served by hyper's [`Read`] (for tokio, read through `TokioIo<&mut
+/// Activity<_>>`).
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -43,7 +43,24 @@ pub struct Link {
     pub peer_addr: Option<SocketAddr>,
     /// The pin generation that checked it.
     pub generation: u64,
+    /// When it was made: none is handed out after [`MAX_AGE`], so that the
+    /// certificate's and the pins' expiry are checked again by a new dial.
+    pub created: Instant,
+    /// Its HTTP/1.1 connection task, ended with it (a peer that never
+    /// answers does not keep the task and its socket).
+    pub task: Option<tokio::task::AbortHandle>,
 }
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The oldest a kept connection may be when it is handed out.
+pub const MAX_AGE: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +133,7 @@ impl Kept {
             if w.link.generation == generation
                 && w.link.peer_addr.is_some_and(|a| addrs.contains(&a))
                 && w.since.elapsed() < idle
+                && w.link.created.elapsed() < MAX_AGE
                 && w.link.sender.is_ready()
             {
                 found = Some(w.link);
@@ -135,6 +153,7 @@ impl Kept {
         if self.max_per_key == 0
             || self.max_total == 0
             || link.generation != generation
+            || link.created.elapsed() >= MAX_AGE
             || !link.sender.is_ready()
         {
             return;
@@ -243,6 +262,8 @@ mod tests {
             chain: Vec::new().into(),
             peer_addr: Some(addr),
             generation,
+            created: Instant::now(),
+            task: None,
         }
     }
 

@@ -474,6 +474,14 @@ impl OutboundProxy {
         let super::connect_target::ConnectTarget { host, port } =
             super::connect_target::connect_target(req.uri())
                 .map_err(|e| text(StatusCode::BAD_REQUEST, format!("fedpin: {e}\n")))?;
+        self.destination(host, port).await
+    }
+
+    /// Vets `host:port` against the settings in force (allowed ports, deny
+    /// list, egress IP policy on the resolved addresses): for a CONNECT, and
+    /// again before an HTTP tunnel's later request takes or dials an
+    /// upstream connection.
+    async fn destination(&self, host: String, port: u16) -> Result<Destination, Response<Body>> {
         if let Some(ports) = &self.settings.load().allowed_ports {
             if !ports.contains(&port) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);

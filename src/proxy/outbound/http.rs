@@ -103,7 +103,7 @@ impl HttpTunnel {
         let chain = PeerChain::chain(&tls).into();
         let peer_addr = tls.peer_addr();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(target: "fedpin::outbound", error = %e, "upstream connection ended with an error");
             }
@@ -113,6 +113,8 @@ impl HttpTunnel {
             chain,
             peer_addr,
             generation,
+            created: std::time::Instant::now(),
+            task: Some(task.abort_handle()),
         })
     }
 
@@ -134,31 +136,75 @@ impl HttpTunnel {
         )
     }
 
-    /// A kept connection to the tunnel's peer, checked under the pin set in
-    /// force, registered for re-checks on reload.
-    fn take_kept(&self) -> Option<(Link, Registered)> {
-        let generation = self.proxy.upstream.store().current().generation;
+    /// The pin generation in force.
+    fn generation(&self) -> u64 {
+        self.proxy.upstream.store().current().generation
+    }
+
+    /// Vets the tunnel's destination again under the settings and pins in
+    /// force, before a request takes or dials a connection the tunnel does
+    /// not hold: deny lists, ports, addresses and the egress policy as a
+    /// new CONNECT would meet them; and a name whose delegation the pins
+    /// now watch gets the watched path (a new tunnel), not this one.
+    async fn revet(&self) -> Result<Destination, Answer> {
+        let name = crate::pins::normalize_lookup(&self.tls_name).into_owned();
+        if self.proxy.settings.load().deny_destinations.contains(&name) {
+            return Err(closing(text(
+                StatusCode::FORBIDDEN,
+                format!("fedpin: {} is in deny_destinations\n", self.tls_name),
+            )));
+        }
+        if self
+            .proxy
+            .delegation_watch(&self.tls_name, self.dest.port)
+            .is_some()
+        {
+            return Err(closing(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "fedpin: the pins now record a delegation for {}; reconnect\n",
+                    self.tls_name
+                ),
+            )));
+        }
+        Box::pin(
+            self.proxy
+                .destination(self.dest.host.clone(), self.dest.port),
+        )
+        .await
+        .map_err(closing)
+    }
+
+    /// A kept connection to the tunnel's peer at one of `addrs`, checked
+    /// under the pin set in force, registered for re-checks on reload.
+    fn take_kept(&self, addrs: &[std::net::SocketAddr]) -> Option<(Link, Registered)> {
         let keep = self.proxy.settings.load().upstream_keepalive;
         let link = self
             .proxy
             .kept
-            .take(&self.key(), generation, &self.dest.addrs, keep)?;
+            .take(&self.key(), self.generation(), addrs, keep)?;
+        let registered = self.register(&link);
+        // A reload between the take and the registration: the re-check it
+        // ran did not see this connection.
+        if link.generation < self.generation() {
+            return None;
+        }
         self.proxy
             .stats
             .upstream_reused
             .fetch_add(1, Ordering::Relaxed);
-        let registered = self.register(&link);
         Some((link, registered))
     }
 
-    /// A new upstream connection for a request whose tunnel lost its own:
-    /// dialled and pin-checked like a tunnel's first.
-    async fn redial(&self) -> Result<(Link, Registered), Answer> {
-        let dialled = Box::pin(
-            self.proxy
-                .dial(&self.dest, &self.tls_name, self.offered.clone()),
-        )
-        .await;
+    /// A new upstream connection to `dest`, dialled and pin-checked like a
+    /// tunnel's first.
+    async fn redial(&self, dest: &Destination) -> Result<(Link, Registered), Answer> {
+        let started = std::time::Instant::now();
+        let dialled = Box::pin(self.proxy.dial(dest, &self.tls_name, self.offered.clone())).await;
+        self.proxy
+            .stats
+            .upstream_handshake_seconds
+            .observe(started.elapsed().as_secs_f64());
         match dialled {
             Ok(up) => {
                 self.proxy
@@ -166,10 +212,6 @@ impl HttpTunnel {
                 match self.link(up).await {
                     Ok(link) => {
                         let registered = self.register(&link);
-                        // A reload may have landed during the handshake.
-                        if link.generation < self.proxy.upstream.store().current().generation {
-                            self.proxy.recheck_open_tunnels();
-                        }
                         Ok((link, registered))
                     }
                     Err(e) => Err(text(
@@ -186,6 +228,28 @@ impl HttpTunnel {
         }
     }
 
+    /// The connection for a request's `attempt`: the tunnel's own on the
+    /// first, else (vetted again) a kept one on the first, else a new one.
+    /// The flag says whether it was just dialled.
+    async fn upstream(&self, attempt: usize) -> Result<(Link, Registered, bool), Answer> {
+        let held = self
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((link, registered)) = held {
+            return Ok((link, registered, false));
+        }
+        let dest = self.revet().await?;
+        if attempt == 0 {
+            if let Some((link, registered)) = self.take_kept(&dest.addrs) {
+                return Ok((link, registered, false));
+            }
+        }
+        let (link, registered) = self.redial(&dest).await?;
+        Ok((link, registered, true))
+    }
+
     /// Sends one request of the homeserver's on and gives the answer.
     async fn forward(&self, mut req: Request<Incoming>) -> Answer {
         if req.method() == Method::CONNECT {
@@ -196,24 +260,22 @@ impl HttpTunnel {
             .map(Either::Right);
         }
         strip_hop_by_hop(req.headers_mut());
-        let hs = self.proxy.settings.load().handshake_timeout;
-        // At most twice: on the tunnel's connection, then once on a new one
-        // if the request could not be sent on it (it had closed).
-        loop {
-            let held = self
-                .link
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            let held = held.or_else(|| self.take_kept());
-            let fresh = held.is_none();
-            let (mut link, registered) = match held {
-                Some(l) => l,
-                None => match self.redial().await {
-                    Ok(l) => l,
-                    Err(answer) => return answer,
-                },
+        let settings = self.proxy.settings.load();
+        let (hs, idle) = (settings.handshake_timeout, settings.idle_timeout);
+        drop(settings);
+        // Bounded: the tunnel's (or a kept) connection, then new ones, while
+        // the request could not be sent (the connection had closed) or the
+        // connection was checked under pins no longer in force.
+        for attempt in 0..3 {
+            let (mut link, registered, fresh) = match self.upstream(attempt).await {
+                Ok(l) => l,
+                Err(answer) => return answer,
             };
+            if link.generation < self.generation() {
+                // Checked under an older set: not used; a new dial is
+                // checked under the set in force.
+                continue;
+            }
             let ready = tokio::time::timeout(hs, link.sender.ready()).await;
             if !matches!(ready, Ok(Ok(()))) {
                 if fresh {
@@ -221,22 +283,34 @@ impl HttpTunnel {
                 }
                 continue;
             }
-            match link.sender.try_send_request(req).await {
-                Ok(resp) => {
+            // A peer that takes the request and never answers gets the
+            // idle timeout, as the byte relay gave it; the connection (and
+            // its task) goes with it.
+            match tokio::time::timeout(idle, link.sender.try_send_request(req)).await {
+                Err(_) => {
+                    return closing(text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("fedpin: {} did not answer within {idle:?}\n", self.tls_name),
+                    ))
+                }
+                Ok(Ok(resp)) => {
                     *self.link.lock().unwrap_or_else(PoisonError::into_inner) =
                         Some((link, registered));
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     return Response::from_parts(parts, Either::Left(body));
                 }
-                Err(mut e) => match e.take_message() {
+                Ok(Err(mut e)) => match e.take_message() {
                     Some(unsent) if !fresh => req = unsent,
                     _ => return self.failed(&e.into_error().to_string()),
                 },
             }
         }
+        self.failed("no connection to it could take the request")
     }
 
+    /// fedpin's 502 for a request the peer did not answer; the tunnel stays
+    /// (its next request dials again).
     fn failed(&self, why: &str) -> Answer {
         text(
             StatusCode::BAD_GATEWAY,
@@ -244,6 +318,13 @@ impl HttpTunnel {
         )
         .map(Either::Right)
     }
+}
+
+/// fedpin's answer `r`, after which the homeserver's connection is closed.
+fn closing(mut r: Response<Full<Bytes>>) -> Answer {
+    r.headers_mut()
+        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    r.map(Either::Right)
 }
 
 /// Removes the headers that concern one connection only: `Connection` and
@@ -259,13 +340,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        if name != hyper::header::TRANSFER_ENCODING && name != hyper::header::CONTENT_LENGTH {
+        if name != hyper::header::TRANSFER_ENCODING
+            && name != hyper::header::CONTENT_LENGTH
+            && name != hyper::header::HOST
+        {
             headers.remove(name);
         }
     }
     for name in [
         "connection",
         "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
         "proxy-connection",
         "te",
         "trailer",
@@ -453,7 +539,7 @@ impl OutboundProxy {
                         let served = t.served.load(Ordering::Relaxed) > served_before;
                         if served && !busy && !parking && last.quiet_for() >= PARK_AFTER {
                             parking = true;
-                            Pin::new(&mut *conn).graceful_shutdown();
+                            std::pin::Pin::new(&mut *conn).graceful_shutdown();
                         }
                     }
                 }
