@@ -1484,6 +1484,20 @@ async fn get_closing(mut tls: TlsStream<TcpStream>, path: &str) -> String {
     answer
 }
 
+/// One `Connection: close` GET of `/` through a new tunnel to `target`,
+/// answered 200.
+async fn get_ok(env: &Env, target: &str) {
+    let r = get_closing(tunnel(env, target, HOST, &[]).await, "/").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+/// Publishes the same pins again as generation `generation` (the file
+/// changed by a comment).
+fn same_pins_again(w: &World, store: &PinStore, path: &std::path::Path, generation: u64) {
+    std::fs::write(path, format!("{}\n# edited\n", w.pins())).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::Reloaded(g) if g == generation));
+}
+
 /// A proxy over a pin file on disk, reloaded by hand (`store.reload()`).
 async fn proxy_over_file(w: &World) -> (Env, Arc<PinStore>, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -1543,17 +1557,14 @@ async fn a_reload_closes_kept_connections_and_the_next_tunnel_is_checked_again()
     let up = w.genuine_http1().await;
     let target = format!("{HOST}:{}", up.port());
 
-    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    get_ok(&env, &target).await;
     assert!(kept_reaches(&env, 1).await);
 
     // The same pins, a new generation: the kept connection goes, and the
     // next tunnel makes a full, pin-checked handshake (not even resumed).
-    std::fs::write(&path, format!("{}\n# edited\n", w.pins())).unwrap();
-    assert!(matches!(store.reload(), ReloadOutcome::Reloaded(2)));
+    same_pins_again(&w, &store, &path, 2);
     assert!(kept_reaches(&env, 0).await, "a reload must empty the pool");
-    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    get_ok(&env, &target).await;
     let kinds: Vec<_> = up.seen().iter().map(|s| s.kind).collect();
     assert_eq!(
         kinds,
@@ -1581,14 +1592,11 @@ async fn a_kept_connection_is_not_taken_once_the_pool_is_stale() {
     let (env, store, path, _dir) = proxy_over_file(&w).await;
     let up = w.genuine_http1().await;
     let target = format!("{HOST}:{}", up.port());
-    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    get_ok(&env, &target).await;
     assert!(kept_reaches(&env, 1).await);
-    std::fs::write(&path, format!("{}\n# edited\n", w.pins())).unwrap();
-    assert!(matches!(store.reload(), ReloadOutcome::Reloaded(2)));
+    same_pins_again(&w, &store, &path, 2);
     // No wait for the watcher here.
-    let r = get_closing(tunnel(&env, &target, HOST, &[]).await, "/").await;
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    get_ok(&env, &target).await;
     assert_eq!(env.proxy.stats().upstream_reused.load(Ordering::SeqCst), 0);
     assert_eq!(up.seen().len(), 2);
 }

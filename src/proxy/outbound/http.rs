@@ -27,9 +27,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{
-    text, Destination, OutboundProxy, PeerChain, Registered, UpTls, Upstream, KEPT_READY_WAIT,
-};
+use super::{text, Destination, OutboundProxy, PeerChain, Registered, UpTls, KEPT_READY_WAIT};
 use crate::alert::Direction;
 use crate::proxy::kept::{Key, Link};
 use crate::proxy::parking::PARK_AFTER;
@@ -94,11 +92,6 @@ impl HttpTunnel {
     }
 
     /// Starts HTTP/1.1 on a dialled, pin-checked upstream connection.
-    pub(super) async fn link(&self, up: Upstream) -> Result<Link, hyper::Error> {
-        let (tls, _, generation) = up;
-        Self::link_over(tls, generation).await
-    }
-
     async fn link_over(tls: Box<UpTls>, generation: u64) -> Result<Link, hyper::Error> {
         let chain = PeerChain::chain(&tls).into();
         let peer_addr = tls.peer_addr();
@@ -209,7 +202,7 @@ impl HttpTunnel {
             Ok(up) => {
                 self.proxy
                     .count_ok(&self.tls_name, &PeerChain::chain(&up.0));
-                match self.link(up).await {
+                match Self::link_over(up.0, up.2).await {
                     Ok(link) => {
                         let registered = self.register(&link);
                         Ok((link, registered))
