@@ -58,6 +58,7 @@ pub mod egress;
 pub mod fuzzing;
 pub mod https;
 pub mod keys;
+pub mod log_writer;
 pub mod matrix;
 pub mod metrics;
 pub mod pin_store;

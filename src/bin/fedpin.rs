@@ -21,20 +21,11 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FEDPIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Log lines are written by a dedicated thread through a buffer, so the
-    // per-request access log never makes a proxy thread wait on stderr. The
-    // writer is not lossy: under pressure it applies backpressure rather than
-    // dropping lines (alerts are log lines too). The guard flushes on exit.
-    // The thread writes every line it finds waiting and then flushes, so
-    // under load one write(2) carries many lines (stderr itself is
-    // unbuffered: it was one write per line, one per proxied request).
-    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    // Log lines are written by a dedicated thread in batches, so the
+    // per-request access log never makes a proxy thread wait on stderr, and
+    // one write(2) carries many lines (see `fedpin::log_writer`). Not
+    // lossy: alerts are log lines too. The guard writes the rest on exit.
+    let (writer, _log_guard) = fedpin::log_writer::batched(std::io::stderr());
     if matches!(cli.cmd, Cmd::Demo) {
         // The demo prints its own account.
         tracing_subscriber::fmt()
