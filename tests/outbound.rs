@@ -1773,6 +1773,46 @@ async fn a_quiet_tunnel_parks_and_lends_its_upstream_connection() {
     assert_eq!(env.proxy.stats().active_tunnels.load(Ordering::SeqCst), 2);
 }
 
+/// A connection goes back to the pool as soon as its answer has been read,
+/// not when its tunnel parks: a second tunnel takes it while the first is
+/// still open and not parked, and no second connection is dialled.
+#[tokio::test]
+async fn an_answered_request_lends_its_connection_before_the_tunnel_parks() {
+    let (w, env) = proxy_for_world().await;
+    let up = w.genuine_http1().await;
+    let target = format!("{HOST}:{}", up.port());
+    let mut a = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
+        .await
+        .unwrap();
+    let req = |path: &str| {
+        Request::get(path)
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = bounded("answer", a.send_request(req("/a1"))).await.unwrap();
+    bounded("body", resp.into_body().collect()).await.unwrap();
+    assert!(kept_reaches(&env, 1).await, "the connection was not lent");
+    let stats = env.proxy.stats();
+    assert_eq!(
+        stats.parked_tunnels.load(Ordering::SeqCst),
+        0,
+        "lent only once the tunnel parked"
+    );
+    let second = get_closing(tunnel(&env, &target, HOST, &[]).await, "/b1").await;
+    assert!(second.contains("genuine: GET /b1"), "{second}");
+    assert_eq!(up.seen().len(), 1, "one upstream connection for both");
+    assert_eq!(stats.upstream_reused.load(Ordering::SeqCst), 1);
+    // The first tunnel's next request takes the connection back.
+    assert!(kept_reaches(&env, 1).await);
+    let resp = bounded("answer", a.send_request(req("/a2"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    bounded("body", resp.into_body().collect()).await.unwrap();
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(stats.upstream_reused.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn a_peer_that_never_answers_gets_the_idle_timeout() {
     let w = world();

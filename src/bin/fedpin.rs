@@ -100,10 +100,44 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> 
     if let Some(n) = workers {
         builder.worker_threads(n);
     }
+    #[cfg(feature = "mimalloc")]
+    builder.on_thread_park(collect_when_idle);
     builder.enable_all().build().map_err(|e| {
         eprintln!("fedpin: cannot start the runtime: {e}");
         ExitCode::from(1)
     })
+}
+
+/// Called as a runtime worker goes idle: at most once a second per thread,
+/// mimalloc hands back to the system what that thread's heap freed.
+///
+/// mimalloc purges freed pages lazily, on a later allocation on the same
+/// thread; a worker whose connections have all gone quiet never gets
+/// there, and what it freed while they were busy (hyper's buffers before a
+/// connection parks, an upstream connection closed) stays resident.
+/// Measured (`N=5000 tests/load/memory_per_conn.sh`, one run each way),
+/// with this the RSS per idle connection fell from 14.8 to 13.2 kB
+/// inbound and from 18.1 to 16.7 kB per idle outbound tunnel; a busy
+/// worker seldom parks, so the hot path does not pay for it.
+#[cfg(feature = "mimalloc")]
+fn collect_when_idle() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| {
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            last.set(Some(now));
+            // SAFETY: `mi_collect` takes no pointers; it may be called on
+            // any thread at any time (mimalloc's API documentation).
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+    });
 }
 
 fn demo() -> ExitCode {

@@ -252,6 +252,11 @@ fn encode_outbound(
             &st.http_tunnels,
         ),
         (
+            "fedpin_outbound_parked_tunnels",
+            "Times a quiet HTTP tunnel was parked (hyper's buffers released, TLS kept)",
+            &st.parked_tunnels,
+        ),
+        (
             "fedpin_outbound_revoked_tunnels",
             "Open tunnels ended because a pin reload refused their upstream",
             &st.revoked,

@@ -124,6 +124,9 @@ pub struct OutboundStats {
     pub upstream_reused: AtomicU64,
     /// Tunnels read as HTTP/1.1 (their upstream connection can be kept).
     pub http_tunnels: AtomicU64,
+    /// Times a quiet HTTP tunnel was parked (hyper's buffers released, the
+    /// homeserver's TLS stream kept).
+    pub parked_tunnels: AtomicU64,
     /// The last upstream handshake result per peer (status page).
     pub peers: super::peer_results::PeerResults,
 }
@@ -140,7 +143,17 @@ pub struct OutboundProxy {
     next_id: AtomicU64,
     /// Pinned upstream connections kept between tunnels.
     kept: Kept,
+    /// The homeserver-facing TLS configs, per name and ALPN, with the leaf
+    /// each was made for.
+    inner_configs: std::sync::Mutex<lru::LruCache<InnerKey, InnerConfig>>,
 }
+
+/// A name and the ALPN protocols the homeserver offered.
+type InnerKey = (String, Vec<Vec<u8>>);
+/// A config and the minted leaf it presents.
+type InnerConfig = (Arc<rustls::sign::CertifiedKey>, Arc<rustls::ServerConfig>);
+/// Inner configs kept (as many as the minter keeps leaves).
+const INNER_CONFIGS: usize = 1024;
 
 /// An established tunnel, kept so a reload can re-check what its upstream
 /// presented (no network needed) and end it when the new set refuses it.
@@ -223,6 +236,9 @@ impl OutboundProxy {
             open: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
             next_id: AtomicU64::new(1),
             kept: Kept::new(KEPT_PER_PEER, KEPT_TOTAL),
+            inner_configs: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(INNER_CONFIGS).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -970,20 +986,33 @@ impl OutboundProxy {
         alpn: Vec<Vec<u8>>,
     ) -> Result<Arc<rustls::ServerConfig>, String> {
         let ck = self.minter.leaf_for(name).map_err(|e| e.to_string())?;
+        // One config per name and ALPN while its leaf is the minter's: each
+        // idle tunnel's TLS connection holds its config, which was 0.6 kB
+        // (with its resolver, ALPN list and compression cache) made anew
+        // per tunnel.
+        let key = (name.to_owned(), alpn);
+        let mut cache = self.inner_configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((leaf, config)) = cache.get(&key) {
+            if Arc::ptr_eq(leaf, &ck) {
+                return Ok(config.clone());
+            }
+        }
+        let alpn = key.1.clone();
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(ck)));
+            .with_cert_resolver(Arc::new(Fixed(ck.clone())));
         config.alpn_protocols = alpn;
-        // A config per tunnel: a session it stored or a ticket it sent could
-        // never be resumed (the next tunnel has a new config), so it stores
-        // and sends none. rustls' default, a 256-entry session cache and two
-        // TLS 1.3 tickets per handshake, cost each idle tunnel memory and
-        // each new one CPU for nothing.
+        // Synapse's federation client does not resume sessions, and a
+        // remint makes a new config: it stores and sends none. rustls'
+        // default, a 256-entry session cache and two TLS 1.3 tickets per
+        // handshake, cost memory and each new tunnel CPU for nothing.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
-        Ok(Arc::new(config))
+        let config = Arc::new(config);
+        cache.put(key, (ck, config.clone()));
+        Ok(config)
     }
 
     async fn dial(

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, HeaderName, CONNECTION};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -34,7 +34,20 @@ use crate::proxy::parking::PARK_AFTER;
 use crate::verify::PeerContext;
 
 /// What a response to the homeserver carries: the peer's body, or fedpin's.
-type Answer = Response<Either<Incoming, Full<Bytes>>>;
+type Answer = Response<Either<GiveBack, Full<Bytes>>>;
+
+/// How long a tunnel's vetted destination (its name resolved, the egress
+/// policy applied) is used for requests that take a pooled connection,
+/// while the settings stay the same. A changed setting vets again at once.
+const VET_FRESH: Duration = Duration::from_secs(30);
+
+/// A destination vetted under the settings it was vetted with (held, so
+/// that a pointer comparison cannot mistake new settings for them).
+struct Vetted {
+    settings: Arc<super::OutboundSettings>,
+    at: std::time::Instant,
+    dest: Destination,
+}
 
 /// One HTTP tunnel: where its requests go and the connection they go over.
 pub(super) struct HttpTunnel {
@@ -58,6 +71,8 @@ pub(super) struct HttpTunnel {
     in_flight: AtomicUsize,
     /// Requests served so far.
     served: AtomicUsize,
+    /// The destination as last vetted for a pooled or new connection.
+    vetted: Mutex<Option<Vetted>>,
 }
 
 impl HttpTunnel {
@@ -80,6 +95,7 @@ impl HttpTunnel {
             revoke,
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
+            vetted: Mutex::new(None),
         }
     }
 
@@ -160,12 +176,26 @@ impl HttpTunnel {
                 ),
             )));
         }
-        Box::pin(
+        // The resolution and the egress policy: again when the settings
+        // changed or [`VET_FRESH`] passed (names move), not per request.
+        let settings = self.proxy.settings.load_full();
+        if let Some(v) = &*self.vetted.lock().unwrap_or_else(PoisonError::into_inner) {
+            if Arc::ptr_eq(&v.settings, &settings) && v.at.elapsed() < VET_FRESH {
+                return Ok(v.dest.clone());
+            }
+        }
+        let dest = Box::pin(
             self.proxy
                 .destination(self.dest.host.clone(), self.dest.port),
         )
         .await
-        .map_err(closing)
+        .map_err(closing)?;
+        *self.vetted.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vetted {
+            settings,
+            at: std::time::Instant::now(),
+            dest: dest.clone(),
+        });
+        Ok(dest)
     }
 
     /// A kept connection to the tunnel's peer at one of `addrs`, checked
@@ -243,8 +273,10 @@ impl HttpTunnel {
         Ok((link, registered, true))
     }
 
-    /// Sends one request of the homeserver's on and gives the answer.
-    async fn forward(&self, mut req: Request<Incoming>) -> Answer {
+    /// Sends one request of the homeserver's on and gives the answer. The
+    /// connection goes back to the pool when the answer's body has been
+    /// read ([`GiveBack`]).
+    async fn forward(self: &Arc<Self>, mut req: Request<Incoming>) -> Answer {
         if req.method() == Method::CONNECT {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -287,10 +319,14 @@ impl HttpTunnel {
                     ))
                 }
                 Ok(Ok(resp)) => {
-                    *self.link.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some((link, registered));
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    let body = GiveBack {
+                        inner: body,
+                        ended: false,
+                        link: Some((link, registered)),
+                        tunnel: self.clone(),
+                    };
                     return Response::from_parts(parts, Either::Left(body));
                 }
                 Ok(Err(mut e)) => match e.take_message() {
@@ -310,6 +346,88 @@ impl HttpTunnel {
             format!("fedpin: the request to {} failed: {why}\n", self.tls_name),
         )
         .map(Either::Right)
+    }
+}
+
+/// A peer's response body on its way to the homeserver. Once it has been
+/// read to its end, its connection goes back to the pool for any tunnel to
+/// that peer (the tunnel's next request takes one from there), as the
+/// edge's homeserver pool does: concurrent tunnels to a peer then share a
+/// few connections instead of each holding its own until it parks, and no
+/// connection is dialled only to be closed when its tunnel parks (that
+/// churn was 3.3 kB of memory per idle tunnel, `tests/load/memory_per_conn.sh`).
+/// The tunnel stays registered with what that peer presented (SPEC 4.13).
+pub(super) struct GiveBack {
+    inner: Incoming,
+    ended: bool,
+    link: Option<(Link, Registered)>,
+    tunnel: Arc<HttpTunnel>,
+}
+
+impl GiveBack {
+    fn give_back(&mut self) {
+        let Some((link, registered)) = self.link.take() else {
+            return;
+        };
+        let t = &self.tunnel;
+        *t.standing.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered);
+        if !t.proxy.keeps(&link) {
+            return;
+        }
+        if link.sender.is_ready() {
+            t.proxy.put_kept(t.key(), link);
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // The body ended here before the connection's task took up
+            // the next request: wait for it there (briefly).
+            let (proxy, key) = (t.proxy.clone(), t.key());
+            rt.spawn(async move { proxy.keep(key, link).await });
+        }
+    }
+}
+
+impl hyper::body::Body for GiveBack {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => {
+                self.ended = true;
+                self.give_back();
+            }
+            // Cut short: the connection is not kept (dropped below).
+            std::task::Poll::Ready(Some(Err(_))) => self.ended = false,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        // A body hyper never polls (HEAD, 204, 304) ends here; one dropped
+        // before its end closes its connection, the registration kept.
+        if self.ended || self.inner.is_end_stream() {
+            self.give_back();
+        } else if let Some((_closed, registered)) = self.link.take() {
+            *self
+                .tunnel
+                .standing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(registered);
+        }
     }
 }
 
@@ -541,7 +659,10 @@ impl OutboundProxy {
             io = parts.io;
             self.keep_held(&t).await;
             match ended {
-                Ok(()) if parking => io.unread(parts.read_buf),
+                Ok(()) if parking => {
+                    self.stats.parked_tunnels.fetch_add(1, Ordering::Relaxed);
+                    io.unread(parts.read_buf);
+                }
                 // Ended by the homeserver (`Connection: close`, end of
                 // stream) or by an error: close.
                 r => {
@@ -587,8 +708,7 @@ impl OutboundProxy {
     /// last response read to the end), if its pin generation is still the
     /// one in force.
     async fn keep(&self, key: Key, mut link: Link) {
-        let keep = self.settings.load().upstream_keepalive;
-        if keep.is_zero() || link.sender.is_closed() {
+        if !self.keeps(&link) {
             return;
         }
         if !link.sender.is_ready() {
@@ -597,6 +717,17 @@ impl OutboundProxy {
                 _ => return,
             }
         }
+        self.put_kept(key, link);
+    }
+
+    /// Whether connections are kept at all, and `link` is still open.
+    fn keeps(&self, link: &Link) -> bool {
+        !self.settings.load().upstream_keepalive.is_zero() && !link.sender.is_closed()
+    }
+
+    /// Pools `link` (ready for a request) if its pin generation is the one
+    /// in force.
+    fn put_kept(&self, key: Key, link: Link) {
         let generation = self.upstream.store().current().generation;
         self.kept.put(key, link, generation);
     }
