@@ -601,7 +601,13 @@ impl OutboundProxy {
                 match upgrade.await {
                     Ok(upgraded) => {
                         this.stats.active_tunnels.fetch_add(1, Ordering::Relaxed);
-                        this.tunnel(TokioIo::new(upgraded), dest, client).await;
+                        // Boxed, and freed before an HTTP tunnel is served:
+                        // the handshake and dial states are not kept for
+                        // the tunnel's life (see `http::Serve`).
+                        let serve = Box::pin(this.tunnel(TokioIo::new(upgraded), dest, client)).await;
+                        if let Some(serve) = serve {
+                            this.serve_http(serve).await;
+                        }
                         this.stats.active_tunnels.fetch_sub(1, Ordering::Relaxed);
                     }
                     Err(e) => tracing::debug!(target: "fedpin::outbound", error = %e, "CONNECT upgrade failed"),
@@ -613,16 +619,19 @@ impl OutboundProxy {
         Response::new(Full::new(Bytes::new()))
     }
 
-    async fn tunnel<IO>(self: &Arc<Self>, io: IO, dest: Destination, client: SocketAddr)
+    async fn tunnel<IO>(
+        self: &Arc<Self>,
+        io: IO,
+        dest: Destination,
+        client: SocketAddr,
+    ) -> Option<http::Serve<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let hs = self.settings.load().handshake_timeout;
         // Boxed: rustls's Acceptor is a whole connection state, and inline it
         // would size the task for as long as the tunnel lives (issue 13 item 3).
-        let Some(start) = Box::pin(client_hello(io, hs)).await else {
-            return;
-        };
+        let start = Box::pin(client_hello(io, hs)).await?;
         let hello = start.client_hello();
         let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
         let alpn: Vec<Vec<u8>> = hello
@@ -642,7 +651,7 @@ impl OutboundProxy {
                 alert: None,
             };
             Box::pin(self.explain(start, &tls_name, &alpn, StatusCode::FORBIDDEN, failure)).await;
-            return;
+            return None;
         }
 
         // A pinned peer's well-known front: this tunnel is read as HTTP so
@@ -676,8 +685,7 @@ impl OutboundProxy {
                 tracing::Span::current().record("pins_generation", generation);
                 let revoke = Arc::new(tokio::sync::Notify::new());
                 let t = HttpTunnel::new(self, tls_name, dest, offered, client, revoke);
-                Box::pin(self.http_established(start, link, t)).await;
-                return;
+                return Box::pin(self.http_established(start, link, t)).await;
             }
         }
         let dial_started = Instant::now();
@@ -706,6 +714,7 @@ impl OutboundProxy {
             Err(failure) => {
                 let status = self.count_failure(&tls_name, &failure);
                 Box::pin(self.explain(start, &tls_name, &alpn, status, failure)).await;
+                None
             }
         }
     }
@@ -753,7 +762,10 @@ impl OutboundProxy {
     /// revocation, completes the homeserver's handshake with a minted
     /// certificate, and relays until either side ends, the idle timeout, or
     /// a pin reload that no longer accepts the upstream.
-    async fn relay_established<IO>(self: &Arc<Self>, t: Established<'_, IO>)
+    async fn relay_established<IO>(
+        self: &Arc<Self>,
+        t: Established<'_, IO>,
+    ) -> Option<http::Serve<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -788,9 +800,9 @@ impl OutboundProxy {
         }
         let h2 = negotiated.as_deref() == Some(b"h2");
         let inner_alpn: Vec<Vec<u8>> = negotiated.into_iter().collect();
-        let Some(down) = self.inner_handshake(start, tls_name, inner_alpn, hs).await else {
-            return;
-        };
+        let down = self
+            .inner_handshake(start, tls_name, inner_alpn, hs)
+            .await?;
         tracing::debug!(target: "fedpin::outbound", tls_name = %tls_name, client_addr = %client, "tunnel established");
         let revoked = registered.revoke.clone();
         if let (Some(offered), false, None) = (http, h2, &watch) {
@@ -802,8 +814,7 @@ impl OutboundProxy {
                 client,
                 revoked,
             );
-            Box::pin(self.http_or_relay(down, up, generation, registered, t)).await;
-            return;
+            return Box::pin(self.http_or_relay(down, up, generation, registered, t)).await;
         }
         tokio::select! {
             _ = async {
@@ -817,6 +828,7 @@ impl OutboundProxy {
             }
         }
         drop(registered);
+        None
     }
 
     /// Completes the homeserver's handshake with a leaf minted for
