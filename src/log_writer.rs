@@ -60,10 +60,15 @@ impl Shared {
             s = self.room.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
         if s.closed {
-            // The thread has ended (or is ending): write through, after it.
-            drop(s);
+            // The thread has ended (or is ending): write through. The sink
+            // is taken with the state still held (the thread's order), and
+            // lines still waiting go first, so none is written out of turn.
             let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = sink.write_all(line).and_then(|()| sink.flush());
+            let waiting = std::mem::take(&mut s.buf);
+            let _ = sink
+                .write_all(&waiting)
+                .and_then(|()| sink.write_all(line))
+                .and_then(|()| sink.flush());
             return;
         }
         let before = s.buf.len();
@@ -173,15 +178,28 @@ impl std::fmt::Debug for FlushGuard {
 }
 
 impl Drop for FlushGuard {
+    /// Waits up to [`EXIT_WAIT`] for the thread to write what is left: a
+    /// stderr that does not drain (a stalled journal) must not keep the
+    /// process from exiting.
     fn drop(&mut self) {
         self.shared.state().closed = true;
         self.shared.due.notify_one();
         self.shared.room.notify_all();
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + EXIT_WAIT;
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t.is_finished() {
             let _ = t.join();
         }
     }
 }
+
+/// How long [`FlushGuard`] waits for the last lines to be written.
+pub const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A batched writer to `sink`, its thread started. If the thread cannot be
 /// started, lines are written straight through.
@@ -331,6 +349,28 @@ mod tests {
         drop(guard);
         let total: usize = rec.writes.lock().unwrap().iter().map(Vec::len).sum();
         assert_eq!(total, n * line.len());
+    }
+
+    /// A sink that never drains does not keep the guard (the process) from
+    /// ending: it gives up after [`EXIT_WAIT`].
+    #[test]
+    fn a_stuck_sink_does_not_hold_up_exit() {
+        let rec = recorder();
+        let shut = rec.gate.lock().unwrap();
+        let (w, guard) = batched(rec.clone());
+        log(&w, "stuck\n");
+        // Let the thread take the line and block in the sink.
+        std::thread::sleep(GATHER * 3);
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(guard);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(EXIT_WAIT * 15).is_ok(),
+            "the guard waited on a stuck sink"
+        );
+        drop(shut);
     }
 
     /// After the guard is dropped, lines are written straight through.

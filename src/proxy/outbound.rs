@@ -1002,6 +1002,10 @@ impl OutboundProxy {
         // idle tunnel's TLS connection holds its config, which was 0.6 kB
         // (with its resolver, ALPN list and compression cache) made anew
         // per tunnel.
+        // Only the ALPN lists homeserver clients send (none, http/1.1,
+        // h2): the list is the client's to choose, and a cache keyed on any
+        // list would let one client fill it with large ones.
+        let cached = alpn.len() <= 2 && alpn.iter().all(|p| p.len() <= 8);
         let key = (name.to_owned(), alpn);
         let mut cache = self.inner_configs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((leaf, config)) = cache.get(&key) {
@@ -1023,7 +1027,9 @@ impl OutboundProxy {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         let config = Arc::new(config);
-        cache.put(key, (ck, config.clone()));
+        if cached {
+            cache.put(key, (ck, config.clone()));
+        }
         Ok(config)
     }
 

@@ -110,6 +110,8 @@ impl HttpTunnel {
             revoke,
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
+            // Not the CONNECT's vetting: the settings may have changed
+            // during the handshakes, and which ones it met is not known.
             vetted: Mutex::new(None),
         }
     }
@@ -323,6 +325,11 @@ impl HttpTunnel {
                 }
                 continue;
             }
+            // Again, with no wait before the send: a reload may have been
+            // published while the connection got ready.
+            if link.generation < self.generation() {
+                continue;
+            }
             // A peer that takes the request and never answers gets the
             // idle timeout, as the byte relay gave it; the connection (and
             // its task) goes with it.
@@ -410,7 +417,13 @@ impl hyper::body::Body for GiveBack {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
+            // Trailers are a body's last frame (hyper asks for nothing
+            // after them).
             std::task::Poll::Ready(None) => {
+                self.ended = true;
+                self.give_back();
+            }
+            std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
                 self.ended = true;
                 self.give_back();
             }
@@ -652,11 +665,14 @@ impl OutboundProxy {
             let tick = PARK_AFTER.min(idle / 4).max(Duration::from_millis(10));
             let ended = loop {
                 tokio::select! {
-                    r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                    // A revocation already waiting is seen before anything
+                    // more is served.
+                    biased;
                     _ = t.revoke.notified() => {
                         tracing::info!(target: "fedpin::outbound", tls_name = %t.tls_name, "tunnel ended: its upstream no longer passes the pin rules");
                         return;
                     }
+                    r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
                     _ = tokio::time::sleep(tick) => {
                         let busy = t.in_flight.load(Ordering::Relaxed) > 0;
                         if !busy && last.quiet_for() >= idle {
