@@ -20,7 +20,6 @@
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long the thread gathers lines after the first one before it writes.
@@ -168,7 +167,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
 #[must_use = "dropping the guard ends the writer thread"]
 pub struct FlushGuard {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// Hears from the thread when it has written everything and ended
+    /// (`None` when it could not be started).
+    ended: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl std::fmt::Debug for FlushGuard {
@@ -185,15 +186,8 @@ impl Drop for FlushGuard {
         self.shared.state().closed = true;
         self.shared.due.notify_one();
         self.shared.room.notify_all();
-        let Some(t) = self.thread.take() else {
-            return;
-        };
-        let deadline = Instant::now() + EXIT_WAIT;
-        while !t.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if t.is_finished() {
-            let _ = t.join();
+        if let Some(ended) = &self.ended {
+            let _ = ended.recv_timeout(EXIT_WAIT);
         }
     }
 }
@@ -214,18 +208,23 @@ pub fn batched(sink: impl Write + Send + 'static) -> (BatchWriter, FlushGuard) {
         room: Condvar::new(),
     });
     let worker = shared.clone();
-    let thread = std::thread::Builder::new()
+    let (done, ended) = std::sync::mpsc::channel();
+    let ended = std::thread::Builder::new()
         .name("fedpin-log".into())
-        .spawn(move || worker.run())
-        .ok();
-    if thread.is_none() {
+        .spawn(move || {
+            worker.run();
+            let _ = done.send(());
+        })
+        .ok()
+        .map(|_| ended);
+    if ended.is_none() {
         shared.state().closed = true;
     }
     (
         BatchWriter {
             shared: shared.clone(),
         },
-        FlushGuard { shared, thread },
+        FlushGuard { shared, ended },
     )
 }
 

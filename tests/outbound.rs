@@ -1725,29 +1725,36 @@ async fn a_method_split_over_records_is_still_read_as_http() {
     assert_eq!(up.seen().len(), 1);
 }
 
+/// A GET of `path` for the pinned peer, as the homeserver sends it.
+fn get_to(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header(hyper::header::HOST, HOST)
+        .body(Empty::<Bytes>::new())
+        .unwrap()
+}
+
+/// Asks the genuine peer for `path` over a kept-alive tunnel; its answer
+/// is read to the end.
+async fn ask(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, path: &str) {
+    bounded("ready", send.ready())
+        .await
+        .expect("the tunnel is open");
+    let resp = bounded("answer", send.send_request(get_to(path)))
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    let body = bounded("body", resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(body.starts_with(format!("genuine: GET {path}").as_bytes()));
+}
+
 #[tokio::test]
 async fn a_quiet_tunnel_parks_and_lends_its_upstream_connection() {
     let (w, env) = proxy_for_world().await;
     let up = w.genuine_http1().await;
     let target = format!("{HOST}:{}", up.port());
-    async fn ask(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, path: &str) {
-        bounded("ready", send.ready())
-            .await
-            .expect("the tunnel is open");
-        let req = Request::get(path)
-            .header(hyper::header::HOST, HOST)
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = bounded("answer", send.send_request(req))
-            .await
-            .expect("an answer");
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let body = bounded("body", resp.into_body().collect())
-            .await
-            .unwrap()
-            .to_bytes();
-        assert!(body.starts_with(format!("genuine: GET {path}").as_bytes()));
-    }
     let mut a = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
         .await
         .unwrap();
@@ -1784,14 +1791,7 @@ async fn an_answered_request_lends_its_connection_before_the_tunnel_parks() {
     let mut a = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
         .await
         .unwrap();
-    let req = |path: &str| {
-        Request::get(path)
-            .header(hyper::header::HOST, HOST)
-            .body(Empty::<Bytes>::new())
-            .unwrap()
-    };
-    let resp = bounded("answer", a.send_request(req("/a1"))).await.unwrap();
-    bounded("body", resp.into_body().collect()).await.unwrap();
+    ask(&mut a, "/a1").await;
     assert!(kept_reaches(&env, 1).await, "the connection was not lent");
     let stats = env.proxy.stats();
     assert_eq!(
@@ -1805,9 +1805,7 @@ async fn an_answered_request_lends_its_connection_before_the_tunnel_parks() {
     assert_eq!(stats.upstream_reused.load(Ordering::SeqCst), 1);
     // The first tunnel's next request takes the connection back.
     assert!(kept_reaches(&env, 1).await);
-    let resp = bounded("answer", a.send_request(req("/a2"))).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    bounded("body", resp.into_body().collect()).await.unwrap();
+    ask(&mut a, "/a2").await;
     assert_eq!(up.seen().len(), 1);
     assert_eq!(up.requests.load(Ordering::SeqCst), 3);
     assert_eq!(stats.upstream_reused.load(Ordering::SeqCst), 2);
@@ -1860,13 +1858,7 @@ async fn a_parked_tunnel_meets_a_new_deny_list_on_its_next_request() {
     let mut send = net::http1_client(tunnel(&env, &target, HOST, &[]).await)
         .await
         .unwrap();
-    let get = |path: &str| {
-        Request::get(path)
-            .header(hyper::header::HOST, HOST)
-            .body(Empty::<Bytes>::new())
-            .unwrap()
-    };
-    let r = bounded("first", send.send_request(get("/first")))
+    let r = bounded("first", send.send_request(get_to("/first")))
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -1878,7 +1870,7 @@ async fn a_parked_tunnel_meets_a_new_deny_list_on_its_next_request() {
     denied.deny_destinations.insert(HOST.to_string());
     env.proxy.set_settings(denied);
     bounded("ready", send.ready()).await.unwrap();
-    let r = bounded("second", send.send_request(get("/second")))
+    let r = bounded("second", send.send_request(get_to("/second")))
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);

@@ -162,6 +162,12 @@ impl HttpTunnel {
         )
     }
 
+    /// Keeps the tunnel registered with what the peer it last used
+    /// presented, while it holds no connection (SPEC 4.13).
+    fn stand(&self, registered: Registered) {
+        *self.standing.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered);
+    }
+
     /// The pin generation in force.
     fn generation(&self) -> u64 {
         self.proxy.upstream.store().current().generation
@@ -392,7 +398,7 @@ impl GiveBack {
             return;
         };
         let t = &self.tunnel;
-        *t.standing.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered);
+        t.stand(registered);
         if !t.proxy.keeps(&link) {
             return;
         }
@@ -416,20 +422,17 @@ impl hyper::body::Body for GiveBack {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            // Trailers are a body's last frame (hyper asks for nothing
-            // after them).
-            std::task::Poll::Ready(None) => {
-                self.ended = true;
-                self.give_back();
-            }
-            std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
-                self.ended = true;
-                self.give_back();
-            }
-            // Cut short: the connection is not kept (dropped below).
-            std::task::Poll::Ready(Some(Err(_))) => self.ended = false,
-            _ => {}
+        // The end, or trailers (a body's last frame: hyper asks for
+        // nothing after them). A body cut short by an error never ends,
+        // and its connection is dropped with it.
+        let end = match &polled {
+            std::task::Poll::Ready(None) => true,
+            std::task::Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            _ => false,
+        };
+        if end {
+            self.ended = true;
+            self.give_back();
         }
         polled
     }
@@ -450,11 +453,7 @@ impl Drop for GiveBack {
         if self.ended || self.inner.is_end_stream() {
             self.give_back();
         } else if let Some((_closed, registered)) = self.link.take() {
-            *self
-                .tunnel
-                .standing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(registered);
+            self.tunnel.stand(registered);
         }
     }
 }
@@ -625,9 +624,11 @@ impl OutboundProxy {
     /// out, or a reload refuses the upstream in use. Parked when quiet
     /// ([`crate::proxy::parking`]): after [`PARK_AFTER`] without traffic
     /// hyper's connection ends (its buffers freed), the upstream connection
-    /// goes back to the pool for any tunnel to that peer, and the tunnel
-    /// holds only the homeserver's TLS stream until it sends again. An
-    /// ended tunnel's upstream connection is kept the same way.
+    /// goes back to the pool for any tunnel to that peer (if it still holds
+    /// the one it started with: an answered request gives its connection
+    /// back at once, [`GiveBack`]), and the tunnel holds only the
+    /// homeserver's TLS stream until it sends again. An ended tunnel's
+    /// upstream connection is kept the same way.
     pub(super) async fn serve_http<IO>(self: &Arc<Self>, serve: Serve<IO>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -735,7 +736,7 @@ impl OutboundProxy {
     async fn keep_held(&self, t: &HttpTunnel) {
         let held = t.link.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some((link, registered)) = held {
-            *t.standing.lock().unwrap_or_else(PoisonError::into_inner) = Some(registered);
+            t.stand(registered);
             self.keep(t.key(), link).await;
         }
     }
