@@ -8,7 +8,10 @@
 //!   `pin-only`/`report` entries, `delegation` + `host_pins` and
 //!   `signing_keys` on some: what `pinctl add` writes).
 //!   - `parse`: `PinSet::parse` of the text (TOML, every validation rule,
-//!     the indexes) — the work of a reload;
+//!     the indexes) — the work of a reload; `parse_one_thread` the same on
+//!     one thread; `parse_whole_toml` the baseline, the whole text read by
+//!     the TOML crate alone (`PinSet::parse_whole`: no sections, no plain
+//!     reader);
 //!   - `parse_after_one_edit`: the parse of a reload after an edit of one
 //!     peer (the other revision, after a set of this one: its unchanged
 //!     sections taken, every peer still indexed), without the file system;
@@ -238,9 +241,15 @@ fn bench_reload(c: &mut Criterion) {
     group.bench_function("parse", |b| {
         b.iter(|| PinSet::parse(black_box(&texts[0])).expect("parses"))
     });
-    // The baseline: the same parse on this thread only.
+    // The same parse on this thread only (a one-core machine).
     group.bench_function("parse_one_thread", |b| {
         b.iter(|| PinSet::parse_on_threads(black_box(&texts[0]), 1).expect("parses"))
+    });
+    // The baseline: the whole text through the TOML crate, in one go on
+    // this thread (what a reload cost before the sections and the plain
+    // reader).
+    group.bench_function("parse_whole_toml", |b| {
+        b.iter(|| PinSet::parse_whole(black_box(&texts[0])).expect("parses"))
     });
     // A reload's parse alone (no file system): the other revision after
     // a set of this one, on up to one thread per core as `parse`.
@@ -414,6 +423,11 @@ fn summary(_: &mut Criterion) {
         cores.min(4),
         show(ms("parse_one_thread"), "ms"),
         ratio(ms("parse"), ms("parse_one_thread"))
+    );
+    println!(
+        "  PinSet::parse_whole    {}   (the baseline: all of it through the TOML crate on one thread; parse/baseline {})",
+        show(ms("parse_whole_toml"), "ms"),
+        ratio(ms("parse"), ms("parse_whole_toml"))
     );
     println!(
         "  parse after one edit   {}   (the sections of the set before reused; ratio to parse {})",

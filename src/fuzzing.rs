@@ -22,11 +22,14 @@ pub fn pin_string(data: &[u8]) {
 /// A pin file that parses lists no host twice, and every host looks up to
 /// the peer that lists it; errors always carry a message. Parsed in
 /// sections (as a large file is, on several threads) it gives what it gives
-/// whole, and so does a reload that reuses a prior set's sections.
+/// whole, and so does a reload that reuses a prior set's sections; the
+/// plain reader of sections reads the text and each section as the TOML
+/// crate does, or leaves it to the TOML crate.
 pub fn pin_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let whole = crate::pins::parse_outcome(PinSet::parse_on_threads(text, 1));
-        for pieces in [2, 3, 5] {
+        crate::pins::check_plain_reader(text);
+        let whole = crate::pins::parse_outcome(PinSet::parse_whole(text));
+        for pieces in [1, 2, 3, 5] {
             let split = crate::pins::parse_outcome(PinSet::parse_on_threads(text, pieces));
             assert_eq!(split, whole, "{pieces} pieces differ from the whole");
         }
@@ -97,7 +100,7 @@ fn reload_after(text: &str, whole: &str) {
             "a reload of the same text differs"
         );
         for other in &others {
-            let fresh = outcome(PinSet::parse_on_threads(other, 1));
+            let fresh = outcome(PinSet::parse_whole(other));
             assert_eq!(
                 after(other, &prior),
                 fresh,

@@ -294,19 +294,33 @@ struct RawPolicy {
     on_expired: Option<ExpiredPolicy>,
 }
 
-#[derive(Deserialize)]
+/// A `[[peer]]` table as read (by the TOML crate, or by the plain reader,
+/// [`super::plain`], which must give the same).
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-struct RawPeer {
-    server_name: Spanned<String>,
-    hosts: Option<Vec<Spanned<String>>>,
-    pins: Spanned<Vec<Spanned<String>>>,
-    delegation: Option<Spanned<String>>,
-    signing_keys: Option<Vec<Spanned<String>>>,
-    host_pins: Option<std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>>,
-    trust: Option<Trust>,
-    mode: Option<Mode>,
-    expires: Option<Spanned<String>>,
-    note: Option<String>,
+pub(super) struct RawPeer {
+    pub(super) server_name: Spanned<String>,
+    pub(super) hosts: Option<Vec<Spanned<String>>>,
+    pub(super) pins: Spanned<Vec<Spanned<String>>>,
+    pub(super) delegation: Option<Spanned<String>>,
+    pub(super) signing_keys: Option<Vec<Spanned<String>>>,
+    #[allow(clippy::type_complexity)]
+    pub(super) host_pins: Option<std::collections::BTreeMap<String, Spanned<Vec<Spanned<String>>>>>,
+    pub(super) trust: Option<Trust>,
+    pub(super) mode: Option<Mode>,
+    pub(super) expires: Option<Spanned<String>>,
+    pub(super) note: Option<String>,
+}
+
+/// The TOML crate's reading of `section` as a text with one `[[peer]]`
+/// table and nothing else (its `Debug` form, spans included): what the
+/// plain reader must give when it reads a section.
+pub(super) fn toml_reading(section: &str) -> Option<String> {
+    let doc: RawFile = toml::from_str(section).ok()?;
+    if doc.version.is_some() || doc.policy.is_some() || doc.peer.len() != 1 {
+        return None;
+    }
+    doc.peer.first().map(|p| format!("{p:?}"))
 }
 
 /// A file this large (a 10,000-peer file is over a megabyte) is parsed
@@ -342,21 +356,59 @@ struct SectionPeer {
 type ParsedSections = super::pieces::Sections<Option<SectionPeer>>;
 
 /// The peers of a section (or of the whole file) as parsed, or one taken
-/// from the set before.
-enum Group {
+/// from the set before (`'p`).
+enum Group<'p> {
     /// Parsed from the text, spans counting from `base`.
     Parsed { base: usize, peers: PeerList },
-    /// The peer of an unchanged section, its line moved to where the
-    /// section is now.
-    Reused(Box<Peer>),
+    /// The peer of an unchanged section in the set before, and the line
+    /// it moved to with the section (it is copied on the checking threads).
+    Reused { peer: &'p Peer, line: usize },
 }
 
-impl Group {
+impl Group<'_> {
     fn len(&self) -> usize {
         match self {
             Group::Parsed { peers, .. } => peers.len(),
-            Group::Reused(_) => 1,
+            Group::Reused { .. } => 1,
         }
+    }
+
+    /// `groups` in runs of `per` peers each (the last may have fewer), in
+    /// order, each with the index of its first peer: a thread's share of
+    /// the checks. Only a group larger than the room left in a run (the
+    /// whole file's one group) is split; the others are moved whole, not
+    /// peer by peer.
+    fn runs(groups: Vec<Self>, per: usize) -> Vec<(usize, Vec<Self>)> {
+        let per = per.max(1);
+        let mut runs: Vec<(usize, Vec<Self>)> = Vec::new();
+        // Peers placed in runs so far, and in the last run.
+        let (mut placed, mut filled) = (0, per);
+        for mut group in groups {
+            while group.len() > 0 {
+                if filled == per {
+                    runs.push((placed, Vec::new()));
+                    filled = 0;
+                }
+                let room = per - filled;
+                let rest = match &mut group {
+                    Group::Parsed { base, peers } if peers.len() > room => Some(Group::Parsed {
+                        base: *base,
+                        peers: peers.split_off(room),
+                    }),
+                    _ => None,
+                };
+                filled += group.len();
+                placed += group.len();
+                if let Some((_, run)) = runs.last_mut() {
+                    run.push(group);
+                }
+                match rest {
+                    Some(r) => group = r,
+                    None => break,
+                }
+            }
+        }
+        runs
     }
 }
 
@@ -376,15 +428,15 @@ struct Layout {
 /// A pin file's TOML, parsed whole or in sections: the head's `version`
 /// and `[policy]`, and the peers in groups (one per section, or one for
 /// the whole file).
-struct Parsed {
+struct Parsed<'p> {
     version: Option<Spanned<i64>>,
     policy: Option<RawPolicy>,
-    groups: Vec<Group>,
+    groups: Vec<Group<'p>>,
     /// Where the sections are (when parsed in sections; a group each).
     layout: Option<Layout>,
 }
 
-impl Parsed {
+impl<'p> Parsed<'p> {
     /// How many peers.
     fn peer_count(&self) -> usize {
         self.groups.iter().map(Group::len).sum()
@@ -437,7 +489,7 @@ impl Parsed {
         text: &str,
         lines: &LineIndex,
         threads: usize,
-        prior: Option<&PinSet>,
+        prior: Option<&'p PinSet>,
         keep: bytes::Bytes,
     ) -> Option<Self> {
         let first = super::pieces::next_header(text, 0)?;
@@ -459,12 +511,9 @@ impl Parsed {
                 .sections
                 .as_ref()?
                 .get(*hashes.get(k)?, &bytes[range])?)?;
-            let old = prior.peers.get(at.peer)?;
-            let line = old.line.checked_sub(at.start_line)? + *start_lines.get(k)?;
-            Some(Group::Reused(Box::new(Peer {
-                line,
-                ..old.clone()
-            })))
+            let peer = prior.peers.get(at.peer)?;
+            let line = peer.line.checked_sub(at.start_line)? + *start_lines.get(k)?;
+            Some(Group::Reused { peer, line })
         };
         let mut groups: Vec<Option<Group>> = (0..ranges.len()).map(taken).collect();
         let todo: Vec<usize> = (0..ranges.len()).filter(|k| groups[*k].is_none()).collect();
@@ -482,7 +531,12 @@ impl Parsed {
                 .map(|k| {
                     let range = ranges.get(*k)?.clone();
                     let base = range.start;
-                    let doc: RawFile = toml::from_str(&text[range]).ok()?;
+                    let section = &text[range];
+                    if let Some(peer) = super::plain::read_section(section) {
+                        let peers = vec![peer];
+                        return Some((*k, Group::Parsed { base, peers }));
+                    }
+                    let doc: RawFile = toml::from_str(section).ok()?;
                     let alone = doc.version.is_none() && doc.policy.is_none();
                     let group = Group::Parsed {
                         base,
@@ -525,7 +579,7 @@ pub struct PinSet {
     host_views: Vec<Peer>,
     by_host: Map<String, Slot>,
     by_server_name: Map<String, usize>,
-    by_pin: Map<Pin, Vec<Slot>>,
+    by_pin: Map<Pin, Slots>,
     /// Lint findings that do not make the file invalid (e.g. a peer with a single pin).
     pub warnings: Vec<Diagnostic>,
     /// The file's bytes, as loaded: a reload compares what it reads with
@@ -626,18 +680,28 @@ impl PinSet {
     ) -> Result<Self, PinFileError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cores.min(MAX_PIECES);
-        let pieces = threads.min(text.len() / PIECE_MIN);
+        let pieces = threads.min(text.len() / PIECE_MIN).max(1);
         Self::parse_text_with(text, source, (pieces, threads), CHECK_PARALLEL_MIN, prior)
     }
 
     /// [`PinSet::parse`] on up to `threads` threads whatever the text's
-    /// size: the text cut into that many pieces where it allows, and the
-    /// peers checked on as many threads. One is this thread only. (`parse`
-    /// itself uses up to one per core, at most 4, and only for a large
-    /// file: pieces of 128 kB or more, 1,000 peers or more to check.) The
-    /// result is the same whatever the number.
+    /// size: the text cut into sections, read on that many threads where
+    /// it allows, and the peers checked on as many threads. One is this
+    /// thread only. (`parse` itself uses up to one per core, at most 4,
+    /// and only for a large file: 128 kB or more a thread, 1,000 peers or
+    /// more to check.) The result is the same whatever the number, and the
+    /// same as [`PinSet::parse_whole`]'s.
     pub fn parse_on_threads(text: &str, threads: usize) -> Result<Self, PinFileError> {
+        let threads = threads.max(1);
         Self::parse_text_with(text, bytes::Bytes::new(), (threads, threads), 1, None)
+    }
+
+    /// [`PinSet::parse`] with the whole text read by the TOML crate in one
+    /// go, never in sections: the reading that decides, which the sections
+    /// (and the plain reader, [`super::plain`]) must give. For the tests,
+    /// the fuzz checks and the bench's baseline.
+    pub fn parse_whole(text: &str) -> Result<Self, PinFileError> {
+        Self::parse_text_with(text, bytes::Bytes::new(), (0, 1), 1, None)
     }
 
     /// [`PinSet::parse_on_threads`] with `threads` of at least 2, reusing
@@ -658,7 +722,7 @@ impl PinSet {
     }
 
     /// [`PinSet::parse_text`], parsed in sections on up to `pieces`
-    /// threads where the text allows (one, and no `prior`: whole), its
+    /// threads where the text allows (none, and no `prior`: whole), its
     /// peers checked on up to `threads` threads if there are at least
     /// `check_min` of them. The sections `prior` parsed are reused.
     fn parse_text_with(
@@ -669,7 +733,7 @@ impl PinSet {
         prior: Option<&PinSet>,
     ) -> Result<Self, PinFileError> {
         let lines = LineIndex::new(text);
-        let sectioned = if pieces >= 2 || prior.is_some() {
+        let sectioned = if pieces >= 1 || prior.is_some() {
             // The sections keep the file's bytes (the source, or a copy of
             // text that came without one): the bytes the next reload
             // compares its sections with must be the ones parsed here.
@@ -678,7 +742,7 @@ impl PinSet {
             } else {
                 bytes::Bytes::copy_from_slice(text.as_bytes())
             };
-            Parsed::in_sections(text, &lines, pieces, prior, keep)
+            Parsed::in_sections(text, &lines, pieces.max(1), prior, keep)
         } else {
             None
         };
@@ -766,40 +830,30 @@ impl PinSet {
                 on_expired: p.on_expired.unwrap_or(ExpiredPolicy::Webpki),
             })
             .unwrap_or_default();
-        /// A peer to check (and the offset its spans count from), or one
-        /// taken from the set before.
-        // Each item is built once and moved once, into its thread's chunk:
-        // boxing the raw peers would cost an allocation each.
-        #[allow(clippy::large_enum_variant)]
-        enum Item {
-            Check(usize, Spanned<RawPeer>),
-            Taken(Box<Peer>),
-        }
         let sizes: Vec<usize> = parsed.groups.iter().map(Group::len).collect();
-        let mut all = Vec::with_capacity(peers);
-        for group in parsed.groups {
-            match group {
-                Group::Parsed { base, peers } => {
-                    all.extend(peers.into_iter().map(|p| Item::Check(base, p)))
+        let per = peers.div_ceil(threads.max(1));
+        // Each thread checks a run of groups, and drops the raw peers it
+        // checked there (the reused ones are copied there).
+        let runs = Group::runs(parsed.groups, per);
+        let checked = super::pieces::on_threads(runs, |(start, groups)| {
+            let mut done = Vec::with_capacity(per);
+            for group in groups {
+                match group {
+                    Group::Parsed { base, peers } => {
+                        for raw in peers {
+                            done.push(PeerCheck::run(lines, base, start + done.len(), &raw));
+                        }
+                    }
+                    Group::Reused { peer, line } => {
+                        let peer = Peer {
+                            line,
+                            ..peer.clone()
+                        };
+                        done.push(Checked::taken(start + done.len(), peer));
+                    }
                 }
-                Group::Reused(peer) => all.push(Item::Taken(peer)),
             }
-        }
-        let per = peers.div_ceil(threads.max(1)).max(1);
-        let mut chunks = Vec::with_capacity(threads);
-        let mut all = all.into_iter();
-        for start in (0..peers).step_by(per) {
-            chunks.push((start, all.by_ref().take(per).collect::<Vec<_>>()));
-        }
-        let checked = super::pieces::on_threads(chunks, |(start, chunk)| {
-            chunk
-                .into_iter()
-                .enumerate()
-                .map(|(j, item)| match item {
-                    Item::Check(base, raw) => PeerCheck::run(lines, base, start + j, &raw),
-                    Item::Taken(peer) => Checked::taken(start + j, *peer),
-                })
-                .collect::<Vec<_>>()
+            done
         })
         .ok_or_else(|| PinFileError {
             path: None,
@@ -811,17 +865,19 @@ impl PinSet {
                     .into(),
             }],
         })?;
-        let checked: Vec<Checked> = checked.into_iter().flatten().collect();
         // What each section gave, for the next reload: its one peer, when
         // the check of it had nothing to say.
         let mut takeable = Vec::with_capacity(sizes.len());
-        let mut at = 0;
+        let mut each = checked.iter().flatten();
         for n in sizes {
-            let quiet = checked.get(at).filter(|c| n == 1 && c.is_quiet());
+            let first = if n > 0 { each.next() } else { None };
+            let quiet = first.filter(|c| n == 1 && c.is_quiet());
             takeable.push(quiet.map(|c| c.i));
-            at += n;
+            for _ in 1..n {
+                each.next();
+            }
         }
-        for c in checked {
+        for c in checked.into_iter().flatten() {
             b.add(c);
         }
         let mut set = b.finish(policy, source)?;
@@ -871,7 +927,7 @@ impl PinSet {
         self.by_pin
             .get(pin)
             .into_iter()
-            .flatten()
+            .flat_map(|s| std::iter::once(&s.first).chain(&s.more))
             .filter_map(|s| self.slot(*s))
     }
 
@@ -1075,16 +1131,25 @@ impl<'l> Builder<'l> {
                 errors: self.errors,
             });
         }
-        let mut by_pin: Map<Pin, Vec<Slot>> =
+        let mut by_pin: Map<Pin, Slots> =
             Map::with_capacity_and_hasher(2 * self.peers.len(), Default::default());
+        let mut add = |pin: Pin, slot: Slot| {
+            by_pin
+                .entry(pin)
+                .and_modify(|s| s.more.push(slot))
+                .or_insert(Slots {
+                    first: slot,
+                    more: Vec::new(),
+                });
+        };
         for (i, p) in self.peers.iter().enumerate() {
             for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(Slot::Main(i));
+                add(*pin, Slot::Main(i));
             }
         }
         for (i, p) in self.host_views.iter().enumerate() {
             for pin in &p.pins {
-                by_pin.entry(*pin).or_default().push(Slot::Host(i));
+                add(*pin, Slot::Host(i));
             }
         }
         Ok(PinSet {
@@ -1209,7 +1274,8 @@ impl<'l> PeerCheck<'l> {
         let mut this = PeerCheck {
             lines,
             base,
-            steps: Vec::new(),
+            // A server name and a host or two.
+            steps: Vec::with_capacity(4),
         };
         let (sn_key, peer) = this.peer(i, raw_peer);
         Checked {
@@ -1525,6 +1591,14 @@ enum Slot {
     Host(usize),
 }
 
+/// The entries with one pin: the first inline, so that a pin of one
+/// peer alone (nearly every pin) costs no allocation of its own.
+#[derive(Debug, Clone)]
+struct Slots {
+    first: Slot,
+    more: Vec<Slot>,
+}
+
 fn slot_line(peers: &[Peer], views: &[Peer], s: Slot) -> usize {
     match s {
         Slot::Main(i) => peers.get(i),
@@ -1649,13 +1723,9 @@ struct LineIndex {
 
 impl LineIndex {
     fn new(text: &str) -> Self {
-        let mut starts = vec![0];
-        starts.extend(
-            text.bytes()
-                .enumerate()
-                .filter(|(_, b)| *b == b'\n')
-                .map(|(i, _)| i + 1),
-        );
+        let mut starts = Vec::with_capacity(text.len() / 16 + 1);
+        starts.push(0);
+        starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
         LineIndex { starts }
     }
 
@@ -2044,14 +2114,8 @@ trust = "pin-only"
     fn parsing_in_sections_gives_what_parsing_whole_gives() {
         let cases = piece_cases();
         for (k, (text, splits)) in cases.iter().enumerate() {
-            let whole = outcome(PinSet::parse_text_with(
-                text,
-                bytes::Bytes::new(),
-                (1, 1),
-                1,
-                None,
-            ));
-            for pieces in 2..=5 {
+            let whole = outcome(PinSet::parse_whole(text));
+            for pieces in 1..=5 {
                 if let Some(splits) = splits {
                     let used = Parsed::in_sections(
                         text,
@@ -2090,7 +2154,7 @@ trust = "pin-only"
         let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
         assert_eq!(prior.sections_reused(), Some((40, 0)));
         for (k, (text, _)) in piece_cases().iter().enumerate() {
-            let whole = outcome(PinSet::parse_on_threads(text, 1));
+            let whole = outcome(PinSet::parse_whole(text));
             let after = outcome(PinSet::parse_after_on_threads(text, &prior, 2));
             assert_eq!(after, whole, "case {k} after the good file");
             if let Ok(itself) = PinSet::parse_on_threads(text, 2) {
@@ -2127,7 +2191,7 @@ trust = "pin-only"
             (format!("{good}\n{}", &good[mid..mid_end]), 0, 0),
         ];
         for (k, (text, sections, reused)) in edits.iter().enumerate() {
-            let whole = outcome(PinSet::parse_on_threads(text, 1));
+            let whole = outcome(PinSet::parse_whole(text));
             let after = PinSet::parse_after_on_threads(text, &prior, 2);
             if *sections > 0 {
                 let set = after.as_ref().expect("parses");
@@ -2170,14 +2234,14 @@ trust = "pin-only"
             let next = PinSet::parse_source_after(source(text), Some(&set)).expect("parses");
             assert_eq!(
                 outcome(Ok(next.clone())),
-                outcome(PinSet::parse_on_threads(text, 1)),
+                outcome(PinSet::parse_whole(text)),
                 "step {step}"
             );
             let (sections, reused) = next.sections_reused().expect("in sections");
-            // A first load of a file this small is parsed whole and keeps
-            // no sections; every reload after it takes all but one.
-            let want = if step == 0 { 0 } else { sections - 1 };
-            assert_eq!(reused, want, "step {step}: all but the added peer");
+            // Every reload takes all sections but the one peer that
+            // differs (a first load keeps its sections too, whatever the
+            // file's size).
+            assert_eq!(reused, sections - 1, "step {step}: all but the added peer");
             set = next;
         }
     }
@@ -2217,7 +2281,7 @@ trust = "pin-only"
         // 31 sections: the new one, the warned one and the one with two
         // peers are parsed; the other 28 taken.
         assert_eq!(after.sections_reused(), Some((31, 28)));
-        let fresh = PinSet::parse_on_threads(&moved, 1).expect("parses");
+        let fresh = PinSet::parse_whole(&moved).expect("parses");
         assert_eq!(after.warnings, fresh.warnings);
         assert_eq!(
             after.warnings[0].line,
@@ -2226,6 +2290,57 @@ trust = "pin-only"
             after.warnings
         );
         assert_eq!(outcome(Ok(after)), outcome(Ok(fresh)));
+    }
+
+    /// The checking threads' runs: in order, about `per` peers each, the
+    /// first index of each right, a large group split and no peer lost.
+    #[test]
+    fn runs_split_only_what_does_not_fit() {
+        let set = PinSet::parse_whole(&many_peers(5, "\n", false)).expect("parses");
+        let raw = |n: usize| -> PeerList {
+            let text = many_peers(n, "\n", false);
+            toml::from_str::<RawFile>(&text).expect("toml").peer
+        };
+        let reused = |k: usize| Group::Reused {
+            peer: &set.peers()[k],
+            line: k,
+        };
+        let groups = vec![
+            Group::Parsed {
+                base: 0,
+                peers: raw(1),
+            },
+            reused(0),
+            Group::Parsed {
+                base: 7,
+                peers: raw(5),
+            },
+            Group::Parsed {
+                base: 9,
+                peers: Vec::new(),
+            },
+            reused(1),
+        ];
+        let runs = Group::runs(groups, 3);
+        let shape: Vec<(usize, Vec<(usize, usize)>)> = runs
+            .iter()
+            .map(|(start, groups)| {
+                let each = groups.iter().map(|g| match g {
+                    Group::Parsed { base, peers } => (*base, peers.len()),
+                    Group::Reused { line, .. } => (100 + line, 1),
+                });
+                (*start, each.collect())
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, vec![(0, 1), (100, 1), (7, 1)]),
+                (3, vec![(7, 3)]),
+                (6, vec![(7, 1), (101, 1)]),
+            ]
+        );
+        assert!(Group::runs(Vec::new(), 0).is_empty());
     }
 
     /// `peer` in the head, even as an empty array, makes the whole text
@@ -2242,6 +2357,6 @@ trust = "pin-only"
         let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
         let after = outcome(PinSet::parse_after_on_threads(&text, &prior, 2));
         assert!(after.starts_with("error"), "{after}");
-        assert_eq!(after, outcome(PinSet::parse_on_threads(&text, 1)));
+        assert_eq!(after, outcome(PinSet::parse_whole(&text)));
     }
 }

@@ -27,6 +27,7 @@
 mod file;
 mod pieces;
 mod pin;
+mod plain;
 
 pub(crate) use file::parse_outcome;
 pub use file::{
@@ -34,3 +35,4 @@ pub use file::{
     PeerEntry, PinFileError, PinSet, Policy, Trust, UnpinnedPolicy,
 };
 pub use pin::{Pin, PinParseError, PIN_PREFIX};
+pub(crate) use plain::check_sections as check_plain_reader;
