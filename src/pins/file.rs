@@ -363,13 +363,16 @@ enum Group<'p> {
     /// The peer of an unchanged section in the set before, and the line
     /// it moved to with the section (it is copied on the checking threads).
     Reused { peer: &'p Peer, line: usize },
+    /// A section's one peer, checked where it was read (or copied from
+    /// the set before): [`Cut::groups`].
+    Checked(Box<Checked>),
 }
 
 impl Group<'_> {
     fn len(&self) -> usize {
         match self {
             Group::Parsed { peers, .. } => peers.len(),
-            Group::Reused { .. } => 1,
+            Group::Reused { .. } | Group::Checked(_) => 1,
         }
     }
 
@@ -409,6 +412,107 @@ impl Group<'_> {
             }
         }
         runs
+    }
+}
+
+/// A text cut into `[[peer]]` sections, for [`Parsed::in_sections`].
+struct Cut<'a, 'p> {
+    text: &'a str,
+    lines: &'a LineIndex,
+    prior: Option<&'p PinSet>,
+    ranges: &'a [std::ops::Range<usize>],
+    hashes: &'a [u64],
+    /// The line of each section's header.
+    start_lines: &'a [usize],
+}
+
+impl<'p> Cut<'_, 'p> {
+    /// The peer of section `k` in `prior`, if the section's bytes are
+    /// those of one `prior` took from a section, with the line it moved to.
+    fn taken(&self, k: usize) -> Option<Group<'p>> {
+        let prior = self.prior?;
+        let range = self.ranges.get(k)?.clone();
+        let bytes = self.text.as_bytes().get(range)?;
+        let at = (*prior.sections.as_ref()?.get(*self.hashes.get(k)?, bytes)?)?;
+        let peer = prior.peers.get(at.peer)?;
+        let line = peer.line.checked_sub(at.start_line)? + *self.start_lines.get(k)?;
+        Some(Group::Reused { peer, line })
+    }
+
+    /// Section `k` read alone: the plain reader's one peer, or the TOML
+    /// crate's peers (`None` if it fails, or gives `version` or `policy`);
+    /// spans count from the returned base.
+    fn read(&self, k: usize) -> Option<(usize, PeerList)> {
+        let range = self.ranges.get(k)?.clone();
+        let base = range.start;
+        let section = self.text.get(range)?;
+        if let Some(peer) = super::plain::read_section(section) {
+            return Some((base, vec![peer]));
+        }
+        let doc: RawFile = toml::from_str(section).ok()?;
+        let alone = doc.version.is_none() && doc.policy.is_none();
+        alone.then_some((base, doc.peer))
+    }
+
+    /// Section `k`'s group, and whether it was taken from `prior`. With
+    /// `check`, a section of one peer is checked here (its index is `k`:
+    /// right only if every section holds one peer, which the caller sees).
+    fn group(&self, k: usize, check: bool) -> Option<(Group<'p>, bool)> {
+        if let Some(taken) = self.taken(k) {
+            return Some(match taken {
+                Group::Reused { peer, line } if check => {
+                    let peer = Peer {
+                        line,
+                        ..peer.clone()
+                    };
+                    (Group::Checked(Box::new(Checked::taken(k, peer))), true)
+                }
+                other => (other, true),
+            });
+        }
+        let (base, peers) = self.read(k)?;
+        Some(match peers.as_slice() {
+            [one] if check => {
+                let checked = PeerCheck::run(self.lines, base, k, one);
+                (Group::Checked(Box::new(checked)), false)
+            }
+            _ => (Group::Parsed { base, peers }, false),
+        })
+    }
+
+    /// Every section's group, in order, read on up to `threads` threads,
+    /// and how many were taken from `prior`; `None` if a section cannot be
+    /// read alone (the whole text must be parsed). With `check`, each is
+    /// checked on the thread that read it: `Some(None)` then if a section
+    /// does not hold exactly one peer (the peers' indexes are not the
+    /// sections'; the caller reads again without checking).
+    #[allow(clippy::type_complexity)]
+    fn groups(&self, threads: usize, check: bool) -> Option<Option<(Vec<Group<'p>>, usize)>> {
+        let all: Vec<usize> = (0..self.ranges.len()).collect();
+        let per = all.len().div_ceil(threads.max(1)).max(1);
+        let chunks: Vec<&[usize]> = all.chunks(per).collect();
+        let read = super::pieces::on_threads(chunks, |chunk| {
+            chunk
+                .iter()
+                .map(|k| self.group(*k, check))
+                .collect::<Option<Vec<_>>>()
+        })?;
+        let mut groups = Vec::with_capacity(all.len());
+        let mut reused = 0;
+        for (group, taken) in read
+            .into_iter()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+        {
+            let unchecked = matches!(group, Group::Parsed { .. });
+            if check && unchecked {
+                return Some(None);
+            }
+            reused += usize::from(taken);
+            groups.push(group);
+        }
+        Some(Some((groups, reused)))
     }
 }
 
@@ -491,6 +595,7 @@ impl<'p> Parsed<'p> {
         threads: usize,
         prior: Option<&'p PinSet>,
         keep: bytes::Bytes,
+        check_min: usize,
     ) -> Option<Self> {
         let first = super::pieces::next_header(text, 0)?;
         let head: RawHead = toml::from_str(&text[..first]).ok()?;
@@ -504,60 +609,30 @@ impl<'p> Parsed<'p> {
             .map(|r| super::pieces::section_hash(&bytes[r.clone()]))
             .collect();
         let start_lines: Vec<usize> = ranges.iter().map(|r| lines.locate(r.start).0).collect();
-        let taken = |k: usize| -> Option<Group> {
-            let prior = prior?;
-            let range = ranges.get(k)?.clone();
-            let at = (*prior
-                .sections
-                .as_ref()?
-                .get(*hashes.get(k)?, &bytes[range])?)?;
-            let peer = prior.peers.get(at.peer)?;
-            let line = peer.line.checked_sub(at.start_line)? + *start_lines.get(k)?;
-            Some(Group::Reused { peer, line })
+        let cut = Cut {
+            text,
+            lines,
+            prior,
+            ranges: &ranges,
+            hashes: &hashes,
+            start_lines: &start_lines,
         };
-        let mut groups: Vec<Option<Group>> = (0..ranges.len()).map(taken).collect();
-        let todo: Vec<usize> = (0..ranges.len()).filter(|k| groups[*k].is_none()).collect();
-        let reused = ranges.len() - todo.len();
-        let threads = if todo.len() >= CHECK_PARALLEL_MIN {
+        let threads = if ranges.len() >= check_min {
             threads.max(1)
         } else {
             1
         };
-        let per = todo.len().div_ceil(threads).max(1);
-        let chunks: Vec<&[usize]> = todo.chunks(per).collect();
-        let fresh = super::pieces::on_threads(chunks, |chunk| {
-            chunk
-                .iter()
-                .map(|k| {
-                    let range = ranges.get(*k)?.clone();
-                    let base = range.start;
-                    let section = &text[range];
-                    if let Some(peer) = super::plain::read_section(section) {
-                        let peers = vec![peer];
-                        return Some((*k, Group::Parsed { base, peers }));
-                    }
-                    let doc: RawFile = toml::from_str(section).ok()?;
-                    let alone = doc.version.is_none() && doc.policy.is_none();
-                    let group = Group::Parsed {
-                        base,
-                        peers: doc.peer,
-                    };
-                    alone.then_some((*k, group))
-                })
-                .collect::<Option<Vec<_>>>()
-        })?;
-        for (k, group) in fresh
-            .into_iter()
-            .collect::<Option<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-        {
-            *groups.get_mut(k)? = Some(group);
-        }
+        // Each section read and checked on one thread (one hand-off), or,
+        // when a section does not hold exactly one peer, read first and
+        // checked after.
+        let (groups, reused) = match cut.groups(threads, true)? {
+            Some(done) => done,
+            None => cut.groups(threads, false)??,
+        };
         Some(Parsed {
             version: head.version,
             policy: head.policy,
-            groups: groups.into_iter().collect::<Option<_>>()?,
+            groups,
             layout: Some(Layout {
                 keep,
                 ranges,
@@ -742,7 +817,7 @@ impl PinSet {
             } else {
                 bytes::Bytes::copy_from_slice(text.as_bytes())
             };
-            Parsed::in_sections(text, &lines, pieces.max(1), prior, keep)
+            Parsed::in_sections(text, &lines, pieces.max(1), prior, keep, check_min)
         } else {
             None
         };
@@ -831,6 +906,9 @@ impl PinSet {
             })
             .unwrap_or_default();
         let sizes: Vec<usize> = parsed.groups.iter().map(Group::len).collect();
+        // Sections checked where they were read need no other thread.
+        let checked_all = parsed.groups.iter().all(|g| matches!(g, Group::Checked(_)));
+        let threads = if checked_all { 1 } else { threads };
         let per = peers.div_ceil(threads.max(1));
         // Each thread checks a run of groups, and drops the raw peers it
         // checked there (the reused ones are copied there).
@@ -851,6 +929,7 @@ impl PinSet {
                         };
                         done.push(Checked::taken(start + done.len(), peer));
                     }
+                    Group::Checked(checked) => done.push(*checked),
                 }
             }
             done
@@ -2123,6 +2202,7 @@ trust = "pin-only"
                         pieces,
                         None,
                         bytes::Bytes::new(),
+                        1,
                     );
                     assert_eq!(
                         used.is_some(),
@@ -2328,6 +2408,7 @@ trust = "pin-only"
                 let each = groups.iter().map(|g| match g {
                     Group::Parsed { base, peers } => (*base, peers.len()),
                     Group::Reused { line, .. } => (100 + line, 1),
+                    Group::Checked(c) => (200 + c.i, 1),
                 });
                 (*start, each.collect())
             })
@@ -2350,10 +2431,15 @@ trust = "pin-only"
     fn a_peer_key_in_the_head_is_read_whole() {
         let good = many_peers(10, "\n", false);
         let text = good.replacen("[policy]", "peer = []\n[policy]", 1);
-        assert!(
-            Parsed::in_sections(&text, &LineIndex::new(&text), 2, None, bytes::Bytes::new())
-                .is_none()
-        );
+        assert!(Parsed::in_sections(
+            &text,
+            &LineIndex::new(&text),
+            2,
+            None,
+            bytes::Bytes::new(),
+            1
+        )
+        .is_none());
         let prior = PinSet::parse_on_threads(&good, 2).expect("good parses");
         let after = outcome(PinSet::parse_after_on_threads(&text, &prior, 2));
         assert!(after.starts_with("error"), "{after}");
