@@ -1,13 +1,15 @@
 //! Parsing a large pin file in sections, on several threads, and
 //! reparsing only what changed.
 //!
-//! A 10,000-peer file is over a megabyte of TOML, and the TOML parser is
+//! A 10,000-peer file is over a megabyte of TOML, and the TOML crate was
 //! more than half of a reload (`benches/reload.rs`). The file is a head
 //! (`version`, `[policy]`) and then `[[peer]]` tables, each of which means
 //! the same parsed alone as in the whole file: so the text is cut at every
-//! `[[peer]]` line, the sections are parsed on up to one thread per core,
-//! and a reload parses only the sections whose text is not byte for byte
-//! one the previous set parsed ([`Sections`]). [`crate::pins::PinSet`]
+//! `[[peer]]` line, the sections are read (by the plain reader,
+//! [`super::plain`], where they are in the form `pinctl` writes) and
+//! checked on up to one thread per core, and a reload reads only the
+//! sections whose text is not byte for byte one the previous set read
+//! ([`Sections`]). [`crate::pins::PinSet`]
 //! takes the sections only when every one of them parsed and kept to the
 //! shape that makes the cut harmless; otherwise it parses the whole text,
 //! which alone decides what is accepted and what each error says.
