@@ -316,11 +316,19 @@ pub(super) struct RawPeer {
 /// table and nothing else (its `Debug` form, spans included): what the
 /// plain reader must give when it reads a section.
 pub(super) fn toml_reading(section: &str) -> Option<String> {
-    let doc: RawFile = toml::from_str(section).ok()?;
-    if doc.version.is_some() || doc.policy.is_some() || doc.peer.len() != 1 {
-        return None;
+    match toml_section(section)?.as_slice() {
+        [one] => Some(format!("{one:?}")),
+        _ => None,
     }
-    doc.peer.first().map(|p| format!("{p:?}"))
+}
+
+/// The peers of a section read alone by the TOML crate; `None` if it
+/// fails, or gives `version` or `[policy]` (which the whole file could
+/// reject as given twice).
+fn toml_section(section: &str) -> Option<PeerList> {
+    let doc: RawFile = toml::from_str(section).ok()?;
+    let alone = doc.version.is_none() && doc.policy.is_none();
+    alone.then_some(doc.peer)
 }
 
 /// A file this large (a 10,000-peer file is over a megabyte) is parsed
@@ -446,12 +454,10 @@ impl<'p> Cut<'_, 'p> {
         let range = self.ranges.get(k)?.clone();
         let base = range.start;
         let section = self.text.get(range)?;
-        if let Some(peer) = super::plain::read_section(section) {
-            return Some((base, vec![peer]));
+        match super::plain::read_section(section) {
+            Some(peer) => Some((base, vec![peer])),
+            None => Some((base, toml_section(section)?)),
         }
-        let doc: RawFile = toml::from_str(section).ok()?;
-        let alone = doc.version.is_none() && doc.policy.is_none();
-        alone.then_some((base, doc.peer))
     }
 
     /// Section `k`'s group, and whether it was taken from `prior`. With
@@ -460,13 +466,10 @@ impl<'p> Cut<'_, 'p> {
     fn group(&self, k: usize, check: bool) -> Option<(Group<'p>, bool)> {
         if let Some(taken) = self.taken(k) {
             return Some(match taken {
-                Group::Reused { peer, line } if check => {
-                    let peer = Peer {
-                        line,
-                        ..peer.clone()
-                    };
-                    (Group::Checked(Box::new(Checked::taken(k, peer))), true)
-                }
+                Group::Reused { peer, line } if check => (
+                    Group::Checked(Box::new(Checked::reused(k, peer, line))),
+                    true,
+                ),
                 other => (other, true),
             });
         }
@@ -923,11 +926,7 @@ impl PinSet {
                         }
                     }
                     Group::Reused { peer, line } => {
-                        let peer = Peer {
-                            line,
-                            ..peer.clone()
-                        };
-                        done.push(Checked::taken(start + done.len(), peer));
+                        done.push(Checked::reused(start + done.len(), peer, line));
                     }
                     Group::Checked(checked) => done.push(*checked),
                 }
@@ -1261,10 +1260,15 @@ struct Checked {
 }
 
 impl Checked {
-    /// `peer[i]` as taken from the set before, its section unchanged: the
-    /// check of it then had nothing to report, so it has only its claims
-    /// (positions unknown; a file with an error is checked afresh).
-    fn taken(i: usize, peer: Peer) -> Checked {
+    /// `peer[i]` as taken from the set before (a copy, its header now on
+    /// `line`), its section unchanged: the check of it then had nothing to
+    /// report, so it has only its claims (positions unknown; a file with
+    /// an error is checked afresh).
+    fn reused(i: usize, peer: &Peer, line: usize) -> Checked {
+        let peer = Peer {
+            line,
+            ..peer.clone()
+        };
         let mut steps = Vec::with_capacity(1 + peer.hosts.len() + peer.host_pins.len());
         steps.push(Step::ServerName((0, 0)));
         for h in &peer.hosts {
