@@ -348,6 +348,9 @@ impl StartContext<'_> {
             max_connections: i.max_connections,
             server_name: i.server_name.clone(),
             verify_signatures: i.verify_signatures,
+            // One lane per worker of this runtime: the connections run on
+            // single-threaded runtimes (crate::proxy::lanes).
+            lanes: tokio::runtime::Handle::current().metrics().num_workers(),
             ..InboundSettings::default()
         };
         let mut proxy = InboundProxy::new(

@@ -322,6 +322,16 @@ fn rate(per_second: u32, burst: u32) -> Option<RateLimit> {
     Some(RateLimit { per_second, burst })
 }
 
+/// The lanes every edge of these tests runs on: `FEDPIN_TEST_LANES`
+/// (`.ci/run` runs this file a second time with 2), else none: the
+/// connections are tasks of the test's runtime.
+fn test_lanes() -> usize {
+    std::env::var("FEDPIN_TEST_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 impl Default for Opts {
     fn default() -> Self {
         Opts {
@@ -330,6 +340,7 @@ impl Default for Opts {
                 request_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(30),
                 handshake_timeout: Duration::from_secs(5),
+                lanes: test_lanes(),
                 ..InboundSettings::default()
             },
             rules: EdgeRules::default(),
@@ -2193,7 +2204,8 @@ async fn access_log_shows_templated_paths_and_never_identifiers_tokens_or_bodies
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let env = start(Opts::default()).await;
+    // No lanes: their threads would log to the global subscriber.
+    let env = start(Opts::settings(|s| s.lanes = 0)).await;
     let secret_sig = "U0VDUkVULVNJR05BVFVSRQ";
     let auth = format!(
         r#"X-Matrix origin="a.example",destination="{SERVER}",key="ed25519:1",sig="{secret_sig}""#

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             .init();
     } else if json {
         use tracing_subscriber::filter::filter_fn;
+        fedpin::proxy::access_log::use_string_fields(true);
         use tracing_subscriber::prelude::*;
         // Two JSON layers: every event with its spans, and the access log
         // (one line per request) through its own formatter, without the
@@ -101,7 +102,11 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> 
         builder.worker_threads(n);
     }
     #[cfg(feature = "mimalloc")]
-    builder.on_thread_park(collect_when_idle);
+    {
+        builder.on_thread_park(collect_when_idle);
+        // The inbound edge's lanes (their own runtimes) too.
+        fedpin::proxy::lanes::on_park(collect_when_idle);
+    }
     builder.enable_all().build().map_err(|e| {
         eprintln!("fedpin: cannot start the runtime: {e}");
         ExitCode::from(1)

@@ -43,6 +43,7 @@ use crate::keys::{KeyError, KeyFetcher};
 use crate::matrix::signing::SignedRequest;
 use crate::metrics::{HandshakeCounters, HandshakeResult};
 use crate::pin_store::PinStore;
+use crate::proxy::lanes::Lanes;
 use crate::proxy::parking::PARK_AFTER;
 use crate::proxy::upstream::{PoolSettings, Upstream};
 use crate::proxy::xmatrix::XMatrix;
@@ -99,6 +100,11 @@ pub struct InboundSettings {
     pub server_name: Option<String>,
     /// Whether X-Matrix request signatures are verified here.
     pub verify_signatures: SignatureMode,
+    /// Single-threaded runtimes ("lanes", [`crate::proxy::lanes`]) that
+    /// carry the connections, handed out in turn; 0 runs them as tasks of
+    /// the runtime [`InboundProxy::serve`] runs on. The daemon starts one
+    /// per worker of its runtime.
+    pub lanes: usize,
 }
 
 impl Default for InboundSettings {
@@ -115,6 +121,7 @@ impl Default for InboundSettings {
             max_connections: 4096,
             server_name: None,
             verify_signatures: SignatureMode::Off,
+            lanes: 0,
         }
     }
 }
@@ -187,6 +194,9 @@ pub struct InboundProxy {
     slots: Arc<Semaphore>,
     stats: InboundStats,
     keys: Option<Arc<KeyFetcher>>,
+    /// The lanes the connections run on, if any (see
+    /// [`InboundSettings::lanes`]).
+    lanes: Option<Lanes>,
 }
 
 /// Marks a response refused for its request signature (counted apart).
@@ -300,7 +310,22 @@ impl InboundProxy {
         pins: Arc<PinStore>,
         core: Arc<VerifierCore>,
     ) -> Self {
-        let client = Upstream::new(&settings.upstream, PoolSettings::default());
+        // Lanes that cannot start (no threads left): the connections run
+        // on the caller's runtime, as with none configured.
+        let lanes = (settings.lanes > 0)
+            .then(|| Lanes::start(settings.lanes, "fedpin-edge"))
+            .and_then(|started| {
+                started
+                    .map_err(|e| {
+                        tracing::warn!(target: "fedpin::inbound", error = %e, "cannot start the edge's lanes; connections run on the main runtime");
+                    })
+                    .ok()
+            });
+        let pools = PoolSettings {
+            lanes: lanes.as_ref().map_or(0, Lanes::len),
+            ..PoolSettings::default()
+        };
+        let client = Upstream::new(&settings.upstream, pools);
         let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         InboundProxy {
             settings,
@@ -313,6 +338,7 @@ impl InboundProxy {
             slots,
             stats: InboundStats::default(),
             keys: None,
+            lanes,
         }
     }
 
@@ -492,10 +518,36 @@ impl InboundProxy {
                 client_addr = %client,
                 pins_generation = self.pins.current().generation,
             );
-            tokio::spawn(
+            let Some(lanes) = &self.lanes else {
+                tokio::spawn(
+                    async move {
+                        this.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        this.clone().connection(tcp, client, stop).await;
+                        this.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+                continue;
+            };
+            // To a lane: the socket leaves this runtime's reactor and joins
+            // the lane's there.
+            let tcp = match tcp.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(target: "fedpin::inbound", client = %client, error = %e, "cannot hand the connection to a lane; closing");
+                    continue;
+                }
+            };
+            lanes.spawn(
                 async move {
                     this.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    this.clone().connection(tcp, client, stop).await;
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => this.clone().connection(tcp, client, stop).await,
+                        Err(e) => {
+                            tracing::warn!(target: "fedpin::inbound", error = %e, "cannot take the connection on its lane; closing");
+                        }
+                    }
                     this.stats.connections.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 }
@@ -1034,23 +1086,36 @@ impl InboundProxy {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // `%`: the text format prints these unquoted (operators grep for
-        // `path=/_matrix/…`). No parent span: the line already names the client. (The JSON
+        // No parent span: the line already names the client. (The JSON
         // log's access layer also leaves out the current span, see
-        // `src/bin/fedpin.rs`.)
-        tracing::info!(
-            target: "fedpin::access",
-            parent: None,
-            direction = "inbound",
-            method = %method.as_str(),
-            path = %template,
-            origin = origin.as_deref().unwrap_or("-"),
-            status = status.as_u16(),
-            bytes = bytes,
-            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-            client = %ip.to_str().unwrap_or("-"),
-            "request"
-        );
+        // `src/bin/fedpin.rs`.) The text fields are strings for a JSON log,
+        // else `%` (Display), which the text format prints unquoted
+        // (operators grep for `path=/_matrix/…`): see
+        // `access_log::string_fields`.
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let (path, client) = (template.as_str(), ip.to_str().unwrap_or("-"));
+        macro_rules! access_line {
+            ($($text:tt)*) => {
+                tracing::info!(
+                    target: "fedpin::access",
+                    parent: None,
+                    direction = "inbound",
+                    method = $($text)* method.as_str(),
+                    path = $($text)* path,
+                    origin = origin.as_deref().unwrap_or("-"),
+                    status = status.as_u16(),
+                    bytes = bytes,
+                    latency_ms = latency_ms,
+                    client = $($text)* client,
+                    "request"
+                )
+            };
+        }
+        if crate::proxy::access_log::string_fields() {
+            access_line!();
+        } else {
+            access_line!(%);
+        }
         resp
     }
 

@@ -7,6 +7,7 @@ pub mod connect_target;
 pub mod inbound;
 pub mod io;
 pub mod kept;
+pub mod lanes;
 pub mod outbound;
 pub mod parking;
 pub mod peer_results;

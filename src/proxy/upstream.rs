@@ -21,7 +21,11 @@
 //! * at most `max_idle` connections wait (the oldest goes first), and none
 //!   is reused after `idle_timeout`; a task runs while any wait, closing
 //!   them once they are that old (hyper-util's pool, as the edge built it,
-//!   had no such timer: a quiet edge kept its idle connections open).
+//!   had no such timer: a quiet edge kept its idle connections open);
+//! * with the edge on lanes ([`crate::proxy::lanes`]), each lane has a pool
+//!   of its own (`max_idle` each): a connection's task runs on the lane
+//!   that dialled it, and a request on another lane would cross threads to
+//!   reach it.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +97,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Time allowed for a TCP connect.
     pub connect_timeout: Duration,
+    /// Lanes the requests come from: one pool each, and one for requests
+    /// from elsewhere (see [`crate::proxy::lanes::current`]).
+    pub lanes: usize,
 }
 
 impl Default for PoolSettings {
@@ -101,6 +108,7 @@ impl Default for PoolSettings {
             max_idle: 64,
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
+            lanes: 0,
         }
     }
 }
@@ -217,7 +225,9 @@ pub struct Upstream {
     port: u16,
     /// The Host header for a request that came without one.
     authority: HeaderValue,
-    idle: Arc<Idle>,
+    /// The idle connections: index 0 for requests off the lanes, `i + 1`
+    /// for lane `i`'s.
+    idle: Vec<Arc<Idle>>,
     connect_timeout: Duration,
 }
 
@@ -241,19 +251,31 @@ impl Upstream {
             port,
             authority: HeaderValue::from_str(&authority)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            idle: Arc::new(Idle {
-                conns: Mutex::new(Vec::with_capacity(settings.max_idle.min(1024))),
-                max: settings.max_idle,
-                timeout: settings.idle_timeout,
-                reaping: AtomicBool::new(false),
-            }),
+            idle: (0..=settings.lanes)
+                .map(|_| {
+                    Arc::new(Idle {
+                        conns: Mutex::new(Vec::with_capacity(settings.max_idle.min(1024))),
+                        max: settings.max_idle,
+                        timeout: settings.idle_timeout,
+                        reaping: AtomicBool::new(false),
+                    })
+                })
+                .collect(),
             connect_timeout: settings.connect_timeout,
         }
     }
 
-    /// Idle connections waiting now.
+    /// Idle connections waiting now (in all the lanes' pools).
     pub fn idle_connections(&self) -> usize {
-        self.idle.len()
+        self.idle.iter().map(|i| i.len()).sum()
+    }
+
+    /// The pool of the lane this runs on; the off-lane pool for a lane
+    /// beyond those this client was made for.
+    fn pool(&self) -> &Arc<Idle> {
+        self.idle
+            .get(crate::proxy::lanes::current())
+            .unwrap_or(&self.idle[0])
     }
 
     /// Sends `req` (origin-form URI; a Host header is added when it has
@@ -265,8 +287,9 @@ impl Upstream {
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.authority.clone());
         }
+        let idle = self.pool();
         loop {
-            let (mut sender, reused) = match self.idle.take() {
+            let (mut sender, reused) = match idle.take() {
                 Some(s) => (s, true),
                 None => (self.connect().await?, false),
             };
@@ -279,7 +302,7 @@ impl Upstream {
                     let body = UpstreamBody {
                         inner: body,
                         ended: false,
-                        back: Some((sender, self.idle.clone())),
+                        back: Some((sender, idle.clone())),
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -495,6 +518,47 @@ mod tests {
             assert_eq!(up.idle_connections(), 1, "request {i}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// On lanes, each lane keeps the connections its requests dialled: a
+    /// request on another lane dials its own, and each lane's next request
+    /// takes its lane's connection again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_lane_reuses_its_own_connections() {
+        let (uri, accepted, _) = homeserver().await;
+        let up = Arc::new(Upstream::new(
+            &uri,
+            PoolSettings {
+                lanes: 2,
+                ..PoolSettings::default()
+            },
+        ));
+        let lanes = crate::proxy::lanes::Lanes::start(2, "pool-test").expect("lanes");
+        // In turn: lane 1, lane 2, lane 1, lane 2, each request after the
+        // one before it has ended and given its connection back.
+        for round in 0..4 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let up = up.clone();
+            lanes.spawn(async move {
+                let lane = crate::proxy::lanes::current();
+                let body = fetch(&up, "/a", true).await;
+                let _ = tx.send((lane, body));
+            });
+            let (lane, body) = tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .expect("in time")
+                .expect("the lane answered");
+            assert_eq!(lane, round % 2 + 1);
+            assert_eq!(body.as_ref(), b"ok");
+            // One connection per lane used so far, never more.
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                (round + 1).min(2),
+                "round {round}"
+            );
+        }
+        assert_eq!(up.idle_connections(), 2);
+        assert_eq!(up.idle[0].len(), 0, "nothing went to the off-lane pool");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,20 +280,30 @@ log "nginx  TLS: $NGINX_TLS; resumes: $NGINX_RESUMES"
 # --------------------------------------------------------------------------
 rm -rf "$RAW"
 mkdir -p "$RAW"
-RESULTS="$TMP/results.tsv" # round kind target rps p50 p90 p99 cpu_us_per_req bad requests
+RESULTS="$TMP/results.tsv" # round kind target rps p50 p90 p99 cpu_us_per_req bad requests user_us sys_us
 : >"$RESULTS"
 
-# CPU ticks (utime+stime) of a process and its children (nginx workers).
-cpu_ticks() { # pid...
-    local total=0 p c
+# CPU ticks of a process and its children (nginx workers): "user system"
+# (utime, stime).
+cpu_split() { # pid...
+    local user=0 sys=0 p c u s
     for p in "$@"; do
         for c in "$p" $(pgrep -P "$p" 2>/dev/null || true); do
             [[ -r /proc/$c/stat ]] || continue
-            total=$((total + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$c/stat")))
+            read -r u s < <(awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$c/stat")
+            user=$((user + u)) sys=$((sys + s))
         done
     done
-    echo "$total"
+    echo "$user $sys"
 }
+# CPU ticks (utime+stime) of a process and its children.
+cpu_ticks() { # pid...
+    local u s
+    read -r u s < <(cpu_split "$@")
+    echo $((u + s))
+}
+# Microseconds per item of $1 ticks over $2 items, or "-".
+per_item() { awk -v d="$1" -v n="${2:-0}" -v hz="$CLK_TCK" 'BEGIN{ if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }'; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # to_ms "1.23ms" -> 1.23
@@ -311,23 +321,24 @@ run_wrk() {
     local raw="$RAW/r${round}-${kind}-${target}.txt"
     timeout $((WARMUP + 15)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" \
         -H "Host: $HOSTNAME_" "$@" "$url" >/dev/null 2>&1 || true
-    local t0 t1
-    t0=$(cpu_ticks "$pid")
+    local u0 s0 u1 s1
+    read -r u0 s0 < <(cpu_split "$pid")
     timeout $((DURATION + 20)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         -H "Host: $HOSTNAME_" "$@" "$url" >"$raw" 2>&1 || die "wrk failed against $target: $(cat "$raw")"
-    t1=$(cpu_ticks "$pid")
-    local rps reqs p50 p90 p99 bad cpu
+    read -r u1 s1 < <(cpu_split "$pid")
+    local rps reqs p50 p90 p99 bad cpu user sys
     rps=$(awk '/^Requests\/sec:/{print $2}' "$raw")
     reqs=$(awk '/requests in/{print $1}' "$raw")
     p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$raw")")
     p90=$(to_ms "$(awk '$1=="90%"{print $2}' "$raw")")
     p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$raw")")
     bad=$(awk '/Non-2xx or 3xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$raw")
-    cpu=$(awk -v d=$((t1 - t0)) -v n="${reqs:-0}" -v hz="$CLK_TCK" \
-        'BEGIN{ if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$round" "$kind" "$target" "${rps:-0}" "$p50" "$p90" "$p99" "$cpu" "$bad" "${reqs:-0}" >>"$RESULTS"
-    log "round $round $kind $target: ${rps:-?} req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu} us CPU/req, errors/non-2xx $bad"
+    cpu=$(per_item $((u1 - u0 + s1 - s0)) "$reqs")
+    user=$(per_item $((u1 - u0)) "$reqs")
+    sys=$(per_item $((s1 - s0)) "$reqs")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$round" "$kind" "$target" "${rps:-0}" "$p50" "$p90" "$p99" "$cpu" "$bad" "${reqs:-0}" "$user" "$sys" >>"$RESULTS"
+    log "round $round $kind $target: ${rps:-?} req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu} us CPU/req ($user user, $sys system), errors/non-2xx $bad"
 }
 
 UP_URL="http://127.0.0.1:$UP_PORT"
@@ -386,10 +397,9 @@ run_stime() { # target server_pid port
     local bytes rate cpu
     bytes=$(awk '/real seconds/{print $7; exit}' "$RAW/stime-${target}"-*.txt)
     rate=$(awk -v n="$n" -v a="$w0" -v b="$w1" 'BEGIN{printf "%.1f", n / (b - a)}')
-    cpu=$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$CLK_TCK" \
-        'BEGIN{ if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "-" }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        1 fullhs "$target" "$rate" - - - "$cpu" 0 "$n" >>"$RESULTS"
+    cpu=$(per_item $((t1 - t0)) "$n")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        1 fullhs "$target" "$rate" - - - "$cpu" 0 "$n" - - >>"$RESULTS"
     log "full handshakes $target: $rate/s ($n in $(awk -v a="$w0" -v b="$w1" 'BEGIN{printf "%.1f", b - a}')s, ${bytes:-?} bytes read per connection), $cpu us CPU/handshake"
     [[ ${bytes:-0} -gt 200 ]] || die "s_time against $target read ${bytes:-0} bytes per connection: no HTTP answer"
 }
@@ -452,6 +462,13 @@ FV_RPS=$(mean federation fedpin-verify 4)
 FF_CPU=$(mean federation fedpin 8)
 FV_CPU=$(mean federation fedpin-verify 8)
 FN_CPU=$(mean federation nginx 8)
+F_USER=$(mean keepalive fedpin 11)
+F_SYS=$(mean keepalive fedpin 12)
+N_USER=$(mean keepalive nginx 11)
+N_SYS=$(mean keepalive nginx 12)
+# What the 0.75x target leaves fedpin's user space, with its kernel time
+# per request as measured: 0.75 * nginx's CPU/req - fedpin's system time.
+USER_BUDGET=$(awk -v n="$N_CPU" -v s="$F_SYS" 'BEGIN{ if (n == "-" || s == "-") print "-"; else printf "%.1f", 0.75 * n - s }')
 
 mkdir -p "$OUT_DIR"
 {
@@ -503,6 +520,11 @@ mkdir -p "$OUT_DIR"
     echo "         new connection per request fedpin/nginx $(ratio "$CF_RPS" "$CN_RPS"); full handshakes fedpin/nginx $(ratio "$HF" "$HN")."
     echo "         signature verification (verify_signatures = enforce, key pinned): CPU/req $(fmt1 "$FV_CPU") us vs $(fmt1 "$FF_CPU") us off,"
     echo "         adds $(awk -v a="$FV_CPU" -v b="$FF_CPU" 'BEGIN{ if (a == "-" || b == "-") print "-"; else printf "%.1f", a - b }') us per request (ratio on/off $(ratio "$FV_CPU" "$FF_CPU"); verifying fedpin/nginx CPU/req $(ratio "$FV_CPU" "$FN_CPU"))."
+    echo "where the keep-alive CPU/req goes (mean of the rounds; /proc utime and stime; us per request):"
+    echo "         fedpin user $(fmt1 "$F_USER") + system $(fmt1 "$F_SYS"); nginx user $(fmt1 "$N_USER") + system $(fmt1 "$N_SYS");"
+    echo "         system time fedpin/nginx $(ratio "$F_SYS" "$N_SYS"), user time fedpin/nginx $(ratio "$F_USER" "$N_USER");"
+    echo "         fedpin's system time alone is $(ratio "$F_SYS" "$N_CPU") of nginx's whole CPU/req: at 0.75x nginx, its user space"
+    echo "         would have $USER_BUDGET us per request ($(ratio "$USER_BUDGET" "$N_USER") of nginx's user time)."
     echo "fedpin log during the run: $fedpin_errors ERROR lines, $fedpin_5xx 5xx access-log lines; verifying fedpin: $fedpin_v_errors ERROR lines, $fedpin_v_refused 401/403 lines. Measuring took ${ELAPSED}s."
 } | tee "$REPORT"
 log "report: $REPORT (raw output: $RAW/)"
