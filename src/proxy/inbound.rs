@@ -479,7 +479,41 @@ impl InboundProxy {
     }
 
     /// Accepts connections until `shutdown` turns true.
-    pub async fn serve(
+    ///
+    /// On lanes, each lane accepts its own connections from the listening
+    /// socket ([`crate::proxy::lanes::listener_per_lane`]), so no
+    /// connection is handed between threads.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let Some(lanes) = &self.lanes else {
+            return self.accept_loop(listener, shutdown).await;
+        };
+        let listeners = match crate::proxy::lanes::listener_per_lane(listener, lanes.len()) {
+            Ok(listeners) => listeners,
+            Err(e) => {
+                tracing::error!(target: "fedpin::inbound", error = %e, "cannot hand the listener to the lanes; not accepting");
+                return;
+            }
+        };
+        let mut loops = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            let (this, stop) = (self.clone(), shutdown.clone());
+            loops.push(lanes.spawn_on(i, async move {
+                match TcpListener::from_std(l) {
+                    Ok(l) => this.accept_loop(l, stop).await,
+                    Err(e) => {
+                        tracing::error!(target: "fedpin::inbound", error = %e, lane = i, "a lane cannot take the listener; the others accept its share");
+                    }
+                }
+            }));
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+
+    /// Accepts from `listener` until `shutdown`; each connection runs as a
+    /// task of this runtime (a lane's, or the caller's without lanes).
+    async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
@@ -518,36 +552,10 @@ impl InboundProxy {
                 client_addr = %client,
                 pins_generation = self.pins.current().generation,
             );
-            let Some(lanes) = &self.lanes else {
-                tokio::spawn(
-                    async move {
-                        this.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        this.clone().connection(tcp, client, stop).await;
-                        this.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-                continue;
-            };
-            // To a lane: the socket leaves this runtime's reactor and joins
-            // the lane's there.
-            let tcp = match tcp.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(target: "fedpin::inbound", client = %client, error = %e, "cannot hand the connection to a lane; closing");
-                    continue;
-                }
-            };
-            lanes.spawn(
+            tokio::spawn(
                 async move {
                     this.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    match TcpStream::from_std(tcp) {
-                        Ok(tcp) => this.clone().connection(tcp, client, stop).await,
-                        Err(e) => {
-                            tracing::warn!(target: "fedpin::inbound", error = %e, "cannot take the connection on its lane; closing");
-                        }
-                    }
+                    this.clone().connection(tcp, client, stop).await;
                     this.stats.connections.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 }

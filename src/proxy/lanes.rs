@@ -12,8 +12,10 @@
 //! [`crate::proxy::upstream`]) and their timers on one thread, as nginx
 //! keeps a connection in one worker process.
 //!
-//! Connections are handed to the lanes in turn. A lane's runtime stops when
-//! [`Lanes`] is dropped; what still runs on it then is dropped with it.
+//! Each lane accepts connections from the one listening socket itself
+//! ([`listener_per_lane`]), so a connection starts and ends on the lane that
+//! took it. A lane's runtime stops when [`Lanes`] is dropped; what still
+//! runs on it then is dropped with it.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -107,6 +109,15 @@ impl Lanes {
         self.handles.is_empty()
     }
 
+    /// Runs `task` on lane `i` (modulo the number of lanes).
+    pub fn spawn_on<F>(&self, i: usize, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handles[i % self.handles.len()].spawn(task)
+    }
+
     /// Runs `task` on the next lane in turn. A socket it uses must be
     /// registered there: made from a std socket inside `task`
     /// (`TcpStream::from_std`), not brought along from another runtime,
@@ -120,11 +131,73 @@ impl Lanes {
     }
 }
 
+/// `listener` for `n` lanes: its socket and `n - 1` duplicates of it
+/// (`dup`), each to be registered on its lane (`TcpListener::from_std`) and
+/// accepted from there. A new connection wakes the lanes that are waiting
+/// and the first to accept it takes it, so a lane that is less busy takes
+/// more; no connection is handed from one thread to another.
+///
+/// One socket, not a group bound with `SO_REUSEPORT`: that would let a
+/// second fedpin (or any process of the same user) bind the same port and
+/// silently take a share of the connections, where now it fails to start.
+pub fn listener_per_lane(
+    listener: tokio::net::TcpListener,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = listener.into_std()?;
+    let mut all = Vec::with_capacity(n.max(1));
+    for _ in 1..n {
+        all.push(first.try_clone()?);
+    }
+    all.insert(0, first);
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
+
+    /// Each lane accepts from its duplicate of the one listening socket:
+    /// every connection made is accepted, on a lane, once.
+    #[test]
+    fn lanes_accept_from_the_one_listening_socket() {
+        let lanes = Lanes::start(2, "accept-test").unwrap();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        // Registered on a runtime first, as the daemon's listener is.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(async { tokio::net::TcpListener::from_std(std_listener) });
+        let listeners = rt
+            .block_on(async { listener_per_lane(listener.unwrap(), 2) })
+            .unwrap();
+        assert_eq!(listeners.len(), 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let tx = tx.clone();
+            lanes.spawn_on(i, async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                while let Ok((s, _)) = l.accept().await {
+                    tx.send(current()).unwrap();
+                    drop(s);
+                }
+            });
+        }
+        for _ in 0..20 {
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            let lane = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the connection was not accepted");
+            assert!(lane == 1 || lane == 2, "accepted off the lanes: {lane}");
+            drop(c);
+        }
+        assert!(rx.try_recv().is_err(), "a connection was accepted twice");
+    }
 
     /// Tasks go to the lanes in turn, each runs on its lane's own thread
     /// (which knows its lane), and dropping the set ends those threads.
