@@ -1764,29 +1764,54 @@ async fn idle_h2_connection_is_closed_after_idle_timeout() {
 // 8. Homeserver down or slow
 // ---------------------------------------------------------------------------
 
+/// Also: the warning carries the connection's span (client address, pin
+/// generation), which is entered around each event, not on every poll.
+/// `#[tokio::test]` runs on this thread, so the thread's subscriber sees
+/// everything (no lanes: their threads would log elsewhere).
 #[tokio::test]
 async fn homeserver_down_gives_502_json() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(Mutex::new(log.reopen().unwrap()))
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     // A port that was just free: nothing listens there.
     let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = free.local_addr().unwrap().port();
     drop(free);
     let env = start(Opts {
         upstream: Some(format!("http://127.0.0.1:{port}").parse().unwrap()),
-        ..Opts::default()
+        ..Opts::settings(|s| s.lanes = 0)
     })
     .await;
-    let r = call(
-        &env,
-        get("/_matrix/federation/v1/version", Some("a.example")),
-    )
-    .await;
-    r.assert_matrix_error(502, "M_UNKNOWN");
-    // The body says what happened, not an internal error dump.
-    assert!(
-        r.json()["error"].as_str().unwrap().contains("homeserver"),
-        "{}",
-        r.text()
-    );
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (mut s, _c) = Sender::open(tls(&env, &[alpn]).await).await;
+        let r = s
+            .send(get("/_matrix/federation/v1/version", Some("a.example")))
+            .await
+            .unwrap();
+        r.assert_matrix_error(502, "M_UNKNOWN");
+        // The body says what happened, not an internal error dump.
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("homeserver"),
+            "{}",
+            r.text()
+        );
+    }
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("homeserver unreachable"))
+        .collect();
+    assert_eq!(warned.len(), 2, "one warning per request:\n{logs}");
+    for line in warned {
+        assert!(
+            line.contains("connection{client_addr=127.0.0.1:") && line.contains("pins_generation="),
+            "the warning lacks the connection's span: {line}"
+        );
+    }
 }
 
 #[tokio::test]
