@@ -228,7 +228,9 @@ fn unquote(raw: &str) -> Result<&str, XMatrixError> {
     if inner.is_empty() {
         return Err(XMatrixError::Malformed("empty value"));
     }
-    if inner.contains(['"', '\\', ' ']) {
+    // By bytes: the three are ASCII, which no other UTF-8 character
+    // contains (a `char` list pattern decoded every character).
+    if inner.bytes().any(|b| matches!(b, b'"' | b'\\' | b' ')) {
         return Err(XMatrixError::Malformed(
             "a value contains a quote, backslash or space",
         ));
