@@ -1764,19 +1764,29 @@ async fn idle_h2_connection_is_closed_after_idle_timeout() {
 // 8. Homeserver down or slow
 // ---------------------------------------------------------------------------
 
+/// This thread's log, at `level` and above, into a file read back with
+/// `std::fs::read_to_string(file.path())` (a `Mutex<File>` is a
+/// `MakeWriter`), while the guard lives. `#[tokio::test]` runs every task on
+/// the test's thread; an edge on lanes would log from theirs.
+fn thread_log(
+    level: tracing::Level,
+) -> (tempfile::NamedTempFile, tracing::subscriber::DefaultGuard) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(Mutex::new(log.reopen().unwrap()))
+        .with_max_level(level)
+        .with_ansi(false)
+        .finish();
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
 /// Also: the warning carries the connection's span (client address, pin
 /// generation), which is entered around each event, not on every poll.
 /// `#[tokio::test]` runs on this thread, so the thread's subscriber sees
 /// everything (no lanes: their threads would log elsewhere).
 #[tokio::test]
 async fn homeserver_down_gives_502_json() {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(Mutex::new(log.reopen().unwrap()))
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = thread_log(tracing::Level::INFO);
     // A port that was just free: nothing listens there.
     let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = free.local_addr().unwrap().port();
@@ -2220,14 +2230,7 @@ async fn mutual_tls_request_serves_clients_without_a_certificate() {
 /// proxy spawns runs on this thread and logs into the thread's default subscriber.
 #[tokio::test]
 async fn access_log_shows_templated_paths_and_never_identifiers_tokens_or_bodies() {
-    // The log goes to a file (a `Mutex<File>` is a `MakeWriter`), read back below.
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(Mutex::new(log.reopen().unwrap()))
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = thread_log(tracing::Level::TRACE);
 
     // No lanes: their threads would log to the global subscriber.
     let env = start(Opts::settings(|s| s.lanes = 0)).await;

@@ -19,7 +19,6 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use tokio::runtime::Handle;
@@ -53,7 +52,6 @@ pub struct Lanes {
     handles: Vec<Handle>,
     /// Dropped with the set: each lane's thread then leaves its runtime.
     _stop: Vec<oneshot::Sender<()>>,
-    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for Lanes {
@@ -95,7 +93,6 @@ impl Lanes {
         Ok(Lanes {
             handles,
             _stop: stop,
-            next: AtomicUsize::new(0),
         })
     }
 
@@ -109,25 +106,16 @@ impl Lanes {
         self.handles.is_empty()
     }
 
-    /// Runs `task` on lane `i` (modulo the number of lanes).
+    /// Runs `task` on lane `i` (modulo the number of lanes). A socket it
+    /// uses must be registered there: made from a std socket inside `task`
+    /// (`TcpListener::from_std`), not brought along from another runtime,
+    /// whose reactor would go on waking it from that runtime's thread.
     pub fn spawn_on<F>(&self, i: usize, task: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         self.handles[i % self.handles.len()].spawn(task)
-    }
-
-    /// Runs `task` on the next lane in turn. A socket it uses must be
-    /// registered there: made from a std socket inside `task`
-    /// (`TcpStream::from_std`), not brought along from another runtime,
-    /// whose reactor would go on waking it from that runtime's thread.
-    pub fn spawn<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[i].spawn(task);
     }
 }
 
@@ -199,18 +187,18 @@ mod tests {
         assert!(rx.try_recv().is_err(), "a connection was accepted twice");
     }
 
-    /// Tasks go to the lanes in turn, each runs on its lane's own thread
+    /// Tasks go to the lanes asked for, each runs on its lane's own thread
     /// (which knows its lane), and dropping the set ends those threads.
     #[test]
-    fn tasks_run_on_their_lanes_in_turn_and_the_lanes_stop_when_dropped() {
+    fn tasks_run_on_their_lanes_and_the_lanes_stop_when_dropped() {
         let lanes = Lanes::start(2, "lane-test").unwrap();
         assert_eq!(lanes.len(), 2);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..4 {
+        for round in 0..4 {
             let seen = seen.clone();
             let tx = tx.clone();
-            lanes.spawn(async move {
+            lanes.spawn_on(round, async move {
                 // A timer and a socket, which need the lane's drivers.
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -242,7 +230,7 @@ mod tests {
             }
         }
         let guard = OnDrop(dropped.clone());
-        lanes.spawn(async move {
+        lanes.spawn_on(0, async move {
             let _guard = guard;
             let _ = held_rx.await;
         });

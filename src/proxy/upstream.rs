@@ -539,7 +539,7 @@ mod tests {
         for round in 0..4 {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let up = up.clone();
-            lanes.spawn(async move {
+            lanes.spawn_on(round, async move {
                 let lane = crate::proxy::lanes::current();
                 let body = fetch(&up, "/a", true).await;
                 let _ = tx.send((lane, body));
