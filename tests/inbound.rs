@@ -1780,6 +1780,17 @@ fn thread_log(
     (log, tracing::subscriber::set_default(subscriber))
 }
 
+/// What [`thread_log`] wrote: all of it, and its lines that contain `needle`.
+fn logged(log: &tempfile::NamedTempFile, needle: &str) -> (String, Vec<String>) {
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect();
+    (logs, lines)
+}
+
 /// Also: the warning carries the connection's span (client address, pin
 /// generation), which is entered around each event, not on every poll.
 /// `#[tokio::test]` runs on this thread, so the thread's subscriber sees
@@ -1810,11 +1821,7 @@ async fn homeserver_down_gives_502_json() {
             r.text()
         );
     }
-    let logs = std::fs::read_to_string(log.path()).unwrap();
-    let warned: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("homeserver unreachable"))
-        .collect();
+    let (logs, warned) = logged(&log, "homeserver unreachable");
     assert_eq!(warned.len(), 2, "one warning per request:\n{logs}");
     for line in warned {
         assert!(
@@ -2263,11 +2270,7 @@ async fn access_log_shows_templated_paths_and_never_identifiers_tokens_or_bodies
         assert_eq!(r.status, status);
     }
 
-    let logs = std::fs::read_to_string(log.path()).unwrap();
-    let access: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("fedpin::access"))
-        .collect();
+    let (logs, access) = logged(&log, "fedpin::access");
     assert_eq!(access.len(), 3, "one access line per request:\n{logs}");
     assert!(
         access[0].contains("path=/_matrix/federation/v1/make_join/{roomId}/{userId}"),
