@@ -46,6 +46,7 @@ use crate::pin_store::PinStore;
 use crate::proxy::lanes::Lanes;
 use crate::proxy::parking::PARK_AFTER;
 use crate::proxy::upstream::{PoolSettings, Upstream};
+use crate::proxy::woken::WakeFlag;
 use crate::proxy::xmatrix::XMatrix;
 use crate::tls::certs::{CertStore, CurrentCert};
 use crate::verify::{ConnState, PeerContext, PinnedClientVerifier, VerifierCore};
@@ -656,16 +657,19 @@ impl InboundProxy {
         let builder = self.h2_builder();
         let mut conn = Box::pin(builder.serve_connection(io, svc));
         let mut draining = false;
+        // The watch is polled only when its own waker fired (see `woken`).
+        let watch_wakes = WakeFlag::new();
         loop {
             let tick = g.tick(None);
             tokio::select! {
+                biased;
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         g.span.in_scope(|| tracing::debug!(target: "fedpin::inbound", client = %g.client, error = %e, "connection ended with an error"));
                     }
                     return;
                 }
-                wake = self.watch(g, draining, tick) => match wake {
+                wake = watch_wakes.wrap(self.watch(g, draining, tick)) => match wake {
                     // Shutdown: finish the requests in flight, then close.
                     Wake::Stop => {
                         draining = true;
@@ -692,6 +696,9 @@ impl InboundProxy {
         S::Future: Unpin,
     {
         let builder = self.h1_builder();
+        // The watch is polled only when its own waker fired: the task wakes
+        // two or three times per request for hyper (see `woken`).
+        let watch_wakes = WakeFlag::new();
         loop {
             let mut conn = Box::new(builder.serve_connection(io, svc));
             // hyper ends a connection cleanly on graceful shutdown only
@@ -704,8 +711,9 @@ impl InboundProxy {
             let ended = loop {
                 let tick = g.tick(Some(PARK_AFTER));
                 tokio::select! {
+                    biased;
                     r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-                    wake = self.watch(g, draining, tick) => match wake {
+                    wake = watch_wakes.wrap(self.watch(g, draining, tick)) => match wake {
                         Wake::Stop => {
                             draining = true;
                             Pin::new(&mut *conn).graceful_shutdown();

@@ -14,4 +14,5 @@ pub mod peer_results;
 pub mod relay;
 pub mod status_page;
 pub mod upstream;
+pub mod woken;
 pub mod xmatrix;
