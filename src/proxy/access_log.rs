@@ -73,7 +73,7 @@ pub fn template(path: &str) -> String {
         .unwrap_or(path.len());
     let path = &path[..end];
     let mut out = String::with_capacity(path.len().min(256));
-    for (i, seg) in path.split('/').enumerate() {
+    for (i, seg) in crate::proxy::ascii::split(path, b'/').enumerate() {
         if i > 0 {
             out.push('/');
         }

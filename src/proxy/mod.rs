@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod ascii;
 pub mod connect_target;
 pub mod inbound;
 pub mod io;

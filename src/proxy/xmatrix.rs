@@ -41,6 +41,8 @@
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 
+use crate::proxy::ascii;
+
 /// Most parameters one header may carry (real writers send four).
 const MAX_PARAMS: usize = 16;
 
@@ -133,12 +135,12 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
     let mut destination = None;
     let mut key = None;
     let mut sig = None;
-    for (n, param) in split_ascii(params, b',').enumerate() {
+    for (n, param) in ascii::split(params, b',').enumerate() {
         if n >= MAX_PARAMS {
             return Err(XMatrixError::Malformed("too many parameters"));
         }
         let param = param.trim_matches(' ');
-        let (name, raw) = split_once_ascii(param, b'=')
+        let (name, raw) = ascii::split_once(param, b'=')
             .ok_or(XMatrixError::Malformed("parameter without '='"))?;
         if name.is_empty()
             || !name
@@ -158,9 +160,9 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
             _ => {
                 // Ignored by Synapse too, but a repeat of an unknown name is
                 // as ambiguous to other readers as a repeat of a known one.
-                if split_ascii(params, b',')
+                if ascii::split(params, b',')
                     .take(n)
-                    .filter_map(|p| split_once_ascii(p.trim_matches(' '), b'=').map(|(k, _)| k))
+                    .filter_map(|p| ascii::split_once(p.trim_matches(' '), b'=').map(|(k, _)| k))
                     .any(|k| k.eq_ignore_ascii_case(name))
                 {
                     return Err(XMatrixError::Malformed("a parameter is given twice"));
@@ -192,35 +194,6 @@ pub fn parse(value: &[u8]) -> Result<XMatrix, XMatrixError> {
         key: key.to_owned(),
         sig: sig.to_owned(),
     })
-}
-
-/// `s.split(sep as char)`, for an ASCII `sep`, by bytes: no other UTF-8
-/// character contains an ASCII byte, so every cut is on a character
-/// boundary, and the pieces are those of `str::split` (empty ones
-/// included). The char searcher's per-call setup was 0.8k instructions of
-/// each federation request's parse (callgrind).
-fn split_ascii(s: &str, sep: u8) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match r.bytes().position(|b| b == sep) {
-            Some(i) => {
-                rest = Some(&r[i + 1..]);
-                Some(&r[..i])
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
-}
-
-/// `s.split_once(sep as char)`, for an ASCII `sep`, by bytes (see
-/// [`split_ascii`]).
-fn split_once_ascii(s: &str, sep: u8) -> Option<(&str, &str)> {
-    let i = s.bytes().position(|b| b == sep)?;
-    Some((&s[..i], &s[i + 1..]))
 }
 
 /// Whether `value`'s `Display` text is exactly `text` (compared as it is
@@ -268,34 +241,6 @@ fn unquote(raw: &str) -> Result<&str, XMatrixError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_byte_splits_cut_as_str_split_does() {
-        let samples = [
-            "",
-            ",",
-            ",,",
-            "a",
-            "a,",
-            ",a",
-            "origin=a,key=\"b\",sig=c",
-            "é,ü=ß,,=,=x=y",
-            "日本,語=",
-            " , = ,",
-        ];
-        for s in samples {
-            for sep in [b',', b'='] {
-                let ours: Vec<&str> = split_ascii(s, sep).collect();
-                let std: Vec<&str> = s.split(char::from(sep)).collect();
-                assert_eq!(ours, std, "{s:?} on {:?}", char::from(sep));
-                assert_eq!(
-                    split_once_ascii(s, sep),
-                    s.split_once(char::from(sep)),
-                    "{s:?}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn parses_headers_as_real_servers_write_them() {
