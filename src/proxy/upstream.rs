@@ -778,6 +778,50 @@ mod tests {
         assert_eq!(up.idle_connections(), 0);
     }
 
+    /// The homeserver closes a kept connection while it waits in the pool
+    /// (its keep-alive timeout): the next request is not sent on it, and
+    /// no request fails for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_the_homeserver_closed_while_idle_is_not_used() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            // Each connection: one answer, then closed from this side.
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                });
+            }
+        });
+        let uri: hyper::Uri = format!("http://{addr}").parse().expect("uri");
+        let up = Upstream::new(&uri, PoolSettings::default());
+        for round in 1..=3 {
+            assert_eq!(
+                fetch(&up, "/a", true).await.as_ref(),
+                b"ok",
+                "round {round}"
+            );
+            // Kept, then closed by the homeserver while it waits.
+            assert_eq!(up.idle_connections(), 1, "round {round}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), round);
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_cut_short_is_an_error_and_its_connection_is_not_kept() {
         let (uri, task) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"]).await;
