@@ -10,9 +10,13 @@
 #   3. mints a throwaway CA and a server certificate for bench.fedpin.test
 #   4. starts the stand-in upstream (examples/stand_in_upstream.rs, plain HTTP/1.1)
 #   5. starts fedpin (`fedpin run`, [inbound], no rate limits) and nginx (own
-#      prefix and config in a temp dir, worker_processes 2) in front of it
+#      prefix and config in a temp dir, worker_processes 2) in front of it,
+#      and examples/bare_proxy.rs: the same stack (tokio, rustls, hyper 1)
+#      with nothing of fedpin's, one thread per core as fedpin's lanes: the
+#      floor of the stack for a proxied request
 #   6. measures, ROUNDS times, with the same wrk settings for every target:
 #        keep-alive requests/s: upstream direct (HTTP), fedpin (HTTPS), nginx (HTTPS),
+#          the bare proxy (HTTPS, key path only),
 #          on /_matrix/key/v2/server and (proxies only) on a /_matrix/federation/
 #          path with an X-Matrix Authorization header;
 #        a new TLS connection per request: wrk -H "Connection: close";
@@ -59,8 +63,8 @@ XMATRIX='X-Matrix origin="a.example",key="ed25519:1",sig="x"'
 # --------------------------------------------------------------------------
 log "load before the build: $(uptime)"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request (slow on 2 cores)"
-    cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request
+    log "cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request --example bare_proxy (slow on 2 cores)"
+    cargo build --release --locked --bin fedpin --example stand_in_upstream --example sign_request --example bare_proxy
 fi
 # What was built (the working tree may change while the measurement runs).
 PROFILE=release
@@ -68,7 +72,8 @@ measured_build
 FEDPIN=$BUILD_DIR/fedpin
 UPSTREAM_BIN=$BUILD_DIR/examples/stand_in_upstream
 SIGN_BIN=$BUILD_DIR/examples/sign_request
-need_binaries "$FEDPIN" "$UPSTREAM_BIN" "$SIGN_BIN"
+BARE_BIN=$BUILD_DIR/examples/bare_proxy
+need_binaries "$FEDPIN" "$UPSTREAM_BIN" "$SIGN_BIN" "$BARE_BIN"
 
 # --------------------------------------------------------------------------
 # 2. tools
@@ -168,6 +173,16 @@ FEDPIN_V_PID=$STARTED_PID FEDPIN_V_ADDR=$STARTED_ADDR
 FEDPIN_V_PORT=${FEDPIN_V_ADDR##*:}
 log "fedpin inbound verifying signatures on 127.0.0.1:$FEDPIN_V_PORT (pid $FEDPIN_V_PID)"
 
+# 5a''. the bare proxy: tokio + rustls + hyper with nothing of fedpin's
+# (examples/bare_proxy.rs), two threads as fedpin's two lanes.
+"$BARE_BIN" 127.0.0.1:0 "127.0.0.1:$UP_PORT" "$TMP/server.pem" "$TMP/server.key" 2 \
+    >"$TMP/bare.out" 2>"$LOGS/bare.err" &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+BARE_ADDR=$(wait_line "$TMP/bare.out" "listening on") || die "the bare proxy did not start"
+BARE_PORT=${BARE_ADDR##*:}
+log "bare proxy (the stack's floor) on 127.0.0.1:$BARE_PORT (pid $BARE_PID)"
+
 # --------------------------------------------------------------------------
 # 5b. nginx, own prefix, not the system service
 # --------------------------------------------------------------------------
@@ -234,6 +249,8 @@ for port in "$FEDPIN_PORT" "$NGINX_PORT"; do
         [[ $got == "$expected" ]] || die "port $port ($v), federation path, answered: $got"
     done
 done
+got=$(curl_tls "$BARE_PORT" "$KEY_PATH" --http1.1) || die "curl to the bare proxy failed"
+[[ $got == "$expected" ]] || die "the bare proxy answered: $got"
 code=$(curl_tls "$FEDPIN_PORT" "$FED_PATH" -o /dev/null -w '%{http_code}')
 [[ $code == 401 ]] || die "fedpin answered $code to a federation request without X-Matrix (expected 401)"
 for v in --http1.1 --http2; do
@@ -345,6 +362,7 @@ UP_URL="http://127.0.0.1:$UP_PORT"
 FP_URL="https://127.0.0.1:$FEDPIN_PORT"
 NG_URL="https://127.0.0.1:$NGINX_PORT"
 FV_URL="https://127.0.0.1:$FEDPIN_V_PORT"
+BA_URL="https://127.0.0.1:$BARE_PORT"
 START=$SECONDS
 log "load before measuring: $(uptime)"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -352,6 +370,7 @@ for r in $(seq 1 "$ROUNDS"); do
     run_wrk "$r" keepalive direct "$UP_PID" "$UP_URL$KEY_PATH"
     run_wrk "$r" keepalive fedpin "$FEDPIN_PID" "$FP_URL$KEY_PATH"
     run_wrk "$r" keepalive nginx "$NGINX_PID" "$NG_URL$KEY_PATH"
+    run_wrk "$r" keepalive bare "$BARE_PID" "$BA_URL$KEY_PATH"
     run_wrk "$r" federation fedpin "$FEDPIN_PID" "$FP_URL$FED_PATH" -H "Authorization: $XMATRIX"
     run_wrk "$r" federation nginx "$NGINX_PID" "$NG_URL$FED_PATH" -H "Authorization: $XMATRIX"
     run_wrk "$r" federation fedpin-verify "$FEDPIN_V_PID" "$FV_URL$FED_PATH" -H "Authorization: $XMATRIX_SIGNED"
@@ -458,6 +477,10 @@ HF=$(mean fullhs fedpin 4)
 HN=$(mean fullhs nginx 4)
 F_CPU=$(mean keepalive fedpin 8)
 N_CPU=$(mean keepalive nginx 8)
+B_RPS=$(mean keepalive bare 4)
+B_CPU=$(mean keepalive bare 8)
+B_USER=$(mean keepalive bare 11)
+B_SYS=$(mean keepalive bare 12)
 FV_RPS=$(mean federation fedpin-verify 4)
 FF_CPU=$(mean federation fedpin 8)
 FV_CPU=$(mean federation fedpin-verify 8)
@@ -503,6 +526,7 @@ mkdir -p "$OUT_DIR"
     row keepalive direct "upstream direct (HTTP/1.1)" "1.00" ""
     row keepalive fedpin "fedpin inbound (HTTPS)" "$(ratio "$F_RPS" "$D_RPS")" "$(ratio "$F_RPS" "$N_RPS")"
     row keepalive nginx "nginx (HTTPS)" "$(ratio "$N_RPS" "$D_RPS")" "1.00"
+    row keepalive bare "bare tokio+rustls+hyper proxy" "$(ratio "$B_RPS" "$D_RPS")" "$(ratio "$B_RPS" "$N_RPS")"
     echo "  keep-alive, GET /_matrix/federation/v1/query/profile with X-Matrix"
     row federation fedpin "fedpin inbound (HTTPS)" "$(ratio "$FF_RPS" "$D_RPS")" "$(ratio "$FF_RPS" "$FN_RPS")"
     row federation nginx "nginx (HTTPS)" "$(ratio "$FN_RPS" "$D_RPS")" "1.00"
@@ -525,6 +549,9 @@ mkdir -p "$OUT_DIR"
     echo "         system time fedpin/nginx $(ratio "$F_SYS" "$N_SYS"), user time fedpin/nginx $(ratio "$F_USER" "$N_USER");"
     echo "         fedpin's system time alone is $(ratio "$F_SYS" "$N_CPU") of nginx's whole CPU/req: at 0.75x nginx, its user space"
     echo "         would have $USER_BUDGET us per request ($(ratio "$USER_BUDGET" "$N_USER") of nginx's user time)."
+    echo "the stack's floor (examples/bare_proxy.rs: tokio + rustls + hyper, nothing of fedpin's, same thread layout):"
+    echo "         bare user $(fmt1 "$B_USER") + system $(fmt1 "$B_SYS") = $(fmt1 "$B_CPU") us per request;"
+    echo "         CPU/req bare/nginx $(ratio "$B_CPU" "$N_CPU"), fedpin/bare $(ratio "$F_CPU" "$B_CPU"); user time bare/nginx $(ratio "$B_USER" "$N_USER")."
     echo "fedpin log during the run: $fedpin_errors ERROR lines, $fedpin_5xx 5xx access-log lines; verifying fedpin: $fedpin_v_errors ERROR lines, $fedpin_v_refused 401/403 lines. Measuring took ${ELAPSED}s."
 } | tee "$REPORT"
 log "report: $REPORT (raw output: $RAW/)"
