@@ -130,6 +130,15 @@ pub struct BatchWriter {
     shared: Arc<Shared>,
 }
 
+impl BatchWriter {
+    /// Appends `line` (one or more whole lines, newline included) to the
+    /// log, as a tracing event's line is: the access log's JSON lines come
+    /// this way (`proxy::access_log::write_json_to`).
+    pub fn write_line(&self, line: &[u8]) {
+        self.shared.push(line);
+    }
+}
+
 impl std::fmt::Debug for BatchWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchWriter").finish_non_exhaustive()
@@ -145,7 +154,7 @@ pub struct LineWriter<'a> {
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.writer.shared.push(buf);
+        self.writer.write_line(buf);
         Ok(buf.len())
     }
 

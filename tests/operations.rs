@@ -54,15 +54,16 @@ fn start(
     upstream: SocketAddr,
     ca: &common::Ca,
 ) -> (Running, std::path::PathBuf) {
-    start_with(dir, upstream, ca, None)
+    start_with(dir, upstream, ca, |_| {})
 }
 
-/// [`start`], optionally with `NOTIFY_SOCKET` set as systemd would.
+/// [`start`], the command changed by `configure` first (its environment,
+/// where its log goes). `NOTIFY_SOCKET` is removed before.
 fn start_with(
     dir: &std::path::Path,
     upstream: SocketAddr,
     ca: &common::Ca,
-    notify_socket: Option<&std::path::Path>,
+    configure: impl FnOnce(&mut Command),
 ) -> (Running, std::path::PathBuf) {
     let server = leaf(ca, &["hs.fedpin.test"]);
     server.write_pem(&dir.join("cert.pem"), &dir.join("key.pem"));
@@ -75,9 +76,7 @@ fn start_with(
     .unwrap();
     let mut cmd = process::fedpin_run(&cfg, &["--drain-secs", "20"]);
     cmd.env_remove("NOTIFY_SOCKET");
-    if let Some(p) = notify_socket {
-        cmd.env("NOTIFY_SOCKET", p);
-    }
+    configure(&mut cmd);
     let (child, addrs, _) = process::spawn_listening(cmd, &["inbound"]);
     let [addr] = addrs[..] else { unreachable!() };
     (
@@ -162,6 +161,87 @@ async fn sighup_with_a_broken_config_keeps_serving() {
     );
 }
 
+/// `fedpin run` with the log filter `filter`, its JSON log (stderr) in
+/// `dir/fedpin.log`; answers `requests` kept-alive GETs and returns the
+/// log's access lines (target `fedpin::access`) and how many lines it has
+/// in all, once every line is written (the log is batched).
+async fn access_lines(filter: &str, requests: usize) -> (Vec<serde_json::Value>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = root("access log CA");
+    let upstream = slow_homeserver(Duration::ZERO).await;
+    let log = dir.path().join("fedpin.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let (running, _) = start_with(dir.path(), upstream, &ca, |cmd| {
+        cmd.env("FEDPIN_LOG", filter).stderr(file);
+    });
+    for _ in 0..requests {
+        assert_eq!(get(running.inbound, &ca.cert).await.map(|r| r.0), Ok(200));
+    }
+    // SIGTERM: the daemon drains and writes out its log before it exits.
+    signal(running.child.id(), "TERM");
+    let mut child = running.child;
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let all: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let n = all.len();
+    let access = all
+        .into_iter()
+        .filter(|v| v["target"] == "fedpin::access")
+        .collect();
+    (access, n)
+}
+
+/// The daemon's JSON log has one access line per request, written straight
+/// to the log in the JSON format's shape (`access_log::Line::log`): these
+/// members and no others, no span lists; and `FEDPIN_LOG` still turns the
+/// access log off.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_json_access_log_has_a_line_per_request_and_obeys_the_filter() {
+    let (access, _) = access_lines("info", 3).await;
+    assert_eq!(access.len(), 3, "{access:#?}");
+    for v in &access {
+        let top: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(top, ["fields", "level", "target", "timestamp"], "{v}");
+        assert_eq!(v["level"], "INFO");
+        let f = &v["fields"];
+        let mut keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "bytes",
+                "client",
+                "direction",
+                "latency_ms",
+                "message",
+                "method",
+                "origin",
+                "path",
+                "status"
+            ],
+            "{v}"
+        );
+        assert_eq!(f["message"], "request");
+        assert_eq!(f["direction"], "inbound");
+        assert_eq!(f["method"], "GET");
+        assert_eq!(f["path"], "/_matrix/key/v2/server");
+        assert_eq!(f["origin"], "-");
+        assert_eq!(f["status"], 200);
+        assert_eq!(f["bytes"], "{\"done\":true}".len());
+        assert_eq!(f["client"], "127.0.0.1");
+        assert!(f["latency_ms"].as_f64().is_some_and(|l| l >= 0.0), "{v}");
+    }
+    let (access, all) = access_lines("info,fedpin::access=off", 2).await;
+    assert!(access.is_empty(), "{access:#?}");
+    assert!(all > 0, "the rest of the log is still written");
+}
+
 /// Under systemd (`Type=notify-reload`): READY=1 once the listeners are
 /// bound, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a SIGHUP
 /// reload, STOPPING=1 on SIGTERM.
@@ -181,7 +261,9 @@ async fn systemd_readiness_reload_and_stop_notifications() {
     };
     let ca = root("lifecycle CA");
     let upstream = slow_homeserver(Duration::ZERO).await;
-    let (mut running, _cfg) = start_with(dir.path(), upstream, &ca, Some(&sock_path));
+    let (mut running, _cfg) = start_with(dir.path(), upstream, &ca, |cmd| {
+        cmd.env("NOTIFY_SOCKET", &sock_path);
+    });
 
     let ready = recv("READY");
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");

@@ -9,9 +9,6 @@ use fedpin::prepare::Prepared;
 
 const EXIT_BAD_CONFIG: u8 = 64;
 
-/// The access log's target (one line per request at the edge).
-const ACCESS_TARGET: &str = "fedpin::access";
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = match cli.log_format {
@@ -33,29 +30,16 @@ fn main() -> ExitCode {
             .with_env_filter(tracing_subscriber::EnvFilter::new("off"))
             .init();
     } else if json {
-        use tracing_subscriber::filter::filter_fn;
-        fedpin::proxy::access_log::use_string_fields(true);
+        // The access log (one line per request) is written straight to the
+        // log, in the JSON format's shape, without spans: through tracing's
+        // field dispatch and the span lists it cost several times as much
+        // (see `fedpin::proxy::access_log::Line::log`). The filter still
+        // decides whether it is written.
+        fedpin::proxy::access_log::write_json_to(writer.clone());
         use tracing_subscriber::prelude::*;
-        // Two JSON layers: every event with its spans, and the access log
-        // (one line per request) through its own formatter, without the
-        // connection's span, which every line would otherwise repeat twice
-        // (callgrind: the span lists were about a sixth of a kept-alive
-        // request's instructions, serde_json most of the rest of the line).
-        let access = |m: &tracing::Metadata<'_>| m.target() == ACCESS_TARGET;
         tracing_subscriber::registry()
             .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(writer.clone())
-                    .with_filter(filter_fn(move |m| !access(m))),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(fedpin::proxy::access_log::JsonLine)
-                    .with_writer(writer)
-                    .with_filter(filter_fn(access)),
-            )
+            .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
             .init();
     } else {
         tracing_subscriber::fmt()

@@ -1126,36 +1126,18 @@ impl InboundProxy {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // No parent span: the line already names the client. (The JSON
-        // log's access layer also leaves out the current span, see
-        // `src/bin/fedpin.rs`.) The text fields are strings for a JSON log,
-        // else `%` (Display), which the text format prints unquoted
-        // (operators grep for `path=/_matrix/…`): see
-        // `access_log::string_fields`.
-        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-        let (path, client) = (template.as_str(), ip.to_str().unwrap_or("-"));
-        macro_rules! access_line {
-            ($($text:tt)*) => {
-                tracing::info!(
-                    target: "fedpin::access",
-                    parent: None,
-                    direction = "inbound",
-                    method = $($text)* method.as_str(),
-                    path = $($text)* path,
-                    origin = origin.as_deref().unwrap_or("-"),
-                    status = status.as_u16(),
-                    bytes = bytes,
-                    latency_ms = latency_ms,
-                    client = $($text)* client,
-                    "request"
-                )
-            };
+        // No parent span: the line already names the client.
+        crate::proxy::access_log::Line {
+            direction: "inbound",
+            method: method.as_str(),
+            path: &template,
+            origin: origin.as_deref().unwrap_or("-"),
+            status: status.as_u16(),
+            bytes,
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+            client: ip.to_str().unwrap_or("-"),
         }
-        if crate::proxy::access_log::string_fields() {
-            access_line!();
-        } else {
-            access_line!(%);
-        }
+        .log();
         resp
     }
 
