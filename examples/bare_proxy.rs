@@ -30,6 +30,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+// fedpin's library is linked for its global allocator (mimalloc, see
+// src/alloc.rs) and nothing else: the floor is measured on the same
+// allocator as the proxy it is the floor of.
+use fedpin as _;
+
 /// What went wrong, as one line for stderr.
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
