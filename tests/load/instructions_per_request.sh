@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Instructions per kept-alive proxied request under callgrind (issue 13,
+# item 1): fedpin's inbound edge, the stack's floor (examples/bare_proxy.rs)
+# and nginx, in front of the same stand-in homeserver, in one run.
+# Instruction counts do not move with the machine's load, where CPU time
+# does: this is the steady figure behind tests/load/inbound_vs_nginx.sh.
+#
+#   tests/load/instructions_per_request.sh                           # release build
+#   PROFILE=debug DURATION=1 WARMUP=1 tests/load/instructions_per_request.sh  # .ci/run's short form
+#
+# What it does:
+#   1. cargo build --locked (--release unless PROFILE=debug) --bin fedpin
+#      --example stand_in_upstream --example bare_proxy
+#   2. apt-get installs valgrind, nginx-light (or nginx), wrk, openssl, curl
+#      if missing
+#   3. mints a throwaway CA and an ECDSA P-256 certificate for
+#      bench.fedpin.test; starts the stand-in homeserver (plain HTTP/1.1)
+#   4. for each target, one at a time, on one thread (fedpin with
+#      TOKIO_WORKER_THREADS=1, so one lane; the bare proxy with one thread;
+#      nginx with one worker and no master), under valgrind --tool=callgrind:
+#      waits until it answers, warms it with `wrk -t1 -c4` for WARMUP s,
+#      zeroes the counters, runs `wrk -t1 -c4` for DURATION s, dumps the
+#      counters and divides the instructions (every thread of the process)
+#      by the requests wrk counted; all answers must be 2xx
+#   5. targets: the key GET (/_matrix/key/v2/server) through all three; the
+#      federation GET with an X-Matrix header through fedpin and nginx
+#      (fedpin parses and checks it; nginx passes it on)
+#   6. reports instructions per request and the ratios to nginx and to the
+#      bare proxy into target/load/instructions_per_request.txt
+#   7. stops everything it started (trap), whatever happens
+#
+# fedpin logs as a deployment does (`--log-format json`, FEDPIN_LOG=info: a
+# JSON access line per request), nginx writes its access log (one line per
+# request), the bare proxy logs nothing.
+#
+# Knobs (environment): DURATION=10 WARMUP=5 PROFILE=release|debug
+#   SKIP_BUILD=1 (use the existing binaries) SKIP_INSTALL=1
+# Everything listens on 127.0.0.1 only; every step is bounded in time.
+
+# shellcheck source=tests/load/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" callgrind instructions_per_request
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-5}
+PROFILE=${PROFILE:-release}
+int_knob DURATION 1 600
+int_knob WARMUP 1 600
+HOSTNAME_=bench.fedpin.test
+KEY_PATH=/_matrix/key/v2/server
+FED_PATH='/_matrix/federation/v1/query/profile?user_id=%40alice%3Abench.fedpin.test'
+XMATRIX='X-Matrix origin="a.example",key="ed25519:1",sig="x"'
+
+build_profile --bin fedpin --example stand_in_upstream --example bare_proxy
+measured_build examples/bare_proxy.rs
+FEDPIN=$BUILD_DIR/fedpin
+UPSTREAM_BIN=$BUILD_DIR/examples/stand_in_upstream
+BARE_BIN=$BUILD_DIR/examples/bare_proxy
+need_binaries "$FEDPIN" "$UPSTREAM_BIN" "$BARE_BIN"
+require_tools valgrind nginx wrk openssl curl
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+start_run
+(
+    cd "$TMP"
+    umask 077
+    mint_ca "fedpin callgrind CA" -newkey ec -pkeyopt ec_paramgen_curve:P-256
+    mint_server_cert server "$HOSTNAME_" -newkey ec -pkeyopt ec_paramgen_curve:P-256
+    chmod 644 ca.pem server.pem
+) || die "openssl could not mint the certificates"
+start_upstream
+log "stand-in upstream on 127.0.0.1:$UP_PORT (pid $UP_PID)"
+
+# fedpin: inbound only, no rate limits, the same limits as the CPU script.
+cat >"$TMP/pins.toml" <<'EOF'
+version = 1
+
+[policy]
+unpinned = "webpki"
+on_expired = "webpki"
+EOF
+
+# nginx: the proxy part of tests/load/inbound_vs_nginx.sh, one worker.
+nginx_prepare
+cat >"$TMP/nginx.conf" <<EOF
+$(nginx_main 1)
+master_process off;
+events { worker_connections 1024; }
+http {
+    log_format bench '\$remote_addr "\$request" \$status \$body_bytes_sent reused=\$ssl_session_reused';
+    access_log $LOGS/nginx-access.log bench;
+$(nginx_http_common)
+    keepalive_timeout 300s;
+    upstream homeserver {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl;
+        server_name $HOSTNAME_;
+        ssl_certificate $TMP/server.pem;
+        ssl_certificate_key $TMP/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        client_max_body_size 50m;
+        location ~ ^/_matrix/(federation|key)/ {
+            proxy_pass http://homeserver;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_read_timeout 60s;
+        }
+        location / { return 404; }
+    }
+}
+EOF
+"$NGINX" -t -q -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" 2>"$TMP/nginx-t.log" ||
+    { cat "$TMP/nginx-t.log" >&2; die "nginx -t refused the config"; }
+
+RESULTS=$TMP/results.tsv # target path-kind instructions requests
+: >"$RESULTS"
+
+# Stops the callgrind process $1 (TERM, then KILL after 20 s).
+stop_valgrind() {
+    local pid=$1 i
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 200); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+# measure target kind port path [wrk header]: the process under callgrind is
+# $VG_PID (started by the caller, listening on 127.0.0.1:port).
+measure() {
+    local target=$1 kind=$2 port=$3 path=$4 hdr=${5:-} i ok=0 args out extra=()
+    [[ -n $hdr ]] && extra=(-H "$hdr")
+    for i in $(seq 1 240); do
+        if curl -sSf --max-time 5 --cacert "$TMP/ca.pem" --resolve "$HOSTNAME_:$port:127.0.0.1" \
+            "${extra[@]}" -o /dev/null "https://$HOSTNAME_:$port$path" 2>/dev/null; then
+            ok=1
+            break
+        fi
+        kill -0 "$VG_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    ((ok)) || die "$target did not answer on port $port under valgrind"
+    args=(-t1 -c4 -H "Host: $HOSTNAME_")
+    [[ -n $hdr ]] && args+=(-H "$hdr")
+    timeout $((WARMUP + 60)) wrk "${args[@]}" -d"${WARMUP}s" "https://127.0.0.1:$port$path" >"$TMP/warm-$target-$kind.txt" 2>&1 ||
+        die "wrk (warm-up) failed against $target: $(cat "$TMP/warm-$target-$kind.txt")"
+    callgrind_control -z "$VG_PID" >/dev/null || die "callgrind_control -z $VG_PID failed"
+    out=$TMP/wrk-$target-$kind.txt
+    timeout $((DURATION + 60)) wrk "${args[@]}" -d"${DURATION}s" "https://127.0.0.1:$port$path" >"$out" 2>&1 ||
+        die "wrk failed against $target: $(cat "$out")"
+    callgrind_control -d "$VG_PID" >/dev/null || die "callgrind_control -d $VG_PID failed"
+    local reqs bad instr dump
+    reqs=$(awk '/requests in/ {print $1}' "$out")
+    bad=$(awk '/Non-2xx or 3xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
+    [[ ${reqs:-0} -gt 0 ]] || die "wrk made no requests to $target: $(cat "$out")"
+    [[ $bad == 0 ]] || die "$bad requests to $target failed or were not 2xx: $(cat "$out")"
+    # The dump after zeroing holds the measured window; its files end in
+    # .1 (one per thread would be .1-NN; callgrind writes one by default).
+    for i in $(seq 1 100); do
+        dump=$(ls "$TMP/cg.$target.out".* 2>/dev/null | tail -n 1 || true)
+        [[ -n $dump ]] && break
+        sleep 0.1
+    done
+    [[ -n $dump ]] || die "no callgrind dump for $target"
+    instr=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    [[ ${instr:-0} -gt 0 ]] || die "no instruction total in $dump"
+    rm -f "$dump"
+    printf '%s\t%s\t%s\t%s\n' "$target" "$kind" "$instr" "$reqs" >>"$RESULTS"
+    log "$target $kind: $reqs requests, $instr instructions, $((instr / reqs)) per request"
+}
+
+VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
+
+# fedpin
+FEDPIN_PORT=$(free_port) || die "no free port for fedpin"
+cat >"$TMP/fedpin.toml" <<EOF
+pins = "pins.toml"
+
+[inbound]
+listen = "127.0.0.1:$FEDPIN_PORT"
+cert = "server.pem"
+key = "server.key"
+upstream = "http://127.0.0.1:$UP_PORT"
+max_connections = 16384
+max_body = 52428800
+header_timeout_secs = 30
+request_timeout_secs = 60
+idle_timeout_secs = 300
+EOF
+"$FEDPIN" check-config --config "$TMP/fedpin.toml" >"$TMP/check.txt" 2>&1 ||
+    die "fedpin check-config refused the config: $(cat "$TMP/check.txt")"
+for kind in key federation; do
+    TOKIO_WORKER_THREADS=1 FEDPIN_LOG=info "${VG[@]}" --callgrind-out-file="$TMP/cg.fedpin.out" \
+        "$FEDPIN" --log-format json run --config "$TMP/fedpin.toml" >"$TMP/fedpin.out" 2>>"$LOGS/fedpin.log" &
+    VG_PID=$!
+    PIDS+=("$VG_PID")
+    if [[ $kind == key ]]; then
+        measure fedpin key "$FEDPIN_PORT" "$KEY_PATH"
+    else
+        measure fedpin federation "$FEDPIN_PORT" "$FED_PATH" "Authorization: $XMATRIX"
+    fi
+    stop_valgrind "$VG_PID"
+done
+
+# the bare proxy
+BARE_PORT=$(free_port) || die "no free port for the bare proxy"
+"${VG[@]}" --callgrind-out-file="$TMP/cg.bare.out" \
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$TMP/server.pem" "$TMP/server.key" 1 \
+    >"$TMP/bare.out" 2>>"$LOGS/bare.err" &
+VG_PID=$!
+PIDS+=("$VG_PID")
+measure bare key "$BARE_PORT" "$KEY_PATH"
+stop_valgrind "$VG_PID"
+
+# nginx
+for kind in key federation; do
+    "${VG[@]}" --callgrind-out-file="$TMP/cg.nginx.out" \
+        "$NGINX" -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>>"$LOGS/nginx.err" &
+    VG_PID=$!
+    PIDS+=("$VG_PID")
+    if [[ $kind == key ]]; then
+        measure nginx key "$NGINX_PORT" "$KEY_PATH"
+    else
+        measure nginx federation "$NGINX_PORT" "$FED_PATH" "Authorization: $XMATRIX"
+    fi
+    stop_valgrind "$VG_PID"
+done
+
+per() { awk -F'\t' -v t="$1" -v k="$2" '$1==t && $2==k { printf "%.0f", $3 / $4 }' "$RESULTS"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
+F_KEY=$(per fedpin key)
+F_FED=$(per fedpin federation)
+B_KEY=$(per bare key)
+N_KEY=$(per nginx key)
+N_FED=$(per nginx federation)
+{
+    echo "instructions per kept-alive proxied request under callgrind ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo "command: tests/load/instructions_per_request.sh  (DURATION=$DURATION WARMUP=$WARMUP PROFILE=$PROFILE)"
+    echo "fedpin $BUILT, $PROFILE; $(rustc --version 2>/dev/null); nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); $(valgrind --version)"
+    echo "one thread each (fedpin one lane, bare proxy one thread, nginx one worker, no master); wrk -t1 -c4;"
+    echo "instructions of the whole process (every thread) in the measured window, over the requests wrk counted."
+    echo
+    printf '  %-44s %12s %9s %8s\n' "target" "instr/req" "/nginx" "/bare"
+    printf '  %-44s %12s %9s %8s\n' "fedpin, GET $KEY_PATH" "$F_KEY" "$(ratio "$F_KEY" "$N_KEY")" "$(ratio "$F_KEY" "$B_KEY")"
+    printf '  %-44s %12s %9s %8s\n' "bare tokio+rustls+hyper proxy, same GET" "$B_KEY" "$(ratio "$B_KEY" "$N_KEY")" "1.00"
+    printf '  %-44s %12s %9s %8s\n' "nginx, same GET" "$N_KEY" "1.00" "$(ratio "$N_KEY" "$B_KEY")"
+    printf '  %-44s %12s %9s %8s\n' "fedpin, federation GET with X-Matrix" "$F_FED" "$(ratio "$F_FED" "$N_FED")" ""
+    printf '  %-44s %12s %9s %8s\n' "nginx, federation GET with X-Matrix" "$N_FED" "1.00" ""
+} | tee "$REPORT"
+log "report: $REPORT"
