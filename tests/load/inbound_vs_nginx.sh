@@ -174,8 +174,9 @@ FEDPIN_V_PORT=${FEDPIN_V_ADDR##*:}
 log "fedpin inbound verifying signatures on 127.0.0.1:$FEDPIN_V_PORT (pid $FEDPIN_V_PID)"
 
 # 5a''. the bare proxy: tokio + rustls + hyper with nothing of fedpin's
-# (examples/bare_proxy.rs), two threads as fedpin's two lanes.
-"$BARE_BIN" 127.0.0.1:0 "127.0.0.1:$UP_PORT" "$TMP/server.pem" "$TMP/server.key" 2 \
+# (examples/bare_proxy.rs), a thread per core as fedpin has a lane per core
+# (both default to the available parallelism).
+"$BARE_BIN" 127.0.0.1:0 "127.0.0.1:$UP_PORT" "$TMP/server.pem" "$TMP/server.key" \
     >"$TMP/bare.out" 2>"$LOGS/bare.err" &
 BARE_PID=$!
 PIDS+=("$BARE_PID")

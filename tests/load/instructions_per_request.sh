@@ -6,7 +6,7 @@
 # does: this is the steady figure behind tests/load/inbound_vs_nginx.sh.
 #
 #   tests/load/instructions_per_request.sh                           # release build
-#   PROFILE=debug DURATION=1 WARMUP=1 tests/load/instructions_per_request.sh  # .ci/run's short form
+#   PROFILE=debug DURATION=2 WARMUP=1 tests/load/instructions_per_request.sh  # .ci/run's short form
 #
 # What it does:
 #   1. cargo build --locked (--release unless PROFILE=debug) --bin fedpin
@@ -19,9 +19,12 @@
 #      TOKIO_WORKER_THREADS=1, so one lane; the bare proxy with one thread;
 #      nginx with one worker and no master), under valgrind --tool=callgrind:
 #      waits until it answers, warms it with `wrk -t1 -c4` for WARMUP s,
-#      zeroes the counters, runs `wrk -t1 -c4` for DURATION s, dumps the
-#      counters and divides the instructions (every thread of the process)
-#      by the requests wrk counted; all answers must be 2xx
+#      then measures two windows, each zeroing the counters, running
+#      `wrk -t1 -c4` (4 new connections) and dumping the counters: one of
+#      1 s and one of DURATION s. The difference of their instructions
+#      (every thread of the process) over the difference of the requests
+#      wrk counted is the cost of a request, the connections' handshakes
+#      and upstream dials cancelled out. All answers must be 2xx
 #   5. targets: the key GET (/_matrix/key/v2/server) through all three; the
 #      federation GET with an X-Matrix header through fedpin and nginx
 #      (fedpin parses and checks it; nginx passes it on)
@@ -43,7 +46,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" callgrind instructions_per_reques
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-5}
 PROFILE=${PROFILE:-release}
-int_knob DURATION 1 600
+int_knob DURATION 2 600
 int_knob WARMUP 1 600
 HOSTNAME_=bench.fedpin.test
 KEY_PATH=/_matrix/key/v2/server
@@ -133,10 +136,52 @@ stop_valgrind() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
+# Asks the callgrind process $VG_PID to do $1 (zero or dump); dies unless it
+# says it did.
+callgrind_do() {
+    local what=$1 said
+    said=$(timeout 60 callgrind_control "-${what:0:1}" "$VG_PID" 2>&1) || true
+    [[ $said == *OK.* ]] || die "callgrind_control -${what:0:1} $VG_PID ($what) failed: $said"
+}
+
+# One measuring window on the callgrind process $VG_PID: zeroes its
+# counters, runs `wrk -t1 -c4` (new connections) for $1 s at $2, dumps the
+# counters (the process's dump number $4, so file $TMP/cg.$3.out.$4) and
+# prints "instructions requests". Every answer must be 2xx. The rest of the
+# arguments are wrk's extra ones. (Run in a subshell: it prints nothing if
+# it fails.)
+window() {
+    local secs=$1 url=$2 target=$3 n=$4 out instr reqs bad dump i
+    shift 4
+    out=$TMP/wrk-$target-$n.txt
+    callgrind_do zero
+    timeout $((secs + 60)) wrk -t1 -c4 "$@" -d"${secs}s" "$url" >"$out" 2>&1 ||
+        die "wrk failed against $target: $(cat "$out")"
+    callgrind_do dump
+    dump=$TMP/cg.$target.out.$n
+    reqs=$(awk '/requests in/ {print $1}' "$out")
+    bad=$(awk '/Non-2xx or 3xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
+    [[ ${reqs:-0} -gt 0 ]] || die "wrk made no requests to $target: $(cat "$out")"
+    [[ $bad == 0 ]] || die "$bad requests to $target failed or were not 2xx: $(cat "$out")"
+    for i in $(seq 1 100); do
+        [[ -s $dump ]] && break
+        sleep 0.1
+    done
+    [[ -s $dump ]] || die "no callgrind dump $dump for $target"
+    instr=$(timeout 300 callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' || true)
+    [[ ${instr:-0} -gt 0 ]] || die "no instruction total in $dump"
+    rm -f "$dump"
+    echo "$instr $reqs"
+}
+
 # measure target kind port path [wrk header]: the process under callgrind is
-# $VG_PID (started by the caller, listening on 127.0.0.1:port).
+# $VG_PID (started by the caller, listening on 127.0.0.1:port). Two windows,
+# of 1 s and of DURATION s, each opening its 4 connections afresh: their
+# difference is requests only (the TLS handshakes and upstream dials of the
+# connections cancel out).
 measure() {
-    local target=$1 kind=$2 port=$3 path=$4 hdr=${5:-} i ok=0 args out extra=()
+    local target=$1 kind=$2 port=$3 path=$4 hdr=${5:-} i ok=0 args extra=() url
+    local short_i short_n long_i long_n
     [[ -n $hdr ]] && extra=(-H "$hdr")
     for i in $(seq 1 240); do
         if curl -sSf --max-time 5 --cacert "$TMP/ca.pem" --resolve "$HOSTNAME_:$port:127.0.0.1" \
@@ -148,33 +193,15 @@ measure() {
         sleep 0.5
     done
     ((ok)) || die "$target did not answer on port $port under valgrind"
-    args=(-t1 -c4 -H "Host: $HOSTNAME_")
-    [[ -n $hdr ]] && args+=(-H "$hdr")
-    timeout $((WARMUP + 60)) wrk "${args[@]}" -d"${WARMUP}s" "https://127.0.0.1:$port$path" >"$TMP/warm-$target-$kind.txt" 2>&1 ||
+    args=(-H "Host: $HOSTNAME_" "${extra[@]}")
+    url="https://127.0.0.1:$port$path"
+    timeout $((WARMUP + 60)) wrk -t1 -c4 "${args[@]}" -d"${WARMUP}s" "$url" >"$TMP/warm-$target-$kind.txt" 2>&1 ||
         die "wrk (warm-up) failed against $target: $(cat "$TMP/warm-$target-$kind.txt")"
-    callgrind_control -z "$VG_PID" >/dev/null || die "callgrind_control -z $VG_PID failed"
-    out=$TMP/wrk-$target-$kind.txt
-    timeout $((DURATION + 60)) wrk "${args[@]}" -d"${DURATION}s" "https://127.0.0.1:$port$path" >"$out" 2>&1 ||
-        die "wrk failed against $target: $(cat "$out")"
-    callgrind_control -d "$VG_PID" >/dev/null || die "callgrind_control -d $VG_PID failed"
-    local reqs bad instr dump
-    reqs=$(awk '/requests in/ {print $1}' "$out")
-    bad=$(awk '/Non-2xx or 3xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
-    [[ ${reqs:-0} -gt 0 ]] || die "wrk made no requests to $target: $(cat "$out")"
-    [[ $bad == 0 ]] || die "$bad requests to $target failed or were not 2xx: $(cat "$out")"
-    # The dump after zeroing holds the measured window; its files end in
-    # .1 (one per thread would be .1-NN; callgrind writes one by default).
-    for i in $(seq 1 100); do
-        dump=$(ls "$TMP/cg.$target.out".* 2>/dev/null | tail -n 1 || true)
-        [[ -n $dump ]] && break
-        sleep 0.1
-    done
-    [[ -n $dump ]] || die "no callgrind dump for $target"
-    instr=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    [[ ${instr:-0} -gt 0 ]] || die "no instruction total in $dump"
-    rm -f "$dump"
-    printf '%s\t%s\t%s\t%s\n' "$target" "$kind" "$instr" "$reqs" >>"$RESULTS"
-    log "$target $kind: $reqs requests, $instr instructions, $((instr / reqs)) per request"
+    read -r short_i short_n < <(window 1 "$url" "$target" 1 "${args[@]}") || die "the 1 s window on $target failed"
+    read -r long_i long_n < <(window "$DURATION" "$url" "$target" 2 "${args[@]}") || die "the ${DURATION} s window on $target failed"
+    ((long_n > short_n)) || die "$target: the ${DURATION} s window made no more requests ($long_n) than the 1 s one ($short_n)"
+    printf '%s\t%s\t%s\t%s\n' "$target" "$kind" "$((long_i - short_i))" "$((long_n - short_n))" >>"$RESULTS"
+    log "$target $kind: windows of 1 s and ${DURATION} s, $short_n and $long_n requests, $short_i and $long_i instructions: $(((long_i - short_i) / (long_n - short_n))) per request"
 }
 
 VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
@@ -246,7 +273,8 @@ N_FED=$(per nginx federation)
     echo "command: tests/load/instructions_per_request.sh  (DURATION=$DURATION WARMUP=$WARMUP PROFILE=$PROFILE)"
     echo "fedpin $BUILT, $PROFILE; $(rustc --version 2>/dev/null); nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); $(valgrind --version)"
     echo "one thread each (fedpin one lane, bare proxy one thread, nginx one worker, no master); wrk -t1 -c4;"
-    echo "instructions of the whole process (every thread) in the measured window, over the requests wrk counted."
+    echo "per request: (instructions of the whole process, every thread, in a DURATION s window - in a 1 s window)"
+    echo "over (requests wrk counted in the one - in the other); each window opens its 4 connections afresh."
     echo
     printf '  %-44s %12s %9s %8s\n' "target" "instr/req" "/nginx" "/bare"
     printf '  %-44s %12s %9s %8s\n' "fedpin, GET $KEY_PATH" "$F_KEY" "$(ratio "$F_KEY" "$N_KEY")" "$(ratio "$F_KEY" "$B_KEY")"
