@@ -188,8 +188,7 @@ log "bare proxy (the stack's floor) on 127.0.0.1:$BARE_PORT (pid $BARE_PID)"
 # 5b. nginx, own prefix, not the system service
 # --------------------------------------------------------------------------
 nginx_prepare
-# The proxy part follows Synapse's reverse-proxy guide (proxy_pass without a
-# URI, so the request URI passes unchanged), plus an upstream keep-alive pool.
+# The proxy part: nginx_federation_proxy (lib.sh).
 cat >"$TMP/nginx.conf" <<EOF
 $(nginx_main 2)
 events { worker_connections 8192; }
@@ -197,32 +196,7 @@ http {
     log_format bench '\$remote_addr "\$request" \$status \$body_bytes_sent reused=\$ssl_session_reused \$ssl_protocol \$ssl_cipher';
     access_log $LOGS/nginx-access.log bench;
 $(nginx_http_common)
-    keepalive_timeout 300s;
-    upstream homeserver {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 60s;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT ssl http2;
-        server_name $HOSTNAME_;
-        ssl_certificate $TMP/server.pem;
-        ssl_certificate_key $TMP/server.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        client_max_body_size 50m;
-        location ~ ^/_matrix/(federation|key)/ {
-            proxy_pass http://homeserver;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_read_timeout 60s;
-        }
-        location / { return 404; }
-    }
+$(nginx_federation_proxy)
 }
 EOF
 start_nginx "$NGINX_PORT" "$TMP/nginx.conf" "$TMP/nginx.out"

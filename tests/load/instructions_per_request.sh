@@ -82,7 +82,8 @@ unpinned = "webpki"
 on_expired = "webpki"
 EOF
 
-# nginx: the proxy part of tests/load/inbound_vs_nginx.sh, one worker.
+# nginx: the proxy part of tests/load/inbound_vs_nginx.sh (lib.sh's
+# nginx_federation_proxy), one worker.
 nginx_prepare
 cat >"$TMP/nginx.conf" <<EOF
 $(nginx_main 1)
@@ -92,31 +93,7 @@ http {
     log_format bench '\$remote_addr "\$request" \$status \$body_bytes_sent reused=\$ssl_session_reused';
     access_log $LOGS/nginx-access.log bench;
 $(nginx_http_common)
-    keepalive_timeout 300s;
-    upstream homeserver {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 60s;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT ssl;
-        server_name $HOSTNAME_;
-        ssl_certificate $TMP/server.pem;
-        ssl_certificate_key $TMP/server.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        client_max_body_size 50m;
-        location ~ ^/_matrix/(federation|key)/ {
-            proxy_pass http://homeserver;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;
-            proxy_read_timeout 60s;
-        }
-        location / { return 404; }
-    }
+$(nginx_federation_proxy)
 }
 EOF
 "$NGINX" -t -q -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" 2>"$TMP/nginx-t.log" ||
@@ -224,42 +201,33 @@ idle_timeout_secs = 300
 EOF
 "$FEDPIN" check-config --config "$TMP/fedpin.toml" >"$TMP/check.txt" 2>&1 ||
     die "fedpin check-config refused the config: $(cat "$TMP/check.txt")"
-for kind in key federation; do
-    TOKIO_WORKER_THREADS=1 FEDPIN_LOG=info "${VG[@]}" --callgrind-out-file="$TMP/cg.fedpin.out" \
-        "$FEDPIN" --log-format json run --config "$TMP/fedpin.toml" >"$TMP/fedpin.out" 2>>"$LOGS/fedpin.log" &
-    VG_PID=$!
-    PIDS+=("$VG_PID")
-    if [[ $kind == key ]]; then
-        measure fedpin key "$FEDPIN_PORT" "$KEY_PATH"
-    else
-        measure fedpin federation "$FEDPIN_PORT" "$FED_PATH" "Authorization: $XMATRIX"
-    fi
-    stop_valgrind "$VG_PID"
-done
+# under_callgrind target port kinds command...: for each of the kinds
+# ("key federation" or "key"), starts the command under callgrind (its
+# stdout in $TMP/target.out, stderr appended to $LOGS/target.log), measures
+# that kind of GET on the port, and stops it: a fresh process per kind.
+under_callgrind() {
+    local target=$1 port=$2 kinds=$3 kind
+    shift 3
+    for kind in $kinds; do
+        "${VG[@]}" --callgrind-out-file="$TMP/cg.$target.out" "$@" \
+            >"$TMP/$target.out" 2>>"$LOGS/$target.log" &
+        VG_PID=$!
+        PIDS+=("$VG_PID")
+        case $kind in
+        key) measure "$target" key "$port" "$KEY_PATH" ;;
+        federation) measure "$target" federation "$port" "$FED_PATH" "Authorization: $XMATRIX" ;;
+        esac
+        stop_valgrind "$VG_PID"
+    done
+}
 
-# the bare proxy
+TOKIO_WORKER_THREADS=1 FEDPIN_LOG=info under_callgrind fedpin "$FEDPIN_PORT" "key federation" \
+    "$FEDPIN" --log-format json run --config "$TMP/fedpin.toml"
 BARE_PORT=$(free_port) || die "no free port for the bare proxy"
-"${VG[@]}" --callgrind-out-file="$TMP/cg.bare.out" \
-    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$TMP/server.pem" "$TMP/server.key" 1 \
-    >"$TMP/bare.out" 2>>"$LOGS/bare.err" &
-VG_PID=$!
-PIDS+=("$VG_PID")
-measure bare key "$BARE_PORT" "$KEY_PATH"
-stop_valgrind "$VG_PID"
-
-# nginx
-for kind in key federation; do
-    "${VG[@]}" --callgrind-out-file="$TMP/cg.nginx.out" \
-        "$NGINX" -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf" >"$TMP/nginx.out" 2>>"$LOGS/nginx.err" &
-    VG_PID=$!
-    PIDS+=("$VG_PID")
-    if [[ $kind == key ]]; then
-        measure nginx key "$NGINX_PORT" "$KEY_PATH"
-    else
-        measure nginx federation "$NGINX_PORT" "$FED_PATH" "Authorization: $XMATRIX"
-    fi
-    stop_valgrind "$VG_PID"
-done
+under_callgrind bare "$BARE_PORT" key \
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$TMP/server.pem" "$TMP/server.key" 1
+under_callgrind nginx "$NGINX_PORT" "key federation" \
+    "$NGINX" -e "$LOGS/nginx-error.log" -p "$TMP/nginx/" -c "$TMP/nginx.conf"
 
 per() { awk -F'\t' -v t="$1" -v k="$2" '$1==t && $2==k { printf "%.0f", $3 / $4 }' "$RESULTS"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }

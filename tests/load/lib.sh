@@ -268,6 +268,43 @@ nginx_http_common() {
     echo "    keepalive_requests 1000000;"
 }
 
+# The keep-alive, upstream and server lines of an nginx `http` block that
+# proxies federation to the stand-in homeserver (127.0.0.1:$UP_PORT) as
+# Synapse's reverse-proxy guide does (proxy_pass without a URI, so the
+# request URI passes unchanged), plus an upstream keep-alive pool: TLS on
+# 127.0.0.1:$NGINX_PORT for $HOSTNAME_ with $TMP/server.pem. The same for
+# every load script that sets nginx against fedpin's edge.
+nginx_federation_proxy() {
+    cat <<EOF
+    keepalive_timeout 300s;
+    upstream homeserver {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl http2;
+        server_name $HOSTNAME_;
+        ssl_certificate $TMP/server.pem;
+        ssl_certificate_key $TMP/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        client_max_body_size 50m;
+        location ~ ^/_matrix/(federation|key)/ {
+            proxy_pass http://homeserver;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_read_timeout 60s;
+        }
+        location / { return 404; }
+    }
+EOF
+}
+
 # Checks the nginx config $2 (prefix $TMP/nginx/, errors to
 # $LOGS/nginx-error.log), starts nginx on it (output to $3) and waits up to
 # 10 s for 127.0.0.1:$1: sets NGINX_PID (also added to PIDS). Uses $NGINX.
