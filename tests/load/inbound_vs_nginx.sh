@@ -115,28 +115,7 @@ log "stand-in upstream on 127.0.0.1:$UP_PORT (pid $UP_PID)"
 # --------------------------------------------------------------------------
 # 5a. fedpin
 # --------------------------------------------------------------------------
-cat >"$TMP/pins.toml" <<'EOF'
-version = 1
-
-[policy]
-unpinned = "webpki"
-on_expired = "webpki"
-EOF
-cat >"$TMP/fedpin.toml" <<EOF
-pins = "pins.toml"
-
-[inbound]
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-upstream = "http://127.0.0.1:$UP_PORT"
-# No rate_per_origin / rate_per_ip: rate limits off. Generous limits:
-max_connections = 16384
-max_body = 52428800
-header_timeout_secs = 30
-request_timeout_secs = 60
-idle_timeout_secs = 300
-EOF
+inbound_config 127.0.0.1:0
 start_fedpin "$TMP/fedpin.toml" inbound "$TMP/fedpin.out" "$FEDPIN_LOG_DIR/fedpin.log"
 FEDPIN_PID=$STARTED_PID FEDPIN_ADDR=$STARTED_ADDR
 FEDPIN_PORT=${FEDPIN_ADDR##*:}

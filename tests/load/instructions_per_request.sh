@@ -73,15 +73,6 @@ start_run
 start_upstream
 log "stand-in upstream on 127.0.0.1:$UP_PORT (pid $UP_PID)"
 
-# fedpin: inbound only, no rate limits, the same limits as the CPU script.
-cat >"$TMP/pins.toml" <<'EOF'
-version = 1
-
-[policy]
-unpinned = "webpki"
-on_expired = "webpki"
-EOF
-
 # nginx: the proxy part of tests/load/inbound_vs_nginx.sh (lib.sh's
 # nginx_federation_proxy), one worker.
 nginx_prepare
@@ -185,20 +176,8 @@ VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
 
 # fedpin
 FEDPIN_PORT=$(free_port) || die "no free port for fedpin"
-cat >"$TMP/fedpin.toml" <<EOF
-pins = "pins.toml"
-
-[inbound]
-listen = "127.0.0.1:$FEDPIN_PORT"
-cert = "server.pem"
-key = "server.key"
-upstream = "http://127.0.0.1:$UP_PORT"
-max_connections = 16384
-max_body = 52428800
-header_timeout_secs = 30
-request_timeout_secs = 60
-idle_timeout_secs = 300
-EOF
+# fedpin: inbound only, the same config as the CPU script's (lib.sh).
+inbound_config "127.0.0.1:$FEDPIN_PORT"
 "$FEDPIN" check-config --config "$TMP/fedpin.toml" >"$TMP/check.txt" 2>&1 ||
     die "fedpin check-config refused the config: $(cat "$TMP/check.txt")"
 # under_callgrind target port kinds command...: for each of the kinds

@@ -268,6 +268,35 @@ nginx_http_common() {
     echo "    keepalive_requests 1000000;"
 }
 
+# Writes $TMP/pins.toml (no peers; Web PKI for everyone) and
+# $TMP/fedpin.toml: an inbound-only fedpin on $1 in front of the stand-in
+# homeserver (127.0.0.1:$UP_PORT) with $TMP/server.pem, no rate limits and
+# generous limits, as the load scripts measure it.
+inbound_config() { # listen
+    cat >"$TMP/pins.toml" <<'EOF'
+version = 1
+
+[policy]
+unpinned = "webpki"
+on_expired = "webpki"
+EOF
+    cat >"$TMP/fedpin.toml" <<EOF
+pins = "pins.toml"
+
+[inbound]
+listen = "$1"
+cert = "server.pem"
+key = "server.key"
+upstream = "http://127.0.0.1:$UP_PORT"
+# No rate_per_origin / rate_per_ip: rate limits off. Generous limits:
+max_connections = 16384
+max_body = 52428800
+header_timeout_secs = 30
+request_timeout_secs = 60
+idle_timeout_secs = 300
+EOF
+}
+
 # The keep-alive, upstream and server lines of an nginx `http` block that
 # proxies federation to the stand-in homeserver (127.0.0.1:$UP_PORT) as
 # Synapse's reverse-proxy guide does (proxy_pass without a URI, so the
